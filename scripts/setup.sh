@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Install everything socat-monitor needs on a Debian host and make it runnable.
+# Safe to run again: every step checks before it changes anything.
+#   apt packages (bcc, socat, nftables, kernel headers), the header links bcc
+#   needs, tracefs/debugfs/bpffs mounts, a virtualenv that sees Debian's bcc,
+#   and /usr/local/bin/socat-monitor.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SOCAT_MONITOR_VENV:-$ROOT/.venv}"
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+[ "$(id -u)" = 0 ] || { log "must run as root (BPF, nftables and apt need it)"; exit 1; }
+
+install_packages() {
+  local want=(bpfcc-tools python3-bpfcc libbpfcc socat nftables iproute2 conntrack
+              linux-headers-amd64 python3-venv python3-dev procps util-linux)
+  local missing=()
+  for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+link_headers() {
+  local mod="/lib/modules/$(uname -r)"
+  [ -e "$mod/build/include" ] && return 0
+  local build common
+  build="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1)"
+  common="$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1)"
+  [ -n "$build" ] || { log "no kernel headers under /usr/src"; exit 1; }
+  mkdir -p "$mod"
+  ln -sfn "$build" "$mod/build"
+  [ -n "$common" ] && ln -sfn "$common" "$mod/source"
+  log "linked $mod/build -> $build"
+}
+
+mount_fs() {
+  mountpoint -q /sys/kernel/tracing || mount -t tracefs none /sys/kernel/tracing
+  mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
+  mountpoint -q /sys/fs/bpf || mount -t bpf none /sys/fs/bpf
+}
+
+make_venv() {
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import bcc" 2>/dev/null; then
+    log "creating virtualenv $VENV"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+  fi
+  local stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
+  if [ ! -e "$stamp" ]; then
+    log "installing socat-monitor into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+  fi
+  ln -sfn "$VENV/bin/socat-monitor" /usr/local/bin/socat-monitor
+}
+
+install_packages
+link_headers
+mount_fs
+make_venv
+log "ready: $(command -v socat-monitor)"

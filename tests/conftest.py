@@ -1,0 +1,29 @@
+"""Shared fixtures: real processes and namespaces, cleaned up by what we started."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.lab import Namespaces, Processes
+
+
+@pytest.fixture
+def procs():
+    p = Processes()
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture
+def netns():
+    ns = Namespaces()
+    yield ns
+    ns.remove_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _must_be_root():
+    if os.geteuid() != 0:
+        pytest.exit("the test suite runs as root (BPF, nftables, namespaces): sudo scripts/test.sh", returncode=4)

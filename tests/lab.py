@@ -1,0 +1,141 @@
+"""Test lab: real socat processes, free ports and network namespaces.
+
+Everything here starts real processes and namespaces and cleans up exactly
+what it started (processes by pid, namespaces by the name it chose).
+Traffic stays on loopback or inside namespaces made here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require(binary: str) -> str:
+    """Path of a binary the test needs; a missing one fails the test (never skips)."""
+    path = shutil.which(binary)
+    if path is None:
+        raise AssertionError(f"{binary} is not installed: run scripts/setup.sh")
+    return path
+
+
+def free_port(family: int = socket.AF_INET) -> int:
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 5.0, netns: str | None = None) -> None:
+    """Wait until something listens on host:port (in a namespace: via `ss`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            (["ip", "netns", "exec", netns] if netns else []) + ["ss", "-Hltn", f"sport = :{port}"],
+            capture_output=True, text=True, check=False,
+        ).stdout
+        if out.strip():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port} after {timeout}s")
+
+
+class Processes:
+    """Starts processes and ends exactly those, by pid."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], netns: str | None = None, **kw) -> subprocess.Popen:
+        if netns:
+            argv = ["ip", "netns", "exec", netns] + argv
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen(argv, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def socat(self, *addresses: str, port: int | None = None, netns: str | None = None,
+              options: tuple[str, ...] = ()) -> subprocess.Popen:
+        proc = self.start([require("socat"), *options, *addresses], netns=netns)
+        if port is not None:
+            host = "::1" if addresses and addresses[0].upper().startswith("TCP6") else "127.0.0.1"
+            wait_listening(port, host=host, netns=netns)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
+        if proc.poll() is None:
+            # The whole session we started (socat's fork children included), by its pgid = our pid.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+        self.procs.clear()
+
+
+_ns_counter = itertools.count()
+
+
+class Namespaces:
+    """Network namespaces made for one test, joined by veth pairs, removed after."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.tag = uuid.uuid4().hex[:6]
+
+    def add(self, role: str) -> str:
+        name = f"smt-{role}-{self.tag}-{next(_ns_counter)}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.names.append(name)
+        self.run(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    def run(self, ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=check)
+
+    def link(self, ns_a: str, addrs_a: list[str], ns_b: str, addrs_b: list[str]) -> None:
+        """A veth pair between two namespaces with the given CIDR addresses on each end."""
+        idx = next(_ns_counter)
+        a, b = f"sma{self.tag}{idx}", f"smb{self.tag}{idx}"
+        subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+        subprocess.run(["ip", "link", "set", a, "netns", ns_a], check=True)
+        subprocess.run(["ip", "link", "set", b, "netns", ns_b], check=True)
+        for ns, dev, addrs in ((ns_a, a, addrs_a), (ns_b, b, addrs_b)):
+            for addr in addrs:
+                extra = ["nodad"] if ":" in addr else []
+                self.run(ns, "ip", "addr", "add", addr, "dev", dev, *extra)
+            self.run(ns, "ip", "link", "set", dev, "up")
+
+    def remove_all(self) -> None:
+        for name in reversed(self.names):
+            subprocess.run(["ip", "netns", "del", name], check=False)
+        self.names.clear()
+
+
+def socat_monitor(*args: str, check: bool = False, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run the real CLI as a user would."""
+    return subprocess.run(
+        [str(Path(PYTHON).parent / "socat-monitor"), *args],
+        capture_output=True, text=True, check=check, timeout=timeout, **kw,
+    )
