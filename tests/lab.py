@@ -139,3 +139,100 @@ def socat_monitor(*args: str, check: bool = False, timeout: float = 120, **kw) -
         [str(Path(PYTHON).parent / "socat-monitor"), *args],
         capture_output=True, text=True, check=check, timeout=timeout, **kw,
     )
+
+
+def read_documents(directory: Path) -> list[dict]:
+    """Every ECS document the agent wrote in `directory` (symlinks skipped: they name a file read anyway)."""
+    import gzip
+    import json
+
+    docs: list[dict] = []
+    for path in sorted(Path(directory).glob("*.ndjson*")):
+        if path.is_symlink():
+            continue
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            docs.extend(json.loads(line) for line in fh if line.strip())
+    return docs
+
+
+class AgentProcess:
+    """A real `socat-monitor run` in the background, stopped with SIGTERM."""
+
+    def __init__(self, tmp: Path, *args: str, netns: str | None = None, env: dict | None = None) -> None:
+        self.output = tmp / "out"
+        self.socket = tmp / "control.sock"
+        self.log = tmp / "agent.log"
+        argv = [str(Path(PYTHON).parent / "socat-monitor"), "-v", "run", "--output", str(self.output),
+                "--control-socket", str(self.socket), *args]
+        if "--metrics" not in args:
+            argv += ["--metrics", "off"]
+        if netns:
+            argv = ["ip", "netns", "exec", netns] + argv
+        self.log_fh = open(self.log, "w")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log_fh, text=True,
+                                     start_new_session=True, env=env)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.socket.exists():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"agent not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def stop(self, timeout: float = 30.0) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.log_fh.close()
+        return self.proc.returncode, out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.log_fh.close()
+
+    def documents(self) -> list[dict]:
+        return read_documents(self.output)
+
+    def text_log(self) -> str:
+        return self.log.read_text()
+
+
+def start_echo(procs: "Processes", port: int, host: str = "127.0.0.1", netns: str | None = None) -> subprocess.Popen:
+    """A python echo backend (not socat, so the agent must not report it)."""
+    proc = procs.start([PYTHON, "-m", "tests.echo", str(port), host], netns=netns, cwd=str(ROOT))
+    wait_listening(port, host=host, netns=netns)
+    return proc
+
+
+def connect(port: int, host: str = "127.0.0.1", source: str | None = None, payload: bytes = b"ping",
+            timeout: float = 5.0) -> tuple[str, int]:
+    """One client connection (optionally from a chosen loopback source); returns its (ip, port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        if source:
+            s.bind((source, 0))
+        s.connect((host, port))
+        local = s.getsockname()[:2]
+        if payload:
+            s.sendall(payload)
+            with contextlib.suppress(OSError):
+                s.recv(len(payload))
+        return local[0], local[1]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll until predicate() is truthy; return its value or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -1,0 +1,183 @@
+"""The whole agent, as a user runs it: `socat-monitor run` against real socat
+relays on loopback, checked through the files it writes, its control socket
+and its metrics endpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.lab import AgentProcess, connect, free_port, socat_monitor, start_echo, wait_for
+
+
+def _policy(path: Path, port: int, allow: str, action: str = "alert") -> Path:
+    path.write_text(
+        "version: 1\n"
+        "listeners:\n"
+        "  - name: test-relay\n"
+        f"    port: {port}\n"
+        f"    allow_sources: [{allow}]\n"
+        f"    action: {action}\n"
+        "defaults:\n"
+        "  unknown_listener: ignore\n"
+    )
+    return path
+
+
+def _alerts(docs: list[dict], rule: str) -> list[dict]:
+    return [d for d in docs if d["event"]["kind"] == "alert" and d["rule"]["id"] == rule]
+
+
+def _accepts(docs: list[dict], port: int) -> list[dict]:
+    return [d for d in docs if d["event"].get("action") == "connection_accepted"
+            and d["destination"]["port"] == port]
+
+
+def _relay(procs, tmp_path):
+    port, backend = free_port(), free_port()
+    start_echo(procs, backend)
+    procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,range=127.0.0.0/8,max-children=50",
+                f"TCP:127.0.0.1:{backend}", port=port)
+    return port
+
+
+def test_denied_source_raises_policy_alert_within_one_second(tmp_path, procs):
+    port = free_port()
+    policy = _policy(tmp_path / "policy.yaml", port, "127.0.0.1/32")
+    agent = AgentProcess(tmp_path, "--policy", str(policy), "--no-enforce", "--duration", "60")
+    try:
+        agent.wait_ready()
+        backend = free_port()
+        start_echo(procs, backend)
+        procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,range=127.0.0.0/8,max-children=50",
+                    f"TCP:127.0.0.1:{backend}", port=port)
+        connect(port, source="127.0.0.1")
+        started = time.monotonic()
+        _, client_port = connect(port, source="127.0.0.9")
+        alert = wait_for(lambda: [a for a in _alerts(agent.documents(), "policy.source_denied")
+                                  if a["source"]["ip"] == "127.0.0.9"], timeout=5)[0]
+        seen_after = time.monotonic() - started
+    finally:
+        code, _ = agent.stop()
+    docs = agent.documents()
+    accept = [d for d in _accepts(docs, port) if d["source"]["port"] == client_port][0]
+    assert seen_after < 1.5, f"alert reached the file {seen_after:.2f}s after the connection"
+    lag_ms = (_ns(alert["@timestamp"]) - _ns(accept["@timestamp"])) / 1e6
+    assert 0 <= lag_ms < 1000, lag_ms
+    assert accept["event"]["id"] in alert["socat"]["trigger_event_ids"]
+    assert alert["socat"]["listener"]["name"] == "test-relay"
+    assert not [a for a in _alerts(docs, "policy.source_denied") if a["source"]["ip"] == "127.0.0.1"]
+    assert code == 1  # alerts were raised
+
+
+def _ns(stamp: str) -> int:
+    from monitor.ecs import parse_timestamp
+
+    return parse_timestamp(stamp)
+
+
+def test_reload_good_and_bad_policy_under_traffic(tmp_path, procs):
+    port = free_port()
+    policy = _policy(tmp_path / "policy.yaml", port, "127.0.0.1/32")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"policy: {policy}\nmetrics: null\n")
+    agent = AgentProcess(tmp_path, "--config", str(config), "--no-enforce", "--duration", "60")
+    made: list[int] = []
+    try:
+        agent.wait_ready()
+        backend = free_port()
+        start_echo(procs, backend)
+        procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,max-children=50", f"TCP:127.0.0.1:{backend}", port=port)
+        made += [connect(port, source="127.0.0.5")[1] for _ in range(20)]
+        wait_for(lambda: _alerts(agent.documents(), "policy.source_denied"))
+
+        policy.write_text("version: 1\nlisteners:\n  - name: test-relay\n    port: not-a-port\n")
+        bad = socat_monitor("reload", "--socket", str(agent.socket))
+        made += [connect(port, source="127.0.0.5")[1] for _ in range(20)]
+        assert bad.returncode == 1, bad.stderr
+        assert "policy.yaml:4" in bad.stderr and "port" in bad.stderr
+
+        _policy(policy, port, "127.0.0.0/24")
+        good = socat_monitor("reload", "--socket", str(agent.socket))
+        assert good.returncode == 0, good.stderr
+        reloaded_at = len(made)
+        made += [connect(port, source="127.0.0.5")[1] for _ in range(20)]
+        agent.proc.send_signal(signal.SIGHUP)  # the signal path reloads too
+        made += [connect(port, source="127.0.0.5")[1] for _ in range(20)]
+        time.sleep(1.0)
+    finally:
+        agent.stop()
+    docs = agent.documents()
+    seen = {d["source"]["port"] for d in _accepts(docs, port)}
+    assert set(made) <= seen, f"{len(set(made) - seen)} connections missing across reloads"
+    denied_ports = {_trigger_port(docs, a) for a in _alerts(docs, "policy.source_denied")}
+    assert not denied_ports & set(made[reloaded_at:]), "the good policy did not take effect"
+    assert "reload rejected" in agent.text_log()
+
+
+def _trigger_port(docs: list[dict], alert: dict) -> int | None:
+    ids = set(alert["socat"].get("trigger_event_ids", []))
+    for d in docs:
+        if d["event"]["id"] in ids and "source" in d:
+            return d["source"].get("port")
+    return None
+
+
+def test_metrics_match_events_written_and_heartbeat_appears(tmp_path, procs):
+    metrics_port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text("heartbeat_interval: 1s\n")
+    agent = AgentProcess(tmp_path, "--config", str(config), "--no-enforce", "--duration", "60",
+                         "--metrics", f"127.0.0.1:{metrics_port}")
+    try:
+        agent.wait_ready()
+        port = _relay(procs, tmp_path)
+        for _ in range(25):
+            connect(port)
+        wait_for(lambda: len(_accepts(agent.documents(), port)) >= 25)
+        time.sleep(1.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        docs = agent.documents()
+        status = json.loads(socat_monitor("top", "--once", "--format", "json", "--socket", str(agent.socket)).stdout)
+    finally:
+        agent.stop()
+    written = {}
+    for d in docs:
+        if d["event"]["kind"] == "event":
+            written[d["event"]["action"]] = written.get(d["event"]["action"], 0) + 1
+    scraped = _metric_values(text, "socat_monitor_events_total", "action")
+    for action in ("connection_accepted", "connection_attempted", "connection_closed"):
+        assert scraped.get(action) == written.get(action), (action, scraped, written)
+    assert "socat_monitor_kernel_lost_events_total 0.0" in text
+    assert "socat_monitor_process_resident_memory_bytes" in text
+    beats = [d for d in docs if d["event"]["kind"] == "metric"]
+    assert beats and "kernel_lost_events_total" in beats[-1]["socat"]["metrics"]
+    assert any(listener["port"] == port for listener in status["listeners"])
+
+
+def _metric_values(text: str, name: str, label: str) -> dict[str, float]:
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1:].rsplit("} ", 1)
+            for part in labels.split(","):
+                key, _, val = part.partition("=")
+                if key == label:
+                    values[val.strip('"')] = float(value)
+    return values
+
+
+def test_sigterm_flushes_every_event(tmp_path, procs):
+    agent = AgentProcess(tmp_path, "--no-enforce")
+    agent.wait_ready()
+    port = _relay(procs, tmp_path)
+    clients = {connect(port)[1] for _ in range(30)}
+    code, summary = agent.stop()
+    assert code in (0, 1), agent.text_log()[-2000:]  # 1: the root relay was audited
+    seen = {d["source"]["port"] for d in _accepts(agent.documents(), port)}
+    assert clients <= seen
+    assert "connections seen:" in agent.text_log() + summary
