@@ -13,7 +13,6 @@ import json
 import os
 import select
 import shutil
-import socket
 import sys
 import termios
 import time
@@ -22,57 +21,14 @@ from collections.abc import Iterator
 
 import click
 
-from ..errors import EnvironmentProblem, InputError, MonitorError
+from ..control import DEFAULT_SOCKET, request
+from ..errors import MonitorError
 from ..liveview import Status, parse_status, render
-
-DEFAULT_SOCKET = "/run/socat-monitor/control.sock"
-ANSWER_LIMIT = 4 * 1024 * 1024
-
-
-def query_agent(path: str, command: str, timeout: float = 2.0) -> dict:
-    """Send one command line to the agent's control socket; its one JSON answer."""
-    fix = "start the agent (socat-monitor run, or systemctl start socat-monitor) or pass --socket"
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(command.encode() + b"\n")
-            answer = _read_line(sock)
-    except FileNotFoundError:
-        raise EnvironmentProblem(path, "no agent control socket here", fix) from None
-    except ConnectionRefusedError:
-        raise EnvironmentProblem(path, "no agent answers on this socket (stale socket file)", fix) from None
-    except PermissionError:
-        raise EnvironmentProblem(path, "permission denied on the control socket", "run as root") from None
-    except TimeoutError:
-        raise EnvironmentProblem(path, f"the agent did not answer within {timeout:g}s", None) from None
-    except OSError as exc:
-        raise EnvironmentProblem(path, f"cannot talk to the agent: {exc.strerror or exc}", fix) from None
-    try:
-        data = json.loads(answer)
-    except ValueError:
-        raise InputError(path, f"the agent's answer to {command!r} is not JSON: {answer[:80]!r}") from None
-    if not isinstance(data, dict):
-        raise InputError(path, f"the agent's answer to {command!r} is not a JSON object")
-    return data
-
-
-def _read_line(sock: socket.socket) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < ANSWER_LIMIT:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if chunk.endswith(b"\n"):
-            break
-    return b"".join(chunks).strip()
 
 
 def fetch_status(path: str, timeout: float = 2.0) -> tuple[Status, dict]:
-    data = query_agent(path, "status", timeout)
+    """The agent's status, parsed and raw; EnvironmentProblem when none answers."""
+    data = request(path, "status", timeout)
     return parse_status(data, where=f"{path}: status"), data
 
 
