@@ -1,0 +1,116 @@
+"""Loading `bpf/capture.c` into the kernel with bcc, and its maps.
+
+`KernelProbe` compiles and attaches the tracepoint programs, fills the comm
+filter and the listener-port filter, opens the ring buffer and reads the
+in-kernel loss counter. Everything the host lacks becomes an
+`EnvironmentProblem` carrying the exact command that fixes it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ..errors import EnvironmentProblem
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent.parent.parent / "bpf" / "capture.c"
+WHERE = "capture"
+
+MOUNTS = (
+    ("/sys/kernel/tracing", "tracefs"),
+    ("/sys/kernel/debug", "debugfs"),
+)
+
+
+def ensure_mounts(mounts: Iterable[tuple[str, str]] = MOUNTS) -> None:
+    """Mount tracefs/debugfs where missing (e.g. under `ip netns exec`)."""
+    for path, fstype in mounts:
+        if os.path.ismount(path):
+            continue
+        fix = f"mount -t {fstype} none {path}"
+        if not os.path.isdir(path):
+            raise EnvironmentProblem(WHERE, f"{path} does not exist: is this a Linux host with {fstype}?", fix)
+        ret = os.system(f"mount -t {fstype} none {path} 2>/dev/null")
+        if ret != 0 or not os.path.ismount(path):
+            raise EnvironmentProblem(WHERE, f"{fstype} is not mounted at {path} and mounting it failed", fix)
+        log.info("mounted %s at %s", fstype, path)
+
+
+def _import_bcc():
+    try:
+        import bcc  # noqa: PLC0415 (bcc is heavy: import only when capturing)
+    except ImportError as exc:
+        raise EnvironmentProblem(
+            WHERE, f"the bcc Python module is not importable ({exc})",
+            "apt-get install -y bpfcc-tools python3-bpfcc libbpfcc, and use a venv made with "
+            "/usr/bin/python3 -m venv --system-site-packages (scripts/setup.sh does both)",
+        ) from None
+    return bcc
+
+
+class KernelProbe:
+    """The loaded BPF object: attach, filters, ring buffer, loss counter."""
+
+    def __init__(self, comms: tuple[str, ...], ringbuf_pages: int, source: Path = SOURCE) -> None:
+        if os.geteuid() != 0:
+            raise EnvironmentProblem(WHERE, "capture needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)",
+                                     "run as root: sudo socat-monitor ...")
+        if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
+            raise EnvironmentProblem(WHERE, f"ringbuf_pages={ringbuf_pages} must be a power of two",
+                                     "set capture ringbuf_pages to 64, 128, 256, ...")
+        ensure_mounts()
+        if not Path(f"/lib/modules/{os.uname().release}/build").exists():
+            raise EnvironmentProblem(
+                WHERE, f"no kernel headers at /lib/modules/{os.uname().release}/build (bcc compiles against them)",
+                "apt-get install -y linux-headers-amd64 and link them: scripts/setup.sh does it",
+            )
+        bcc = _import_bcc()
+        try:
+            text = source.read_text()
+        except OSError as exc:
+            raise EnvironmentProblem(WHERE, f"cannot read the BPF program {source}: {exc.strerror}",
+                                     "reinstall socat-monitor") from None
+        try:
+            self.bpf = bcc.BPF(text=text, cflags=[f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"])
+        except Exception as exc:  # bcc raises bare Exception on compile/attach failures
+            raise EnvironmentProblem(
+                WHERE, f"loading {source.name} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                "run `socat-monitor doctor` to see which kernel feature or mount is missing",
+            ) from None
+        self._comm_type = self.bpf["comms"].Key
+        self.set_comms(comms)
+        self._lost = self.bpf["lost"]
+
+    def set_comms(self, comms: Iterable[str]) -> None:
+        table = self.bpf["comms"]
+        table.clear()
+        for name in comms:
+            raw = name.encode()[:15]
+            key = self._comm_type()
+            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
+            table[key] = ctypes.c_uint8(1)
+
+    def watch_ports(self, ports: Iterable[int]) -> None:
+        table = self.bpf["ports"]
+        for port in ports:
+            table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
+
+    def open_ring(self, callback: Callable[[bytes], None]) -> None:
+        def on_record(_ctx, data, size):
+            callback(ctypes.string_at(data, size))
+        self._callback = on_record  # keep a reference: bcc holds only a C pointer
+        self.bpf["events"].open_ring_buffer(on_record)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def lost(self) -> int:
+        return int(sum(self._lost[ctypes.c_int(0)]))
+
+    def close(self) -> None:
+        self.bpf.cleanup()

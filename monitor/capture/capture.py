@@ -1,0 +1,121 @@
+"""The live capture source the agent polls: `Capture`.
+
+Loads the kernel side (`bpf.KernelProbe`), decodes every ring-buffer record
+(`decode`), enriches it (`enrich`) and hands back typed events in kernel
+order. Kernel-side losses and undecodable records are counted, surfaced as
+`PipelineError(stage="capture")` and logged once per occurrence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..events import ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
+from .bpf import KernelProbe
+from .decode import DecodeError, decode
+from .enrich import Enricher, ProcessTable, boot_id, monotonic_offset_ns
+from .listeners import process_listeners
+
+log = logging.getLogger(__name__)
+
+CaptureRecord = ConnectionEvent | ProcessEvent | PipelineError
+
+
+@dataclass
+class CaptureConfig:
+    """What to capture. `ringbuf_pages`: ring buffer size in 4 KiB pages (power of two)."""
+
+    comms: tuple[str, ...] = ("socat",)
+    ringbuf_pages: int = 256
+    proc_cache_size: int = 4096
+
+
+@dataclass
+class CaptureStats:
+    """Counters since start."""
+
+    events: dict[str, int] = field(default_factory=dict)   # by event.action value
+    records: int = 0             # ring-buffer records received
+    kernel_lost: int = 0         # records the kernel could not put in the ring buffer
+    decode_errors: int = 0
+    enrich_errors: int = 0
+    proc_reads: int = 0          # /proc reads at new pids
+    processes_cached: int = 0
+
+
+class Capture:
+    """Live socat connection capture through BPF tracepoints."""
+
+    def __init__(self, config: CaptureConfig) -> None:
+        self.config = config
+        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages)
+        offset = monotonic_offset_ns()
+        self._processes = ProcessTable(config.proc_cache_size, offset)
+        self._enrich = Enricher(self._processes, offset, boot_id())
+        self._raw: list[bytes] = []
+        self._by_action: Counter[str] = Counter()
+        self._records = 0
+        self._decode_errors = 0
+        self._enrich_errors = 0
+        self._lost_seen = 0
+        self._kernel.watch_ports(lst.port for lst in self.listeners())
+        self._kernel.open_ring(self._raw.append)
+
+    def listeners(self) -> list[Listener]:
+        """Listening sockets held by watched processes now (with the holder's pid)."""
+        return [Listener(ip=lst.ip, port=lst.port, pid=pid)
+                for lst, pid in process_listeners(tuple(self.config.comms))]
+
+    def poll(self, timeout_ms: int) -> list[CaptureRecord]:
+        """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order."""
+        self._kernel.poll(timeout_ms)
+        raw = self._raw[:]
+        self._raw.clear()
+        out: list[CaptureRecord] = []
+        append = out.append
+        enrich = self._enrich
+        for data in raw:
+            try:
+                record = decode(data)
+            except DecodeError as exc:
+                self._decode_errors += 1
+                log.warning("capture: undecodable ring-buffer record: %s", exc)
+                append(PipelineError(stage="capture", message=f"undecodable record: {exc}", timestamp_ns=now_ns()))
+                continue
+            try:
+                event = enrich(record)
+            except (OSError, ValueError) as exc:
+                self._enrich_errors += 1
+                log.warning("capture: cannot enrich a record of pid %d: %s", record.pid, exc)
+                append(PipelineError(stage="enrich", message=f"pid {record.pid}: {exc}", timestamp_ns=now_ns()))
+                continue
+            self._by_action[event.action.value] += 1
+            append(event)
+        self._records += len(raw)
+        lost = self._kernel.lost()
+        if lost > self._lost_seen:
+            grew = lost - self._lost_seen
+            self._lost_seen = lost
+            log.warning("capture: the kernel dropped %d events (ring buffer full; %d in total)", grew, lost)
+            append(PipelineError(stage="capture", timestamp_ns=now_ns(), count=grew,
+                                 message=f"ring buffer full: {grew} kernel events lost ({lost} since start)"))
+        return out
+
+    @property
+    def stats(self) -> CaptureStats:
+        return CaptureStats(
+            events=dict(self._by_action), records=self._records, kernel_lost=self._kernel.lost(),
+            decode_errors=self._decode_errors, enrich_errors=self._enrich_errors,
+            proc_reads=self._processes.proc_reads, processes_cached=len(self._processes),
+        )
+
+    def close(self) -> None:
+        self._kernel.close()
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

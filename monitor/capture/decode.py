@@ -1,0 +1,111 @@
+"""Raw ring-buffer records of `bpf/capture.c` -> `RawEvent`, cheaply.
+
+The layout here mirrors `struct event` / `struct exec_event` in the C file;
+`decode` is pure (bytes in, record out) so it is unit-tested without a kernel.
+Addresses become canonical text (v4-mapped IPv6 becomes IPv4) through a
+small bounded cache: a relay sees the same few addresses over and over.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+EV_ACCEPT, EV_CONNECT, EV_CLOSE, EV_EXEC, EV_EXIT = 1, 2, 3, 4, 5
+F_INGRESS, F_REFUSED, F_PARTIAL, F_EXITED, F_FAILED = 1, 2, 4, 8, 16
+AF_INET, AF_INET6 = 2, 10
+MAX_ARGS, ARG_LEN = 20, 128
+
+HEADER = struct.Struct("<BBBxIIIIIQQQiHH16s16sHHI16s16s")
+EXEC_TAIL = struct.Struct("<I")  # argc (then 4 bytes of padding before argv)
+EXEC_ARGV_OFFSET = HEADER.size + 8
+EXEC_SIZE = EXEC_ARGV_OFFSET + MAX_ARGS * ARG_LEN
+assert HEADER.size == 128, HEADER.size
+
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+_ADDR_CACHE: dict[tuple[int, bytes], str] = {}
+_ADDR_CACHE_MAX = 4096
+
+
+class DecodeError(ValueError):
+    """A record that does not have the layout of `bpf/capture.c`."""
+
+
+@dataclass(slots=True)
+class RawEvent:
+    """One kernel record, fields decoded but not yet enriched."""
+
+    type: int
+    family: int
+    flags: int
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    gid: int
+    ktime_ns: int
+    cookie: int
+    duration_ns: int
+    err: int
+    sport: int
+    dport: int
+    saddr: str
+    daddr: str
+    lport: int
+    laddr: str | None
+    sig: int
+    comm: str
+    argv: tuple[str, ...] = ()
+
+
+def address(family: int, raw: bytes) -> str:
+    """Canonical text of a 16-byte address field (v4 in its first 4 bytes)."""
+    key = (family, raw)
+    text = _ADDR_CACHE.get(key)
+    if text is None:
+        if family == AF_INET:
+            text = socket.inet_ntop(socket.AF_INET, raw[:4])
+        elif raw[:12] == _V4_MAPPED:
+            text = socket.inet_ntop(socket.AF_INET, raw[12:])
+        else:
+            text = socket.inet_ntop(socket.AF_INET6, raw)
+        if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[key] = text
+    return text
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def decode(data: bytes) -> RawEvent:
+    """One ring-buffer record -> RawEvent; DecodeError if it is malformed."""
+    if len(data) < HEADER.size:
+        raise DecodeError(f"record of {len(data)} bytes, expected at least {HEADER.size}")
+    (etype, family, flags, pid, tid, ppid, uid, gid, ktime, cookie, duration, err,
+     sport, dport, saddr, daddr, lport, lfamily, sig, laddr, comm) = HEADER.unpack_from(data)
+    argv: tuple[str, ...] = ()
+    if etype == EV_EXEC:
+        if len(data) < EXEC_SIZE:
+            raise DecodeError(f"exec record of {len(data)} bytes, expected {EXEC_SIZE}")
+        (argc,) = EXEC_TAIL.unpack_from(data, HEADER.size)
+        argc = min(argc, MAX_ARGS)
+        argv = tuple(
+            _cstr(data[EXEC_ARGV_OFFSET + i * ARG_LEN: EXEC_ARGV_OFFSET + (i + 1) * ARG_LEN]) for i in range(argc)
+        )
+    elif etype not in (EV_ACCEPT, EV_CONNECT, EV_CLOSE, EV_EXIT):
+        raise DecodeError(f"unknown record type {etype}")
+    is_conn = etype in (EV_ACCEPT, EV_CONNECT, EV_CLOSE)
+    if is_conn and family not in (AF_INET, AF_INET6):
+        raise DecodeError(f"connection record with address family {family}")
+    return RawEvent(
+        type=etype, family=family, flags=flags, pid=pid, tid=tid, ppid=ppid, uid=uid, gid=gid,
+        ktime_ns=ktime, cookie=cookie, duration_ns=duration, err=err, sport=sport, dport=dport,
+        saddr=address(family, saddr) if is_conn else "",
+        daddr=address(family, daddr) if is_conn else "",
+        lport=lport,
+        laddr=address(lfamily, laddr) if lport and lfamily in (AF_INET, AF_INET6) else None,
+        sig=sig, comm=_cstr(comm), argv=argv,
+    )
