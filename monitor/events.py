@@ -124,6 +124,7 @@ class Listener:
     ip: str
     port: int
     name: str | None = None   # the policy's name for it, filled by policy
+    pid: int | None = None    # the process holding the listening socket (Capture.listeners)
 
 
 @dataclass(slots=True)
