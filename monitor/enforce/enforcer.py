@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..events import Action, Alert, BlockEvent, Outcome, Severity
 from . import hostfacts
 from .netns import require_cap_net_admin
-from .nft import NftTable
+from .nft import KernelElement, NftTable
 from .safety import CircuitBreaker, Network, SafetyRules, parse_target, target_text
 from .sessions import MODES, end_sessions
 from .state import ActiveBlock, StateFile
@@ -109,6 +109,21 @@ class Enforcer:
             events.append(BlockEvent(Action.BLOCKED, now, b.target, ttl_s=round(b.remaining_s(now), 3),
                                      rule_id=b.rule_id, alert_id=b.alert_id, reason="restored at start"))
         return events
+
+    def attach(self) -> None:
+        """Join the table as it is (operators' CLI): create it only if missing, keep its elements."""
+        self.refresh_safety()
+        if not self._table.exists():
+            self._table.create(scope=self.config.scope, ports=())
+        now = time.time_ns()
+        with self._lock:
+            self._active = {e.target: ActiveBlock(e.target, now + int((e.expires_s or 0) * 1e9),
+                                                  float(e.timeout_s or 0), now)
+                            for e in self._table.list_elements() if e.set.startswith("block")}
+
+    def kernel_elements(self) -> list[KernelElement]:
+        """Every element of our table as the kernel holds it now (a full dump)."""
+        return self._table.list_elements()
 
     def set_ports(self, ports: Iterable[int]) -> None:
         new = tuple(sorted(set(ports)))
