@@ -76,18 +76,18 @@ class KernelProbe:
             raise EnvironmentProblem(WHERE, f"cannot read the BPF program {source}: {exc.strerror}",
                                      "reinstall socat-monitor") from None
         try:
-            self.bpf = bcc.BPF(text=text, cflags=[f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"])
+            self.bpf = bcc.BPF(text=text.encode(), cflags=[f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"])
         except Exception as exc:  # bcc raises bare Exception on compile/attach failures
             raise EnvironmentProblem(
                 WHERE, f"loading {source.name} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                 "run `socat-monitor doctor` to see which kernel feature or mount is missing",
             ) from None
-        self._comm_type = self.bpf["comms"].Key
+        self._comm_type = self.bpf[b"comms"].Key
         self.set_comms(comms)
-        self._lost = self.bpf["lost"]
+        self._lost = self.bpf[b"lost"]
 
     def set_comms(self, comms: Iterable[str]) -> None:
-        table = self.bpf["comms"]
+        table = self.bpf[b"comms"]
         table.clear()
         for name in comms:
             raw = name.encode()[:15]
@@ -96,7 +96,7 @@ class KernelProbe:
             table[key] = ctypes.c_uint8(1)
 
     def watch_ports(self, ports: Iterable[int]) -> None:
-        table = self.bpf["ports"]
+        table = self.bpf[b"ports"]
         for port in ports:
             table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
 
@@ -104,7 +104,7 @@ class KernelProbe:
         def on_record(_ctx, data, size):
             callback(ctypes.string_at(data, size))
         self._callback = on_record  # keep a reference: bcc holds only a C pointer
-        self.bpf["events"].open_ring_buffer(on_record)
+        self.bpf[b"events"].open_ring_buffer(on_record)
 
     def poll(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)

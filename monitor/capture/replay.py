@@ -1,0 +1,317 @@
+"""The replay source: connection events read back from NDJSON files (plain or gzip).
+
+`read_chunks(paths)` streams files in blocks and yields columnar
+`EventChunk`s: each block goes through pyarrow's JSON reader with a projected
+schema (only the fields detection needs), and a block pyarrow cannot take
+cleanly (a malformed line, a missing or bad field, a foreign layout such as
+flat dotted keys) is re-read line by line with `monitor.ecs.parse_connection`,
+so every bad line is reported with its file and line number and no good line
+is lost. Non-connection documents (alerts, process events, heartbeats) are
+counted and skipped. `read_events(paths)` yields `ConnectionEvent`s one by one
+for consumers that want records.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection
+from ..errors import InputError
+from ..events import Action, ConnectionEvent, Direction, Listener, Outcome
+
+BLOCK_BYTES = 8 << 20
+ACTIONS = (Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED)
+_ACTION_CODE = {a.value: i for i, a in enumerate(ACTIONS)}
+_OTHER_KINDS = {"alert", "metric", "pipeline_error", "state", "signal"}
+
+_SCHEMA = pa.schema([
+    ("@timestamp", pa.timestamp("ns")),
+    ("event", pa.struct([("id", pa.string()), ("action", pa.string()), ("dataset", pa.string()),
+                         ("kind", pa.string()), ("duration", pa.int64()), ("outcome", pa.string())])),
+    ("source", pa.struct([("ip", pa.string()), ("port", pa.int64())])),
+    ("destination", pa.struct([("ip", pa.string()), ("port", pa.int64())])),
+    ("network", pa.struct([("direction", pa.string())])),
+    ("socat", pa.struct([("listener", pa.struct([("ip", pa.string()), ("port", pa.int64()), ("name", pa.string())])),
+                         ("refused", pa.bool_())])),
+])
+
+
+@dataclass
+class Malformed:
+    """A line that is not a usable connection document."""
+
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+@dataclass
+class ReadStats:
+    lines: int = 0
+    connections: int = 0
+    other_documents: int = 0
+    malformed: int = 0
+    slow_blocks: int = 0
+    bad_lines: list[Malformed] = field(default_factory=list)   # the first `keep` of them
+    keep: int = 1000
+
+    def bad(self, path: str, line: int, message: str) -> None:
+        self.malformed += 1
+        if len(self.bad_lines) < self.keep:
+            self.bad_lines.append(Malformed(path, line, message))
+
+
+@dataclass
+class EventChunk:
+    """Connection events as parallel columns; addresses as dictionary codes."""
+
+    t: np.ndarray                 # int64 ns
+    action: np.ndarray            # int8 index into ACTIONS
+    egress: np.ndarray            # bool
+    src: np.ndarray               # int32 index into src_values
+    src_values: list[str]
+    src_port: np.ndarray          # int64
+    dst: np.ndarray               # int32 index into dst_values
+    dst_values: list[str]
+    dst_port: np.ndarray          # int64
+    listener: np.ndarray          # int64: socat.listener.port, else destination.port
+    refused: np.ndarray           # bool: denied, or socat.refused
+    duration: np.ndarray          # int64 ns, -1 when unknown
+    event_id: Callable[[int], str | None]
+    source: str = ""              # file the chunk came from
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def event(self, i: int) -> ConnectionEvent:
+        """Row `i` as a ConnectionEvent (for policy checks)."""
+        action = ACTIONS[int(self.action[i])]
+        duration = int(self.duration[i])
+        return ConnectionEvent(
+            id=self.event_id(i) or f"row-{self.t[i]}-{i}",
+            action=action, timestamp_ns=int(self.t[i]),
+            source_ip=self.src_values[self.src[i]], source_port=int(self.src_port[i]),
+            destination_ip=self.dst_values[self.dst[i]], destination_port=int(self.dst_port[i]),
+            direction=Direction.EGRESS if self.egress[i] else Direction.INGRESS,
+            outcome=Outcome.SUCCESS,
+            listener=Listener(ip=self.dst_values[self.dst[i]], port=int(self.listener[i])),
+            duration_ns=duration if duration >= 0 else None,
+            refused=bool(self.refused[i]),
+        )
+
+
+def _open(path: Path):
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _blocks(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
+    """(first line number, bytes of whole lines) blocks of a file."""
+    line = 1
+    rest = b""
+    with _open(path) as fh:
+        while True:
+            data = fh.read(size)
+            if not data:
+                break
+            data = rest + data
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            block, rest = data[: cut + 1], data[cut + 1:]
+            yield line, block
+            line += block.count(b"\n")
+    if rest.strip():
+        yield line, rest + b"\n"
+
+
+def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
+                block_bytes: int = BLOCK_BYTES) -> Iterator[EventChunk]:
+    """Columnar chunks of connection events from NDJSON files, in file order.
+
+    A missing or unreadable file is an InputError naming it; a gzip file
+    that ends early reports the problem as a malformed line and keeps what was read.
+    """
+    stats = stats if stats is not None else ReadStats()
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise InputError(str(path), "no such file")
+        try:
+            for first, block in _blocks(path, block_bytes):
+                chunk = _fast(block, stats, str(path))
+                if chunk is None:
+                    stats.slow_blocks += 1
+                    chunk = _slow(block, first, stats, str(path))
+                if len(chunk):
+                    yield chunk
+        except (EOFError, gzip.BadGzipFile, OSError) as exc:
+            if isinstance(exc, PermissionError):
+                raise InputError(str(path), f"cannot read: {exc.strerror}") from None
+            stats.bad(str(path), -1, f"file ends early or is not readable: {exc}")
+
+
+def read_events(paths: Iterable[str | Path], stats: ReadStats | None = None) -> Iterator[ConnectionEvent]:
+    """ConnectionEvents one by one, in file order (the agent's replay source)."""
+    for chunk in read_chunks(paths, stats):
+        for i in range(len(chunk)):
+            yield chunk.event(i)
+
+
+def _fast(block: bytes, stats: ReadStats, path: str) -> EventChunk | None:
+    """The pyarrow path; None when the block needs the line-by-line path."""
+    try:
+        table = pj.read_json(
+            io.BytesIO(block),
+            read_options=pj.ReadOptions(block_size=max(len(block) + 1, 1 << 20), use_threads=True),
+            parse_options=pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    event = table.column("event").combine_chunks()
+    action = _get(event, "action")
+    dataset = _get(event, "dataset")
+    is_conn_dataset = pc.fill_null(pc.equal(dataset, DATASET_CONNECTION), False)
+    no_dataset = pc.is_null(dataset)
+    other_kind = pc.fill_null(pc.is_in(_get(event, "kind"), pa.array(sorted(_OTHER_KINDS))), False)
+    conn_action = pc.fill_null(pc.is_in(action, pa.array(list(_ACTION_CODE))), False)
+    if pc.any(pc.and_(no_dataset, pc.is_null(action))).as_py():
+        return None
+    # a socat.connection document with a foreign action is malformed: the slow path says so
+    if pc.any(pc.and_(is_conn_dataset, pc.invert(conn_action))).as_py():
+        return None
+    selected = pc.or_(is_conn_dataset, pc.and_(pc.and_(no_dataset, pc.invert(other_kind)), conn_action))
+    rows = int(pc.sum(pc.cast(selected, pa.int64())).as_py() or 0)
+    total = len(table)
+    if rows < total:
+        table = table.filter(selected)
+        event = event.filter(selected)
+    stamp = table.column("@timestamp").combine_chunks()
+    source = table.column("source").combine_chunks()
+    destination = table.column("destination").combine_chunks()
+    src_ip, src_port = _get(source, "ip"), _get(source, "port")
+    dst_ip, dst_port = _get(destination, "ip"), _get(destination, "port")
+    action = _get(event, "action")
+    if any(col.null_count for col in (stamp, action, src_ip, src_port, dst_ip, dst_port)):
+        return None
+    ports = np.concatenate([src_port.to_numpy(), dst_port.to_numpy()])
+    if len(ports) and (ports.min() < 0 or ports.max() > 65535):
+        return None
+    socat = table.column("socat").combine_chunks()
+    lport = pc.coalesce(_get(_get(socat, "listener"), "port"), dst_port).to_numpy().astype(np.int64)
+    src_enc, dst_enc = src_ip.dictionary_encode(), dst_ip.dictionary_encode()
+    src_values, dst_values = src_enc.dictionary.to_pylist(), dst_enc.dictionary.to_pylist()
+    if not (_valid_ips(src_values) and _valid_ips(dst_values)):
+        return None
+    action_enc = action.dictionary_encode()
+    codes = np.array([_ACTION_CODE[a] for a in action_enc.dictionary.to_pylist()], dtype=np.int8)
+    action_codes = codes[action_enc.indices.to_numpy()] if len(codes) else np.empty(0, dtype=np.int8)
+    direction = _get(table.column("network").combine_chunks(), "direction")
+    egress = np.where(pc.is_null(direction).to_numpy(zero_copy_only=False), action_codes == 1,
+                      pc.fill_null(pc.equal(direction, "egress"), False).to_numpy(zero_copy_only=False))
+    refused = pc.fill_null(_get(socat, "refused"), False).to_numpy(zero_copy_only=False) | (action_codes == 3)
+    duration = pc.fill_null(_get(event, "duration"), -1).to_numpy().astype(np.int64)
+    ids = _get(event, "id")
+    stats.lines += block.count(b"\n")
+    stats.connections += rows
+    stats.other_documents += total - rows
+    return EventChunk(
+        t=stamp.cast(pa.int64()).to_numpy(),
+        action=action_codes, egress=egress,
+        src=src_enc.indices.to_numpy(), src_values=src_values, src_port=src_port.to_numpy().astype(np.int64),
+        dst=dst_enc.indices.to_numpy(), dst_values=dst_values, dst_port=dst_port.to_numpy().astype(np.int64),
+        listener=lport, refused=refused, duration=duration,
+        event_id=lambda i: ids[i].as_py(), source=path,
+    )
+
+
+def _get(array: pa.Array, name: str) -> pa.Array:
+    """A struct's child with the parent's nulls applied."""
+    return pc.struct_field(array, name)
+
+
+def _valid_ips(values: list[str]) -> bool:
+    from ..events import normalize_ip
+    try:
+        for value in values:
+            normalize_ip(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _slow(block: bytes, first_line: int, stats: ReadStats, path: str) -> EventChunk:
+    """Line by line: every bad line reported with its number, every good one kept."""
+    events: list[ConnectionEvent] = []
+    for offset, line in enumerate(block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n")):
+        number = first_line + offset
+        stats.lines += 1
+        if not line.strip():
+            continue
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            stats.bad(path, number, f"not JSON ({exc})")
+            continue
+        if not isinstance(doc, dict):
+            stats.bad(path, number, "not a JSON object")
+            continue
+        if not _is_connection(doc):
+            stats.other_documents += 1
+            continue
+        try:
+            events.append(parse_connection(doc))
+        except DocumentError as exc:
+            stats.bad(path, number, str(exc))
+            continue
+        except (TypeError, ValueError) as exc:
+            stats.bad(path, number, f"bad field value ({exc})")
+            continue
+        stats.connections += 1
+    return chunk_from_events(events, path)
+
+
+def _is_connection(doc: dict) -> bool:
+    dataset = _field(doc, "event.dataset")
+    if dataset is not None:
+        return dataset == DATASET_CONNECTION
+    if _field(doc, "event.kind") in _OTHER_KINDS:
+        return False
+    action = _field(doc, "event.action")
+    return action is None or action in _ACTION_CODE
+
+
+def chunk_from_events(events: list[ConnectionEvent], source: str = "") -> EventChunk:
+    """The columnar form of a list of events."""
+    src, src_values = pd.factorize(pd.Series([e.source_ip for e in events], dtype=object))
+    dst, dst_values = pd.factorize(pd.Series([e.destination_ip for e in events], dtype=object))
+    ids = [e.id for e in events]
+    return EventChunk(
+        t=np.array([e.timestamp_ns for e in events], dtype=np.int64),
+        action=np.array([_ACTION_CODE[e.action.value] for e in events], dtype=np.int8),
+        egress=np.array([e.direction is Direction.EGRESS for e in events], dtype=bool),
+        src=src.astype(np.int32), src_values=list(src_values),
+        src_port=np.array([e.source_port for e in events], dtype=np.int64),
+        dst=dst.astype(np.int32), dst_values=list(dst_values),
+        dst_port=np.array([e.destination_port for e in events], dtype=np.int64),
+        listener=np.array([e.listener.port if e.listener else e.destination_port for e in events], dtype=np.int64),
+        refused=np.array([e.refused or e.action is Action.DENIED for e in events], dtype=bool),
+        duration=np.array([e.duration_ns if e.duration_ns is not None else -1 for e in events], dtype=np.int64),
+        event_id=lambda i: ids[i], source=source,
+    )

@@ -1,0 +1,186 @@
+"""Can this host run the agent? Checks, each with the exact fix.
+
+`run_checks(env)` inspects the kernel (tracepoints, BTF), mounts, kernel
+headers for bcc, the bcc module, privileges, and the socat and nft
+binaries. Each `Check` is `ok`, `warn` (the agent runs, something is
+degraded or will be fixed at start) or `fail` (the agent cannot run), and
+carries the command that fixes it. `DoctorEnv` holds every path and the
+PATH searched, so tests can point a check at a missing piece.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+TRACEPOINTS = (
+    "syscalls/sys_enter_accept", "syscalls/sys_exit_accept", "syscalls/sys_enter_accept4",
+    "syscalls/sys_exit_accept4", "syscalls/sys_enter_connect", "syscalls/sys_exit_connect",
+    "syscalls/sys_enter_bind", "syscalls/sys_enter_execve", "syscalls/sys_exit_execve",
+    "syscalls/sys_enter_exit_group", "sock/inet_sock_set_state", "sched/sched_process_fork",
+    "sched/sched_process_exit", "signal/signal_deliver",
+)
+# CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21, CAP_PERFMON 38, CAP_BPF 39
+CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+
+@dataclass(frozen=True)
+class DoctorEnv:
+    """Where the checks look; defaults are this host."""
+
+    tracing: str = "/sys/kernel/tracing"
+    debugfs: str = "/sys/kernel/debug"
+    bpffs: str = "/sys/fs/bpf"
+    btf: str = "/sys/kernel/btf/vmlinux"
+    modules: str = f"/lib/modules/{os.uname().release}"
+    mounts: str = "/proc/self/mounts"
+    status: str = "/proc/self/status"
+    path: str | None = None   # PATH for socat/nft; None = the current PATH
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str | None = None
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != FAIL for c in self.checks)
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+def _mounts(env: DoctorEnv) -> dict[str, str]:
+    """mount point -> fs type."""
+    out: dict[str, str] = {}
+    try:
+        with open(env.mounts, encoding="utf-8") as fh:
+            for line in fh:
+                cols = line.split()
+                if len(cols) >= 3:
+                    out[cols[1]] = cols[2]
+    except OSError:
+        pass
+    return out
+
+
+def check_mounts(env: DoctorEnv) -> list[Check]:
+    mounts = _mounts(env)
+    out = []
+    for path, fstype, why in (
+        (env.tracing, "tracefs", "tracepoints attach through it; the agent mounts it at start if it can"),
+        (env.debugfs, "debugfs", "bcc looks for tracepoints there; the agent mounts it at start if it can"),
+        (env.bpffs, "bpf", "needed to pin maps (optional)"),
+    ):
+        if mounts.get(path) == fstype:
+            out.append(Check(f"mount {fstype}", OK, f"{fstype} at {path}"))
+        else:
+            out.append(Check(f"mount {fstype}", WARN, f"{fstype} is not mounted at {path}: {why}",
+                             f"mount -t {fstype} none {path}"))
+    cg2 = [p for p, t in mounts.items() if t == "cgroup2"]
+    out.append(Check("mount cgroup2", OK, f"cgroup2 at {cg2[0]}") if cg2 else Check(
+        "mount cgroup2", WARN, "no cgroup2 mount (needed only for in-kernel connect filtering)",
+        "mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified"))
+    return out
+
+
+def check_tracepoints(env: DoctorEnv) -> Check:
+    roots = [os.path.join(env.tracing, "events"), os.path.join(env.debugfs, "tracing", "events")]
+    root = next((r for r in roots if os.path.isdir(r)), None)
+    if root is None:
+        return Check("tracepoints", FAIL, f"cannot list tracepoints: tracefs is not mounted at {env.tracing}",
+                     f"mount -t tracefs none {env.tracing}")
+    missing = [tp for tp in TRACEPOINTS if not os.path.isdir(os.path.join(root, tp))]
+    if missing:
+        return Check("tracepoints", FAIL, f"kernel lacks tracepoints: {', '.join(missing)}",
+                     "use a kernel built with CONFIG_FTRACE_SYSCALLS=y and CONFIG_TRACEPOINTS=y (Linux >= 4.16)")
+    return Check("tracepoints", OK, f"all {len(TRACEPOINTS)} tracepoints present (kprobes not required)")
+
+
+def check_btf(env: DoctorEnv) -> Check:
+    if os.path.exists(env.btf):
+        return Check("btf", OK, f"{env.btf} present")
+    return Check("btf", WARN, f"{env.btf} missing: not needed by the tracepoint capture",
+                 "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+
+
+def check_headers(env: DoctorEnv) -> Check:
+    build = os.path.join(env.modules, "build")
+    if os.path.isdir(os.path.join(build, "include")):
+        return Check("kernel headers", OK, f"{build} -> {os.path.realpath(build)}")
+    return Check("kernel headers", FAIL, f"no kernel headers at {build}: bcc compiles the capture program against them",
+                 "apt-get install -y linux-headers-amd64 && ln -sfn /usr/src/linux-headers-<version>-amd64 "
+                 f"{build} (scripts/setup.sh does it)")
+
+
+def check_bcc() -> Check:
+    if importlib.util.find_spec("bcc") is None:
+        return Check("bcc", FAIL, "the bcc Python module is not importable from this Python",
+                     "apt-get install -y bpfcc-tools python3-bpfcc libbpfcc and run from a venv made with "
+                     "/usr/bin/python3 -m venv --system-site-packages (scripts/setup.sh)")
+    return Check("bcc", OK, "bcc importable")
+
+
+def check_privileges(env: DoctorEnv) -> Check:
+    try:
+        with open(env.status, encoding="ascii") as fh:
+            capeff = next(int(line.split()[1], 16) for line in fh if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        capeff = 0
+    missing = [name for name, bit in CAPABILITIES.items() if not capeff >> bit & 1]
+    if missing:
+        return Check("privileges", FAIL, f"missing capabilities {', '.join(missing)} (uid {os.geteuid()})",
+                     "run as root: sudo socat-monitor run")
+    return Check("privileges", OK, f"uid {os.geteuid()} with {', '.join(CAPABILITIES)}")
+
+
+def check_binary(name: str, env: DoctorEnv, required: bool, version_args: list[str], fix: str, why: str) -> Check:
+    path = shutil.which(name, path=env.path)
+    if path is None:
+        return Check(name, FAIL if required else WARN, f"{name} not found in PATH: {why}", fix)
+    try:
+        out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=5, check=False)
+        text = (out.stdout + out.stderr).strip().splitlines()
+        version = next((line.strip() for line in text if "version" in line.lower()), text[0] if text else "")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        version = f"cannot run: {exc}"
+    return Check(name, OK, f"{path}: {version}")
+
+
+def run_checks(env: DoctorEnv | None = None) -> Report:
+    env = env or DoctorEnv()
+    report = Report()
+    report.checks.append(check_privileges(env))
+    report.checks.append(check_tracepoints(env))
+    report.checks.append(check_btf(env))
+    report.checks.extend(check_mounts(env))
+    report.checks.append(check_headers(env))
+    report.checks.append(check_bcc())
+    report.checks.append(check_binary("socat", env, True, ["-V"], "apt-get install -y socat",
+                                      "the agent monitors socat relays and audits their command lines"))
+    report.checks.append(check_binary("nft", env, False, ["--version"], "apt-get install -y nftables",
+                                      "needed to inspect blocks by hand (the agent itself talks netlink)"))
+    return report
+
+
+def render_text(report: Report) -> str:
+    lines = []
+    for c in report.checks:
+        lines.append(f"{c.status.upper():4} {c.name}: {c.detail}")
+        if c.fix and c.status != OK:
+            lines.append(f"     fix: {c.fix}")
+    lines.append("the agent can run on this host" if report.ok else "the agent cannot run on this host: fix the FAIL lines")
+    return "\n".join(lines)

@@ -1,0 +1,261 @@
+"""Live capture against real socat relays on loopback, with real BPF attached.
+
+One `Capture` is loaded for the module (compiling the BPF program takes a
+few seconds). Each test starts its own relays after it, makes a known set of
+client connections (recording their source ports) and asserts the exact
+events of those relays' processes: every connection, 4-tuple, pid/ppid,
+session pairing, refusals, lifecycle. Other socat processes on the host
+(other tests) are told apart by pid, and nothing but socat may appear.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import defaultdict
+
+import pytest
+
+from monitor.capture import Capture, CaptureConfig
+from monitor.events import Action, ConnectionEvent, Direction, Outcome, PipelineError, ProcessEvent
+from tests.lab import PYTHON, ROOT, free_port, require, socat_monitor, wait_listening
+
+pytestmark = pytest.mark.integration
+SOCAT = require("socat")
+
+
+class Recorder:
+    """Polls the capture and keeps every record for the tests to pick from."""
+
+    def __init__(self, capture: Capture) -> None:
+        self.capture = capture
+        self.records: list = []
+
+    def pump(self, seconds: float = 0.0) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            self.records.extend(self.capture.poll(50))
+            if time.monotonic() >= deadline:
+                return
+
+    def family(self, root_pids: set[int]) -> list:
+        """Records of the processes started as root_pids and their fork children (any depth)."""
+        pids = set(root_pids)
+        out = []
+        for rec in self.records:
+            proc = getattr(rec, "process", None)
+            if proc is None:
+                continue
+            if proc.pid in pids or proc.ppid in pids:
+                pids.add(proc.pid)
+                out.append(rec)
+        return out
+
+    def wait_for(self, root_pids: set[int], predicate, timeout: float = 5.0) -> list:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pump()
+            recs = self.family(root_pids)
+            if predicate(recs) or time.monotonic() > deadline:
+                return recs
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    capture = Capture(CaptureConfig())
+    rec = Recorder(capture)
+    yield rec
+    capture.close()
+
+
+@pytest.fixture
+def backend(procs):
+    port = free_port()
+    proc = procs.start([PYTHON, "-m", "tests.echo", str(port), "127.0.0.1"], cwd=ROOT)
+    wait_listening(port)
+    return port, proc
+
+
+def connect(family: int, host: str, port: int, payload: bytes = b"ping") -> tuple[str, int, bytes]:
+    """One client connection through the relay; returns our (ip, port) and what came back."""
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect((host, port))
+        me = s.getsockname()
+        got = b""
+        try:   # a refusing relay may already have closed: then nothing comes back
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            while chunk := s.recv(4096):
+                got += chunk
+        except (ConnectionResetError, BrokenPipeError, OSError):
+            pass
+    return me[0], me[1], got
+
+
+def conns(recs: list, action: Action) -> list[ConnectionEvent]:
+    return [r for r in recs if isinstance(r, ConnectionEvent) and r.action is action]
+
+
+def by_session(recs: list) -> dict[str, list[ConnectionEvent]]:
+    out: dict[str, list[ConnectionEvent]] = defaultdict(list)
+    for r in recs:
+        if isinstance(r, ConnectionEvent):
+            out[r.session_id].append(r)
+    return out
+
+
+def test_fork_relays_ipv4_ipv6_exact(recorder, procs, backend):
+    bport, bproc = backend
+    p4, p6 = free_port(), free_port(socket.AF_INET6)
+    relay4 = procs.socat(f"TCP-LISTEN:{p4},fork,reuseaddr", f"TCP:127.0.0.1:{bport}", port=p4)
+    # connect-timeout= makes the child's connect non-blocking (EINPROGRESS, then the state change)
+    relay6 = procs.socat(f"TCP6-LISTEN:{p6},fork,reuseaddr", f"TCP:127.0.0.1:{bport},connect-timeout=3", port=p6)
+    roots = {relay4.pid, relay6.pid}
+
+    made = []  # (listener port, client ip, client port)
+    for _ in range(3):
+        ip, port, got = connect(socket.AF_INET, "127.0.0.1", p4)
+        assert got == b"ping"
+        made.append((p4, ip, port))
+        ip, port, got = connect(socket.AF_INET6, "::1", p6)
+        assert got == b"ping"
+        made.append((p6, ip, port))
+    ip, port, got = connect(socket.AF_INET, "127.0.0.1", p6)   # IPv4 client on the dual-stack listener
+    assert got == b"ping"
+    made.append((p6, ip, port))
+    n = len(made)
+
+    recs = recorder.wait_for(roots, lambda r: len(conns(r, Action.CLOSED)) >= 2 * n, timeout=10)
+
+    # nothing but socat, and no event from the python backend or client
+    assert all(r.process.comm == "socat" for r in recorder.records if getattr(r, "process", None))
+    assert all(r.process.pid != bproc.pid for r in recs)
+
+    started = [r for r in recs if isinstance(r, ProcessEvent) and r.action is Action.PROCESS_STARTED]
+    assert {(r.process.pid, r.process.args) for r in started} == {
+        (relay4.pid, (SOCAT, f"TCP-LISTEN:{p4},fork,reuseaddr", f"TCP:127.0.0.1:{bport}")),
+        (relay6.pid, (SOCAT, f"TCP6-LISTEN:{p6},fork,reuseaddr", f"TCP:127.0.0.1:{bport},connect-timeout=3")),
+    }
+    assert all(r.process.executable == SOCAT for r in started)
+
+    accepted = conns(recs, Action.ACCEPTED)
+    relay_of = {p4: relay4.pid, p6: relay6.pid}
+    assert sorted((a.destination_port, a.source_ip, a.source_port) for a in accepted) == sorted(made)
+    for a in accepted:
+        assert a.process.pid == relay_of[a.destination_port]
+        assert a.direction is Direction.INGRESS and a.outcome is Outcome.SUCCESS
+        assert a.destination_ip == ("127.0.0.1" if a.source_ip == "127.0.0.1" else "::1")
+        assert a.listener.port == a.destination_port
+        assert a.session_id
+
+    sessions = by_session(recs)
+    assert len(sessions) == n
+    for a in accepted:
+        session = sessions[a.session_id]
+        assert sorted(e.action.value for e in session) == sorted(
+            [Action.ACCEPTED.value, Action.ATTEMPTED.value, Action.CLOSED.value, Action.CLOSED.value]), session
+        (attempt,) = conns(session, Action.ATTEMPTED)
+        assert attempt.direction is Direction.EGRESS and attempt.outcome is Outcome.SUCCESS
+        assert (attempt.destination_ip, attempt.destination_port) == ("127.0.0.1", bport)
+        assert attempt.source_ip == "127.0.0.1" and attempt.source_port > 0
+        assert attempt.process.ppid == a.process.pid != attempt.process.pid
+        assert attempt.process.args == a.process.args           # the child is complete without /proc
+        assert attempt.listener == a.listener                   # egress carries the relay's listener
+        closes = {c.direction: c for c in conns(session, Action.CLOSED)}
+        assert (closes[Direction.INGRESS].source_ip, closes[Direction.INGRESS].source_port) == (a.source_ip, a.source_port)
+        assert (closes[Direction.EGRESS].source_port, closes[Direction.EGRESS].destination_port) == (
+            attempt.source_port, bport)
+        for c in closes.values():
+            assert c.duration_ns and 0 < c.duration_ns < 10 * 10**9
+            assert c.timestamp_ns >= a.timestamp_ns
+        assert a.ktime_ns < attempt.ktime_ns
+    assert abs(accepted[0].timestamp_ns - time.time_ns()) < 60 * 10**9   # wall clock, not ktime
+
+    procs.stop(relay4)
+    procs.stop(relay6)
+    recs = recorder.wait_for(roots, lambda r: len([e for e in r if e.action is Action.PROCESS_ENDED]) >= 2)
+    ended = {r.process.pid: r for r in recs if isinstance(r, ProcessEvent) and r.action is Action.PROCESS_ENDED}
+    assert set(ended) == roots                       # clean exits of fork children are not reported
+    assert all(e.exit_code == 128 + 15 for e in ended.values())   # socat exits 143 on SIGTERM
+    assert recorder.capture.stats.kernel_lost == 0
+    assert not [r for r in recorder.records if isinstance(r, PipelineError)]
+
+
+def test_range_refusal_is_denied(recorder, procs, backend):
+    bport, _ = backend
+    port = free_port()
+    relay = procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,range=10.255.255.1/32", f"TCP:127.0.0.1:{bport}",
+                        port=port)
+    made = sorted(connect(socket.AF_INET, "127.0.0.1", port)[:2] for _ in range(2))
+    recs = recorder.wait_for({relay.pid}, lambda r: len(conns(r, Action.DENIED)) >= 2)
+    conn_recs = [r for r in recs if isinstance(r, ConnectionEvent)]
+    assert sorted(r.action.value for r in conn_recs) == sorted([Action.ACCEPTED.value, Action.DENIED.value] * 2)
+    denied = conns(recs, Action.DENIED)
+    assert sorted((d.source_ip, d.source_port) for d in denied) == made
+    for d in denied:
+        assert d.refused and d.outcome is Outcome.FAILURE and d.process.pid == relay.pid
+        (a,) = [a for a in conns(recs, Action.ACCEPTED) if a.session_id == d.session_id]
+        assert a.source_port == d.source_port and a.ktime_ns < d.ktime_ns
+
+
+def test_short_lived_children_are_complete(recorder, procs):
+    dead = free_port()            # nothing listens there: the child's connect is refused
+    port, port_exec = free_port(), free_port()
+    relay = procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr", f"TCP:127.0.0.1:{dead}", port=port)
+    relay_exec = procs.socat(f"TCP-LISTEN:{port_exec},fork,reuseaddr", "EXEC:true", port=port_exec)
+    _, cport, got = connect(socket.AF_INET, "127.0.0.1", port)
+    _, eport, _ = connect(socket.AF_INET, "127.0.0.1", port_exec)
+    assert got == b""
+
+    def done(r):
+        return (any(e.action is Action.PROCESS_ENDED for e in r)
+                and len(conns(r, Action.CLOSED)) >= 2 and conns(r, Action.ATTEMPTED))
+
+    recs = recorder.wait_for({relay.pid, relay_exec.pid}, done)
+    (attempt,) = conns(recs, Action.ATTEMPTED)
+    assert attempt.outcome is Outcome.FAILURE and attempt.error == "ECONNREFUSED"
+    assert attempt.destination_port == dead
+    assert attempt.process.ppid == relay.pid and attempt.process.args[1].startswith("TCP-LISTEN")
+    (accept,) = [a for a in conns(recs, Action.ACCEPTED) if a.source_port == cport]
+    assert attempt.session_id == accept.session_id
+    (ended,) = [e for e in recs if isinstance(e, ProcessEvent) and e.action is Action.PROCESS_ENDED]
+    assert ended.process.pid == attempt.process.pid and ended.exit_code == 1   # socat child fails: exit 1
+    assert ended.process.executable == SOCAT and ended.process.ppid == relay.pid
+
+    (eaccept,) = [a for a in conns(recs, Action.ACCEPTED) if a.source_port == eport]
+    eclose = [c for c in conns(recs, Action.CLOSED) if c.session_id == eaccept.session_id]
+    assert len(eclose) == 1 and eclose[0].process.ppid == relay_exec.pid
+    assert eclose[0].process.args == (SOCAT, f"TCP-LISTEN:{port_exec},fork,reuseaddr", "EXEC:true")
+    assert all(r.process.comm == "socat" for r in recs)   # `true` itself is not watched
+
+
+def test_listeners_lists_socat_sockets(recorder, procs):
+    port = free_port()
+    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr,bind=127.0.0.1", "STDOUT", port=port)
+    found = [(lst.ip, lst.port, lst.pid) for lst in recorder.capture.listeners()]
+    assert ("127.0.0.1", port, relay.pid) in found
+
+
+def test_doctor_passes_here():
+    done = socat_monitor("doctor", "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"ok": true' in done.stdout
+
+
+def test_doctor_reports_missing_socat_with_fix():
+    done = socat_monitor("doctor", env={"PATH": "/nonexistent"})
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "FAIL socat: socat not found in PATH" in done.stdout
+    assert "fix: apt-get install -y socat" in done.stdout
+
+
+def test_doctor_reports_missing_headers_and_tracefs():
+    from monitor.doctor import DoctorEnv, run_checks
+
+    report = run_checks(DoctorEnv(modules="/nonexistent/modules", tracing="/nonexistent/tracing",
+                                  debugfs="/nonexistent/debug"))
+    failed = {c.name: c for c in report.checks if c.status == "fail"}
+    assert not report.ok
+    assert "ln -sfn" in failed["kernel headers"].fix
+    assert failed["tracepoints"].fix == "mount -t tracefs none /nonexistent/tracing"
