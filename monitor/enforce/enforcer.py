@@ -111,10 +111,13 @@ class Enforcer:
         return events
 
     def attach(self) -> None:
-        """Join the table as it is (operators' CLI): create it only if missing, keep its elements."""
+        """Join the table as it is (operators' CLI): keep its elements and scope.
+
+        A missing table is created host-wide (the listener ports are not known
+        here); the agent narrows it to its listeners when it starts."""
         self.refresh_safety()
         if not self._table.exists():
-            self._table.create(scope=self.config.scope, ports=())
+            self._table.create(scope="host", ports=())
         now = time.time_ns()
         with self._lock:
             self._active = {e.target: ActiveBlock(e.target, now + int((e.expires_s or 0) * 1e9),

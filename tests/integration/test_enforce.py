@@ -1,0 +1,218 @@
+"""Enforcement end to end, inside namespaces made by each test.
+
+"server" holds a socat relay (dual-stack listener -> echo backend) and our
+table; "clients" holds an allowed and a disallowed address on a veth, v4 and
+v6, plus a second /24 for range blocks. Nothing here touches the host's
+nftables: the Enforcer acts in the server namespace (--netns).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from monitor.enforce import EnforceConfig, Enforcer
+from monitor.events import Action
+from tests.lab import PYTHON, ROOT, Namespaces, Processes, free_port, require, socat_monitor, wait_listening
+
+pytestmark = pytest.mark.integration
+
+SERVER4, GOOD4, BAD4 = "10.77.0.1", "10.77.0.2", "10.77.0.3"
+SERVER6, GOOD6, BAD6 = "fd77::1", "fd77::2", "fd77::3"
+NET_CLIENT, NET_RANGE = "10.78.1.5", "10.78.1.0/24"   # routed to the server via GOOD4
+
+
+@dataclass
+class Lab:
+    server: str
+    clients: str
+    port: int
+    netns: Namespaces
+    state_file: str
+
+    def reach(self, src: str, timeout: float = 1.0) -> bool:
+        dst = SERVER6 if ":" in src else SERVER4
+        out = self.netns.run(self.clients, PYTHON, "-m", "tests.netprobe", "once", src, dst, str(self.port),
+                             str(timeout), check=False)
+        return out.stdout.strip() == "ok"
+
+    def table(self) -> str:
+        return self.netns.run(self.server, "nft", "list", "table", "inet", "socat_monitor").stdout
+
+    def config(self, **kw) -> EnforceConfig:
+        return EnforceConfig(netns=self.server, state_file=self.state_file, **kw)
+
+
+@pytest.fixture
+def lab(netns: Namespaces, procs: Processes, tmp_path: Path) -> Lab:
+    require("nft")
+    server, clients = netns.add("server"), netns.add("clients")
+    netns.link(server, [f"{SERVER4}/24", f"{SERVER6}/64"],
+               clients, [f"{GOOD4}/24", f"{BAD4}/24", f"{GOOD6}/64", f"{BAD6}/64", f"{NET_CLIENT}/24"])
+    netns.run(server, "ip", "route", "add", NET_RANGE, "via", GOOD4)
+    port, backend = free_port(), free_port()
+    procs.start([PYTHON, "-m", "tests.echo", str(backend)], netns=server, cwd=ROOT)
+    wait_listening(backend, netns=server)
+    procs.socat(f"TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0", f"TCP:127.0.0.1:{backend}", netns=server)
+    wait_listening(port, netns=server)
+    lab = Lab(server, clients, port, netns, str(tmp_path / "blocks.json"))
+    assert lab.reach(GOOD4) and lab.reach(BAD4) and lab.reach(GOOD6) and lab.reach(NET_CLIENT), "the relay must work before any block"
+    return lab
+
+
+def _started(lab: Lab, **kw) -> Enforcer:
+    enforcer = Enforcer(lab.config(**kw))
+    enforcer.start([lab.port])
+    return enforcer
+
+
+def test_block_drops_next_syn_then_expires(lab: Lab) -> None:
+    enforcer = _started(lab)
+    ev = enforcer.block(BAD4, ttl_s=2, rule_id="policy.source_denied", alert_id="a1", now_ns=time.time_ns())
+    assert ev.action is Action.BLOCKED and ev.target == BAD4 and ev.ttl_s == 2
+    assert not lab.reach(BAD4, timeout=0.5)
+    assert lab.reach(GOOD4)
+    assert [b.target for b in enforcer.active()] == [BAD4]
+    time.sleep(2.3)
+    assert lab.reach(BAD4), "the kernel must expire the element after its TTL"
+    expired = enforcer.expire(time.time_ns())
+    assert [(e.action, e.target, e.reason) for e in expired] == [(Action.UNBLOCKED, BAD4, "ttl expired")]
+    assert enforcer.active() == []
+    enforcer.close()
+
+
+def test_ipv6_and_cidr_blocks(lab: Lab) -> None:
+    enforcer = _started(lab)
+    now = time.time_ns()
+    assert enforcer.block(BAD6, ttl_s=30, rule_id=None, alert_id=None, now_ns=now).action is Action.BLOCKED
+    assert enforcer.block(NET_RANGE, ttl_s=30, rule_id=None, alert_id=None, now_ns=now).action is Action.BLOCKED
+    assert enforcer.block("fd79::/64", ttl_s=30, rule_id=None, alert_id=None, now_ns=now).action is Action.BLOCKED
+    assert not lab.reach(BAD6, timeout=0.5)
+    assert lab.reach(GOOD6)
+    assert not lab.reach(NET_CLIENT, timeout=0.5)
+    assert lab.reach(GOOD4) and lab.reach(BAD4)
+    assert "10.78.1.0/24" in lab.table() and "fd79::/64" in lab.table()
+    ev = enforcer.unblock(NET_RANGE, reason="test", now_ns=time.time_ns())
+    assert ev.action is Action.UNBLOCKED
+    assert lab.reach(NET_CLIENT)
+    enforcer.close()
+
+
+def test_safety_refusals_change_nothing(lab: Lab) -> None:
+    enforcer = _started(lab, never_block=(f"{GOOD4}/32", "fd77::2/128"))
+    before = lab.table()
+    now = time.time_ns()
+    for target, why in ((GOOD4, "never_block"), (GOOD6, "never_block"), ("127.0.0.1", "loopback"),
+                        ("::1", "loopback"), (SERVER4, "own address"), (SERVER6, "own address"),
+                        ("10.77.0.0/24", "protected network"), ("10.0.0.0/8", "broader than")):
+        ev = enforcer.block(target, ttl_s=30, rule_id=None, alert_id=None, now_ns=now)
+        assert ev.action is Action.BLOCK_REFUSED, target
+        assert why in ev.reason, (target, ev.reason)
+    assert lab.table() == before
+    assert lab.reach(GOOD4) and lab.reach(GOOD6)
+    enforcer.close()
+
+
+def test_circuit_breaker_trips(lab: Lab) -> None:
+    enforcer = _started(lab, max_blocks_per_minute=2)
+    now = time.time_ns()
+    actions = [enforcer.block(f"10.77.0.{i}", ttl_s=30, rule_id=None, alert_id=None, now_ns=now + i).action
+               for i in (3, 4, 5, 6)]
+    assert actions == [Action.BLOCKED, Action.BLOCKED, Action.BLOCK_REFUSED, Action.BLOCK_REFUSED]
+    alerts = enforcer.drain_alerts()
+    assert [a.rule_id for a in alerts] == ["enforce.circuit_breaker"]
+    assert "10.77.0.5" not in lab.table() and "10.77.0.4" in lab.table()
+    enforcer.close()
+
+
+def test_dry_run_changes_nothing(lab: Lab) -> None:
+    _started(lab).close()
+    before = lab.table()
+    dry = Enforcer(lab.config(dry_run=True))
+    dry.start([lab.port])
+    ev = dry.block(BAD4, ttl_s=30, rule_id="r", alert_id=None, now_ns=time.time_ns())
+    assert ev.action is Action.BLOCK_DRY_RUN
+    dry.set_ports([1, 2, 3])
+    assert lab.table() == before
+    assert lab.reach(BAD4)
+    dry.close()
+
+
+def test_restart_reconciles_state(lab: Lab) -> None:
+    now = time.time_ns()
+    entries = [
+        {"add": {"target": BAD4, "expires_ns": now + 60 * 10**9, "ttl_s": 60, "created_ns": now}},
+        {"add": {"target": "10.77.0.9", "expires_ns": now - 10**9, "ttl_s": 60, "created_ns": now - 61 * 10**9}},
+        {"add": {"target": BAD6, "expires_ns": now + 60 * 10**9, "ttl_s": 60, "created_ns": now}},
+        {"add": {"target": BAD4, "expires_ns": now + 60 * 10**9, "ttl_s": 60, "created_ns": now}},
+    ]
+    Path(lab.state_file).write_text("".join(json.dumps(e) + "\n" for e in entries))
+    for _ in range(2):   # a second restart must not duplicate anything either
+        enforcer = Enforcer(lab.config())
+        events = enforcer.start([lab.port])
+        assert sorted(e.target for e in events if e.action is Action.BLOCKED) == sorted([BAD4, BAD6])
+        enforcer.close()
+    listing = json.loads(lab.netns.run(lab.server, "nft", "-j", "list", "table", "inet", "socat_monitor").stdout)
+    elems = [e for item in listing["nftables"] if "set" in item for e in item["set"].get("elem", [])]
+    targets = sorted(e["elem"]["val"] for e in elems if isinstance(e, dict) and "elem" in e)
+    assert targets == sorted([BAD4, BAD6])
+    assert not lab.reach(BAD4, timeout=0.5) and lab.reach(GOOD4)
+
+
+def test_kill_established_ends_open_session(lab: Lab, procs: Processes) -> None:
+    enforcer = _started(lab, kill_established="destroy")
+    hold = procs.start([PYTHON, "-m", "tests.netprobe", "hold", BAD4, SERVER4, str(lab.port), "8"],
+                       netns=lab.clients, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert hold.stdout.readline().strip() == "connected"
+    t0 = time.monotonic()
+    ev = enforcer.block(BAD4, ttl_s=30, rule_id=None, alert_id=None, now_ns=time.time_ns())
+    assert ev.action is Action.BLOCKED and ev.reason is None, ev.reason
+    assert hold.stdout.readline().startswith("ended"), "the open session must be ended by the block"
+    assert time.monotonic() - t0 < 3
+    enforcer.close()
+
+
+def test_cli_blocks_add_list_remove(lab: Lab) -> None:
+    common = ["--netns", lab.server, "--format", "json"]
+    state = ["--state-file", lab.state_file]
+    added = socat_monitor("blocks", "add", BAD4, "--ttl", "1m", *state, *common)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["action"] == "address_blocked"
+    assert not lab.reach(BAD4, timeout=0.5)
+    socat_monitor("blocks", "add", "fd77::3", "--ttl", "90s", *state, *common, check=True)
+    refused = socat_monitor("blocks", "add", SERVER4, *state, *common)
+    assert refused.returncode == 1 and "own address" in json.loads(refused.stdout)["reason"]
+    listed = socat_monitor("blocks", "list", *common)
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["target"]: r for r in json.loads(listed.stdout)}
+    assert set(rows) == {BAD4, BAD6} and 50 <= rows[BAD4]["expires_s"] <= 60 and rows[BAD6]["timeout_s"] == 90
+    removed = socat_monitor("blocks", "remove", BAD4, *state, *common)
+    assert removed.returncode == 0, removed.stderr
+    assert lab.reach(BAD4)
+    again = socat_monitor("blocks", "remove", BAD4, *state, "--netns", lab.server)
+    assert again.returncode == 2 and "not blocked" in again.stderr
+    text = socat_monitor("blocks", "list", "--netns", lab.server)
+    assert BAD6 in text.stdout and BAD4 not in text.stdout
+
+
+def test_missing_cap_net_admin_is_a_clear_error_not_a_hang(lab: Lab) -> None:
+    setpriv = [require("setpriv"), "--inh-caps", "-all", "--bounding-set", "-net_admin", "--"]
+    t0 = time.monotonic()
+    out = subprocess.run([*setpriv, str(Path(PYTHON).parent / "socat-monitor"), "blocks", "add", BAD4,
+                          "--netns", lab.server, "--state-file", lab.state_file],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 3, out.stderr
+    assert "CAP_NET_ADMIN" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    # Even past the up-front check, a write without the capability ends with an error, in time.
+    snippet = ("from monitor.enforce.nft import NftTable; import ipaddress, sys\n"
+               f"t = NftTable('socat_monitor', {lab.server!r}, timeout_s=2)\n"
+               "try:\n    t.add([(ipaddress.ip_network('10.77.0.3/32'), 5)])\n"
+               "except Exception as exc:\n    print(type(exc).__name__, exc); sys.exit(3)\n")
+    out = subprocess.run([*setpriv, PYTHON, "-c", snippet], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 3 and "EnvironmentProblem" in out.stdout, (out.stdout, out.stderr)
+    assert time.monotonic() - t0 < 20
