@@ -1,0 +1,137 @@
+"""Pure parts of enforcement: targets, safety rules, circuit breaker, nft script, state journal."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from monitor.enforce.nft import netlink_elements, parse_listing, skeleton_script
+from monitor.enforce.operator import parse_ttl
+from monitor.enforce.safety import CircuitBreaker, SafetyRules, parse_target, target_text
+from monitor.enforce.state import ActiveBlock, StateFile
+from monitor.errors import InputError
+
+S = 10**9
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("10.0.0.1", "10.0.0.1"),
+    (" 10.0.0.1 ", "10.0.0.1"),
+    ("10.1.2.0/24", "10.1.2.0/24"),
+    ("10.1.2.3/32", "10.1.2.3"),
+    ("::ffff:10.9.8.7", "10.9.8.7"),
+    ("::ffff:10.9.8.0/120", "10.9.8.0/24"),
+    ("2001:DB8::1", "2001:db8::1"),
+    ("2001:db8:1::/64", "2001:db8:1::/64"),
+])
+def test_target_normalisation(text: str, expected: str) -> None:
+    assert target_text(parse_target(text)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "host.example", "10.0.0.1/24", "10.0.0.300", "10.0.0.0/33"])
+def test_bad_targets_name_the_problem(text: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_target(text, "alert.block_target")
+    assert err.value.where == "alert.block_target" and repr(text) in err.value.message
+
+
+def test_safety_rules() -> None:
+    rules = SafetyRules.build(never_block=["192.0.2.0/28"], own_addresses=["198.51.100.7", "2001:db8::7"],
+                              gateways=["198.51.100.1"], ssh_peers=["203.0.113.9"])
+
+    def why(text: str) -> str | None:
+        return rules.refusal(parse_target(text))
+
+    assert why("203.0.113.10") is None
+    assert why("2001:db8:5::/64") is None
+    assert "loopback" in why("127.0.0.2")
+    assert "loopback" in why("::1")
+    assert "never_block" in why("192.0.2.5")
+    assert "never_block" in why("192.0.2.0/24")          # a range covering a protected one
+    assert "own address" in why("198.51.100.7")
+    assert "own address" in why("2001:db8::/64")
+    assert "default gateway" in why("198.51.100.1")
+    assert "SSH session peer" in why("203.0.113.9")
+    assert "broader than /16" in why("10.0.0.0/8")
+    assert "broader than /48" in why("2001:db8::/32")
+    assert why("0.0.0.0") and why("224.0.0.1") and why("fe80::1")
+
+
+def test_bad_never_block_entry_is_an_input_error() -> None:
+    with pytest.raises(InputError) as err:
+        SafetyRules.build(never_block=["10.0.0.0/8", "nonsense"])
+    assert err.value.where == "never_block[1]"
+
+
+def test_circuit_breaker_window() -> None:
+    breaker = CircuitBreaker(limit=3, window_s=60)
+    t = 1_000 * S
+    assert [breaker.allow(t + i) for i in range(4)] == [True, True, True, False]
+    assert breaker.trip() and not breaker.trip()          # one alert per burst
+    assert not breaker.allow(t + 59 * S)
+    assert breaker.allow(t + 60 * S + 1)                  # the oldest left the window
+    breaker.reset_if_quiet(t + 200 * S)
+    assert not breaker.tripped
+
+
+def test_skeleton_scopes_and_elements() -> None:
+    nets = [(ipaddress.ip_network("192.0.2.4/32"), 30), (ipaddress.ip_network("2001:db8:1::/64"), 1.5)]
+    script = skeleton_script("socat_monitor", scope="listeners", ports=[8443, 80, 80], blocks=nets)
+    assert script.startswith("table inet socat_monitor {}\ndelete table inet socat_monitor\n")
+    assert "th dport @ports ip saddr @block4 counter drop" in script
+    assert "add element inet socat_monitor ports { 80, 8443 }" in script
+    assert "add element inet socat_monitor block4 { 192.0.2.4 timeout 30000ms }" in script
+    assert "add element inet socat_monitor block6_net { 2001:db8:1::/64 timeout 1500ms }" in script
+    host = skeleton_script("t", scope="host", ports=[])
+    assert "@ports ip" not in host and "ip saddr @block4 counter drop" in host
+    with pytest.raises(InputError):
+        skeleton_script("t", scope="everything", ports=[])
+
+
+def test_interval_elements() -> None:
+    start, end = netlink_elements(ipaddress.ip_network("10.1.2.0/24"), 5000)
+    assert start["attrs"][0][1]["attrs"][0][1] == bytes([10, 1, 2, 0])
+    assert ["NFTA_SET_ELEM_TIMEOUT", 5000] in start["attrs"]
+    assert end["attrs"][0][1]["attrs"][0][1] == bytes([10, 1, 3, 0]) and len(end["attrs"]) == 2
+    assert len(netlink_elements(ipaddress.ip_network("255.255.255.0/24"), 5000)) == 1
+    assert len(netlink_elements(ipaddress.ip_network("10.1.2.3/32"), 5000)) == 1
+
+
+def test_parse_listing() -> None:
+    doc = {"nftables": [
+        {"metainfo": {}},
+        {"set": {"name": "block4", "elem": [{"elem": {"val": "192.0.2.4", "timeout": 30, "expires": 29}}]}},
+        {"set": {"name": "block6_net", "elem": [{"elem": {"val": {"prefix": {"addr": "2001:db8::", "len": 64}},
+                                                          "timeout": 9, "expires": 3}}]}},
+        {"set": {"name": "allow4", "elem": ["10.0.0.1", {"range": ["10.1.0.0", "10.1.0.255"]}]}},
+        {"set": {"name": "ports", "elem": [80]}},
+    ]}
+    got = [(e.set, e.target, e.expires_s) for e in parse_listing(doc)]
+    assert got == [("block4", "192.0.2.4", 29), ("block6_net", "2001:db8::/64", 3),
+                   ("allow4", "10.0.0.1", None), ("allow4", "10.1.0.0/24", None)]
+
+
+def test_parse_ttl() -> None:
+    assert parse_ttl("10m") == 600 and parse_ttl("90") == 90 and parse_ttl("500ms") == 0.5
+    for bad in ("", "0", "-5s", "10 minutes"):
+        with pytest.raises(InputError):
+            parse_ttl(bad, "--ttl")
+
+
+def test_state_journal(tmp_path) -> None:
+    state = StateFile(str(tmp_path / "sub" / "blocks.json"))
+    now = 5_000 * S
+    live = ActiveBlock("192.0.2.4", now + 60 * S, 60, now, "r1", "a1")
+    gone = ActiveBlock("192.0.2.5", now + 1 * S, 1, now)
+    state.upsert([live, gone])
+    state.upsert([live])                               # a refresh: no duplicate
+    assert state.load(now + 2 * S) == [live]           # expired entries are left out
+    state.remove(["192.0.2.4"])
+    assert state.load(now) == [gone]
+    state.replace([live])
+    assert state.load(now) == [live]
+    (tmp_path / "sub" / "blocks.json").write_text('{"add": {"target": "x"}}\n')
+    with pytest.raises(InputError) as err:
+        state.load(now)
+    assert err.value.where.endswith("blocks.json:1")
