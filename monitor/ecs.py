@@ -229,6 +229,11 @@ def _render_alert(alert: Alert, host: HostInfo) -> dict[str, Any]:
     if alert.source_ip:
         doc["source"] = {"ip": alert.source_ip}
         doc["related"] = {"ip": [alert.source_ip]}
+    if alert.destination_ip:
+        doc["destination"] = {"ip": alert.destination_ip}
+        if alert.destination_port is not None:
+            doc["destination"]["port"] = alert.destination_port
+        doc.setdefault("related", {"ip": []})["ip"].append(alert.destination_ip)
     _add_process(doc, alert.process)
     socat: dict[str, Any] = {"severity": alert.severity.name.lower()}
     if alert.listener is not None:

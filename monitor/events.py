@@ -204,6 +204,8 @@ class Alert:
     outcome: Outcome = Outcome.UNKNOWN
     block: bool = False
     block_target: str | None = None  # an address or CIDR to block
+    destination_ip: str | None = None    # egress alerts: the backend socat dialled
+    destination_port: int | None = None
     id: str = field(default_factory=new_event_id)
 
 
