@@ -135,3 +135,15 @@ def test_state_journal(tmp_path) -> None:
     with pytest.raises(InputError) as err:
         state.load(now)
     assert err.value.where.endswith("blocks.json:1")
+
+
+def test_egress_rule_keys() -> None:
+    from monitor.enforce.egress import EgressRule, rule_keys
+
+    keys = rule_keys(EgressRule(8443, (("10.0.0.0/8", 443), ("::ffff:192.0.2.1", None), ("2001:db8::/32", 80))))
+    assert [(k.prefixlen, k.listener, k.port, k.family) for k in keys] == [
+        (48, 8443, 443, 4), (72, 8443, 0, 4), (72, 8443, 80, 6)]
+    assert bytes(keys[1].addr)[:4] == bytes([192, 0, 2, 1])
+    with pytest.raises(InputError) as err:
+        rule_keys(EgressRule(1, (("backend.example", None),)))
+    assert "allow_backends[0]" in err.value.where
