@@ -42,6 +42,12 @@
 #define F_EXITED 8      // EV_EXIT: exit_group seen (err = status), else `sig`
 #define F_FAILED 16     // EV_CONNECT failed (err = errno, 0 if unknown)
 
+#define BPF_RB_NO_WAKEUP 1
+#define BPF_RB_FORCE_WAKEUP 2
+#ifndef WAKEUP_EVERY
+#define WAKEUP_EVERY 64
+#endif
+
 #define MAX_ARGS 20
 #define ARG_LEN 128
 
@@ -78,6 +84,7 @@ struct exit_val { s32 code; u32 sig; u32 exited; u32 pad; };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_PERCPU_ARRAY(unwoken, u32, 1);                 // events since the last wakeup
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_event, 1);
 BPF_HASH(comms, struct comm_key, u8, 64);
 BPF_HASH(ports, u16, u8, 4096);                    // ports watched processes listen on
@@ -96,12 +103,20 @@ static __always_inline int watched(void) {
     return comms.lookup(&k) != NULL;
 }
 
+// Wake the consumer only every WAKEUP_EVERY events per CPU: it also polls
+// with a timeout, so wakeups (context switches) stay few under load.
 static __always_inline void emit(void *data, u32 size) {
-    if (events.ringbuf_output(data, size, 0) < 0) {
-        u32 zero = 0;
-        u64 *n = lost.lookup(&zero);
-        if (n)
-            (*n)++;
+    u32 zero = 0;
+    u64 flags = BPF_RB_NO_WAKEUP;
+    u32 *n = unwoken.lookup(&zero);
+    if (n && ++(*n) >= WAKEUP_EVERY) {
+        *n = 0;
+        flags = BPF_RB_FORCE_WAKEUP;
+    }
+    if (events.ringbuf_output(data, size, flags) < 0) {
+        u64 *lostn = lost.lookup(&zero);
+        if (lostn)
+            (*lostn)++;
     }
 }
 

@@ -107,7 +107,13 @@ class KernelProbe:
         self.bpf[b"events"].open_ring_buffer(on_record)
 
     def poll(self, timeout_ms: int) -> None:
+        """Deliver pending records to the callback, waiting up to timeout_ms for a wakeup.
+
+        The kernel wakes us only every WAKEUP_EVERY records per CPU, so what
+        arrived without a wakeup is consumed after the wait.
+        """
         self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
 
     def lost(self) -> int:
         return int(sum(self._lost[ctypes.c_int(0)]))

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Benchmark: socat fork-relay connection rate without and with live capture.
+
+Side by side in one run, on loopback only: an asyncio echo backend, a
+`socat TCP-LISTEN:P,fork,backlog=64 TCP:127.0.0.1:B` relay, and an asyncio
+client keeping `--concurrency` (<= 4) connections in flight, each sending one
+byte and reading the echo until EOF. Phases alternate: `off` (no BPF
+loaded) and `on` (a separate consumer process runs `Capture` and polls,
+as the agent would). Every phase is bounded by `--seconds`.
+
+Prints per phase the connection rate, and for `on` phases completeness:
+connections the client completed vs ACCEPTED events captured for the
+relay's port, kernel-side losses and pipeline errors. Then the ratio
+on/off (target >= 0.95). Run as root: sudo .venv/bin/python scripts/bench_capture.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"bench: nothing listens on 127.0.0.1:{port}")
+
+
+# ---- roles run as child processes ------------------------------------------
+
+def run_backend(port: int) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            data = await reader.read(64)
+            writer.write(data)
+            await writer.drain()
+        except OSError:
+            pass
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512, reuse_address=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def run_consumer(port: int) -> None:
+    """Load Capture, poll until SIGTERM, print a JSON summary of what was seen for `port`."""
+    from monitor.capture import Capture, CaptureConfig
+    from monitor.events import Action, ConnectionEvent, PipelineError
+
+    stop = False
+
+    def on_term(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    capture = Capture(CaptureConfig())
+    print("ready", flush=True)
+    accepted = events = errors = 0
+    cpu0 = time.process_time()
+    while not stop:
+        for rec in capture.poll(100):
+            events += 1
+            if isinstance(rec, PipelineError):
+                errors += rec.count
+            elif isinstance(rec, ConnectionEvent) and rec.action is Action.ACCEPTED and rec.destination_port == port:
+                accepted += 1
+    for rec in capture.poll(0):   # whatever is left
+        events += 1
+        if isinstance(rec, ConnectionEvent) and rec.action is Action.ACCEPTED and rec.destination_port == port:
+            accepted += 1
+    stats = capture.stats
+    capture.close()
+    print(json.dumps({"accepted": accepted, "events": events, "pipeline_errors": errors,
+                      "kernel_lost": stats.kernel_lost, "decode_errors": stats.decode_errors,
+                      "consumer_cpu_s": round(time.process_time() - cpu0, 2)}), flush=True)
+
+
+# ---- the client -------------------------------------------------------------
+
+async def client(port: int, seconds: float, concurrency: int) -> tuple[int, int, float]:
+    done = failed = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+
+    async def worker() -> None:
+        nonlocal done, failed
+        while loop.time() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"x")
+                await writer.drain()
+                got = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                if got == b"x":
+                    done += 1
+                else:
+                    failed += 1
+            except (OSError, asyncio.TimeoutError):
+                failed += 1
+
+    start = loop.time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, failed, loop.time() - start
+
+
+def phase(name: str, port: int, args, consumer: subprocess.Popen | None) -> dict:
+    done, failed, elapsed = asyncio.run(client(port, args.seconds, args.concurrency))
+    out = {"phase": name, "connections": done, "failed": failed, "rate": done / elapsed}
+    if consumer is not None:
+        time.sleep(1.0)   # let the last events arrive
+        consumer.send_signal(signal.SIGTERM)
+        line = consumer.communicate(timeout=30)[0].strip().splitlines()[-1]
+        out.update(json.loads(line))
+    return out
+
+
+def start_consumer(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, __file__, "--role", "consumer", "--port", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise SystemExit("bench: the capture consumer did not start (see its error above)")
+    return proc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each phase (max 60)")
+    ap.add_argument("--rounds", type=int, default=1, help="off/on pairs (max 5)")
+    ap.add_argument("--concurrency", type=int, default=4, help="connections in flight (1-4)")
+    ap.add_argument("--role", choices=["main", "backend", "consumer"], default="main", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role == "backend":
+        return run_backend(args.port)
+    if args.role == "consumer":
+        return run_consumer(args.port)
+    args.seconds = min(max(args.seconds, 1.0), 60.0)
+    args.rounds = min(max(args.rounds, 1), 5)
+    args.concurrency = min(max(args.concurrency, 1), 4)
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root (BPF)")
+    socat = shutil.which("socat") or sys.exit("bench: socat is not installed")
+
+    bport, rport = free_port(), free_port()
+    backend = subprocess.Popen([sys.executable, __file__, "--role", "backend", "--port", str(bport)])
+    relay = None
+    results = []
+    try:
+        wait_listening(bport)
+        relay = subprocess.Popen([socat, f"TCP-LISTEN:{rport},fork,reuseaddr,backlog=64",
+                                  f"TCP:127.0.0.1:{bport}"], stderr=subprocess.DEVNULL)
+        wait_listening(rport)
+        asyncio.run(client(rport, 1.0, args.concurrency))   # warm up
+        for _ in range(args.rounds):
+            results.append(phase("off", rport, args, None))
+            results.append(phase("on", rport, args, start_consumer(rport)))
+    finally:
+        for proc in (relay, backend):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+    print(f"{'phase':5} {'conns':>7} {'failed':>6} {'conn/s':>8} {'accepted':>8} {'lost':>5} {'events':>7} {'cpu_s':>6}")
+    for r in results:
+        print(f"{r['phase']:5} {r['connections']:7d} {r['failed']:6d} {r['rate']:8.0f} "
+              f"{r.get('accepted', ''):>8} {r.get('kernel_lost', ''):>5} {r.get('events', ''):>7} "
+              f"{r.get('consumer_cpu_s', ''):>6}")
+    off = [r for r in results if r["phase"] == "off"]
+    on = [r for r in results if r["phase"] == "on"]
+    ratio = sum(r["rate"] for r in on) / sum(r["rate"] for r in off)
+    made = sum(r["connections"] + r["failed"] for r in on)
+    seen = sum(r["accepted"] for r in on)
+    lost = sum(r["kernel_lost"] + r["decode_errors"] for r in on)
+    print(f"rate ratio with capture / without: {ratio:.3f} (target >= 0.95)")
+    print(f"completeness with capture: {seen} accepted events for {made} client connections "
+          f"({seen / made:.4f}), kernel lost {lost}")
+
+
+if __name__ == "__main__":
+    main()
