@@ -41,6 +41,7 @@ class CaptureStats:
     kernel_lost: int = 0         # records the kernel could not put in the ring buffer
     decode_errors: int = 0
     enrich_errors: int = 0
+    duplicates: int = 0          # second reports of one connect, dropped
     proc_reads: int = 0          # /proc reads at new pids
     processes_cached: int = 0
 
@@ -59,6 +60,7 @@ class Capture:
         self._records = 0
         self._decode_errors = 0
         self._enrich_errors = 0
+        self._duplicates = 0
         self._lost_seen = 0
         self._kernel.watch_ports(lst.port for lst in self.listeners())
         self._kernel.open_ring(self._raw.append)
@@ -91,6 +93,9 @@ class Capture:
                 log.warning("capture: cannot enrich a record of pid %d: %s", record.pid, exc)
                 append(PipelineError(stage="enrich", message=f"pid {record.pid}: {exc}", timestamp_ns=now_ns()))
                 continue
+            if event is None:
+                self._duplicates += 1
+                continue
             self._by_action[event.action.value] += 1
             append(event)
         self._records += len(raw)
@@ -107,7 +112,7 @@ class Capture:
     def stats(self) -> CaptureStats:
         return CaptureStats(
             events=dict(self._by_action), records=self._records, kernel_lost=self._kernel.lost(),
-            decode_errors=self._decode_errors, enrich_errors=self._enrich_errors,
+            decode_errors=self._decode_errors, enrich_errors=self._enrich_errors, duplicates=self._duplicates,
             proc_reads=self._processes.proc_reads, processes_cached=len(self._processes),
         )
 

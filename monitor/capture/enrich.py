@@ -112,12 +112,12 @@ class ProcessTable:
     def get(self, raw: RawEvent) -> ProcessInfo:
         """The process behind a record: cached, inherited from the parent, or read from /proc."""
         known = self._known.get(raw.pid)
-        if known is None:
-            known = self._learn(raw)
+        if known is None or (raw.ppid and known.info.ppid and known.info.ppid != raw.ppid):
+            known = self._learn(raw)   # new pid, or a reused one (another parent)
         else:
             self._known.move_to_end(raw.pid)
         info = known.info
-        if info.tid != raw.tid or info.uid != raw.uid or info.gid != raw.gid or (raw.ppid and info.ppid != raw.ppid):
+        if info.tid != raw.tid or info.uid != raw.uid or info.gid != raw.gid or (raw.ppid and info.ppid is None):
             info = replace(info, tid=raw.tid, uid=raw.uid, gid=raw.gid, user_name=self.user_name(raw.uid),
                            ppid=raw.ppid or info.ppid)
             known.info = info
@@ -186,6 +186,7 @@ class Enricher:
         self.offset_ns = offset_ns
         self.prefix = session_prefix
         self._listeners: dict[tuple[str | None, int], Listener] = {}
+        self._recent_connects: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     def session_id(self, cookie: int) -> str | None:
         return f"{self.prefix}-{cookie:x}" if cookie else None
@@ -201,7 +202,20 @@ class Enricher:
             lst = self._listeners[key] = Listener(ip=ip or "0.0.0.0", port=port)
         return lst
 
-    def __call__(self, raw: RawEvent) -> ConnectionEvent | ProcessEvent:
+    def duplicate(self, raw: RawEvent) -> bool:
+        """True for the second report of one non-blocking connect (a kernel-side race)."""
+        key = (raw.pid, raw.ktime_ns)
+        if key in self._recent_connects:
+            return True
+        self._recent_connects[key] = None
+        if len(self._recent_connects) > 1024:
+            self._recent_connects.popitem(last=False)
+        return False
+
+    def __call__(self, raw: RawEvent) -> ConnectionEvent | ProcessEvent | None:
+        """The typed event of a record; None for a duplicate connect report."""
+        if raw.type == EV_CONNECT and self.duplicate(raw):
+            return None
         ts = raw.ktime_ns + self.offset_ns
         if raw.type == EV_EXEC:
             return ProcessEvent(action=Action.PROCESS_STARTED, timestamp_ns=ts,

@@ -28,7 +28,7 @@ import pyarrow.json as pj
 
 from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection
 from ..errors import InputError
-from ..events import Action, ConnectionEvent, Direction, Listener, Outcome
+from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, normalize_ip
 
 BLOCK_BYTES = 8 << 20
 ACTIONS = (Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED)
@@ -247,7 +247,6 @@ def _get(array: pa.Array, name: str) -> pa.Array:
 
 
 def _valid_ips(values: list[str]) -> bool:
-    from ..events import normalize_ip
     try:
         for value in values:
             normalize_ip(value)
