@@ -12,6 +12,7 @@ closed without echo / reset).
   traffic.py flood  --source 198.51.100.99 --target 198.51.100.1 --port 8443 --count 400 --seconds 8
   traffic.py scan   --source 203.0.113.67  --target 198.51.100.1 --ports 8400-8460
   traffic.py probe  --source 203.0.113.66  --target 198.51.100.1 --port 8443
+  traffic.py steady --source 2001:db8:3::1 --sources 5000 --target 2001:db8:1::1 --port 8443 --count 600 --rate 10
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import time
 
 LAB_RANGES = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
                                                  "2001:db8::/32")]
-MAX_COUNT = 5000
-MAX_SECONDS = 600
+MAX_COUNT = 200_000
+MAX_SECONDS = 7200
 
 
 def lab_address(text: str) -> str:
@@ -37,6 +38,13 @@ def lab_address(text: str) -> str:
     if not any(addr in net for net in LAB_RANGES):
         raise argparse.ArgumentTypeError(f"{text} is outside the lab's documentation ranges")
     return str(addr)
+
+
+def source_for(args: argparse.Namespace, i: int) -> str:
+    """The i-th connection's source: --source, or with --sources N one of N addresses counting up from it."""
+    if args.sources <= 1:
+        return args.source
+    return str(ipaddress.ip_address(args.source) + i % args.sources)
 
 
 def connect_once(source: str, target: str, port: int, timeout: float, payload: bytes | None) -> str:
@@ -81,8 +89,8 @@ def run(args: argparse.Namespace, tally: dict[str, int]) -> None:
     lock = threading.Lock()
     payload = f"hello from {args.source}\n".encode()
 
-    def one(port: int, data: bytes | None) -> None:
-        outcome = connect_once(args.source, args.target, port, args.timeout, data)
+    def one(port: int, data: bytes | None, i: int = 0) -> None:
+        outcome = connect_once(source_for(args, i), args.target, port, args.timeout, data)
         with lock:
             tally[outcome] = tally.get(outcome, 0) + 1
 
@@ -94,7 +102,7 @@ def run(args: argparse.Namespace, tally: dict[str, int]) -> None:
         for i in range(count):
             if over():
                 break
-            one(args.port, payload)
+            one(args.port, payload, i)
             if i + 1 < count:
                 time.sleep(1.0 / args.rate)
     elif args.mode == "scan":
@@ -125,12 +133,17 @@ def main() -> int:
     parser.add_argument("--target", type=lab_address, required=True)
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--ports", type=port_range, default=(8400, 8460))
+    parser.add_argument("--sources", type=int, default=1,
+                        help="rotate over this many source addresses counting up from --source (steady)")
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--rate", type=float, default=2.0, help="connections per second (steady)")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel connections (flood)")
     parser.add_argument("--seconds", type=float, default=60.0, help="hard time limit")
     parser.add_argument("--timeout", type=float, default=1.0, help="per-connection timeout")
     args = parser.parse_args()
+    last = source_for(args, max(args.sources, 1) - 1)
+    if lab_address(last) != last or not 0 < args.sources <= 65536:
+        parser.error("--sources must be 1..65536 and stay inside the lab ranges")
     if not 0 < args.count <= MAX_COUNT or not 0 < args.seconds <= MAX_SECONDS or args.rate <= 0:
         parser.error(f"--count must be 1..{MAX_COUNT}, --seconds 0..{MAX_SECONDS}, --rate > 0")
     started = time.monotonic()
