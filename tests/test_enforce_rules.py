@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import pytest
 
@@ -91,11 +92,15 @@ def test_skeleton_scopes_and_elements() -> None:
 
 def test_interval_elements() -> None:
     start, end = netlink_elements(ipaddress.ip_network("10.1.2.0/24"), 5000)
-    assert start["attrs"][0][1]["attrs"][0][1] == bytes([10, 1, 2, 0])
-    assert ["NFTA_SET_ELEM_TIMEOUT", 5000] in start["attrs"]
-    assert end["attrs"][0][1]["attrs"][0][1] == bytes([10, 1, 3, 0]) and len(end["attrs"]) == 2
+    # NFTA_LIST_ELEM { KEY { DATA_VALUE 10.1.2.0 }, TIMEOUT 5000 ms }
+    assert start == (struct.pack("=HH", 28, 1) + struct.pack("=HH", 12, 1) + struct.pack("=HH", 8, 1)
+                     + bytes([10, 1, 2, 0]) + struct.pack("=HH", 12, 4) + struct.pack(">Q", 5000))
+    # the end element: next address, the interval-end flag, no timeout
+    assert end == (struct.pack("=HH", 24, 1) + struct.pack("=HH", 12, 1) + struct.pack("=HH", 8, 1)
+                   + bytes([10, 1, 3, 0]) + struct.pack("=HH", 8, 3) + struct.pack(">I", 1))
     assert len(netlink_elements(ipaddress.ip_network("255.255.255.0/24"), 5000)) == 1
     assert len(netlink_elements(ipaddress.ip_network("10.1.2.3/32"), 5000)) == 1
+    assert len(netlink_elements(ipaddress.ip_network("2001:db8::/64"), None)[0]) == 4 + 4 + 4 + 16
 
 
 def test_parse_listing() -> None:

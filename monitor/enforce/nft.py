@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import struct
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -21,7 +22,10 @@ from .netns import NetnsWorker
 from .safety import Network, is_host, target_text
 
 NFPROTO_INET = 1
-NFT_SET_ELEM_INTERVAL_END = {1}  # pyroute2 encodes this flag set as bit 0
+NFT_SET_ELEM_INTERVAL_END = 1
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
+NFTA_DATA_VALUE = 1
 CHUNK = 1000                      # elements per netlink message (attributes are capped at 64 KiB)
 
 # set name for (ip version, single host?)
@@ -92,24 +96,33 @@ def skeleton_script(table: str, *, scope: str, ports: Iterable[int],
     return "\n".join(lines) + "\n"
 
 
-def _elem(key: bytes, timeout_ms: int | None = None, end: bool = False) -> dict:
-    attrs: list = [["NFTA_SET_ELEM_KEY", {"attrs": [("NFTA_DATA_VALUE", key)]}]]
+def _nla(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
+
+
+def encode_element(key: bytes, timeout_ms: int | None = None, end: bool = False) -> bytes:
+    """One NFTA_LIST_ELEM attribute: key, optional timeout, optional interval-end flag.
+
+    Encoded here with struct (pyroute2's generic attribute encoder costs about
+    90 us per element); pyroute2 still carries the batch and its acks."""
+    body = _nla(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, key))
     if timeout_ms is not None:
-        attrs.append(["NFTA_SET_ELEM_TIMEOUT", timeout_ms])
+        body += _nla(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
     if end:
-        attrs.append(["NFTA_SET_ELEM_FLAGS", NFT_SET_ELEM_INTERVAL_END])
-    return {"attrs": attrs}
+        body += _nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL_END))
+    return _nla(NFTA_LIST_ELEM, body)
 
 
-def netlink_elements(net: Network, timeout_ms: int | None) -> list[dict]:
-    """Netlink element(s) for a target: one key, or start + end for a CIDR."""
+def netlink_elements(net: Network, timeout_ms: int | None) -> list[bytes]:
+    """Encoded element(s) for a target: one key, or start + end for a CIDR."""
     if is_host(net):
-        return [_elem(net.network_address.packed, timeout_ms)]
-    start = [_elem(net.network_address.packed, timeout_ms)]
+        return [encode_element(net.network_address.packed, timeout_ms)]
+    start = [encode_element(net.network_address.packed, timeout_ms)]
     after = int(net.broadcast_address) + 1
     if after >= 1 << net.max_prefixlen:
         return start
-    return start + [_elem(after.to_bytes(net.max_prefixlen // 8, "big"), end=True)]
+    return start + [encode_element(after.to_bytes(net.max_prefixlen // 8, "big"), end=True)]
 
 
 def parse_value(val) -> str:
@@ -205,14 +218,14 @@ class NftTable:
 
     def add(self, items: Sequence[tuple[Network, float]]) -> None:
         """Add (or refresh) block elements with their timeouts, in one netlink transaction."""
-        per_set: dict[str, list[dict]] = {}
+        per_set: dict[str, list[bytes]] = {}
         for net, ttl_s in items:
             per_set.setdefault(block_set(net), []).extend(netlink_elements(net, max(int(ttl_s * 1000), 1)))
         self._batch("add", per_set)
 
     def delete(self, nets: Sequence[Network]) -> bool:
         """Delete elements; False if (some) were not there (already expired)."""
-        per_set: dict[str, list[dict]] = {}
+        per_set: dict[str, list[bytes]] = {}
         for net in nets:
             per_set.setdefault(block_set(net), []).extend(netlink_elements(net, None))
         try:
@@ -221,31 +234,32 @@ class NftTable:
             return False
         return True
 
-    def _batch(self, cmd: str, per_set: dict[str, list[dict]]) -> None:
+    def _batch(self, cmd: str, per_set: dict[str, list[bytes]]) -> None:
         if not per_set:
             return
         self._worker.call(lambda: self._send(cmd, per_set), self.timeout_s, "nftables write")
 
-    def _send(self, cmd: str, per_set: dict[str, list[dict]]) -> None:
+    def _send(self, cmd: str, per_set: dict[str, list[bytes]]) -> None:
         from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
-        from pyroute2.netlink.nfnetlink.nftsocket import (
-            NFT_MSG_DELSETELEM,
-            NFT_MSG_NEWSETELEM,
-            nft_set_elem_list_msg,
-        )
+        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM
+
+        class elem_list_msg(nfgen_msg):
+            nla_map = (("NFTA_SET_ELEM_LIST_UNSPEC", "none"),
+                       ("NFTA_SET_ELEM_LIST_TABLE", "asciiz"),
+                       ("NFTA_SET_ELEM_LIST_SET", "asciiz"),
+                       ("NFTA_SET_ELEM_LIST_ELEMENTS", "cdata"))
 
         msg_type = NFT_MSG_NEWSETELEM if cmd == "add" else NFT_MSG_DELSETELEM
         flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if cmd == "add" else 0)
         messages = [self._marker(nfgen_msg, NFNL_SUBSYS_NFTABLES, 0x10, NLM_F_REQUEST)]
         for set_name, elems in per_set.items():
             for i in range(0, len(elems), CHUNK):
-                chunk = elems[i:i + CHUNK]
-                msg = nft_set_elem_list_msg()
+                msg = elem_list_msg()
                 msg["attrs"] = [["NFTA_SET_ELEM_LIST_TABLE", self.table],
                                 ["NFTA_SET_ELEM_LIST_SET", set_name],
-                                ["NFTA_SET_ELEM_LIST_ELEMENTS", chunk]]
+                                ["NFTA_SET_ELEM_LIST_ELEMENTS", b"".join(elems[i:i + CHUNK])]]
                 msg["header"]["type"] = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
                 msg["header"]["flags"] = flags
                 msg["nfgen_family"] = NFPROTO_INET
