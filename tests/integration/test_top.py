@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import PYTHON, socat_monitor
+from tests.lab import PYTHON, AgentProcess, connect, free_port, socat_monitor, start_echo
 from tests.test_liveview import SAMPLE
 
 pytestmark = pytest.mark.integration
@@ -219,3 +219,31 @@ def test_top_bad_answer_is_exit_2(tmp_path):
     finally:
         srv.close()
     assert result.returncode == 2 and "pid: expected a number" in result.stderr
+
+
+def test_top_against_a_real_agent(tmp_path, procs, terminal):
+    port, backend = free_port(), free_port()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nlisteners:\n  - name: top-relay\n"
+                      f"    port: {port}\n    allow_sources: [127.0.0.1/32]\n    action: alert\n"
+                      "defaults:\n  unknown_listener: ignore\n")
+    agent = AgentProcess(tmp_path, "--policy", str(policy), "--no-enforce", "--duration", "60")
+    try:
+        agent.wait_ready()
+        start_echo(procs, backend)
+        procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,max-children=20", f"TCP:127.0.0.1:{backend}", port=port)
+        for _ in range(5):
+            connect(port, source="127.0.0.1")
+        connect(port, source="127.0.0.9")
+        term = terminal("--socket", str(agent.socket), "--interval", "0.3")
+        screen = "\n".join(term.wait_for("policy.source_denied", seconds=15))
+        assert "top-relay" in screen and f":{port}" in screen and "127.0.0.9" in screen
+        term.type(b"q")
+        assert term.wait() == 0
+        raw = socat_monitor("top", "--socket", str(agent.socket), "--once", "--format", "json", timeout=30)
+        assert raw.returncode == 0, raw.stderr
+        status = json.loads(raw.stdout)
+        assert status["counters"]["events"]["connection_accepted"] >= 6
+        assert status["counters"]["alerts"].get("policy.source_denied", 0) >= 1
+    finally:
+        agent.stop()
