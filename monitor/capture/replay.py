@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Full, Queue
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -30,7 +32,8 @@ from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection
 from ..errors import InputError
 from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, normalize_ip
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 32 << 20      # bytes handed to pyarrow at once
+PARSE_BLOCK = 2 << 20       # pyarrow's own block size: its threads parse these in parallel
 ACTIONS = (Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED)
 _ACTION_CODE = {a.value: i for i, a in enumerate(ACTIONS)}
 _OTHER_KINDS = {"alert", "metric", "pipeline_error", "state", "signal"}
@@ -120,8 +123,8 @@ def _open(path: Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def _blocks(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
-    """(first line number, bytes of whole lines) blocks of a file."""
+def _blocks(path: Path, size: int) -> Iterator[tuple[int, int, bytes]]:
+    """(first line number, line count, bytes of whole lines) blocks of a file."""
     line = 1
     rest = b""
     with _open(path) as fh:
@@ -129,16 +132,17 @@ def _blocks(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
             data = fh.read(size)
             if not data:
                 break
-            data = rest + data
+            data = rest + data if rest else data
             cut = data.rfind(b"\n")
             if cut < 0:
                 rest = data
                 continue
             block, rest = data[: cut + 1], data[cut + 1:]
-            yield line, block
-            line += block.count(b"\n")
+            count = block.count(b"\n")
+            yield line, count, block
+            line += count
     if rest.strip():
-        yield line, rest + b"\n"
+        yield line, 1, rest + b"\n"
 
 
 def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
@@ -149,13 +153,15 @@ def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
     that ends early reports the problem as a malformed line and keeps what was read.
     """
     stats = stats if stats is not None else ReadStats()
-    for raw in paths:
-        path = Path(raw)
+    valid_ips: set[str] = set()
+    paths = [Path(raw) for raw in paths]
+    for path in paths:
         if not path.is_file():
             raise InputError(str(path), "no such file")
+    for path in paths:
         try:
-            for first, block in _blocks(path, block_bytes):
-                chunk = _fast(block, stats, str(path))
+            for first, count, block in _blocks(path, block_bytes):
+                chunk = _fast(block, count, stats, str(path), valid_ips)
                 if chunk is None:
                     stats.slow_blocks += 1
                     chunk = _slow(block, first, stats, str(path))
@@ -174,12 +180,48 @@ def read_events(paths: Iterable[str | Path], stats: ReadStats | None = None) -> 
             yield chunk.event(i)
 
 
-def _fast(block: bytes, stats: ReadStats, path: str) -> EventChunk | None:
+def prefetch(chunks: Iterator[EventChunk], depth: int = 2) -> Iterator[EventChunk]:
+    """Read ahead in a thread (pyarrow parses without the GIL) while the caller works."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        queue.put(chunk, timeout=0.2)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(done)
+        except BaseException as exc:   # handed to the consumer, raised there
+            queue.put(exc)
+
+    thread = threading.Thread(target=pump, name="replay-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _fast(block: bytes, lines: int, stats: ReadStats, path: str, valid_ips: set[str]) -> EventChunk | None:
     """The pyarrow path; None when the block needs the line-by-line path."""
     try:
         table = pj.read_json(
             io.BytesIO(block),
-            read_options=pj.ReadOptions(block_size=max(len(block) + 1, 1 << 20), use_threads=True),
+            read_options=pj.ReadOptions(block_size=PARSE_BLOCK, use_threads=True),
             parse_options=pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore"),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -217,7 +259,7 @@ def _fast(block: bytes, stats: ReadStats, path: str) -> EventChunk | None:
     lport = pc.coalesce(_get(_get(socat, "listener"), "port"), dst_port).to_numpy().astype(np.int64)
     src_enc, dst_enc = src_ip.dictionary_encode(), dst_ip.dictionary_encode()
     src_values, dst_values = src_enc.dictionary.to_pylist(), dst_enc.dictionary.to_pylist()
-    if not (_valid_ips(src_values) and _valid_ips(dst_values)):
+    if not (_valid_ips(src_values, valid_ips) and _valid_ips(dst_values, valid_ips)):
         return None
     action_enc = action.dictionary_encode()
     codes = np.array([_ACTION_CODE[a] for a in action_enc.dictionary.to_pylist()], dtype=np.int8)
@@ -228,7 +270,7 @@ def _fast(block: bytes, stats: ReadStats, path: str) -> EventChunk | None:
     refused = pc.fill_null(_get(socat, "refused"), False).to_numpy(zero_copy_only=False) | (action_codes == 3)
     duration = pc.fill_null(_get(event, "duration"), -1).to_numpy().astype(np.int64)
     ids = _get(event, "id")
-    stats.lines += block.count(b"\n")
+    stats.lines += lines
     stats.connections += rows
     stats.other_documents += total - rows
     return EventChunk(
@@ -246,10 +288,12 @@ def _get(array: pa.Array, name: str) -> pa.Array:
     return pc.struct_field(array, name)
 
 
-def _valid_ips(values: list[str]) -> bool:
+def _valid_ips(values: list[str], known: set[str]) -> bool:
     try:
         for value in values:
-            normalize_ip(value)
+            if value not in known:
+                normalize_ip(value)
+                known.add(value)
     except ValueError:
         return False
     return True

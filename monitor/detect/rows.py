@@ -1,0 +1,104 @@
+"""Columnar connection rows: what the detectors count, live and offline.
+
+`IpTable` interns addresses (normalised, with their /24 or /64 prefix) as
+integer codes, so windows are counted with numpy over int arrays. `Rows` is
+a batch of connection moments as parallel arrays; `classify` says which
+counters a `ConnectionEvent` feeds, the same way the offline reader does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..events import Action, ConnectionEvent, Direction, normalize_ip
+from .config import DetectConfig
+
+
+class IpTable:
+    """Address <-> code, plus each address's new-source prefix."""
+
+    def __init__(self, config: DetectConfig) -> None:
+        self._v4 = config.new_source_v4_prefix
+        self._v6 = config.new_source_v6_prefix
+        self._codes: dict[str, int] = {}
+        self.ips: list[str] = []
+        self.prefixes: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.ips)
+
+    def code(self, text: str) -> int:
+        """The code of an address (any spelling); ValueError if it is not one."""
+        found = self._codes.get(text)
+        if found is not None:
+            return found
+        canonical = normalize_ip(text)
+        found = self._codes.get(canonical)
+        if found is None:
+            found = len(self.ips)
+            self.ips.append(canonical)
+            self.prefixes.append(self._prefix(canonical))
+            self._codes[canonical] = found
+        self._codes[text] = found
+        return found
+
+    def codes(self, texts) -> np.ndarray:
+        return np.fromiter((self.code(t) for t in texts), dtype=np.int64, count=len(texts))
+
+    def _prefix(self, ip: str) -> str:
+        bits = self._v6 if ":" in ip else self._v4
+        return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+    def is_range(self, ip: str) -> bool:
+        return (self._v6 < 128) if ":" in ip else (self._v4 < 32)
+
+
+@dataclass
+class Rows:
+    """A batch of connection moments in arrival order (parallel arrays)."""
+
+    t: np.ndarray          # int64 event time, ns
+    lst: np.ndarray        # int64 listener port
+    src: np.ndarray        # int64 IpTable code of the client
+    dst: np.ndarray        # int64 IpTable code of the listener address
+    start: np.ndarray      # bool: a connection start (accepted or denied)
+    refused: np.ndarray    # bool: socat refused it
+    short: np.ndarray      # bool: a close within scan_short_s of its start
+    event_id: Callable[[int], str | None]   # row index -> event id
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def take(self, mask: np.ndarray) -> "Rows":
+        index = np.flatnonzero(mask)
+        ids = self.event_id
+        return Rows(self.t[index], self.lst[index], self.src[index], self.dst[index], self.start[index],
+                    self.refused[index], self.short[index], lambda i: ids(int(index[i])))
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    start: bool
+    refused: bool
+    short: bool
+
+    def __bool__(self) -> bool:
+        return self.start or self.refused or self.short
+
+
+def classify(ev: ConnectionEvent, short_ns: int) -> Flags:
+    """Which counters an event feeds; egress connects feed none."""
+    if ev.direction is not Direction.INGRESS:
+        return Flags(False, False, False)
+    start = ev.action in (Action.ACCEPTED, Action.DENIED)
+    refused = ev.action is Action.DENIED or ev.refused
+    short = ev.action is Action.CLOSED and ev.duration_ns is not None and ev.duration_ns < short_ns
+    return Flags(start, refused, short)
+
+
+def listener_port(ev: ConnectionEvent) -> int:
+    return ev.listener.port if ev.listener is not None else ev.destination_port
