@@ -11,10 +11,15 @@
 //   EV_CONNECT  result of an outbound connect (blocking, or EINPROGRESS then
 //               the state change out of SYN_SENT)
 //   EV_CLOSE    a tracked socket reached TCP_CLOSE (F_REFUSED when the
-//               accepting process itself shut it down without fork/connect)
+//               accepting process itself shut it down without fork/connect),
+//               with the bytes read()/written on it by its holder
 //   EV_EXEC     a watched program was exec'd (argv, bounded)
 //   EV_EXIT     a watched process ended (exit code or fatal signal); clean
 //               exits of fork children of a watched process are not reported
+//
+// A relay child's sockets often reach TCP_CLOSE before it read() the last
+// data: their EV_CLOSE is then sent at the child's exit, so byte counts are
+// final (timestamp and duration still those of the TCP close).
 //
 // Fork is kept in-kernel (`forks`): it gives every event its ppid and gives a
 // relay child the session cookie and listener of the accept it was forked for.
@@ -51,7 +56,7 @@
 #define MAX_ARGS 20
 #define ARG_LEN 128
 
-struct event {                  // 128 bytes, decoded by monitor/capture/decode.py
+struct event {                  // 144 bytes, decoded by monitor/capture/decode.py
     u8  type, family, flags, pad;
     u32 pid, tid, ppid, uid, gid;
     u64 ts;                     // bpf_ktime_get_ns (CLOCK_MONOTONIC)
@@ -64,6 +69,7 @@ struct event {                  // 128 bytes, decoded by monitor/capture/decode.
     u32 sig;                    // EV_EXIT: fatal signal
     u8  laddr[16];
     char comm[16];
+    u64 bytes_in, bytes_out;    // EV_CLOSE: read from / written to this peer
 };
 
 struct exec_event {
@@ -76,11 +82,14 @@ struct comm_key { char comm[16]; };
 struct estab_key { u16 family, port; u8 addr[8]; };   // client port + first 8 address bytes
 struct estab_val { u64 skaddr; u16 family, lport, cport, pad; u8 laddr[16], caddr[16]; };
 struct accept_args { u64 addr; };
-struct connect_args { u64 skaddr; u16 family, dport; u32 pad; u8 daddr[16]; };
-struct conn { struct event ev; u64 activity; u32 pending; u32 state; };
-struct pstate { u64 cookie, activity; u16 lport, lfamily; u32 pad; u8 laddr[16]; };
-struct fork_val { u32 ppid, tracked; u64 cookie; u16 lport, lfamily; u32 pad; u8 laddr[16]; };
+struct connect_args { u64 skaddr; u16 family, dport; u32 fd; u8 daddr[16]; };
+struct conn { struct event ev; u64 activity; u32 pending, state, fd, closed; };
+struct pstate { u64 cookie, activity, sk; u16 lport, lfamily; u32 fd; u8 laddr[16]; };
+struct fork_val { u32 ppid, tracked; u64 cookie, in_sk, out_sk; u16 lport, lfamily; u32 pad; u8 laddr[16]; };
 struct exit_val { s32 code; u32 sig; u32 exited; u32 pad; };
+struct io_key { u32 tgid, fd; };
+struct io_val { u64 rd, wr; };
+struct io_pending { struct io_key key; u32 write, pad; };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, u64, 1);
@@ -96,6 +105,8 @@ BPF_TABLE("lru_hash", u64, struct conn, conns, 65536);        // sock address ->
 BPF_TABLE("lru_hash", u32, struct pstate, pstates, 4096);     // tgid -> last accept, fork/connect count
 BPF_TABLE("lru_hash", u32, struct fork_val, forks, 16384);    // child tgid -> parent
 BPF_TABLE("lru_hash", u32, struct exit_val, exits, 4096);
+BPF_TABLE("lru_hash", struct io_key, struct io_val, sockio, 65536);  // (tgid, fd) of a tracked socket -> bytes
+BPF_HASH(iopending, u32, struct io_pending, 4096);                  // tid -> read/write in progress
 
 static __always_inline int watched(void) {
     struct comm_key k = {};
@@ -225,13 +236,20 @@ static __always_inline int accept_exit(long ret) {
     struct pstate *p = pstates.lookup_or_try_init(&tgid, &fresh);
     if (p) {
         p->cookie = ev->cookie;
+        p->sk = sk;
+        p->fd = ret;
         p->lport = ev->lport;
         p->lfamily = ev->lfamily;
         __builtin_memcpy(p->laddr, ev->laddr, 16);
         c.activity = p->activity;
     }
-    if (sk)
+    if (sk) {
+        c.fd = ret;
         conns.update(&sk, &c);
+        struct io_key ik = {.tgid = tgid, .fd = ret};
+        struct io_val zero_io = {};
+        sockio.update(&ik, &zero_io);
+    }
     return 0;
 }
 
@@ -254,6 +272,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
         __builtin_memcpy(c.daddr, &sa[8], 16);
     else
         return 0;
+    c.fd = args->fd;
     u32 tid = bpf_get_current_pid_tgid();
     connects.update(&tid, &c);
     bump_activity(bpf_get_current_pid_tgid() >> 32);
@@ -293,6 +312,53 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     return 0;
 }
 
+// A tracked socket's close, with the bytes its holder moved on it.
+static __always_inline void emit_close(u64 sk, struct conn *c) {
+    c->ev.type = EV_CLOSE;
+    struct io_key ik = {.tgid = c->ev.pid, .fd = c->fd};
+    struct io_val *io = sockio.lookup(&ik);
+    if (io) {
+        c->ev.bytes_in = io->rd;
+        c->ev.bytes_out = io->wr;
+        sockio.delete(&ik);
+    }
+    emit(&c->ev, sizeof(c->ev));
+    conns.delete(&sk);
+}
+
+// ---- bytes: read()/write() on the tracked sockets' (tgid, fd) ----------------
+
+static __always_inline int io_enter(u32 fd, u32 write) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct io_pending pend = {.key = {.tgid = id >> 32, .fd = fd}, .write = write};
+    if (!sockio.lookup(&pend.key))
+        return 0;
+    u32 tid = id;
+    iopending.update(&tid, &pend);
+    return 0;
+}
+
+static __always_inline int io_exit(long ret) {
+    u32 tid = bpf_get_current_pid_tgid();
+    struct io_pending *pend = iopending.lookup(&tid);
+    if (!pend)
+        return 0;
+    struct io_val *io = sockio.lookup(&pend->key);
+    if (io && ret > 0) {
+        if (pend->write)
+            io->wr += ret;
+        else
+            io->rd += ret;
+    }
+    iopending.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return io_enter(args->fd, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return io_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return io_enter(args->fd, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return io_exit(args->ret); }
+
 // ---- process lifecycle ----------------------------------------------------
 
 TRACEPOINT_PROBE(sched, sched_process_fork) {
@@ -304,7 +370,12 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
         struct pstate *p = pstates.lookup(&parent);
         if (p) {
             __sync_fetch_and_add(&p->activity, 1);
+            struct io_key ik = {.tgid = child, .fd = p->fd};
+            struct io_val zero_io = {};
+            if (p->cookie)
+                sockio.update(&ik, &zero_io);
             f.cookie = p->cookie;
+            f.in_sk = p->sk;
             f.lport = p->lport;
             f.lfamily = p->lfamily;
             __builtin_memcpy(f.laddr, p->laddr, 16);
@@ -398,15 +469,24 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     }
     struct fork_val *f = forks.lookup(&tgid);
     int quiet_child = f && f->tracked && ev.flags == F_EXITED && ev.err == 0;
+    u64 in_sk = 0, out_sk = 0;
     if (f) {
         ev.cookie = f->cookie;
         ev.lport = f->lport;
+        in_sk = f->in_sk;
+        out_sk = f->out_sk;
     }
     if (!quiet_child)
         emit(&ev, sizeof(ev));
     exits.delete(&tgid);
     pstates.delete(&tgid);
     forks.delete(&tgid);
+    // report the closes deferred while this relay child lived (see inet_sock_set_state)
+    struct conn *c;
+    if (in_sk && (c = conns.lookup(&in_sk)) && c->closed && c->ev.pid == tgid)
+        emit_close(in_sk, c);
+    if (out_sk && (c = conns.lookup(&out_sk)) && c->closed && c->ev.pid == tgid)
+        emit_close(out_sk, c);
     return 0;
 }
 
@@ -469,12 +549,17 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             ev->lfamily = p->lfamily;
             __builtin_memcpy(ev->laddr, p->laddr, 16);
         } else if (f) {
+            f->out_sk = sk;
             ev->cookie = f->cookie;
             ev->lport = f->lport;
             ev->lfamily = f->lfamily;
             __builtin_memcpy(ev->laddr, f->laddr, 16);
         }
+        c.fd = a->fd;
         conns.update(&sk, &c);
+        struct io_key ik = {.tgid = tgid, .fd = a->fd};
+        struct io_val zero_io = {};
+        sockio.update(&ik, &zero_io);
         return 0;
     }
 
@@ -520,11 +605,16 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 
     if (new == TCP_CLOSE) {
         u64 now = bpf_ktime_get_ns();
-        c->ev.type = EV_CLOSE;
         c->ev.duration = now - c->ev.ts;
         c->ev.ts = now;
-        emit(&c->ev, sizeof(c->ev));
-        conns.delete(&sk);
+        // A relay child may not have read() the last data yet: while it lives,
+        // its exit reports this close, with final byte counts.
+        __sync_fetch_and_add(&c->closed, 1);
+        u32 holder = c->ev.pid;
+        struct fork_val *f = forks.lookup(&holder);
+        if (f && f->tracked && (f->in_sk == sk || f->out_sk == sk))
+            return 0;
+        emit_close(sk, c);
     }
     return 0;
 }

@@ -26,11 +26,11 @@ def addr(text: str) -> bytes:
 def record(etype: int, *, family: int = d.AF_INET, flags: int = 0, pid: int = 100, tid: int | None = None,
            ppid: int = 0, uid: int = 0, gid: int = 0, ts: int = 5_000, cookie: int = 0, duration: int = 0,
            err: int = 0, sport: int = 0, dport: int = 0, saddr: str = "0.0.0.0", daddr: str = "0.0.0.0",
-           lport: int = 0, lfamily: int = 0, laddr: str = "0.0.0.0", sig: int = 0, comm: str = "socat",
+           lport: int = 0, lfamily: int = 0, laddr: str = "0.0.0.0", sig: int = 0, comm: str = "socat", bytes_in: int = 0, bytes_out: int = 0,
            argv: tuple[str, ...] = ()) -> bytes:
     head = d.HEADER.pack(etype, family, flags, pid, pid if tid is None else tid, ppid, uid, gid, ts, cookie,
                          duration, err, sport, dport, addr(saddr), addr(daddr), lport, lfamily, sig, addr(laddr),
-                         comm.encode().ljust(16, b"\0"))
+                         comm.encode().ljust(16, b"\0"), bytes_in, bytes_out)
     if etype != d.EV_EXEC:
         return head
     slots = b"".join(a.encode()[:127].ljust(d.ARG_LEN, b"\0") for a in argv).ljust(d.MAX_ARGS * d.ARG_LEN, b"\0")

@@ -17,11 +17,11 @@ F_INGRESS, F_REFUSED, F_PARTIAL, F_EXITED, F_FAILED = 1, 2, 4, 8, 16
 AF_INET, AF_INET6 = 2, 10
 MAX_ARGS, ARG_LEN = 20, 128
 
-HEADER = struct.Struct("<BBBxIIIIIQQQiHH16s16sHHI16s16s")
+HEADER = struct.Struct("<BBBxIIIIIQQQiHH16s16sHHI16s16sQQ")
 EXEC_TAIL = struct.Struct("<I")  # argc (then 4 bytes of padding before argv)
 EXEC_ARGV_OFFSET = HEADER.size + 8
 EXEC_SIZE = EXEC_ARGV_OFFSET + MAX_ARGS * ARG_LEN
-assert HEADER.size == 128, HEADER.size
+assert HEADER.size == 144, HEADER.size
 
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _ADDR_CACHE: dict[tuple[int, bytes], str] = {}
@@ -56,6 +56,8 @@ class RawEvent:
     laddr: str | None
     sig: int
     comm: str
+    bytes_in: int = 0
+    bytes_out: int = 0
     argv: tuple[str, ...] = ()
 
 
@@ -85,7 +87,7 @@ def decode(data: bytes) -> RawEvent:
     if len(data) < HEADER.size:
         raise DecodeError(f"record of {len(data)} bytes, expected at least {HEADER.size}")
     (etype, family, flags, pid, tid, ppid, uid, gid, ktime, cookie, duration, err,
-     sport, dport, saddr, daddr, lport, lfamily, sig, laddr, comm) = HEADER.unpack_from(data)
+     sport, dport, saddr, daddr, lport, lfamily, sig, laddr, comm, bytes_in, bytes_out) = HEADER.unpack_from(data)
     argv: tuple[str, ...] = ()
     if etype == EV_EXEC:
         if len(data) < EXEC_SIZE:
@@ -107,5 +109,5 @@ def decode(data: bytes) -> RawEvent:
         daddr=address(family, daddr) if is_conn else "",
         lport=lport,
         laddr=address(lfamily, laddr) if lport and lfamily in (AF_INET, AF_INET6) else None,
-        sig=sig, comm=_cstr(comm), argv=argv,
+        sig=sig, comm=_cstr(comm), bytes_in=bytes_in, bytes_out=bytes_out, argv=argv,
     )

@@ -186,7 +186,7 @@ class Enricher:
         self.offset_ns = offset_ns
         self.prefix = session_prefix
         self._listeners: dict[tuple[str | None, int], Listener] = {}
-        self._recent_connects: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._recent_connects: OrderedDict[tuple[int, int, int, int], None] = OrderedDict()
 
     def session_id(self, cookie: int) -> str | None:
         return f"{self.prefix}-{cookie:x}" if cookie else None
@@ -203,8 +203,8 @@ class Enricher:
         return lst
 
     def duplicate(self, raw: RawEvent) -> bool:
-        """True for the second report of one non-blocking connect (a kernel-side race)."""
-        key = (raw.pid, raw.ktime_ns)
+        """True for the second report of one connect or close (kernel-side races report twice)."""
+        key = (raw.type, raw.pid, raw.ktime_ns, raw.sport)
         if key in self._recent_connects:
             return True
         self._recent_connects[key] = None
@@ -213,8 +213,8 @@ class Enricher:
         return False
 
     def __call__(self, raw: RawEvent) -> ConnectionEvent | ProcessEvent | None:
-        """The typed event of a record; None for a duplicate connect report."""
-        if raw.type == EV_CONNECT and self.duplicate(raw):
+        """The typed event of a record; None for a duplicate report."""
+        if (raw.type == EV_CONNECT or raw.type == EV_CLOSE) and self.duplicate(raw):
             return None
         ts = raw.ktime_ns + self.offset_ns
         if raw.type == EV_EXEC:
@@ -244,5 +244,7 @@ class Enricher:
             outcome=Outcome.FAILURE if failed or action is Action.DENIED else Outcome.SUCCESS,
             process=proc, listener=self._listener(raw.laddr, raw.lport), session_id=self.session_id(raw.cookie),
             ktime_ns=raw.ktime_ns, duration_ns=raw.duration_ns if raw.type == EV_CLOSE else None,
+            bytes_in=raw.bytes_in if raw.type == EV_CLOSE else None,
+            bytes_out=raw.bytes_out if raw.type == EV_CLOSE else None,
             error=errno_name(raw.err) if failed else None, refused=action is Action.DENIED,
         )

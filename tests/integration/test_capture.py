@@ -168,6 +168,7 @@ def test_fork_relays_ipv4_ipv6_exact(recorder, procs, backend):
             attempt.source_port, bport)
         for c in closes.values():
             assert c.duration_ns and 0 < c.duration_ns < 10 * 10**9
+            assert (c.bytes_in, c.bytes_out) == (4, 4), (c, a)   # b"ping" each way, counted at read()/write()
             assert c.timestamp_ns >= a.timestamp_ns
         assert a.ktime_ns < attempt.ktime_ns
     assert abs(accepted[0].timestamp_ns - time.time_ns()) < 60 * 10**9   # wall clock, not ktime
