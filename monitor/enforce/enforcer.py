@@ -137,6 +137,7 @@ class Enforcer:
     def close(self) -> None:
         """Leave the table and its blocks in place (they time out); the state file is current."""
         self._table.close()
+        self._state.close()
 
     # -- decisions to kernel -----------------------------------------------------------
 

@@ -38,13 +38,19 @@ class StateFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._lock_fh = None
+        self._append_fh = None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with open(self.path + ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        if self._lock_fh is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._lock_fh = open(self.path + ".lock", "a+")
+        fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
+        try:
             yield
+        finally:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
 
     def _read(self) -> dict[str, ActiveBlock]:
         out: dict[str, ActiveBlock] = {}
@@ -70,8 +76,20 @@ class StateFile:
         return out
 
     def _append(self, entries: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries))
+        """Append to the journal, reopening it if it was compacted (replaced) since."""
+        fh = self._append_fh
+        if fh is None or not os.path.exists(self.path) or os.fstat(fh.fileno()).st_ino != os.stat(self.path).st_ino:
+            if fh is not None:
+                fh.close()
+            fh = self._append_fh = open(self.path, "a", encoding="utf-8")
+        fh.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries))
+        fh.flush()
+
+    def close(self) -> None:
+        for fh in (self._append_fh, self._lock_fh):
+            if fh is not None:
+                fh.close()
+        self._append_fh = self._lock_fh = None
 
     def load(self, now_ns: int) -> list[ActiveBlock]:
         """Blocks still active at `now_ns` (expired ones are left out)."""
