@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
-import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
@@ -59,10 +59,22 @@ class HostInfo:
         return cls(name=socket.gethostname(), id=host_id)
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def iso_timestamp(ns: int) -> str:
     seconds, rem = divmod(ns, 1_000_000_000)
-    stamp = dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1000:06d}Z"
+    return _iso_second(seconds) + f".{rem // 1000:06d}Z"
+
+
+def _packed_ip(text: str) -> bytes:
+    """Packed address bytes (fast path of ipaddress.ip_address(text).packed)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except OSError:
+        raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address") from None
 
 
 def parse_timestamp(text: str) -> int:
@@ -82,8 +94,8 @@ def parse_timestamp(text: str) -> int:
 
 def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: int = 6) -> str:
     """Community ID v1 flow hash (seed 0), so flows join across tools."""
-    src = ipaddress.ip_address(src_ip).packed
-    dst = ipaddress.ip_address(dst_ip).packed
+    src = _packed_ip(src_ip)
+    dst = _packed_ip(dst_ip)
     if (src, src_port) > (dst, dst_port):
         src, dst, src_port, dst_port = dst, src, dst_port, src_port
     data = struct.pack("!HBB", 0, proto, 0) + src + dst + struct.pack("!HH", src_port, dst_port)

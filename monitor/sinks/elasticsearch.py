@@ -104,6 +104,8 @@ class ElasticsearchSink:
         self._client = EsClient(config.urls, username=config.username, password=config.password,
                                 api_key=config.api_key, ca_file=config.ca_file,
                                 verify_certs=config.verify_certs, timeout_s=config.request_timeout_s)
+        self._events_action = b'{"create":{"_index":' + orjson.dumps(config.events_index) + b',"_id":'
+        self._alerts_action = b'{"create":{"_index":' + orjson.dumps(config.alerts_index) + b',"_id":'
         self._lock = threading.Lock()
         self._stats = SinkStats()
         self._head_ns: int | None = None
@@ -277,9 +279,8 @@ class ElasticsearchSink:
 
     def _action(self, line: bytes) -> tuple[bytes, bytes]:
         head, doc = line.split(b"\t", 1)
-        index = self.config.alerts_index if head[:1] == b"a" else self.config.events_index
-        action = orjson.dumps({"create": {"_index": index, "_id": head[1:].decode()}})
-        return action, doc
+        prefix = self._alerts_action if head[:1] == b"a" else self._events_action
+        return prefix + orjson.dumps(head[1:].decode()) + b"}}", doc
 
     def _deliver(self, batch: SpoolBatch) -> None:
         """Send until every line is settled (delivered, duplicate or dead-lettered).

@@ -49,6 +49,7 @@ class DiskSpool:
         if self._ack_seg not in self._sizes:
             self._ack_seg, self._ack_off = min(self._sizes), 0
         self._total = sum(self._sizes.values())
+        self._pending = sum(self._lines.values())
 
     # -- paths and startup --------------------------------------------------
 
@@ -99,6 +100,7 @@ class DiskSpool:
                 done += os.write(self._fd, view[done:])
             self._sizes[self._write_seg] += len(line)
             self._lines[self._write_seg] += 1
+            self._pending += 1
             self._total += len(line)
             return self._enforce_bound() if self._total > self.max_bytes else 0
 
@@ -106,7 +108,9 @@ class DiskSpool:
         dropped = 0
         while self._total > self.max_bytes and len(self._sizes) > 1:
             oldest = min(self._sizes)
-            dropped += self._lines.pop(oldest)
+            lost = self._lines.pop(oldest)
+            dropped += lost
+            self._pending -= lost
             self._total -= self._sizes.pop(oldest)
             self._path(oldest).unlink(missing_ok=True)
             if self._ack_seg <= oldest:
@@ -146,7 +150,7 @@ class DiskSpool:
 
     def _finish_segment(self, seg: int) -> None:
         self._total -= self._sizes.pop(seg)
-        self._lines.pop(seg, None)
+        self._pending -= self._lines.pop(seg, 0)
         self._path(seg).unlink(missing_ok=True)
         self._ack_seg, self._ack_off = min(self._sizes), 0
         self._write_ack()
@@ -157,6 +161,7 @@ class DiskSpool:
                 return   # its segment was dropped to stay in bounds meanwhile
             self._ack_off = batch.end
             self._lines[batch.segment] -= len(batch.lines)
+            self._pending -= len(batch.lines)
             self._write_ack()
 
     def _write_ack(self) -> None:
@@ -168,8 +173,7 @@ class DiskSpool:
 
     @property
     def pending(self) -> int:
-        with self._lock:
-            return sum(self._lines.values())
+        return self._pending
 
     @property
     def pending_bytes(self) -> int:
