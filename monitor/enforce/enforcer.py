@@ -25,6 +25,8 @@ from .state import ActiveBlock, StateFile
 
 log = logging.getLogger(__name__)
 
+FACTS_MAX_AGE_S = 10.0   # host facts (addresses, gateways, SSH peers) older than this are re-read before a block
+
 
 @dataclass
 class EnforceConfig:
@@ -64,6 +66,7 @@ class Enforcer:
         self._ports: tuple[int, ...] = ()
         self._alerts: list[Alert] = []
         self._lock = threading.Lock()
+        self._facts_at = float("-inf")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -72,6 +75,7 @@ class Enforcer:
         facts = self._table.call(hostfacts.gather, "host facts")
         self._safety = SafetyRules.build(never_block=self.config.never_block, own_addresses=facts.own_addresses,
                                          gateways=facts.gateways, ssh_peers=facts.ssh_peers)
+        self._facts_at = time.monotonic()
 
     def start(self, listener_ports: Iterable[int]) -> list[BlockEvent]:
         """Create our table in one transaction, re-applying blocks still due (state file and kernel)."""
@@ -101,7 +105,8 @@ class Enforcer:
         if self.config.dry_run or not self.config.enabled:
             return events
         self._table.create(scope=self.config.scope, ports=self._ports,
-                           blocks=[(net, b.remaining_s(now)) for net, b in keep])
+                           blocks=[(net, b.remaining_s(now)) for net, b in keep],
+                           allow=[parse_target(t) for t in self.config.never_block])
         with self._lock:
             self._active = {b.target: b for _, b in keep}
             self._state.replace(list(self._active.values()))
@@ -159,6 +164,8 @@ class Enforcer:
             return refused(text, "enforcement is disabled")
         if ttl <= 0:
             return refused(text, f"ttl {ttl:g}s must be > 0")
+        if time.monotonic() - self._facts_at > FACTS_MAX_AGE_S:
+            self.refresh_safety()   # new SSH sessions, addresses or routes since the last look
         reason = self._safety.refusal(net)
         if reason:
             return refused(text, reason)

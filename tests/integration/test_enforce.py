@@ -118,6 +118,38 @@ def test_safety_refusals_change_nothing(lab: Lab) -> None:
     enforcer.close()
 
 
+def test_scope_listeners_or_host(lab: Lab, procs: Processes) -> None:
+    other = free_port()
+    procs.start([PYTHON, "-m", "tests.echo", str(other), "::"], netns=lab.server, cwd=ROOT)
+    wait_listening(other, netns=lab.server)
+
+    def reach_other(src: str) -> bool:
+        out = lab.netns.run(lab.clients, PYTHON, "-m", "tests.netprobe", "once", src, SERVER4, str(other), "0.5",
+                            check=False)
+        return out.stdout.strip() == "ok"
+
+    enforcer = _started(lab)
+    enforcer.block(BAD4, ttl_s=30, rule_id=None, alert_id=None, now_ns=time.time_ns())
+    assert not lab.reach(BAD4, timeout=0.5) and reach_other(BAD4), "scope listeners: only socat's ports"
+    enforcer.set_ports([lab.port, other])
+    assert not reach_other(BAD4), "a new listener port is covered once set_ports() names it"
+    enforcer.close()
+    host = _started(lab, scope="host")     # restart with the other scope: the block is restored
+    host.set_ports([])
+    assert not lab.reach(BAD4, timeout=0.5) and not reach_other(BAD4)
+    assert lab.reach(GOOD4)
+    host.close()
+
+
+def test_never_block_networks_are_in_the_allow_set(lab: Lab) -> None:
+    enforcer = _started(lab, never_block=("10.77.0.2/32", "10.78.0.0/16", "10.78.1.0/24"))
+    listing = lab.table()
+    assert "10.77.0.2" in listing and "10.78.0.0/16" in listing
+    lab.netns.run(lab.server, "nft", "add", "element", "inet", "socat_monitor", "block4", "{ 10.77.0.2 }")
+    assert lab.reach(GOOD4), "the allow set is checked before the block sets"
+    enforcer.close()
+
+
 def test_circuit_breaker_trips(lab: Lab) -> None:
     enforcer = _started(lab, max_blocks_per_minute=2)
     now = time.time_ns()
