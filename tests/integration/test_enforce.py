@@ -103,18 +103,26 @@ def test_ipv6_and_cidr_blocks(lab: Lab) -> None:
     enforcer.close()
 
 
-def test_safety_refusals_change_nothing(lab: Lab) -> None:
-    enforcer = _started(lab, never_block=(f"{GOOD4}/32", "fd77::2/128"))
+def test_safety_refusals_change_nothing(lab: Lab, procs: Processes) -> None:
+    # An "SSH session" from BAD4 (a service on port 22 in the server namespace) and a default route via GOOD4.
+    procs.start([PYTHON, "-m", "tests.echo", "22", "::"], netns=lab.server, cwd=ROOT)
+    wait_listening(22, netns=lab.server)
+    ssh = procs.start([PYTHON, "-m", "tests.netprobe", "hold", BAD4, SERVER4, "22", "30"],
+                      netns=lab.clients, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert ssh.stdout.readline().strip() == "connected"
+    lab.netns.run(lab.server, "ip", "route", "add", "default", "via", GOOD4)
+    enforcer = _started(lab, never_block=("10.78.1.0/24", "fd77::2/128"))
     before = lab.table()
     now = time.time_ns()
-    for target, why in ((GOOD4, "never_block"), (GOOD6, "never_block"), ("127.0.0.1", "loopback"),
+    for target, why in ((NET_CLIENT, "never_block"), (GOOD6, "never_block"), ("127.0.0.1", "loopback"),
                         ("::1", "loopback"), (SERVER4, "own address"), (SERVER6, "own address"),
-                        ("10.77.0.0/24", "protected network"), ("10.0.0.0/8", "broader than")):
+                        ("10.77.0.0/24", "own address"), ("10.0.0.0/8", "broader than"),
+                        (GOOD4, "default gateway"), (BAD4, "SSH session peer")):
         ev = enforcer.block(target, ttl_s=30, rule_id=None, alert_id=None, now_ns=now)
         assert ev.action is Action.BLOCK_REFUSED, target
         assert why in ev.reason, (target, ev.reason)
     assert lab.table() == before
-    assert lab.reach(GOOD4) and lab.reach(GOOD6)
+    assert lab.reach(GOOD4) and lab.reach(GOOD6) and lab.reach(BAD4)
     enforcer.close()
 
 
