@@ -196,3 +196,44 @@ def test_unreachable_at_start_spools_and_replays_after_restart(elasticsearch_ser
     assert sink.flush(30)
     sink.close()
     assert sorted(_ids(es, f"{prefix}-events")) == sorted(e.id for e in events)
+
+
+def test_live_capture_of_a_socat_relay_is_indexed(elasticsearch_server, tmp_path, prefix, procs):
+    """Real BPF capture of a real socat relay, shipped through the sink and queried back."""
+    from monitor.capture import Capture, CaptureConfig
+    from monitor.events import Action
+    from tests.lab import connect, start_echo
+
+    es = elasticsearch_server.client()
+    backend, port = free_port(), free_port()
+    start_echo(procs, backend)
+    with Capture(CaptureConfig()) as capture:
+        relay = procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,bind=127.0.0.1", f"TCP:127.0.0.1:{backend}", port=port)
+        clients = {connect(port, source=f"127.0.0.{n}") for n in range(2, 7)}
+        records, pids = [], {relay.pid}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for rec in capture.poll(50):
+                proc = getattr(rec, "process", None)
+                if proc is not None and (proc.pid in pids or proc.ppid in pids):
+                    pids.add(proc.pid)
+                    records.append(rec)
+            actions = [getattr(r, "action", None) for r in records]
+            if actions.count(Action.ACCEPTED) >= 5 and actions.count(Action.ATTEMPTED) >= 5:
+                break
+    sink = ElasticsearchSink(_config(elasticsearch_server.url, tmp_path, prefix), HOST)
+    for record in records:
+        sink.write(record)
+    assert sink.flush(30)
+    sink.close()
+
+    events = f"{prefix}-events"
+    es.indices.refresh(index=events)
+    accepted = es.search(index=events, body={"size": 50, "query": {"bool": {"filter": [
+        {"term": {"event.action": "connection_accepted"}}, {"term": {"source.ip": "127.0.0.0/8"}}]}}})
+    got = {(h["_source"]["source"]["ip"], h["_source"]["source"]["port"]) for h in accepted["hits"]["hits"]}
+    assert got == clients
+    sessions = {h["_source"]["socat"]["session"]["id"] for h in accepted["hits"]["hits"]}
+    egress = es.search(index=events, body={"size": 50, "query": {"bool": {"filter": [
+        {"term": {"event.action": "connection_attempted"}}, {"term": {"destination.port": backend}}]}}})
+    assert {h["_source"]["socat"]["session"]["id"] for h in egress["hits"]["hits"]} == sessions
