@@ -132,7 +132,7 @@ def small_disk(tmp_path):
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
 def test_disk_full_is_reported_and_loses_nothing_once_space_returns(small_disk):
@@ -213,6 +213,20 @@ def test_spool_bound_drops_oldest_segments_and_counts(tmp_path):
     first = spool.read_batch(1, 1 << 20).lines[0]
     assert first.startswith(f"eid-{dropped}\t".encode())   # the oldest went, in order
     spool.close()
+
+
+def test_spool_on_a_full_disk_raises_and_leaves_no_fragment(small_disk):
+    spool = DiskSpool(small_disk / "spool", max_bytes=10 << 20, segment_bytes=1 << 20)
+    written = 0
+    with pytest.raises(OSError):
+        for i in range(10_000):
+            spool.append(b"e" + f"id-{i}".encode() + b"\t" + orjson.dumps({"pad": "x" * 5000}) + b"\n")
+            written += 1
+    spool.close()
+    spool = DiskSpool(small_disk / "spool", max_bytes=10 << 20, segment_bytes=1 << 20)
+    recovered, pending = spool.recovered_partial, spool.pending
+    spool.close()
+    assert recovered == 0 and pending == written > 0
 
 
 def test_spool_discards_a_line_cut_by_a_crash(tmp_path):

@@ -207,6 +207,11 @@ class ElasticsearchSink:
                 backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
                 self._note_down(str(exc))
                 continue
+            except Exception as exc:  # a bug or a broken spool must not end shipping
+                log.exception("elasticsearch sink: shipping failed")
+                self._errors.add(f"shipping failed: {type(exc).__name__}: {exc}", 0)
+                backoff = self.config.backoff_max_s
+                continue
             backoff = 0.0
             self._note_up()
             if not shipped:
@@ -227,6 +232,7 @@ class ElasticsearchSink:
             self._down_since = time.monotonic()
             log.warning("elasticsearch %s unavailable (%s); spooling to %s and retrying",
                         ",".join(self.config.urls), message, self.config.spool_dir)
+            self._errors.add(f"elasticsearch unavailable, spooling and retrying: {message}", 0)
         with self._lock:
             self._stats.retried += 1
 
@@ -294,6 +300,9 @@ class ElasticsearchSink:
             if backoff:
                 if self._stop.wait(backoff):
                     raise Unavailable("stopping with items still to retry")
+            todo = self._drop_corrupt(todo)
+            if not todo:
+                return
             pairs = [self._action(line) for line in todo]
             body = b"".join(a + b"\n" + d + b"\n" for a, d in pairs)
             results = self._client.bulk(body)
@@ -305,6 +314,13 @@ class ElasticsearchSink:
                     self._stats.retried += len(retry)
                 backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
             todo = retry
+
+    def _drop_corrupt(self, lines: list[bytes]) -> list[bytes]:
+        good = [line for line in lines if b"\t" in line[:200] and line[:1] in (b"a", b"e")]
+        if len(good) != len(lines):
+            bad = [line for line in lines if not (b"\t" in line[:200] and line[:1] in (b"a", b"e"))]
+            self._dead_letter([(line, ItemResult(0, "corrupt spool line")) for line in bad])
+        return good
 
     def _settle(self, lines: list[bytes], pairs: list[tuple[bytes, bytes]], results: list[ItemResult]) -> list[bytes]:
         retry: list[bytes] = []
@@ -331,11 +347,14 @@ class ElasticsearchSink:
         assert path is not None
         out = []
         for line, result in dead:
-            action, doc = self._action(line)
-            out.append(orjson.dumps({
-                "reason": result.error, "status": result.status,
-                "index": orjson.loads(action)["create"]["_index"], "document": orjson.Fragment(doc),
-            }, option=orjson.OPT_APPEND_NEWLINE))
+            head, _, doc = line.partition(b"\t")
+            index = self.config.alerts_index if head[:1] == b"a" else self.config.events_index
+            try:
+                document = orjson.loads(doc)
+            except orjson.JSONDecodeError:
+                document = line.decode(errors="replace")
+            out.append(orjson.dumps({"reason": result.error, "status": result.status, "index": index,
+                                     "document": document}, option=orjson.OPT_APPEND_NEWLINE))
         with self._lock:
             self._stats.dead_lettered += len(dead)
         try:

@@ -96,8 +96,13 @@ class DiskSpool:
                 self._write_seg += 1
                 self._fd = self._open_segment(self._write_seg)
             view, done = memoryview(line), 0
-            while done < len(line):
-                done += os.write(self._fd, view[done:])
+            try:
+                while done < len(line):
+                    done += os.write(self._fd, view[done:])
+            except OSError:
+                if done:   # never leave a fragment the next line would be glued to
+                    os.ftruncate(self._fd, self._sizes[self._write_seg])
+                raise
             self._sizes[self._write_seg] += len(line)
             self._lines[self._write_seg] += 1
             self._pending += 1

@@ -237,3 +237,24 @@ def test_live_capture_of_a_socat_relay_is_indexed(elasticsearch_server, tmp_path
     egress = es.search(index=events, body={"size": 50, "query": {"bool": {"filter": [
         {"term": {"event.action": "connection_attempted"}}, {"term": {"destination.port": backend}}]}}})
     assert {h["_source"]["socat"]["session"]["id"] for h in egress["hits"]["hits"]} == sessions
+
+
+def test_corrupt_spool_line_is_dead_lettered_and_the_rest_delivered(elasticsearch_server, tmp_path, prefix):
+    es = elasticsearch_server.client()
+    config = _config(elasticsearch_server.url, tmp_path, prefix)
+    first = ElasticsearchSink(_config("http://127.0.0.1:1", tmp_path, prefix, close_timeout_s=0.5), HOST)
+    events = [S.connection(i) for i in range(3)]
+    first.write(events[0])
+    first.close()
+    segment = sorted((tmp_path / "spool").glob("segment-*.spool"))[0]
+    with open(segment, "ab") as fh:
+        fh.write(b"garbage without a tab\n")
+    sink = ElasticsearchSink(config, HOST)
+    for event in events[1:]:
+        sink.write(event)
+    assert sink.flush(30)
+    sink.close()
+    assert sink.stats.dead_lettered == 1 and sink.stats.written == 3
+    (dead,) = [orjson.loads(x) for x in (tmp_path / "spool" / "dead-letter.ndjson").read_bytes().splitlines()]
+    assert dead["reason"] == "corrupt spool line" and dead["document"] == "garbage without a tab"
+    assert sorted(_ids(es, f"{prefix}-events")) == sorted(e.id for e in events)
