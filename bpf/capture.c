@@ -327,7 +327,9 @@ static __always_inline void emit_close(u64 sk, struct conn *c) {
 }
 
 // ---- bytes: read()/write() on the tracked sockets' (tgid, fd) ----------------
+// (compiled out with -DNO_BYTES: then no program runs on read/write at all)
 
+#ifndef NO_BYTES
 static __always_inline int io_enter(u32 fd, u32 write) {
     u64 id = bpf_get_current_pid_tgid();
     struct io_pending pend = {.key = {.tgid = id >> 32, .fd = fd}, .write = write};
@@ -358,6 +360,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_read) { return io_enter(args->fd, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_read) { return io_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return io_enter(args->fd, 1); }
 TRACEPOINT_PROBE(syscalls, sys_exit_write) { return io_exit(args->ret); }
+#endif
 
 // ---- process lifecycle ----------------------------------------------------
 

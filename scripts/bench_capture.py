@@ -4,9 +4,10 @@
 Side by side in one run, on loopback only: an asyncio echo backend, a
 `socat TCP-LISTEN:P,fork,backlog=64 TCP:127.0.0.1:B` relay, and an asyncio
 client keeping `--concurrency` (<= 4) connections in flight, each sending one
-byte and reading the echo until EOF. Phases alternate: `off` (no BPF
-loaded) and `on` (a separate consumer process runs `Capture` and polls,
-as the agent would). Every phase is bounded by `--seconds`.
+byte and reading the echo until EOF. Phases alternate off, on, off, ...,
+off: `off` has no BPF loaded, `on` has a separate consumer process running
+`Capture` and polling, as the agent would. Every phase is bounded by
+`--seconds`; the ratio is mean(on rates) / mean(off rates).
 
 Prints per phase the connection rate, and for `on` phases completeness:
 connections the client completed vs ACCEPTED events captured for the
@@ -68,7 +69,7 @@ def run_backend(port: int) -> None:
     asyncio.run(main())
 
 
-def run_consumer(port: int) -> None:
+def run_consumer(port: int, byte_counts: bool) -> None:
     """Load Capture, poll until SIGTERM, print a JSON summary of what was seen for `port`."""
     from monitor.capture import Capture, CaptureConfig
     from monitor.events import Action, ConnectionEvent, PipelineError
@@ -80,7 +81,7 @@ def run_consumer(port: int) -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    capture = Capture(CaptureConfig())
+    capture = Capture(CaptureConfig(byte_counts=byte_counts))
     print("ready", flush=True)
     accepted = events = errors = 0
     cpu0 = time.process_time()
@@ -141,8 +142,9 @@ def phase(name: str, port: int, args, consumer: subprocess.Popen | None) -> dict
     return out
 
 
-def start_consumer(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, __file__, "--role", "consumer", "--port", str(port)],
+def start_consumer(port: int, byte_counts: bool) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, __file__, "--role", "consumer", "--port", str(port)]
+                            + ([] if byte_counts else ["--no-bytes"]),
                             stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         proc.kill()
@@ -152,16 +154,17 @@ def start_consumer(port: int) -> subprocess.Popen:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=10.0, help="length of each phase (max 60)")
-    ap.add_argument("--rounds", type=int, default=1, help="off/on pairs (max 5)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each phase (max 60)")
+    ap.add_argument("--rounds", type=int, default=3, help="on phases, each between two off phases (max 5)")
     ap.add_argument("--concurrency", type=int, default=4, help="connections in flight (1-4)")
+    ap.add_argument("--no-bytes", action="store_true", help="capture without byte counting (no read/write probes)")
     ap.add_argument("--role", choices=["main", "backend", "consumer"], default="main", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "backend":
         return run_backend(args.port)
     if args.role == "consumer":
-        return run_consumer(args.port)
+        return run_consumer(args.port, not args.no_bytes)
     args.seconds = min(max(args.seconds, 1.0), 60.0)
     args.rounds = min(max(args.rounds, 1), 5)
     args.concurrency = min(max(args.concurrency, 1), 4)
@@ -181,7 +184,8 @@ def main() -> None:
         asyncio.run(client(rport, 1.0, args.concurrency))   # warm up
         for _ in range(args.rounds):
             results.append(phase("off", rport, args, None))
-            results.append(phase("on", rport, args, start_consumer(rport)))
+            results.append(phase("on", rport, args, start_consumer(rport, not args.no_bytes)))
+        results.append(phase("off", rport, args, None))   # offs bracket every on: drift cancels
     finally:
         for proc in (relay, backend):
             if proc is not None and proc.poll() is None:
@@ -195,7 +199,7 @@ def main() -> None:
               f"{r.get('consumer_cpu_s', ''):>6}")
     off = [r for r in results if r["phase"] == "off"]
     on = [r for r in results if r["phase"] == "on"]
-    ratio = sum(r["rate"] for r in on) / sum(r["rate"] for r in off)
+    ratio = (sum(r["rate"] for r in on) / len(on)) / (sum(r["rate"] for r in off) / len(off))
     made = sum(r["connections"] + r["failed"] for r in on)
     seen = sum(r["accepted"] for r in on)
     lost = sum(r["kernel_lost"] + r["decode_errors"] for r in on)

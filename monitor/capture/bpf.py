@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -35,8 +36,8 @@ def ensure_mounts(mounts: Iterable[tuple[str, str]] = MOUNTS) -> None:
         fix = f"mount -t {fstype} none {path}"
         if not os.path.isdir(path):
             raise EnvironmentProblem(WHERE, f"{path} does not exist: is this a Linux host with {fstype}?", fix)
-        ret = os.system(f"mount -t {fstype} none {path} 2>/dev/null")
-        if ret != 0 or not os.path.ismount(path):
+        done = subprocess.run(["mount", "-t", fstype, "none", path], capture_output=True, check=False)
+        if done.returncode != 0 or not os.path.ismount(path):
             raise EnvironmentProblem(WHERE, f"{fstype} is not mounted at {path} and mounting it failed", fix)
         log.info("mounted %s at %s", fstype, path)
 
@@ -56,7 +57,8 @@ def _import_bcc():
 class KernelProbe:
     """The loaded BPF object: attach, filters, ring buffer, loss counter."""
 
-    def __init__(self, comms: tuple[str, ...], ringbuf_pages: int, source: Path = SOURCE) -> None:
+    def __init__(self, comms: tuple[str, ...], ringbuf_pages: int, byte_counts: bool = True,
+                 source: Path = SOURCE) -> None:
         if os.geteuid() != 0:
             raise EnvironmentProblem(WHERE, "capture needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)",
                                      "run as root: sudo socat-monitor ...")
@@ -76,7 +78,8 @@ class KernelProbe:
             raise EnvironmentProblem(WHERE, f"cannot read the BPF program {source}: {exc.strerror}",
                                      "reinstall socat-monitor") from None
         try:
-            self.bpf = bcc.BPF(text=text.encode(), cflags=[f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"])
+            cflags = [f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"] + ([] if byte_counts else ["-DNO_BYTES"])
+            self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception on compile/attach failures
             raise EnvironmentProblem(
                 WHERE, f"loading {source.name} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",

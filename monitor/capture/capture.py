@@ -25,11 +25,19 @@ CaptureRecord = ConnectionEvent | ProcessEvent | PipelineError
 
 @dataclass
 class CaptureConfig:
-    """What to capture. `ringbuf_pages`: ring buffer size in 4 KiB pages (power of two)."""
+    """What to capture.
+
+    `comms`: process names (comm, 15 chars max) to watch. `ringbuf_pages`:
+    ring buffer size in 4 KiB pages, a power of two (256 = 1 MiB, about 7,000
+    connection events). `proc_cache_size`: processes kept in the /proc cache.
+    `byte_counts`: count bytes per connection (runs a program on every
+    read/write syscall of the host; off = lower overhead, bytes left empty).
+    """
 
     comms: tuple[str, ...] = ("socat",)
     ringbuf_pages: int = 256
     proc_cache_size: int = 4096
+    byte_counts: bool = True
 
 
 @dataclass
@@ -51,10 +59,10 @@ class Capture:
 
     def __init__(self, config: CaptureConfig) -> None:
         self.config = config
-        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages)
+        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts)
         offset = monotonic_offset_ns()
         self._processes = ProcessTable(config.proc_cache_size, offset)
-        self._enrich = Enricher(self._processes, offset, boot_id())
+        self._enrich = Enricher(self._processes, offset, boot_id(), config.byte_counts)
         self._raw: list[bytes] = []
         self._by_action: Counter[str] = Counter()
         self._records = 0

@@ -181,8 +181,9 @@ class ProcessTable:
 class Enricher:
     """RawEvent -> ConnectionEvent | ProcessEvent."""
 
-    def __init__(self, processes: ProcessTable, offset_ns: int, session_prefix: str) -> None:
+    def __init__(self, processes: ProcessTable, offset_ns: int, session_prefix: str, byte_counts: bool = True) -> None:
         self.processes = processes
+        self.byte_counts = byte_counts
         self.offset_ns = offset_ns
         self.prefix = session_prefix
         self._listeners: dict[tuple[str | None, int], Listener] = {}
@@ -244,7 +245,7 @@ class Enricher:
             outcome=Outcome.FAILURE if failed or action is Action.DENIED else Outcome.SUCCESS,
             process=proc, listener=self._listener(raw.laddr, raw.lport), session_id=self.session_id(raw.cookie),
             ktime_ns=raw.ktime_ns, duration_ns=raw.duration_ns if raw.type == EV_CLOSE else None,
-            bytes_in=raw.bytes_in if raw.type == EV_CLOSE else None,
-            bytes_out=raw.bytes_out if raw.type == EV_CLOSE else None,
+            bytes_in=raw.bytes_in if raw.type == EV_CLOSE and self.byte_counts else None,
+            bytes_out=raw.bytes_out if raw.type == EV_CLOSE and self.byte_counts else None,
             error=errno_name(raw.err) if failed else None, refused=action is Action.DENIED,
         )
