@@ -78,6 +78,11 @@ RISKY_ENVIRONMENT: dict[str, tuple[Severity, str]] = {
     "RES_OPTIONS": (Severity.LOW, "changes host name resolution"),
     "LOCALDOMAIN": (Severity.LOW, "changes host name resolution"),
 }
+# The usual system CA stores: pointing SSL_CERT_FILE/SSL_CERT_DIR at them changes nothing.
+_SYSTEM_CA_STORES = frozenset({
+    "/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs", "/etc/ssl/cert.pem", "/usr/lib/ssl/cert.pem",
+    "/usr/lib/ssl/certs", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/pki/tls/certs", "/etc/pki/tls/cert.pem",
+})
 # socat sets these itself for EXEC/SYSTEM children: informational, not risky.
 _INFORMATIONAL_SOCAT = re.compile(r"^SOCAT_(PID|PPID|VERSION|SOCKADDR|SOCKPORT|PEERADDR|PEERPORT|IP_\w+|"
                                   r"OPENSSL_\w+|\w*_(SOCKADDR|PEERADDR|SOCKPORT|PEERPORT))$")
@@ -206,7 +211,7 @@ class _Auditor:
     def check_option(self, address: SocatAddress, opt: AddressOption) -> None:
         if opt.canonical is None:
             close = difflib.get_close_matches(opt.name, list(OPTIONS), n=1)
-            hint = f"did you mean {close[0]}?" if close else "see socat -hhh for option names"
+            hint = f"did you mean {close[0]}?" if close else "see socat -hhh for the option names"
             problem = f"unknown option {opt.name!r}"
         elif "g" in self.cmd.flags or opt.groups & (address.groups | _ALWAYS_ALLOWED_GROUPS):
             return
@@ -215,7 +220,8 @@ class _Auditor:
             problem = f"option {opt.name!r} is not supported by {(address.kind or '').upper()}"
         if self.cmd.sloppy:
             self.add("audit.sloppy_mode", Severity.HIGH, opt.text,
-                     f"{problem}; with -s socat only warns and runs without it", f"{hint}; and drop -s")
+                     f"{problem}; with -s socat only warns and runs without it",
+                     f"{hint} Then drop -s, so socat refuses options it does not know")
         else:
             self.add("audit.invalid_option", Severity.HIGH, opt.text, f"{problem}: socat refuses to start", hint)
 
@@ -291,6 +297,8 @@ class _Auditor:
             known = RISKY_ENVIRONMENT.get(name)
             if known is None and name.startswith("SOCAT_") and not _INFORMATIONAL_SOCAT.match(name):
                 known = (Severity.LOW, "changes socat's behaviour without changing argv")
+            if name in ("SSL_CERT_FILE", "SSL_CERT_DIR") and value.rstrip("/") in _SYSTEM_CA_STORES:
+                continue
             if known is not None:
                 self.add("audit.risky_environment", known[0], f"{name}={value}", f"{name} {known[1]}",
                          f"remove {name} from the environment of the service that starts socat")

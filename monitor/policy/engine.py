@@ -97,7 +97,7 @@ class PolicyEngine:
         self._prune(event.timestamp_ns)
         if event.direction is Direction.EGRESS:
             return self._check_egress(event)
-        port, ip = self._listening(event)
+        port, ip = listening_socket(event)
         entry = self.policy.listener(port, ip)
         if event.action is Action.CLOSED:
             self._close(event)
@@ -111,7 +111,7 @@ class PolicyEngine:
                               f"connection from {event.source_ip} to port {port}, which the policy does not name")
         if event.session_id:
             self._remember_session(event.session_id, event.source_ip)
-        first_sight = self._open_key(event) not in self._open
+        first_sight = open_key(event) not in self._open
         alerts = self._check_source(event, entry, port, ip)
         if first_sight:
             alerts += self._check_rate(event, entry, port, ip)
@@ -150,7 +150,7 @@ class PolicyEngine:
                           threshold=float(rate.count), window_s=rate.period_s)
 
     def _check_concurrency(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str) -> list[Alert]:
-        key = self._open_key(ev)
+        key = open_key(ev)
         if key in self._open:
             return []
         self._open[key] = _Open(entry.name, ev.source_ip, ev.timestamp_ns)
@@ -186,18 +186,8 @@ class PolicyEngine:
 
     # -- state -------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _listening(ev: ConnectionEvent) -> tuple[int, str]:
-        if ev.listener is not None:
-            return ev.listener.port, ev.listener.ip
-        return ev.destination_port, ev.destination_ip
-
-    @staticmethod
-    def _open_key(ev: ConnectionEvent) -> tuple:
-        return (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port)
-
     def _close(self, ev: ConnectionEvent) -> None:
-        key = self._open_key(ev)
+        key = open_key(ev)
         if key in self._open:
             self._forget(key)
 
@@ -263,6 +253,18 @@ class PolicyEngine:
             block=block,
             block_target=source if block else None,
         )]
+
+
+def listening_socket(ev: ConnectionEvent) -> tuple[int, str]:
+    """(port, ip) of the listener an ingress event came through."""
+    if ev.listener is not None:
+        return ev.listener.port, ev.listener.ip
+    return ev.destination_port, ev.destination_ip
+
+
+def open_key(ev: ConnectionEvent) -> tuple:
+    """What pairs a connection's start with its close: the 4-tuple."""
+    return (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port)
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
