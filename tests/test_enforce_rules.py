@@ -152,3 +152,13 @@ def test_egress_rule_keys() -> None:
     with pytest.raises(InputError) as err:
         rule_keys(EgressRule(1, (("backend.example", None),)))
     assert "allow_backends[0]" in err.value.where
+
+
+def test_egress_rule_from_policy() -> None:
+    from monitor.enforce.egress import EgressRule
+    from monitor.policy.model import Backend, ListenerPolicy
+
+    lp = ListenerPolicy(name="api", port=8443, address="10.0.0.1", action="block",
+                        allow_backends=(Backend.parse("10.1.0.0/16:443"), Backend.parse("[2001:db8::5]:*")))
+    rule = EgressRule.from_policy(lp)
+    assert rule == EgressRule(8443, (("10.1.0.0/16", 443), ("2001:db8::5/128", None)), "10.0.0.1", "api")

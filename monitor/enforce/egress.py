@@ -44,6 +44,13 @@ class EgressRule:
     listener_ip: str | None = None
     name: str | None = None
 
+    @classmethod
+    def from_policy(cls, listener) -> "EgressRule":
+        """From a `monitor.policy` ListenerPolicy (port, address, name, allow_backends of Backend)."""
+        return cls(listener_port=listener.port,
+                   allowed=tuple((str(b.network), b.port) for b in listener.allow_backends or ()),
+                   listener_ip=listener.address, name=listener.name)
+
 
 class _RuleKey(ctypes.Structure):
     _pack_ = 1
