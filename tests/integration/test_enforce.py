@@ -217,6 +217,23 @@ def test_kill_established_ends_open_session(lab: Lab, procs: Processes) -> None:
     enforcer.close()
 
 
+def test_kill_established_conntrack_deletes_the_flows(lab: Lab, procs: Processes) -> None:
+    require("conntrack")
+    enforcer = _started(lab, kill_established="conntrack")
+    hold = procs.start([PYTHON, "-m", "tests.netprobe", "hold", BAD4, SERVER4, str(lab.port), "8"],
+                       netns=lab.clients, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert hold.stdout.readline().strip() == "connected"
+
+    def flows() -> str:
+        return lab.netns.run(lab.server, "conntrack", "-L", "-s", BAD4, check=False).stdout
+
+    assert str(lab.port) in flows()
+    ev = enforcer.block(BAD4, ttl_s=30, rule_id=None, alert_id=None, now_ns=time.time_ns())
+    assert ev.action is Action.BLOCKED and ev.reason is None, ev.reason
+    assert str(lab.port) not in flows(), "the session's conntrack entry must be gone"
+    enforcer.close()
+
+
 def test_cli_blocks_add_list_remove(lab: Lab) -> None:
     common = ["--netns", lab.server, "--format", "json"]
     state = ["--state-file", lab.state_file]
