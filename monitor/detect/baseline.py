@@ -84,6 +84,10 @@ class Baseline:
         known[prefix] = t_ns
         return True
 
+    def over(self, cap: int) -> bool:
+        """More than twice the cap kept: time to prune (pruning in bulk keeps it cheap)."""
+        return len(self.source_last_ns) > 2 * cap or sum(len(p) for p in self.seen.values()) > 2 * cap
+
     def prune(self, cap: int) -> None:
         """Keep at most `cap` sources (most recently seen) and `cap` prefixes (oldest out)."""
         if len(self.source_last_ns) > cap:

@@ -151,7 +151,7 @@ class BatchEngine:
         if SCAN in self.rules:
             found += self._scan(frame, rows, learning)
         self._context = self._compress(frame)
-        if learning and len(self.baseline.source_last_ns) > 2 * self.config.max_tracked:
+        if self.baseline.over(self.config.max_tracked):
             self.baseline.prune(self.config.max_tracked)
         found.sort(key=lambda al: al.timestamp_ns)
         return found

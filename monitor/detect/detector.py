@@ -150,7 +150,7 @@ class Detector:
         self._refused = {k: w for k, w in self._refused.items() if w.last_slot > slot - self._k_refused}
         horizon = max(now_ns, self._watermark or 0) - self._cd
         self._cooldowns = {k: v for k, v in self._cooldowns.items() if v > horizon}
-        if not self._base.complete and len(self._base.source_last_ns) > 2 * self.config.max_tracked:
+        if self._base.over(self.config.max_tracked):
             self._base.prune(self.config.max_tracked)
 
     def _cooled(self, key: tuple, t: int) -> bool:

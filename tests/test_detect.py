@@ -1,0 +1,300 @@
+"""Anomaly detectors: precision/recall on labelled synthetic streams, learning,
+cooldown, baseline persistence, and live (observe/tick) == offline (analyze)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+import pytest
+
+from monitor.analyze import analyze
+from monitor.detect import Baseline, DetectConfig, Detector, parse_duration
+from monitor.ecs import HostInfo, render
+from monitor.errors import InputError
+from monitor.events import Action, ConnectionEvent, Listener
+from tests.synth import S, T0, Stream, generate
+
+RULES = ("anomaly.new_source", "anomaly.source_rate", "anomaly.listener_rate", "anomaly.scan",
+         "anomaly.refused_burst")
+
+
+def run_live(events, config: DetectConfig, tick_s: float, baseline: Baseline | None = None):
+    """Feed events as the agent does: observe each, tick every tick_s of event time."""
+    det = Detector(config, baseline)
+    alerts, fast = [], []
+    step = int(tick_s * S)
+    next_tick = None
+    for ev in events:
+        if next_tick is None:
+            next_tick = ev.timestamp_ns + step
+        while ev.timestamp_ns >= next_tick:
+            alerts += det.tick(next_tick)
+            next_tick += step
+        got = det.observe(ev)
+        fast += got
+        alerts += got
+    alerts += det.tick((next_tick or 0) + step)
+    return det, alerts, fast
+
+
+def signature(alerts):
+    return sorted((a.rule_id, a.source_ip, a.listener.port if a.listener else None, a.timestamp_ns) for a in alerts)
+
+
+def incident_key(alert) -> str:
+    if alert.rule_id == "anomaly.listener_rate":
+        return f"listener:{alert.listener.port}"
+    if alert.rule_id == "anomaly.new_source":
+        return f"{alert.listener.port}:{ipaddress.ip_network(alert.source_ip + '/24', strict=False)}"
+    return alert.source_ip
+
+
+def score(stream: Stream, alerts) -> dict[str, tuple[float, float, int, int]]:
+    """Per rule: (precision, recall, alerts, required incidents)."""
+    out = {}
+    for rule in RULES:
+        incidents = [i for i in stream.incidents if i.rule == rule]
+        raised = [a for a in alerts if a.rule_id == rule]
+        hit: set[int] = set()
+        true_alerts = 0
+        for alert in raised:
+            match = [k for k, inc in enumerate(incidents)
+                     if inc.key == incident_key(alert) and inc.start_ns <= alert.timestamp_ns <= inc.end_ns]
+            if match:
+                true_alerts += 1
+                hit.update(match)
+        required = {k for k, inc in enumerate(incidents) if inc.required}
+        precision = true_alerts / len(raised) if raised else 1.0
+        recall = len(hit & required) / len(required) if required else 1.0
+        out[rule] = (precision, recall, len(raised), len(required))
+    return out
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory):
+    """Three simulated hours, one learning, with injected incidents: file, offline and live alerts."""
+    stream = generate(hours=3.0, learn_s=3600, sources=200, seed=7)
+    path = tmp_path_factory.mktemp("detect") / "events.ndjson"
+    stream.write_ndjson(path)
+    config = DetectConfig()
+    offline = analyze([path], config=config)
+    events = stream.events()
+    det, live, _fast = run_live(events, config, tick_s=5.0)
+    return stream, path, offline, live, det
+
+
+def test_precision_and_recall_per_detector(day):
+    stream, _path, offline, _live, _det = day
+    figures = score(stream, offline.alerts)
+    print("\nrule                    precision  recall  alerts  incidents")
+    for rule, (precision, recall, n_alerts, n_incidents) in figures.items():
+        print(f"{rule:24}{precision:9.2f}{recall:8.2f}{n_alerts:8d}{n_incidents:11d}")
+    for rule, (precision, recall, n_alerts, n_incidents) in figures.items():
+        assert n_incidents > 0, rule
+        assert precision >= 0.9, (rule, precision)
+        assert recall >= 0.9, (rule, recall)
+
+
+def test_other_seed_stays_precise(tmp_path):
+    stream = generate(hours=2.0, learn_s=3600, sources=300, seed=23)
+    alerts = []
+    det = Detector(DetectConfig())
+    for ev in stream.events():
+        alerts += det.observe(ev)
+    alerts += det.tick(int(stream.t[-1]) + S)
+    figures = score(stream, alerts)
+    print("\nseed 23:", {r: (round(p, 2), round(c, 2)) for r, (p, c, _a, _i) in figures.items()})
+    for rule, (precision, recall, _a, _i) in figures.items():
+        assert precision >= 0.9 and recall >= 0.9, (rule, precision, recall)
+
+
+def test_live_equals_offline(day):
+    _stream, _path, offline, live, det = day
+    assert len(offline.alerts) > 30
+    assert signature(live) == signature(offline.alerts)
+    assert det.late_events == 0
+
+
+def test_live_equals_offline_with_half_second_ticks(tmp_path):
+    stream = generate(hours=0.4, learn_s=600, sources=60, seed=3)
+    path = tmp_path / "short.ndjson"
+    stream.write_ndjson(path)
+    config = DetectConfig(learning_period_s=600)
+    offline = analyze([path], config=config)
+    _det, live, _fast = run_live(stream.events(), config, tick_s=0.5)
+    assert {a.rule_id for a in offline.alerts} == set(RULES)
+    assert signature(live) == signature(offline.alerts)
+
+
+def test_offline_chunking_does_not_change_alerts(day, monkeypatch):
+    """Small read blocks (many chunks, windows spanning them) give the same alerts as big ones."""
+    _stream, path, offline, _live, _det = day
+    import monitor.capture.replay as replay
+
+    monkeypatch.setattr(replay, "BLOCK_BYTES", 256 << 10)
+    small = analyze([path], config=DetectConfig())
+    assert signature(small.alerts) == signature(offline.alerts)
+
+
+def test_learning_period_suppresses_everything(day):
+    stream, path, _offline, _live, _det = day
+    config = DetectConfig(learning_period_s=4 * 3600)
+    result = analyze([path], config=config)
+    assert result.alerts == []
+    assert not result.baseline.complete
+    det = Detector(config)
+    assert all(det.observe(ev) == [] for ev in stream.events()[:50_000])
+    assert det.tick(int(stream.t[50_000])) == []
+    assert det.learning
+
+
+def _flood(ip: str, start_ns: int, seconds: float, per_s: int, port: int = 8080) -> list[ConnectionEvent]:
+    n = int(seconds * per_s)
+    return [ConnectionEvent(Action.ACCEPTED, start_ns + i * S // per_s, ip, 30000 + i % 30000, "127.0.0.1", port,
+                            listener=Listener("127.0.0.1", port)) for i in range(n)]
+
+
+def _quiet(start_ns: int, seconds: int, ips=("10.9.0.1", "10.9.0.2"), port: int = 8080) -> list[ConnectionEvent]:
+    return [ConnectionEvent(Action.ACCEPTED, start_ns + k * S, ips[k % len(ips)], 40000 + k, "127.0.0.1", port,
+                            listener=Listener("127.0.0.1", port)) for k in range(seconds)]
+
+
+def test_fast_path_flags_a_flood_within_a_second():
+    config = DetectConfig(learning_period_s=5)
+    det = Detector(config)
+    for ev in _quiet(T0, 10):
+        assert det.observe(ev) == []
+        det.tick(ev.timestamp_ns)
+    assert not det.learning
+    start = T0 + 20 * S
+    raised = []
+    for ev in _flood("10.9.0.1", start, 2.0, 100):
+        raised += [a for a in det.observe(ev) if a.rule_id == "anomaly.source_rate"]   # no tick: the fast path
+    assert len(raised) == 1
+    assert raised[0].timestamp_ns - start < 1 * S
+    assert raised[0].source_ip == "10.9.0.1" and raised[0].listener.port == 8080
+    assert raised[0].observed >= raised[0].threshold == config.source_rate_min
+
+
+def test_cooldown_dedups_per_source_and_rule():
+    config = DetectConfig(learning_period_s=5, cooldown_s=300)
+    det = Detector(config)
+    for ev in _quiet(T0, 10):
+        det.observe(ev)
+    flood = _flood("10.9.0.1", T0 + 20 * S, 400, 20) + _flood("10.9.0.2", T0 + 30 * S, 10, 50)
+    flood.sort(key=lambda e: e.timestamp_ns)
+    alerts = [a for ev in flood for a in det.observe(ev) if a.rule_id == "anomaly.source_rate"]
+    times = [a.timestamp_ns for a in alerts if a.source_ip == "10.9.0.1"]
+    assert len(times) == 2 and times[1] - times[0] >= 300 * S
+    assert [a.source_ip for a in alerts].count("10.9.0.2") == 1
+    no_cooldown = Detector(dataclasses.replace(config, cooldown_s=0))
+    for ev in _quiet(T0, 10):
+        no_cooldown.observe(ev)
+    many = [a for ev in flood[:500] for a in no_cooldown.observe(ev) if a.rule_id == "anomaly.source_rate"]
+    assert len(many) > 100
+
+
+def test_baseline_survives_a_restart(tmp_path, day):
+    stream, _path, _offline, _live, _det = day
+    events = stream.events()
+    config = DetectConfig()
+    cut = next(i for i, ev in enumerate(events) if ev.timestamp_ns >= T0 + 3700 * S)
+    first, _a1, _f1 = run_live(events[:cut], config, tick_s=60.0)
+    assert first.baseline().complete
+    saved = tmp_path / "state" / "baseline.json"
+    first.baseline().save(saved)
+    assert not list(saved.parent.glob(".baseline.json.*")), "temporary file left behind"
+    loaded = Baseline.load(saved)
+    assert loaded.to_json() == first.baseline().to_json()
+    restarted, after, _f2 = run_live(events[cut:], config, tick_s=60.0, baseline=loaded)
+    assert not restarted.learning
+    within_hour = events[cut].timestamp_ns + 3000 * S
+    assert any(a.timestamp_ns < within_hour for a in after)
+    _fresh, forgot, _f3 = run_live(events[cut:], config, tick_s=60.0)
+    assert not any(a.timestamp_ns < within_hour for a in forgot)   # one that forgot learns again first
+    continuous = [a for a in day[3] if a.timestamp_ns >= events[cut].timestamp_ns + 60 * S]
+    assert signature([a for a in after if a.timestamp_ns >= events[cut].timestamp_ns + 60 * S]) == signature(continuous)
+
+
+def test_baseline_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "b.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match=str(bad)):
+        Baseline.load(bad)
+    bad.write_text('{"format": "other"}')
+    with pytest.raises(InputError, match="not a socat-monitor baseline"):
+        Baseline.load(bad)
+    base = Baseline.for_config(DetectConfig())
+    base.save(bad)
+    with pytest.raises(InputError, match="other windows"):
+        Detector(DetectConfig(source_rate_window_s=30), Baseline.load(bad))
+
+
+def test_baseline_size_is_capped():
+    config = DetectConfig(learning_period_s=60, max_tracked=50)
+    det = Detector(config)
+    for k in range(400):
+        det.observe(ConnectionEvent(Action.ACCEPTED, T0 + k * S // 10, f"10.{k // 250}.{k % 250}.1", 1000 + k,
+                                    "127.0.0.1", 8080))
+    det.tick(T0 + 60 * S)
+    size = det.baseline().size()
+    assert size["sources"] <= 50 and size["prefixes"] <= 50
+    for k in range(400):      # after learning, new prefixes are remembered too, within bounds
+        det.observe(ConnectionEvent(Action.ACCEPTED, T0 + 61 * S + k * S, f"10.{100 + k // 250}.{k % 250}.1",
+                                    1000 + k, "127.0.0.1", 8080))
+        det.tick(T0 + 61 * S + k * S)
+    assert det.baseline().size()["prefixes"] <= 100
+    det.baseline().prune(50)
+    assert len(det.baseline().to_json()) < 20_000
+
+
+def test_block_rules_ask_for_blocks_with_the_right_target():
+    config = DetectConfig(learning_period_s=5, block_rules=("anomaly.source_rate", "anomaly.new_source"))
+    det = Detector(config)
+    for ev in _quiet(T0, 10):
+        det.observe(ev)
+    alerts = [a for ev in _flood("192.0.2.77", T0 + 20 * S, 1, 100) for a in det.observe(ev)]
+    alerts += [a for ev in _flood("2001:db8:1:2::9", T0 + 30 * S, 0.1, 10) for a in det.observe(ev)]
+    by_rule = {(a.rule_id, a.source_ip): a for a in alerts}
+    assert by_rule[("anomaly.source_rate", "192.0.2.77")].block_target == "192.0.2.77"
+    assert by_rule[("anomaly.new_source", "192.0.2.77")].block_target == "192.0.2.0/24"
+    assert by_rule[("anomaly.new_source", "2001:db8:1:2::9")].block_target == "2001:db8:1:2::/64"
+    assert all(a.block for a in alerts)
+    plain = Detector(DetectConfig(learning_period_s=5))
+    for ev in _quiet(T0, 10):
+        plain.observe(ev)
+    assert not any(a.block for ev in _flood("192.0.2.77", T0 + 20 * S, 1, 100) for a in plain.observe(ev))
+
+
+def test_alert_renders_to_ecs(day):
+    _stream, _path, offline, _live, _det = day
+    wide = next(a for a in offline.alerts if a.rule_id == "anomaly.listener_rate")
+    doc = render(wide, HostInfo("h", "0" * 32))
+    assert doc["event"]["kind"] == "alert" and doc["rule"]["ruleset"] == "anomaly"
+    assert doc["rule"]["id"] == "anomaly.listener_rate"
+    assert set(doc["socat"]["detection"]) == {"observed", "baseline", "threshold", "score", "window_s"}
+    assert len(doc["socat"]["top_sources"]) == 5
+    assert doc["socat"]["listener"]["port"] == wide.listener.port
+    assert doc["threat"]["technique"]["id"] == ["T1498"]
+
+
+def test_parse_duration():
+    assert parse_duration("20s") == 20 and parse_duration("15m") == 900 and parse_duration("1h") == 3600
+    assert parse_duration("500ms") == 0.5 and parse_duration("2d") == 172800 and parse_duration(90) == 90
+    for bad in ("", "5x", "-1s", "1h30", True):
+        with pytest.raises(InputError, match="where"):
+            parse_duration(bad, "where")
+
+
+def test_config_from_mapping():
+    config = DetectConfig.from_mapping({"learning_period_s": "15m", "source_rate_min": 50,
+                                        "block_rules": ["anomaly.scan"]})
+    assert config.learning_period_s == 900 and config.source_rate_min == 50
+    assert config.block_rules == ("anomaly.scan",)
+    with pytest.raises(InputError, match="detect: block_rules"):
+        DetectConfig.from_mapping({"block_rules": ["anomaly.nope"]})
+    with pytest.raises(InputError, match="detect: bogus"):
+        DetectConfig.from_mapping({"bogus": 1})
+    with pytest.raises(InputError, match="detect: source_rate_window_s"):
+        DetectConfig.from_mapping({"source_rate_window_s": "0.01s"})
