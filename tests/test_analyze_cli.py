@@ -1,0 +1,158 @@
+"""The real `socat-monitor analyze` on generated files: formats, gzip, bad lines,
+foreign files, baselines and exit codes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import orjson
+import pytest
+
+from monitor.ecs import HostInfo, render
+from monitor.events import Action, Alert, ProcessEvent, ProcessInfo, Severity
+from tests.lab import socat_monitor
+from tests.synth import T0, generate, minimal_doc
+
+LEARN = ["--learning-period", "10m"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    base = tmp_path_factory.mktemp("analyze")
+    stream = generate(hours=0.6, learn_s=600, sources=50, seed=11)
+    plain = base / "events.ndjson"
+    stream.write_ndjson(plain)
+    gz = base / "events.ndjson.gz"
+    with gzip.open(gz, "wb") as fh:
+        fh.write(plain.read_bytes())
+    minimal = base / "other-tool.ndjson"
+    with open(minimal, "wb") as fh:
+        for ev in stream.events():
+            fh.write(orjson.dumps(minimal_doc(ev)) + b"\n")
+    quiet = base / "quiet.ndjson"
+    generate(hours=0.5, learn_s=600, sources=20, seed=5, incidents=False).write_ndjson(quiet)
+    return {"plain": plain, "gz": gz, "minimal": minimal, "quiet": quiet, "dir": base}
+
+
+def alerts_of(stdout: str) -> tuple[list[dict], dict]:
+    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    assert "summary" in lines[-1]
+    return lines[:-1], lines[-1]["summary"]
+
+
+def sig(docs: list[dict]) -> list[tuple]:
+    return sorted((d["rule"]["id"], d.get("source", {}).get("ip"), d["socat"]["listener"]["port"], d["@timestamp"])
+                  for d in docs)
+
+
+@pytest.fixture(scope="module")
+def reference(files):
+    out = socat_monitor("analyze", str(files["plain"]), *LEARN, "--format", "json")
+    assert out.returncode == 1, out.stderr
+    docs, summary = alerts_of(out.stdout)
+    return docs, summary
+
+
+def test_json_output_is_ecs_alert_documents(reference):
+    docs, summary = reference
+    assert docs and all(d["event"]["kind"] == "alert" and d["rule"]["ruleset"] == "anomaly" for d in docs)
+    assert {d["rule"]["id"] for d in docs} == {"anomaly.new_source", "anomaly.source_rate", "anomaly.listener_rate",
+                                              "anomaly.scan", "anomaly.refused_burst"}
+    assert summary["alerts"] == len(docs) and summary["malformed"] == 0
+    assert summary["learning"]["complete"] is True
+    assert {s["port"] for s in summary["listeners"]} == {8080, 8443, 5432}
+    rate = next(d for d in docs if d["rule"]["id"] == "anomaly.source_rate")
+    assert rate["socat"]["detection"]["observed"] >= rate["socat"]["detection"]["threshold"]
+
+
+def test_table_output_and_gzip_input(files, reference):
+    out = socat_monitor("analyze", str(files["gz"]), *LEARN)
+    assert out.returncode == 1, out.stderr
+    docs, _summary = reference
+    assert f"{len(docs)} alert(s) from" in out.stdout
+    for header in ("RULE", "LISTENER  CONNECTIONS", "SOURCE  "):
+        assert header in out.stdout
+    assert out.stdout.count("anomaly.") >= len(docs)
+
+
+def test_malformed_lines_are_reported_with_numbers_and_not_fatal(files, reference, tmp_path):
+    lines = files["plain"].read_bytes().splitlines()
+    host = HostInfo("h", "0" * 32)
+    bad = {5: b"{not json", 900: b'{"@timestamp": "yesterday", "event": {"action": "connection_accepted"}}',
+           1500: b'{"event": {"dataset": "socat.connection", "action": "connection_accepted"}, '
+                 b'"@timestamp": "2026-01-01T00:10:00Z", "source": {"ip": "1.2.3.4", "port": 99999}, '
+                 b'"destination": {"ip": "127.0.0.1", "port": 8080}}',
+           2000: b"[1, 2]"}
+    others = {
+        100: orjson.dumps(render(Alert("policy.source_denied", "n", "d", "policy", Severity.HIGH, T0,
+                                       source_ip="10.0.0.1"), host)),
+        200: orjson.dumps(render(ProcessEvent(Action.PROCESS_STARTED, T0, ProcessInfo(7, "socat")), host)),
+    }
+    out_lines = []
+    for number, line in enumerate(lines, start=1):
+        if len(out_lines) + 1 in bad:
+            out_lines.append(bad[len(out_lines) + 1])
+        if len(out_lines) + 1 in others:
+            out_lines.append(others[len(out_lines) + 1])
+        out_lines.append(line)
+    mixed = tmp_path / "mixed.ndjson"
+    mixed.write_bytes(b"\n".join(out_lines) + b"\n")
+    out = socat_monitor("analyze", str(mixed), *LEARN, "--format", "json")
+    assert out.returncode == 1, out.stderr
+    docs, summary = alerts_of(out.stdout)
+    assert summary["malformed"] == 4 and summary["other_documents"] == 2
+    for number in bad:
+        assert f"{mixed}:{number}:" in out.stderr, out.stderr
+    assert "port out of range" in out.stderr and "not JSON" in out.stderr and "@timestamp" in out.stderr
+    assert sig(docs) == sig(reference[0])        # no good line lost
+
+
+def test_files_from_another_tool_with_minimal_fields(files, reference):
+    out = socat_monitor("analyze", str(files["minimal"]), *LEARN, "--format", "json")
+    assert out.returncode == 1, out.stderr
+    docs, summary = alerts_of(out.stdout)
+    assert summary["connection_events"] == reference[1]["connection_events"]
+    # without event.duration the short-session half of the scan rule has nothing to count, without
+    # socat.refused only connection_denied marks refusals; every other alert is the same
+    assert [s for s in sig(docs) if s[0] != "anomaly.scan"] == [s for s in sig(reference[0]) if s[0] != "anomaly.scan"]
+    assert any(d["rule"]["id"] == "anomaly.scan" for d in docs)
+
+
+def test_no_alerts_exits_zero(files):
+    out = socat_monitor("analyze", str(files["quiet"]), *LEARN, "--format", "json")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    docs, summary = alerts_of(out.stdout)
+    assert docs == [] and summary["connection_events"] > 1000
+
+
+def test_still_learning_raises_nothing(files):
+    out = socat_monitor("analyze", str(files["plain"]), "--learning-period", "1h")
+    assert out.returncode == 0, out.stderr
+    assert "still learning" in out.stdout
+
+
+def test_saved_baseline_is_used_by_the_next_run(files, tmp_path):
+    saved = tmp_path / "baseline.json"
+    out = socat_monitor("analyze", str(files["quiet"]), *LEARN, "--save-baseline", str(saved),
+                        "--output", str(tmp_path / "first.txt"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(saved.read_text())["learning"]["complete"] is True
+    again = socat_monitor("analyze", str(files["quiet"]), "--baseline", str(saved), "--format", "json")
+    assert again.returncode == 0, again.stderr
+    _docs, summary = alerts_of(again.stdout)
+    assert summary["learning"]["complete"] is True
+
+
+def test_input_errors_exit_two(files, tmp_path):
+    missing = socat_monitor("analyze", str(tmp_path / "nope.ndjson"))
+    assert missing.returncode == 2 and "nope.ndjson: no such file" in missing.stderr
+    period = socat_monitor("analyze", str(files["quiet"]), "--learning-period", "soon")
+    assert period.returncode == 2 and "--learning-period" in period.stderr
+    corrupt = tmp_path / "b.json"
+    corrupt.write_text("{")
+    base = socat_monitor("analyze", str(files["quiet"]), "--baseline", str(corrupt))
+    assert base.returncode == 2 and str(corrupt) in base.stderr
+    setting = socat_monitor("analyze", str(files["quiet"]), "--set", "cooldown_s=fast")
+    assert setting.returncode == 2 and "cooldown_s" in setting.stderr
+    assert len(base.stderr.strip().splitlines()) == 1
