@@ -69,8 +69,10 @@ def run_backend(port: int) -> None:
     asyncio.run(main())
 
 
-def run_consumer(port: int, byte_counts: bool) -> None:
-    """Load Capture, poll until SIGTERM, print a JSON summary of what was seen for `port`."""
+def run_consumer(port: int, byte_counts: bool, control: bool) -> None:
+    """Load Capture, poll until SIGTERM, print a JSON summary of what was seen for `port`.
+
+    `control`: load nothing, just idle (measures the method's own noise)."""
     from monitor.capture import Capture, CaptureConfig
     from monitor.events import Action, ConnectionEvent, PipelineError
 
@@ -81,6 +83,13 @@ def run_consumer(port: int, byte_counts: bool) -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
+    if control:
+        print("ready", flush=True)
+        while not stop:
+            time.sleep(0.1)
+        print(json.dumps({"accepted": 0, "events": 0, "pipeline_errors": 0, "kernel_lost": 0, "decode_errors": 0,
+                          "consumer_cpu_s": 0.0}), flush=True)
+        return
     capture = Capture(CaptureConfig(byte_counts=byte_counts))
     print("ready", flush=True)
     accepted = events = errors = 0
@@ -142,9 +151,9 @@ def phase(name: str, port: int, args, consumer: subprocess.Popen | None) -> dict
     return out
 
 
-def start_consumer(port: int, byte_counts: bool) -> subprocess.Popen:
+def start_consumer(port: int, args) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, __file__, "--role", "consumer", "--port", str(port)]
-                            + ([] if byte_counts else ["--no-bytes"]),
+                            + (["--no-bytes"] if args.no_bytes else []) + (["--control"] if args.control else []),
                             stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         proc.kill()
@@ -158,13 +167,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="on phases, each between two off phases (max 5)")
     ap.add_argument("--concurrency", type=int, default=4, help="connections in flight (1-4)")
     ap.add_argument("--no-bytes", action="store_true", help="capture without byte counting (no read/write probes)")
+    ap.add_argument("--control", action="store_true",
+                    help="on phases run an idle consumer without BPF: the ratio then shows the method's noise")
     ap.add_argument("--role", choices=["main", "backend", "consumer"], default="main", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "backend":
         return run_backend(args.port)
     if args.role == "consumer":
-        return run_consumer(args.port, not args.no_bytes)
+        return run_consumer(args.port, not args.no_bytes, args.control)
     args.seconds = min(max(args.seconds, 1.0), 60.0)
     args.rounds = min(max(args.rounds, 1), 5)
     args.concurrency = min(max(args.concurrency, 1), 4)
@@ -184,7 +195,7 @@ def main() -> None:
         asyncio.run(client(rport, 1.0, args.concurrency))   # warm up
         for _ in range(args.rounds):
             results.append(phase("off", rport, args, None))
-            results.append(phase("on", rport, args, start_consumer(rport, not args.no_bytes)))
+            results.append(phase("on", rport, args, start_consumer(rport, args)))
         results.append(phase("off", rport, args, None))   # offs bracket every on: drift cancels
     finally:
         for proc in (relay, backend):
@@ -204,6 +215,9 @@ def main() -> None:
     seen = sum(r["accepted"] for r in on)
     lost = sum(r["kernel_lost"] + r["decode_errors"] for r in on)
     print(f"rate ratio with capture / without: {ratio:.3f} (target >= 0.95)")
+    if args.control:
+        print("control run: no capture was loaded; the ratio above is the measurement noise")
+        return
     print(f"completeness with capture: {seen} accepted events for {made} client connections "
           f"({seen / made:.4f}), kernel lost {lost}")
 
