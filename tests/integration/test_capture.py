@@ -10,6 +10,7 @@ session pairing, refusals, lifecycle. Other socat processes on the host
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections import defaultdict
@@ -262,3 +263,40 @@ def test_doctor_reports_missing_headers_and_tracefs():
     assert not report.ok
     assert "ln -sfn" in failed["kernel headers"].fix
     assert failed["tracepoints"].fix == "mount -t tracefs none /nonexistent/tracing"
+
+
+NETNS_AGENT = """
+import json, socket, subprocess, sys, time
+from monitor.capture import Capture, CaptureConfig
+from monitor.events import Action
+capture = Capture(CaptureConfig())
+port = int(sys.argv[1])
+relay = subprocess.Popen([sys.argv[2], f"TCP-LISTEN:{port},reuseaddr,fork", "EXEC:cat"])
+try:
+    for _ in range(100):   # wait until the relay listens (seen through /proc, no probe connection)
+        if port in [lst.port for lst in capture.listeners() if lst.pid == relay.pid]:
+            break
+        time.sleep(0.05)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        me = s.getsockname()[1]
+        s.sendall(b"x")
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not seen:
+        seen = [e.source_port for e in capture.poll(100)
+                if getattr(e, "action", None) is Action.ACCEPTED and e.process.pid == relay.pid]
+    print(json.dumps({"client_port": me, "accepted": seen}))
+finally:
+    relay.terminate()
+    relay.wait(5)
+    capture.close()
+"""
+
+
+def test_capture_under_ip_netns_exec(netns):
+    """`ip netns exec` gives a mount namespace without tracefs: Capture mounts it and works."""
+    ns = netns.add("cap")
+    done = netns.run(ns, PYTHON, "-c", NETNS_AGENT, str(free_port()), SOCAT, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["accepted"] == [out["client_port"]]
