@@ -13,6 +13,7 @@ one readable line.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ def _describe(exc: Exception) -> Unavailable:
         return Unavailable(f"timed out: {exc.info if hasattr(exc, 'info') else exc}")
     if isinstance(exc, es_exc.ConnectionError):
         cause = exc.info if isinstance(exc.info, Exception) else exc
-        return Unavailable(f"cannot connect: {cause}")
+        return Unavailable("cannot connect: " + re.sub(r"<[^>]*>: ", "", str(cause)))
     if isinstance(exc, es_exc.TransportError):
         status = exc.status_code if isinstance(exc.status_code, int) else None
         reason = exc.error
