@@ -43,14 +43,18 @@ class SinkStats:
 
 
 class Sink(Protocol):
-    def write(self, record: Record) -> None: ...
+    def write(self, record: Record) -> None:
+        """Accept a record; never waits on a server (thread-safe)."""
 
-    def flush(self) -> None: ...
+    def flush(self) -> None:
+        """Deliver what is buffered now; may wait, bounded (Elasticsearch: until acknowledged)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush, fsync, stop the sink's threads (bounded wait)."""
 
     @property
-    def stats(self) -> SinkStats: ...
+    def stats(self) -> SinkStats:
+        """Counters since start."""
 
 
 class ErrorReporter:
