@@ -60,6 +60,7 @@ RULES: dict[str, tuple[str, Severity]] = {
 }
 
 _MAX_TRIGGERS = 20
+_SOURCE_CACHE = 65_536   # remembered (listener, source) decisions; cleared when full
 _STARTS = (Action.ACCEPTED, Action.DENIED)
 
 
@@ -87,6 +88,7 @@ class PolicyEngine:
         self._open_count: dict[tuple[str, str], int] = {}
         self._session_client: OrderedDict[str, str] = OrderedDict()
         self._last_prune_ns = 0
+        self._source_cache: dict[tuple[str, str], bool] = {}
 
     def listener_name(self, port: int) -> str | None:
         entry = self.policy.listener(port)
@@ -124,7 +126,15 @@ class PolicyEngine:
     # -- rules -------------------------------------------------------------------------------------
 
     def _check_source(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str) -> list[Alert]:
-        if entry.allow_sources is None or entry.source_allowed(_address(ev.source_ip)):
+        if entry.allow_sources is None:
+            return []
+        key = (entry.name, ev.source_ip)
+        allowed = self._source_cache.get(key)
+        if allowed is None:
+            if len(self._source_cache) >= _SOURCE_CACHE:
+                self._source_cache.clear()
+            allowed = self._source_cache[key] = entry.source_allowed(_address(ev.source_ip))
+        if allowed:
             return []
         how = "refused by socat" if ev.refused or ev.action is Action.DENIED else "accepted"
         return self._emit(("policy.source_denied", entry.name, ev.source_ip), ev, entry, port, ip,
