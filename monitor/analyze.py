@@ -146,7 +146,7 @@ def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectCo
     tally = _Tally()
     short_ns = int(round(config.scan_short_s * 1e9))
     alerts: list[Alert] = []
-    for chunk in prefetch(read_chunks(files, stats)):
+    for chunk in prefetch(read_chunks(files, stats, full=checker is not None)):
         if checker is not None:
             for i in np.argsort(chunk.t, kind="stable"):
                 alerts.extend(checker.check(chunk.event(int(i))))

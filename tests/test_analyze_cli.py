@@ -156,3 +156,28 @@ def test_input_errors_exit_two(files, tmp_path):
     setting = socat_monitor("analyze", str(files["quiet"]), "--set", "cooldown_s=fast")
     assert setting.returncode == 2 and "cooldown_s" in setting.stderr
     assert len(base.stderr.strip().splitlines()) == 1
+
+
+def test_policy_checks_run_with_the_detectors(files, reference, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\n"
+        "defaults:\n"
+        "  unknown_listener: ignore\n"
+        "listeners:\n"
+        "  - name: web\n"
+        "    port: 8080\n"
+        "    allow_sources: [10.1.0.0/16]\n"
+    )
+    out = socat_monitor("analyze", str(files["plain"]), *LEARN, "--policy", str(policy), "--format", "json")
+    assert out.returncode == 1, out.stderr
+    docs, summary = alerts_of(out.stdout)
+    assert summary["policy_checked"] is True
+    denied = [d for d in docs if d["rule"]["ruleset"] == "policy"]
+    assert denied, "sources outside 10.1.0.0/16 reached port 8080 in the stream"
+    assert all(d["socat"]["listener"]["port"] == 8080 and not d["source"]["ip"].startswith("10.1.") for d in denied)
+    assert sig([d for d in docs if d["rule"]["ruleset"] == "anomaly"]) == sig(reference[0])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nlisteners:\n  - name: x\n    port: not-a-port\n")
+    broken = socat_monitor("analyze", str(files["plain"]), "--policy", str(bad))
+    assert broken.returncode == 2 and str(bad) in broken.stderr

@@ -30,9 +30,9 @@ import pyarrow.json as pj
 
 from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection
 from ..errors import InputError
-from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, normalize_ip
+from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo, normalize_ip
 
-BLOCK_BYTES = 32 << 20      # bytes handed to pyarrow at once
+BLOCK_BYTES = 16 << 20      # bytes handed to pyarrow at once
 PARSE_BLOCK = 2 << 20       # pyarrow's own block size: its threads parse these in parallel
 ACTIONS = (Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED)
 _ACTION_CODE = {a.value: i for i, a in enumerate(ACTIONS)}
@@ -41,12 +41,19 @@ _OTHER_KINDS = {"alert", "metric", "pipeline_error", "state", "signal"}
 _SCHEMA = pa.schema([
     ("@timestamp", pa.timestamp("ns")),
     ("event", pa.struct([("id", pa.string()), ("action", pa.string()), ("dataset", pa.string()),
-                         ("kind", pa.string()), ("duration", pa.int64()), ("outcome", pa.string())])),
+                         ("kind", pa.string()), ("duration", pa.int64())])),
     ("source", pa.struct([("ip", pa.string()), ("port", pa.int64())])),
     ("destination", pa.struct([("ip", pa.string()), ("port", pa.int64())])),
     ("network", pa.struct([("direction", pa.string())])),
+    ("socat", pa.struct([("listener", pa.struct([("port", pa.int64())])), ("refused", pa.bool_())])),
+])
+# what policy checks need besides: the listener's own address and name, the session, the process
+_FULL_SCHEMA = pa.schema([
+    _SCHEMA.field("@timestamp"), _SCHEMA.field("event"), _SCHEMA.field("source"), _SCHEMA.field("destination"),
+    _SCHEMA.field("network"),
     ("socat", pa.struct([("listener", pa.struct([("ip", pa.string()), ("port", pa.int64()), ("name", pa.string())])),
-                         ("refused", pa.bool_())])),
+                         ("refused", pa.bool_()), ("session", pa.struct([("id", pa.string())]))])),
+    ("process", pa.struct([("pid", pa.int64()), ("name", pa.string())])),
 ])
 
 
@@ -96,14 +103,23 @@ class EventChunk:
     duration: np.ndarray          # int64 ns, -1 when unknown
     event_id: Callable[[int], str | None]
     source: str = ""              # file the chunk came from
+    extra: dict[str, pa.Array] | None = None       # full reads: listener ip/name, session id, process
+    events: list[ConnectionEvent] | None = None    # the line-by-line path keeps the parsed events
 
     def __len__(self) -> int:
         return len(self.t)
 
     def event(self, i: int) -> ConnectionEvent:
         """Row `i` as a ConnectionEvent (for policy checks)."""
+        if self.events is not None:
+            return self.events[i]
         action = ACTIONS[int(self.action[i])]
         duration = int(self.duration[i])
+        extra = {name: column[i].as_py() for name, column in self.extra.items()} if self.extra else {}
+        listener_ip = extra.get("listener_ip") or self.dst_values[self.dst[i]]
+        process = None
+        if extra.get("pid") is not None:
+            process = ProcessInfo(pid=extra["pid"], comm=extra.get("comm") or "")
         return ConnectionEvent(
             id=self.event_id(i) or f"row-{self.t[i]}-{i}",
             action=action, timestamp_ns=int(self.t[i]),
@@ -111,9 +127,11 @@ class EventChunk:
             destination_ip=self.dst_values[self.dst[i]], destination_port=int(self.dst_port[i]),
             direction=Direction.EGRESS if self.egress[i] else Direction.INGRESS,
             outcome=Outcome.SUCCESS,
-            listener=Listener(ip=self.dst_values[self.dst[i]], port=int(self.listener[i])),
+            listener=Listener(ip=listener_ip, port=int(self.listener[i]), name=extra.get("listener_name")),
             duration_ns=duration if duration >= 0 else None,
             refused=bool(self.refused[i]),
+            session_id=extra.get("session"),
+            process=process,
         )
 
 
@@ -146,8 +164,12 @@ def _blocks(path: Path, size: int) -> Iterator[tuple[int, int, bytes]]:
 
 
 def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
-                block_bytes: int = BLOCK_BYTES) -> Iterator[EventChunk]:
+                block_bytes: int | None = None, full: bool = False) -> Iterator[EventChunk]:
     """Columnar chunks of connection events from NDJSON files, in file order.
+
+    `full` also reads what policy checks need (listener address and name,
+    session id, process), so `EventChunk.event(i)` is complete; detection alone
+    does not need it and reads faster without.
 
     A missing or unreadable file is an InputError naming it; a gzip file
     that ends early reports the problem as a malformed line and keeps what was read.
@@ -160,8 +182,8 @@ def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
             raise InputError(str(path), "no such file")
     for path in paths:
         try:
-            for first, count, block in _blocks(path, block_bytes):
-                chunk = _fast(block, count, stats, str(path), valid_ips)
+            for first, count, block in _blocks(path, block_bytes or BLOCK_BYTES):
+                chunk = _fast(block, count, stats, str(path), valid_ips, full)
                 if chunk is None:
                     stats.slow_blocks += 1
                     chunk = _slow(block, first, stats, str(path))
@@ -180,7 +202,7 @@ def read_events(paths: Iterable[str | Path], stats: ReadStats | None = None) -> 
             yield chunk.event(i)
 
 
-def prefetch(chunks: Iterator[EventChunk], depth: int = 2) -> Iterator[EventChunk]:
+def prefetch(chunks: Iterator[EventChunk], depth: int = 1) -> Iterator[EventChunk]:
     """Read ahead in a thread (pyarrow parses without the GIL) while the caller works."""
     queue: Queue = Queue(maxsize=depth)
     done = object()
@@ -216,13 +238,15 @@ def prefetch(chunks: Iterator[EventChunk], depth: int = 2) -> Iterator[EventChun
         thread.join(timeout=5)
 
 
-def _fast(block: bytes, lines: int, stats: ReadStats, path: str, valid_ips: set[str]) -> EventChunk | None:
+def _fast(block: bytes, lines: int, stats: ReadStats, path: str, valid_ips: set[str],
+          full: bool = False) -> EventChunk | None:
     """The pyarrow path; None when the block needs the line-by-line path."""
     try:
         table = pj.read_json(
             io.BytesIO(block),
             read_options=pj.ReadOptions(block_size=PARSE_BLOCK, use_threads=True),
-            parse_options=pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore"),
+            parse_options=pj.ParseOptions(explicit_schema=_FULL_SCHEMA if full else _SCHEMA,
+                                          unexpected_field_behavior="ignore"),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
@@ -279,8 +303,15 @@ def _fast(block: bytes, lines: int, stats: ReadStats, path: str, valid_ips: set[
         src=src_enc.indices.to_numpy(), src_values=src_values, src_port=src_port.to_numpy().astype(np.int64),
         dst=dst_enc.indices.to_numpy(), dst_values=dst_values, dst_port=dst_port.to_numpy().astype(np.int64),
         listener=lport, refused=refused, duration=duration,
-        event_id=lambda i: ids[i].as_py(), source=path,
+        event_id=lambda i: ids[i].as_py(), source=path, extra=_extra(table, socat) if full else None,
     )
+
+
+def _extra(table: pa.Table, socat: pa.Array) -> dict[str, pa.Array]:
+    listener = _get(socat, "listener")
+    process = table.column("process").combine_chunks()
+    return {"listener_ip": _get(listener, "ip"), "listener_name": _get(listener, "name"),
+            "session": _get(_get(socat, "session"), "id"), "pid": _get(process, "pid"), "comm": _get(process, "name")}
 
 
 def _get(array: pa.Array, name: str) -> pa.Array:
@@ -356,5 +387,5 @@ def chunk_from_events(events: list[ConnectionEvent], source: str = "") -> EventC
         listener=np.array([e.listener.port if e.listener else e.destination_port for e in events], dtype=np.int64),
         refused=np.array([e.refused or e.action is Action.DENIED for e in events], dtype=bool),
         duration=np.array([e.duration_ns if e.duration_ns is not None else -1 for e in events], dtype=np.int64),
-        event_id=lambda i: ids[i], source=source,
+        event_id=lambda i: ids[i], source=source, events=events,
     )

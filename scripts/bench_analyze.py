@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Benchmark of offline `analyze` and of the live detector.
+
+Generates NDJSON files in the agent's own ECS format (1M and 2M connection
+events, plus a 2M-event file with only the minimal fields another tool would
+write), then, each in a fresh process, times `monitor.analyze.analyze` and
+records its peak RSS, next to the raw pyarrow JSON reader on the same file
+(the ceiling). Then times the live `Detector.observe` / `tick` path.
+
+    .venv/bin/python scripts/bench_analyze.py [--events 2000000] [--dir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+
+T0 = 1_767_225_600 * 10**9
+LISTENERS = (8080, 8443, 5432)
+
+
+def _template(minimal: bool) -> list[bytes]:
+    """An agent document with sentinels, split where the per-event values go."""
+    from monitor.ecs import HostInfo, render
+    from monitor.events import Action, ConnectionEvent, Listener, ProcessInfo
+
+    ev = ConnectionEvent(Action.ACCEPTED, T0, "10.77.77.77", 55555, "127.0.0.1", 7777,
+                         listener=Listener("127.0.0.1", 7777), session_id="SESSION",
+                         process=ProcessInfo(pid=4242, comm="socat", ppid=1, uid=0, user_name="root",
+                                             executable="/usr/bin/socat",
+                                             args=("socat", "TCP-LISTEN:7777,fork,reuseaddr", "TCP:127.0.0.1:9000")),
+                         id="EVENTID")
+    if minimal:
+        doc = {"@timestamp": "STAMP", "event": {"action": "connection_accepted"},
+               "source": {"ip": "10.77.77.77", "port": 55555}, "destination": {"ip": "127.0.0.1", "port": 7777}}
+    else:
+        doc = render(ev, HostInfo("bench-host", "f" * 32))
+        doc["@timestamp"] = "STAMP"
+    text = orjson.dumps(doc)
+    for sentinel in (b"STAMP", b"EVENTID", b"10.77.77.77", b"55555", b"7777", b"SESSION"):
+        text = text.replace(sentinel, b"\x00" + sentinel + b"\x00")
+    return text.split(b"\x00")
+
+
+def generate(path: Path, n: int, minimal: bool = False, seed: int = 1) -> int:
+    """n connection events: 5000 sources over ~6 hours on 3 listeners, a few floods; bytes written."""
+    rng = np.random.default_rng(seed)
+    parts = _template(minimal)
+    span_s = 6 * 3600
+    t = np.sort(T0 + rng.uniform(0, span_s * 1e9, n).astype(np.int64)) // 1000 * 1000
+    source = rng.zipf(1.3, n) % 5000
+    for k in range(5):                      # floods: one source, 3000 connections in 10 s
+        at = int(n * (0.3 + 0.1 * k))
+        source[at: at + 3000] = 7000 + k
+    ips = [f"10.{(s >> 8) & 255}.{s & 255}.{1 + s % 200}".encode() for s in range(8000)]
+    ports = rng.integers(1024, 65535, n)
+    listener = np.array(LISTENERS)[source % 3]
+    from monitor.ecs import iso_timestamp
+
+    written = 0
+    with open(path, "wb", buffering=16 << 20) as fh:
+        step = 100_000
+        for lo in range(0, n, step):
+            out = []
+            for i in range(lo, min(n, lo + step)):
+                values = {b"STAMP": iso_timestamp(int(t[i])).encode(), b"EVENTID": b"e%d" % i,
+                          b"10.77.77.77": ips[source[i]], b"55555": b"%d" % ports[i],
+                          b"7777": b"%d" % listener[i], b"SESSION": b"s%d" % i}
+                out.append(b"".join(values.get(p, p) for p in parts))
+            block = b"\n".join(out) + b"\n"
+            written += len(block)
+            fh.write(block)
+    return written
+
+
+def child_analyze(path: str) -> None:
+    """Run in a fresh process: analyze one file, print figures as JSON."""
+    from monitor.analyze import analyze
+    from monitor.detect import DetectConfig
+
+    began = time.perf_counter()
+    result = analyze([path], config=DetectConfig())
+    seconds = time.perf_counter() - began
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"events": result.connection_events, "seconds": seconds, "alerts": len(result.alerts),
+                      "malformed": result.malformed, "peak_rss_mb": peak_mb}))
+
+
+def child_arrow(path: str) -> None:
+    """Run in a fresh process: the raw pyarrow reader on the same file (the ceiling)."""
+    import pyarrow.json as pj
+
+    from monitor.capture.replay import _SCHEMA, BLOCK_BYTES, PARSE_BLOCK
+
+    began = time.perf_counter()
+    rows = 0
+    with open(path, "rb") as fh:
+        rest = b""
+        while True:
+            data = fh.read(BLOCK_BYTES)
+            if not data:
+                break
+            data = rest + data
+            cut = data.rfind(b"\n")
+            block, rest = data[: cut + 1], data[cut + 1:]
+            rows += pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(block_size=PARSE_BLOCK),
+                                 parse_options=pj.ParseOptions(explicit_schema=_SCHEMA,
+                                                               unexpected_field_behavior="ignore")).num_rows
+    print(json.dumps({"events": rows, "seconds": time.perf_counter() - began}))
+
+
+def run_child(kind: str, path: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, f"--child-{kind}", str(path)], capture_output=True, text=True,
+                         check=True, timeout=1800)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_live(n: int) -> dict:
+    from monitor.detect import DetectConfig, Detector
+    from monitor.events import Action, ConnectionEvent, Listener
+
+    rng = np.random.default_rng(2)
+    t = np.sort(T0 + rng.uniform(0, 3600e9, n).astype(np.int64))
+    src = rng.zipf(1.3, n) % 2000
+    events = [ConnectionEvent(Action.ACCEPTED, int(t[i]), f"10.0.{src[i] >> 8}.{src[i] & 255}", 40000,
+                              "127.0.0.1", LISTENERS[src[i] % 3], listener=Listener("127.0.0.1", LISTENERS[src[i] % 3]))
+              for i in range(n)]
+    det = Detector(DetectConfig(learning_period_s=600))
+    tick_every = int(0.5e9)
+    next_tick = int(t[0]) + tick_every
+    observe_s = tick_s = 0.0
+    ticks = 0
+    for ev in events:
+        if ev.timestamp_ns >= next_tick:
+            began = time.perf_counter()
+            det.tick(next_tick)
+            tick_s += time.perf_counter() - began
+            ticks += 1
+            next_tick += tick_every * max(1, (ev.timestamp_ns - next_tick) // tick_every + 1)
+        began = time.perf_counter()
+        det.observe(ev)
+        observe_s += time.perf_counter() - began
+    return {"events": n, "observe_per_s": n / observe_s, "ticks": ticks, "tick_ms": 1000 * tick_s / max(ticks, 1),
+            "events_per_tick": n / max(ticks, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--dir", default=None, help="where to write the generated files (removed afterwards)")
+    parser.add_argument("--child-analyze")
+    parser.add_argument("--child-arrow")
+    args = parser.parse_args()
+    if args.child_analyze:
+        return child_analyze(args.child_analyze)
+    if args.child_arrow:
+        return child_arrow(args.child_arrow)
+    work = Path(tempfile.mkdtemp(prefix="bench-analyze-", dir=args.dir))
+    try:
+        print(f"bench_analyze: {os.cpu_count()} CPUs, files in {work}")
+        sizes = sorted({args.events // 2, args.events})
+        files = {}
+        for n in sizes:
+            path = work / f"agent-{n}.ndjson"
+            began = time.perf_counter()
+            size = generate(path, n)
+            files[n] = path
+            print(f"generated {n:>9,} agent-format events: {size / 1e6:7.0f} MB "
+                  f"({size / n:.0f} B/event) in {time.perf_counter() - began:.0f}s")
+        minimal = work / f"minimal-{args.events}.ndjson"
+        size = generate(minimal, args.events, minimal=True)
+        print(f"generated {args.events:>9,} minimal events:      {size / 1e6:7.0f} MB ({size / args.events:.0f} B/event)")
+        print()
+        print(f"{'file':28}{'events':>11}{'analyze ev/s':>14}{'pyarrow-only ev/s':>19}{'ratio':>7}"
+              f"{'MB/s':>7}{'peak RSS MB':>13}{'alerts':>8}")
+        for label, path in [(f"agent {n:,}", files[n]) for n in sizes] + [(f"minimal {args.events:,}", minimal)]:
+            ceiling = run_child("arrow", path)
+            result = run_child("analyze", path)
+            rate = result["events"] / result["seconds"]
+            arrow_rate = ceiling["events"] / ceiling["seconds"]
+            mbps = path.stat().st_size / 1e6 / result["seconds"]
+            print(f"{label:28}{result['events']:>11,}{rate:>14,.0f}{arrow_rate:>19,.0f}{rate / arrow_rate:>7.2f}"
+                  f"{mbps:>7.0f}{result['peak_rss_mb']:>13.0f}{result['alerts']:>8}")
+        print()
+        live = bench_live(200_000)
+        print(f"live Detector.observe: {live['observe_per_s']:,.0f} events/s; tick every 0.5 s of event time: "
+              f"{live['tick_ms']:.1f} ms per tick ({live['events_per_tick']:.0f} events per tick, {live['ticks']} ticks)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
