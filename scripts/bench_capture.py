@@ -140,9 +140,22 @@ async def client(port: int, seconds: float, concurrency: int) -> tuple[int, int,
     return done, failed, loop.time() - start
 
 
-def phase(name: str, port: int, args, consumer: subprocess.Popen | None) -> dict:
+def relay_cpu_s(pid: int) -> float:
+    """CPU time of the relay and its reaped fork children (utime+stime+cutime+cstime).
+
+    BPF programs run inside the traced syscalls, so their cost is charged here:
+    a figure other load on the host does not distort the way it distorts rates."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def phase(name: str, port: int, args, consumer: subprocess.Popen | None, relay_pid: int) -> dict:
+    cpu0 = relay_cpu_s(relay_pid)
     done, failed, elapsed = asyncio.run(client(port, args.seconds, args.concurrency))
-    out = {"phase": name, "connections": done, "failed": failed, "rate": done / elapsed}
+    time.sleep(0.3)   # let the last children be reaped
+    cpu_us = (relay_cpu_s(relay_pid) - cpu0) * 1e6 / max(done, 1)
+    out = {"phase": name, "connections": done, "failed": failed, "rate": done / elapsed, "relay_us": cpu_us}
     if consumer is not None:
         time.sleep(1.0)   # let the last events arrive
         consumer.send_signal(signal.SIGTERM)
@@ -194,20 +207,21 @@ def main() -> None:
         wait_listening(rport)
         asyncio.run(client(rport, 1.0, args.concurrency))   # warm up
         for _ in range(args.rounds):
-            results.append(phase("off", rport, args, None))
-            results.append(phase("on", rport, args, start_consumer(rport, args)))
-        results.append(phase("off", rport, args, None))   # offs bracket every on: drift cancels
+            results.append(phase("off", rport, args, None, relay.pid))
+            results.append(phase("on", rport, args, start_consumer(rport, args), relay.pid))
+        results.append(phase("off", rport, args, None, relay.pid))   # offs bracket every on: drift cancels
     finally:
         for proc in (relay, backend):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
 
-    print(f"{'phase':5} {'conns':>7} {'failed':>6} {'conn/s':>8} {'accepted':>8} {'lost':>5} {'events':>7} {'cpu_s':>6}")
+    print(f"{'phase':5} {'conns':>7} {'failed':>6} {'conn/s':>8} {'relay_us/conn':>13} {'accepted':>8} {'lost':>5} "
+          f"{'events':>7} {'consumer_cpu_s':>14}")
     for r in results:
-        print(f"{r['phase']:5} {r['connections']:7d} {r['failed']:6d} {r['rate']:8.0f} "
+        print(f"{r['phase']:5} {r['connections']:7d} {r['failed']:6d} {r['rate']:8.0f} {r['relay_us']:13.0f} "
               f"{r.get('accepted', ''):>8} {r.get('kernel_lost', ''):>5} {r.get('events', ''):>7} "
-              f"{r.get('consumer_cpu_s', ''):>6}")
+              f"{r.get('consumer_cpu_s', ''):>14}")
     off = [r for r in results if r["phase"] == "off"]
     on = [r for r in results if r["phase"] == "on"]
     ratio = (sum(r["rate"] for r in on) / len(on)) / (sum(r["rate"] for r in off) / len(off))
@@ -215,6 +229,13 @@ def main() -> None:
     seen = sum(r["accepted"] for r in on)
     lost = sum(r["kernel_lost"] + r["decode_errors"] for r in on)
     print(f"rate ratio with capture / without: {ratio:.3f} (target >= 0.95)")
+    cpu_off = sum(r["relay_us"] for r in off) / len(off)
+    cpu_on = sum(r["relay_us"] for r in on) / len(on)
+    conns_on = sum(r["connections"] for r in on)
+    consumer_us = sum(r.get("consumer_cpu_s", 0.0) for r in on) * 1e6 / max(conns_on, 1)
+    print(f"relay CPU per connection (kernel programs included): {cpu_off:.0f} us without capture, "
+          f"{cpu_on:.0f} us with (x{cpu_on / cpu_off:.3f}); consumer {consumer_us:.0f} us per connection")
+    print(f"CPU-bound rate ratio (relay alone / relay + consumer): {cpu_off / (cpu_on + consumer_us):.3f}")
     if args.control:
         print("control run: no capture was loaded; the ratio above is the measurement noise")
         return

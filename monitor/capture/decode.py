@@ -82,6 +82,22 @@ def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+_COMMS: dict[bytes, str] = {}
+
+
+def _comm(raw: bytes) -> str:
+    text = _COMMS.get(raw)
+    if text is None:
+        if len(_COMMS) >= 1024:
+            _COMMS.clear()
+        text = _COMMS[raw] = _cstr(raw)
+    return text
+
+
+_CONN_TYPES = frozenset((EV_ACCEPT, EV_CONNECT, EV_CLOSE))
+_FAMILIES = frozenset((AF_INET, AF_INET6))
+
+
 def decode(data: bytes) -> RawEvent:
     """One ring-buffer record -> RawEvent; DecodeError if it is malformed."""
     if len(data) < HEADER.size:
@@ -97,17 +113,15 @@ def decode(data: bytes) -> RawEvent:
         argv = tuple(
             _cstr(data[EXEC_ARGV_OFFSET + i * ARG_LEN: EXEC_ARGV_OFFSET + (i + 1) * ARG_LEN]) for i in range(argc)
         )
-    elif etype not in (EV_ACCEPT, EV_CONNECT, EV_CLOSE, EV_EXIT):
+    elif etype != EV_EXIT and etype not in _CONN_TYPES:
         raise DecodeError(f"unknown record type {etype}")
-    is_conn = etype in (EV_ACCEPT, EV_CONNECT, EV_CLOSE)
-    if is_conn and family not in (AF_INET, AF_INET6):
-        raise DecodeError(f"connection record with address family {family}")
-    return RawEvent(
-        type=etype, family=family, flags=flags, pid=pid, tid=tid, ppid=ppid, uid=uid, gid=gid,
-        ktime_ns=ktime, cookie=cookie, duration_ns=duration, err=err, sport=sport, dport=dport,
-        saddr=address(family, saddr) if is_conn else "",
-        daddr=address(family, daddr) if is_conn else "",
-        lport=lport,
-        laddr=address(lfamily, laddr) if lport and lfamily in (AF_INET, AF_INET6) else None,
-        sig=sig, comm=_cstr(comm), bytes_in=bytes_in, bytes_out=bytes_out, argv=argv,
-    )
+    if etype in _CONN_TYPES:
+        if family not in _FAMILIES:
+            raise DecodeError(f"connection record with address family {family}")
+        saddr, daddr = address(family, saddr), address(family, daddr)
+    else:
+        saddr = daddr = ""
+    # positional: this runs for every record
+    return RawEvent(etype, family, flags, pid, tid, ppid, uid, gid, ktime, cookie, duration, err, sport, dport,
+                    saddr, daddr, lport, address(lfamily, laddr) if lport and lfamily in _FAMILIES else None,
+                    sig, _comm(comm), bytes_in, bytes_out, argv)
