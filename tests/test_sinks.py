@@ -338,3 +338,24 @@ def test_template_maps_every_field_we_render():
     rendered = set().union(*(_leaves(render(r, HOST)) for r in S.every_kind()))
     unmapped = {f for f in rendered if f not in FIELDS and not f.startswith(tuple(d + "." for d in DYNAMIC_OBJECTS))}
     assert not unmapped, f"fields rendered but not in the index template: {sorted(unmapped)}"
+
+
+def test_elasticsearch_sink_spool_overflow_is_reported_while_server_is_down(tmp_path):
+    from monitor.sinks import ElasticsearchConfig, ElasticsearchSink
+    from tests.lab import free_port
+
+    errors: list[PipelineError] = []
+    config = ElasticsearchConfig(urls=[f"http://127.0.0.1:{free_port()}"], spool_dir=tmp_path / "spool",
+                                 spool_max_bytes=1024 * 1024, segment_bytes=64 * 1024, close_timeout_s=0.2)
+    sink = ElasticsearchSink(config, HOST, on_error=errors.append)
+    start = time.monotonic()
+    for i in range(3000):
+        sink.write(S.connection(i))
+    assert time.monotonic() - start < 3.0
+    sink.close()
+    stats = sink.stats
+    assert stats.dropped > 0 and stats.pending + stats.dropped == 3000 and stats.written == 0
+    assert stats.spool_bytes <= 1024 * 1024
+    lost = [e for e in errors if "oldest events dropped" in e.message]
+    assert lost and sum(e.count for e in lost) == stats.dropped
+    assert any("unavailable" in e.message for e in errors)

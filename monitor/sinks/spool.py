@@ -137,21 +137,27 @@ class DiskSpool:
                         return None
                     self._finish_segment(seg)
                     continue
-            with open(self._path(seg), "rb") as fh:
-                fh.seek(off)
-                want = max_bytes
-                while True:
-                    data = fh.read(want)
-                    cut = data.rfind(b"\n")
-                    if cut >= 0 or len(data) < want:
-                        break
-                    fh.seek(off)
-                    want *= 2
+            try:
+                data, cut = self._read_lines(seg, off, max_bytes)
+            except FileNotFoundError:
+                continue   # dropped to stay in bounds meanwhile: the ack position moved on
             if cut < 0:
                 return None
             lines = data[:cut].split(b"\n")[:max_items]
             end = off + sum(len(x) + 1 for x in lines)
             return SpoolBatch(seg, off, end, lines)
+
+    def _read_lines(self, seg: int, off: int, max_bytes: int) -> tuple[bytes, int]:
+        """Bytes from `off` holding at least one whole line if there is one; index of the last newline."""
+        with open(self._path(seg), "rb") as fh:
+            want = max_bytes
+            while True:
+                fh.seek(off)
+                data = fh.read(want)
+                cut = data.rfind(b"\n")
+                if cut >= 0 or len(data) < want:
+                    return data, cut
+                want *= 2
 
     def _finish_segment(self, seg: int) -> None:
         self._total -= self._sizes.pop(seg)
