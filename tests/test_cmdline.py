@@ -340,3 +340,29 @@ def test_finding_to_alert():
         "audit.exec_address", "audit", "EXEC:/bin/sh", 123)
     assert alert.rule_name == FINDINGS["audit.exec_address"] and alert.fix
     assert finding.to_dict()["pid"] == 42
+
+
+def test_tcpwrap_without_tables_fails_open():
+    cmd = parse_command_line(["socat", "TCP-LISTEN:80,tcpwrap=socat,fork,max-children=4", "-"])
+    finding = one(audit_command(cmd, file_exists=lambda path: False), "audit.tcpwrap_fails_open")
+    assert finding.token == "tcpwrap=socat" and "/etc/hosts.deny" in finding.message
+    assert audit_command(cmd, file_exists=lambda path: path == "/etc/hosts.deny") == []
+    custom = parse_command_line(["socat", "TCP-LISTEN:80,tcpwrap,tcpwrap-etc=/srv/wrap,max-children=4", "-"])
+    seen = []
+    audit_command(custom, file_exists=lambda path: seen.append(path) or False)
+    assert seen == ["/srv/wrap/hosts.allow", "/srv/wrap/hosts.deny"]
+
+
+def test_policy_alert_renders_as_ecs():
+    from monitor.ecs import HostInfo, render
+    from monitor.events import Action, ConnectionEvent, Listener
+    from monitor.policy import PolicyEngine
+
+    policy = parse_policy(POLICY)
+    ev = ConnectionEvent(Action.ACCEPTED, 1_700_000_000 * 10**9, "203.0.113.9", 40000, "10.1.1.1", 8443,
+                         listener=Listener("10.1.1.1", 8443))
+    [alert] = PolicyEngine(policy).check(ev)
+    doc = render(alert, HostInfo("h", "0" * 32))
+    assert doc["rule"]["id"] == "policy.source_denied" and doc["rule"]["ruleset"] == "policy"
+    assert doc["source"]["ip"] == "203.0.113.9" and doc["socat"]["block"]["target"] == "203.0.113.9"
+    assert doc["socat"]["listener"]["name"] == "web-relay" and doc["socat"]["trigger_event_ids"] == [ev.id]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def command(cmdline, pid, policy_path, fail_on, ignored, fmt) -> None:
     policy = load_policy(policy_path) if policy_path else None
     if cmdline is not None:
         findings = audit_command(parse_command_line(cmdline), policy=policy,
-                                 socat_version=installed_socat_version())
+                                 socat_version=installed_socat_version(), file_exists=os.path.exists)
     elif pid is not None:
         findings = audit_process(pid, policy)
     else:

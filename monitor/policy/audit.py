@@ -10,7 +10,7 @@ finding into an `Alert` (ruleset `audit`) for the agent's sinks.
 Finding ids: see `FINDINGS` (id -> title). Extras beyond the required ones:
 `audit.invalid_address` / `audit.invalid_option` (socat would refuse to
 start), `audit.duplicate_option`, `audit.udp_fork_no_timeout`,
-`audit.traffic_dump`, `audit.unreadable_process`.
+`audit.traffic_dump`, `audit.unreadable_process`, `audit.tcpwrap_fails_open`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import ipaddress
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ FINDINGS: dict[str, str] = {
     "audit.udp_fork_no_timeout": "UDP fork children never exit",
     "audit.traffic_dump": "Relayed data written to logs",
     "audit.unreadable_process": "socat process could not be audited",
+    "audit.tcpwrap_fails_open": "tcpwrap without hosts.allow/hosts.deny",
 }
 
 # (CVE, first affected, first fixed, severity, what) for socat releases.
@@ -287,6 +288,20 @@ class _Auditor:
             self.add("audit.runs_as_root", Severity.LOW, drop.text,
                      f"{drop.name}= without setgid= keeps group 0", "add setgid=<group> (or use su=)")
 
+    def check_tcpwrap(self, address: SocatAddress, file_exists: Callable[[str], bool] | None) -> None:
+        wrap = address.option("tcpwrappers")
+        if wrap is None or file_exists is None:
+            return
+        directory = (address.option("tcpwrap-etc").value if address.has("tcpwrap-etc") else None) or "/etc"
+        allow = address.option("tcpwrap-hosts-allow-table")
+        deny = address.option("tcpwrap-hosts-deny-table")
+        tables = [allow.value if allow and allow.value else f"{directory.rstrip('/')}/hosts.allow",
+                  deny.value if deny and deny.value else f"{directory.rstrip('/')}/hosts.deny"]
+        if not any(file_exists(t) for t in tables):
+            self.add("audit.tcpwrap_fails_open", Severity.HIGH, wrap.text,
+                     f"tcpwrap is set but neither {tables[0]} nor {tables[1]} exists: every source is allowed",
+                     f"create {tables[1]} with 'ALL: ALL' and allow clients in {tables[0]}, or use range=", address)
+
     def check_dumps(self) -> None:
         for option in self.cmd.dump_options:
             self.add("audit.traffic_dump", Severity.LOW, option,
@@ -410,8 +425,12 @@ def version_findings(socat_version: str, pid: int | None = None) -> list[Finding
 
 def audit_command(cmd: SocatCommand, *, pid: int | None = None, uid: int | None = None,
                   environ: Mapping[str, str] | None = None, policy: Policy | None = None,
-                  socat_version: str | None = None) -> list[Finding]:
-    """Every finding about one parsed command line (pure: no I/O)."""
+                  socat_version: str | None = None,
+                  file_exists: Callable[[str], bool] | None = None) -> list[Finding]:
+    """Every finding about one parsed command line.
+
+    Pure unless `file_exists` is given: then tcpwrap tables are looked up with it
+    (a tcpwrap listener with neither hosts.allow nor hosts.deny fails open)."""
     auditor = _Auditor(cmd, pid, policy)
     if not cmd.info_only:
         for address in cmd.addresses:
@@ -419,6 +438,7 @@ def audit_command(cmd: SocatCommand, *, pid: int | None = None, uid: int | None 
             auditor.check_exec(address)
             auditor.check_listener(address)
             auditor.check_tls(address)
+            auditor.check_tcpwrap(address, file_exists)
             auditor.check_policy(address)
         auditor.check_privileges(uid)
         auditor.check_dumps()
@@ -487,7 +507,8 @@ def _audit_facts(facts: ProcessFacts, policy: Policy | None) -> list[Finding]:
     except InputError as exc:
         return [Finding("audit.unreadable_process", Severity.LOW, f"command line does not parse: {exc.message}",
                         " ".join(facts.argv), "check the command line by hand", facts.pid, " ".join(facts.argv))]
-    return audit_command(cmd, pid=facts.pid, uid=facts.uid, environ=facts.environ, policy=policy)
+    return audit_command(cmd, pid=facts.pid, uid=facts.uid, environ=facts.environ, policy=policy,
+                         file_exists=os.path.exists)
 
 
 def audit_process(pid: int, policy: Policy | None) -> list[Finding]:

@@ -115,3 +115,22 @@ def test_audit_cmdline_exit_codes():
     assert {"audit.exec_address", "audit.unbounded_fork"} <= {f["id"] for f in _findings(risky)}
     bad = socat_monitor("audit", "--cmdline", "socat 'TCP-L:80")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_policy_suggest_learns_running_relays(procs, tmp_path):
+    from monitor.policy import parse_policy
+
+    port, backend = free_port(), free_port()
+    procs.socat(f"TCP-LISTEN:{port},bind=127.0.0.1,range=127.0.0.0/8,fork,max-children=3",
+                f"TCP:127.0.0.1:{backend}", port=port)
+    out = tmp_path / "suggested.yaml"
+    result = socat_monitor("policy", "suggest", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert socat_monitor("policy", "check", str(out)).returncode == 0
+    entry = parse_policy(out.read_text()).listener(port)
+    assert (entry.name, entry.address) == (f"tcp-{port}", "127.0.0.1")
+    assert [str(n) for n in entry.allow_sources] == ["127.0.0.0/8"]
+    assert [b.text for b in entry.allow_backends] == [f"127.0.0.1:{backend}"]
+    clean = socat_monitor("audit", "--pid", str(procs.procs[-1].pid), "--policy", str(out), "--format", "json",
+                          "--ignore", "audit.vulnerable_version", "--ignore", "audit.runs_as_root")
+    assert clean.returncode == 0, clean.stdout
