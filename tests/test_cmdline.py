@@ -366,3 +366,10 @@ def test_policy_alert_renders_as_ecs():
     assert doc["rule"]["id"] == "policy.source_denied" and doc["rule"]["ruleset"] == "policy"
     assert doc["source"]["ip"] == "203.0.113.9" and doc["socat"]["block"]["target"] == "203.0.113.9"
     assert doc["socat"]["listener"]["name"] == "web-relay" and doc["socat"]["trigger_event_ids"] == [ev.id]
+
+
+def test_proxy_addresses_connect_to_the_proxy_server():
+    socks = parse_command_line(["socat", "-", "SOCKS4A:10.0.0.9:example.org:443,socksport=9050"]).addresses[1]
+    assert socks.connect_target == ("10.0.0.9", 9050)
+    proxy = parse_command_line(["socat", "-", "PROXY:10.0.0.8:example.org:443"]).addresses[1]
+    assert proxy.connect_target == ("10.0.0.8", 8080)

@@ -103,12 +103,14 @@ class SocatAddress:
 
     @property
     def connect_target(self) -> tuple[str, int | None] | None:
-        """(host, port) a client address connects to (TCP, OPENSSL, SOCKS/PROXY target)."""
+        """(host, port) a client address connects to (TCP, OPENSSL; for SOCKS/PROXY the proxy server)."""
         if self.is_listener or not self.is_ip or "TCP" not in self.groups and "UDP" not in self.groups \
                 and "SCTP" not in self.groups:
             return None
         if self.kind in ("socks4", "socks4a", "proxy") and len(self.params) == 3:
-            host, port = self.params[1], self.params[2]
+            # the TCP connection goes to the proxy server (what capture sees), not to the final target
+            opt = self.option("socksport" if self.kind != "proxy" else "proxyport")
+            host, port = self.params[0], (opt.value if opt and opt.value else "1080" if self.kind != "proxy" else "8080")
         elif len(self.params) == 2:
             host, port = self.params
         else:
