@@ -73,6 +73,12 @@ class Capture:
         self._kernel.watch_ports(lst.port for lst in self.listeners())
         self._kernel.open_ring(self._raw.append)
 
+    def set_comms(self, comms: tuple[str, ...]) -> None:
+        """Watch another set of process names from now on (e.g. on reload)."""
+        self.config.comms = tuple(comms)
+        self._kernel.set_comms(self.config.comms)
+        self._kernel.watch_ports(lst.port for lst in self.listeners())
+
     def listeners(self) -> list[Listener]:
         """Listening sockets held by watched processes now (with the holder's pid)."""
         return [Listener(ip=lst.ip, port=lst.port, pid=pid)

@@ -300,3 +300,23 @@ def test_capture_under_ip_netns_exec(netns):
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["accepted"] == [out["client_port"]]
+
+
+def test_single_process_relay_to_ipv6_backend(recorder, procs):
+    """No fork: accept and connect in one process; an IPv6 backend; not a refusal."""
+    bport = free_port(socket.AF_INET6)
+    procs.start([PYTHON, "-m", "tests.echo", str(bport), "::1"], cwd=ROOT)
+    wait_listening(bport, host="::1")
+    port = free_port()
+    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr", f"TCP6:[::1]:{bport}", port=port)
+    ip, cport, got = connect(socket.AF_INET, "127.0.0.1", port)
+    assert got == b"ping"
+    recs = recorder.wait_for({relay.pid}, lambda r: len(conns(r, Action.CLOSED)) >= 2)
+    (acc,) = conns(recs, Action.ACCEPTED)
+    (att,) = conns(recs, Action.ATTEMPTED)
+    assert (acc.source_ip, acc.source_port) == (ip, cport)
+    assert att.process.pid == acc.process.pid == relay.pid
+    assert (att.destination_ip, att.destination_port, att.source_ip) == ("::1", bport, "::1")
+    assert att.session_id == acc.session_id
+    assert not conns(recs, Action.DENIED)
+    assert sorted(c.direction.value for c in conns(recs, Action.CLOSED)) == ["egress", "ingress"]
