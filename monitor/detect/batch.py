@@ -157,18 +157,25 @@ class BatchEngine:
         return found
 
     def _compress(self, frame: _Frame) -> _Frame:
+        """The rows the next batch's windows can reach, summed per (slot, listener, source, kind)."""
         if len(frame) == 0:
             return frame
-        keep = frame.slot >= frame.slot[-1] - self._k_context + 1
-        df = pd.DataFrame({c: getattr(frame, c)[keep] for c in ("slot", "lst", "src", "start", "refused", "short", "w")})
-        df = df.groupby(["slot", "lst", "src", "start", "refused", "short"], sort=True, as_index=False)["w"].sum()
-        n = len(df)
-        slot = df["slot"].to_numpy(np.int64)
+        keep = np.flatnonzero(frame.slot >= frame.slot[-1] - self._k_context + 1)
+        slot, lst, src = frame.slot[keep], frame.lst[keep], frame.src[keep]
+        kind = (frame.start[keep].astype(np.int64) | (frame.refused[keep].astype(np.int64) << 1)
+                | (frame.short[keep].astype(np.int64) << 2))
+        order = np.lexsort((kind, src, lst, slot))
+        slot, lst, src, kind, w = slot[order], lst[order], src[order], kind[order], frame.w[keep][order]
+        change = np.ones(len(order), dtype=bool)
+        change[1:] = (slot[1:] != slot[:-1]) | (lst[1:] != lst[:-1]) | (src[1:] != src[:-1]) | (kind[1:] != kind[:-1])
+        first = np.flatnonzero(change)
+        n = len(first)
+        slot, kind = slot[first], kind[first]
         return _Frame(
-            t=slot * self._res, slot=slot, lst=df["lst"].to_numpy(np.int64), src=df["src"].to_numpy(np.int64),
-            dst=np.full(n, -1, dtype=np.int64), start=df["start"].to_numpy(bool),
-            refused=df["refused"].to_numpy(bool), short=df["short"].to_numpy(bool),
-            w=df["w"].to_numpy(np.int64), new=np.zeros(n, dtype=bool), row=np.full(n, -1, dtype=np.int64),
+            t=slot * self._res, slot=slot, lst=lst[first], src=src[first], dst=np.full(n, -1, dtype=np.int64),
+            start=(kind & 1).astype(bool), refused=(kind & 2).astype(bool), short=(kind & 4).astype(bool),
+            w=np.add.reduceat(w, first) if n else w[:0], new=np.zeros(n, dtype=bool),
+            row=np.full(n, -1, dtype=np.int64),
         )
 
     def _forget_cooldowns(self) -> None:
