@@ -8,10 +8,21 @@ live agent and offline replay make identical decisions.
 from .audit import Finding, audit_command, audit_process, audit_running, finding_to_alert
 from .cmdline import AddressOption, SocatAddress, SocatCommand, parse_command_line
 from .engine import PolicyEngine
-from .model import Backend, Defaults, ListenerPolicy, Policy, Rate, load_policy, parse_policy, policy_reference
+from .model import (
+    POLICY_SCHEMA,
+    Backend,
+    Defaults,
+    ListenerPolicy,
+    Policy,
+    Rate,
+    load_policy,
+    parse_policy,
+    policy_reference,
+)
+from .suggest import suggest_policy
 
 __all__ = [
-    "AddressOption", "Backend", "Defaults", "Finding", "ListenerPolicy", "Policy", "PolicyEngine", "Rate",
+    "POLICY_SCHEMA", "AddressOption", "Backend", "Defaults", "Finding", "ListenerPolicy", "Policy", "PolicyEngine", "Rate",
     "SocatAddress", "SocatCommand", "audit_command", "audit_process", "audit_running", "finding_to_alert",
-    "load_policy", "parse_command_line", "parse_policy", "policy_reference",
+    "load_policy", "parse_command_line", "parse_policy", "policy_reference", "suggest_policy",
 ]
