@@ -521,6 +521,8 @@ def audit_process(pid: int, policy: Policy | None) -> list[Finding]:
         raise InputError(f"--pid {pid}", "cannot read /proc/{pid} (run as root)") from None
     if not facts.argv:
         raise InputError(f"--pid {pid}", "process has no command line (a kernel thread or a zombie)")
+    if facts.comm != "socat" and not os.path.basename(facts.argv[0]).startswith("socat"):
+        raise InputError(f"--pid {pid}", f"not a socat process ({facts.comm}: {' '.join(facts.argv)[:80]})")
     findings = _audit_facts(facts, policy)
     version = installed_socat_version()
     if version:

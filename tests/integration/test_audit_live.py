@@ -104,6 +104,8 @@ def test_audit_pid_with_policy_and_fail_on(procs, tmp_path):
 
     gone = socat_monitor("audit", "--pid", "0")
     assert gone.returncode == 2 and "no such process" in gone.stderr and "Traceback" not in gone.stderr
+    not_socat = socat_monitor("audit", "--pid", str(os.getpid()))
+    assert not_socat.returncode == 2 and "not a socat process" in not_socat.stderr
 
 
 def test_audit_cmdline_exit_codes():
