@@ -180,3 +180,18 @@ def test_proc_net_tcp_parsing(tmp_path):
     found = process_listeners(("socat",), str(tmp_path))
     assert [(lst.ip, lst.port, p) for lst, p in found] == [("127.0.0.1", 8080, 321)]
     assert process_listeners(("nginx",), str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("config, where", [
+    (dict(ringbuf_pages=100), "capture.ringbuf_pages"),
+    (dict(comms=()), "capture.comms"),
+    (dict(comms=("a-very-long-process-name",)), "capture.comms"),
+    (dict(proc_cache_size=0), "capture.proc_cache_size"),
+])
+def test_bad_capture_config_names_the_key(config, where):
+    from monitor.capture.capture import CaptureConfig, check_config
+    from monitor.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        check_config(CaptureConfig(**config))
+    assert info.value.where == where

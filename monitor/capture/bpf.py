@@ -62,9 +62,6 @@ class KernelProbe:
         if os.geteuid() != 0:
             raise EnvironmentProblem(WHERE, "capture needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)",
                                      "run as root: sudo socat-monitor ...")
-        if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
-            raise EnvironmentProblem(WHERE, f"ringbuf_pages={ringbuf_pages} must be a power of two",
-                                     "set capture ringbuf_pages to 64, 128, 256, ...")
         ensure_mounts()
         if not Path(f"/lib/modules/{os.uname().release}/build").exists():
             raise EnvironmentProblem(
@@ -88,6 +85,8 @@ class KernelProbe:
         self._comm_type = self.bpf[b"comms"].Key
         self.set_comms(comms)
         self._lost = self.bpf[b"lost"]
+        self._lost_total = 0
+        self._closed = False
 
     def set_comms(self, comms: Iterable[str]) -> None:
         table = self.bpf[b"comms"]
@@ -113,13 +112,21 @@ class KernelProbe:
         """Deliver pending records to the callback, waiting up to timeout_ms for a wakeup.
 
         The kernel wakes us only every WAKEUP_EVERY records per CPU, so what
-        arrived without a wakeup is consumed after the wait.
+        arrived without a wakeup is consumed after the wait. Closed: nothing.
         """
+        if self._closed:
+            return
         self.bpf.ring_buffer_poll(timeout_ms)
         self.bpf.ring_buffer_consume()
 
     def lost(self) -> int:
-        return int(sum(self._lost[ctypes.c_int(0)]))
+        """Records the kernel could not deliver (the last value once closed)."""
+        if not self._closed:
+            self._lost_total = int(sum(self._lost[ctypes.c_int(0)]))
+        return self._lost_total
 
     def close(self) -> None:
-        self.bpf.cleanup()
+        if not self._closed:
+            self.lost()
+            self._closed = True
+            self.bpf.cleanup()

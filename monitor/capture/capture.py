@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..errors import InputError
 from ..events import ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
 from .bpf import KernelProbe
 from .decode import DecodeError, decode
@@ -54,11 +55,23 @@ class CaptureStats:
     processes_cached: int = 0
 
 
+def check_config(config: CaptureConfig) -> None:
+    """InputError naming the bad key of a CaptureConfig."""
+    pages = config.ringbuf_pages
+    if not isinstance(pages, int) or pages <= 0 or pages & (pages - 1):
+        raise InputError("capture.ringbuf_pages", f"{pages!r} must be a power of two (64, 128, 256, ...)")
+    if not config.comms or any(not isinstance(c, str) or not c or len(c.encode()) > 15 for c in config.comms):
+        raise InputError("capture.comms", f"{config.comms!r}: expected process names of 1 to 15 bytes")
+    if not isinstance(config.proc_cache_size, int) or config.proc_cache_size < 16:
+        raise InputError("capture.proc_cache_size", f"{config.proc_cache_size!r} must be an integer >= 16")
+
+
 class Capture:
     """Live socat connection capture through BPF tracepoints."""
 
     def __init__(self, config: CaptureConfig) -> None:
         self.config = config
+        check_config(config)
         self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts)
         offset = monotonic_offset_ns()
         self._processes = ProcessTable(config.proc_cache_size, offset)

@@ -320,3 +320,11 @@ def test_single_process_relay_to_ipv6_backend(recorder, procs):
     assert att.session_id == acc.session_id
     assert not conns(recs, Action.DENIED)
     assert sorted(c.direction.value for c in conns(recs, Action.CLOSED)) == ["egress", "ingress"]
+
+
+def test_stats_and_poll_after_close():
+    capture = Capture(CaptureConfig(comms=("socat", "nc"), ringbuf_pages=64))
+    capture.close()
+    capture.close()
+    assert capture.poll(0) == []
+    assert capture.stats.kernel_lost == 0
