@@ -118,8 +118,8 @@ class Agent:
                     closer.close()
                 except Exception as exc:
                     log.warning("closing %s: %s", type(closer).__name__, exc)
-        if self.detector is not None and self.config.detect.baseline_file:
-            self.detector.baseline().save(self.config.detect.baseline_file)
+        if self.detector is not None and self.config.agent.baseline:
+            self.detector.baseline().save(self.config.agent.baseline)
         self.sinks.close()
 
     def install_signal_handlers(self) -> None:
@@ -199,9 +199,11 @@ class Agent:
     def _tick(self) -> None:
         for record in self.pipeline.tick(now_ns()):
             self._emit(record)
-        if self.egress is not None:
-            for record in self.pipeline.alerts(self.egress.poll()):
-                self._emit(record)
+        raised = self.egress.poll() if self.egress is not None else []
+        if self.enforcer is not None:
+            raised += self.enforcer.drain_alerts()
+        for record in self.pipeline.alerts(raised):
+            self._emit(record)
         self._report_losses()
 
     def _report_losses(self) -> None:
@@ -371,7 +373,7 @@ def _engine(policy):
 def _make_detector(config: Config):
     from .detect import Baseline, Detector
 
-    path = config.detect.baseline_file
+    path = config.agent.baseline
     baseline = Baseline.load(path) if path and Path(path).exists() else None
     return Detector(config.detect, baseline)
 

@@ -12,16 +12,15 @@ is a duration: the file may give it as seconds or as `500ms`, `20s`, `15m`,
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .capture.settings import CaptureConfig
+from .capture import CaptureConfig
 from .control import DEFAULT_SOCKET
-from .detect import DetectConfig
+from .detect import DetectConfig, parse_duration
 from .enforce import EnforceConfig
 from .errors import InputError
 from .metrics import DEFAULT_LISTEN
@@ -29,19 +28,7 @@ from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig
 from .yamlfile import load_yaml, validate
 
 DEFAULT_CONFIG_PATH = "/etc/socat-monitor/config.yaml"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
-
-
-def parse_duration(value: str | float | int, where: str = "duration") -> float:
-    """Seconds from 90, '90', '500ms', '20s', '15m', '1h' or '7d'."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise InputError(where, f"expected a duration like 20s, 15m or 1h, got {value!r}")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
 @dataclass
@@ -50,7 +37,8 @@ class AgentConfig:
 
     output: str = "/var/log/socat-monitor"          # NDJSON events and alerts
     policy: str | None = None                       # policy file applied live
-    state_dir: str = "/var/lib/socat-monitor"       # baseline, spool, block state
+    state_dir: str = "/var/lib/socat-monitor"       # default home of baseline, block state, spool
+    baseline: str | None = None                     # learned baseline (default <state_dir>/baseline.json)
     control_socket: str = DEFAULT_SOCKET
     metrics: str | None = DEFAULT_LISTEN            # HOST:PORT of /metrics; null disables
     heartbeat_interval_s: float = 60.0
@@ -162,7 +150,10 @@ def build_section(cls: type, data: dict[str, Any] | None, where: str, **defaults
     for key, value in (data or {}).items():
         f = keys[key]
         values[f.name] = _convert(f, value, f"{where}: {key}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(where, str(exc)) from None
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -178,10 +169,8 @@ def load_config(path: str | Path | None) -> Config:
     for name, cls in SECTIONS.items():
         if name in OPTIONAL_SECTIONS and data.get(name) is None:
             continue
-        extra = {"directory": agent.output} if name == "ndjson" and "directory" not in (data.get(name) or {}) else {}
-        sections[name] = build_section(cls, data.get(name), f"{path}: {name}", **extra)
-    if "ndjson" not in sections:
-        sections["ndjson"] = NdjsonConfig(directory=agent.output)
+        extra = {"directory": agent.output} if name == "ndjson" else {}
+        sections[name] = build_section(cls, data.get(name), locator.where((name,)) + f": {name}", **extra)
     return Config(agent=agent, source=str(path), **sections)
 
 
@@ -198,7 +187,23 @@ def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
             updated[name] = current
         else:
             updated[name] = dataclasses.replace(current, **given)
-    return dataclasses.replace(config, **updated)
+    return place_state(dataclasses.replace(config, **updated))
+
+
+def place_state(config: Config) -> Config:
+    """Put every state file left at its default under `agent.state_dir`."""
+    state = Path(config.agent.state_dir)
+    agent = dataclasses.replace(config.agent, baseline=config.agent.baseline or str(state / "baseline.json"))
+    enforce = config.enforce
+    if enforce.state_file == EnforceConfig.state_file:
+        enforce = dataclasses.replace(enforce, state_file=str(state / "blocks.json"))
+    es = config.elasticsearch
+    if es is not None and Path(es.spool_dir) == Path(ElasticsearchConfig.spool_dir):
+        es = dataclasses.replace(es, spool_dir=state / "spool")
+    ndjson = config.ndjson
+    if Path(ndjson.directory) != Path(agent.output) and Path(ndjson.directory) == Path(AgentConfig.output):
+        ndjson = dataclasses.replace(ndjson, directory=Path(agent.output))
+    return dataclasses.replace(config, agent=agent, enforce=enforce, elasticsearch=es, ndjson=ndjson)
 
 
 def to_dict(config: Config) -> dict[str, Any]:

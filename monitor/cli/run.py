@@ -29,6 +29,7 @@ def _summary_text(summary: dict) -> str:
 @click.option("--duration", type=float, help="Stop by itself after this many seconds.")
 @click.option("--learning-period", help="Anomaly learning period in event time, e.g. 20s, 15m, 1h.")
 @click.option("--baseline", type=click.Path(dir_okay=False), help="Baseline file (learned state) to load and save.")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Home of baseline, block state and spool.")
 @click.option("--comm", "comms", multiple=True, help="Process names to watch (default socat); repeatable.")
 @click.option("--netns", help="Enforce in this network namespace (ip netns name).")
 @click.option("--dry-run", is_flag=True, default=None, help="Log blocks it would make; change nothing.")
@@ -39,7 +40,7 @@ def _summary_text(summary: dict) -> str:
 @click.option("--control-socket", type=click.Path(), help="Unix socket for top/reload.")
 @click.option("--follow", "-f", is_flag=True, help="Print one line per event on the console.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", help="Summary format at exit.")
-def command(config_path, output, policy, duration, learning_period, baseline, comms, netns, dry_run, no_enforce,
+def command(config_path, output, policy, duration, learning_period, baseline, state_dir, comms, netns, dry_run, no_enforce,
             es_urls, alert_feed, metrics, control_socket, follow, fmt):
     """Run the agent: capture every socat connection, check it against the
     policy, flag anomalies, block offenders, and write ECS events and alerts.
@@ -49,17 +50,18 @@ def command(config_path, output, policy, duration, learning_period, baseline, co
     1 alerts were raised, 2 bad input, 3 the host cannot run the agent.
     """
     from ..agent import Agent, RunOptions
-    from ..config import load_config, parse_duration, with_overrides
+    from ..config import load_config, with_overrides
+    from ..detect import parse_duration
 
     config = load_config(config_path)
     config = with_overrides(
         config,
-        agent={"output": output, "policy": policy, "control_socket": control_socket,
+        agent={"output": output, "policy": policy, "control_socket": control_socket, "baseline": baseline,
+               "state_dir": state_dir,
                "metrics": None if metrics is None else ("" if metrics == "off" else metrics)},
         ndjson={"directory": output},
         capture={"comms": tuple(comms) or None},
-        detect={"learning_period_s": parse_duration(learning_period, "--learning-period") if learning_period else None,
-                "baseline_file": baseline},
+        detect={"learning_period_s": parse_duration(learning_period, "--learning-period") if learning_period else None},
         enforce={"netns": netns, "dry_run": dry_run, "enabled": False if no_enforce else None},
         elasticsearch={"urls": tuple(es_urls) or None},
         alert_feed={"path": alert_feed},
