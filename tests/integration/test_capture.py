@@ -328,3 +328,14 @@ def test_stats_and_poll_after_close():
     capture.close()
     assert capture.poll(0) == []
     assert capture.stats.kernel_lost == 0
+
+
+def test_killed_process_reports_its_signal(recorder, procs):
+    import signal
+
+    port = free_port()
+    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr", "STDOUT", port=port)
+    procs.stop(relay, sig=signal.SIGKILL)
+    recs = recorder.wait_for({relay.pid}, lambda r: any(e.action is Action.PROCESS_ENDED for e in r))
+    (ended,) = [e for e in recs if e.action is Action.PROCESS_ENDED]
+    assert ended.signal == signal.SIGKILL and ended.exit_code is None
