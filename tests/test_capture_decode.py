@@ -175,6 +175,7 @@ def test_proc_net_tcp_parsing(tmp_path):
     assert listening_sockets(str(tmp_path)) == {555: ("127.0.0.1", 8080)}
     pid = tmp_path / "321"
     (pid / "fd").mkdir(parents=True)
+    os.symlink("../net", pid / "net")          # the process's namespace: /proc/PID/net
     (pid / "comm").write_text("socat\n")
     os.symlink("socket:[555]", pid / "fd" / "3")
     found = process_listeners(("socat",), str(tmp_path))

@@ -1,8 +1,9 @@
 """Listening TCP sockets of watched processes, read from /proc.
 
-`/proc/net/tcp{,6}` gives listening sockets by inode; `/proc/PID/fd` tells
-which process holds each. Used to seed the kernel's port filter at start
-and to answer `Capture.listeners()`.
+`/proc/PID/net/tcp{,6}` gives the listening sockets of PID's network
+namespace by inode (read once per namespace, so relays in other namespaces
+are found too); `/proc/PID/fd` tells which process holds each. Used to seed
+the kernel's port filter at start and to answer `Capture.listeners()`.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ def _hex_address(text: str) -> tuple[str, int]:
     return normalize_ip(ip), int(port_hex, 16)
 
 
-def listening_sockets(proc: str = "/proc") -> dict[int, tuple[str, int]]:
-    """inode -> (ip, port) of every listening TCP socket in this namespace."""
+def listening_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, tuple[str, int]]:
+    """inode -> (ip, port) of every listening TCP socket in this (or PID's) network namespace."""
     out: dict[int, tuple[str, int]] = {}
+    base = f"{proc}/{pid}/net" if pid else f"{proc}/net"
     for name in ("tcp", "tcp6"):
         try:
-            with open(f"{proc}/net/{name}", encoding="ascii") as fh:
+            with open(f"{base}/{name}", encoding="ascii") as fh:
                 next(fh, None)
                 for line in fh:
                     cols = line.split()
@@ -54,13 +56,20 @@ def _comm(pid: str, proc: str) -> str | None:
 
 def process_listeners(comms: tuple[str, ...], proc: str = "/proc") -> list[tuple[Listener, int]]:
     """(listener, pid) for each listening socket held by a process whose comm is in `comms`."""
-    sockets = listening_sockets(proc)
-    if not sockets:
-        return []
     found: dict[tuple[str, int, int], None] = {}
     wanted = set(comms)
+    by_netns: dict[str, dict[int, tuple[str, int]]] = {}
     for pid in os.listdir(proc):
         if not pid.isdigit() or _comm(pid, proc) not in wanted:
+            continue
+        try:
+            netns = os.readlink(f"{proc}/{pid}/ns/net")
+        except OSError:
+            netns = ""
+        if netns not in by_netns:
+            by_netns[netns] = listening_sockets(proc, pid)
+        sockets = by_netns[netns]
+        if not sockets:
             continue
         try:
             fds = os.listdir(f"{proc}/{pid}/fd")

@@ -339,3 +339,22 @@ def test_killed_process_reports_its_signal(recorder, procs):
     recs = recorder.wait_for({relay.pid}, lambda r: any(e.action is Action.PROCESS_ENDED for e in r))
     (ended,) = [e for e in recs if e.action is Action.PROCESS_ENDED]
     assert ended.signal == signal.SIGKILL and ended.exit_code is None
+
+
+def test_relay_started_before_capture_in_another_netns(netns, procs):
+    """Listeners bound before the agent started, in another namespace, are seeded from /proc."""
+    ns = netns.add("pre")
+    port = free_port()
+    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr,fork", "EXEC:cat", port=port, netns=ns)
+    capture = Capture(CaptureConfig())
+    try:
+        assert (port, relay.pid) in [(lst.port, lst.pid) for lst in capture.listeners()]
+        client = netns.run(ns, PYTHON, "-c", "import socket; s = socket.create_connection(('127.0.0.1', %d)); "
+                           "print(s.getsockname()[1]); s.close()" % port)
+        cport = int(client.stdout)
+        rec = Recorder(capture)
+        recs = rec.wait_for({relay.pid}, lambda r: conns(r, Action.ACCEPTED))
+        (acc,) = conns(recs, Action.ACCEPTED)
+        assert (acc.source_port, acc.destination_port, acc.listener.port) == (cport, port, port)
+    finally:
+        capture.close()
