@@ -69,9 +69,16 @@ SOCK="$OUT/control.sock"
 
 show_agent_console() {
   # Show the agent's console: the first connections, then alerts, blocks, refusals and losses only.
+  # The lab's own lines (its addresses and ports); each audit finding once; alerts, blocks and losses
+  # always; the first few connections. Other socat processes on this host are the agent's business
+  # too, but not this demo's.
   tail -n +1 -f "$OUT/agent.out" 2>/dev/null | awk -v y="$Y" -v r="$R" -v n="$N" '
+    /^\{/ { next }
+    / ALERT / && / audit\./ { rule = $5; if (seen[rule]++) next; print "   " r "agent| " $0 n; fflush(); next }
+    / LOSS / { print "   " y "agent| " $0 n; fflush(); next }
+    !/198\.51\.100\.|203\.0\.113\.|2001:db8:|192\.0\.2\.|:844[345]/ { next }
     / ALERT / { print "   " r "agent| " $0 n; fflush(); next }
-    / (BLOCK|NO-BLOCK|DRY-BLOCK|UNBLOCK|LOSS) / { print "   " y "agent| " $0 n; fflush(); next }
+    / (BLOCK|NO-BLOCK|DRY-BLOCK|UNBLOCK) / { print "   " y "agent| " $0 n; fflush(); next }
     / (ACCEPT|REFUSED|EXEC) / && shown < 8 { shown++; print "   agent| " $0; fflush() }' &
   FOLLOW_PID=$!
 }
@@ -121,7 +128,7 @@ attacks() {
 show_live() {
   sleep 2
   step "socat-monitor top --once (the live view of the running agent)"
-  COLUMNS=120 LINES=34 "$SM" top --once --socket "$SOCK" | sed 's/^/   /'
+  COLUMNS=120 LINES=34 "$SM" top --once --socket "$SOCK" 2>&1 | sed 's/^/   /' || true
   step "nftables in $NS_RELAY (the agent's table)"
   in_ns "$NS_RELAY" nft list ruleset | sed 's/^/   /'
 }
@@ -182,11 +189,12 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
-build_lab
+build_network
 if [ "$AGENT" = 1 ]; then
   start_agent "$AGENT_CAP_S" "$LEARN" --follow
   show_agent_console
 fi
+start_relays
 step "learning: good clients for ${LEARN}s"
 good_clients
 sleep "$LEARN"

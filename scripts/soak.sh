@@ -69,9 +69,10 @@ print(f"{label:<8} {rss / 1024:>8.1f} {ev.get('connection_accepted', 0):>9} {sum
 PYEOF
 }
 
-build_lab
+build_network
 add_source_pool
 start_agent $((SECONDS_TOTAL + 120)) "$LEARN"
+start_relays
 step "soak: ${MINUTES} min, about ${RATE} conn/s over 5000 sources, learning ${LEARN}s"
 start_bg "$NS_CLIENTS" "$OUT/lab/pool.json" "$PY" "$DEMO/traffic.py" steady --source 2001:db8:3::1 --sources 5000 \
   --target 2001:db8:1::1 --port 8443 --count $((SECONDS_TOTAL * RATE)) --rate "$RATE" --seconds "$SECONDS_TOTAL"

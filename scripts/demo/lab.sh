@@ -3,7 +3,9 @@
 # Expects ROOT, DEMO, SM, PY, OUT (may be empty) and POLICY (may be empty: the demo
 # policy) set by the caller; defines the
 # namespace names, a cleanup trap that stops exactly what it started and
-# removes the namespaces (Ctrl-C included), build_lab, start_agent and helpers.
+# removes the namespaces (Ctrl-C included), build_network,
+# start_relays, start_agent and helpers. Start the agent before the relays: it then
+# sees them bind (their listeners live in another network namespace).
 
 TAG="$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
 NS_RELAY="smdemo-relay-$TAG"
@@ -88,7 +90,8 @@ traffic() {  # name argv... : runs the client helper in the clients namespace, i
   info "$name: $(cat "$OUT/lab/$name.json")"
 }
 
-build_lab() {
+# The namespaces, their veths and the echo backend.
+build_network() {
   step "building the lab (namespaces *-$TAG)"
   add_ns "$NS_CLIENTS"; add_ns "$NS_RELAY"; add_ns "$NS_BACKEND"
   link "$NS_CLIENTS" "smd${TAG}c" "198.51.100.10/24 198.51.100.11/24 198.51.100.99/24 203.0.113.66/24 203.0.113.67/24 2001:db8:1::10/64 2001:db8:2::66/64" \
@@ -97,6 +100,13 @@ build_lab() {
        "$NS_BACKEND" "smd${TAG}k" "192.0.2.2/24 2001:db8:ff::2/64"
   start_bg "$NS_BACKEND" "$OUT/lab/backend.log" "$PY" "$DEMO/echo.py" 9000
   wait_listening "$NS_BACKEND" 9000
+  info "backend $NS_BACKEND: echo 192.0.2.2:9000, [2001:db8:ff::2]:9000"
+  info "clients $NS_CLIENTS: good 198.51.100.10/.11/.99, 2001:db8:1::10; bad 203.0.113.66/.67, 2001:db8:2::66"
+}
+
+# The three socat relays in the relay namespace.
+start_relays() {
+  step "starting the socat relays in $NS_RELAY"
   start_bg "$NS_RELAY" "$OUT/lab/web-relay.log" socat \
     TCP4-LISTEN:8443,fork,reuseaddr,max-children=64,backlog=128 TCP4:192.0.2.2:9000
   start_bg "$NS_RELAY" "$OUT/lab/v6-relay.log" socat \
@@ -104,9 +114,7 @@ build_lab() {
   start_bg "$NS_RELAY" "$OUT/lab/admin-relay.log" socat \
     TCP4-LISTEN:8445,fork,reuseaddr,max-children=8,range=198.51.100.0/24 TCP4:192.0.2.2:9000
   for port in 8443 8444 8445; do wait_listening "$NS_RELAY" "$port"; done
-  info "relay $NS_RELAY: web-relay :8443, v6-relay :8444 (range 2001:db8:1::/64), admin-relay :8445 (range 198.51.100.0/24)"
-  info "backend $NS_BACKEND: echo 192.0.2.2:9000, [2001:db8:ff::2]:9000"
-  info "clients $NS_CLIENTS: good 198.51.100.10/.11/.99, 2001:db8:1::10; bad 203.0.113.66/.67, 2001:db8:2::66"
+  info "web-relay :8443, v6-relay :8444 (range 2001:db8:1::/64), admin-relay :8445 (range 198.51.100.0/24)"
 }
 
 # A pool of client addresses, 2001:db8:3::/64, any of which the clients namespace can bind
