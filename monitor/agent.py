@@ -321,10 +321,10 @@ class Agent:
     def snapshot(self) -> dict[str, Any]:
         blocks = []
         if self.enforcer is not None:
-            now = time.time()
+            now_ns = time.time_ns()
             for block in self.enforcer.active():
                 blocks.append({"target": block.target, "rule_id": block.rule_id,
-                               "expires_in_s": round(max(0.0, block.expires_at - now), 1)})
+                               "expires_in_s": round(block.remaining_s(now_ns), 1)})
         snap = self.status.snapshot(self.counters(), blocks)
         snap.update(version=__version__, pid=os.getpid(), host=self.host.name, last_reload=self.last_reload)
         return snap
