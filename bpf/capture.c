@@ -457,33 +457,39 @@ TRACEPOINT_PROBE(signal, signal_deliver) {
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if ((u32)id != tgid || !watched())
+    if ((u32)id != tgid)
         return 0;
-    struct event ev = {};
-    ev.type = EV_EXIT;
-    ev.ts = bpf_ktime_get_ns();
-    fill_task(&ev);
-    struct exit_val *v = exits.lookup(&tgid);
-    if (v && v->exited) {
-        ev.flags = F_EXITED;
-        ev.err = v->code;
-    } else if (v) {
-        ev.sig = v->sig;
-    }
+    // Every process exit looks up `forks`: a relay child that exec'd another
+    // program (EXEC:...,nofork) is no longer watched but still holds sockets.
     struct fork_val *f = forks.lookup(&tgid);
-    int quiet_child = f && f->tracked && ev.flags == F_EXITED && ev.err == 0;
     u64 in_sk = 0, out_sk = 0;
-    if (f) {
-        ev.cookie = f->cookie;
-        ev.lport = f->lport;
+    if (f && f->tracked) {
         in_sk = f->in_sk;
         out_sk = f->out_sk;
     }
-    if (!quiet_child)
-        emit(&ev, sizeof(ev));
-    exits.delete(&tgid);
-    pstates.delete(&tgid);
-    forks.delete(&tgid);
+    if (watched()) {
+        struct event ev = {};
+        ev.type = EV_EXIT;
+        ev.ts = bpf_ktime_get_ns();
+        fill_task(&ev);
+        struct exit_val *v = exits.lookup(&tgid);
+        if (v && v->exited) {
+            ev.flags = F_EXITED;
+            ev.err = v->code;
+        } else if (v) {
+            ev.sig = v->sig;
+        }
+        if (f) {
+            ev.cookie = f->cookie;
+            ev.lport = f->lport;
+        }
+        if (!(f && f->tracked && ev.flags == F_EXITED && ev.err == 0))   // quiet: a clean relay child
+            emit(&ev, sizeof(ev));
+        exits.delete(&tgid);
+        pstates.delete(&tgid);
+    }
+    if (f)
+        forks.delete(&tgid);
     // report the closes deferred while this relay child lived (see inet_sock_set_state)
     struct conn *c;
     if (in_sk && (c = conns.lookup(&in_sk)) && c->closed && c->ev.pid == tgid)

@@ -358,3 +358,15 @@ def test_relay_started_before_capture_in_another_netns(netns, procs):
         assert (acc.source_port, acc.destination_port, acc.listener.port) == (cport, port, port)
     finally:
         capture.close()
+
+
+def test_child_that_execs_another_program_still_closes(recorder, procs):
+    """EXEC:...,nofork: the relay child becomes `cat` (not watched); the close is still reported."""
+    port = free_port()
+    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr,fork", "EXEC:cat,nofork", port=port)
+    _, cport, got = connect(socket.AF_INET, "127.0.0.1", port)
+    assert got == b"ping"
+    recs = recorder.wait_for({relay.pid}, lambda r: conns(r, Action.CLOSED))
+    (acc,) = conns(recs, Action.ACCEPTED)
+    (closed,) = conns(recs, Action.CLOSED)
+    assert acc.source_port == closed.source_port == cport and closed.session_id == acc.session_id
