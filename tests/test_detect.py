@@ -127,6 +127,22 @@ def test_live_equals_offline_with_half_second_ticks(tmp_path):
     assert signature(live) == signature(offline.alerts)
 
 
+def test_address_table_compaction_does_not_change_alerts(day):
+    stream, _path, _offline, live, _det = day
+    det = Detector(DetectConfig())
+    det.address_table_cap = 50      # compact at nearly every tick
+    alerts = []
+    step, next_tick = 5 * S, int(stream.t[0]) + 5 * S
+    for ev in stream.events():
+        while ev.timestamp_ns >= next_tick:
+            alerts += det.tick(next_tick)
+            next_tick += step
+        alerts += det.observe(ev)
+    alerts += det.tick(next_tick)
+    assert signature(alerts) == signature(live)
+    assert len(det._ips) < 400
+
+
 def test_offline_chunking_does_not_change_alerts(day, monkeypatch):
     """Small read blocks (many chunks, windows spanning them) give the same alerts as big ones."""
     _stream, path, offline, _live, _det = day

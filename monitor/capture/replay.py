@@ -32,7 +32,7 @@ from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection
 from ..errors import InputError
 from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo, normalize_ip
 
-BLOCK_BYTES = 16 << 20      # bytes handed to pyarrow at once
+BLOCK_BYTES = 8 << 20       # bytes handed to pyarrow at once
 PARSE_BLOCK = 2 << 20       # pyarrow's own block size: its threads parse these in parallel
 ACTIONS = (Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED)
 _ACTION_CODE = {a.value: i for i, a in enumerate(ACTIONS)}

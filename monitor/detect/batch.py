@@ -85,6 +85,20 @@ def window_counts(frame: _Frame, mask: np.ndarray, key: np.ndarray, slots: int) 
     return _Counts(index, group, count, low, np.asarray(keys))
 
 
+def _cooldown_src(rule: str, key: int) -> int:
+    if rule == LISTENER_RATE:
+        return -1
+    return key & 0xFFFFFFFF if rule == SOURCE_RATE else key
+
+
+def _cooldown_remap(rule: str, key: int, remap: np.ndarray) -> int:
+    if rule == LISTENER_RATE:
+        return key
+    if rule == SOURCE_RATE:
+        return ((key >> 32) << 32) | int(remap[key & 0xFFFFFFFF])
+    return int(remap[key])
+
+
 class BatchEngine:
     """Vectorised detectors with their carried context and cooldowns."""
 
@@ -177,6 +191,20 @@ class BatchEngine:
             w=np.add.reduceat(w, first) if n else w[:0], new=np.zeros(n, dtype=bool),
             row=np.full(n, -1, dtype=np.int64),
         )
+
+    def codes_in_use(self) -> np.ndarray:
+        """Address codes the engine still refers to (context and cooldowns)."""
+        keys = [self._context.src, self._context.dst]
+        keys.append(np.array([_cooldown_src(rule, key) for rule, key in self.cooldowns], dtype=np.int64))
+        return np.concatenate(keys)
+
+    def remap(self, ips: IpTable, remap: np.ndarray) -> None:
+        """Switch to a compacted address table."""
+        self.ips = ips
+        ctx = self._context
+        ctx.src = remap[ctx.src]
+        ctx.dst = np.where(ctx.dst >= 0, remap[np.maximum(ctx.dst, 0)], -1)
+        self.cooldowns = {(rule, _cooldown_remap(rule, key, remap)): t for (rule, key), t in self.cooldowns.items()}
 
     def _forget_cooldowns(self) -> None:
         if self.watermark is not None and len(self.cooldowns) > 1024:

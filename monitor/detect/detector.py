@@ -17,7 +17,7 @@ import numpy as np
 
 from ..events import Alert, ConnectionEvent
 from .baseline import Baseline
-from .batch import BatchEngine
+from .batch import BatchEngine, _cooldown_remap, _cooldown_src
 from .config import DetectConfig, rate_threshold
 from .rows import IpTable, Rows, classify, listener_port
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE, build_alert, describe_rate
@@ -73,6 +73,7 @@ class Detector:
         self._watermark: int | None = None
         self.late_events = 0
         self.observed = 0
+        self.address_table_cap = 4 * config.max_tracked   # compact the address table beyond this
 
     def baseline(self) -> Baseline:
         return self._base
@@ -152,6 +153,20 @@ class Detector:
         self._cooldowns = {k: v for k, v in self._cooldowns.items() if v > horizon}
         if self._base.over(self.config.max_tracked):
             self._base.prune(self.config.max_tracked)
+        if len(self._ips) > self.address_table_cap:
+            self._compact_ips()
+
+    def _compact_ips(self) -> None:
+        """Forget the addresses no window, cooldown or context refers to any more."""
+        in_use = [self._engine.codes_in_use(),
+                  np.array([src for _lst, src in self._rate] + list(self._refused), dtype=np.int64),
+                  np.array([_cooldown_src(rule, key) for rule, key in self._cooldowns], dtype=np.int64)]
+        table, remap = self._ips.compact(np.concatenate(in_use))
+        self._rate = {(lst, int(remap[src])): w for (lst, src), w in self._rate.items()}
+        self._refused = {int(remap[src]): w for src, w in self._refused.items()}
+        self._cooldowns = {(rule, _cooldown_remap(rule, key, remap)): t for (rule, key), t in self._cooldowns.items()}
+        self._engine.remap(table, remap)
+        self._ips = table
 
     def _cooled(self, key: tuple, t: int) -> bool:
         last = self._cooldowns.get(key)

@@ -46,6 +46,16 @@ class IpTable:
         self._codes[text] = found
         return found
 
+    def compact(self, keep: np.ndarray) -> tuple["IpTable", np.ndarray]:
+        """A table of only the codes in `keep`, and old code -> new code (-1: dropped)."""
+        table = IpTable.__new__(IpTable)
+        table._v4, table._v6 = self._v4, self._v6
+        table._codes, table.ips, table.prefixes = {}, [], []
+        remap = np.full(len(self.ips), -1, dtype=np.int64)
+        for old in np.unique(keep[keep >= 0]):
+            remap[old] = table.code(self.ips[old])
+        return table, remap
+
     def codes(self, texts) -> np.ndarray:
         return np.fromiter((self.code(t) for t in texts), dtype=np.int64, count=len(texts))
 
