@@ -181,3 +181,17 @@ def test_policy_checks_run_with_the_detectors(files, reference, tmp_path):
     bad.write_text("version: 1\nlisteners:\n  - name: x\n    port: not-a-port\n")
     broken = socat_monitor("analyze", str(files["plain"]), "--policy", str(bad))
     assert broken.returncode == 2 and str(bad) in broken.stderr
+
+
+def test_rotated_files_in_any_order_replay_oldest_first(files, reference, tmp_path):
+    lines = files["plain"].read_bytes().splitlines(keepends=True)
+    half = len(lines) // 2
+    older, newer = tmp_path / "b-older.ndjson.gz", tmp_path / "a-newer.ndjson"
+    with gzip.open(older, "wb") as fh:
+        fh.writelines(lines[:half])
+    newer.write_bytes(b"".join(lines[half:]))
+    out = socat_monitor("analyze", str(newer), str(older), *LEARN, "--format", "json")
+    assert out.returncode == 1, out.stderr
+    docs, summary = alerts_of(out.stdout)
+    assert summary["files"] == [str(older), str(newer)] and summary["late_events"] == 0
+    assert sig(docs) == sig(reference[0])

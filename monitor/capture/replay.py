@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection
+from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection, parse_timestamp
 from ..errors import InputError
 from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo, normalize_ip
 
@@ -193,6 +193,32 @@ def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
             if isinstance(exc, PermissionError):
                 raise InputError(str(path), f"cannot read: {exc.strerror}") from None
             stats.bad(str(path), -1, f"file ends early or is not readable: {exc}")
+
+
+def order_by_time(paths: Iterable[str | Path]) -> list[Path]:
+    """Files sorted by the time of their first document (rotated files in any order on the
+    command line replay oldest first); files without a readable first time keep their place last."""
+    keyed = []
+    for index, raw in enumerate(paths):
+        path = Path(raw)
+        keyed.append((_first_time(path), index, path))
+    keyed.sort(key=lambda k: (k[0] is None, k[0] or 0, k[1]))
+    return [path for _t, _i, path in keyed]
+
+
+def _first_time(path: Path) -> int | None:
+    try:
+        with _open(path) as fh:
+            head = fh.read(1 << 20)
+    except (OSError, EOFError):
+        return None
+    for line in head.split(b"\n")[:100]:
+        try:
+            stamp = _field(orjson.loads(line), "@timestamp")
+            return parse_timestamp(str(stamp)) if stamp is not None else None
+        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
+            continue
+    return None
 
 
 def read_events(paths: Iterable[str | Path], stats: ReadStats | None = None) -> Iterator[ConnectionEvent]:

@@ -34,6 +34,10 @@ def command(files, policy_path, baseline_path, save_path, learning_period, setti
     """Analyse NDJSON event FILES (plain or .gz; the agent's, or any with @timestamp,
     event.action, source.ip/port, destination.ip/port).
 
+    Files are replayed oldest first (by their first event), events in time order;
+    anomalies are raised once the learning period of event time is over (or at
+    once with --baseline), one per rule and source per cooldown.
+
     Exit status: 0 no alerts, 1 alerts raised, 2 bad input (missing file, bad flag,
     bad policy or baseline). Malformed lines are counted and listed on stderr, never fatal.
     """
@@ -49,14 +53,20 @@ def command(files, policy_path, baseline_path, save_path, learning_period, setti
     result = analyze(files, policy=policy, config=config, baseline=baseline)
     if save_path:
         result.baseline.prune(config.max_tracked)
-        result.baseline.save(save_path)
+        try:
+            result.baseline.save(save_path)
+        except OSError as exc:
+            raise InputError(f"--save-baseline {save_path}", f"cannot write: {exc.strerror or exc}") from None
     for bad in result.bad_lines[:_MAX_BAD_SHOWN]:
         click.echo(f"socat-monitor: malformed: {bad}", err=True)
     if result.malformed:
         more = result.malformed - min(len(result.bad_lines), _MAX_BAD_SHOWN)
         click.echo(f"socat-monitor: {result.malformed} malformed line(s)" + (f" ({more} not shown)" if more else ""),
                    err=True)
-    out = open(output, "wb") if output else sys.stdout.buffer
+    try:
+        out = open(output, "wb") if output else sys.stdout.buffer
+    except OSError as exc:
+        raise InputError(f"--output {output}", f"cannot write: {exc.strerror or exc}") from None
     try:
         if fmt == "json":
             host = HostInfo.detect()
@@ -99,6 +109,9 @@ def _table(result) -> str:
     lines.append(f"{len(result.alerts)} alert(s) from {result.connection_events} connection events "
                  f"({result.lines} lines, {result.other_documents} other documents, {result.malformed} malformed, "
                  f"{len(result.files)} file(s), {result.elapsed_s:.1f}s)")
+    if result.late_events:
+        lines.append(f"{result.late_events} event(s) older than events before them were counted at the latest "
+                     "time seen (give rotated files oldest first)")
     base = result.baseline
     if base.learning_start_ns is not None:
         state = "complete" if base.complete else "still learning at the end of the data: no anomalies raised"
