@@ -164,7 +164,7 @@ class AgentProcess:
         self.socket = tmp / "control.sock"
         self.log = tmp / "agent.log"
         argv = [str(Path(PYTHON).parent / "socat-monitor"), "-v", "run", "--output", str(self.output),
-                "--control-socket", str(self.socket), *args]
+                "--control-socket", str(self.socket), "--state-dir", str(tmp / "state"), *args]
         if "--metrics" not in args:
             argv += ["--metrics", "off"]
         if netns:

@@ -8,6 +8,7 @@ import json
 import signal
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.lab import AgentProcess, connect, free_port, socat_monitor, start_echo, wait_for
@@ -39,7 +40,7 @@ def _accepts(docs: list[dict], port: int) -> list[dict]:
 def _relay(procs, tmp_path):
     port, backend = free_port(), free_port()
     start_echo(procs, backend)
-    procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,range=127.0.0.0/8,max-children=50",
+    procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,backlog=64,range=127.0.0.0/8,max-children=50",
                 f"TCP:127.0.0.1:{backend}", port=port)
     return port
 
@@ -181,3 +182,32 @@ def test_sigterm_flushes_every_event(tmp_path, procs):
     seen = {d["source"]["port"] for d in _accepts(agent.documents(), port)}
     assert clients <= seen
     assert "connections seen:" in agent.text_log() + summary
+
+
+def test_flood_raises_source_rate_within_one_second_and_normal_traffic_nothing(tmp_path, procs):
+    agent = AgentProcess(tmp_path, "--no-enforce", "--learning-period", "4s", "--duration", "60")
+    try:
+        agent.wait_ready()
+        port = _relay(procs, tmp_path)
+        learn_until = time.monotonic() + 5.0
+        while time.monotonic() < learn_until:      # normal traffic: ~2 connections/s
+            connect(port, source="127.0.0.1")
+            time.sleep(0.5)
+        for _ in range(6):                          # normal traffic after learning
+            connect(port, source="127.0.0.1")
+            time.sleep(0.5)
+        flood_started = time.time_ns()
+        with ThreadPoolExecutor(4) as pool:         # the flood: one source, 4 at a time, as fast as it goes
+            list(pool.map(lambda _: connect(port, source="127.0.0.7", payload=b""), range(300)))
+        rate = wait_for(lambda: [a for a in _alerts(agent.documents(), "anomaly.source_rate")
+                                 if a["source"]["ip"] == "127.0.0.7"], timeout=5)[0]
+    finally:
+        agent.stop()
+    docs = agent.documents()
+    first_flood_accept = min(_ns(d["@timestamp"]) for d in _accepts(docs, port) if d["source"]["ip"] == "127.0.0.7")
+    assert first_flood_accept >= flood_started - 10**9
+    assert (_ns(rate["@timestamp"]) - first_flood_accept) < 10**9, "flood flagged more than 1 s after it started"
+    normal = [d for d in docs if d["event"]["kind"] == "alert" and d["rule"]["ruleset"] == "anomaly"
+              and d.get("source", {}).get("ip") == "127.0.0.1"
+              and d["socat"].get("listener", {}).get("port") == port]
+    assert not normal, normal
