@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+import orjson
 import pytest
 
 from monitor.analyze import analyze
@@ -314,3 +315,25 @@ def test_config_from_mapping():
         DetectConfig.from_mapping({"bogus": 1})
     with pytest.raises(InputError, match="detect: source_rate_window_s"):
         DetectConfig.from_mapping({"source_rate_window_s": "0.01s"})
+
+
+def test_only_enabled_rules_raise(day):
+    _stream, path, offline, _live, _det = day
+    only = analyze([path], config=DetectConfig(rules=("anomaly.scan", "anomaly.refused_burst")))
+    assert {a.rule_id for a in only.alerts} == {"anomaly.scan", "anomaly.refused_burst"}
+    assert signature(only.alerts) == signature(
+        [a for a in offline.alerts if a.rule_id in ("anomaly.scan", "anomaly.refused_burst")])
+
+
+def test_v4_mapped_clients_are_one_source(tmp_path):
+    config = DetectConfig(learning_period_s=5)
+    events = _quiet(T0, 10) + [dataclasses.replace(ev, source_ip="::ffff:10.9.0.1" if k % 2 else "10.9.0.1")
+                               for k, ev in enumerate(_flood("10.9.0.1", T0 + 20 * S, 1, 40))]
+    path = tmp_path / "mapped.ndjson"
+    host = HostInfo("h", "0" * 32)
+    path.write_bytes(b"".join(orjson.dumps(render(ev, host)) + b"\n" for ev in events))
+    result = analyze([path], config=config)
+    rate = [a for a in result.alerts if a.rule_id == "anomaly.source_rate"]
+    assert [a.source_ip for a in rate] == ["10.9.0.1"] and rate[0].observed == 20
+    _det, live, _fast = run_live(events, config, tick_s=0.5)
+    assert signature(live) == signature(result.alerts)
