@@ -204,6 +204,28 @@ def test_spool_reads_acks_and_resumes_after_reopen(tmp_path):
     spool.close()
 
 
+def test_spool_hands_out_in_order_rewinds_and_acks_across_rotation(tmp_path):
+    spool = DiskSpool(tmp_path, max_bytes=10 << 20, segment_bytes=4096)
+    for i in range(3):
+        spool.append(_line(i))
+    first = spool.read_batch(100, 1 << 20)
+    spool.ack(first)                      # ack at the very end of the segment being written
+    for i in range(3, 60):                # the writer rotates to new segments
+        spool.append(_line(i))
+    a, b = spool.read_batch(5, 1 << 20), spool.read_batch(5, 1 << 20)
+    assert b.lines[0].startswith(b"eid-8\t")
+    spool.rewind()                        # a failed request: both come again
+    assert spool.read_batch(5, 1 << 20).lines == a.lines
+    spool.rewind()
+    got = first.lines
+    while (batch := spool.read_batch(7, 1 << 20)) is not None:
+        spool.ack(batch)
+        got += batch.lines
+    assert [line.split(b"\t")[0] for line in got] == [f"eid-{i}".encode() for i in range(60)]
+    assert spool.pending == 0
+    spool.close()
+
+
 def test_spool_bound_drops_oldest_segments_and_counts(tmp_path):
     spool = DiskSpool(tmp_path, max_bytes=1024 * 1024, segment_bytes=64 * 1024)
     dropped = sum(spool.append(_line(i)) for i in range(10_000))

@@ -21,9 +21,11 @@ Alerts (`event.kind: alert`) go to `alerts_index`, everything else to
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +60,7 @@ class ElasticsearchConfig:
     batch_size: int = 2000
     batch_bytes: int = 8 * 1024 * 1024
     batch_interval_s: float = 1.0
+    max_in_flight: int = 2                # bulk requests at once (acked in order)
     request_timeout_s: float = 10.0
     backoff_max_s: float = 10.0
     sync_interval_s: float = 1.0
@@ -75,8 +78,8 @@ class ElasticsearchConfig:
                 raise ValueError(f"elasticsearch.urls: {url!r} must start with http:// or https://")
         if self.api_key and self.username:
             raise ValueError("elasticsearch: give either username/password or api_key, not both")
-        if self.batch_size < 1 or self.batch_interval_s <= 0:
-            raise ValueError("elasticsearch.batch_size and batch_interval_s must be positive")
+        if self.batch_size < 1 or self.batch_interval_s <= 0 or self.max_in_flight < 1:
+            raise ValueError("elasticsearch.batch_size, batch_interval_s and max_in_flight must be positive")
         if self.spool_max_bytes < 1024 * 1024:
             raise ValueError(f"elasticsearch.spool_max_bytes: at least 1 MiB, got {self.spool_max_bytes}")
         if self.dead_letter_path is None:
@@ -114,6 +117,8 @@ class ElasticsearchSink:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._flushed = threading.Condition()
+        self._pool = ThreadPoolExecutor(config.max_in_flight, thread_name_prefix="sink-elasticsearch-bulk")
+        self._dead_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sink-elasticsearch", daemon=True)
         self._thread.start()
 
@@ -164,6 +169,7 @@ class ElasticsearchSink:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=self.config.request_timeout_s + 2)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._spool.close()
         self._client.close()
         left = self._spool.pending
@@ -260,19 +266,51 @@ class ElasticsearchSink:
         self._ready = True
 
     def _ship_available(self) -> bool:
-        """Ship batches while the spool has data; True if anything was shipped."""
+        """Ship batches while the spool has data, `max_in_flight` bulk requests at a time.
+
+        Batches are acknowledged in spool order. When one fails, the others are
+        awaited, those before it acknowledged, and the spool rewound to resend
+        the rest (already delivered ones then come back as 409). True if
+        anything was shipped.
+        """
         shipped = False
-        while not self._stop.is_set():
-            batch = self._spool.read_batch(self.config.batch_size, self.config.batch_bytes)
-            if batch is None or not batch.lines:
-                return shipped
-            self._note_head(batch)
-            self._deliver(batch)
-            self._spool.ack(batch)
-            shipped = True
-            with self._flushed:
-                self._flushed.notify_all()
-        return shipped
+        inflight: collections.deque[tuple[SpoolBatch, Future]] = collections.deque()
+        try:
+            while not self._stop.is_set():
+                while len(inflight) < self.config.max_in_flight:
+                    batch = self._spool.read_batch(self.config.batch_size, self.config.batch_bytes)
+                    if batch is None or not batch.lines:
+                        break
+                    if not inflight:
+                        self._note_head(batch)
+                    inflight.append((batch, self._pool.submit(self._deliver, batch)))
+                if not inflight:
+                    return shipped
+                batch, future = inflight[0]
+                future.result()
+                inflight.popleft()
+                self._spool.ack(batch)
+                shipped = True
+                with self._flushed:
+                    self._flushed.notify_all()
+            return shipped
+        finally:
+            self._settle_inflight(inflight)
+
+    def _settle_inflight(self, inflight: collections.deque) -> None:
+        """After a failure or at stop: ack what completed in order, resend the rest later."""
+        if not inflight:
+            return
+        ok = True
+        for batch, future in inflight:
+            try:
+                future.result(timeout=self.config.request_timeout_s + 5)
+            except Exception:
+                ok = False
+            else:
+                if ok:
+                    self._spool.ack(batch)
+        self._spool.rewind()
 
     def _note_head(self, batch: SpoolBatch) -> None:
         try:
@@ -359,7 +397,7 @@ class ElasticsearchSink:
             self._stats.dead_lettered += len(dead)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as fh:
+            with self._dead_lock, open(path, "ab") as fh:
                 fh.write(b"".join(out))
             self._errors.add(f"refused by elasticsearch, kept in {path}: {dead[0][1].error}", len(dead))
         except OSError as exc:

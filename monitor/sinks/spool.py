@@ -50,6 +50,8 @@ class DiskSpool:
             self._ack_seg, self._ack_off = min(self._sizes), 0
         self._total = sum(self._sizes.values())
         self._pending = sum(self._lines.values())
+        self._skip_finished()
+        self._read_seg, self._read_off = self._ack_seg, self._ack_off   # next line to hand out
 
     # -- paths and startup --------------------------------------------------
 
@@ -125,27 +127,38 @@ class DiskSpool:
     # -- reader side --------------------------------------------------------
 
     def read_batch(self, max_items: int, max_bytes: int) -> SpoolBatch | None:
-        """Lines from the first unacknowledged one on (the same until acked)."""
+        """The next lines not yet handed out; None when there are none (yet).
+
+        Batches are handed out in order and must be acked in that order;
+        `rewind()` hands out everything unacknowledged again.
+        """
         while True:
             with self._lock:
-                seg, off = self._ack_seg, self._ack_off
-                size = self._sizes.get(seg)
-                if size is None:
-                    return None
-                if off >= size:
+                if self._read_seg not in self._sizes:       # dropped to stay in bounds
+                    self._read_seg, self._read_off = self._ack_seg, self._ack_off
+                seg, off = self._read_seg, self._read_off
+                if off >= self._sizes[seg]:
                     if seg >= self._write_seg:
                         return None
-                    self._finish_segment(seg)
+                    self._read_seg, self._read_off = min(s for s in self._sizes if s > seg), 0
                     continue
             try:
                 data, cut = self._read_lines(seg, off, max_bytes)
             except FileNotFoundError:
-                continue   # dropped to stay in bounds meanwhile: the ack position moved on
+                continue
             if cut < 0:
                 return None
             lines = data[:cut].split(b"\n")[:max_items]
             end = off + sum(len(x) + 1 for x in lines)
+            with self._lock:
+                if (self._read_seg, self._read_off) == (seg, off):
+                    self._read_off = end
             return SpoolBatch(seg, off, end, lines)
+
+    def rewind(self) -> None:
+        """Hand out again from the first unacknowledged line."""
+        with self._lock:
+            self._read_seg, self._read_off = self._ack_seg, self._ack_off
 
     def _read_lines(self, seg: int, off: int, max_bytes: int) -> tuple[bytes, int]:
         """Bytes from `off` holding at least one whole line if there is one; index of the last newline."""
@@ -164,16 +177,23 @@ class DiskSpool:
         self._pending -= self._lines.pop(seg, 0)
         self._path(seg).unlink(missing_ok=True)
         self._ack_seg, self._ack_off = min(self._sizes), 0
-        self._write_ack()
 
     def ack(self, batch: SpoolBatch) -> None:
+        """Mark a batch delivered: the oldest batch handed out and not yet acked."""
         with self._lock:
+            self._skip_finished()
             if batch.segment != self._ack_seg or batch.start != self._ack_off:
                 return   # its segment was dropped to stay in bounds meanwhile
             self._ack_off = batch.end
             self._lines[batch.segment] -= len(batch.lines)
             self._pending -= len(batch.lines)
+            self._skip_finished()
             self._write_ack()
+
+    def _skip_finished(self) -> None:
+        """Delete fully acknowledged segments the writer has left; the ack moves to the next."""
+        while self._ack_off >= self._sizes[self._ack_seg] and self._ack_seg < self._write_seg:
+            self._finish_segment(self._ack_seg)
 
     def _write_ack(self) -> None:
         tmp = self.directory / "acked.tmp"
