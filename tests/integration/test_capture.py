@@ -77,6 +77,25 @@ def backend(procs):
     return port, proc
 
 
+def relay(procs, listen: str, target: str, family: int = socket.AF_INET, netns: str | None = None):
+    """Start `socat LISTEN TARGET` on a free port ({port} in `listen`); (process, port).
+
+    Another test on the host may take a free port between our probe and socat's
+    bind: then socat exits at once and we retry on another port (3 tries)."""
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    for _ in range(3):
+        port = free_port(family)
+        proc = procs.start([SOCAT, listen.format(port=port), target], netns=netns)
+        try:
+            wait_listening(port, host=host, netns=netns)
+            return proc, port
+        except AssertionError:
+            if proc.poll() is None:
+                raise
+            err = proc.stderr.read().decode(errors="replace").strip()
+    raise AssertionError(f"socat {listen} did not start: {err}")
+
+
 def connect(family: int, host: str, port: int, payload: bytes = b"ping") -> tuple[str, int, bytes]:
     """One client connection through the relay; returns our (ip, port) and what came back."""
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -108,10 +127,10 @@ def by_session(recs: list) -> dict[str, list[ConnectionEvent]]:
 
 def test_fork_relays_ipv4_ipv6_exact(recorder, procs, backend):
     bport, bproc = backend
-    p4, p6 = free_port(), free_port(socket.AF_INET6)
-    relay4 = procs.socat(f"TCP-LISTEN:{p4},fork,reuseaddr", f"TCP:127.0.0.1:{bport}", port=p4)
+    relay4, p4 = relay(procs, "TCP-LISTEN:{port},fork,reuseaddr", f"TCP:127.0.0.1:{bport}")
     # connect-timeout= makes the child's connect non-blocking (EINPROGRESS, then the state change)
-    relay6 = procs.socat(f"TCP6-LISTEN:{p6},fork,reuseaddr", f"TCP:127.0.0.1:{bport},connect-timeout=3", port=p6)
+    relay6, p6 = relay(procs, "TCP6-LISTEN:{port},fork,reuseaddr", f"TCP:127.0.0.1:{bport},connect-timeout=3",
+                       socket.AF_INET6)
     roots = {relay4.pid, relay6.pid}
 
     made = []  # (listener port, client ip, client port)
@@ -186,46 +205,43 @@ def test_fork_relays_ipv4_ipv6_exact(recorder, procs, backend):
 
 def test_range_refusal_is_denied(recorder, procs, backend):
     bport, _ = backend
-    port = free_port()
-    relay = procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,range=10.255.255.1/32", f"TCP:127.0.0.1:{bport}",
-                        port=port)
+    proc, port = relay(procs, "TCP-LISTEN:{port},fork,reuseaddr,range=10.255.255.1/32", f"TCP:127.0.0.1:{bport}")
     made = sorted(connect(socket.AF_INET, "127.0.0.1", port)[:2] for _ in range(2))
-    recs = recorder.wait_for({relay.pid}, lambda r: len(conns(r, Action.DENIED)) >= 2)
+    recs = recorder.wait_for({proc.pid}, lambda r: len(conns(r, Action.DENIED)) >= 2)
     conn_recs = [r for r in recs if isinstance(r, ConnectionEvent)]
     assert sorted(r.action.value for r in conn_recs) == sorted([Action.ACCEPTED.value, Action.DENIED.value] * 2)
     denied = conns(recs, Action.DENIED)
     assert sorted((d.source_ip, d.source_port) for d in denied) == made
     for d in denied:
-        assert d.refused and d.outcome is Outcome.FAILURE and d.process.pid == relay.pid
+        assert d.refused and d.outcome is Outcome.FAILURE and d.process.pid == proc.pid
         (a,) = [a for a in conns(recs, Action.ACCEPTED) if a.session_id == d.session_id]
         assert a.source_port == d.source_port and a.ktime_ns < d.ktime_ns
 
 
 def test_short_lived_children_are_complete(recorder, procs):
     dead = free_port()            # nothing listens there: the child's connect is refused
-    port, port_exec = free_port(), free_port()
-    relay = procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr", f"TCP:127.0.0.1:{dead}", port=port)
-    relay_exec = procs.socat(f"TCP-LISTEN:{port_exec},fork,reuseaddr", "EXEC:true", port=port_exec)
+    proc, port = relay(procs, "TCP-LISTEN:{port},fork,reuseaddr", f"TCP:127.0.0.1:{dead}")
+    relay_exec, port_exec = relay(procs, "TCP-LISTEN:{port},fork,reuseaddr", "EXEC:true")
     _, cport, got = connect(socket.AF_INET, "127.0.0.1", port)
     _, eport, _ = connect(socket.AF_INET, "127.0.0.1", port_exec)
     assert got == b""
 
     def done(r):
-        return (any(e.action is Action.PROCESS_ENDED and e.process.ppid == relay.pid for e in r)
+        return (any(e.action is Action.PROCESS_ENDED and e.process.ppid == proc.pid for e in r)
                 and len(conns(r, Action.CLOSED)) >= 2 and conns(r, Action.ATTEMPTED))
 
-    recs = recorder.wait_for({relay.pid, relay_exec.pid}, done)
+    recs = recorder.wait_for({proc.pid, relay_exec.pid}, done)
     (attempt,) = conns(recs, Action.ATTEMPTED)
     assert attempt.outcome is Outcome.FAILURE and attempt.error == "ECONNREFUSED"
     assert attempt.destination_port == dead
-    assert attempt.process.ppid == relay.pid and attempt.process.args[1].startswith("TCP-LISTEN")
+    assert attempt.process.ppid == proc.pid and attempt.process.args[1].startswith("TCP-LISTEN")
     (accept,) = [a for a in conns(recs, Action.ACCEPTED) if a.source_port == cport]
     assert attempt.session_id == accept.session_id
     # (the EXEC:true child may end with 1 too: writing to `true` races with its exit)
     (ended,) = [e for e in recs if isinstance(e, ProcessEvent) and e.action is Action.PROCESS_ENDED
-                and e.process.ppid == relay.pid]
+                and e.process.ppid == proc.pid]
     assert ended.process.pid == attempt.process.pid and ended.exit_code == 1   # socat child fails: exit 1
-    assert ended.process.executable == SOCAT and ended.process.ppid == relay.pid
+    assert ended.process.executable == SOCAT and ended.process.ppid == proc.pid
 
     (eaccept,) = [a for a in conns(recs, Action.ACCEPTED) if a.source_port == eport]
     eclose = [c for c in conns(recs, Action.CLOSED) if c.session_id == eaccept.session_id]
@@ -235,10 +251,9 @@ def test_short_lived_children_are_complete(recorder, procs):
 
 
 def test_listeners_lists_socat_sockets(recorder, procs):
-    port = free_port()
-    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr,bind=127.0.0.1", "STDOUT", port=port)
+    proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr,bind=127.0.0.1", "STDOUT")
     found = [(lst.ip, lst.port, lst.pid) for lst in recorder.capture.listeners()]
-    assert ("127.0.0.1", port, relay.pid) in found
+    assert ("127.0.0.1", port, proc.pid) in found
 
 
 def test_doctor_passes_here():
@@ -307,15 +322,14 @@ def test_single_process_relay_to_ipv6_backend(recorder, procs):
     bport = free_port(socket.AF_INET6)
     procs.start([PYTHON, "-m", "tests.echo", str(bport), "::1"], cwd=ROOT)
     wait_listening(bport, host="::1")
-    port = free_port()
-    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr", f"TCP6:[::1]:{bport}", port=port)
+    proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr", f"TCP6:[::1]:{bport}")
     ip, cport, got = connect(socket.AF_INET, "127.0.0.1", port)
     assert got == b"ping"
-    recs = recorder.wait_for({relay.pid}, lambda r: len(conns(r, Action.CLOSED)) >= 2)
+    recs = recorder.wait_for({proc.pid}, lambda r: len(conns(r, Action.CLOSED)) >= 2)
     (acc,) = conns(recs, Action.ACCEPTED)
     (att,) = conns(recs, Action.ATTEMPTED)
     assert (acc.source_ip, acc.source_port) == (ip, cport)
-    assert att.process.pid == acc.process.pid == relay.pid
+    assert att.process.pid == acc.process.pid == proc.pid
     assert (att.destination_ip, att.destination_port, att.source_ip) == ("::1", bport, "::1")
     assert att.session_id == acc.session_id
     assert not conns(recs, Action.DENIED)
@@ -333,10 +347,9 @@ def test_stats_and_poll_after_close():
 def test_killed_process_reports_its_signal(recorder, procs):
     import signal
 
-    port = free_port()
-    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr", "STDOUT", port=port)
-    procs.stop(relay, sig=signal.SIGKILL)
-    recs = recorder.wait_for({relay.pid}, lambda r: any(e.action is Action.PROCESS_ENDED for e in r))
+    proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr", "STDOUT")
+    procs.stop(proc, sig=signal.SIGKILL)
+    recs = recorder.wait_for({proc.pid}, lambda r: any(e.action is Action.PROCESS_ENDED for e in r))
     (ended,) = [e for e in recs if e.action is Action.PROCESS_ENDED]
     assert ended.signal == signal.SIGKILL and ended.exit_code is None
 
@@ -344,16 +357,15 @@ def test_killed_process_reports_its_signal(recorder, procs):
 def test_relay_started_before_capture_in_another_netns(netns, procs):
     """Listeners bound before the agent started, in another namespace, are seeded from /proc."""
     ns = netns.add("pre")
-    port = free_port()
-    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr,fork", "EXEC:cat", port=port, netns=ns)
+    proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr,fork", "EXEC:cat", netns=ns)
     capture = Capture(CaptureConfig())
     try:
-        assert (port, relay.pid) in [(lst.port, lst.pid) for lst in capture.listeners()]
+        assert (port, proc.pid) in [(lst.port, lst.pid) for lst in capture.listeners()]
         client = netns.run(ns, PYTHON, "-c", "import socket; s = socket.create_connection(('127.0.0.1', %d)); "
                            "print(s.getsockname()[1]); s.close()" % port)
         cport = int(client.stdout)
         rec = Recorder(capture)
-        recs = rec.wait_for({relay.pid}, lambda r: conns(r, Action.ACCEPTED))
+        recs = rec.wait_for({proc.pid}, lambda r: conns(r, Action.ACCEPTED))
         (acc,) = conns(recs, Action.ACCEPTED)
         assert (acc.source_port, acc.destination_port, acc.listener.port) == (cport, port, port)
     finally:
@@ -362,11 +374,10 @@ def test_relay_started_before_capture_in_another_netns(netns, procs):
 
 def test_child_that_execs_another_program_still_closes(recorder, procs):
     """EXEC:...,nofork: the relay child becomes `cat` (not watched); the close is still reported."""
-    port = free_port()
-    relay = procs.socat(f"TCP-LISTEN:{port},reuseaddr,fork", "EXEC:cat,nofork", port=port)
+    proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr,fork", "EXEC:cat,nofork")
     _, cport, got = connect(socket.AF_INET, "127.0.0.1", port)
     assert got == b"ping"
-    recs = recorder.wait_for({relay.pid}, lambda r: conns(r, Action.CLOSED))
+    recs = recorder.wait_for({proc.pid}, lambda r: conns(r, Action.CLOSED))
     (acc,) = conns(recs, Action.ACCEPTED)
     (closed,) = conns(recs, Action.CLOSED)
     assert acc.source_port == closed.source_port == cport and closed.session_id == acc.session_id
