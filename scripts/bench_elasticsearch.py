@@ -128,7 +128,8 @@ def main() -> None:
     if indexed != args.events:
         raise SystemExit(f"count in Elasticsearch {indexed} != {args.events}")
 
-    print(f"Elasticsearch sink benchmark: {args.events} connection events, batch {args.batch}, {args.url}")
+    print(f"Elasticsearch sink benchmark: {args.events} connection events, batch {args.batch}, "
+          f"{ElasticsearchConfig().max_in_flight} bulk requests in flight, {args.url}")
     print(f"  encode (render+orjson+spool line)  {encode:>10,.0f} records/s")
     print(f"  write() (encode + disk spool)      {sink['write_rate']:>10,.0f} records/s")
     print(f"  raw _bulk, server alone            {raw:>10,.0f} docs/s")
