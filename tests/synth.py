@@ -150,6 +150,11 @@ def generate(hours: float = 3.0, learn_s: float = 3600.0, sources: int = 200, se
 
 def _inject(b: _Builder, rng, found: list[Incident], start: int, end: int, regulars) -> None:
     span = end - start
+    # a benign busy spell (not an incident): every regular client 1.8x busier for 15 minutes
+    busy = start + span // 3
+    for ip, uses, rate in regulars:
+        for lst in uses:
+            b.connections(poisson_times(rng, 0.8 * rate / len(uses), busy, busy + 900 * S, amplitude=0.0), ip, lst)
     slots = iter(np.linspace(start + 60 * S, end - 300 * S, 40).astype(np.int64))
     # floods from known sources: 50 connections/s for 4 s
     for k in range(5):
