@@ -10,8 +10,9 @@ Runs the agent as it runs under systemd (root uid, enforcing in the network
 namespace it lives in) inside two throw-away namespaces (smcap-*): a socat
 relay running as nobody, an allowed client (198.51.100.10) and a denied one
 (203.0.113.66). First with every capability, then once per candidate with that
-capability dropped from the bounding set (capsh --drop), then with only the
-capabilities found necessary. Each run checks: the agent starts, sees
+candidate dropped in turn from the bounding set (capsh --drop; broad ones
+first, keeping the narrowest set that works), then with only the minimal set
+and with each of its members dropped. Each run checks: the agent starts, sees
 connections, reads the relay's /proc (command line), blocks the denied source
 in nftables, and exits cleanly. Prints one line per run and the minimal set.
 Root only; all traffic and nftables changes stay inside the smcap-* namespaces.
@@ -22,7 +23,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SM="${SOCAT_MONITOR:-$ROOT/.venv/bin/socat-monitor}"
 PY=/usr/bin/python3
 TRAFFIC="$ROOT/scripts/demo/traffic.py"
-CANDIDATES="cap_bpf cap_perfmon cap_sys_admin cap_net_admin cap_sys_ptrace cap_dac_read_search cap_dac_override cap_sys_resource cap_ipc_lock cap_net_raw cap_kill cap_fowner cap_chown cap_setuid cap_setgid"
+# Broadest first: the greedy pass drops these before the narrow ones they overlap with.
+CANDIDATES="cap_sys_admin cap_dac_override cap_sys_ptrace cap_dac_read_search cap_sys_resource cap_ipc_lock cap_fowner cap_chown cap_setuid cap_setgid cap_kill cap_net_raw cap_net_admin cap_perfmon cap_bpf"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -105,7 +107,7 @@ enforce:
   state_file: $dir/state/blocks.json
 EOF
   nsenter --net="/run/netns/$NS_AGENT" -- capsh ${drop:+--drop=${drop// /,}} -- -c \
-    "exec '$SM' run --config '$dir/config.yaml' --policy '$WORK/policy.yaml' --output '$dir/out' \
+    "exec '$SM' -v run --config '$dir/config.yaml' --policy '$WORK/policy.yaml' --output '$dir/out' \
      --control-socket '$dir/c.sock' --duration 60 --format json" >"$dir/stdout" 2>"$dir/stderr" &
   AGENT_PID=$!
   for _ in $(seq 120); do
@@ -132,42 +134,53 @@ EOF
   "$PY" - "$label" "$dir" "$ready" "$blocked" "$rc" <<'EOF'
 import glob, json, sys
 label, d, ready, blocked, rc = sys.argv[1:]
-summary = {}
-try:
-    summary = json.loads(open(f"{d}/stdout").read().strip().splitlines()[-1])
-except (OSError, ValueError, IndexError):
-    pass
-seen = summary.get("connections_seen", 0)
 with_cmdline = total = 0
 for path in glob.glob(f"{d}/out/events*.ndjson"):
     for line in open(path):
         doc = json.loads(line)
-        if doc.get("event", {}).get("action") == "connection_accepted":
+        if doc.get("event", {}).get("action") == "connection_accepted" and doc.get("destination", {}).get("port") == 8443:
             total += 1
             with_cmdline += bool(doc.get("process", {}).get("command_line"))
-err = next((l.strip() for l in open(f"{d}/stderr") if "error" in l.lower() or "warn" in l.lower()), "")
-ok = ready == "1" and seen > 0 and blocked == "yes" and rc in ("0", "1") and total and with_cmdline == total
+lines = open(f"{d}/stderr").read().splitlines()
+warnings = [l for l in lines if " WARNING " in l or "error" in l.lower()]
+first = warnings[0].split(": ", 1)[-1] if warnings else ""
+ok = ready == "1" and total > 0 and blocked == "yes" and rc in ("0", "1") and with_cmdline == total
 print(f"{label:<26} {'OK' if ok else 'BROKEN':<7} start={'yes' if ready == '1' else 'no':<4} "
-      f"conns={seen:<3} cmdline={with_cmdline}/{total:<3} blocked={blocked:<4} exit={rc:<4} {err[:110]}")
+      f"accepted={total:<3} cmdline={with_cmdline}/{total:<3} blocked={blocked:<4} exit={rc:<4} "
+      f"warnings={len(warnings):<3} {first[:100]}")
 EOF
 }
 
+drop_all_but() {  # the capabilities to drop so that only "$*" remain
+  local cap out=""
+  for cap in $ALL_CAPS; do [[ " $* " == *" $cap "* ]] || out+="$cap "; done
+  echo "${out% }"
+}
+
 echo "socat-monitor capability measurement ($(uname -r), $("$SM" --version 2>/dev/null))"
-echo "candidates: $CANDIDATES"
-echo
+echo "run                        result  checks"
 run_once "all capabilities" ""
-NEEDED=()
+# 1. Everything outside the candidates at once; 2. greedily drop each candidate (broad ones first,
+# so a narrow one like cap_bpf is kept over cap_sys_admin when either would do); 3. with the
+# minimal set, drop each of its members in turn to show what breaks without it.
+KEEP=($CANDIDATES)
+line="$(run_once "only the candidates" "$(drop_all_but "${KEEP[@]}")")"
+echo "$line"
+[[ "$line" == *" OK "* ]] || { echo "the candidates are not enough: widen --caps"; exit 1; }
 for cap in $CANDIDATES; do
-  line="$(run_once "without $cap" "$cap")"
+  trial=()
+  for c in "${KEEP[@]}"; do [ "$c" = "$cap" ] || trial+=("$c"); done
+  line="$(run_once "without $cap" "$(drop_all_but "${trial[@]}")")"
   echo "$line"
-  [[ "$line" == *" BROKEN "* ]] && NEEDED+=("$cap")
-done
-drop_rest=""
-for cap in $ALL_CAPS; do
-  [[ " ${NEEDED[*]} " == *" $cap "* ]] || drop_rest+="$cap "
+  [[ "$line" == *" OK "* ]] && KEEP=("${trial[@]}")
 done
 echo
-run_once "only: ${NEEDED[*]:-none}" "${drop_rest% }"
+echo "minimal set: ${KEEP[*]}"
+run_once "only the minimal set" "$(drop_all_but "${KEEP[@]}")"
+for cap in "${KEEP[@]}"; do
+  trial=()
+  for c in "${KEEP[@]}"; do [ "$c" = "$cap" ] || trial+=("$c"); done
+  run_once "minimal set - $cap" "$(drop_all_but "${trial[@]}")"
+done
 echo
-echo "needed: ${NEEDED[*]:-none}"
-echo "systemd: CapabilityBoundingSet=${NEEDED[*]^^}"
+echo "systemd: CapabilityBoundingSet=${KEEP[*]^^}"
