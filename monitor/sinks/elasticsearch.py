@@ -143,7 +143,7 @@ class ElasticsearchSink:
             with self._lock:
                 self._stats.dropped += dropped
             self._errors.add(f"spool over {self.config.spool_max_bytes} bytes: oldest events dropped", dropped)
-        if self._spool.pending >= self.config.batch_size:
+        if self._spool.pending >= self.config.batch_size and not self._wake.is_set():
             self._wake.set()
 
     def flush(self, timeout_s: float | None = None) -> bool:
