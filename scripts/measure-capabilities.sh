@@ -8,8 +8,9 @@ usage: scripts/measure-capabilities.sh [--caps "cap_a cap_b ..."]
 
 Runs the agent as it runs under systemd (root uid, enforcing in the network
 namespace it lives in) inside two throw-away namespaces (smcap-*): a socat
-relay running as nobody, an allowed client (198.51.100.10) and a denied one
-(203.0.113.66). First with every capability, then once per candidate with that
+relay running as nobody (started before the agent, as on a real host), an
+allowed client (198.51.100.10) and a denied one (203.0.113.66); the policy
+declares the relay's backend, so the cgroup egress guard is loaded too. First with every capability, then once per candidate with that
 candidate dropped in turn from the bounding set (capsh --drop; broad ones
 first, keeping the narrowest set that works), then with only the minimal set
 and with each of its members dropped. Each run checks: the agent starts, sees
@@ -91,6 +92,7 @@ listeners:
   - name: relay
     port: 8443
     allow_sources: [198.51.100.0/24]
+    allow_backends: ["127.0.0.1:9000"]
     action: block
 EOF
 
