@@ -88,6 +88,14 @@ def generate(path: Path, n: int, minimal: bool = False, seed: int = 1) -> int:
     return written
 
 
+def _peak_rss_mb() -> float:
+    """VmHWM of this process image (ru_maxrss would include the parent's peak from before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child_analyze(path: str) -> None:
     """Run in a fresh process: analyze one file, print figures as JSON."""
     from monitor.analyze import analyze
@@ -96,7 +104,7 @@ def child_analyze(path: str) -> None:
     began = time.perf_counter()
     result = analyze([path], config=DetectConfig())
     seconds = time.perf_counter() - began
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_rss_mb()
     print(json.dumps({"events": result.connection_events, "seconds": seconds, "alerts": len(result.alerts),
                       "malformed": result.malformed, "peak_rss_mb": peak_mb}))
 
