@@ -50,7 +50,7 @@
 #define BPF_RB_NO_WAKEUP 1
 #define BPF_RB_FORCE_WAKEUP 2
 #ifndef WAKEUP_EVERY
-#define WAKEUP_EVERY 64
+#define WAKEUP_EVERY 1024
 #endif
 
 #define MAX_ARGS 20
@@ -115,7 +115,8 @@ static __always_inline int watched(void) {
 }
 
 // Wake the consumer only every WAKEUP_EVERY events per CPU: it also polls
-// with a timeout, so wakeups (context switches) stay few under load.
+// with a timeout (which bounds latency), so wakeups stay few under load
+// (1024 measured better than 64 on the bench: fewer context switches).
 static __always_inline void emit(void *data, u32 size) {
     u32 zero = 0;
     u64 flags = BPF_RB_NO_WAKEUP;

@@ -69,7 +69,7 @@ def run_backend(port: int) -> None:
     asyncio.run(main())
 
 
-def run_consumer(port: int, byte_counts: bool, control: bool) -> None:
+def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None:
     """Load Capture, poll until SIGTERM, print a JSON summary of what was seen for `port`.
 
     `control`: load nothing, just idle (measures the method's own noise)."""
@@ -90,7 +90,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool) -> None:
         print(json.dumps({"accepted": 0, "events": 0, "pipeline_errors": 0, "kernel_lost": 0, "decode_errors": 0,
                           "consumer_cpu_s": 0.0}), flush=True)
         return
-    capture = Capture(CaptureConfig(byte_counts=byte_counts))
+    capture = Capture(CaptureConfig(comms=(comm,), byte_counts=byte_counts))
     print("ready", flush=True)
     accepted = events = errors = 0
     cpu0 = time.process_time()
@@ -166,7 +166,8 @@ def phase(name: str, port: int, args, consumer: subprocess.Popen | None, relay_p
 
 def start_consumer(port: int, args) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, __file__, "--role", "consumer", "--port", str(port)]
-                            + (["--no-bytes"] if args.no_bytes else []) + (["--control"] if args.control else []),
+                            + (["--no-bytes"] if args.no_bytes else []) + (["--control"] if args.control else [])
+                            + ["--comm", args.comm],
                             stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         proc.kill()
@@ -182,13 +183,15 @@ def main() -> None:
     ap.add_argument("--no-bytes", action="store_true", help="capture without byte counting (no read/write probes)")
     ap.add_argument("--control", action="store_true",
                     help="on phases run an idle consumer without BPF: the ratio then shows the method's noise")
+    ap.add_argument("--comm", default="socat",
+                    help="process name the capture watches; another name measures programs whose filter matches nothing")
     ap.add_argument("--role", choices=["main", "backend", "consumer"], default="main", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "backend":
         return run_backend(args.port)
     if args.role == "consumer":
-        return run_consumer(args.port, not args.no_bytes, args.control)
+        return run_consumer(args.port, not args.no_bytes, args.control, args.comm)
     args.seconds = min(max(args.seconds, 1.0), 60.0)
     args.rounds = min(max(args.rounds, 1), 5)
     args.concurrency = min(max(args.concurrency, 1), 4)
@@ -238,6 +241,9 @@ def main() -> None:
     print(f"CPU-bound rate ratio (relay alone / relay + consumer): {cpu_off / (cpu_on + consumer_us):.3f}")
     if args.control:
         print("control run: no capture was loaded; the ratio above is the measurement noise")
+        return
+    if args.comm != "socat":
+        print(f"capture watched {args.comm!r}, not socat: the ratio above is the cost of attached, idle programs")
         return
     print(f"completeness with capture: {seen} accepted events for {made} client connections "
           f"({seen / made:.4f}), kernel lost {lost}")
