@@ -244,7 +244,7 @@ def test_baseline_file_errors_name_the_file(tmp_path):
         Baseline.load(bad)
     base = Baseline.for_config(DetectConfig())
     base.save(bad)
-    with pytest.raises(InputError, match="other windows"):
+    with pytest.raises(InputError, match=f"{bad}: baseline was learned with other windows"):
         Detector(DetectConfig(source_rate_window_s=30), Baseline.load(bad))
 
 

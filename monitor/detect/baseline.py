@@ -40,6 +40,7 @@ class Baseline:
     listener_rate: dict[int, int] = field(default_factory=dict)             # listener -> peak
     peer_rate: dict[int, float] = field(default_factory=dict)               # listener -> peer peak
     seen: dict[int, dict[str, int]] = field(default_factory=dict)           # listener -> prefix -> first ns
+    path: str | None = field(default=None, compare=False)                   # the file it was loaded from
 
     @classmethod
     def for_config(cls, config: DetectConfig) -> "Baseline":
@@ -49,7 +50,7 @@ class Baseline:
         """A baseline learned with other windows cannot be compared with these."""
         if self.windows and self.windows != config.windows():
             changed = sorted(k for k in config.windows() if self.windows.get(k) != config.windows()[k])
-            raise InputError(where, f"baseline was learned with other windows ({', '.join(changed)}); "
+            raise InputError(self.path or where, f"baseline was learned with other windows ({', '.join(changed)}); "
                              "delete it to learn again")
         self.windows = config.windows()
 
@@ -163,7 +164,9 @@ class Baseline:
         if data.get("version") != VERSION:
             raise InputError(where, f"unsupported baseline version {data.get('version')!r}")
         try:
-            return cls._from_dict(data)
+            base = cls._from_dict(data)
+            base.path = where
+            return base
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(where, f"corrupt baseline ({type(exc).__name__}: {exc})") from None
 
