@@ -457,9 +457,11 @@ TRACEPOINT_PROBE(signal, signal_deliver) {
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    if ((u32)id != tgid)
+    u32 tgid = id >> 32, tid = id;
+    if (tid != tgid) {
+        forks.delete(&tid);   // a thread: fork saw its creation too
         return 0;
+    }
     // Every process exit looks up `forks`: a relay child that exec'd another
     // program (EXEC:...,nofork) is no longer watched but still holds sockets.
     struct fork_val *f = forks.lookup(&tgid);
