@@ -190,15 +190,19 @@ def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
     return place_state(dataclasses.replace(config, **updated))
 
 
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
 def place_state(config: Config) -> Config:
     """Put every state file left at its default under `agent.state_dir`."""
     state = Path(config.agent.state_dir)
     agent = dataclasses.replace(config.agent, baseline=config.agent.baseline or str(state / "baseline.json"))
     enforce = config.enforce
-    if enforce.state_file == EnforceConfig.state_file:
+    if enforce.state_file == _default(EnforceConfig, "state_file"):
         enforce = dataclasses.replace(enforce, state_file=str(state / "blocks.json"))
     es = config.elasticsearch
-    if es is not None and Path(es.spool_dir) == Path(ElasticsearchConfig.spool_dir):
+    if es is not None and Path(es.spool_dir) == Path(_default(ElasticsearchConfig, "spool_dir")):
         es = dataclasses.replace(es, spool_dir=state / "spool")
     ndjson = config.ndjson
     if Path(ndjson.directory) != Path(agent.output) and Path(ndjson.directory) == Path(AgentConfig.output):
@@ -206,10 +210,18 @@ def place_state(config: Config) -> Config:
     return dataclasses.replace(config, agent=agent, enforce=enforce, elasticsearch=es, ndjson=ndjson)
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
 def to_dict(config: Config) -> dict[str, Any]:
-    """The effective configuration, for `config show`."""
+    """The effective configuration as plain data, for `config show`."""
     out: dict[str, Any] = dataclasses.asdict(config.agent)
     for name in SECTIONS:
         value = getattr(config, name)
         out[name] = dataclasses.asdict(value) if value is not None else None
-    return out
+    return _plain(out)

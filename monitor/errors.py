@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1       # the command worked and found something (alerts, audit findings, doctor problems)
 EXIT_USAGE = 2          # bad flags, bad files, bad input
 EXIT_ENVIRONMENT = 3    # the host cannot run this (missing kernel feature, permission, server)
+EXIT_INTERNAL = 70      # a bug in socat-monitor (EX_SOFTWARE)
 
 
 class MonitorError(Exception):

@@ -15,7 +15,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import MonitorError
+from ..errors import EXIT_INTERNAL, MonitorError
 
 SUBCOMMANDS = {
     "run": "run the agent: capture, check, detect, block, ship",
@@ -73,3 +73,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # a bug: one line for the user, the traceback with -vv
+        logging.getLogger("monitor").debug("internal error", exc_info=True)
+        click.echo(f"socat-monitor: internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback)",
+                   err=True)
+        sys.exit(EXIT_INTERNAL)

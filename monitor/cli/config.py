@@ -28,9 +28,9 @@ def check(path):
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml")
 def show(path, fmt):
     """Print the effective configuration (PATH merged over defaults)."""
-    from ..config import load_config, to_dict
+    from ..config import load_config, place_state, to_dict
 
-    data = to_dict(load_config(path))
+    data = to_dict(place_state(load_config(path)))
     click.echo(json.dumps(data, indent=2) if fmt == "json" else yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
