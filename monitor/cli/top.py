@@ -101,7 +101,10 @@ def live(path: str, interval: float) -> None:
               help="json: the agent's status answers as JSON lines instead of a screen.")
 def command(socket_path: str, interval: float, once: bool, fmt: str) -> None:
     """Live view of a running agent: listeners, connections per second, top
-    sources, recent alerts and active blocks. Press q or Ctrl-C to quit."""
+    sources, recent alerts and active blocks. Press q or Ctrl-C to quit.
+
+    Without a terminal (output piped) it prints one frame, as with --once.
+    Exit status 3 when no agent answers on the socket."""
     if fmt == "json":
         with contextlib.suppress(KeyboardInterrupt):
             while True:
