@@ -575,6 +575,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         return 0;
     }
 
+    // Only these moments matter for a tracked socket: skip the lookup otherwise
+    // (ESTABLISHED -> CLOSE_WAIT, FIN_WAIT1 -> FIN_WAIT2, listeners, ...).
+    if (old != TCP_SYN_SENT && new != TCP_FIN_WAIT1 && new != TCP_LAST_ACK && new != TCP_CLOSE)
+        return 0;
     struct conn *c = conns.lookup(&sk);
     if (!c)
         return 0;
