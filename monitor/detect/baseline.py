@@ -59,9 +59,6 @@ class Baseline:
             self.learning_start_ns = first_ns
             self.learning_end_ns = first_ns + int(round(config.learning_period_s * 1e9))
 
-    def learning_at(self, t_ns: int) -> bool:
-        return not self.complete and (self.learning_end_ns is None or t_ns < self.learning_end_ns)
-
     def finish_learning(self, config: DetectConfig) -> None:
         """Freeze: peer peaks per listener, then cap the size."""
         self.prune(config.max_tracked)

@@ -83,12 +83,6 @@ class Rows:
     def __len__(self) -> int:
         return len(self.t)
 
-    def take(self, mask: np.ndarray) -> "Rows":
-        index = np.flatnonzero(mask)
-        ids = self.event_id
-        return Rows(self.t[index], self.lst[index], self.src[index], self.dst[index], self.start[index],
-                    self.refused[index], self.short[index], lambda i: ids(int(index[i])))
-
 
 @dataclass(frozen=True, slots=True)
 class Flags:
