@@ -50,10 +50,19 @@ def parse_duration(value: str | int | float, where: str = "duration") -> float:
 class DetectConfig:
     """Windows (seconds), thresholds and learning settings of the detectors.
 
-    Rate thresholds are `max(<rule>_min, <rule>_factor * baseline)`: the
-    baseline is the peak count the key reached in one window during learning
-    (for a source, the larger of its own peak and the `peer_quantile` of its
-    listener's sources' peaks).
+    Every rule counts events per key in a sliding window of event time (slots
+    of `resolution_s`) and alerts on the event whose count reaches the threshold:
+
+    - source_rate (per listener and source): `max(source_rate_min, source_rate_factor
+      * max(own learned peak, peer_quantile of the listener's sources' peaks))`
+    - listener_rate (per listener): `max(listener_rate_min, listener_rate_factor * learned peak)`
+    - scan (per source): distinct listeners in `scan_window_s` reach
+      `max(scan_min_listeners, learned peak + 1)`, or connections closed within
+      `scan_short_s` reach `max(scan_short_min, scan_short_factor * learned peak)`
+    - refused_burst (per source): `refused_min` refusals in `refused_window_s`
+    - new_source: a /`new_source_v4_prefix` (/`new_source_v6_prefix`) never seen on the listener
+
+    A learned peak is the highest count the key reached in one window during learning.
     """
 
     learning_period_s: float = 3600.0
