@@ -196,3 +196,41 @@ def test_bad_capture_config_names_the_key(config, where):
     with pytest.raises(InputError) as info:
         check_config(CaptureConfig(**config))
     assert info.value.where == where
+
+
+def fake_ring(size: int, records: list[tuple[bytes, int]], start: int = 0):
+    """A RingReader over plain memory laid out like the kernel's mapping (data area mapped twice)."""
+    import mmap
+
+    from monitor.capture.ring import RingReader
+
+    page = mmap.PAGESIZE
+    data = bytearray(size)
+    pos = start
+    for payload, bits in records:
+        head = (len(payload) | bits).to_bytes(4, "little") + b"\0" * 4
+        for i, b in enumerate(head + payload):
+            data[(pos + i) % size] = b
+        pos += (len(payload) + 15) & ~7
+    reader = RingReader.__new__(RingReader)
+    reader.size, reader.mask, reader._data = size, size - 1, page
+    reader._consumer = bytearray(start.to_bytes(8, "little"))
+    reader._producer = bytearray(pos.to_bytes(8, "little").ljust(page, b"\0")) + data + data
+    return reader
+
+
+def test_ring_reader_drains_in_order_skipping_discarded_and_stops_at_busy():
+    from monitor.capture.ring import BUSY, DISCARD
+
+    reader = fake_ring(4096, [(b"one", 0), (b"dropped", DISCARD), (b"three!!!", 0), (b"later", BUSY)])
+    out: list[bytes] = []
+    assert reader.drain(out) == 2
+    assert out == [b"one", b"three!!!"]
+    # the consumer position stops at the busy record: 8+3 -> 16, 8+7 -> 16, 8+8 -> 16
+    assert int.from_bytes(reader._consumer[:8], "little") == 48
+
+
+def test_ring_reader_reads_a_record_that_wraps():
+    reader = fake_ring(4096, [(b"x" * 40, 0), (b"tail", 0)], start=4096 - 24)
+    out: list[bytes] = []
+    assert reader.drain(out) == 2 and out == [b"x" * 40, b"tail"]

@@ -1,7 +1,7 @@
 """Loading `bpf/capture.c` into the kernel with bcc, and its maps.
 
 `KernelProbe` compiles and attaches the tracepoint programs, fills the comm
-filter and the listener-port filter, opens the ring buffer and reads the
+filter and the listener-port filter, reads the ring buffer (`ring`) and the
 in-kernel loss counter. Everything the host lacks becomes an
 `EnvironmentProblem` carrying the exact command that fixes it.
 """
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import EnvironmentProblem
+from .ring import RingReader
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class KernelProbe:
         self._comm_type = self.bpf[b"comms"].Key
         self.set_comms(comms)
         self._lost = self.bpf[b"lost"]
+        self._ring = RingReader(self.bpf[b"events"].get_fd(), ringbuf_pages * mmap.PAGESIZE)
         self._lost_total = 0
         self._closed = False
 
@@ -102,22 +105,19 @@ class KernelProbe:
         for port in ports:
             table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
 
-    def open_ring(self, callback: Callable[[bytes], None]) -> None:
-        def on_record(_ctx, data, size):
-            callback(ctypes.string_at(data, size))
-        self._callback = on_record  # keep a reference: bcc holds only a C pointer
-        self.bpf[b"events"].open_ring_buffer(on_record)
-
-    def poll(self, timeout_ms: int) -> None:
-        """Deliver pending records to the callback, waiting up to timeout_ms for a wakeup.
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Records in the ring buffer, waiting up to timeout_ms for a wakeup.
 
         The kernel wakes us only every WAKEUP_EVERY records per CPU, so what
-        arrived without a wakeup is consumed after the wait. Closed: nothing.
+        arrived without a wakeup is read after the wait. Closed: nothing.
         """
+        out: list[bytes] = []
         if self._closed:
-            return
-        self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()
+            return out
+        if not self._ring.drain(out):
+            self._ring.wait(timeout_ms)
+            self._ring.drain(out)
+        return out
 
     def lost(self) -> int:
         """Records the kernel could not deliver (the last value once closed)."""
@@ -129,4 +129,5 @@ class KernelProbe:
         if not self._closed:
             self.lost()
             self._closed = True
+            self._ring.close()
             self.bpf.cleanup()

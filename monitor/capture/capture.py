@@ -76,7 +76,6 @@ class Capture:
         offset = monotonic_offset_ns()
         self._processes = ProcessTable(config.proc_cache_size, offset)
         self._enrich = Enricher(self._processes, offset, boot_id(), config.byte_counts)
-        self._raw: list[bytes] = []
         self._by_action: Counter[str] = Counter()
         self._records = 0
         self._decode_errors = 0
@@ -84,7 +83,6 @@ class Capture:
         self._duplicates = 0
         self._lost_seen = 0
         self._kernel.watch_ports(lst.port for lst in self.listeners())
-        self._kernel.open_ring(self._raw.append)
 
     def set_comms(self, comms: tuple[str, ...]) -> None:
         """Watch another set of process names from now on (e.g. on reload)."""
@@ -99,9 +97,7 @@ class Capture:
 
     def poll(self, timeout_ms: int) -> list[CaptureRecord]:
         """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order."""
-        self._kernel.poll(timeout_ms)
-        raw = self._raw[:]
-        self._raw.clear()
+        raw = self._kernel.poll(timeout_ms)
         out: list[CaptureRecord] = []
         append = out.append
         enrich = self._enrich

@@ -381,3 +381,21 @@ def test_child_that_execs_another_program_still_closes(recorder, procs):
     (acc,) = conns(recs, Action.ACCEPTED)
     (closed,) = conns(recs, Action.CLOSED)
     assert acc.source_port == closed.source_port == cport and closed.session_id == acc.session_id
+
+
+def test_kernel_losses_are_counted_and_surfaced(procs):
+    """A one-page ring buffer not polled while connections happen: what the kernel
+    could not deliver is counted exactly and reported as a PipelineError."""
+    capture = Capture(CaptureConfig(ringbuf_pages=1))
+    try:
+        proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr,fork", "EXEC:cat")
+        for _ in range(60):
+            connect(socket.AF_INET, "127.0.0.1", port)
+        time.sleep(1.0)
+        records = capture.poll(0)
+        errors = [r for r in records if isinstance(r, PipelineError)]
+        lost = capture.stats.kernel_lost
+        assert lost > 0
+        assert [(e.stage, e.count) for e in errors] == [("capture", lost)]
+    finally:
+        capture.close()
