@@ -114,9 +114,8 @@ class KernelProbe:
         out: list[bytes] = []
         if self._closed:
             return out
-        if not self._ring.drain(out):
-            self._ring.wait(timeout_ms)
-            self._ring.drain(out)
+        self._ring.wait(timeout_ms)   # batches: returns at once only if the kernel woke us
+        self._ring.drain(out)
         return out
 
     def lost(self) -> int:
