@@ -9,10 +9,17 @@ off: `off` has no BPF loaded, `on` has a separate consumer process running
 `Capture` and polling, as the agent would. Every phase is bounded by
 `--seconds`; the ratio is mean(on rates) / mean(off rates).
 
-Prints per phase the connection rate, and for `on` phases completeness:
-connections the client completed vs ACCEPTED events captured for the
-relay's port, kernel-side losses and pipeline errors. Then the ratio
-on/off (target >= 0.95). Run as root: sudo .venv/bin/python scripts/bench_capture.py
+Prints per phase the connection rate and the relay's CPU time per
+connection (BPF programs run inside its syscalls, so their cost lands there;
+a figure other load on the host distorts far less than rates), and for `on`
+phases completeness: connections the client completed vs ACCEPTED events
+captured for the relay's port, kernel-side losses and the consumer's CPU.
+Then the rate ratio on/off (target >= 0.95) and the CPU-bound ratio
+relay / (relay + consumer). `--control` runs an idle consumer without BPF
+(the method's noise), `--comm other` attaches programs that match nothing,
+`--no-bytes` compiles out byte counting.
+
+Run as root: sudo .venv/bin/python scripts/bench_capture.py [--rounds 5]
 """
 
 from __future__ import annotations
