@@ -9,7 +9,7 @@ usage: scripts/soak.sh [--minutes N] [--rate R] [--output DIR]
 
 Builds the demo lab (scripts/demo/lab.sh: namespaces smdemo-*, removed on exit),
 starts the agent on it, and for N minutes (default 10, at most 120) drives
-steady traffic: web-relay from a pool of 5000 distinct IPv6 sources
+steady traffic: a fourth relay (pool-relay, :8446) from a pool of 5000 distinct IPv6 sources
 (2001:db8:3::/64, so per-source caches and baselines are exercised) at about R
 connections/s (default 20), plus two fixed IPv4/IPv6 clients and, once a
 minute, a burst from a disallowed source. Every minute it prints the agent's
@@ -73,9 +73,13 @@ build_network
 add_source_pool
 start_agent $((SECONDS_TOTAL + 120)) "$LEARN"
 start_relays
+start_bg "$NS_RELAY" "$OUT/lab/pool-relay.log" socat \
+  TCP6-LISTEN:8446,fork,reuseaddr,max-children=64,backlog=128 "TCP6:[2001:db8:ff::2]:9000"
+wait_listening "$NS_RELAY" 8446
+info "pool-relay :8446 for the 5000-source client pool"
 step "soak: ${MINUTES} min, about ${RATE} conn/s over 5000 sources, learning ${LEARN}s"
 start_bg "$NS_CLIENTS" "$OUT/lab/pool.json" "$PY" "$DEMO/traffic.py" steady --source 2001:db8:3::1 --sources 5000 \
-  --target 2001:db8:1::1 --port 8443 --count $((SECONDS_TOTAL * RATE)) --rate "$RATE" --seconds "$SECONDS_TOTAL"
+  --target 2001:db8:1::1 --port 8446 --count $((SECONDS_TOTAL * RATE)) --rate "$RATE" --seconds "$SECONDS_TOTAL"
 start_bg "$NS_CLIENTS" "$OUT/lab/good-v4.json" "$PY" "$DEMO/traffic.py" steady --source 198.51.100.10 \
   --target 198.51.100.1 --port 8445 --count "$SECONDS_TOTAL" --rate 1 --seconds "$SECONDS_TOTAL"
 start_bg "$NS_CLIENTS" "$OUT/lab/good-v6.json" "$PY" "$DEMO/traffic.py" steady --source 2001:db8:1::10 \
