@@ -465,40 +465,47 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     // Every process exit looks up `forks`: a relay child that exec'd another
     // program (EXEC:...,nofork) is no longer watched but still holds sockets.
     struct fork_val *f = forks.lookup(&tgid);
-    u64 in_sk = 0, out_sk = 0;
-    if (f && f->tracked) {
-        in_sk = f->in_sk;
-        out_sk = f->out_sk;
-    }
-    if (watched()) {
-        struct event ev = {};
-        ev.type = EV_EXIT;
-        ev.ts = bpf_ktime_get_ns();
-        fill_task(&ev);
-        struct exit_val *v = exits.lookup(&tgid);
-        if (v && v->exited) {
-            ev.flags = F_EXITED;
-            ev.err = v->code;
-        } else if (v) {
-            ev.sig = v->sig;
+    u64 in_sk = 0, out_sk = 0, cookie = 0;
+    u32 tracked = 0, lport = 0, ppid = 0;
+    if (f) {
+        ppid = f->ppid;
+        tracked = f->tracked;
+        cookie = f->cookie;
+        lport = f->lport;
+        if (tracked) {
+            in_sk = f->in_sk;
+            out_sk = f->out_sk;
         }
-        if (f) {
-            ev.cookie = f->cookie;
-            ev.lport = f->lport;
-        }
-        if (!(f && f->tracked && ev.flags == F_EXITED && ev.err == 0))   // quiet: a clean relay child
-            emit(&ev, sizeof(ev));
-        exits.delete(&tgid);
-        pstates.delete(&tgid);
-    }
-    if (f)
+        // delete before looking at `closed`: a concurrent TCP close then
+        // either sees no fork entry (and reports itself) or is seen here
         forks.delete(&tgid);
-    // report the closes deferred while this relay child lived (see inet_sock_set_state)
+    }
+    // the closes deferred while this relay child lived (see inet_sock_set_state)
     struct conn *c;
     if (in_sk && (c = conns.lookup(&in_sk)) && c->closed && c->ev.pid == tgid)
         emit_close(in_sk, c);
     if (out_sk && (c = conns.lookup(&out_sk)) && c->closed && c->ev.pid == tgid)
         emit_close(out_sk, c);
+    if (!watched())
+        return 0;
+    struct event ev = {};
+    ev.type = EV_EXIT;
+    ev.ts = bpf_ktime_get_ns();
+    fill_task(&ev);
+    ev.ppid = ppid;   // fill_task's lookup ran after the delete
+    ev.cookie = cookie;
+    ev.lport = lport;
+    struct exit_val *v = exits.lookup(&tgid);
+    if (v && v->exited) {
+        ev.flags = F_EXITED;
+        ev.err = v->code;
+    } else if (v) {
+        ev.sig = v->sig;
+    }
+    if (!(tracked && ev.flags == F_EXITED && ev.err == 0))   // quiet: a clean relay child
+        emit(&ev, sizeof(ev));
+    exits.delete(&tgid);
+    pstates.delete(&tgid);
     return 0;
 }
 
