@@ -101,6 +101,8 @@ class KernelProbe:
             table[key] = ctypes.c_uint8(1)
 
     def watch_ports(self, ports: Iterable[int]) -> None:
+        if self._closed:
+            return
         table = self.bpf[b"ports"]
         for port in ports:
             table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)

@@ -13,11 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from ..events import ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
+from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
 from .bpf import KernelProbe
 from .decode import DecodeError, decode
 from .enrich import Enricher, ProcessTable, boot_id, monotonic_offset_ns
-from .listeners import process_listeners
+from .listeners import discover
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class CaptureStats:
     duplicates: int = 0          # second reports of one connect, dropped
     proc_reads: int = 0          # /proc reads at new pids
     processes_cached: int = 0
+    incomplete: int = 0          # accepts whose handshake the kernel side missed (listener filled from /proc)
+    uninspectable: int = 0       # watched processes whose /proc/PID/fd the agent cannot read
 
 
 def check_config(config: CaptureConfig) -> None:
@@ -82,18 +84,71 @@ class Capture:
         self._enrich_errors = 0
         self._duplicates = 0
         self._lost_seen = 0
-        self._kernel.watch_ports(lst.port for lst in self.listeners())
+        self._incomplete = 0
+        self._by_pid: dict[int, list[Listener]] = {}
+        self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
+        self._rescanned: set[int] = set()         # pids rescanned for an incomplete accept
+        self._pending: list[PipelineError] = []   # reported by the next poll()
+        self.listeners()
 
     def set_comms(self, comms: tuple[str, ...]) -> None:
         """Watch another set of process names from now on (e.g. on reload)."""
         self.config.comms = tuple(comms)
         self._kernel.set_comms(self.config.comms)
-        self._kernel.watch_ports(lst.port for lst in self.listeners())
+        self.listeners()
 
     def listeners(self) -> list[Listener]:
-        """Listening sockets held by watched processes now (with the holder's pid)."""
-        return [Listener(ip=lst.ip, port=lst.port, pid=pid)
-                for lst, pid in process_listeners(tuple(self.config.comms))]
+        """Listening sockets held by watched processes now (with the holder's pid).
+
+        Also seeds the kernel's port filter with them (relays started before
+        the agent, in any network namespace) and notes, loudly, relays whose
+        sockets cannot be inspected (see `listeners.discover`)."""
+        found = discover(tuple(self.config.comms))
+        out = [Listener(ip=lst.ip, port=lst.port, pid=pid) for lst, pid in found.listeners]
+        self._kernel.watch_ports({lst.port for lst in out})
+        by_pid: dict[int, list[Listener]] = {}
+        for lst in out:
+            by_pid.setdefault(lst.pid, []).append(lst)
+        self._by_pid = by_pid
+        new = {pid: why for pid, why in found.uninspectable.items() if pid not in self._blind}
+        self._blind = found.uninspectable
+        if new:
+            self._report_blind(new, found.inferred)
+        return out
+
+    def _report_blind(self, blind: dict[int, str], inferred: set[tuple[str, int, int]]) -> None:
+        pids = sorted(blind)
+        guessed = sorted({port for _, port, pid in inferred if pid in blind})
+        message = (f"cannot read the sockets of socat pid{'s' if len(pids) > 1 else ''} "
+                   f"{', '.join(map(str, pids))} ({blind[pids[0]]}): give the agent CAP_SYS_PTRACE and "
+                   f"CAP_DAC_READ_SEARCH; " + (f"their listeners are inferred from socket owners: ports "
+                                               f"{', '.join(map(str, guessed))}" if guessed else
+                                               "their connections may be incomplete"))
+        log.warning("capture: %s", message)
+        self._pending.append(PipelineError(stage="capture", message=message, timestamp_ns=now_ns(),
+                                           count=len(pids)))
+
+    def _complete(self, event: ConnectionEvent) -> None:
+        """Fill the listener of an event the kernel side could not tie to one, from /proc's listeners."""
+        proc = event.process
+        incomplete = event.action is Action.ACCEPTED
+        if incomplete:
+            self._incomplete += 1
+            if proc.pid not in self._by_pid and proc.pid not in self._rescanned and len(self._rescanned) < 4096:
+                self._rescanned.add(proc.pid)   # a relay that started listening unseen: look once
+                self.listeners()
+        held = self._by_pid.get(proc.pid) or (self._by_pid.get(proc.ppid) if proc.ppid else None)
+        if not held or len({lst.port for lst in held}) != 1:
+            if incomplete:
+                log.warning("capture: accept by pid %d from %s:%d without its handshake and no known listener",
+                            proc.pid, event.source_ip, event.source_port)
+            return
+        lst = held[0]
+        event.listener = Listener(ip=lst.ip, port=lst.port)
+        if incomplete:
+            event.destination_port = lst.port
+            if lst.ip not in ("0.0.0.0", "::"):
+                event.destination_ip = lst.ip
 
     def poll(self, timeout_ms: int) -> list[CaptureRecord]:
         """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order."""
@@ -101,6 +156,9 @@ class Capture:
         out: list[CaptureRecord] = []
         append = out.append
         enrich = self._enrich
+        if self._pending:
+            out.extend(self._pending)
+            self._pending = []
         for data in raw:
             try:
                 record = decode(data)
@@ -119,6 +177,8 @@ class Capture:
             if event is None:
                 self._duplicates += 1
                 continue
+            if event.__class__ is ConnectionEvent and event.listener is None:
+                self._complete(event)
             self._by_action[event.action.value] += 1
             append(event)
         self._records += len(raw)
@@ -137,6 +197,7 @@ class Capture:
             events=dict(self._by_action), records=self._records, kernel_lost=self._kernel.lost(),
             decode_errors=self._decode_errors, enrich_errors=self._enrich_errors, duplicates=self._duplicates,
             proc_reads=self._processes.proc_reads, processes_cached=len(self._processes),
+            incomplete=self._incomplete, uninspectable=len(self._blind),
         )
 
     def close(self) -> None:

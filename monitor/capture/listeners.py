@@ -1,9 +1,17 @@
 """Listening TCP sockets of watched processes, read from /proc.
 
 `/proc/PID/net/tcp{,6}` gives the listening sockets of PID's network
-namespace by inode (read once per namespace, so relays in other namespaces
-are found too); `/proc/PID/fd` tells which process holds each. Used to seed
-the kernel's port filter at start and to answer `Capture.listeners()`.
+namespace by inode, with their owner uid (read once per namespace, so
+relays in other namespaces are found too); `/proc/PID/fd` tells which
+process holds each. Used to seed the kernel's port filter, to complete
+accepts whose handshake the kernel side did not see, and to answer
+`Capture.listeners()`.
+
+A process whose fd table cannot be read (another user's relay, the agent
+without CAP_SYS_PTRACE/CAP_DAC_READ_SEARCH) is reported in
+`Discovery.uninspectable`; its listeners are then inferred from the
+namespace's listening sockets owned by its uid that no inspectable process
+holds (readable without those capabilities), listed in `Discovery.inferred`.
 """
 
 from __future__ import annotations
@@ -11,10 +19,29 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from dataclasses import dataclass, field
 
 from ..events import Listener, normalize_ip
 
 _TCP_LISTEN = "0A"
+
+
+@dataclass(frozen=True, slots=True)
+class Socket:
+    """One listening socket of a namespace."""
+
+    ip: str
+    port: int
+    uid: int
+
+
+@dataclass
+class Discovery:
+    """What one scan of /proc found."""
+
+    listeners: list[tuple[Listener, int]] = field(default_factory=list)   # (listener, holder pid), sorted
+    uninspectable: dict[int, str] = field(default_factory=dict)           # relay pid -> why its fds are unreadable
+    inferred: set[tuple[str, int, int]] = field(default_factory=set)      # (ip, port, pid) found by owner uid only
 
 
 def _hex_address(text: str) -> tuple[str, int]:
@@ -29,9 +56,9 @@ def _hex_address(text: str) -> tuple[str, int]:
     return normalize_ip(ip), int(port_hex, 16)
 
 
-def listening_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, tuple[str, int]]:
-    """inode -> (ip, port) of every listening TCP socket in this (or PID's) network namespace."""
-    out: dict[int, tuple[str, int]] = {}
+def namespace_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, Socket]:
+    """inode -> Socket of every listening TCP socket in this (or PID's) network namespace."""
+    out: dict[int, Socket] = {}
     base = f"{proc}/{pid}/net" if pid else f"{proc}/net"
     for name in ("tcp", "tcp6"):
         try:
@@ -40,48 +67,106 @@ def listening_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, 
                 for line in fh:
                     cols = line.split()
                     if len(cols) > 9 and cols[3] == _TCP_LISTEN:
-                        out[int(cols[9])] = _hex_address(cols[1])
+                        ip, port = _hex_address(cols[1])
+                        out[int(cols[9])] = Socket(ip, port, int(cols[7]))
         except OSError:
             continue
     return out
 
 
-def _comm(pid: str, proc: str) -> str | None:
+def listening_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, tuple[str, int]]:
+    """inode -> (ip, port) of every listening TCP socket in this (or PID's) network namespace."""
+    return {inode: (s.ip, s.port) for inode, s in namespace_sockets(proc, pid).items()}
+
+
+def _read(path: str) -> str | None:
     try:
-        with open(f"{proc}/{pid}/comm", encoding="utf-8", errors="replace") as fh:
-            return fh.read().rstrip("\n")
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
     except OSError:
         return None
 
 
-def process_listeners(comms: tuple[str, ...], proc: str = "/proc") -> list[tuple[Listener, int]]:
-    """(listener, pid) for each listening socket held by a process whose comm is in `comms`."""
-    found: dict[tuple[str, int, int], None] = {}
-    wanted = set(comms)
-    by_netns: dict[str, dict[int, tuple[str, int]]] = {}
-    for pid in os.listdir(proc):
-        if not pid.isdigit() or _comm(pid, proc) not in wanted:
+def _status(pid: str, proc: str) -> tuple[int | None, int | None]:
+    """(ppid, effective uid) of a process, None where unreadable."""
+    ppid = uid = None
+    for line in (_read(f"{proc}/{pid}/status") or "").splitlines():
+        if line.startswith("PPid:"):
+            ppid = int(line.split()[1])
+        elif line.startswith("Uid:"):
+            uid = int(line.split()[2])
+    return ppid, uid
+
+
+def _socket_inodes(pid: str, proc: str) -> tuple[list[int], str | None]:
+    """Inodes of PID's sockets, and why its fd table could not be read (None if it could)."""
+    try:
+        fds = os.listdir(f"{proc}/{pid}/fd")
+    except FileNotFoundError:
+        return [], None          # exited meanwhile
+    except OSError as exc:
+        return [], f"/proc/{pid}/fd: {exc.strerror}"
+    inodes: list[int] = []
+    denied = None
+    for fd in fds:
+        try:
+            target = os.readlink(f"{proc}/{pid}/fd/{fd}")
+        except PermissionError as exc:
+            denied = f"/proc/{pid}/fd/{fd}: {exc.strerror}"
             continue
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.append(int(target[8:-1]))
+    if denied and not inodes:
+        return [], denied
+    return inodes, None
+
+
+def discover(comms: tuple[str, ...], proc: str = "/proc") -> Discovery:
+    """Listening sockets of the processes whose comm is in `comms`, and those whose fds are unreadable."""
+    wanted = set(comms)
+    pids = [pid for pid in os.listdir(proc)
+            if pid.isdigit() and (_read(f"{proc}/{pid}/comm") or "").rstrip("\n") in wanted]
+    by_netns: dict[str, dict[int, Socket]] = {}
+    netns_of: dict[str, str] = {}
+    found: dict[tuple[str, int, int], None] = {}
+    claimed: set[tuple[str, int]] = set()
+    blind: list[tuple[str, str]] = []
+    for pid in pids:
         try:
             netns = os.readlink(f"{proc}/{pid}/ns/net")
         except OSError:
-            netns = ""
+            netns = f"pid:{pid}"   # unreadable link: this process's own view
+        netns_of[pid] = netns
         if netns not in by_netns:
-            by_netns[netns] = listening_sockets(proc, pid)
+            by_netns[netns] = namespace_sockets(proc, pid)
         sockets = by_netns[netns]
-        if not sockets:
+        inodes, why = _socket_inodes(pid, proc)
+        if why is not None:
+            blind.append((pid, why))
             continue
-        try:
-            fds = os.listdir(f"{proc}/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"{proc}/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                hit = sockets.get(int(target[8:-1]))
-                if hit:
-                    found[(hit[0], hit[1], int(pid))] = None
-    return [(Listener(ip=ip, port=port), pid) for ip, port, pid in sorted(found)]
+        for inode in inodes:
+            hit = sockets.get(inode)
+            if hit:
+                found[(hit.ip, hit.port, int(pid))] = None
+                claimed.add((netns, inode))
+    out = Discovery()
+    watched = set(pids)
+    for pid, why in blind:
+        ppid, uid = _status(pid, proc)
+        if ppid is not None and str(ppid) in watched:
+            continue   # a fork child of a relay: its parent is reported
+        out.uninspectable[int(pid)] = why
+        netns = netns_of[pid]
+        for inode, sock in by_netns[netns].items():
+            if uid is not None and sock.uid == uid and (netns, inode) not in claimed:
+                found[(sock.ip, sock.port, int(pid))] = None
+                out.inferred.add((sock.ip, sock.port, int(pid)))
+    out.listeners = [(Listener(ip=ip, port=port), pid) for ip, port, pid in sorted(found)]
+    return out
+
+
+def process_listeners(comms: tuple[str, ...], proc: str = "/proc") -> list[tuple[Listener, int]]:
+    """(listener, pid) for each listening socket held by a process whose comm is in `comms`."""
+    return discover(comms, proc).listeners

@@ -11,7 +11,10 @@ session pairing, refusals, lifecycle. Other socat processes on the host
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import time
 from collections import defaultdict
 
@@ -345,8 +348,6 @@ def test_stats_and_poll_after_close():
 
 
 def test_killed_process_reports_its_signal(recorder, procs):
-    import signal
-
     proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr", "STDOUT")
     procs.stop(proc, sig=signal.SIGKILL)
     recs = recorder.wait_for({proc.pid}, lambda r: any(e.action is Action.PROCESS_ENDED for e in r))
@@ -355,21 +356,106 @@ def test_killed_process_reports_its_signal(recorder, procs):
 
 
 def test_relay_started_before_capture_in_another_netns(netns, procs):
-    """Listeners bound before the agent started, in another namespace, are seeded from /proc."""
+    """Listeners bound before the agent started, in another namespace, are seeded from /proc:
+    accepts carry their listener and destination, IPv4 and IPv6, none incomplete."""
     ns = netns.add("pre")
-    proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr,fork", "EXEC:cat", netns=ns)
+    proc4, port4 = relay(procs, "TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1", "EXEC:cat", netns=ns)
+    proc6, port6 = relay(procs, "TCP6-LISTEN:{port},reuseaddr,fork", "EXEC:cat", socket.AF_INET6, netns=ns)
     capture = Capture(CaptureConfig())
     try:
-        assert (port, proc.pid) in [(lst.port, lst.pid) for lst in capture.listeners()]
-        client = netns.run(ns, PYTHON, "-c", "import socket; s = socket.create_connection(('127.0.0.1', %d)); "
-                           "print(s.getsockname()[1]); s.close()" % port)
-        cport = int(client.stdout)
+        found = [(lst.ip, lst.port, lst.pid) for lst in capture.listeners()]
+        assert ("127.0.0.1", port4, proc4.pid) in found and ("::", port6, proc6.pid) in found
+        made = {}
+        for host, port in (("127.0.0.1", port4), ("::1", port6)):
+            client = netns.run(ns, PYTHON, "-c", "import socket; s = socket.create_connection((%r, %d)); "
+                               "print(s.getsockname()[1]); s.close()" % (host, port))
+            made[port] = (host, int(client.stdout))
         rec = Recorder(capture)
-        recs = rec.wait_for({proc.pid}, lambda r: conns(r, Action.ACCEPTED))
-        (acc,) = conns(recs, Action.ACCEPTED)
-        assert (acc.source_port, acc.destination_port, acc.listener.port) == (cport, port, port)
+        recs = rec.wait_for({proc4.pid, proc6.pid}, lambda r: len(conns(r, Action.ACCEPTED)) >= 2)
+        got = {a.destination_port: a for a in conns(recs, Action.ACCEPTED)}
+        assert set(got) == {port4, port6}
+        for port, (host, cport) in made.items():
+            acc = got[port]
+            assert (acc.source_ip, acc.source_port, acc.destination_ip) == (host, cport, host)
+            assert (acc.listener.ip, acc.listener.port) == (host, port)
+        assert capture.stats.incomplete == 0
     finally:
         capture.close()
+
+
+def test_accept_whose_handshake_was_not_seen_is_counted_and_completed(procs):
+    """Connections queued while the agent was not attached: the kernel side sees the accept but
+    not the handshake. The listener and destination port come from /proc, and it is counted."""
+    proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1", "EXEC:cat")
+    os.kill(proc.pid, signal.SIGSTOP)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        cport = client.getsockname()[1]   # handshake done by the kernel, waiting in the backlog
+        capture = Capture(CaptureConfig())
+        try:
+            os.kill(proc.pid, signal.SIGCONT)
+            client.sendall(b"x")
+            assert client.recv(1) == b"x"
+            recs = Recorder(capture).wait_for({proc.pid}, lambda r: conns(r, Action.ACCEPTED))
+            (acc,) = conns(recs, Action.ACCEPTED)
+            assert (acc.source_ip, acc.source_port) == ("127.0.0.1", cport)
+            assert (acc.destination_ip, acc.destination_port) == ("127.0.0.1", port)
+            assert (acc.listener.ip, acc.listener.port) == ("127.0.0.1", port)
+            assert capture.stats.incomplete == 1
+        finally:
+            capture.close()
+
+
+OTHER_USER_AGENT = """
+import json, socket, sys, time
+from monitor.capture import Capture, CaptureConfig
+from monitor.events import Action, PipelineError
+relay, port = int(sys.argv[1]), int(sys.argv[2])
+capture = Capture(CaptureConfig())
+try:
+    errors = [r for r in capture.poll(0) if isinstance(r, PipelineError)]
+    listeners = [(lst.port, lst.pid) for lst in capture.listeners()]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        me = s.getsockname()[1]
+        s.sendall(b"x")
+        s.recv(1)
+    accepted = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not accepted:
+        for e in capture.poll(100):
+            if isinstance(e, PipelineError):
+                errors.append(e)
+            elif getattr(e, "action", None) is Action.ACCEPTED and e.process.pid == relay:
+                accepted.append((e.source_port, e.destination_port, e.listener and e.listener.port))
+    print(json.dumps({"errors": [(e.stage, e.count, e.message) for e in errors], "listeners": listeners,
+                      "client_port": me, "accepted": accepted, "uninspectable": capture.stats.uninspectable}))
+finally:
+    capture.close()
+"""
+
+
+def test_relay_of_another_user_without_ptrace_is_reported_and_captured(procs):
+    """Without CAP_SYS_PTRACE/CAP_DAC_READ_SEARCH another user's relay cannot have its fds read:
+    a PipelineError names it, and its listener is inferred from the socket owner, so its
+    connections are still captured with their listener."""
+    setpriv, capsh = require("setpriv"), require("capsh")
+    port = free_port()
+    proc = procs.start([setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                        SOCAT, f"TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1", "EXEC:cat"])
+    wait_listening(port)
+    done = subprocess.run([capsh, "--drop=cap_sys_ptrace,cap_dac_read_search", "--", "-c",
+                           'exec "$0" -c "$1" "$2" "$3"', PYTHON, OTHER_USER_AGENT, str(proc.pid), str(port)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    capture_errors = [(count, message) for stage, count, message in out["errors"] if stage == "capture"]
+    assert len(capture_errors) == 1, out
+    count, message = capture_errors[0]
+    named = [int(p) for p in message.split("pid", 1)[1].split("(")[0].strip("s ").split(", ")]
+    assert proc.pid in named and count == len(named) == out["uninspectable"]
+    assert "CAP_SYS_PTRACE" in message and str(port) in message
+    assert "cannot read the sockets" in done.stderr   # logged too
+    assert (port, proc.pid) in [tuple(x) for x in out["listeners"]]
+    assert out["accepted"] == [[out["client_port"], port, port]]
 
 
 def test_child_that_execs_another_program_still_closes(recorder, procs):
