@@ -40,6 +40,7 @@ class DoctorEnv:
     modules: str = f"/lib/modules/{os.uname().release}"
     mounts: str = "/proc/self/mounts"
     status: str = "/proc/self/status"
+    filesystems: str = "/proc/filesystems"
     path: str | None = None   # PATH for socat/nft; None = the current PATH
 
 
@@ -97,12 +98,35 @@ def check_mounts(env: DoctorEnv) -> list[Check]:
     return out
 
 
+def _capeff(env: DoctorEnv) -> int:
+    try:
+        with open(env.status, encoding="ascii") as fh:
+            return next(int(line.split()[1], 16) for line in fh if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def _kernel_has(fstype: str, env: DoctorEnv) -> bool:
+    try:
+        with open(env.filesystems, encoding="ascii") as fh:
+            return any(line.split()[-1] == fstype for line in fh if line.strip())
+    except OSError:
+        return True   # cannot tell: assume the usual
+
+
 def check_tracepoints(env: DoctorEnv) -> Check:
     roots = [os.path.join(env.tracing, "events"), os.path.join(env.debugfs, "tracing", "events")]
     root = next((r for r in roots if os.path.isdir(r)), None)
+    fix = f"mount -t tracefs none {env.tracing}"
     if root is None:
-        return Check("tracepoints", FAIL, f"cannot list tracepoints: tracefs is not mounted at {env.tracing}",
-                     f"mount -t tracefs none {env.tracing}")
+        if not _kernel_has("tracefs", env):
+            return Check("tracepoints", FAIL, "this kernel has no tracefs: tracepoints cannot be attached",
+                         "use a kernel built with CONFIG_TRACEPOINTS=y and CONFIG_FTRACE_SYSCALLS=y")
+        if not _capeff(env) >> CAPABILITIES["CAP_SYS_ADMIN"] & 1:
+            return Check("tracepoints", FAIL, f"tracefs is not mounted at {env.tracing} and without CAP_SYS_ADMIN "
+                         "the agent cannot mount it at start", f"{fix} (as root, before starting the agent)")
+        return Check("tracepoints", WARN, f"not verified: tracefs is not mounted at {env.tracing} "
+                     "(the agent mounts it at start; normal under `ip netns exec`)", fix)
     missing = [tp for tp in TRACEPOINTS if not os.path.isdir(os.path.join(root, tp))]
     if missing:
         return Check("tracepoints", FAIL, f"kernel lacks tracepoints: {', '.join(missing)}",
@@ -135,11 +159,7 @@ def check_bcc() -> Check:
 
 
 def check_privileges(env: DoctorEnv) -> Check:
-    try:
-        with open(env.status, encoding="ascii") as fh:
-            capeff = next(int(line.split()[1], 16) for line in fh if line.startswith("CapEff:"))
-    except (OSError, StopIteration, ValueError):
-        capeff = 0
+    capeff = _capeff(env)
     missing = [name for name, bit in CAPABILITIES.items() if not capeff >> bit & 1]
     if missing:
         return Check("privileges", FAIL, f"missing capabilities {', '.join(missing)} (uid {os.geteuid()})",

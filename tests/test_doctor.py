@@ -1,0 +1,48 @@
+"""Doctor checks on a described host (pure: paths pointed at files the test writes)."""
+
+from __future__ import annotations
+
+from monitor.doctor import FAIL, OK, WARN, DoctorEnv, check_tracepoints
+
+ALL_CAPS = "000001ffffffffff"
+NO_SYS_ADMIN = f"{int(ALL_CAPS, 16) & ~(1 << 21):016x}"
+
+
+def env(tmp_path, capeff: str = ALL_CAPS, filesystems: str = "nodev\ttracefs\nnodev\tdebugfs\n") -> DoctorEnv:
+    (tmp_path / "status").write_text(f"Name:\tx\nCapEff:\t{capeff}\n")
+    (tmp_path / "filesystems").write_text(filesystems)
+    return DoctorEnv(tracing=str(tmp_path / "tracing"), debugfs=str(tmp_path / "debug"),
+                     status=str(tmp_path / "status"), filesystems=str(tmp_path / "filesystems"))
+
+
+def test_unmounted_tracefs_is_a_warning_when_the_agent_can_mount_it(tmp_path):
+    check = check_tracepoints(env(tmp_path))
+    assert check.status == WARN and "the agent mounts it at start" in check.detail
+    assert check.fix == f"mount -t tracefs none {tmp_path / 'tracing'}"
+
+
+def test_unmounted_tracefs_fails_without_cap_sys_admin(tmp_path):
+    check = check_tracepoints(env(tmp_path, capeff=NO_SYS_ADMIN))
+    assert check.status == FAIL and "CAP_SYS_ADMIN" in check.detail
+    assert check.fix.startswith(f"mount -t tracefs none {tmp_path / 'tracing'}")
+
+
+def test_kernel_without_tracefs_fails(tmp_path):
+    check = check_tracepoints(env(tmp_path, filesystems="nodev\tproc\n"))
+    assert check.status == FAIL and "no tracefs" in check.detail
+
+
+def test_missing_tracepoint_is_named(tmp_path):
+    e = env(tmp_path)
+    (tmp_path / "tracing" / "events" / "syscalls" / "sys_enter_accept").mkdir(parents=True)
+    check = check_tracepoints(e)
+    assert check.status == FAIL and "sock/inet_sock_set_state" in check.detail
+
+
+def test_mounted_tracefs_with_every_tracepoint_is_ok(tmp_path):
+    from monitor.doctor import TRACEPOINTS
+
+    e = env(tmp_path)
+    for tp in TRACEPOINTS:
+        (tmp_path / "tracing" / "events" / tp).mkdir(parents=True)
+    assert check_tracepoints(e).status == OK
