@@ -11,12 +11,14 @@ A process whose fd table cannot be read (another user's relay, the agent
 without CAP_SYS_PTRACE/CAP_DAC_READ_SEARCH) is reported in
 `Discovery.uninspectable`; its listeners are then inferred from the
 namespace's listening sockets owned by its uid that no inspectable process
-holds (readable without those capabilities), listed in `Discovery.inferred`.
+holds, narrowed to the ports its command line listens on (all readable
+without those capabilities), listed in `Discovery.inferred`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from ..events import Listener, normalize_ip
 
 _TCP_LISTEN = "0A"
+_LISTEN_ADDRESS = re.compile(r"(?i)^(?:tcp[46]?|openssl|ssl)-l(?:isten)?:(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,16 @@ def _status(pid: str, proc: str) -> tuple[int | None, int | None]:
     return ppid, uid
 
 
+def _command_line_ports(pid: str, proc: str) -> set[int]:
+    """Ports a socat command line listens on (`TCP-LISTEN:8080,fork`, `TCP6-L:80`, `OPENSSL-LISTEN:443`)."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as fh:
+            args = fh.read().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return set()
+    return {int(m.group(1)) for arg in args if (m := _LISTEN_ADDRESS.match(arg))}
+
+
 def _socket_inodes(pid: str, proc: str) -> tuple[list[int], str | None]:
     """Inodes of PID's sockets, and why its fd table could not be read (None if it could)."""
     try:
@@ -159,8 +172,10 @@ def discover(comms: tuple[str, ...], proc: str = "/proc") -> Discovery:
             continue   # a fork child of a relay: its parent is reported
         out.uninspectable[int(pid)] = why
         netns = netns_of[pid]
+        ports = _command_line_ports(pid, proc)
         for inode, sock in by_netns[netns].items():
-            if uid is not None and sock.uid == uid and (netns, inode) not in claimed:
+            if (uid is not None and sock.uid == uid and (netns, inode) not in claimed
+                    and (not ports or sock.port in ports)):
                 found[(sock.ip, sock.port, int(pid))] = None
                 out.inferred.add((sock.ip, sock.port, int(pid)))
     out.listeners = [(Listener(ip=ip, port=port), pid) for ip, port, pid in sorted(found)]

@@ -1,0 +1,89 @@
+"""Listener discovery over a fake /proc: namespaces, holders, uninspectable relays."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from monitor.capture import listeners
+from monitor.capture.listeners import discover
+
+HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+
+
+def tcp_line(n: int, addr: str, uid: int, inode: int, state: str = "0A") -> str:
+    return f"   {n}: {addr} 00000000:0000 {state} 00000000:00000000 00:00000000 00000000 {uid} 0 {inode} 1\n"
+
+
+def make_proc(tmp_path, processes: dict[int, dict], namespaces: dict[str, list[str]]):
+    """processes: pid -> {comm, ppid, uid, netns, fds: [inode]}; namespaces: name -> /proc/net/tcp lines."""
+    for name, lines in namespaces.items():
+        net = tmp_path / f"net-{name}"
+        net.mkdir()
+        (net / "tcp").write_text(HEADER + "".join(lines))
+        (net / "tcp6").write_text(HEADER)
+    for pid, p in processes.items():
+        base = tmp_path / str(pid)
+        (base / "fd").mkdir(parents=True)
+        (base / "ns").mkdir()
+        os.symlink(f"../net-{p['netns']}", base / "net")
+        os.symlink(f"net:[{p['netns']}]", base / "ns" / "net")
+        (base / "comm").write_text(p["comm"] + "\n")
+        (base / "cmdline").write_bytes(b"\0".join(a.encode() for a in p.get("args", (p["comm"],))) + b"\0")
+        (base / "status").write_text(f"Name:\t{p['comm']}\nPPid:\t{p['ppid']}\nUid:\t{p['uid']}\t{p['uid']}\t{p['uid']}\t{p['uid']}\n")
+        for fd, inode in enumerate(p.get("fds", ()), start=3):
+            os.symlink(f"socket:[{inode}]", base / "fd" / str(fd))
+    return str(tmp_path)
+
+
+@pytest.fixture
+def host(tmp_path):
+    return make_proc(tmp_path, {
+        100: dict(comm="socat", ppid=1, uid=0, netns="a", fds=[501]),          # root relay, ns a
+        200: dict(comm="socat", ppid=1, uid=65534, netns="a", fds=[502],       # nobody's relay, ns a
+                  args=("socat", "-d", "tcp-l:8081,fork", "TCP:10.0.0.1:80")),
+        201: dict(comm="socat", ppid=200, uid=65534, netns="a", fds=[502]),    # its fork child
+        300: dict(comm="socat", ppid=1, uid=0, netns="b", fds=[601]),          # root relay, ns b, same port
+        400: dict(comm="nginx", ppid=1, uid=65534, netns="a", fds=[503]),
+    }, {
+        "a": [tcp_line(0, "0100007F:1F90", 0, 501), tcp_line(1, "00000000:1F91", 65534, 502),
+              tcp_line(2, "00000000:0050", 65534, 503), tcp_line(3, "0100007F:1F92", 0, 504, state="01")],
+        "b": [tcp_line(0, "0100007F:1F90", 0, 601)],
+    })
+
+
+def test_every_namespace_and_holder(host):
+    found = discover(("socat",), host)
+    assert [(lst.ip, lst.port, pid) for lst, pid in found.listeners] == [
+        ("0.0.0.0", 8081, 200), ("0.0.0.0", 8081, 201), ("127.0.0.1", 8080, 100), ("127.0.0.1", 8080, 300)]
+    assert found.uninspectable == {} and found.inferred == set()
+
+
+def test_uninspectable_relay_is_reported_and_its_listener_inferred_by_owner(host, monkeypatch):
+    monkeypatch.setattr(listeners.os, "readlink", _denied_for("/200/", "/201/"))   # another user's fds
+    found = discover(("socat",), host)
+    assert list(found.uninspectable) == [200]               # the fork child is covered by its parent
+    assert "Permission denied" in found.uninspectable[200]
+    # nobody's listening sockets in its namespace on the ports its command line listens on (not nginx's 80)
+    assert found.inferred == {("0.0.0.0", 8081, 200)}
+    assert ("127.0.0.1", 8080, 100) in [(lst.ip, lst.port, pid) for lst, pid in found.listeners]
+    assert not [pid for _, pid in found.listeners if pid == 201]
+
+
+def test_without_a_listen_port_in_the_command_line_every_socket_of_the_owner_is_a_candidate(host, monkeypatch):
+    Path(host, "200", "cmdline").write_bytes(b"socat\0-\0-\0")
+    monkeypatch.setattr(listeners.os, "readlink", _denied_for("/200/", "/201/"))
+    assert discover(("socat",), host).inferred == {("0.0.0.0", 8081, 200), ("0.0.0.0", 80, 200)}
+
+
+def _denied_for(*parts):
+    """os.readlink failing as without CAP_SYS_PTRACE for /proc/PID/fd/* of the given pids."""
+    real = os.readlink
+
+    def readlink(path):
+        if "/fd/" in path and any(p in path for p in parts):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+    return readlink
