@@ -25,8 +25,11 @@ TRACEPOINTS = (
     "syscalls/sys_enter_exit_group", "sock/inet_sock_set_state", "sched/sched_process_fork",
     "sched/sched_process_exit", "signal/signal_deliver",
 )
-# CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21, CAP_PERFMON 38, CAP_BPF 39
-CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+# measured in scripts/CAPABILITIES.md: the agent cannot start without these
+CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_PERFMON": 38, "CAP_BPF": 39}
+# without these, socat relays run by other users cannot have their sockets read
+INSPECT_CAPABILITIES = {"CAP_DAC_READ_SEARCH": 2, "CAP_SYS_PTRACE": 19}
+CAP_SYS_ADMIN = 21
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def check_tracepoints(env: DoctorEnv) -> Check:
         if not _kernel_has("tracefs", env):
             return Check("tracepoints", FAIL, "this kernel has no tracefs: tracepoints cannot be attached",
                          "use a kernel built with CONFIG_TRACEPOINTS=y and CONFIG_FTRACE_SYSCALLS=y")
-        if not _capeff(env) >> CAPABILITIES["CAP_SYS_ADMIN"] & 1:
+        if not _capeff(env) >> CAP_SYS_ADMIN & 1:
             return Check("tracepoints", FAIL, f"tracefs is not mounted at {env.tracing} and without CAP_SYS_ADMIN "
                          "the agent cannot mount it at start", f"{fix} (as root, before starting the agent)")
         return Check("tracepoints", WARN, f"not verified: tracefs is not mounted at {env.tracing} "
@@ -158,13 +161,28 @@ def check_bcc() -> Check:
     return Check("bcc", OK, "bcc importable")
 
 
+def _euid(env: DoctorEnv) -> int | None:
+    try:
+        with open(env.status, encoding="ascii") as fh:
+            return next(int(line.split()[2]) for line in fh if line.startswith("Uid:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def check_privileges(env: DoctorEnv) -> Check:
-    capeff = _capeff(env)
+    capeff, uid = _capeff(env), _euid(env)
+    if uid != 0:
+        return Check("privileges", FAIL, f"running as uid {uid}: capture needs root", "run as root: sudo socat-monitor run")
     missing = [name for name, bit in CAPABILITIES.items() if not capeff >> bit & 1]
     if missing:
-        return Check("privileges", FAIL, f"missing capabilities {', '.join(missing)} (uid {os.geteuid()})",
-                     "run as root: sudo socat-monitor run")
-    return Check("privileges", OK, f"uid {os.geteuid()} with {', '.join(CAPABILITIES)}")
+        return Check("privileges", FAIL, f"uid 0 without {', '.join(missing)}: the agent cannot start",
+                     f"give the agent {' '.join(CAPABILITIES)} (CapabilityBoundingSet= in scripts/socat-monitor.service)")
+    blind = [name for name, bit in INSPECT_CAPABILITIES.items() if not capeff >> bit & 1]
+    if blind:
+        return Check("privileges", WARN, f"uid 0 without {', '.join(blind)}: socat relays run by other users cannot "
+                     "have their sockets read (reported at start; their listeners are inferred from socket owners)",
+                     f"give the agent {' '.join(INSPECT_CAPABILITIES)} too (scripts/socat-monitor.service)")
+    return Check("privileges", OK, f"uid 0 with {', '.join([*CAPABILITIES, *INSPECT_CAPABILITIES])}")
 
 
 def check_binary(name: str, env: DoctorEnv, required: bool, version_args: list[str], fix: str, why: str) -> Check:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitor.doctor import FAIL, OK, WARN, DoctorEnv, check_tracepoints
+from monitor.doctor import FAIL, OK, WARN, DoctorEnv, check_privileges, check_tracepoints
 
 ALL_CAPS = "000001ffffffffff"
 NO_SYS_ADMIN = f"{int(ALL_CAPS, 16) & ~(1 << 21):016x}"
@@ -46,3 +46,29 @@ def test_mounted_tracefs_with_every_tracepoint_is_ok(tmp_path):
     for tp in TRACEPOINTS:
         (tmp_path / "tracing" / "events" / tp).mkdir(parents=True)
     assert check_tracepoints(e).status == OK
+
+
+def caps(*bits: int) -> str:
+    return f"{sum(1 << b for b in bits):016x}"
+
+
+def status_env(tmp_path, capeff: str, uid: int = 0) -> DoctorEnv:
+    (tmp_path / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nCapEff:\t{capeff}\n")
+    return DoctorEnv(status=str(tmp_path / "status"))
+
+
+def test_privileges_measured_set_is_enough(tmp_path):
+    # CAP_DAC_READ_SEARCH 2, CAP_NET_ADMIN 12, CAP_SYS_PTRACE 19, CAP_PERFMON 38, CAP_BPF 39: no CAP_SYS_ADMIN
+    assert check_privileges(status_env(tmp_path, caps(2, 12, 19, 38, 39))).status == OK
+
+
+def test_privileges_without_ptrace_warn_about_other_users_relays(tmp_path):
+    check = check_privileges(status_env(tmp_path, caps(12, 38, 39)))
+    assert check.status == WARN and "other users" in check.detail
+    assert "CAP_SYS_PTRACE" in check.fix and "CAP_DAC_READ_SEARCH" in check.fix
+
+
+def test_privileges_without_bpf_or_root_fail(tmp_path):
+    check = check_privileges(status_env(tmp_path, caps(2, 12, 19, 38)))
+    assert check.status == FAIL and "CAP_BPF" in check.detail
+    assert check_privileges(status_env(tmp_path, ALL_CAPS, uid=1000)).status == FAIL
