@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from monitor.capture import listeners
-from monitor.capture.listeners import discover
+from monitor.capture.listeners import accepted_addresses, discover
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
@@ -87,3 +87,20 @@ def _denied_for(*parts):
             raise PermissionError(13, "Permission denied")
         return real(path)
     return readlink
+
+
+def test_accepted_addresses_complete_a_truncated_ipv6_peer(tmp_path):
+    net = tmp_path / "7" / "net"
+    net.mkdir(parents=True)
+    (net / "tcp").write_text(HEADER + tcp_line(0, "0100007F:1F90", 0, 1)
+                             + "   1: 0200007F:1F90 0500007F:D431 01 0 0 0 0 0 0 0 2 1\n")
+    # fd77::1 port 8081 <- fd77::2 port 40000 (four host-order words); and a v4-mapped client on port 40001
+    (net / "tcp6").write_text(HEADER
+                              + "   0: 000077FD000000000000000001000000:1F91 000077FD000000000000000002000000:9C40 01 0 0 0 0 0 0 0 3 1\n"
+                              + "   1: 0000000000000000FFFF00000100007F:1F91 0000000000000000FFFF00000900007F:9C41 01 0 0 0 0 0 0 0 4 1\n")
+    proc = str(tmp_path)
+    assert accepted_addresses(7, 8080, "127.0.0.5", 54321, proc) == ("127.0.0.2", "127.0.0.5")
+    assert accepted_addresses(7, 8081, "fd77::", 40000, proc) == ("fd77::1", "fd77::2")   # 8 bytes known
+    assert accepted_addresses(7, 8081, "::", 40001, proc) == ("127.0.0.1", "127.0.0.9")
+    assert accepted_addresses(7, 8081, "fd78::", 40000, proc) is None     # another peer
+    assert accepted_addresses(8, 8080, "127.0.0.5", 54321, proc) is None  # gone

@@ -17,7 +17,7 @@ from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEv
 from .bpf import KernelProbe
 from .decode import DecodeError, decode
 from .enrich import Enricher, ProcessTable, boot_id, monotonic_offset_ns
-from .listeners import discover
+from .listeners import accepted_addresses, discover
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,10 @@ class Capture:
             event.destination_port = lst.port
             if lst.ip not in ("0.0.0.0", "::"):
                 event.destination_ip = lst.ip
+            seen = accepted_addresses(proc.pid, lst.port, event.source_ip, event.source_port)
+            if seen is not None:   # still open: the local address and the whole (IPv6) peer
+                event.destination_ip, event.source_ip = seen
+                event.listener = Listener(ip=seen[0] if lst.ip in ("0.0.0.0", "::") else lst.ip, port=lst.port)
 
     def poll(self, timeout_ms: int) -> list[CaptureRecord]:
         """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order."""

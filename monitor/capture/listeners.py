@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from ..events import Listener, normalize_ip
 
 _TCP_LISTEN = "0A"
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _LISTEN_ADDRESS = re.compile(r"(?i)^(?:tcp[46]?|openssl|ssl)-l(?:isten)?:(\d+)")
 
 
@@ -47,16 +48,23 @@ class Discovery:
     inferred: set[tuple[str, int, int]] = field(default_factory=set)      # (ip, port, pid) found by owner uid only
 
 
-def _hex_address(text: str) -> tuple[str, int]:
-    """`0100007F:1F90` -> ('127.0.0.1', 8080); IPv6 is four host-order words."""
+def _hex_raw(text: str) -> tuple[bytes, int]:
+    """`0100007F:1F90` -> (b'\\x7f\\0\\0\\x01', 8080): network-order address bytes and port."""
     addr_hex, port_hex = text.split(":")
     raw = bytes.fromhex(addr_hex)
     if len(raw) == 4:
-        ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
-    else:
-        words = struct.unpack("<4I", raw)
-        ip = socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
-    return normalize_ip(ip), int(port_hex, 16)
+        return raw[::-1], int(port_hex, 16)
+    return struct.pack(">4I", *struct.unpack("<4I", raw)), int(port_hex, 16)   # four host-order words
+
+
+def _text(raw: bytes) -> str:
+    return normalize_ip(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw))
+
+
+def _hex_address(text: str) -> tuple[str, int]:
+    """`0100007F:1F90` -> ('127.0.0.1', 8080); v4-mapped IPv6 becomes IPv4."""
+    raw, port = _hex_raw(text)
+    return _text(raw), port
 
 
 def namespace_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, Socket]:
@@ -180,6 +188,40 @@ def discover(comms: tuple[str, ...], proc: str = "/proc") -> Discovery:
                 out.inferred.add((sock.ip, sock.port, int(pid)))
     out.listeners = [(Listener(ip=ip, port=port), pid) for ip, port, pid in sorted(found)]
     return out
+
+
+def accepted_addresses(pid: int, lport: int, peer_ip: str, peer_port: int,
+                       proc: str = "/proc") -> tuple[str, str] | None:
+    """(local ip, full peer ip) of the open connection peer_port -> lport in PID's namespace.
+
+    Completes an accept whose handshake the kernel side did not see: it then
+    knows the whole IPv4 peer but only the first 8 bytes of an IPv6 one
+    (socat's accept buffer is 16 bytes) and not the local address. None when
+    the connection is gone or ambiguous.
+    """
+    try:
+        want = socket.inet_pton(socket.AF_INET6 if ":" in peer_ip else socket.AF_INET, peer_ip)
+    except OSError:
+        return None
+    found: set[tuple[str, str]] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/{pid}/net/{name}", encoding="ascii") as fh:
+                next(fh, None)
+                for line in fh:
+                    cols = line.split()
+                    if len(cols) < 4 or cols[3] == _TCP_LISTEN:
+                        continue
+                    local, port = _hex_raw(cols[1])
+                    remote, rport = _hex_raw(cols[2])
+                    if port != lport or rport != peer_port:
+                        continue
+                    if remote == want or (len(want) == 16 and len(remote) == 16 and remote[:8] == want[:8]) or (
+                            len(want) == 4 and remote == _V4_MAPPED + want):
+                        found.add((_text(local), _text(remote)))
+        except OSError:
+            continue
+    return found.pop() if len(found) == 1 else None
 
 
 def process_listeners(comms: tuple[str, ...], proc: str = "/proc") -> list[tuple[Listener, int]]:

@@ -397,23 +397,33 @@ def test_relay_started_before_capture_in_another_netns(netns, procs):
         capture.close()
 
 
-def test_accept_whose_handshake_was_not_seen_is_counted_and_completed(procs):
+@pytest.mark.parametrize("listen, family, host", [
+    ("TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1", socket.AF_INET, "127.0.0.1"),
+    ("TCP6-LISTEN:{port},reuseaddr,fork", socket.AF_INET6, "::1"),   # wildcard: local address from /proc
+])
+def test_accept_whose_handshake_was_not_seen_is_counted_and_completed(procs, backend, listen, family, host):
     """Connections queued while the agent was not attached: the kernel side sees the accept but
-    not the handshake. The listener and destination port come from /proc, and it is counted."""
-    proc, port = relay(procs, "TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1", "EXEC:cat")
+    not the handshake (so only 8 bytes of an IPv6 peer). The listener, destination and full peer
+    come from /proc (the listener for the relay child's connect too); the accept is counted."""
+    bport, _ = backend
+    proc, port = relay(procs, listen, f"TCP:127.0.0.1:{bport}", family)
     os.kill(proc.pid, signal.SIGSTOP)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+    with socket.create_connection((host, port), timeout=5) as client:
         cport = client.getsockname()[1]   # handshake done by the kernel, waiting in the backlog
         capture = Capture(CaptureConfig())
         try:
             os.kill(proc.pid, signal.SIGCONT)
             client.sendall(b"x")
             assert client.recv(1) == b"x"
-            recs = Recorder(capture).wait_for({proc.pid}, lambda r: conns(r, Action.ACCEPTED))
+            recs = Recorder(capture).wait_for({proc.pid}, lambda r: conns(r, Action.ACCEPTED) and conns(
+                r, Action.ATTEMPTED))
             (acc,) = conns(recs, Action.ACCEPTED)
-            assert (acc.source_ip, acc.source_port) == ("127.0.0.1", cport)
-            assert (acc.destination_ip, acc.destination_port) == ("127.0.0.1", port)
-            assert (acc.listener.ip, acc.listener.port) == ("127.0.0.1", port)
+            assert (acc.source_ip, acc.source_port) == (host, cport)
+            assert (acc.destination_ip, acc.destination_port) == (host, port)
+            assert (acc.listener.ip, acc.listener.port) == (host, port)
+            (att,) = conns(recs, Action.ATTEMPTED)
+            assert att.process.ppid == proc.pid and att.destination_port == bport
+            assert att.listener.port == port and att.session_id == acc.session_id
             assert capture.stats.incomplete == 1
         finally:
             capture.close()
