@@ -36,6 +36,7 @@ from .status import LiveStatus
 log = logging.getLogger(__name__)
 
 LISTENER_REFRESH_S = 5.0
+BASELINE_SAVE_S = 600.0
 
 
 @dataclass
@@ -60,11 +61,11 @@ class Agent:
         self._user_lost_reported = 0
         self.last_reload: dict[str, Any] = {}
         self._reload_done: threading.Event | None = None
-        self.sinks = _make_sinks(config, self.host, self._sink_error)
         self.policy = _load_policy(config.agent.policy)
+        self.detector = _make_detector(config)
         self.enforcer = _make_enforcer(config)
         self.egress = None
-        self.detector = _make_detector(config)
+        self.sinks = _make_sinks(config, self.host, self._sink_error)
         self.pipeline = Pipeline(
             policy=_engine(self.policy),
             detector=self.detector,
@@ -99,14 +100,15 @@ class Agent:
 
     def run(self) -> dict[str, Any]:
         """Run until stopped or the duration is over; return the summary."""
-        self.start()
         reader = threading.Thread(target=self._capture_loop, name="capture", daemon=True)
-        reader.start()
         try:
+            self.start()
+            reader.start()
             self._main_loop()
         finally:
             self.stop_event.set()
-            reader.join(5.0)
+            if reader.is_alive():
+                reader.join(5.0)
             self._drain()
             self._close()
         return self.summary()
@@ -118,9 +120,16 @@ class Agent:
                     closer.close()
                 except Exception as exc:
                     log.warning("closing %s: %s", type(closer).__name__, exc)
-        if self.detector is not None and self.config.agent.baseline:
-            self.detector.baseline().save(self.config.agent.baseline)
+        self._save_baseline()
         self.sinks.close()
+
+    def _save_baseline(self) -> None:
+        """Persist what the detectors learned, so a restart (or a crash) does not forget it."""
+        if self.config.agent.baseline:
+            try:
+                self.detector.baseline().save(self.config.agent.baseline)
+            except OSError as exc:
+                log.error("saving baseline %s: %s", self.config.agent.baseline, exc)
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
@@ -153,6 +162,7 @@ class Agent:
         next_tick = time.monotonic() + interval
         next_heartbeat = time.monotonic() + self.config.agent.heartbeat_interval_s
         next_refresh = time.monotonic() + LISTENER_REFRESH_S
+        next_save = time.monotonic() + BASELINE_SAVE_S
         while not self.stop_event.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -171,6 +181,9 @@ class Agent:
             if now >= next_refresh:
                 next_refresh = now + LISTENER_REFRESH_S
                 self._refresh_listeners()
+            if now >= next_save:
+                next_save = now + BASELINE_SAVE_S
+                self._save_baseline()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
@@ -254,6 +267,12 @@ class Agent:
         self.egress = EgressGuard(rules)
         self._refresh_listeners()
 
+    def _reload_egress(self) -> None:
+        if self.egress is not None:
+            self.egress.set_rules(_egress_rules(self.policy))
+        elif self.capture is not None:
+            self._start_egress(self.capture.listeners())
+
     def _audit(self, event: ProcessEvent) -> list[Alert]:
         from .policy import audit_command, audit_process, finding_to_alert, parse_command_line
 
@@ -299,6 +318,7 @@ class Agent:
             self.config.agent.policy = config.agent.policy
             self.policy = policy
             self.pipeline.replace_policy(_engine(policy))
+            self._reload_egress()
             log.info("reloaded: policy %s", config.agent.policy or "(none)")
             self.last_reload = {"ok": True, "policy": config.agent.policy}
         if self._reload_done is not None:
