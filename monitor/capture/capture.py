@@ -9,6 +9,7 @@ order. Kernel-side losses and undecodable records are counted, surfaced as
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -89,6 +90,7 @@ class Capture:
         self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
         self._rescanned: set[int] = set()         # pids rescanned for an incomplete accept
         self._pending: list[PipelineError] = []   # reported by the next poll()
+        self._lock = threading.Lock()             # listeners() may run in another thread than poll()
         self.listeners()
 
     def set_comms(self, comms: tuple[str, ...]) -> None:
@@ -109,11 +111,12 @@ class Capture:
         by_pid: dict[int, list[Listener]] = {}
         for lst in out:
             by_pid.setdefault(lst.pid, []).append(lst)
-        self._by_pid = by_pid
-        new = {pid: why for pid, why in found.uninspectable.items() if pid not in self._blind}
-        self._blind = found.uninspectable
-        if new:
-            self._report_blind(new, found.inferred)
+        with self._lock:
+            self._by_pid = by_pid
+            new = {pid: why for pid, why in found.uninspectable.items() if pid not in self._blind}
+            self._blind = found.uninspectable
+            if new:
+                self._report_blind(new, found.inferred)
         return out
 
     def _report_blind(self, blind: dict[int, str], inferred: set[tuple[str, int, int]]) -> None:
@@ -161,8 +164,9 @@ class Capture:
         append = out.append
         enrich = self._enrich
         if self._pending:
-            out.extend(self._pending)
-            self._pending = []
+            with self._lock:
+                out.extend(self._pending)
+                self._pending = []
         for data in raw:
             try:
                 record = decode(data)
