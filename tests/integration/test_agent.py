@@ -139,10 +139,7 @@ def test_metrics_match_events_written_and_heartbeat_appears(tmp_path, procs):
         for _ in range(25):
             connect(port)
         wait_for(lambda: len(_accepts(agent.documents(), port)) >= 25)
-        time.sleep(1.5)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        docs = agent.documents()
+        text, docs = _quiet_snapshot(agent, metrics_port)
         status = json.loads(socat_monitor("top", "--once", "--format", "json", "--socket", str(agent.socket)).stdout)
     finally:
         agent.stop()
@@ -158,6 +155,25 @@ def test_metrics_match_events_written_and_heartbeat_appears(tmp_path, procs):
     beats = [d for d in docs if d["event"]["kind"] == "metric"]
     assert beats and "kernel_lost_events_total" in beats[-1]["socat"]["metrics"]
     assert any(listener["port"] == port for listener in status["listeners"])
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def _quiet_snapshot(agent: AgentProcess, metrics_port: int) -> tuple[str, list[dict]]:
+    """Metrics and files at a moment when no event arrived in between (other
+    socat processes on the host may be busy): the two must then agree exactly."""
+    for _ in range(20):
+        before = _scrape(metrics_port)
+        time.sleep(1.2)   # longer than the NDJSON flush interval
+        docs = agent.documents()
+        after = _scrape(metrics_port)
+        counts = [_metric_values(t, "socat_monitor_events_total", "action") for t in (before, after)]
+        if counts[0] == counts[1]:
+            return after, docs
+    raise AssertionError("the agent never went quiet for a second")
 
 
 def _metric_values(text: str, name: str, label: str) -> dict[str, float]:
