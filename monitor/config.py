@@ -203,7 +203,9 @@ def place_state(config: Config) -> Config:
         enforce = dataclasses.replace(enforce, state_file=str(state / "blocks.json"))
     es = config.elasticsearch
     if es is not None and Path(es.spool_dir) == Path(_default(ElasticsearchConfig, "spool_dir")):
-        es = dataclasses.replace(es, spool_dir=state / "spool")
+        derived = Path(es.dead_letter_path) == Path(es.spool_dir) / "dead-letter.ndjson"
+        es = dataclasses.replace(es, spool_dir=state / "spool",
+                                 dead_letter_path=None if derived else es.dead_letter_path)
     ndjson = config.ndjson
     if Path(ndjson.directory) != Path(agent.output) and Path(ndjson.directory) == Path(AgentConfig.output):
         ndjson = dataclasses.replace(ndjson, directory=Path(agent.output))

@@ -60,6 +60,7 @@ def test_flags_override_the_file_and_state_follows_state_dir(tmp_path):
     assert config.enforce.state_file == str(tmp_path / "blocks.json")
     assert config.agent.baseline == str(tmp_path / "baseline.json")
     assert str(config.elasticsearch.spool_dir) == str(tmp_path / "spool")
+    assert str(config.elasticsearch.dead_letter_path) == str(tmp_path / "spool" / "dead-letter.ndjson")
 
 
 @pytest.mark.parametrize("text, line, needle", [
