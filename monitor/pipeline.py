@@ -19,7 +19,6 @@ from .events import (
     Alert,
     BlockEvent,
     ConnectionEvent,
-    Direction,
     Listener,
     ProcessEvent,
     Record,
@@ -140,10 +139,3 @@ class Pipeline:
             self.stats.refused_blocks += 1
         return event
 
-
-def is_ingress_accept(record: Record) -> bool:
-    return (
-        isinstance(record, ConnectionEvent)
-        and record.action is Action.ACCEPTED
-        and record.direction is Direction.INGRESS
-    )
