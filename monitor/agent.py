@@ -28,7 +28,7 @@ from .config import Config, load_config
 from .console import format_record
 from .control import ControlServer
 from .ecs import HostInfo
-from .events import Action, Alert, Heartbeat, PipelineError, ProcessEvent, Record, now_ns
+from .events import Action, Alert, ConnectionEvent, Heartbeat, PipelineError, ProcessEvent, Record, now_ns
 from .metrics import MetricsServer, Sample, process_samples
 from .pipeline import Pipeline
 from .status import LiveStatus
@@ -77,6 +77,7 @@ class Agent:
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self._pending_errors: list[PipelineError] = []
+        self._known_ports: set[int] = set()
 
     # ---- start and stop -------------------------------------------------
 
@@ -204,10 +205,12 @@ class Agent:
 
     def _process(self, batch: list[Record]) -> None:
         for record in batch:
+            if isinstance(record, ConnectionEvent) and record.listener is not None \
+                    and record.listener.port not in self._known_ports:
+                self._known_ports.add(record.listener.port)
+                self._refresh_listeners()   # a new relay: scope blocks and guard its backends at once
             for out in self.pipeline.process(record):
                 self._emit(out)
-                if self.egress is not None and isinstance(out, ProcessEvent):
-                    self._refresh_listeners()
 
     def _tick(self) -> None:
         for record in self.pipeline.tick(now_ns()):
@@ -251,8 +254,10 @@ class Agent:
 
     def _refresh_listeners(self) -> None:
         listeners = self.capture.listeners()
+        ports = self._listener_ports(listeners)
+        self._known_ports |= ports
         if self.enforcer is not None:
-            self.enforcer.set_ports(self._listener_ports(listeners))
+            self.enforcer.set_ports(ports)
         if self.egress is not None:
             for listener in listeners:
                 if listener.pid is not None:
