@@ -83,6 +83,8 @@ class AnalysisResult:
                 "start_ns": self.baseline.learning_start_ns,
                 "end_ns": self.baseline.learning_end_ns,
                 "complete": self.baseline.complete,
+                "listeners": {str(port): {"start_ns": start, "end_ns": end}
+                              for port, (start, end) in sorted(self.baseline.listener_learning.items())},
             },
             "listeners": [vars(s) for s in self.listeners],
             "sources": [vars(s) for s in self.sources],
@@ -116,7 +118,7 @@ def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
     order = np.argsort(chunk.t, kind="stable")
     ingress = ~chunk.egress[order]
     action = chunk.action[order]
-    start = ingress & ((action == _ACCEPTED) | (action == _DENIED))
+    start = ingress & (action == _ACCEPTED)     # a refused connection's DENIED only counts as refused
     refused = ingress & chunk.refused[order]
     duration = chunk.duration[order]
     short = ingress & (action == _CLOSED) & (duration >= 0) & (duration < short_ns)

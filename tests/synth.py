@@ -2,10 +2,11 @@
 
 Normal traffic: many sources with their own rates and a day-like sine
 variation, connecting to a few listeners (accept, then close after a
-log-normal duration). Injected incidents after the learning period: floods,
-slow ramps, scans (many listeners and short sessions), new sources,
-distributed floods and refused bursts, each labelled with the rule that
-should flag it.
+log-normal duration), and a listener that only starts after the learning
+period (it learns on its own). Injected incidents after the learning period:
+floods, slow ramps, scans (many listeners and short sessions), new sources,
+distributed floods and refused bursts (a refused connection is ACCEPTED then
+DENIED, as capture reports it), each labelled with the rule that should flag it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from monitor.events import Action, ConnectionEvent, Listener
 T0 = 1_767_225_600 * 10**9          # 2026-01-01T00:00:00Z
 S = 10**9
 LISTENERS = (8080, 8443, 5432)
+LATE_LISTENER = 9000                # starts a sixth of the way after the learning period
 LISTEN_IP = "127.0.0.1"
 _ACTIONS = (Action.ACCEPTED, Action.CLOSED, Action.DENIED)
 
@@ -87,8 +89,10 @@ class _Builder:
             return
         lst_arr = np.broadcast_to(np.asarray(lst, dtype=np.int64), (n,)).copy()
         sport = self.rng.integers(20000, 60000, n)
-        if denied:
-            self.parts.append((times, np.full(n, 2), [ip] * n, sport, lst_arr, np.full(n, -1)))
+        if denied:      # socat accepts, sees the range= mismatch and closes at once
+            dur = np.full(n, S // 1000, dtype=np.int64)
+            self.parts.append((times, np.zeros(n, dtype=np.int64), [ip] * n, sport, lst_arr, np.full(n, -1)))
+            self.parts.append((times + dur, np.full(n, 2), [ip] * n, sport, lst_arr, dur))
             return
         if durations_s is None:
             durations_s = self.rng.lognormal(np.log(8.0), 0.8, n)
@@ -133,7 +137,7 @@ def normal_sources(n: int, seed: int = 1) -> list[tuple[str, tuple[int, ...], fl
 
 
 def generate(hours: float = 3.0, learn_s: float = 3600.0, sources: int = 200, seed: int = 7,
-             incidents: bool = True) -> Stream:
+             incidents: bool = True, late_listener: bool = True) -> Stream:
     """The labelled test stream: normal traffic for `hours`, incidents after learning."""
     rng = np.random.default_rng(seed)
     b = _Builder(seed)
@@ -143,9 +147,33 @@ def generate(hours: float = 3.0, learn_s: float = 3600.0, sources: int = 200, se
         for lst in uses:
             b.connections(poisson_times(rng, rate / len(uses), T0, end, phase=rng.uniform(0, 0.3)), ip, lst)
     found: list[Incident] = []
+    learn_end = T0 + int(learn_s * S)
+    if late_listener:
+        _late_listener(b, rng, found, learn_end + (end - learn_end) // 6, learn_s, end, incidents)
     if incidents:
-        _inject(b, rng, found, T0 + int(learn_s * S), end, regulars)
+        _inject(b, rng, found, learn_end, end, regulars)
     return b.build(found)
+
+
+def _late_listener(b: _Builder, rng, found: list[Incident], start: int, learn_s: float, end: int,
+                   incidents: bool) -> None:
+    """A relay started after the learning period, with 40 clients of its own (unseen /24s):
+    they are no new sources. Once it has learned: a flood and a new source on it."""
+    regulars = [(f"10.2.{i % 8}.{10 + i // 8}", float(np.clip(rng.lognormal(np.log(1 / 30), 1.0), 1 / 300, 1.0)))
+                for i in range(40)]
+    for ip, rate in regulars:
+        b.connections(poisson_times(rng, rate, start, end), ip, LATE_LISTENER)
+    learned = start + int(learn_s * S)
+    if not incidents or learned + 60 * S >= end:
+        return
+    ip = regulars[3][0]
+    at = learned + 20 * S
+    b.connections(at + np.sort(rng.uniform(0, 4, 200) * S).astype(np.int64), ip, LATE_LISTENER)
+    found.append(Incident("anomaly.source_rate", ip, at, at + 14 * S))
+    found.append(Incident("anomaly.listener_rate", f"listener:{LATE_LISTENER}", at, at + 14 * S, required=False))
+    at = learned + 40 * S
+    b.connections(at + np.sort(rng.uniform(0, 10, 3) * S).astype(np.int64), "172.20.9.7", LATE_LISTENER)
+    found.append(Incident("anomaly.new_source", f"{LATE_LISTENER}:172.20.9.0/24", at, at + 11 * S))
 
 
 def _inject(b: _Builder, rng, found: list[Incident], start: int, end: int, regulars) -> None:

@@ -12,7 +12,7 @@ import pytest
 from monitor.ecs import HostInfo, render
 from monitor.events import Action, Alert, ProcessEvent, ProcessInfo, Severity
 from tests.lab import socat_monitor
-from tests.synth import T0, generate, minimal_doc
+from tests.synth import LATE_LISTENER, T0, generate, minimal_doc
 
 LEARN = ["--learning-period", "10m"]
 
@@ -61,7 +61,9 @@ def test_json_output_is_ecs_alert_documents(reference):
                                               "anomaly.scan", "anomaly.refused_burst"}
     assert summary["alerts"] == len(docs) and summary["malformed"] == 0
     assert summary["learning"]["complete"] is True
-    assert {s["port"] for s in summary["listeners"]} == {8080, 8443, 5432}
+    assert {s["port"] for s in summary["listeners"]} == {8080, 8443, 5432, LATE_LISTENER}
+    learning = summary["learning"]["listeners"]     # the late relay learned from its own first event
+    assert learning[str(LATE_LISTENER)]["start_ns"] > learning["8080"]["end_ns"]
     rate = next(d for d in docs if d["rule"]["id"] == "anomaly.source_rate")
     assert rate["socat"]["detection"]["observed"] >= rate["socat"]["detection"]["threshold"]
 

@@ -337,3 +337,77 @@ def test_v4_mapped_clients_are_one_source(tmp_path):
     assert [a.source_ip for a in rate] == ["10.9.0.1"] and rate[0].observed == 20
     _det, live, _fast = run_live(events, config, tick_s=0.5)
     assert signature(live) == signature(result.alerts)
+
+
+def _accepts(ips, port: int, start_ns: int, step_ns: int) -> list[ConnectionEvent]:
+    return [ConnectionEvent(Action.ACCEPTED, start_ns + k * step_ns, ip, 41000 + k, "127.0.0.1", port,
+                            listener=Listener("127.0.0.1", port), id=f"a{port}-{start_ns}-{k}")
+            for k, ip in enumerate(ips)]
+
+
+def _offline(tmp_path, events, config: DetectConfig, name: str = "events.ndjson"):
+    path = tmp_path / name
+    host = HostInfo("h", "0" * 32)
+    path.write_bytes(b"".join(orjson.dumps(render(ev, host)) + b"\n" for ev in events))
+    return analyze([path], config=config).alerts
+
+
+def test_a_listener_started_after_learning_learns_on_its_own(tmp_path):
+    """A relay started after the learning period: its clients are no new sources while it learns;
+    afterwards new prefixes and floods on it are flagged against what it learned. Live == offline,
+    and a restart in the middle of its learning resumes it."""
+    config = DetectConfig(learning_period_s=60)
+    late = T0 + 300 * S
+    clients = [f"10.{50 + k}.0.1" for k in range(30)]
+    events = _quiet(T0, 120)
+    events += _accepts(clients, 9090, late, S)                              # 30 unseen /24s in its first 30 s
+    events += _accepts(clients, 9090, late + 35 * S, S)                     # still learning (until late + 60 s)
+    events += _accepts(["192.0.2.9", clients[4]], 9090, late + 100 * S, S)  # after: one new /24, one known
+    events += _flood(clients[0], late + 120 * S, 1.0, 40, port=9090)
+    events.sort(key=lambda e: e.timestamp_ns)
+    det, live, _fast = run_live(events, config, tick_s=0.5)
+    on_late = [a for a in live if a.listener.port == 9090]
+    assert not [a for a in on_late if a.timestamp_ns < late + 60 * S]
+    assert [(a.rule_id, a.source_ip) for a in on_late if a.rule_id == "anomaly.new_source"] == [
+        ("anomaly.new_source", "192.0.2.9")]
+    rate = [a for a in on_late if a.rule_id == "anomaly.source_rate"]
+    assert [a.source_ip for a in rate] == [clients[0]] and rate[0].baseline == 1.0   # what it learned
+    assert det.baseline().listener_learning[9090] == (late, late + 60 * S)
+    assert signature(_offline(tmp_path, events, config)) == signature(live)
+    cut = next(i for i, ev in enumerate(events) if ev.timestamp_ns >= late + 40 * S)
+    first, before, _f = run_live(events[:cut], config, tick_s=0.5)
+    saved = tmp_path / "baseline.json"
+    first.baseline().save(saved)
+    _again, after, _f = run_live(events[cut:], config, tick_s=0.5, baseline=Baseline.load(saved))
+    assert signature(before + after) == signature(live)
+
+
+def _refused(ip: str, port: int, start_ns: int, n: int, step_ns: int) -> list[ConnectionEvent]:
+    """n connections socat refuses, as capture reports them: ACCEPTED, then DENIED (refused=True)."""
+    out = []
+    for k in range(n):
+        t = start_ns + k * step_ns
+        out.append(ConnectionEvent(Action.ACCEPTED, t, ip, 42000 + k, "127.0.0.1", port,
+                                   listener=Listener("127.0.0.1", port), id=f"r{k}a"))
+        out.append(ConnectionEvent(Action.DENIED, t + S // 1000, ip, 42000 + k, "127.0.0.1", port,
+                                   listener=Listener("127.0.0.1", port), duration_ns=S // 1000, refused=True,
+                                   id=f"r{k}d"))
+    return out
+
+
+def test_a_refused_connection_counts_once(tmp_path):
+    """ACCEPTED + DENIED of one refused connection: one connection for the rate rules, one refusal."""
+    config = DetectConfig(learning_period_s=5, listener_rate_min=26)
+    start = T0 + 20 * S
+    events = _quiet(T0, 10) + _refused("10.9.0.7", 8080, start, 25, S // 10)
+    for alerts in (run_live(events, config, tick_s=0.5)[1], _offline(tmp_path, events, config)):
+        by_rule = {}
+        for alert in alerts:
+            by_rule.setdefault(alert.rule_id, []).append(alert)
+        rate = by_rule["anomaly.source_rate"]
+        assert len(rate) == 1 and rate[0].observed == 20
+        assert rate[0].timestamp_ns == start + 19 * S // 10        # the 20th ACCEPTED, not the 10th DENIED
+        assert "anomaly.listener_rate" not in by_rule                # 25 connections < 26
+        burst = by_rule["anomaly.refused_burst"]
+        assert len(burst) == 1 and burst[0].observed == 10
+        assert burst[0].timestamp_ns == start + 9 * S // 10 + S // 1000

@@ -128,9 +128,9 @@ def _table(result) -> str:
         lines += _columns(rows)
     if result.listeners:
         lines.append("")
-        rows = [("LISTENER", "CONNECTIONS", "REFUSED", "SOURCES", "ALERTS")]
-        rows += [(str(s.port), str(s.connections), str(s.refused), str(s.sources), str(s.alerts))
-                 for s in result.listeners]
+        rows = [("LISTENER", "CONNECTIONS", "REFUSED", "SOURCES", "ALERTS", "LEARNED UNTIL (its own period)")]
+        rows += [(str(s.port), str(s.connections), str(s.refused), str(s.sources), str(s.alerts),
+                  _learned_until(base, s.port)) for s in result.listeners]
         lines += _columns(rows)
     if result.sources:
         lines.append("")
@@ -138,6 +138,13 @@ def _table(result) -> str:
         rows += [(s.ip, str(s.connections), str(s.refused), str(s.listeners), str(s.alerts)) for s in result.sources]
         lines += _columns(rows)
     return "\n".join(lines) + "\n"
+
+
+def _learned_until(base, port: int) -> str:
+    from ..ecs import iso_timestamp
+
+    end = base.listener_learning_end(port)
+    return "-" if end is None else iso_timestamp(end)
 
 
 def _num(value) -> str:

@@ -1,12 +1,13 @@
 """The learned state of the detectors: `Baseline`, persisted as compact JSON.
 
-During the learning period it collects, in event time, each source's peak
-connection count per window on each listener, each listener's peak, each
-source's peak of distinct listeners and of short sessions, and the source
-prefixes seen per listener. `finish_learning` freezes it: it computes each
-listener's peer peak (a quantile over its sources) and caps its size
-(`max_tracked`, least recently seen out). It is saved atomically so a
-restarted agent does not learn again.
+Each listener learns for its own learning period, from its own first event
+(`start_listener`): its sources' peak connection counts per window, its own
+peak, and the source prefixes seen on it; once that period is over its peer
+peak (a quantile over its sources) is computed (`source_rate_baseline`). The
+first learning period (from the first event at all) also learns each
+source's peak of distinct listeners and of short sessions; `finish_learning`
+ends it and caps the size (`max_tracked`, least recently seen out). It is
+saved atomically so a restarted agent does not learn again.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Baseline:
     listener_rate: dict[int, int] = field(default_factory=dict)             # listener -> peak
     peer_rate: dict[int, float] = field(default_factory=dict)               # listener -> peer peak
     seen: dict[int, dict[str, int]] = field(default_factory=dict)           # listener -> prefix -> first ns
+    listener_learning: dict[int, tuple[int, int]] = field(default_factory=dict)   # listener -> (start, end) ns
+    listener_done: set[int] = field(default_factory=set)                    # listeners whose peer peak is set
     path: str | None = field(default=None, compare=False)                   # the file it was loaded from
 
     @classmethod
@@ -60,18 +63,28 @@ class Baseline:
             self.learning_end_ns = first_ns + int(round(config.learning_period_s * 1e9))
 
     def finish_learning(self, config: DetectConfig) -> None:
-        """Freeze: peer peaks per listener, then cap the size."""
+        """End the first learning period (per-source peaks): cap the size."""
         self.prune(config.max_tracked)
-        per_listener: dict[int, list[int]] = {}
-        for (listener, _ip), peak in self.source_rate.items():
-            per_listener.setdefault(listener, []).append(peak)
-        self.peer_rate = {
-            listener: float(np.quantile(np.asarray(peaks, dtype=np.float64), config.peer_quantile))
-            for listener, peaks in sorted(per_listener.items())
-        }
         self.complete = True
 
-    def source_rate_baseline(self, listener: int, ip: str) -> float:
+    def start_listener(self, listener: int, first_ns: int, config: DetectConfig) -> int:
+        """Start a listener's own learning period at its first event (once); the end of it, ns."""
+        span = self.listener_learning.get(listener)
+        if span is None:
+            span = self.listener_learning[listener] = (first_ns, first_ns + int(round(config.learning_period_s * 1e9)))
+        return span[1]
+
+    def listener_learning_end(self, listener: int) -> int | None:
+        span = self.listener_learning.get(listener)
+        return None if span is None else span[1]
+
+    def source_rate_baseline(self, listener: int, ip: str, peer_quantile: float) -> float:
+        """A source's learned peak on a listener that has finished learning: its own, or its peers'."""
+        if listener not in self.listener_done:
+            peaks = [peak for (lst, _ip), peak in self.source_rate.items() if lst == listener]
+            if peaks:
+                self.peer_rate[listener] = float(np.quantile(np.asarray(peaks, dtype=np.float64), peer_quantile))
+            self.listener_done.add(listener)
         return float(max(self.source_rate.get((listener, ip), 0), self.peer_rate.get(listener, 0.0)))
 
     def add_seen(self, listener: int, prefix: str, t_ns: int) -> bool:
@@ -121,6 +134,9 @@ class Baseline:
             listeners.setdefault(str(listener), {})["peer_rate"] = peer
         for listener, prefixes in self.seen.items():
             listeners.setdefault(str(listener), {})["seen"] = prefixes
+        for listener, (start, end) in self.listener_learning.items():
+            listeners.setdefault(str(listener), {})["learning"] = {
+                "start_ns": start, "end_ns": end, "complete": listener in self.listener_done}
         return orjson.dumps({
             "format": FORMAT,
             "version": VERSION,
@@ -187,6 +203,16 @@ class Baseline:
                 base.peer_rate[port] = peer
             if "seen" in entry:
                 base.seen[port] = {str(p): int(t) for p, t in entry["seen"].items()}
+            if "learning" in entry:
+                span = entry["learning"]
+                base.listener_learning[port] = (int(span["start_ns"]), int(span["end_ns"]))
+                if span["complete"]:
+                    base.listener_done.add(port)
+            elif base.learning_start_ns is not None and base.learning_end_ns is not None:
+                # a baseline saved before listeners learned on their own: they learned in the first period
+                base.listener_learning[port] = (base.learning_start_ns, base.learning_end_ns)
+                if base.complete:
+                    base.listener_done.add(port)
         for ip, entry in data["sources"].items():
             if "last_ns" in entry:
                 base.source_last_ns[ip] = int(entry["last_ns"])

@@ -4,8 +4,9 @@
 chunk offline, the last micro-batch live), counts every key's events in its
 sliding window with numpy (count of the key's rows whose time slot lies in
 `[slot - K + 1, slot]`, up to and including the row), learns peaks while the
-baseline is learning and, afterwards, raises an alert at the first row whose
-count reaches the threshold, once per rule and key per cooldown. The
+row's listener is learning (each listener has its own learning period, from
+its first row) and, afterwards, raises an alert at the first row whose count
+reaches the threshold, once per rule and key per cooldown. The
 live fast path (`detector.py`) applies the very same crossing rule per event,
 so both raise the same alerts.
 
@@ -27,7 +28,7 @@ from .config import DetectConfig, rate_threshold
 from .rows import IpTable, Rows
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE, build_alert, describe_rate
 
-_COLS = ("t", "slot", "lst", "src", "dst", "start", "refused", "short", "w", "new", "row")
+_COLS = ("t", "slot", "lst", "src", "dst", "start", "refused", "short", "w", "new", "row", "learn")
 
 
 @dataclass
@@ -45,12 +46,13 @@ class _Frame:
     w: np.ndarray       # weight: 1, or the number of context rows summed into this one
     new: np.ndarray     # bool: a row of this batch (context rows raise nothing)
     row: np.ndarray     # index in the batch, -1 for context
+    learn: np.ndarray   # bool: its listener is still learning (raises nothing, feeds the baseline)
 
     @classmethod
     def empty(cls) -> "_Frame":
         i = np.empty(0, dtype=np.int64)
         b = np.empty(0, dtype=bool)
-        return cls(i, i, i, i, i, b, b, b, i, b, i)
+        return cls(i, i, i, i, i, b, b, b, i, b, i, b)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -133,35 +135,44 @@ class BatchEngine:
         self.watermark = int(t[-1])
         base = self.baseline
         base.start_learning(int(t[0]), self.config)
+        learn = self._listeners_learning(rows.lst, t)
         split = 0 if base.complete else int(np.searchsorted(t, base.learning_end_ns, side="left"))
         alerts: list[Alert] = []
         if split > 0:
-            self._run(rows, t, 0, split, learning=True)
+            self._run(rows, t, learn, 0, split, learning=True)
         if split < len(rows):
             if not base.complete:
                 base.finish_learning(self.config)
-            alerts = self._run(rows, t, split, len(rows), learning=False)
+            alerts = self._run(rows, t, learn, split, len(rows), learning=False)
         self._forget_cooldowns()
         return alerts
 
-    def _run(self, rows: Rows, t: np.ndarray, a: int, b: int, learning: bool) -> list[Alert]:
+    def _listeners_learning(self, lst: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Per row: is its listener still in its own learning period (started at its first row)?"""
+        ports, first = np.unique(lst, return_index=True)
+        ends = np.array([self.baseline.start_listener(int(port), int(t[i]), self.config)
+                         for port, i in zip(ports, first)], dtype=np.int64)
+        return t < ends[np.searchsorted(ports, lst)]
+
+    def _run(self, rows: Rows, t: np.ndarray, learn: np.ndarray, a: int, b: int, learning: bool) -> list[Alert]:
+        """Rows a..b; `learning`: the first learning period (per-source peaks), `learn`: per listener."""
         part = _Frame(
             t=t[a:b], slot=t[a:b] // self._res, lst=rows.lst[a:b], src=rows.src[a:b], dst=rows.dst[a:b],
             start=rows.start[a:b], refused=rows.refused[a:b], short=rows.short[a:b],
             w=np.ones(b - a, dtype=np.int64), new=np.ones(b - a, dtype=bool), row=np.arange(a, b, dtype=np.int64),
+            learn=learn[a:b],
         )
         frame = _Frame.concat(self._context, part)
         found: list[Alert] = []
-        if learning:
-            self._learn_last_seen(frame)
+        self._learn_last_seen(frame)
         if NEW_SOURCE in self.rules:
-            found += self._new_source(frame, rows, learning)
+            found += self._new_source(frame, rows)
         if SOURCE_RATE in self.rules:
-            found += self._source_rate(frame, rows, learning)
+            found += self._source_rate(frame, rows)
         if REFUSED_BURST in self.rules and not learning:
             found += self._refused(frame, rows)
         if LISTENER_RATE in self.rules:
-            found += self._listener_rate(frame, rows, learning)
+            found += self._listener_rate(frame, rows)
         if SCAN in self.rules:
             found += self._scan(frame, rows, learning)
         self._context = self._compress(frame)
@@ -189,7 +200,7 @@ class BatchEngine:
             t=slot * self._res, slot=slot, lst=lst[first], src=src[first], dst=np.full(n, -1, dtype=np.int64),
             start=(kind & 1).astype(bool), refused=(kind & 2).astype(bool), short=(kind & 4).astype(bool),
             w=np.add.reduceat(w, first) if n else w[:0], new=np.zeros(n, dtype=bool),
-            row=np.full(n, -1, dtype=np.int64),
+            row=np.full(n, -1, dtype=np.int64), learn=np.zeros(n, dtype=bool),
         )
 
     def codes_in_use(self) -> np.ndarray:
@@ -217,7 +228,8 @@ class BatchEngine:
         chosen: list[int] = []
         if len(t) == 0:
             return chosen
-        bounds = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]] + [len(keys)]
+        key_array = np.asarray(keys)
+        bounds = [0] + (np.flatnonzero(key_array[1:] != key_array[:-1]) + 1).tolist() + [len(keys)]
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             times = t[lo:hi]
             cooldown_key = (rule, keys[lo])
@@ -234,7 +246,7 @@ class BatchEngine:
     # ---- rules ---------------------------------------------------------------------------
 
     def _learn_last_seen(self, frame: _Frame) -> None:
-        mask = frame.new & frame.start
+        mask = frame.new & frame.start & frame.learn
         if not mask.any():
             return
         last = pd.Series(frame.t[mask]).groupby(frame.src[mask]).max()
@@ -243,7 +255,7 @@ class BatchEngine:
         for code, t in zip(last.index.to_numpy(), last.to_numpy()):
             seen[ips[code]] = max(seen.get(ips[code], 0), int(t))
 
-    def _new_source(self, frame: _Frame, rows: Rows, learning: bool) -> list[Alert]:
+    def _new_source(self, frame: _Frame, rows: Rows) -> list[Alert]:
         mask = frame.new & frame.start
         index = np.flatnonzero(mask)
         if len(index) == 0:
@@ -255,7 +267,7 @@ class BatchEngine:
         base = self.baseline
         for lst, src, i in zip(firsts["lst"].to_numpy(), firsts["src"].to_numpy(), firsts["i"].to_numpy()):
             prefix = prefix_of[src]
-            if not base.add_seen(int(lst), prefix, int(frame.t[i])) or learning:
+            if not base.add_seen(int(lst), prefix, int(frame.t[i])) or frame.learn[i]:
                 continue
             ip = self.ips.ips[src]
             target = prefix if self.ips.is_range(ip) else ip
@@ -272,31 +284,31 @@ class BatchEngine:
         code = int(frame.dst[i])
         return self.ips.ips[code] if code >= 0 else ""
 
-    def _source_rate(self, frame: _Frame, rows: Rows, learning: bool) -> list[Alert]:
+    def _source_rate(self, frame: _Frame, rows: Rows) -> list[Alert]:
         key = (frame.lst << 32) | frame.src
         c = window_counts(frame, frame.start, key, self._k_source)
         new = frame.new[c.index]
+        learn = new & frame.learn[c.index]
         base = self.baseline
         ips = self.ips.ips
-        if learning:
-            if new.any():
-                peaks = pd.Series(c.count[new]).groupby(c.group[new]).max()
-                for g, peak in zip(peaks.index.to_numpy(), peaks.to_numpy()):
-                    k = int(c.keys[g])
-                    name = (k >> 32, ips[k & 0xFFFFFFFF])
-                    base.source_rate[name] = max(base.source_rate.get(name, 0), int(peak))
-            return []
-        cand = np.flatnonzero(new & (c.count >= self.config.source_rate_min))
+        if learn.any():
+            peaks = pd.Series(c.count[learn]).groupby(c.group[learn]).max()
+            for g, peak in zip(peaks.index.to_numpy(), peaks.to_numpy()):
+                k = int(c.keys[g])
+                name = (k >> 32, ips[k & 0xFFFFFFFF])
+                base.source_rate[name] = max(base.source_rate.get(name, 0), int(peak))
+        cand = np.flatnonzero(new & ~learn & (c.count >= self.config.source_rate_min))
         if len(cand) == 0:
             return []
         thresholds: dict[int, tuple[float, float]] = {}
+        by_group = np.zeros(len(c.keys), dtype=np.float64)
         for g in np.unique(c.group[cand]):
             k = int(c.keys[g])
-            learned = base.source_rate_baseline(k >> 32, ips[k & 0xFFFFFFFF])
+            learned = base.source_rate_baseline(k >> 32, ips[k & 0xFFFFFFFF], self.config.peer_quantile)
             thresholds[int(g)] = (rate_threshold(self.config.source_rate_min, self.config.source_rate_factor, learned), learned)
-        thr = np.array([thresholds[int(g)][0] for g in c.group[cand]])
-        cand = cand[c.count[cand] >= thr]
-        keys = [int(c.keys[g]) for g in c.group[cand]]
+            by_group[g] = thresholds[int(g)][0]
+        cand = cand[c.count[cand] >= by_group[c.group[cand]]]
+        keys = c.keys[c.group[cand]].astype(np.int64).tolist()
         out = []
         for p in self._select(SOURCE_RATE, keys, frame.t[c.index[cand]]):
             pos = cand[p]
@@ -315,8 +327,8 @@ class BatchEngine:
 
     def _refused(self, frame: _Frame, rows: Rows) -> list[Alert]:
         c = window_counts(frame, frame.refused, frame.src, self._k_refused)
-        cand = np.flatnonzero(frame.new[c.index] & (c.count >= self.config.refused_min))
-        keys = [int(c.keys[g]) for g in c.group[cand]]
+        cand = np.flatnonzero(frame.new[c.index] & ~frame.learn[c.index] & (c.count >= self.config.refused_min))
+        keys = c.keys[c.group[cand]].astype(np.int64).tolist()
         out = []
         for p in self._select(REFUSED_BURST, keys, frame.t[c.index[cand]]):
             pos = cand[p]
@@ -333,26 +345,27 @@ class BatchEngine:
             ))
         return out
 
-    def _listener_rate(self, frame: _Frame, rows: Rows, learning: bool) -> list[Alert]:
+    def _listener_rate(self, frame: _Frame, rows: Rows) -> list[Alert]:
         c = window_counts(frame, frame.start, frame.lst, self._k_listener)
         new = frame.new[c.index]
+        learn = new & frame.learn[c.index]
         base = self.baseline
-        if learning:
-            if new.any():
-                peaks = pd.Series(c.count[new]).groupby(c.group[new]).max()
-                for g, peak in zip(peaks.index.to_numpy(), peaks.to_numpy()):
-                    lst = int(c.keys[g])
-                    base.listener_rate[lst] = max(base.listener_rate.get(lst, 0), int(peak))
-            return []
-        cand = np.flatnonzero(new & (c.count >= self.config.listener_rate_min))
+        if learn.any():
+            peaks = pd.Series(c.count[learn]).groupby(c.group[learn]).max()
+            for g, peak in zip(peaks.index.to_numpy(), peaks.to_numpy()):
+                lst = int(c.keys[g])
+                base.listener_rate[lst] = max(base.listener_rate.get(lst, 0), int(peak))
+        cand = np.flatnonzero(new & ~learn & (c.count >= self.config.listener_rate_min))
         if len(cand) == 0:
             return []
         learned = {int(g): float(base.listener_rate.get(int(c.keys[g]), 0)) for g in np.unique(c.group[cand])}
         thr_of = {g: rate_threshold(self.config.listener_rate_min, self.config.listener_rate_factor, v)
                   for g, v in learned.items()}
-        thr = np.array([thr_of[int(g)] for g in c.group[cand]])
-        cand = cand[c.count[cand] >= thr]
-        keys = [int(c.keys[g]) for g in c.group[cand]]
+        by_group = np.zeros(len(c.keys), dtype=np.float64)
+        for g, threshold in thr_of.items():
+            by_group[g] = threshold
+        cand = cand[c.count[cand] >= by_group[c.group[cand]]]
+        keys = c.keys[c.group[cand]].astype(np.int64).tolist()
         out = []
         for p in self._select(LISTENER_RATE, keys, frame.t[c.index[cand]]):
             pos = cand[p]
@@ -420,14 +433,14 @@ class BatchEngine:
                         table[ip] = max(table.get(ip, 0), int(peak))
             return []
         cands: list[tuple[int, int, int, int, float, float, str]] = []   # (src, t, frame index, count, thr, base, kind)
-        over = d_new & (d_count >= cfg.scan_min_listeners)
+        over = d_new & ~frame.learn[d_index] & (d_count >= cfg.scan_min_listeners)
         for i, count in zip(d_index[over], d_count[over]):
             ip = ips[int(frame.src[i])]
             learned = float(base.source_distinct.get(ip, 0))
             thr = float(max(cfg.scan_min_listeners, learned + 1))
             if count >= thr:
                 cands.append((int(frame.src[i]), int(frame.t[i]), int(i), int(count), thr, learned, "listeners"))
-        for pos in np.flatnonzero(s_new & (s.count >= cfg.scan_short_min)):
+        for pos in np.flatnonzero(s_new & ~frame.learn[s.index] & (s.count >= cfg.scan_short_min)):
             i = int(s.index[pos])
             ip = ips[int(frame.src[i])]
             learned = float(base.source_short.get(ip, 0))

@@ -63,6 +63,20 @@ class DetectConfig:
     - new_source: a /`new_source_v4_prefix` (/`new_source_v6_prefix`) never seen on the listener
 
     A learned peak is the highest count the key reached in one window during learning.
+
+    Learning: each listener learns for `learning_period_s` of event time from its
+    own first event (a relay started in the afternoon learns from then on, instead
+    of flagging every client as new): its prefixes seen (new_source), its sources'
+    peaks and its peer peak (source_rate), its own peak (listener_rate). Nothing
+    on a listener is raised while it learns. The per-source scan peaks are learned
+    in the first learning period (from the first event at all); refused_burst and
+    scan raise nothing before it is over. The learning state is part of the
+    baseline, so a restart resumes it.
+
+    Counting: capture reports a connection socat refuses as ACCEPTED, then DENIED
+    (`refused=True`). The ACCEPTED counts once in source_rate, listener_rate and
+    scan's distinct listeners; the DENIED counts only in refused_burst. Short
+    sessions (scan) are CLOSED events only: a refused connection is no scan probe.
     """
 
     learning_period_s: float = 3600.0

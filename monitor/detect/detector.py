@@ -4,7 +4,9 @@
 `anomaly.source_rate` and `anomaly.refused_burst`, and the seen-prefix set for
 `anomaly.new_source`, so a flood is flagged on the event that crosses the
 threshold. `tick` hands the events observed since the last tick to the
-vectorised `BatchEngine` for `anomaly.listener_rate` and `anomaly.scan`. The
+vectorised `BatchEngine` for `anomaly.listener_rate` and `anomaly.scan`. Each
+listener learns for its own learning period from its first event (see
+`DetectConfig`) and raises nothing before it has; the
 crossing rules are those of `batch.py`: offline `analyze` runs the engine
 for all rules and raises the same alerts.
 """
@@ -100,9 +102,9 @@ class Detector:
             if t >= base.learning_end_ns:
                 alerts += self._flush()
                 base.finish_learning(self.config)
-        learning = not base.complete
         slot = t // self._res
         lst = listener_port(event)
+        learning = t < base.start_listener(lst, t, self.config)     # this listener's own learning period
         src = self._ips.code(event.source_ip)
         dst = self._ips.code(event.destination_ip)
         if flags.start:
@@ -114,7 +116,7 @@ class Detector:
             if SOURCE_RATE in self._rules:
                 alerts += self._source_rate(event, t, slot, lst, src, learning)
         if flags.refused and REFUSED_BURST in self._rules:
-            alerts += self._refused_burst(event, t, slot, lst, src, learning)
+            alerts += self._refused_burst(event, t, slot, lst, src, learning or not base.complete)
         self._buffer.append((t, lst, src, dst, flags.start, flags.refused, flags.short))
         self._buffer_ids.append(event.id)
         return alerts
@@ -201,7 +203,7 @@ class Detector:
             return []
         if count < self.config.source_rate_min:
             return []
-        learned = self._base.source_rate_baseline(lst, ip)
+        learned = self._base.source_rate_baseline(lst, ip, self.config.peer_quantile)
         threshold = rate_threshold(self.config.source_rate_min, self.config.source_rate_factor, learned)
         if count < threshold or not self._cooled((SOURCE_RATE, (lst << 32) | src), t):
             return []

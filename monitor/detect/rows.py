@@ -75,7 +75,7 @@ class Rows:
     lst: np.ndarray        # int64 listener port
     src: np.ndarray        # int64 IpTable code of the client
     dst: np.ndarray        # int64 IpTable code of the listener address
-    start: np.ndarray      # bool: a connection start (accepted or denied)
+    start: np.ndarray      # bool: a connection start (accepted)
     refused: np.ndarray    # bool: socat refused it
     short: np.ndarray      # bool: a close within scan_short_s of its start
     event_id: Callable[[int], str | None]   # row index -> event id
@@ -95,10 +95,15 @@ class Flags:
 
 
 def classify(ev: ConnectionEvent, short_ns: int) -> Flags:
-    """Which counters an event feeds; egress connects feed none."""
+    """Which counters an event feeds; egress connects feed none.
+
+    Capture reports a connection socat refuses as ACCEPTED, then DENIED (its
+    close, `refused=True`): the ACCEPTED is its start (rate and scan rules),
+    the DENIED only counts as a refusal (refused_burst), so each counts once.
+    """
     if ev.direction is not Direction.INGRESS:
         return Flags(False, False, False)
-    start = ev.action in (Action.ACCEPTED, Action.DENIED)
+    start = ev.action is Action.ACCEPTED
     refused = ev.action is Action.DENIED or ev.refused
     short = ev.action is Action.CLOSED and ev.duration_ns is not None and ev.duration_ns < short_ns
     return Flags(start, refused, short)
