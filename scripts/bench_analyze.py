@@ -2,8 +2,9 @@
 """Benchmark of offline `analyze` and of the live detector.
 
 Generates NDJSON files in the agent's own ECS format (1M and 2M connection
-events, plus a 2M-event file with only the minimal fields another tool would
-write), then, each in a fresh process, times `monitor.analyze.analyze` and
+events: real `ConnectionEvent`s, accepts and closes, rendered by
+`monitor.ecs.render`; plus a 2M-event file with only the minimal fields another
+tool would write), then, each in a fresh process, times `monitor.analyze.analyze` and
 records its peak RSS, next to the raw pyarrow JSON reader on the same file
 (the ceiling). Then times the live `Detector.observe` / `tick` path.
 
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("BENCH_TREE", str(ROOT)))      # --against: another tree's monitor package
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
@@ -34,54 +35,51 @@ T0 = 1_767_225_600 * 10**9
 LISTENERS = (8080, 8443, 5432)
 
 
-def _template(minimal: bool) -> list[bytes]:
-    """An agent document with sentinels, split where the per-event values go."""
-    from monitor.ecs import HostInfo, render
+def generate(path: Path, n: int, minimal: bool = False, seed: int = 1) -> int:
+    """n connection events (accepts and closes) from 5000 sources over ~6 hours on 3 listeners, with a
+    few floods, each a real `ConnectionEvent` rendered by `monitor.ecs.render` as the agent writes it
+    (or, `minimal`, only the fields another tool would have); bytes written."""
+    from monitor.ecs import HostInfo, iso_timestamp, render
     from monitor.events import Action, ConnectionEvent, Listener, ProcessInfo
 
-    ev = ConnectionEvent(Action.ACCEPTED, T0, "10.77.77.77", 55555, "127.0.0.1", 7777,
-                         listener=Listener("127.0.0.1", 7777), session_id="SESSION",
-                         process=ProcessInfo(pid=4242, comm="socat", ppid=1, uid=0, user_name="root",
-                                             executable="/usr/bin/socat",
-                                             args=("socat", "TCP-LISTEN:7777,fork,reuseaddr", "TCP:127.0.0.1:9000")),
-                         id="EVENTID")
-    if minimal:
-        doc = {"@timestamp": "STAMP", "event": {"action": "connection_accepted"},
-               "source": {"ip": "10.77.77.77", "port": 55555}, "destination": {"ip": "127.0.0.1", "port": 7777}}
-    else:
-        doc = render(ev, HostInfo("bench-host", "f" * 32))
-        doc["@timestamp"] = "STAMP"
-    text = orjson.dumps(doc)
-    for sentinel in (b"STAMP", b"EVENTID", b"10.77.77.77", b"55555", b"7777", b"SESSION"):
-        text = text.replace(sentinel, b"\x00" + sentinel + b"\x00")
-    return text.split(b"\x00")
-
-
-def generate(path: Path, n: int, minimal: bool = False, seed: int = 1) -> int:
-    """n connection events: 5000 sources over ~6 hours on 3 listeners, a few floods; bytes written."""
     rng = np.random.default_rng(seed)
-    parts = _template(minimal)
+    host = HostInfo("bench-host", "f" * 32)
+    proc = ProcessInfo(pid=4242, comm="socat", ppid=1, uid=0, user_name="root", executable="/usr/bin/socat",
+                       args=("socat", "TCP-LISTEN:8080,fork,reuseaddr", "TCP:127.0.0.1:9000"))
+    conns = n // 2
     span_s = 6 * 3600
-    t = np.sort(T0 + rng.uniform(0, span_s * 1e9, n).astype(np.int64)) // 1000 * 1000
-    source = rng.zipf(1.3, n) % 5000
-    for k in range(5):                      # floods: one source, 3000 connections in 10 s
-        at = int(n * (0.3 + 0.1 * k))
-        source[at: at + 3000] = 7000 + k
-    ips = [f"10.{(s >> 8) & 255}.{s & 255}.{1 + s % 200}".encode() for s in range(8000)]
-    ports = rng.integers(1024, 65535, n)
+    start = np.sort(T0 + rng.uniform(0, span_s * 1e9, conns).astype(np.int64)) // 1000 * 1000
+    source = rng.zipf(1.3, conns) % 5000
+    for k in range(5):                      # floods: one source, 1500 connections in ~10 s
+        at = int(conns * (0.3 + 0.1 * k))
+        source[at: at + 1500] = 7000 + k
+    duration = (rng.lognormal(np.log(2.0), 1.0, conns) * 1e9).astype(np.int64) // 1000 * 1000
+    t = np.concatenate([start, start + duration])
+    kind = np.concatenate([np.zeros(conns, dtype=np.int8), np.ones(conns, dtype=np.int8)])
+    conn = np.concatenate([np.arange(conns), np.arange(conns)])
+    order = np.argsort(t, kind="stable")
+    ips = [f"10.{(s >> 8) & 255}.{s & 255}.{1 + s % 200}" for s in range(8000)]
+    ports = rng.integers(1024, 65535, conns)
     listener = np.array(LISTENERS)[source % 3]
-    from monitor.ecs import iso_timestamp
-
     written = 0
     with open(path, "wb", buffering=16 << 20) as fh:
-        step = 100_000
-        for lo in range(0, n, step):
+        step = 50_000
+        for lo in range(0, len(order), step):
             out = []
-            for i in range(lo, min(n, lo + step)):
-                values = {b"STAMP": iso_timestamp(int(t[i])).encode(), b"EVENTID": b"e%d" % i,
-                          b"10.77.77.77": ips[source[i]], b"55555": b"%d" % ports[i],
-                          b"7777": b"%d" % listener[i], b"SESSION": b"s%d" % i}
-                out.append(b"".join(values.get(p, p) for p in parts))
+            for i in order[lo: lo + step]:
+                c = int(conn[i])
+                lst = int(listener[c])
+                ev = ConnectionEvent(
+                    Action.CLOSED if kind[i] else Action.ACCEPTED, int(t[i]), ips[source[c]], int(ports[c]),
+                    "127.0.0.1", lst, listener=Listener("127.0.0.1", lst), session_id=f"s{c}", process=proc,
+                    duration_ns=int(duration[c]) if kind[i] else None, ktime_ns=int(t[i]) - T0, id=f"e{i}")
+                if minimal:
+                    doc = {"@timestamp": iso_timestamp(ev.timestamp_ns), "event": {"action": ev.action.value},
+                           "source": {"ip": ev.source_ip, "port": ev.source_port},
+                           "destination": {"ip": ev.destination_ip, "port": ev.destination_port}}
+                else:
+                    doc = render(ev, host)
+                out.append(orjson.dumps(doc))
             block = b"\n".join(out) + b"\n"
             written += len(block)
             fh.write(block)
@@ -132,9 +130,11 @@ def child_arrow(path: str) -> None:
     print(json.dumps({"events": rows, "seconds": time.perf_counter() - began}))
 
 
-def run_child(kind: str, path: Path) -> dict:
+def run_child(kind: str, path: Path, tree: Path = ROOT) -> dict:
+    """A measurement in a fresh process, with the `monitor` package of `tree` (this checkout by default)."""
+    env = dict(os.environ, BENCH_TREE=str(tree))
     out = subprocess.run([sys.executable, __file__, f"--child-{kind}", str(path)], capture_output=True, text=True,
-                         check=True, timeout=1800)
+                         check=True, timeout=1800, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -173,6 +173,9 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where to write the generated files (removed afterwards)")
     parser.add_argument("--repeat", type=int, default=2,
                         help="runs of each measurement, alternating; the best is printed (the machine may be shared)")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="a source tree with another version's monitor package (e.g. from "
+                             "`git archive <rev> monitor | tar -x -C DIR`), timed side by side with this one")
     parser.add_argument("--child-analyze")
     parser.add_argument("--child-arrow")
     args = parser.parse_args()
@@ -199,20 +202,26 @@ def main() -> None:
         print(f"best of {max(1, args.repeat)} alternating runs each; load average now "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"{'file':28}{'events':>11}{'analyze ev/s':>14}{'pyarrow-only ev/s':>19}{'ratio':>7}"
-              f"{'MB/s':>7}{'peak RSS MB':>13}{'alerts':>8}")
+              f"{'MB/s':>7}{'peak RSS MB':>13}{'alerts':>8}" + (f"{'--against ev/s':>16}" if args.against else ""))
         for label, path in [(f"agent {n:,}", files[n]) for n in sizes] + [(f"minimal {args.events:,}", minimal)]:
-            ceilings, results = [], []
+            ceilings, results, others = [], [], []
             for _ in range(max(1, args.repeat)):
                 ceilings.append(run_child("arrow", path))
                 results.append(run_child("analyze", path))
+                if args.against:
+                    others.append(run_child("analyze", path, args.against))
             ceiling = min(ceilings, key=lambda r: r["seconds"])
             result = min(results, key=lambda r: r["seconds"])
             result["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
             rate = result["events"] / result["seconds"]
             arrow_rate = ceiling["events"] / ceiling["seconds"]
             mbps = path.stat().st_size / 1e6 / result["seconds"]
+            against = ""
+            if others:
+                other = min(others, key=lambda r: r["seconds"])
+                against = f"{other['events'] / other['seconds']:>16,.0f}"
             print(f"{label:28}{result['events']:>11,}{rate:>14,.0f}{arrow_rate:>19,.0f}{rate / arrow_rate:>7.2f}"
-                  f"{mbps:>7.0f}{result['peak_rss_mb']:>13.0f}{result['alerts']:>8}")
+                  f"{mbps:>7.0f}{result['peak_rss_mb']:>13.0f}{result['alerts']:>8}" + against)
         print()
         live = bench_live(200_000)
         print(f"live Detector.observe: {live['observe_per_s']:,.0f} events/s; tick every 0.5 s of event time: "

@@ -14,7 +14,6 @@ for consumers that want records.
 from __future__ import annotations
 
 import gzip
-import io
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection, p
 from ..errors import InputError
 from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo, normalize_ip
 
-BLOCK_BYTES = 8 << 20       # bytes handed to pyarrow at once
+BLOCK_BYTES = 16 << 20      # bytes handed to pyarrow at once
 PARSE_BLOCK = 2 << 20       # pyarrow's own block size: its threads parse these in parallel
 ACTIONS = (Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED)
 _ACTION_CODE = {a.value: i for i, a in enumerate(ACTIONS)}
@@ -141,26 +140,32 @@ def _open(path: Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def _blocks(path: Path, size: int) -> Iterator[tuple[int, int, bytes]]:
-    """(first line number, line count, bytes of whole lines) blocks of a file."""
+def _blocks(path: Path, size: int) -> Iterator[tuple[int, int, memoryview]]:
+    """(first line number, line count, whole lines) blocks of a file.
+
+    Each block is read into a buffer of its own behind the previous block's
+    unfinished line (no copy of the block; a reader thread may still hold the last)."""
     line = 1
     rest = b""
     with _open(path) as fh:
         while True:
-            data = fh.read(size)
-            if not data:
+            buffer = bytearray(len(rest) + size)
+            buffer[: len(rest)] = rest
+            got = fh.readinto(memoryview(buffer)[len(rest):])
+            if not got:
                 break
-            data = rest + data if rest else data
-            cut = data.rfind(b"\n")
+            end = len(rest) + got
+            cut = buffer.rfind(b"\n", 0, end)
             if cut < 0:
-                rest = data
+                rest = bytes(buffer[:end])
                 continue
-            block, rest = data[: cut + 1], data[cut + 1:]
+            rest = bytes(buffer[cut + 1: end])
+            block = memoryview(buffer)[: cut + 1]
             count = int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == 10))   # 10x bytes.count
             yield line, count, block
             line += count
     if rest.strip():
-        yield line, 1, rest + b"\n"
+        yield line, 1, memoryview(rest + b"\n")
 
 
 def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
@@ -264,12 +269,12 @@ def prefetch(chunks: Iterator[EventChunk], depth: int = 1) -> Iterator[EventChun
         thread.join(timeout=5)
 
 
-def _fast(block: bytes, lines: int, stats: ReadStats, path: str, valid_ips: set[str],
+def _fast(block: memoryview, lines: int, stats: ReadStats, path: str, valid_ips: set[str],
           full: bool = False) -> EventChunk | None:
     """The pyarrow path; None when the block needs the line-by-line path."""
     try:
         table = pj.read_json(
-            io.BytesIO(block),
+            pa.BufferReader(pa.py_buffer(block)),
             read_options=pj.ReadOptions(block_size=PARSE_BLOCK, use_threads=True),
             parse_options=pj.ParseOptions(explicit_schema=_FULL_SCHEMA if full else _SCHEMA,
                                           unexpected_field_behavior="ignore"),
@@ -356,8 +361,9 @@ def _valid_ips(values: list[str], known: set[str]) -> bool:
     return True
 
 
-def _slow(block: bytes, first_line: int, stats: ReadStats, path: str) -> EventChunk:
+def _slow(view: memoryview, first_line: int, stats: ReadStats, path: str) -> EventChunk:
     """Line by line: every bad line reported with its number, every good one kept."""
+    block = bytes(view)
     events: list[ConnectionEvent] = []
     for offset, line in enumerate(block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n")):
         number = first_line + offset

@@ -44,6 +44,7 @@ class Baseline:
     listener_learning: dict[int, tuple[int, int]] = field(default_factory=dict)   # listener -> (start, end) ns
     listener_done: set[int] = field(default_factory=set)                    # listeners whose peer peak is set
     path: str | None = field(default=None, compare=False)                   # the file it was loaded from
+    generation: int = field(default=0, compare=False)                       # counts prunes (for caches)
 
     @classmethod
     def for_config(cls, config: DetectConfig) -> "Baseline":
@@ -109,6 +110,7 @@ class Baseline:
             self.source_short = {k: v for k, v in self.source_short.items() if k in keep}
         total = sum(len(p) for p in self.seen.values())
         if total > cap:
+            self.generation += 1
             ranked = sorted((t, listener, prefix) for listener, p in self.seen.items() for prefix, t in p.items())
             for _t, listener, prefix in ranked[: total - cap]:
                 del self.seen[listener][prefix]

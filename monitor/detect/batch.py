@@ -122,6 +122,8 @@ class BatchEngine:
                    REFUSED_BURST: self._k_refused}
         self._k_context = max([windows[r] for r in self.rules if r in windows] or [1])
         self._context = _Frame.empty()
+        self._known: dict[int, np.ndarray] = {}     # listener -> prefix code -> known seen there (a cache)
+        self._known_generation = baseline.generation
 
     # ---- driving -------------------------------------------------------------------------
 
@@ -212,6 +214,7 @@ class BatchEngine:
     def remap(self, ips: IpTable, remap: np.ndarray) -> None:
         """Switch to a compacted address table."""
         self.ips = ips
+        self._known = {}
         ctx = self._context
         ctx.src = remap[ctx.src]
         ctx.dst = np.where(ctx.dst >= 0, remap[np.maximum(ctx.dst, 0)], -1)
@@ -256,18 +259,33 @@ class BatchEngine:
             seen[ips[code]] = max(seen.get(ips[code], 0), int(t))
 
     def _new_source(self, frame: _Frame, rows: Rows) -> list[Alert]:
-        mask = frame.new & frame.start
-        index = np.flatnonzero(mask)
+        index = np.flatnonzero(frame.new & frame.start)
         if len(index) == 0:
             return []
         prefix_of = self.ips.prefixes
-        pairs = pd.DataFrame({"lst": frame.lst[index], "src": frame.src[index], "i": index})
-        firsts = pairs.drop_duplicates(["lst", "src"], keep="first")
-        out: list[Alert] = []
         base = self.baseline
-        for lst, src, i in zip(firsts["lst"].to_numpy(), firsts["src"].to_numpy(), firsts["i"].to_numpy()):
+        if base.generation != self._known_generation:
+            self._known, self._known_generation = {}, base.generation
+        lst_of = frame.lst[index]
+        pcode = np.asarray(self.ips.prefix_codes, dtype=np.int64)[frame.src[index]]
+        unknown = np.ones(len(index), dtype=bool)
+        for lst in np.unique(lst_of):
+            known = self._known.get(int(lst))
+            if known is not None:
+                at = np.flatnonzero(lst_of == lst)
+                codes = pcode[at]
+                inside = codes < len(known)
+                unknown[at[inside]] = ~known[codes[inside]]
+        pairs = pd.DataFrame({"lst": lst_of[unknown], "p": pcode[unknown], "src": frame.src[index[unknown]],
+                              "i": index[unknown]})
+        firsts = pairs.drop_duplicates(["lst", "p"], keep="first")
+        out: list[Alert] = []
+        for lst, code, src, i in zip(firsts["lst"].to_numpy(), firsts["p"].to_numpy(), firsts["src"].to_numpy(),
+                                     firsts["i"].to_numpy()):
             prefix = prefix_of[src]
-            if not base.add_seen(int(lst), prefix, int(frame.t[i])) or frame.learn[i]:
+            added = base.add_seen(int(lst), prefix, int(frame.t[i]))
+            self._remember_seen(int(lst), int(code))
+            if not added or frame.learn[i]:
                 continue
             ip = self.ips.ips[src]
             target = prefix if self.ips.is_range(ip) else ip
@@ -279,6 +297,15 @@ class BatchEngine:
                 block_target=target,
             ))
         return out
+
+    def _remember_seen(self, lst: int, code: int) -> None:
+        known = self._known.get(lst)
+        if known is None or code >= len(known):
+            grown = np.zeros(max(2 * code + 1, 1024), dtype=bool)
+            if known is not None:
+                grown[: len(known)] = known
+            known = self._known[lst] = grown
+        known[code] = True
 
     def _dst(self, frame: _Frame, i: int) -> str:
         code = int(frame.dst[i])

@@ -27,6 +27,8 @@ class IpTable:
         self._codes: dict[str, int] = {}
         self.ips: list[str] = []
         self.prefixes: list[str] = []
+        self.prefix_codes: list[int] = []          # address code -> code of its prefix
+        self._prefix_code: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.ips)
@@ -41,7 +43,9 @@ class IpTable:
         if found is None:
             found = len(self.ips)
             self.ips.append(canonical)
-            self.prefixes.append(self._prefix(canonical))
+            prefix = self._prefix(canonical)
+            self.prefixes.append(prefix)
+            self.prefix_codes.append(self._prefix_code.setdefault(prefix, len(self._prefix_code)))
             self._codes[canonical] = found
         self._codes[text] = found
         return found
@@ -51,6 +55,7 @@ class IpTable:
         table = IpTable.__new__(IpTable)
         table._v4, table._v6 = self._v4, self._v6
         table._codes, table.ips, table.prefixes = {}, [], []
+        table.prefix_codes, table._prefix_code = [], {}
         remap = np.full(len(self.ips), -1, dtype=np.int64)
         for old in np.unique(keep[keep >= 0]):
             remap[old] = table.code(self.ips[old])
