@@ -24,7 +24,7 @@ from .errors import EXIT_FINDINGS, EXIT_OK, InputError
 from .events import Alert
 from .detect import Baseline, BatchEngine, DetectConfig, IpTable, Rows
 
-_ACCEPTED, _ATTEMPTED, _CLOSED, _DENIED = range(4)
+_ACCEPTED, _CLOSED = 0, 2     # indices in replay.ACTIONS
 
 
 @dataclass

@@ -35,8 +35,9 @@ def command(files, policy_path, baseline_path, save_path, learning_period, setti
     event.action, source.ip/port, destination.ip/port).
 
     Files are replayed oldest first (by their first event), events in time order;
-    anomalies are raised once the learning period of event time is over (or at
-    once with --baseline), one per rule and source per cooldown.
+    each listener learns for the learning period of event time from its own first
+    event (one whose learning the --baseline finished is ready at once) and raises anomalies
+    afterwards, one per rule and source per cooldown.
 
     Exit status: 0 no alerts, 1 alerts raised, 2 bad input (missing file, bad flag,
     bad policy or baseline). Malformed lines are counted and listed on stderr, never fatal.
