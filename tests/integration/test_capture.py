@@ -67,7 +67,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def recorder():
-    capture = Capture(CaptureConfig())
+    capture = Capture(CaptureConfig(byte_counts=True))
     rec = Recorder(capture)
     yield rec
     capture.close()
