@@ -55,7 +55,9 @@ make_venv() {
   local stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
   if [ ! -e "$stamp" ]; then
     log "installing socat-monitor into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+    # (this image's pip config names local index folders that may be absent: drop that noise only)
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" 2>&1 \
+      | { grep -v "is ignored: it is neither a file nor a directory" || true; }
     rm -f "$VENV"/.installed-*
     touch "$stamp"
   fi
