@@ -338,18 +338,18 @@ class Agent:
             "user_lost": self.user_lost,
             "queue_depth": self.queue.qsize(),
             "blocks_active": len(self.enforcer.active()) if self.enforcer is not None else 0,
-            "es_spool_bytes": getattr(sink, "spool_bytes", 0),
-            "es_lag_s": getattr(sink, "lag_s", 0.0),
+            "es_spool_bytes": sink.spool_bytes,
+            "es_lag_s": sink.lag_s,
             "rss_bytes": process_samples()[0].value,
         }
 
     def snapshot(self) -> dict[str, Any]:
         blocks = []
         if self.enforcer is not None:
-            now_ns = time.time_ns()
+            stamp = time.time_ns()
             for block in self.enforcer.active():
                 blocks.append({"target": block.target, "rule_id": block.rule_id,
-                               "expires_in_s": round(block.remaining_s(now_ns), 1)})
+                               "expires_in_s": round(block.remaining_s(stamp), 1)})
         snap = self.status.snapshot(self.counters(), blocks)
         snap.update(version=__version__, pid=os.getpid(), host=self.host.name, last_reload=self.last_reload)
         return snap
