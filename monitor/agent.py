@@ -29,7 +29,7 @@ from .console import format_record
 from .control import ControlServer
 from .ecs import HostInfo
 from .events import Action, Alert, ConnectionEvent, Heartbeat, PipelineError, ProcessEvent, Record, now_ns
-from .metrics import MetricsServer, Sample, process_samples
+from .metrics import MetricsServer, Sample, parse_listen, process_samples
 from .pipeline import Pipeline
 from .status import LiveStatus
 
@@ -61,6 +61,8 @@ class Agent:
         self._user_lost_reported = 0
         self.last_reload: dict[str, Any] = {}
         self._reload_done: threading.Event | None = None
+        if config.agent.metrics:
+            parse_listen(config.agent.metrics)   # a bad flag fails before anything is touched
         self.policy = _load_policy(config.agent.policy)
         self.detector = _make_detector(config)
         self.enforcer = _make_enforcer(config)
