@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,11 +33,26 @@ def require(binary: str) -> str:
     return path
 
 
+_handed_out: set[int] = set()
+_LISTEN_PORTS = (20000, 32767)   # below the kernel's ephemeral range: no client socket can take them meanwhile
+
+
 def free_port(family: int = socket.AF_INET) -> int:
+    """A port to listen on: free now, below the ephemeral range (so no outgoing
+    connection grabs it before the listener binds), never handed out twice."""
     host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(200):
+        port = random.randint(*_LISTEN_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise AssertionError(f"no free port in {_LISTEN_PORTS} after 200 tries")
 
 
 def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 5.0, netns: str | None = None) -> None:
@@ -73,7 +89,11 @@ class Processes:
         proc = self.start([require("socat"), *options, *addresses], netns=netns)
         if port is not None:
             host = "::1" if addresses and addresses[0].upper().startswith("TCP6") else "127.0.0.1"
-            wait_listening(port, host=host, netns=netns)
+            try:
+                wait_listening(port, host=host, netns=netns)
+            except AssertionError as exc:
+                said = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else "(still running)"
+                raise AssertionError(f"{exc}; socat {' '.join(addresses)}: exit {proc.poll()}: {said}") from None
         return proc
 
     def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
