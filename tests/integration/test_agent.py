@@ -189,11 +189,13 @@ def _metric_values(text: str, name: str, label: str) -> dict[str, float]:
 
 
 def test_sigterm_flushes_every_event(tmp_path, procs):
-    agent = AgentProcess(tmp_path, "--no-enforce")
-    agent.wait_ready()
-    port = _relay(procs, tmp_path)
-    clients = {connect(port)[1] for _ in range(30)}
-    code, summary = agent.stop()
+    agent = AgentProcess(tmp_path, "--no-enforce", "--duration", "120")   # SIGTERM comes long before
+    try:
+        agent.wait_ready()
+        port = _relay(procs, tmp_path)
+        clients = {connect(port)[1] for _ in range(30)}
+    finally:
+        code, summary = agent.stop()
     assert code in (0, 1), agent.text_log()[-2000:]  # 1: the root relay was audited
     seen = {d["source"]["port"] for d in _accepts(agent.documents(), port)}
     assert clients <= seen
