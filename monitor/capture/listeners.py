@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..events import Listener, normalize_ip
@@ -67,21 +68,25 @@ def _hex_address(text: str) -> tuple[str, int]:
     return _text(raw), port
 
 
-def namespace_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, Socket]:
-    """inode -> Socket of every listening TCP socket in this (or PID's) network namespace."""
-    out: dict[int, Socket] = {}
-    base = f"{proc}/{pid}/net" if pid else f"{proc}/net"
+def _tcp_rows(base: str) -> Iterator[list[str]]:
+    """The split rows of `base`/tcp and `base`/tcp6 (a missing or unreadable table is skipped)."""
     for name in ("tcp", "tcp6"):
         try:
             with open(f"{base}/{name}", encoding="ascii") as fh:
                 next(fh, None)
-                for line in fh:
-                    cols = line.split()
-                    if len(cols) > 9 and cols[3] == _TCP_LISTEN:
-                        ip, port = _hex_address(cols[1])
-                        out[int(cols[9])] = Socket(ip, port, int(cols[7]))
+                rows = [line.split() for line in fh]
         except OSError:
             continue
+        yield from rows
+
+
+def namespace_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, Socket]:
+    """inode -> Socket of every listening TCP socket in this (or PID's) network namespace."""
+    out: dict[int, Socket] = {}
+    for cols in _tcp_rows(f"{proc}/{pid}/net" if pid else f"{proc}/net"):
+        if len(cols) > 9 and cols[3] == _TCP_LISTEN:
+            ip, port = _hex_address(cols[1])
+            out[int(cols[9])] = Socket(ip, port, int(cols[7]))
     return out
 
 
@@ -204,23 +209,16 @@ def accepted_addresses(pid: int, lport: int, peer_ip: str, peer_port: int,
     except OSError:
         return None
     found: set[tuple[str, str]] = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"{proc}/{pid}/net/{name}", encoding="ascii") as fh:
-                next(fh, None)
-                for line in fh:
-                    cols = line.split()
-                    if len(cols) < 4 or cols[3] == _TCP_LISTEN:
-                        continue
-                    local, port = _hex_raw(cols[1])
-                    remote, rport = _hex_raw(cols[2])
-                    if port != lport or rport != peer_port:
-                        continue
-                    if remote == want or (len(want) == 16 and len(remote) == 16 and remote[:8] == want[:8]) or (
-                            len(want) == 4 and remote == _V4_MAPPED + want):
-                        found.add((_text(local), _text(remote)))
-        except OSError:
+    for cols in _tcp_rows(f"{proc}/{pid}/net"):
+        if len(cols) < 4 or cols[3] == _TCP_LISTEN:
             continue
+        local, port = _hex_raw(cols[1])
+        remote, rport = _hex_raw(cols[2])
+        if port != lport or rport != peer_port:
+            continue
+        if remote == want or (len(want) == 16 and len(remote) == 16 and remote[:8] == want[:8]) or (
+                len(want) == 4 and remote == _V4_MAPPED + want):
+            found.add((_text(local), _text(remote)))
     return found.pop() if len(found) == 1 else None
 
 
