@@ -333,6 +333,10 @@ class Agent:
             self._reload_done = None
 
     def counters(self) -> dict[str, Any]:
+        """The health counters of the control socket's status."""
+        return {**self._pipeline_counters(), "rss_bytes": process_samples()[0].value}
+
+    def _pipeline_counters(self) -> dict[str, Any]:
         kernel_lost = self.capture.stats.kernel_lost if self.capture is not None else 0
         sink = self.sinks.stats
         return {
@@ -342,7 +346,6 @@ class Agent:
             "blocks_active": len(self.enforcer.active()) if self.enforcer is not None else 0,
             "es_spool_bytes": sink.spool_bytes,
             "es_lag_s": sink.lag_s,
-            "rss_bytes": process_samples()[0].value,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -357,7 +360,7 @@ class Agent:
         return snap
 
     def samples(self) -> list[Sample]:
-        counters = self.counters()
+        counters = self._pipeline_counters()
         out = [Sample("events_total", "counter", "Records written, by event.action.", v, (("action", k),))
                for k, v in sorted(self.status.events.items())]
         out += [Sample("alerts_total", "counter", "Alerts raised, by rule.", v, (("rule", k),))
