@@ -20,7 +20,7 @@ from typing import Any
 
 from .capture import CaptureConfig
 from .control import DEFAULT_SOCKET
-from .detect import DetectConfig, parse_duration
+from .detect.config import DURATION_PATTERN, DetectConfig, parse_duration
 from .enforce import EnforceConfig
 from .errors import InputError
 from .metrics import DEFAULT_LISTEN
@@ -28,7 +28,6 @@ from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig
 from .yamlfile import load_yaml, validate
 
 DEFAULT_CONFIG_PATH = "/etc/socat-monitor/config.yaml"
-DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
 
 
 @dataclass

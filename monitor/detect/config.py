@@ -24,7 +24,8 @@ RULES = (
 )
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$"   # also the config schema's
+_DURATION = re.compile(DURATION_PATTERN)
 
 
 def parse_duration(value: str | int | float, where: str = "duration") -> float:
