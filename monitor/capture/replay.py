@@ -1,14 +1,17 @@
 """The replay source: connection events read back from NDJSON files (plain or gzip).
 
-`read_chunks(paths)` streams files in blocks and yields columnar
-`EventChunk`s: each block goes through pyarrow's JSON reader with a projected
-schema (only the fields detection needs), and a block pyarrow cannot take
-cleanly (a malformed line, a missing or bad field, a foreign layout such as
-flat dotted keys) is re-read line by line with `monitor.ecs.parse_connection`,
-so every bad line is reported with its file and line number and no good line
-is lost. Non-connection documents (alerts, process events, heartbeats) are
-counted and skipped. `read_events(paths)` yields `ConnectionEvent`s one by one
-for consumers that want records.
+`read_chunks(paths)` streams files and yields columnar `EventChunk`s. A file
+is first scanned by DuckDB (`monitor.capture.scan`: in parallel, only the
+fields detection needs). From the first document that scan cannot take, or
+the first table that fails the checks below, the rest of the file goes to the
+line-checking reader: blocks through pyarrow's JSON reader with the same
+projected schema, and a block pyarrow cannot take cleanly (a malformed line,
+a missing or bad field, a foreign layout such as flat dotted keys) line by
+line with `monitor.ecs.parse_connection`, so every bad line is reported with
+its file and line number and no good line is lost. Non-connection documents
+(alerts, process events, heartbeats) are counted and skipped.
+`read_events(paths)` yields `ConnectionEvent`s one by one for consumers that
+want records.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pyarrow.json as pj
 from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection, parse_timestamp
 from ..errors import InputError
 from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo, normalize_ip
+from .scan import FileScan
 
 BLOCK_BYTES = 16 << 20      # bytes handed to pyarrow at once
 PARSE_BLOCK = 2 << 20       # pyarrow's own block size: its threads parse these in parallel
@@ -70,11 +74,13 @@ class Malformed:
 
 @dataclass
 class ReadStats:
-    lines: int = 0
+    lines: int = 0                # lines read (blank lines the DuckDB scan skips are not counted)
     connections: int = 0
     other_documents: int = 0
     malformed: int = 0
-    slow_blocks: int = 0
+    scanned: int = 0              # documents the DuckDB scan delivered
+    handovers: int = 0            # files it left, part or whole, to the line-checking reader
+    slow_blocks: int = 0          # blocks read line by line
     bad_lines: list[Malformed] = field(default_factory=list)   # the first `keep` of them
     keep: int = 1000
 
@@ -134,20 +140,23 @@ class EventChunk:
         )
 
 
-def _open(path: Path):
+def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as probe:
-        magic = probe.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+        return probe.read(2) == b"\x1f\x8b"
 
 
-def _blocks(path: Path, size: int) -> Iterator[tuple[int, int, memoryview]]:
-    """(first line number, line count, whole lines) blocks of a file.
+def _open(path: Path):
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+
+
+def _blocks(path: Path, size: int, offset: int = 0, line: int = 1) -> Iterator[tuple[int, int, memoryview]]:
+    """(first line number, line count, whole lines) blocks of a file, from byte `offset` (line `line`).
 
     Each block is read into a buffer of its own behind the previous block's
     unfinished line (no copy of the block; a reader thread may still hold the last)."""
-    line = 1
     rest = b""
     with _open(path) as fh:
+        fh.seek(offset)
         while True:
             buffer = bytearray(len(rest) + size)
             buffer[: len(rest)] = rest
@@ -187,17 +196,59 @@ def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
             raise InputError(str(path), "no such file")
     for path in paths:
         try:
-            for first, count, block in _blocks(path, block_bytes or BLOCK_BYTES):
-                chunk = _fast(block, count, stats, str(path), valid_ips, full)
-                if chunk is None:
-                    stats.slow_blocks += 1
-                    chunk = _slow(block, first, stats, str(path))
-                if len(chunk):
-                    yield chunk
+            documents = yield from _scanned(path, stats, valid_ips, full)
+            if documents is None:
+                continue
+            stats.handovers += 1
+            yield from _checked(path, stats, valid_ips, full, block_bytes or BLOCK_BYTES, documents)
         except (EOFError, gzip.BadGzipFile, OSError) as exc:
             if isinstance(exc, PermissionError):
                 raise InputError(str(path), f"cannot read: {exc.strerror}") from None
             stats.bad(str(path), -1, f"file ends early or is not readable: {exc}")
+
+
+def _scanned(path: Path, stats: ReadStats, valid_ips: set[str], full: bool):
+    """The DuckDB scan's chunks; returns None when it read the whole file, else how many documents it took."""
+    scan = FileScan(path, _FULL_SCHEMA if full else _SCHEMA, compressed=_is_gzip(path))
+    taken = 0
+    for table in scan.tables():
+        chunk = _table_chunk(table, table.num_rows, stats, str(path), valid_ips, full)
+        if chunk is None:
+            return taken
+        taken += table.num_rows
+        stats.scanned += table.num_rows
+        if len(chunk):
+            yield chunk
+    return None if scan.complete else taken
+
+
+def _checked(path: Path, stats: ReadStats, valid_ips: set[str], full: bool, block_bytes: int,
+             documents: int) -> Iterator[EventChunk]:
+    """The line-checking reader, from the document after the first `documents` to the end."""
+    offset, line = _after_documents(path, documents)
+    for first, count, block in _blocks(path, block_bytes, offset, line):
+        chunk = _fast(block, count, stats, str(path), valid_ips, full)
+        if chunk is None:
+            stats.slow_blocks += 1
+            chunk = _slow(block, first, stats, str(path))
+        if len(chunk):
+            yield chunk
+
+
+def _after_documents(path: Path, documents: int) -> tuple[int, int]:
+    """Byte offset and line number just past the first `documents` non-blank lines."""
+    offset = 0
+    line = 1
+    if documents:
+        with _open(path) as fh:
+            for line, raw in enumerate(fh, start=1):
+                offset += len(raw)
+                if raw.strip():
+                    documents -= 1
+                    if not documents:
+                        break
+        line += 1
+    return offset, line
 
 
 def order_by_time(paths: Iterable[str | Path]) -> list[Path]:
@@ -281,6 +332,12 @@ def _fast(block: memoryview, lines: int, stats: ReadStats, path: str, valid_ips:
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
+    return _table_chunk(table, lines, stats, path, valid_ips, full)
+
+
+def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, valid_ips: set[str],
+                 full: bool) -> EventChunk | None:
+    """The connection rows of a parsed table; None when one needs the line-by-line path to say what is wrong."""
     event = table.column("event").combine_chunks()
     action = _get(event, "action")
     dataset = _get(event, "dataset")
@@ -299,13 +356,13 @@ def _fast(block: memoryview, lines: int, stats: ReadStats, path: str, valid_ips:
     if rows < total:
         table = table.filter(selected)
         event = event.filter(selected)
-    stamp = table.column("@timestamp").combine_chunks()
+    stamp = _times(table)
     source = table.column("source").combine_chunks()
     destination = table.column("destination").combine_chunks()
     src_ip, src_port = _get(source, "ip"), _get(source, "port")
     dst_ip, dst_port = _get(destination, "ip"), _get(destination, "port")
     action = _get(event, "action")
-    if any(col.null_count for col in (stamp, action, src_ip, src_port, dst_ip, dst_port)):
+    if stamp is None or any(col.null_count for col in (action, src_ip, src_port, dst_ip, dst_port)):
         return None
     ports = np.concatenate([src_port.to_numpy(), dst_port.to_numpy()])
     if len(ports) and (ports.min() < 0 or ports.max() > 65535):
@@ -329,13 +386,36 @@ def _fast(block: memoryview, lines: int, stats: ReadStats, path: str, valid_ips:
     stats.connections += rows
     stats.other_documents += total - rows
     return EventChunk(
-        t=stamp.cast(pa.int64()).to_numpy(),
+        t=stamp,
         action=action_codes, egress=egress,
         src=src_enc.indices.to_numpy(), src_values=src_values, src_port=src_port.to_numpy().astype(np.int64),
         dst=dst_enc.indices.to_numpy(), dst_values=dst_values, dst_port=dst_port.to_numpy().astype(np.int64),
         listener=lport, refused=refused, duration=duration,
         event_id=lambda i: ids[i].as_py(), source=path, extra=_extra(table, socat) if full else None,
     )
+
+
+def _times(table: pa.Table) -> np.ndarray | None:
+    """@timestamp as int64 ns; None if one is missing or unreadable.
+
+    pyarrow's JSON reader hands over timestamps; the DuckDB scan hands over
+    text, converted here: at once when every one carries a zone (Z or an
+    offset, as the agent writes them) or none does, else one by one with
+    `parse_timestamp`, as on the line-by-line path."""
+    stamp = table.column("@timestamp").combine_chunks()
+    if stamp.null_count:
+        return None
+    if not pa.types.is_string(stamp.type):
+        return stamp.cast(pa.int64()).to_numpy()
+    for kind in (pa.timestamp("ns", tz="UTC"), pa.timestamp("ns")):
+        try:
+            return stamp.cast(kind).cast(pa.int64()).to_numpy()
+        except pa.ArrowInvalid:
+            continue
+    try:
+        return np.fromiter((parse_timestamp(text) for text in stamp.to_pylist()), dtype=np.int64, count=len(stamp))
+    except ValueError:
+        return None
 
 
 def _extra(table: pa.Table, socat: pa.Array) -> dict[str, pa.Array]:

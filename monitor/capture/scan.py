@@ -1,0 +1,95 @@
+"""The fast reader of NDJSON files: DuckDB scans only the fields replay needs.
+
+DuckDB's JSON reader parses on every core and materialises only the
+projected fields, which reads the agent's ~1 KB documents about twice as fast
+as pyarrow's reader. `FileScan(path, schema).tables()` yields pyarrow tables of
+that schema in file order, one document per row, blank lines skipped.
+
+It stops quietly at the first document DuckDB cannot read (bad JSON, a field
+of the wrong kind). DuckDB's own line numbers are not reliable, so the scan
+only says how many documents it delivered; the replay source reads the rest
+of the file with its line-checking reader, which names every bad line.
+
+`@timestamp` comes back as text: converting it in DuckDB costs a quarter of
+the scan's speed and drops an offset or sub-microsecond digits, so the
+replay source converts it with pyarrow instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pyarrow as pa
+
+TABLE_ROWS = 1 << 16        # documents per table handed on (DuckDB streams ~15k at a time)
+
+
+class FileScan:
+    """One file's documents as tables of `schema`, until the end or the first unreadable one."""
+
+    def __init__(self, path: Path, schema: pa.Schema, compressed: bool) -> None:
+        self.path = path
+        self.schema = schema
+        self.compressed = compressed
+        self.documents = 0          # delivered so far
+        self.complete = False       # True once the whole file was delivered
+        self.stopped_by: str | None = None
+
+    def tables(self) -> Iterator[pa.Table]:
+        connection = _connect()
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        try:
+            for batch in connection.sql(self._query(), params=[str(self.path)]).to_arrow_reader(TABLE_ROWS):
+                pending.append(batch)
+                rows += batch.num_rows
+                if rows >= TABLE_ROWS:
+                    yield self._deliver(pending)
+                    pending, rows = [], 0
+            self.complete = True
+        except (duckdb.Error, OSError, pa.ArrowException) as exc:
+            self.stopped_by = str(exc).splitlines()[0]
+        finally:
+            connection.close()
+        if rows:
+            yield self._deliver(pending)       # batches DuckDB finished before it stopped are good
+
+    def _deliver(self, batches: list[pa.RecordBatch]) -> pa.Table:
+        table = pa.Table.from_batches(batches)
+        self.documents += table.num_rows
+        return table
+
+    def _query(self) -> str:
+        columns = ", ".join(f"'{f.name}': '{_sql_type(f.type)}'" for f in self.schema)
+        fields = ", ".join(_quote(f.name) for f in self.schema)
+        compression = "gzip" if self.compressed else "none"
+        return (f"SELECT {fields} FROM read_ndjson(?, columns = {{{columns}}}, "
+                f"format = 'newline_delimited', compression = '{compression}')")
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory database that keeps rows in file order and never fetches extensions."""
+    return duckdb.connect(":memory:", config={
+        "threads": os.cpu_count() or 1,
+        "memory_limit": "256MB",             # a streaming scan needs little; more only adds peak memory
+        "preserve_insertion_order": True,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    })
+
+
+def _sql_type(kind: pa.DataType) -> str:
+    if pa.types.is_struct(kind):
+        return "STRUCT(" + ", ".join(f"{_quote(f.name)} {_sql_type(f.type)}" for f in kind) + ")"
+    if pa.types.is_int64(kind):
+        return "BIGINT"
+    if pa.types.is_boolean(kind):
+        return "BOOLEAN"
+    return "VARCHAR"     # strings, and @timestamp (converted by the replay source)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,116 @@
+"""The replay source: the DuckDB scan and the line-checking reader give the same
+events, and a bad line mid-file hands the rest over without losing or repeating any."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+
+import monitor.capture.replay as replay
+import monitor.capture.scan as scan
+from monitor.capture.replay import BLOCK_BYTES, ReadStats, read_chunks
+from monitor.ecs import parse_timestamp
+from tests.synth import generate
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return generate(hours=0.3, learn_s=600, sources=60, seed=21)
+
+
+@pytest.fixture(scope="module")
+def agent_file(stream, tmp_path_factory):
+    path = tmp_path_factory.mktemp("replay") / "events.ndjson"
+    stream.write_ndjson(path)
+    return path
+
+
+def events_of(chunks) -> list:
+    return [chunk.event(i) for chunk in chunks for i in range(len(chunk))]
+
+
+def checked_only(path, full: bool, stats: ReadStats | None = None) -> list:
+    """What the line-checking reader alone makes of the whole file."""
+    return events_of(replay._checked(path, stats or ReadStats(), set(), full, BLOCK_BYTES, 0))
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_scan_reads_a_clean_file_whole_and_as_the_checking_reader_does(agent_file, stream, full):
+    stats = ReadStats()
+    scanned = events_of(read_chunks([agent_file], stats, full=full))
+    assert stats.scanned == len(stream) and stats.handovers == 0 and stats.slow_blocks == 0
+    assert stats.connections == len(stream) and stats.malformed == 0
+    assert scanned == checked_only(agent_file, full)
+    assert [e.id for e in scanned] == [f"ev-{i}" for i in range(len(stream))]
+
+
+def test_scan_reads_gzip_and_minimal_files(stream, tmp_path):
+    minimal = tmp_path / "other-tool.ndjson"
+    stream.write_ndjson(minimal, minimal=True)
+    packed = tmp_path / "other-tool.log"          # gzip recognised by content, not by name
+    packed.write_bytes(gzip.compress(minimal.read_bytes()))
+    for path in (minimal, packed):
+        stats = ReadStats()
+        events = events_of(read_chunks([path], stats))
+        assert stats.scanned == len(stream) and stats.handovers == 0
+        assert [(e.timestamp_ns, e.source_ip, e.source_port) for e in events] == \
+               [(int(t), ip, int(p)) for t, ip, p in zip(stream.t, stream.src, stream.sport)]
+
+
+def test_a_bad_line_mid_file_hands_the_rest_over(agent_file, stream, tmp_path, monkeypatch):
+    # DuckDB stops all its readers at a parse error, so the bad line sits ~80 MB into a ~100 MB file
+    monkeypatch.setattr(scan, "TABLE_ROWS", 1000)
+    lines = agent_file.read_bytes().splitlines() * 3
+    bad_at = len(lines) - 10_000                         # its line number in the new file
+    body = lines[:2000] + [b"", b"   "] + lines[2000:bad_at - 3] + [b'{"@timestamp": broken'] + lines[bad_at - 3:]
+    mixed = tmp_path / "mixed.ndjson"
+    mixed.write_bytes(b"\n".join(body) + b"\n")
+    clean = tmp_path / "clean.ndjson"
+    clean.write_bytes(b"\n".join(lines) + b"\n")
+    stats = ReadStats()
+    events = events_of(read_chunks([mixed], stats))
+    assert 0 < stats.scanned < len(lines) and stats.handovers == 1
+    assert stats.malformed == 1 and [(b.line, b.path) for b in stats.bad_lines] == [(bad_at, str(mixed))]
+    assert events == events_of(read_chunks([clean]))          # none lost, none twice
+
+
+def test_a_table_failing_the_checks_hands_over_from_its_first_document(agent_file, stream, tmp_path, monkeypatch):
+    monkeypatch.setattr(scan, "TABLE_ROWS", 1000)
+    lines = agent_file.read_bytes().splitlines()
+    doc = orjson.loads(lines[4500])
+    doc["source"]["port"] = 70000                        # well-formed JSON, a port out of range
+    lines[4500] = orjson.dumps(doc)
+    odd = tmp_path / "odd.ndjson"
+    odd.write_bytes(b"\n".join(lines) + b"\n")
+    stats = ReadStats()
+    events = events_of(read_chunks([odd], stats))
+    assert stats.handovers == 1 and stats.scanned == 4000
+    assert [b.line for b in stats.bad_lines] == [4501] and "port out of range" in stats.bad_lines[0].message
+    clean = events_of(read_chunks([agent_file]))
+    assert events == clean[:4500] + clean[4501:]
+
+
+def test_timestamps_in_every_spelling_match_parse_timestamp(tmp_path):
+    stamps = ["2026-01-01T00:00:00.016658Z", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123456789Z",
+              "2026-01-01T02:00:00.5+02:00", "2026-01-01T00:00:00.987654321-05:30", "2026-01-01T00:00:01",
+              "2026-01-01 00:00:02.25"]
+    path = tmp_path / "stamps.ndjson"
+    path.write_bytes(b"".join(orjson.dumps({
+        "@timestamp": stamp, "event": {"action": "connection_accepted"},
+        "source": {"ip": "192.0.2.7", "port": 40000 + i}, "destination": {"ip": "127.0.0.1", "port": 8080},
+    }) + b"\n" for i, stamp in enumerate(stamps)))
+    stats = ReadStats()
+    events = events_of(read_chunks([path], stats))
+    assert stats.scanned == len(stamps) and stats.handovers == 0
+    assert [e.timestamp_ns for e in events] == [parse_timestamp(s) for s in stamps]
+
+
+def test_position_after_documents_skips_blank_lines(tmp_path):
+    path = tmp_path / "blank.ndjson"
+    path.write_bytes(b'{"a":1}\n\n  \n{"a":2}\n{"a":3}\n')
+    assert replay._after_documents(path, 0) == (0, 1)
+    assert replay._after_documents(path, 1) == (8, 2)
+    assert replay._after_documents(path, 2) == (20, 5)
+    assert replay._after_documents(path, 3) == (28, 6)
