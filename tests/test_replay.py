@@ -92,6 +92,16 @@ def test_a_table_failing_the_checks_hands_over_from_its_first_document(agent_fil
     assert events == clean[:4500] + clean[4501:]
 
 
+def test_a_path_duckdb_would_glob_is_read_by_the_checking_reader(agent_file, tmp_path):
+    (tmp_path / "events1.ndjson").write_bytes(b"\n".join(agent_file.read_bytes().splitlines()[:10]) + b"\n")
+    odd = tmp_path / "events[12].ndjson"              # as a glob it would match events1.ndjson
+    odd.write_bytes(agent_file.read_bytes())
+    stats = ReadStats()
+    events = events_of(read_chunks([odd], stats))
+    assert stats.scanned == 0 and stats.handovers == 1 and stats.malformed == 0
+    assert events == events_of(read_chunks([agent_file]))
+
+
 def test_timestamps_in_every_spelling_match_parse_timestamp(tmp_path):
     stamps = ["2026-01-01T00:00:00.016658Z", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123456789Z",
               "2026-01-01T02:00:00.5+02:00", "2026-01-01T00:00:00.987654321-05:30", "2026-01-01T00:00:01",

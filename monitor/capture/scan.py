@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 
 TABLE_ROWS = 1 << 16        # documents per table handed on (DuckDB streams ~15k at a time)
+_GLOB = "*?[{"
 
 
 class FileScan:
@@ -39,11 +40,15 @@ class FileScan:
         self.stopped_by: str | None = None
 
     def tables(self) -> Iterator[pa.Table]:
+        target = str(self.path.resolve())      # absolute: DuckDB would expand a leading ~
+        if any(c in target for c in _GLOB):
+            self.stopped_by = "a glob character in the path (DuckDB would read the files it matches)"
+            return
         connection = _connect()
         pending: list[pa.RecordBatch] = []
         rows = 0
         try:
-            for batch in connection.sql(self._query(), params=[str(self.path)]).to_arrow_reader(TABLE_ROWS):
+            for batch in connection.sql(self._query(), params=[target]).to_arrow_reader(TABLE_ROWS):
                 pending.append(batch)
                 rows += batch.num_rows
                 if rows >= TABLE_ROWS:
