@@ -18,6 +18,7 @@ exactly what one big batch would.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -444,6 +445,18 @@ class BatchEngine:
         plus = ev_prio[order] == 1
         return ev_ord[order][plus], active[plus]
 
+    def _scan_candidates(self, frame: _Frame, index: np.ndarray, count: np.ndarray, learned_of: dict[str, int],
+                         threshold_of: Callable[[float], float], kind: str) -> list[tuple]:
+        """Rows whose count reaches their source's threshold (computed once per source)."""
+        if len(index) == 0:
+            return []
+        sources, which = np.unique(frame.src[index], return_inverse=True)
+        learned = np.array([float(learned_of.get(self.ips.ips[int(code)], 0)) for code in sources])
+        threshold = np.array([threshold_of(value) for value in learned])
+        hit = np.flatnonzero(count >= threshold[which])
+        return [(int(frame.src[index[k]]), int(frame.t[index[k]]), int(index[k]), int(count[k]),
+                 float(threshold[which[k]]), float(learned[which[k]]), kind) for k in hit]
+
     def _scan(self, frame: _Frame, rows: Rows, learning: bool) -> list[Alert]:
         cfg, base, ips = self.config, self.baseline, self.ips.ips
         d_index, d_count = self._distinct_listeners(frame)
@@ -461,19 +474,12 @@ class BatchEngine:
             return []
         cands: list[tuple[int, int, int, int, float, float, str]] = []   # (src, t, frame index, count, thr, base, kind)
         over = d_new & ~frame.learn[d_index] & (d_count >= cfg.scan_min_listeners)
-        for i, count in zip(d_index[over], d_count[over]):
-            ip = ips[int(frame.src[i])]
-            learned = float(base.source_distinct.get(ip, 0))
-            thr = float(max(cfg.scan_min_listeners, learned + 1))
-            if count >= thr:
-                cands.append((int(frame.src[i]), int(frame.t[i]), int(i), int(count), thr, learned, "listeners"))
-        for pos in np.flatnonzero(s_new & ~frame.learn[s.index] & (s.count >= cfg.scan_short_min)):
-            i = int(s.index[pos])
-            ip = ips[int(frame.src[i])]
-            learned = float(base.source_short.get(ip, 0))
-            thr = rate_threshold(cfg.scan_short_min, cfg.scan_short_factor, learned)
-            if s.count[pos] >= thr:
-                cands.append((int(frame.src[i]), int(frame.t[i]), i, int(s.count[pos]), thr, learned, "short"))
+        cands += self._scan_candidates(frame, d_index[over], d_count[over], base.source_distinct,
+                                       lambda learned: float(max(cfg.scan_min_listeners, learned + 1)), "listeners")
+        over = s_new & ~frame.learn[s.index] & (s.count >= cfg.scan_short_min)
+        cands += self._scan_candidates(frame, s.index[over], s.count[over], base.source_short,
+                                       lambda learned: rate_threshold(cfg.scan_short_min, cfg.scan_short_factor,
+                                                                      learned), "short")
         cands.sort(key=lambda c: (c[0], c[1], c[2]))
         out = []
         chosen = self._select(SCAN, [c[0] for c in cands], np.array([c[1] for c in cands], dtype=np.int64))

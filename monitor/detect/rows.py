@@ -63,7 +63,10 @@ class IpTable:
         return table, remap
 
     def codes(self, texts) -> np.ndarray:
-        return np.fromiter((self.code(t) for t in texts), dtype=np.int64, count=len(texts))
+        get = self._codes.get
+        found = [get(t) for t in texts]          # the known ones without a method call each
+        return np.fromiter((c if c is not None else self.code(t) for c, t in zip(found, texts)),
+                           dtype=np.int64, count=len(texts))
 
     def _prefix(self, ip: str) -> str:
         return network_of(ip, self._v6 if ":" in ip else self._v4)
