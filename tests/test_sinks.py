@@ -305,10 +305,31 @@ def test_alert_feed_to_unix_socket(tmp_path):
 
 
 def test_alert_feed_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="alerts.syslog"):
+    with pytest.raises(ValueError, match="alert_feed.syslog"):
         AlertFeedConfig(syslog="tcp:/nowhere")
-    with pytest.raises(ValueError, match="alerts.facility"):
+    with pytest.raises(ValueError, match="alert_feed.facility"):
         AlertFeedConfig(facility="nope")
+    with pytest.raises(ValueError, match="alert_feed.rotate_bytes"):
+        AlertFeedConfig(rotate_bytes=10)
+    with pytest.raises(ValueError, match="alert_feed.keep"):
+        AlertFeedConfig(keep=0)
+
+
+def test_alert_feed_file_rotates_and_keeps_the_newest(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    feed = AlertFeed(AlertFeedConfig(path=path, rotate_bytes=4096, keep=3, flush_interval_s=60), HOST)
+    alerts = [S.alert(source_ip=f"198.51.100.{i % 250 + 1}") for i in range(60)]
+    for alert in alerts:
+        feed.write(alert)
+        feed.flush()                      # one line per write: a rotation every few alerts
+    feed.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["alerts.jsonl", "alerts.jsonl.1", "alerts.jsonl.2", "alerts.jsonl.3"]
+    ids = [d["event"]["id"] for name in ("alerts.jsonl.3", "alerts.jsonl.2", "alerts.jsonl.1", "alerts.jsonl")
+           for d in _lines(tmp_path / name)]
+    assert ids == [a.id for a in alerts][-len(ids):]       # oldest first, none repeated, the newest kept
+    assert all((tmp_path / f"alerts.jsonl.{n}").stat().st_size >= 4096 for n in (1, 2, 3))
+    assert len(ids) < len(alerts) and feed.stats.written == len(alerts)
 
 
 def test_alert_feed_unreachable_syslog_is_counted(tmp_path):

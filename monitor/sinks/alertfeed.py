@@ -5,6 +5,10 @@ refused) as ECS JSON lines in one file, and optionally as RFC 5424 syslog
 messages to a unix datagram socket (`/dev/log`, or `unix:/path`) or over UDP
 (`udp://127.0.0.1:514`). Every other record is ignored here.
 
+The file is rotated as logrotate would: once it reaches `rotate_bytes` it
+becomes `FILE.1` (the older ones shift to `FILE.2` ... `FILE.<keep>`, the
+oldest is dropped), and a new `FILE` starts, so `tail -F FILE` follows it.
+
 A syslog message is
 `<PRI>1 TIMESTAMP HOST socat-monitor PID RULE_ID [socat@32473 ...] JSON`:
 the severity maps critical->crit, high->err, medium->warning, low->notice
@@ -46,13 +50,19 @@ class AlertFeedConfig:
     facility: str = "auth"
     max_queue: int = 10_000
     flush_interval_s: float = 0.2
+    rotate_bytes: int = 64 * 1024 * 1024   # the file becomes FILE.1 at this size
+    keep: int = 5                           # rotated files kept: FILE.1 .. FILE.<keep>
 
     def __post_init__(self) -> None:
         if self.path is not None:
             self.path = Path(self.path)
         if self.facility not in FACILITIES:
-            raise ValueError(f"alerts.facility: unknown syslog facility {self.facility!r}: "
+            raise ValueError(f"alert_feed.facility: unknown syslog facility {self.facility!r}: "
                              f"expected one of {', '.join(FACILITIES)}")
+        if self.rotate_bytes < 1024:
+            raise ValueError(f"alert_feed.rotate_bytes: must be at least 1024, got {self.rotate_bytes}")
+        if self.keep < 1:
+            raise ValueError(f"alert_feed.keep: must be at least 1, got {self.keep}")
         if self.syslog is not None:
             parse_syslog_target(self.syslog)
 
@@ -62,16 +72,17 @@ def parse_syslog_target(text: str) -> tuple[int, Any]:
     if text.startswith("udp://"):
         parts = urlsplit(text)
         if not parts.hostname:
-            raise ValueError(f"alerts.syslog: no host in {text!r}")
+            raise ValueError(f"alert_feed.syslog: no host in {text!r}")
         try:
             port = parts.port or 514
         except ValueError:
-            raise ValueError(f"alerts.syslog: bad port in {text!r}") from None
+            raise ValueError(f"alert_feed.syslog: bad port in {text!r}") from None
         family = socket.AF_INET6 if ":" in parts.hostname else socket.AF_INET
         return family, (parts.hostname, port)
     path = text[len("unix:"):] if text.startswith("unix:") else text
     if not path.startswith("/"):
-        raise ValueError(f"alerts.syslog: expected udp://host:port, unix:/path or an absolute path, got {text!r}")
+        raise ValueError(f"alert_feed.syslog: expected udp://host:port, unix:/path or an absolute path, "
+                         f"got {text!r}")
     return socket.AF_UNIX, path
 
 
@@ -154,17 +165,34 @@ class AlertFeed:
                 self._stats.failed += len(items)
 
     def _write_file(self, items: list[tuple[Record, dict[str, Any]]]) -> bool:
-        if self.config.path is None:
+        path = self.config.path
+        if path is None:
             return True
         data = b"".join(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE) for _, doc in items)
         try:
-            self.config.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.config.path, "ab") as fh:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as fh:
                 fh.write(data)
+                full = fh.tell() >= self.config.rotate_bytes
         except OSError as exc:
-            self._errors.add(f"cannot write {self.config.path}: {exc.strerror or exc}", len(items))
+            self._errors.add(f"cannot write {path}: {exc.strerror or exc}", len(items))
             return False
+        if full:
+            self._rotate(path)
         return True
+
+    def _rotate(self, path: Path) -> None:
+        """FILE -> FILE.1, FILE.1 -> FILE.2, ...; FILE.<keep> is replaced; a new empty FILE.
+        A failure is reported and the file keeps growing."""
+        try:
+            for n in range(self.config.keep - 1, 0, -1):
+                older = path.with_name(f"{path.name}.{n}")
+                if older.exists():
+                    os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+            os.replace(path, path.with_name(f"{path.name}.1"))
+            path.touch()                    # the feed's path always exists for its readers
+        except OSError as exc:
+            self._errors.add(f"cannot rotate {path}: {exc.strerror or exc}")
 
     def _send_syslog(self, items: list[tuple[Record, dict[str, Any]]]) -> bool:
         if self._sock is None:
