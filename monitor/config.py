@@ -25,7 +25,7 @@ from .enforce import EnforceConfig
 from .errors import InputError
 from .metrics import DEFAULT_LISTEN
 from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig
-from .yamlfile import load_yaml, validate
+from .yamlfile import FlagLocator, load_yaml, validate
 
 DEFAULT_CONFIG_PATH = "/etc/socat-monitor/config.yaml"
 
@@ -153,6 +153,12 @@ def build_section(cls: type, data: dict[str, Any] | None, where: str, **defaults
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise InputError(where, str(exc)) from None
+
+
+def section_from_flags(cls: type, values: dict[str, Any], flag: str) -> Any:
+    """A section dataclass from settings given as flags, checked as the config file's section is."""
+    validate(values, section_schema(cls), FlagLocator(flag))
+    return build_section(cls, values, flag)
 
 
 def load_config(path: str | Path | None) -> Config:

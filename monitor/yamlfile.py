@@ -77,6 +77,13 @@ class Locator:
         return InputError(self.where(key_path), f"{format_path(key_path)}: {message}")
 
 
+class FlagLocator(Locator):
+    """For settings given as flags (`--set KEY=VALUE`): errors name the flag, not a line."""
+
+    def where(self, key_path: Sequence[str | int]) -> str:
+        return self.path
+
+
 def _walk(node: yaml.Node, key_path: KeyPath, locator: Locator, problems: list[InputError]) -> None:
     locator.record(key_path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from monitor.analyze import analyze
+from monitor.config import section_from_flags
 from monitor.detect import Baseline, DetectConfig, Detector, parse_duration
 from monitor.ecs import HostInfo, render
 from monitor.errors import InputError
@@ -304,17 +305,18 @@ def test_parse_duration():
             parse_duration(bad, "where")
 
 
-def test_config_from_mapping():
-    config = DetectConfig.from_mapping({"learning_period_s": "15m", "source_rate_min": 50,
-                                        "block_rules": ["anomaly.scan"]})
-    assert config.learning_period_s == 900 and config.source_rate_min == 50
+def test_settings_from_flags_are_checked_as_the_config_file_is():
+    config = section_from_flags(DetectConfig, {"learning_period_s": "15m", "source_rate_min": 50,
+                                               "cooldown": "10m", "block_rules": ["anomaly.scan"]}, "--set")
+    assert config.learning_period_s == 900 and config.source_rate_min == 50 and config.cooldown_s == 600
     assert config.block_rules == ("anomaly.scan",)
-    with pytest.raises(InputError, match="detect: block_rules"):
-        DetectConfig.from_mapping({"block_rules": ["anomaly.nope"]})
-    with pytest.raises(InputError, match="detect: bogus"):
-        DetectConfig.from_mapping({"bogus": 1})
-    with pytest.raises(InputError, match="detect: source_rate_window_s"):
-        DetectConfig.from_mapping({"source_rate_window_s": "0.01s"})
+    for bad, message in [({"block_rules": ["anomaly.nope"]}, "--set: block_rules: unknown rule 'anomaly.nope'"),
+                         ({"sourc_rate_min": 1}, "--set: sourc_rate_min: unknown key: did you mean 'source_rate_min'"),
+                         ({"source_rate_min": "many"}, "--set: source_rate_min: expected"),
+                         ({"source_rate_window_s": "0.01s"}, "--set: source_rate_window_s: must be at least")]:
+        with pytest.raises(InputError) as caught:
+            section_from_flags(DetectConfig, bad, "--set")
+        assert str(caught.value).startswith(message), str(caught.value)
 
 
 def test_only_enabled_rules_raise(day):

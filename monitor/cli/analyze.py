@@ -43,10 +43,11 @@ def command(files, policy_path, baseline_path, save_path, learning_period, setti
     bad policy or baseline). Malformed lines are counted and listed on stderr, never fatal.
     """
     from ..analyze import analyze
+    from ..config import section_from_flags
     from ..detect import Baseline, DetectConfig, parse_duration
     from ..ecs import HostInfo, render
 
-    config = DetectConfig.from_mapping(_settings(settings), where="--set")
+    config = section_from_flags(DetectConfig, _settings(settings), "--set")
     if learning_period is not None:
         config = config.with_learning_period(parse_duration(learning_period, "--learning-period"))
     baseline = Baseline.load(baseline_path) if baseline_path else None

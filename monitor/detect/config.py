@@ -1,8 +1,8 @@
 """Detector settings: the `DetectConfig` dataclass and the `parse_duration` helper.
 
 All windows and thresholds of the anomaly detectors live here, with defaults a
-small relay can run with unchanged. The lead maps the YAML `detect:` section
-onto `DetectConfig.from_mapping`; `analyze` builds one from its flags.
+small relay can run with unchanged. `monitor.config` builds one from the YAML
+`detect:` section, or from `analyze --set KEY=VALUE` flags, the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 from ..errors import InputError
 
@@ -113,54 +112,29 @@ class DetectConfig:
                   "listener_rate_window_s", "scan_window_s", "scan_short_s", "refused_window_s")
 
     def __post_init__(self) -> None:
-        self.validate("detect")
-
-    def validate(self, where: str) -> None:
+        """ValueError naming the setting when a value is out of range."""
         for name in ("rules", "block_rules"):
             for rule in getattr(self, name):
                 if rule not in RULES:
-                    raise InputError(f"{where}: {name}", f"unknown rule {rule!r} (known: {', '.join(RULES)})")
+                    raise ValueError(f"{name}: unknown rule {rule!r} (known: {', '.join(RULES)})")
         if self.resolution_s <= 0:
-            raise InputError(f"{where}: resolution_s", "must be positive")
+            raise ValueError("resolution_s: must be positive")
         for name in self._durations:
             if getattr(self, name) < 0:
-                raise InputError(f"{where}: {name}", "must be zero or positive")
+                raise ValueError(f"{name}: must be zero or positive")
         for name in ("source_rate_window_s", "listener_rate_window_s", "scan_window_s", "refused_window_s"):
             if getattr(self, name) < self.resolution_s:
-                raise InputError(f"{where}: {name}", f"must be at least resolution_s ({self.resolution_s})")
+                raise ValueError(f"{name}: must be at least resolution_s ({self.resolution_s})")
         for name in ("max_tracked", "source_rate_min", "listener_rate_min", "scan_min_listeners",
                      "scan_short_min", "refused_min", "top_sources"):
             if getattr(self, name) < 1:
-                raise InputError(f"{where}: {name}", "must be at least 1")
+                raise ValueError(f"{name}: must be at least 1")
         if not 0.0 < self.peer_quantile <= 1.0:
-            raise InputError(f"{where}: peer_quantile", "must be in (0, 1]")
+            raise ValueError("peer_quantile: must be in (0, 1]")
         if not 0 <= self.new_source_v4_prefix <= 32:
-            raise InputError(f"{where}: new_source_v4_prefix", "must be 0..32")
+            raise ValueError("new_source_v4_prefix: must be 0..32")
         if not 0 <= self.new_source_v6_prefix <= 128:
-            raise InputError(f"{where}: new_source_v6_prefix", "must be 0..128")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], where: str = "detect") -> "DetectConfig":
-        """From a config-file mapping; durations may be strings (`15m`). Unknown keys are errors."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in known:
-                raise InputError(f"{where}: {key}", f"unknown setting (known: {', '.join(sorted(known))})")
-            if key in cls._durations:
-                values[key] = parse_duration(value, f"{where}: {key}")
-            elif key in ("rules", "block_rules"):
-                if isinstance(value, str) or not isinstance(value, (list, tuple)):
-                    raise InputError(f"{where}: {key}", "must be a list of rule ids")
-                values[key] = tuple(str(v) for v in value)
-            else:
-                expected = type(known[key].default)
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise InputError(f"{where}: {key}", f"must be a number, got {value!r}")
-                values[key] = expected(value)
-        config = dataclasses.replace(cls(), **values)
-        config.validate(where)
-        return config
+            raise ValueError("new_source_v6_prefix: must be 0..128")
 
     def with_learning_period(self, seconds: float) -> "DetectConfig":
         return dataclasses.replace(self, learning_period_s=seconds)
