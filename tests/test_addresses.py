@@ -40,9 +40,9 @@ def random_addresses(n: int, seed: int = 5) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("text", TRICKY + random_addresses(3000))
-def test_normalize_ip_spells_as_ipaddress_does(text):
-    assert normalize_ip(text) == reference(text)
+def test_normalize_ip_spells_as_ipaddress_does():
+    for text in TRICKY + random_addresses(3000):
+        assert normalize_ip(text) == reference(text), text
 
 
 @pytest.mark.parametrize("text", ["01.2.3.4", "256.1.1.1", "1.2.3", " 1.2.3.4", "1.2.3.4\x00", "abc", "", "1::2::3"])
