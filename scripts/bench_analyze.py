@@ -5,8 +5,10 @@ Generates NDJSON files in the agent's own ECS format (1M and 2M connection
 events: real `ConnectionEvent`s, accepts and closes, rendered by
 `monitor.ecs.render`; plus a 2M-event file with only the minimal fields another
 tool would write), then, each in a fresh process, times `monitor.analyze.analyze` and
-records its peak RSS, next to the raw pyarrow JSON reader on the same file
-(the ceiling). Then times the live `Detector.observe` / `tick` path.
+records its peak RSS, next to its reader alone (the DuckDB scan: the ceiling)
+and pyarrow's JSON reader alone (the reader it replaced, and the one that
+still reads a file from its first bad line on). Then times the live
+`Detector.observe` / `tick` path.
 
     .venv/bin/python scripts/bench_analyze.py [--events 2000000] [--dir /tmp]
 """
@@ -123,6 +125,16 @@ def child_arrow(path: str) -> None:
     print(json.dumps({"events": rows, "seconds": time.perf_counter() - began}))
 
 
+def child_scan(path: str) -> None:
+    """Run in a fresh process: the DuckDB scan alone, as `analyze` reads (its ceiling)."""
+    from monitor.capture.replay import _SCHEMA
+    from monitor.capture.scan import FileScan
+
+    began = time.perf_counter()
+    rows = sum(table.num_rows for table in FileScan(Path(path), _SCHEMA, compressed=False).tables())
+    print(json.dumps({"events": rows, "seconds": time.perf_counter() - began}))
+
+
 def run_child(kind: str, path: Path, tree: Path = ROOT) -> dict:
     """A measurement in a fresh process, with the `monitor` package of `tree` (this checkout by default)."""
     env = dict(os.environ, BENCH_TREE=str(tree))
@@ -171,11 +183,14 @@ def main() -> None:
                              "`git archive <rev> monitor | tar -x -C DIR`), timed side by side with this one")
     parser.add_argument("--child-analyze")
     parser.add_argument("--child-arrow")
+    parser.add_argument("--child-scan")
     args = parser.parse_args()
     if args.child_analyze:
         return child_analyze(args.child_analyze)
     if args.child_arrow:
         return child_arrow(args.child_arrow)
+    if args.child_scan:
+        return child_scan(args.child_scan)
     work = Path(tempfile.mkdtemp(prefix="bench-analyze-", dir=args.dir))
     try:
         print(f"bench_analyze: {os.cpu_count()} CPUs, files in {work}")
@@ -194,27 +209,24 @@ def main() -> None:
         print()
         print(f"best of {max(1, args.repeat)} alternating runs each; load average now "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(f"{'file':28}{'events':>11}{'analyze ev/s':>14}{'pyarrow-only ev/s':>19}{'ratio':>7}"
-              f"{'MB/s':>7}{'peak RSS MB':>13}{'alerts':>8}" + (f"{'--against ev/s':>16}" if args.against else ""))
+        print(f"{'file':22}{'events':>11}{'analyze ev/s':>14}{'scan-only ev/s':>16}{'ratio':>7}"
+              f"{'pyarrow-only ev/s':>19}{'x pyarrow':>10}{'MB/s':>7}{'peak RSS MB':>13}{'alerts':>8}"
+              + (f"{'--against ev/s':>16}" if args.against else ""))
         for label, path in [(f"agent {n:,}", files[n]) for n in sizes] + [(f"minimal {args.events:,}", minimal)]:
-            ceilings, results, others = [], [], []
+            runs: dict[str, list[dict]] = {"scan": [], "arrow": [], "analyze": [], "against": []}
             for _ in range(max(1, args.repeat)):
-                ceilings.append(run_child("arrow", path))
-                results.append(run_child("analyze", path))
+                for kind in ("scan", "arrow", "analyze"):
+                    runs[kind].append(run_child(kind, path))
                 if args.against:
-                    others.append(run_child("analyze", path, args.against))
-            ceiling = min(ceilings, key=lambda r: r["seconds"])
-            result = min(results, key=lambda r: r["seconds"])
-            result["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
-            rate = result["events"] / result["seconds"]
-            arrow_rate = ceiling["events"] / ceiling["seconds"]
+                    runs["against"].append(run_child("analyze", path, args.against))
+            rate = {kind: max(r["events"] / r["seconds"] for r in found) for kind, found in runs.items() if found}
+            result = min(runs["analyze"], key=lambda r: r["seconds"])
+            peak = max(r["peak_rss_mb"] for r in runs["analyze"])
             mbps = path.stat().st_size / 1e6 / result["seconds"]
-            against = ""
-            if others:
-                other = min(others, key=lambda r: r["seconds"])
-                against = f"{other['events'] / other['seconds']:>16,.0f}"
-            print(f"{label:28}{result['events']:>11,}{rate:>14,.0f}{arrow_rate:>19,.0f}{rate / arrow_rate:>7.2f}"
-                  f"{mbps:>7.0f}{result['peak_rss_mb']:>13.0f}{result['alerts']:>8}" + against)
+            against = f"{rate['against']:>16,.0f}" if args.against else ""
+            print(f"{label:22}{result['events']:>11,}{rate['analyze']:>14,.0f}{rate['scan']:>16,.0f}"
+                  f"{rate['analyze'] / rate['scan']:>7.2f}{rate['arrow']:>19,.0f}{rate['analyze'] / rate['arrow']:>10.2f}"
+                  f"{mbps:>7.0f}{peak:>13.0f}{result['alerts']:>8}" + against)
         print()
         live = bench_live(200_000)
         print(f"live Detector.observe: {live['observe_per_s']:,.0f} events/s; tick every 0.5 s of event time: "
