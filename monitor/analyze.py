@@ -61,6 +61,7 @@ class AnalysisResult:
     elapsed_s: float
     policy_checked: bool = False
     alerts_by_rule: dict[str, int] = field(default_factory=dict)
+    handovers: list[str] = field(default_factory=list)   # files the fast scan left to the line-checking reader
 
     @property
     def exit_code(self) -> int:
@@ -76,6 +77,7 @@ class AnalysisResult:
             "malformed": self.malformed,
             "malformed_lines": [str(m) for m in self.bad_lines],
             "late_events": self.late_events,
+            "read_line_by_line": self.handovers,
             "alerts": len(self.alerts),
             "alerts_by_rule": self.alerts_by_rule,
             "policy_checked": self.policy_checked,
@@ -169,6 +171,7 @@ def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectCo
         other_documents=stats.other_documents, malformed=stats.malformed, bad_lines=stats.bad_lines,
         late_events=engine.late_events, listeners=listeners, sources=sources, baseline=base,
         elapsed_s=time.perf_counter() - began, policy_checked=checker is not None, alerts_by_rule=by_rule,
+        handovers=stats.handovers,
     )
 
 

@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .capture import CaptureConfig
 from .control import DEFAULT_SOCKET
@@ -139,26 +139,44 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
         return typing.get_origin(base)(value)
     if base is float:
         return float(value)
+    if base is int and not isinstance(value, bool):
+        return int(value)           # the schema's integer takes 24.0 too
     return value
 
 
-def build_section(cls: type, data: dict[str, Any] | None, where: str, **defaults: Any) -> Any:
-    """A section dataclass from its YAML mapping (already schema-validated)."""
+def build_section(cls: type, data: dict[str, Any] | None, where: str,
+                  key_where: Callable[[str], str] | None = None, **defaults: Any) -> Any:
+    """A section dataclass from its YAML mapping (already schema-validated).
+
+    `where` locates the section, `key_where(key)` one of its keys: a value the
+    dataclass refuses is reported at the key it names."""
     values = dict(defaults)
     keys = _yaml_keys(cls)
-    for key, value in (data or {}).items():
+    data = data or {}
+    for key, value in data.items():
         f = keys[key]
-        values[f.name] = _convert(f, value, f"{where}: {key}")
+        values[f.name] = _convert(f, value, f"{key_where(key) if key_where else where}: {key}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise InputError(where, str(exc)) from None
+        raise _refused(str(exc), data, where, key_where) from None
+
+
+def _refused(message: str, data: dict[str, Any], where: str,
+             key_where: Callable[[str], str] | None) -> InputError:
+    """A dataclass's `name: problem` (or `section.name: problem`) at the key the user wrote for it."""
+    name, sep, problem = message.partition(": ")
+    name = name.rsplit(".", 1)[-1]
+    for key in (name, name.removesuffix("_s")):
+        if sep and key_where is not None and key in data:
+            return InputError(key_where(key), f"{key}: {problem}")
+    return InputError(where, message)
 
 
 def section_from_flags(cls: type, values: dict[str, Any], flag: str) -> Any:
     """A section dataclass from settings given as flags, checked as the config file's section is."""
     validate(values, section_schema(cls), FlagLocator(flag))
-    return build_section(cls, values, flag)
+    return build_section(cls, values, flag, key_where=lambda _key: flag)
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -169,13 +187,16 @@ def load_config(path: str | Path | None) -> Config:
     if data is None:
         data = {}
     validate(data, config_schema(), locator, path)
-    agent = build_section(AgentConfig, {k: v for k, v in data.items() if k not in SECTIONS}, str(path))
+    agent = build_section(AgentConfig, {k: v for k, v in data.items() if k not in SECTIONS}, str(path),
+                          key_where=lambda key: locator.where((key,)))
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         if name in OPTIONAL_SECTIONS and data.get(name) is None:
             continue
         extra = {"directory": agent.output} if name == "ndjson" else {}
-        sections[name] = build_section(cls, data.get(name), locator.where((name,)) + f": {name}", **extra)
+        sections[name] = build_section(cls, data.get(name), f"{locator.where((name,))}: {name}",
+                                       key_where=lambda key, n=name: f"{locator.where((n, key))}: {n}",
+                                       **extra)
     return Config(agent=agent, source=str(path), **sections)
 
 

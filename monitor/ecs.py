@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import functools
 import hashlib
+import math
 import socket
 import struct
 from dataclasses import dataclass
@@ -89,7 +90,10 @@ def parse_timestamp(text: str) -> int:
         head, offset = head[:19], head[19:]
     stamp = dt.datetime.fromisoformat(head + (offset or "+00:00"))
     digits = (frac + "000000000")[:9] if frac else "0"
-    return int(stamp.timestamp()) * 1_000_000_000 + int(digits)
+    ns = int(stamp.timestamp()) * 1_000_000_000 + int(digits)
+    if not -(1 << 63) <= ns < (1 << 63):
+        raise ValueError(f"{text!r} is outside the nanosecond range (years 1677..2262)")
+    return ns
 
 
 def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: int = 6) -> str:
@@ -378,15 +382,43 @@ def _required(doc: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+def _whole(value: Any, dotted: str) -> int:
+    """A whole number the way the DuckDB scan of `analyze` converts one (decimals rounded half
+    to even, digit strings read), so both of its readers agree."""
+    if isinstance(value, (bool, int)):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return round(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise DocumentError(f"{dotted}: not a whole number: {value!r}")
+
+
+def _flag(value: Any, dotted: str) -> bool:
+    if value is None or isinstance(value, (bool, int, float)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise DocumentError(f"{dotted}: not true or false: {value!r}")
+
+
 def _port(doc: dict[str, Any], dotted: str) -> int:
     value = _required(doc, dotted)
     try:
-        port = int(value)
-    except (TypeError, ValueError):
+        port = _whole(value, dotted)
+    except DocumentError:
         raise DocumentError(f"{dotted}: not a port number: {value!r}") from None
     if not 0 <= port <= 65535:
         raise DocumentError(f"{dotted}: port out of range: {port}")
     return port
+
+
+def _optional_whole(doc: dict[str, Any], dotted: str) -> int | None:
+    value = _field(doc, dotted)
+    return None if value is None else _whole(value, dotted)
 
 
 def _ip(doc: dict[str, Any], dotted: str) -> str:
@@ -431,8 +463,8 @@ def parse_connection(doc: dict[str, Any]) -> ConnectionEvent:
     listener = None
     if listener_port is not None:
         listener = Listener(
-            ip=str(_field(doc, "socat.listener.ip") or ""),
-            port=int(listener_port),
+            ip=str(_field(doc, "socat.listener.ip") or _ip(doc, "destination.ip")),
+            port=_whole(listener_port, "socat.listener.port"),
             name=_field(doc, "socat.listener.name"),
         )
     direction = _field(doc, "network.direction")
@@ -453,7 +485,7 @@ def parse_connection(doc: dict[str, Any]) -> ConnectionEvent:
         listener=listener,
         session_id=_field(doc, "socat.session.id"),
         ktime_ns=_field(doc, "event.sequence"),
-        duration_ns=_field(doc, "event.duration"),
-        refused=bool(_field(doc, "socat.refused")) or action is Action.DENIED,
+        duration_ns=_optional_whole(doc, "event.duration"),
+        refused=_flag(_field(doc, "socat.refused"), "socat.refused") or action is Action.DENIED,
         error=_field(doc, "socat.error"),
     )

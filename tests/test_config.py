@@ -69,10 +69,12 @@ def test_flags_override_the_file_and_state_follows_state_dir(tmp_path):
     ("detect:\n  learning_period: 1h\n  source_rate_mn: 3\n", 3, "source_rate_mn"),
     ("enforce:\n  dry_run: maybe\n", 2, "enforce.dry_run"),
     ("unknown_top: 1\n", 1, "unknown_top"),
-    ("ndjson:\n  rotate_bytes: 10\n", 1, "rotate_bytes"),
-    ("detect:\n  source_rate_window: 0.01s\n", 1, "detect: source_rate_window_s: must be at least resolution_s"),
-    ("detect:\n  block_rules: [anomaly.nope]\n", 1, "detect: block_rules: unknown rule"),
-    ("alert_feed:\n  path: /tmp/feed\n  keep: 0\n", 1, "alert_feed: alert_feed.keep: must be at least 1"),
+    ("ndjson:\n  rotate_bytes: 10\n", 2, "ndjson: rotate_bytes: must be at least 1024"),
+    ("detect:\n  resolution: 1s\n  source_rate_window: 0.5s\n", 3,
+     "detect: source_rate_window: must be at least resolution_s"),
+    ("detect:\n  block_rules: [anomaly.nope]\n", 2, "detect: block_rules: unknown rule"),
+    ("alert_feed:\n  path: /tmp/feed\n  keep: 0\n", 3, "alert_feed: keep: must be at least 1"),
+    ("alert_feed:\n  syslog: tcp:/x\n", 2, "alert_feed: syslog: expected udp://host:port"),
     ("output: [1, 2\n", 2, "not valid YAML"),
 ])
 def test_bad_files_name_line_and_key(tmp_path, text, line, needle):

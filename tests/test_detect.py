@@ -310,10 +310,12 @@ def test_settings_from_flags_are_checked_as_the_config_file_is():
                                                "cooldown": "10m", "block_rules": ["anomaly.scan"]}, "--set")
     assert config.learning_period_s == 900 and config.source_rate_min == 50 and config.cooldown_s == 600
     assert config.block_rules == ("anomaly.scan",)
+    assert section_from_flags(DetectConfig, {"new_source_v4_prefix": 24.0}, "--set").new_source_v4_prefix == 24
+    assert type(section_from_flags(DetectConfig, {"top_sources": 5.0}, "--set").top_sources) is int
     for bad, message in [({"block_rules": ["anomaly.nope"]}, "--set: block_rules: unknown rule 'anomaly.nope'"),
                          ({"sourc_rate_min": 1}, "--set: sourc_rate_min: unknown key: did you mean 'source_rate_min'"),
                          ({"source_rate_min": "many"}, "--set: source_rate_min: expected"),
-                         ({"source_rate_window_s": "0.01s"}, "--set: source_rate_window_s: must be at least")]:
+                         ({"source_rate_window": "0.01s"}, "--set: source_rate_window: must be at least")]:
         with pytest.raises(InputError) as caught:
             section_from_flags(DetectConfig, bad, "--set")
         assert str(caught.value).startswith(message), str(caught.value)

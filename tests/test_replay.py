@@ -33,14 +33,14 @@ def events_of(chunks) -> list:
 
 def checked_only(path, full: bool, stats: ReadStats | None = None) -> list:
     """What the line-checking reader alone makes of the whole file."""
-    return events_of(replay._checked(path, stats or ReadStats(), set(), full, BLOCK_BYTES, 0))
+    return events_of(replay._checked(path, stats or ReadStats(), {}, full, BLOCK_BYTES, 0, "test"))
 
 
 @pytest.mark.parametrize("full", [False, True])
 def test_scan_reads_a_clean_file_whole_and_as_the_checking_reader_does(agent_file, stream, full):
     stats = ReadStats()
     scanned = events_of(read_chunks([agent_file], stats, full=full))
-    assert stats.scanned == len(stream) and stats.handovers == 0 and stats.slow_blocks == 0
+    assert stats.scanned == len(stream) and stats.handovers == [] and stats.slow_blocks == 0
     assert stats.connections == len(stream) and stats.malformed == 0
     assert scanned == checked_only(agent_file, full)
     assert [e.id for e in scanned] == [f"ev-{i}" for i in range(len(stream))]
@@ -54,7 +54,7 @@ def test_scan_reads_gzip_and_minimal_files(stream, tmp_path):
     for path in (minimal, packed):
         stats = ReadStats()
         events = events_of(read_chunks([path], stats))
-        assert stats.scanned == len(stream) and stats.handovers == 0
+        assert stats.scanned == len(stream) and stats.handovers == []
         assert [(e.timestamp_ns, e.source_ip, e.source_port) for e in events] == \
                [(int(t), ip, int(p)) for t, ip, p in zip(stream.t, stream.src, stream.sport)]
 
@@ -71,7 +71,7 @@ def test_a_bad_line_mid_file_hands_the_rest_over(agent_file, stream, tmp_path, m
     clean.write_bytes(b"\n".join(lines) + b"\n")
     stats = ReadStats()
     events = events_of(read_chunks([mixed], stats))
-    assert 0 < stats.scanned < len(lines) and stats.handovers == 1
+    assert 0 < stats.scanned < len(lines) and len(stats.handovers) == 1
     assert stats.malformed == 1 and [(b.line, b.path) for b in stats.bad_lines] == [(bad_at, str(mixed))]
     assert events == events_of(read_chunks([clean]))          # none lost, none twice
 
@@ -86,7 +86,7 @@ def test_a_table_failing_the_checks_hands_over_from_its_first_document(agent_fil
     odd.write_bytes(b"\n".join(lines) + b"\n")
     stats = ReadStats()
     events = events_of(read_chunks([odd], stats))
-    assert stats.handovers == 1 and stats.scanned == 4000
+    assert len(stats.handovers) == 1 and stats.scanned == 4000
     assert [b.line for b in stats.bad_lines] == [4501] and "port out of range" in stats.bad_lines[0].message
     clean = events_of(read_chunks([agent_file]))
     assert events == clean[:4500] + clean[4501:]
@@ -98,23 +98,78 @@ def test_a_path_duckdb_would_glob_is_read_by_the_checking_reader(agent_file, tmp
     odd.write_bytes(agent_file.read_bytes())
     stats = ReadStats()
     events = events_of(read_chunks([odd], stats))
-    assert stats.scanned == 0 and stats.handovers == 1 and stats.malformed == 0
+    assert stats.scanned == 0 and len(stats.handovers) == 1 and stats.malformed == 0
     assert events == events_of(read_chunks([agent_file]))
 
 
-def test_timestamps_in_every_spelling_match_parse_timestamp(tmp_path):
-    stamps = ["2026-01-01T00:00:00.016658Z", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123456789Z",
-              "2026-01-01T02:00:00.5+02:00", "2026-01-01T00:00:00.987654321-05:30", "2026-01-01T00:00:01",
-              "2026-01-01 00:00:02.25"]
-    path = tmp_path / "stamps.ndjson"
+def stamp_file(path, stamps: list[str]):
     path.write_bytes(b"".join(orjson.dumps({
         "@timestamp": stamp, "event": {"action": "connection_accepted"},
         "source": {"ip": "192.0.2.7", "port": 40000 + i}, "destination": {"ip": "127.0.0.1", "port": 8080},
     }) + b"\n" for i, stamp in enumerate(stamps)))
+    return path
+
+
+@pytest.mark.parametrize("stamps", [
+    ["2026-01-01T00:00:00.016658Z", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123456789Z",
+     "2026-01-01T02:00:00.5+02:00", "2026-01-01T00:00:00.987654321-05:30"],
+    ["2026-01-01T00:00:01", "2026-01-01 00:00:02.25", "2026-01-01T00:00:03.123456789"],
+], ids=["zoned", "naive"])
+def test_timestamps_are_converted_at_once_as_parse_timestamp_would(stamps, tmp_path, monkeypatch):
+    expected = [parse_timestamp(s) for s in stamps]
+
+    def refuse(text):
+        raise AssertionError(f"converted one by one: {text}")
+
+    monkeypatch.setattr(replay, "parse_timestamp", refuse)
     stats = ReadStats()
-    events = events_of(read_chunks([path], stats))
-    assert stats.scanned == len(stamps) and stats.handovers == 0
-    assert [e.timestamp_ns for e in events] == [parse_timestamp(s) for s in stamps]
+    events = events_of(read_chunks([stamp_file(tmp_path / "stamps.ndjson", stamps)], stats))
+    assert stats.scanned == len(stamps) and stats.handovers == []
+    assert [e.timestamp_ns for e in events] == expected
+
+
+def test_mixed_and_out_of_range_timestamps(tmp_path):
+    mixed = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:01", "2026-01-01T02:00:02+02:00",
+             "2026-01-01T00:00:03.1234567891Z"]
+    events = events_of(read_chunks([stamp_file(tmp_path / "mixed.ndjson", mixed)]))
+    assert [e.timestamp_ns for e in events] == [parse_timestamp(s) for s in mixed]
+    stats = ReadStats()
+    far = ["2026-01-01T00:00:00Z", "2300-01-01T00:00:00Z", "2026-01-01T00:00:02Z"]
+    events = events_of(read_chunks([stamp_file(tmp_path / "far.ndjson", far)], stats))
+    assert [e.timestamp_ns for e in events] == [parse_timestamp(far[0]), parse_timestamp(far[2])]
+    assert [(b.line, "@timestamp" in b.message) for b in stats.bad_lines] == [(2, True)]
+
+
+def test_a_folder_named_like_a_field_is_not_a_field(agent_file, tmp_path):
+    folder = tmp_path / "event=x" / "@timestamp=5"      # DuckDB's hive partitioning would read these as columns
+    folder.mkdir(parents=True)
+    (folder / "events.ndjson").write_bytes(agent_file.read_bytes())
+    stats = ReadStats()
+    assert events_of(read_chunks([folder / "events.ndjson"], stats)) == events_of(read_chunks([agent_file]))
+    assert stats.handovers == []
+
+
+def test_both_readers_convert_odd_values_alike(tmp_path):
+    docs = [{"@timestamp": "2026-01-01T00:00:00Z", "event": {"action": "connection_closed", "duration": 1.5},
+             "source": {"ip": "192.0.2.7", "port": 80.6}, "destination": {"ip": "127.0.0.1", "port": "8080"},
+             "socat": {"listener": {"port": 9000.5}, "refused": "false"}}]
+    path = tmp_path / "odd.ndjson"
+    path.write_bytes(b"\xef\xbb\xbf" + b"".join(orjson.dumps(d) + b"\n" for d in docs))
+    scanned = events_of(read_chunks([path]))
+    checked = checked_only(path, full=False)
+    assert scanned == checked and len(scanned) == 1
+    event = scanned[0]
+    assert (event.source_port, event.destination_port, event.listener.port) == (81, 8080, 9000)
+    assert event.duration_ns == 2 and event.refused is False
+
+
+def test_why_the_scan_stopped_is_kept(tmp_path):
+    path = stamp_file(tmp_path / "bad.ndjson", ["2026-01-01T00:00:00Z"])
+    path.write_bytes(path.read_bytes() + b"{not json\n")
+    stats = ReadStats()
+    events_of(read_chunks([path], stats))
+    assert len(stats.handovers) == 1 and str(path) in stats.handovers[0]
+    assert "from line 1 (the fast scan stopped: " in stats.handovers[0] and "Malformed JSON" in stats.handovers[0]
 
 
 def test_position_after_documents_skips_blank_lines(tmp_path):

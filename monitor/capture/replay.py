@@ -40,9 +40,10 @@ PARSE_BLOCK = 2 << 20       # pyarrow's own block size: its threads parse these 
 ACTIONS = (Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED)
 _ACTION_CODE = {a.value: i for i, a in enumerate(ACTIONS)}
 _OTHER_KINDS = {"alert", "metric", "pipeline_error", "state", "signal"}
+_BOM = b"\xef\xbb\xbf"
 
 _SCHEMA = pa.schema([
-    ("@timestamp", pa.timestamp("ns")),
+    ("@timestamp", pa.string()),       # text, converted by _times the same way for both readers
     ("event", pa.struct([("id", pa.string()), ("action", pa.string()), ("dataset", pa.string()),
                          ("kind", pa.string()), ("duration", pa.int64())])),
     ("source", pa.struct([("ip", pa.string()), ("port", pa.int64())])),
@@ -79,15 +80,18 @@ class ReadStats:
     other_documents: int = 0
     malformed: int = 0
     scanned: int = 0              # documents the DuckDB scan delivered
-    handovers: int = 0            # files it left, part or whole, to the line-checking reader
     slow_blocks: int = 0          # blocks read line by line
     bad_lines: list[Malformed] = field(default_factory=list)   # the first `keep` of them
+    handovers: list[str] = field(default_factory=list)         # files the scan left, part or whole, and why
     keep: int = 1000
 
     def bad(self, path: str, line: int, message: str) -> None:
         self.malformed += 1
         if len(self.bad_lines) < self.keep:
             self.bad_lines.append(Malformed(path, line, message))
+
+    def hand_over(self, path: str, line: int, reason: str) -> None:
+        self.handovers.append(f"{path}: read by the line-checking reader from line {line:,} ({reason})")
 
 
 @dataclass
@@ -126,7 +130,7 @@ class EventChunk:
         if extra.get("pid") is not None:
             process = ProcessInfo(pid=extra["pid"], comm=extra.get("comm") or "")
         return ConnectionEvent(
-            id=self.event_id(i) or f"row-{self.t[i]}-{i}",
+            id=self.event_id(i) or f"line-{self.t[i]}",     # as parse_connection names one without an id
             action=action, timestamp_ns=int(self.t[i]),
             source_ip=self.src_values[self.src[i]], source_port=int(self.src_port[i]),
             destination_ip=self.dst_values[self.dst[i]], destination_port=int(self.dst_port[i]),
@@ -189,45 +193,46 @@ def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
     that ends early reports the problem as a malformed line and keeps what was read.
     """
     stats = stats if stats is not None else ReadStats()
-    valid_ips: set[str] = set()
+    canonical: dict[str, str] = {}      # address as written -> canonical spelling
     paths = [Path(raw) for raw in paths]
     for path in paths:
         if not path.is_file():
             raise InputError(str(path), "no such file")
     for path in paths:
         try:
-            documents = yield from _scanned(path, stats, valid_ips, full)
-            if documents is None:
+            stop = yield from _scanned(path, stats, canonical, full)
+            if stop is None:
                 continue
-            stats.handovers += 1
-            yield from _checked(path, stats, valid_ips, full, block_bytes or BLOCK_BYTES, documents)
+            yield from _checked(path, stats, canonical, full, block_bytes or BLOCK_BYTES, *stop)
         except (EOFError, gzip.BadGzipFile, OSError) as exc:
             if isinstance(exc, PermissionError):
                 raise InputError(str(path), f"cannot read: {exc.strerror}") from None
             stats.bad(str(path), -1, f"file ends early or is not readable: {exc}")
 
 
-def _scanned(path: Path, stats: ReadStats, valid_ips: set[str], full: bool):
-    """The DuckDB scan's chunks; returns None when it read the whole file, else how many documents it took."""
+def _scanned(path: Path, stats: ReadStats, canonical: dict[str, str], full: bool):
+    """The DuckDB scan's chunks; returns None when it read the whole file, else
+    (documents it took, why it stopped)."""
     scan = FileScan(path, _FULL_SCHEMA if full else _SCHEMA, compressed=_is_gzip(path))
     taken = 0
     for table in scan.tables():
-        chunk = _table_chunk(table, table.num_rows, stats, str(path), valid_ips, full)
+        chunk = _table_chunk(table, table.num_rows, stats, str(path), canonical, full)
         if chunk is None:
-            return taken
+            return taken, "a document there fails the checks"
         taken += table.num_rows
         stats.scanned += table.num_rows
         if len(chunk):
             yield chunk
-    return None if scan.complete else taken
+    return None if scan.complete else (taken, scan.stopped_by)
 
 
-def _checked(path: Path, stats: ReadStats, valid_ips: set[str], full: bool, block_bytes: int,
-             documents: int) -> Iterator[EventChunk]:
+def _checked(path: Path, stats: ReadStats, canonical: dict[str, str], full: bool, block_bytes: int,
+             documents: int, reason: str) -> Iterator[EventChunk]:
     """The line-checking reader, from the document after the first `documents` to the end."""
     offset, line = _after_documents(path, documents)
+    stats.hand_over(str(path), line, reason)
     for first, count, block in _blocks(path, block_bytes, offset, line):
-        chunk = _fast(block, count, stats, str(path), valid_ips, full)
+        chunk = _fast(block, count, stats, str(path), canonical, full)
         if chunk is None:
             stats.slow_blocks += 1
             chunk = _slow(block, first, stats, str(path))
@@ -320,7 +325,7 @@ def prefetch(chunks: Iterator[EventChunk], depth: int = 1) -> Iterator[EventChun
         thread.join(timeout=5)
 
 
-def _fast(block: memoryview, lines: int, stats: ReadStats, path: str, valid_ips: set[str],
+def _fast(block: memoryview, lines: int, stats: ReadStats, path: str, canonical: dict[str, str],
           full: bool = False) -> EventChunk | None:
     """The pyarrow path; None when the block needs the line-by-line path."""
     try:
@@ -332,10 +337,10 @@ def _fast(block: memoryview, lines: int, stats: ReadStats, path: str, valid_ips:
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    return _table_chunk(table, lines, stats, path, valid_ips, full)
+    return _table_chunk(table, lines, stats, path, canonical, full)
 
 
-def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, valid_ips: set[str],
+def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, canonical: dict[str, str],
                  full: bool) -> EventChunk | None:
     """The connection rows of a parsed table; None when one needs the line-by-line path to say what is wrong."""
     event = table.column("event").combine_chunks()
@@ -370,8 +375,9 @@ def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, valid
     socat = table.column("socat").combine_chunks()
     lport = pc.coalesce(_get(_get(socat, "listener"), "port"), dst_port).to_numpy().astype(np.int64)
     src_enc, dst_enc = src_ip.dictionary_encode(), dst_ip.dictionary_encode()
-    src_values, dst_values = src_enc.dictionary.to_pylist(), dst_enc.dictionary.to_pylist()
-    if not (_valid_ips(src_values, valid_ips) and _valid_ips(dst_values, valid_ips)):
+    src_values = _canonical_ips(src_enc.dictionary.to_pylist(), canonical)
+    dst_values = _canonical_ips(dst_enc.dictionary.to_pylist(), canonical)
+    if src_values is None or dst_values is None:
         return None
     action_enc = action.dictionary_encode()
     codes = np.array([_ACTION_CODE[a] for a in action_enc.dictionary.to_pylist()], dtype=np.int8)
@@ -396,26 +402,32 @@ def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, valid
 
 
 def _times(table: pa.Table) -> np.ndarray | None:
-    """@timestamp as int64 ns; None if one is missing or unreadable.
+    """@timestamp (text) as int64 ns; None if one is missing or unreadable.
 
-    pyarrow's JSON reader hands over timestamps; the DuckDB scan hands over
-    text, converted here: at once when every one carries a zone (Z or an
-    offset, as the agent writes them) or none does, else one by one with
-    `parse_timestamp`, as on the line-by-line path."""
+    Converted at once when every one carries a zone (Z or an offset, as the
+    agent writes them) or none does, else one by one with `parse_timestamp`,
+    which also refuses what pyarrow would wrap around (years outside 1678..2261)."""
     stamp = table.column("@timestamp").combine_chunks()
     if stamp.null_count:
         return None
-    if not pa.types.is_string(stamp.type):
-        return stamp.cast(pa.int64()).to_numpy()
-    for kind in (pa.timestamp("ns", tz="UTC"), pa.timestamp("ns")):
-        try:
-            return stamp.cast(kind).cast(pa.int64()).to_numpy()
-        except pa.ArrowInvalid:
-            continue
+    if _years_within_range(stamp):
+        for zone in ("UTC", None):
+            try:
+                return stamp.cast(pa.timestamp("ns", tz=zone)).cast(pa.int64()).to_numpy()
+            except pa.ArrowInvalid:
+                continue
     try:
         return np.fromiter((parse_timestamp(text) for text in stamp.to_pylist()), dtype=np.int64, count=len(stamp))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
+
+
+def _years_within_range(stamp: pa.Array) -> bool:
+    """Every time in 1678..2261, where nanoseconds since 1970 fit an int64 (ISO text sorts by year)."""
+    if len(stamp) == 0:
+        return True
+    bounds = pc.min_max(stamp)
+    return "1678" <= bounds["min"].as_py() and bounds["max"].as_py() < "2262"
 
 
 def _extra(table: pa.Table, socat: pa.Array) -> dict[str, pa.Array]:
@@ -430,20 +442,22 @@ def _get(array: pa.Array, name: str) -> pa.Array:
     return pc.struct_field(array, name)
 
 
-def _valid_ips(values: list[str], known: set[str]) -> bool:
+def _canonical_ips(values: list[str], known: dict[str, str]) -> list[str] | None:
+    """The canonical spelling of each address (as parse_connection gives it); None if one is not an address."""
     try:
         for value in values:
             if value not in known:
-                normalize_ip(value)
-                known.add(value)
+                known[value] = normalize_ip(value)
     except ValueError:
-        return False
-    return True
+        return None
+    return [known[value] for value in values]
 
 
 def _slow(view: memoryview, first_line: int, stats: ReadStats, path: str) -> EventChunk:
     """Line by line: every bad line reported with its number, every good one kept."""
     block = bytes(view)
+    if first_line == 1 and block.startswith(_BOM):
+        block = block[len(_BOM):]         # a file saved with a byte order mark, as the scan reads it
     events: list[ConnectionEvent] = []
     for offset, line in enumerate(block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n")):
         number = first_line + offset
@@ -477,10 +491,11 @@ def _is_connection(doc: dict) -> bool:
     dataset = _field(doc, "event.dataset")
     if dataset is not None:
         return dataset == DATASET_CONNECTION
-    if _field(doc, "event.kind") in _OTHER_KINDS:
+    kind = _field(doc, "event.kind")
+    if isinstance(kind, str) and kind in _OTHER_KINDS:
         return False
     action = _field(doc, "event.action")
-    return action is None or action in _ACTION_CODE
+    return action is None or (isinstance(action, str) and action in _ACTION_CODE)
 
 
 def chunk_from_events(events: list[ConnectionEvent], source: str = "") -> EventChunk:

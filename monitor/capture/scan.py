@@ -6,18 +6,22 @@ as pyarrow's reader. `FileScan(path, schema).tables()` yields pyarrow tables of
 that schema in file order, one document per row, blank lines skipped.
 
 It stops quietly at the first document DuckDB cannot read (bad JSON, a field
-of the wrong kind). DuckDB's own line numbers are not reliable, so the scan
-only says how many documents it delivered; the replay source reads the rest
-of the file with its line-checking reader, which names every bad line.
+it cannot convert, such as an object where a string belongs) and says why in
+`stopped_by`. DuckDB's own line numbers are not reliable, so the replay
+source counts the documents delivered and reads the rest of the file with its
+line-checking reader, which names every bad line. Numbers are converted as
+DuckDB does (decimals rounded half to even, digit strings read as numbers);
+the line-checking reader converts them the same way.
 
-`@timestamp` comes back as text: converting it in DuckDB costs a quarter of
-the scan's speed and drops an offset or sub-microsecond digits, so the
-replay source converts it with pyarrow instead.
+Times are read as text: converting them in DuckDB costs a quarter of the
+scan's speed and drops an offset or sub-microsecond digits, so the replay
+source converts them with pyarrow instead.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -35,14 +39,13 @@ class FileScan:
         self.path = path
         self.schema = schema
         self.compressed = compressed
-        self.documents = 0          # delivered so far
         self.complete = False       # True once the whole file was delivered
-        self.stopped_by: str | None = None
+        self.stopped_by = ""        # why not, in a few words
 
     def tables(self) -> Iterator[pa.Table]:
         target = str(self.path.resolve())      # absolute: DuckDB would expand a leading ~
         if any(c in target for c in _GLOB):
-            self.stopped_by = "a glob character in the path (DuckDB would read the files it matches)"
+            self.stopped_by = "a glob character in the path: DuckDB would read the files it matches"
             return
         connection = _connect()
         pending: list[pa.RecordBatch] = []
@@ -52,27 +55,31 @@ class FileScan:
                 pending.append(batch)
                 rows += batch.num_rows
                 if rows >= TABLE_ROWS:
-                    yield self._deliver(pending)
+                    yield pa.Table.from_batches(pending)
                     pending, rows = [], 0
             self.complete = True
         except (duckdb.Error, OSError, pa.ArrowException) as exc:
-            self.stopped_by = str(exc).splitlines()[0]
+            self.stopped_by = _reason(exc)
         finally:
             connection.close()
         if rows:
-            yield self._deliver(pending)       # batches DuckDB finished before it stopped are good
-
-    def _deliver(self, batches: list[pa.RecordBatch]) -> pa.Table:
-        table = pa.Table.from_batches(batches)
-        self.documents += table.num_rows
-        return table
+            yield pa.Table.from_batches(pending)       # batches DuckDB finished before it stopped are good
 
     def _query(self) -> str:
         columns = ", ".join(f"'{f.name}': '{_sql_type(f.type)}'" for f in self.schema)
         fields = ", ".join(_quote(f.name) for f in self.schema)
         compression = "gzip" if self.compressed else "none"
+        # hive_partitioning off: a folder named like `event=x` must not replace a field
         return (f"SELECT {fields} FROM read_ndjson(?, columns = {{{columns}}}, "
-                f"format = 'newline_delimited', compression = '{compression}')")
+                f"format = 'newline_delimited', compression = '{compression}', hive_partitioning = false)")
+
+
+def _reason(exc: Exception) -> str:
+    """DuckDB's complaint without its file position (which can be off by a line or more)."""
+    text = str(exc).splitlines()[0]
+    kind = text.partition(" in file ")[0].strip()
+    problem = re.search(r" line \d+: (.*)$", text)
+    return f"the fast scan stopped: {kind}" + (f": {problem.group(1).rstrip('. ')}" if problem else "")
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -93,7 +100,7 @@ def _sql_type(kind: pa.DataType) -> str:
         return "BIGINT"
     if pa.types.is_boolean(kind):
         return "BOOLEAN"
-    return "VARCHAR"     # strings, and @timestamp (converted by the replay source)
+    return "VARCHAR"
 
 
 def _quote(name: str) -> str:

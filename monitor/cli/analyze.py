@@ -111,6 +111,8 @@ def _table(result) -> str:
     lines.append(f"{len(result.alerts)} alert(s) from {result.connection_events} connection events "
                  f"({result.lines} lines, {result.other_documents} other documents, {result.malformed} malformed, "
                  f"{len(result.files)} file(s), {result.elapsed_s:.1f}s)")
+    for note in result.handovers:
+        lines.append(f"{note} (slower, names every bad line)")
     if result.late_events:
         lines.append(f"{result.late_events} event(s) older than events before them were counted at the latest "
                      "time seen (give rotated files oldest first)")
