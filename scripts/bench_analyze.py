@@ -117,11 +117,12 @@ def child_arrow(path: str) -> None:
 
     began = time.perf_counter()
     rows = 0
-    for _first, _count, block in _blocks(Path(path), BLOCK_BYTES):
-        rows += pj.read_json(pa.BufferReader(pa.py_buffer(block)),
-                             read_options=pj.ReadOptions(block_size=PARSE_BLOCK, use_threads=True),
-                             parse_options=pj.ParseOptions(explicit_schema=_SCHEMA,
-                                                           unexpected_field_behavior="ignore")).num_rows
+    with open(path, "rb") as fh:
+        for _first, _count, block in _blocks(fh, BLOCK_BYTES):
+            rows += pj.read_json(pa.BufferReader(pa.py_buffer(block)),
+                                 read_options=pj.ReadOptions(block_size=PARSE_BLOCK, use_threads=True),
+                                 parse_options=pj.ParseOptions(explicit_schema=_SCHEMA,
+                                                               unexpected_field_behavior="ignore")).num_rows
     print(json.dumps({"events": rows, "seconds": time.perf_counter() - began}))
 
 

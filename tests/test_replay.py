@@ -172,10 +172,10 @@ def test_why_the_scan_stopped_is_kept(tmp_path):
     assert "from line 1 (the fast scan stopped: " in stats.handovers[0] and "Malformed JSON" in stats.handovers[0]
 
 
-def test_position_after_documents_skips_blank_lines(tmp_path):
+def test_skipping_documents_skips_blank_lines(tmp_path):
     path = tmp_path / "blank.ndjson"
     path.write_bytes(b'{"a":1}\n\n  \n{"a":2}\n{"a":3}\n')
-    assert replay._after_documents(path, 0) == (0, 1)
-    assert replay._after_documents(path, 1) == (8, 2)
-    assert replay._after_documents(path, 2) == (20, 5)
-    assert replay._after_documents(path, 3) == (28, 6)
+    for documents, line, after in [(0, 1, 0), (1, 2, 8), (2, 5, 20), (3, 6, 28)]:
+        with open(path, "rb") as fh:
+            assert replay._skip_documents(fh, documents) == line
+            assert fh.tell() == after

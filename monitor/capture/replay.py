@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Full, Queue
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import orjson
@@ -153,30 +153,29 @@ def _open(path: Path):
     return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
-def _blocks(path: Path, size: int, offset: int = 0, line: int = 1) -> Iterator[tuple[int, int, memoryview]]:
-    """(first line number, line count, whole lines) blocks of a file, from byte `offset` (line `line`).
+def _blocks(fh: BinaryIO, size: int, line: int = 1) -> Iterator[tuple[int, int, memoryview]]:
+    """(first line number, line count, whole lines) blocks of an open file, from where it stands
+    (at line `line`).
 
     Each block is read into a buffer of its own behind the previous block's
     unfinished line (no copy of the block; a reader thread may still hold the last)."""
     rest = b""
-    with _open(path) as fh:
-        fh.seek(offset)
-        while True:
-            buffer = bytearray(len(rest) + size)
-            buffer[: len(rest)] = rest
-            got = fh.readinto(memoryview(buffer)[len(rest):])
-            if not got:
-                break
-            end = len(rest) + got
-            cut = buffer.rfind(b"\n", 0, end)
-            if cut < 0:
-                rest = bytes(buffer[:end])
-                continue
-            rest = bytes(buffer[cut + 1: end])
-            block = memoryview(buffer)[: cut + 1]
-            count = int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == 10))   # 10x bytes.count
-            yield line, count, block
-            line += count
+    while True:
+        buffer = bytearray(len(rest) + size)
+        buffer[: len(rest)] = rest
+        got = fh.readinto(memoryview(buffer)[len(rest):])
+        if not got:
+            break
+        end = len(rest) + got
+        cut = buffer.rfind(b"\n", 0, end)
+        if cut < 0:
+            rest = bytes(buffer[:end])
+            continue
+        rest = bytes(buffer[cut + 1: end])
+        block = memoryview(buffer)[: cut + 1]
+        count = int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == 10))   # 10x bytes.count
+        yield line, count, block
+        line += count
     if rest.strip():
         yield line, 1, memoryview(rest + b"\n")
 
@@ -229,31 +228,29 @@ def _scanned(path: Path, stats: ReadStats, canonical: dict[str, str], full: bool
 def _checked(path: Path, stats: ReadStats, canonical: dict[str, str], full: bool, block_bytes: int,
              documents: int, reason: str) -> Iterator[EventChunk]:
     """The line-checking reader, from the document after the first `documents` to the end."""
-    offset, line = _after_documents(path, documents)
-    stats.hand_over(str(path), line, reason)
-    for first, count, block in _blocks(path, block_bytes, offset, line):
-        chunk = _fast(block, count, stats, str(path), canonical, full)
-        if chunk is None:
-            stats.slow_blocks += 1
-            chunk = _slow(block, first, stats, str(path))
-        if len(chunk):
-            yield chunk
+    with _open(path) as fh:
+        line = _skip_documents(fh, documents)
+        stats.hand_over(str(path), line, reason)
+        for first, count, block in _blocks(fh, block_bytes, line):
+            chunk = _fast(block, count, stats, str(path), canonical, full)
+            if chunk is None:
+                stats.slow_blocks += 1
+                chunk = _slow(block, first, stats, str(path))
+            if len(chunk):
+                yield chunk
 
 
-def _after_documents(path: Path, documents: int) -> tuple[int, int]:
-    """Byte offset and line number just past the first `documents` non-blank lines."""
-    offset = 0
-    line = 1
-    if documents:
-        with _open(path) as fh:
-            for line, raw in enumerate(fh, start=1):
-                offset += len(raw)
-                if raw.strip():
-                    documents -= 1
-                    if not documents:
-                        break
+def _skip_documents(fh: BinaryIO, documents: int) -> int:
+    """Read past the first `documents` non-blank lines; the number of the line after them."""
+    line = 0
+    while documents:
+        raw = fh.readline()
+        if not raw:
+            break
         line += 1
-    return offset, line
+        if raw.strip():
+            documents -= 1
+    return line + 1
 
 
 def order_by_time(paths: Iterable[str | Path]) -> list[Path]:
