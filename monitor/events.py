@@ -85,7 +85,7 @@ def new_event_id() -> str:
     return f"{now:x}-{_ID_PREFIX}"
 
 
-_V4_MAPPED = bytes(10) + b"\xff\xff"
+V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"      # the first 12 bytes of an IPv4-mapped IPv6 address
 
 
 def normalize_ip(text: str) -> str:
@@ -102,7 +102,7 @@ def normalize_ip(text: str) -> str:
         packed = socket.inet_pton(socket.AF_INET6, text)
     except (OSError, TypeError, ValueError):
         return _normalize_slow(text)
-    if packed[:12] == _V4_MAPPED:
+    if packed[:12] == V4_MAPPED_PREFIX:
         return socket.inet_ntop(socket.AF_INET, packed[12:])
     canonical = socket.inet_ntop(socket.AF_INET6, packed)
     return _normalize_slow(text) if "." in canonical else canonical

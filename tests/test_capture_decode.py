@@ -13,7 +13,7 @@ import pytest
 
 from monitor.capture import decode as d
 from monitor.capture.enrich import Enricher, ProcessTable
-from monitor.capture.listeners import _hex_address, listening_sockets, process_listeners
+from monitor.capture.listeners import Socket, _hex_address, discover, namespace_sockets
 from monitor.events import Action, Direction, Outcome
 
 OFFSET = 1_700_000_000_000_000_000
@@ -172,15 +172,15 @@ def test_proc_net_tcp_parsing(tmp_path):
                              "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 555 1\n"
                              "   1: 0100007F:1F91 0100007F:9999 01 00000000:00000000 00:00000000 00000000 0 0 556 1\n")
     (net / "tcp6").write_text(header)
-    assert listening_sockets(str(tmp_path)) == {555: ("127.0.0.1", 8080)}
+    assert namespace_sockets(str(tmp_path)) == {555: Socket("127.0.0.1", 8080, 0)}
     pid = tmp_path / "321"
     (pid / "fd").mkdir(parents=True)
     os.symlink("../net", pid / "net")          # the process's namespace: /proc/PID/net
     (pid / "comm").write_text("socat\n")
     os.symlink("socket:[555]", pid / "fd" / "3")
-    found = process_listeners(("socat",), str(tmp_path))
+    found = discover(("socat",), str(tmp_path)).listeners
     assert [(lst.ip, lst.port, p) for lst, p in found] == [("127.0.0.1", 8080, 321)]
-    assert process_listeners(("nginx",), str(tmp_path)) == []
+    assert discover(("nginx",), str(tmp_path)).listeners == []
 
 
 @pytest.mark.parametrize("config, where", [

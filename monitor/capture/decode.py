@@ -12,6 +12,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from ..events import V4_MAPPED_PREFIX
+
 EV_ACCEPT, EV_CONNECT, EV_CLOSE, EV_EXEC, EV_EXIT = 1, 2, 3, 4, 5
 F_INGRESS, F_REFUSED, F_PARTIAL, F_EXITED, F_FAILED = 1, 2, 4, 8, 16
 AF_INET, AF_INET6 = 2, 10
@@ -23,7 +25,6 @@ EXEC_ARGV_OFFSET = HEADER.size + 8
 EXEC_SIZE = EXEC_ARGV_OFFSET + MAX_ARGS * ARG_LEN
 assert HEADER.size == 144, HEADER.size
 
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _ADDR_CACHE: dict[tuple[int, bytes], str] = {}
 _ADDR_CACHE_MAX = 4096
 
@@ -68,7 +69,7 @@ def address(family: int, raw: bytes) -> str:
     if text is None:
         if family == AF_INET:
             text = socket.inet_ntop(socket.AF_INET, raw[:4])
-        elif raw[:12] == _V4_MAPPED:
+        elif raw[:12] == V4_MAPPED_PREFIX:
             text = socket.inet_ntop(socket.AF_INET, raw[12:])
         else:
             text = socket.inet_ntop(socket.AF_INET6, raw)

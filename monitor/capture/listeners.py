@@ -24,10 +24,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..events import Listener, normalize_ip
+from ..events import V4_MAPPED_PREFIX, Listener, normalize_ip
 
 _TCP_LISTEN = "0A"
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _LISTEN_ADDRESS = re.compile(r"(?i)^(?:tcp[46]?|openssl|ssl)-l(?:isten)?:(\d+)")
 
 
@@ -88,11 +87,6 @@ def namespace_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, 
             ip, port = _hex_address(cols[1])
             out[int(cols[9])] = Socket(ip, port, int(cols[7]))
     return out
-
-
-def listening_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, tuple[str, int]]:
-    """inode -> (ip, port) of every listening TCP socket in this (or PID's) network namespace."""
-    return {inode: (s.ip, s.port) for inode, s in namespace_sockets(proc, pid).items()}
 
 
 def _read(path: str) -> str | None:
@@ -217,11 +211,7 @@ def accepted_addresses(pid: int, lport: int, peer_ip: str, peer_port: int,
         if port != lport or rport != peer_port:
             continue
         if remote == want or (len(want) == 16 and len(remote) == 16 and remote[:8] == want[:8]) or (
-                len(want) == 4 and remote == _V4_MAPPED + want):
+                len(want) == 4 and remote == V4_MAPPED_PREFIX + want):
             found.add((_text(local), _text(remote)))
     return found.pop() if len(found) == 1 else None
 
-
-def process_listeners(comms: tuple[str, ...], proc: str = "/proc") -> list[tuple[Listener, int]]:
-    """(listener, pid) for each listening socket held by a process whose comm is in `comms`."""
-    return discover(comms, proc).listeners
