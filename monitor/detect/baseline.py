@@ -61,7 +61,7 @@ class Baseline:
     def start_learning(self, first_ns: int, config: DetectConfig) -> None:
         if self.learning_start_ns is None:
             self.learning_start_ns = first_ns
-            self.learning_end_ns = first_ns + int(round(config.learning_period_s * 1e9))
+            self.learning_end_ns = first_ns + config.learning_period_ns
 
     def finish_learning(self, config: DetectConfig) -> None:
         """End the first learning period (per-source peaks): cap the size."""
@@ -72,7 +72,7 @@ class Baseline:
         """Start a listener's own learning period at its first event (once); the end of it, ns."""
         span = self.listener_learning.get(listener)
         if span is None:
-            span = self.listener_learning[listener] = (first_ns, first_ns + int(round(config.learning_period_s * 1e9)))
+            span = self.listener_learning[listener] = (first_ns, first_ns + config.learning_period_ns)
         return span[1]
 
     def listener_learning_end(self, listener: int) -> int | None:

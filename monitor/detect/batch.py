@@ -18,7 +18,7 @@ exactly what one big batch would.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -88,18 +88,30 @@ def window_counts(frame: _Frame, mask: np.ndarray, key: np.ndarray, slots: int) 
     return _Counts(index, group, count, low, np.asarray(keys))
 
 
-def _cooldown_src(rule: str, key: int) -> int:
+def cooldown_source(rule: str, key: int) -> int:
+    """The address code a cooldown key holds (-1: none)."""
     if rule == LISTENER_RATE:
         return -1
     return key & 0xFFFFFFFF if rule == SOURCE_RATE else key
 
 
-def _cooldown_remap(rule: str, key: int, remap: np.ndarray) -> int:
+def remap_cooldown_key(rule: str, key: int, remap: np.ndarray) -> int:
+    """A cooldown key after the address table was compacted (`IpTable.compact`)."""
     if rule == LISTENER_RATE:
         return key
     if rule == SOURCE_RATE:
         return ((key >> 32) << 32) | int(remap[key & 0xFFFFFFFF])
     return int(remap[key])
+
+
+def keep_peaks(table: dict, keys: np.ndarray, counts: np.ndarray, name_of: Callable[[int], Any]) -> None:
+    """Learn peaks: `table[name_of(key)]` becomes the highest count seen for the key, if higher."""
+    if len(keys) == 0:
+        return
+    peaks = pd.Series(counts).groupby(keys).max()
+    for key, peak in zip(peaks.index.to_numpy(), peaks.to_numpy()):
+        name = name_of(int(key))
+        table[name] = max(table.get(name, 0), int(peak))
 
 
 class BatchEngine:
@@ -209,7 +221,7 @@ class BatchEngine:
     def codes_in_use(self) -> np.ndarray:
         """Address codes the engine still refers to (context and cooldowns)."""
         keys = [self._context.src, self._context.dst]
-        keys.append(np.array([_cooldown_src(rule, key) for rule, key in self.cooldowns], dtype=np.int64))
+        keys.append(np.array([cooldown_source(rule, key) for rule, key in self.cooldowns], dtype=np.int64))
         return np.concatenate(keys)
 
     def remap(self, ips: IpTable, remap: np.ndarray) -> None:
@@ -219,7 +231,7 @@ class BatchEngine:
         ctx = self._context
         ctx.src = remap[ctx.src]
         ctx.dst = np.where(ctx.dst >= 0, remap[np.maximum(ctx.dst, 0)], -1)
-        self.cooldowns = {(rule, _cooldown_remap(rule, key, remap)): t for (rule, key), t in self.cooldowns.items()}
+        self.cooldowns = {(rule, remap_cooldown_key(rule, key, remap)): t for (rule, key), t in self.cooldowns.items()}
 
     def _forget_cooldowns(self) -> None:
         if self.watermark is not None and len(self.cooldowns) > 1024:
@@ -319,12 +331,8 @@ class BatchEngine:
         learn = new & frame.learn[c.index]
         base = self.baseline
         ips = self.ips.ips
-        if learn.any():
-            peaks = pd.Series(c.count[learn]).groupby(c.group[learn]).max()
-            for g, peak in zip(peaks.index.to_numpy(), peaks.to_numpy()):
-                k = int(c.keys[g])
-                name = (k >> 32, ips[k & 0xFFFFFFFF])
-                base.source_rate[name] = max(base.source_rate.get(name, 0), int(peak))
+        keep_peaks(base.source_rate, c.group[learn], c.count[learn],
+                   lambda g: (int(c.keys[g]) >> 32, ips[int(c.keys[g]) & 0xFFFFFFFF]))
         cand = np.flatnonzero(new & ~learn & (c.count >= self.config.source_rate_min))
         if len(cand) == 0:
             return []
@@ -378,11 +386,7 @@ class BatchEngine:
         new = frame.new[c.index]
         learn = new & frame.learn[c.index]
         base = self.baseline
-        if learn.any():
-            peaks = pd.Series(c.count[learn]).groupby(c.group[learn]).max()
-            for g, peak in zip(peaks.index.to_numpy(), peaks.to_numpy()):
-                lst = int(c.keys[g])
-                base.listener_rate[lst] = max(base.listener_rate.get(lst, 0), int(peak))
+        keep_peaks(base.listener_rate, c.group[learn], c.count[learn], lambda g: int(c.keys[g]))
         cand = np.flatnonzero(new & ~learn & (c.count >= self.config.listener_rate_min))
         if len(cand) == 0:
             return []
@@ -464,13 +468,8 @@ class BatchEngine:
         s = window_counts(frame, frame.short, frame.src, self._k_scan)
         s_new = frame.new[s.index]
         if learning:
-            for codes, counts, table in ((frame.src[d_index[d_new]], d_count[d_new], base.source_distinct),
-                                         (frame.src[s.index[s_new]], s.count[s_new], base.source_short)):
-                if len(codes):
-                    peaks = pd.Series(counts).groupby(codes).max()
-                    for code, peak in zip(peaks.index.to_numpy(), peaks.to_numpy()):
-                        ip = ips[int(code)]
-                        table[ip] = max(table.get(ip, 0), int(peak))
+            keep_peaks(base.source_distinct, frame.src[d_index[d_new]], d_count[d_new], lambda code: ips[code])
+            keep_peaks(base.source_short, frame.src[s.index[s_new]], s.count[s_new], lambda code: ips[code])
             return []
         cands: list[tuple[int, int, int, int, float, float, str]] = []   # (src, t, frame index, count, thr, base, kind)
         over = d_new & ~frame.learn[d_index] & (d_count >= cfg.scan_min_listeners)

@@ -147,6 +147,10 @@ class DetectConfig:
     def resolution_ns(self) -> int:
         return int(round(self.resolution_s * 1e9))
 
+    @property
+    def learning_period_ns(self) -> int:
+        return int(round(self.learning_period_s * 1e9))
+
     def windows(self) -> dict[str, float]:
         """The settings a learned baseline depends on (stored with it)."""
         return {

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..events import Alert, ConnectionEvent
 from .baseline import Baseline
-from .batch import BatchEngine, _cooldown_remap, _cooldown_src
+from .batch import BatchEngine, cooldown_source, remap_cooldown_key
 from .config import DetectConfig, rate_threshold
 from .rows import IpTable, Rows, classify, listener_port
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE, build_alert, describe_rate
@@ -162,11 +162,11 @@ class Detector:
         """Forget the addresses no window, cooldown or context refers to any more."""
         in_use = [self._engine.codes_in_use(),
                   np.array([src for _lst, src in self._rate] + list(self._refused), dtype=np.int64),
-                  np.array([_cooldown_src(rule, key) for rule, key in self._cooldowns], dtype=np.int64)]
+                  np.array([cooldown_source(rule, key) for rule, key in self._cooldowns], dtype=np.int64)]
         table, remap = self._ips.compact(np.concatenate(in_use))
         self._rate = {(lst, int(remap[src])): w for (lst, src), w in self._rate.items()}
         self._refused = {int(remap[src]): w for src, w in self._refused.items()}
-        self._cooldowns = {(rule, _cooldown_remap(rule, key, remap)): t for (rule, key), t in self._cooldowns.items()}
+        self._cooldowns = {(rule, remap_cooldown_key(rule, key, remap)): t for (rule, key), t in self._cooldowns.items()}
         self._engine.remap(table, remap)
         self._ips = table
 

@@ -23,6 +23,7 @@ class IpTable:
     """Address <-> code, plus each address's new-source prefix."""
 
     def __init__(self, config: DetectConfig) -> None:
+        self._config = config
         self._v4 = config.new_source_v4_prefix
         self._v6 = config.new_source_v6_prefix
         self._codes: dict[str, int] = {}
@@ -53,10 +54,7 @@ class IpTable:
 
     def compact(self, keep: np.ndarray) -> tuple["IpTable", np.ndarray]:
         """A table of only the codes in `keep`, and old code -> new code (-1: dropped)."""
-        table = IpTable.__new__(IpTable)
-        table._v4, table._v6 = self._v4, self._v6
-        table._codes, table.ips, table.prefixes = {}, [], []
-        table.prefix_codes, table._prefix_code = [], {}
+        table = IpTable(self._config)
         remap = np.full(len(self.ips), -1, dtype=np.int64)
         for old in np.unique(keep[keep >= 0]):
             remap[old] = table.code(self.ips[old])
