@@ -101,12 +101,17 @@ def check_mounts(env: DoctorEnv) -> list[Check]:
     return out
 
 
-def _capeff(env: DoctorEnv) -> int:
+def _status_field(env: DoctorEnv, key: str, column: int, base: int = 10) -> int | None:
+    """A number from the `key` line of /proc/self/status (column 1 of `CapEff:`, 2 of `Uid:`); None if unreadable."""
     try:
         with open(env.status, encoding="ascii") as fh:
-            return next(int(line.split()[1], 16) for line in fh if line.startswith("CapEff:"))
-    except (OSError, StopIteration, ValueError):
-        return 0
+            return next(int(line.split()[column], base) for line in fh if line.startswith(key))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def _capeff(env: DoctorEnv) -> int:
+    return _status_field(env, "CapEff:", 1, 16) or 0
 
 
 def _kernel_has(fstype: str, env: DoctorEnv) -> bool:
@@ -161,16 +166,8 @@ def check_bcc() -> Check:
     return Check("bcc", OK, "bcc importable")
 
 
-def _euid(env: DoctorEnv) -> int | None:
-    try:
-        with open(env.status, encoding="ascii") as fh:
-            return next(int(line.split()[2]) for line in fh if line.startswith("Uid:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-
-
 def check_privileges(env: DoctorEnv) -> Check:
-    capeff, uid = _capeff(env), _euid(env)
+    capeff, uid = _capeff(env), _status_field(env, "Uid:", 2)
     if uid != 0:
         return Check("privileges", FAIL, f"running as uid {uid}: capture needs root", "run as root: sudo socat-monitor run")
     missing = [name for name, bit in CAPABILITIES.items() if not capeff >> bit & 1]
