@@ -292,11 +292,9 @@ class _Auditor:
         wrap = address.option("tcpwrappers")
         if wrap is None or file_exists is None:
             return
-        directory = (address.option("tcpwrap-etc").value if address.has("tcpwrap-etc") else None) or "/etc"
-        allow = address.option("tcpwrap-hosts-allow-table")
-        deny = address.option("tcpwrap-hosts-deny-table")
-        tables = [allow.value if allow and allow.value else f"{directory.rstrip('/')}/hosts.allow",
-                  deny.value if deny and deny.value else f"{directory.rstrip('/')}/hosts.deny"]
+        directory = (address.value("tcpwrap-etc") or "/etc").rstrip("/")
+        tables = [address.value("tcpwrap-hosts-allow-table") or f"{directory}/hosts.allow",
+                  address.value("tcpwrap-hosts-deny-table") or f"{directory}/hosts.deny"]
         if not any(file_exists(t) for t in tables):
             self.add("audit.tcpwrap_fails_open", Severity.HIGH, wrap.text,
                      f"tcpwrap is set but neither {tables[0]} nor {tables[1]} exists: every source is allowed",
@@ -518,7 +516,7 @@ def audit_process(pid: int, policy: Policy | None) -> list[Finding]:
     except (FileNotFoundError, ProcessLookupError):
         raise InputError(f"--pid {pid}", "no such process") from None
     except PermissionError:
-        raise InputError(f"--pid {pid}", "cannot read /proc/{pid} (run as root)") from None
+        raise InputError(f"--pid {pid}", f"cannot read /proc/{pid} (run as root)") from None
     if not facts.argv:
         raise InputError(f"--pid {pid}", "process has no command line (a kernel thread or a zombie)")
     if facts.comm != "socat" and not os.path.basename(facts.argv[0]).startswith("socat"):

@@ -30,6 +30,8 @@ _VALUE_OPTIONS = set("btTrRLW")
 _INFO_OPTIONS = set("Vh?")
 _LOG_OPTIONS = {"y": "attached", "f": "value", "s": "none", "m": "attached", "p": "value", "u": "none", "h": "none"}
 _OPEN = {"(": ")", "[": "]", "{": "}"}
+# proxy address kinds -> (option naming the proxy server's port, socat's default port)
+_PROXY_PORT = {"socks4": ("socksport", "1080"), "socks4a": ("socksport", "1080"), "proxy": ("proxyport", "8080")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,11 @@ class SocatAddress:
     def has(self, *names: str) -> bool:
         return self.option(*names) is not None
 
+    def value(self, *names: str) -> str | None:
+        """The value of `option(*names)`; None when it is absent or given without a value."""
+        opt = self.option(*names)
+        return opt.value if opt is not None and opt.value else None
+
     @property
     def is_listener(self) -> bool:
         return "LISTEN" in self.groups or (self.kind or "").endswith("recvfrom")
@@ -93,10 +100,9 @@ class SocatAddress:
     @property
     def bind_address(self) -> str | None:
         """The local address a listener binds to (from bind=), brackets and port removed."""
-        opt = self.option("bind")
-        if opt is None or not opt.value:
+        value = self.value("bind")
+        if value is None:
             return None
-        value = opt.value
         if value.startswith("["):
             return value[1:value.find("]")] if "]" in value else value[1:]
         return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
@@ -107,10 +113,10 @@ class SocatAddress:
         if self.is_listener or not self.is_ip or "TCP" not in self.groups and "UDP" not in self.groups \
                 and "SCTP" not in self.groups:
             return None
-        if self.kind in ("socks4", "socks4a", "proxy") and len(self.params) == 3:
+        if self.kind in _PROXY_PORT and len(self.params) == 3:
             # the TCP connection goes to the proxy server (what capture sees), not to the final target
-            opt = self.option("socksport" if self.kind != "proxy" else "proxyport")
-            host, port = self.params[0], (opt.value if opt and opt.value else "1080" if self.kind != "proxy" else "8080")
+            option, default = _PROXY_PORT[self.kind]
+            host, port = self.params[0], self.value(option) or default
         elif len(self.params) == 2:
             host, port = self.params
         else:

@@ -62,10 +62,10 @@ def _from_command(cmd: SocatCommand, learned: dict[int, _Learned]) -> None:
         bind = address.bind_address
         if bind and entry.address is None:
             entry.address = bind
-        opt = address.option("range")
-        if opt is not None and opt.value:
+        declared = address.value("range")
+        if declared:
             try:
-                entry.ranges.append(parse_range(opt.value))
+                entry.ranges.append(parse_range(declared))
             except ValueError:
                 pass
         for other in cmd.addresses:
