@@ -12,9 +12,15 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || { log "must run as root (BPF, nftables and apt need it)"; exit 1; }
 
+# Python modules the agent imports that only Debian packages provide (not PyPI):
+# the virtualenv sees them through --system-site-packages. One MODULE=PACKAGE
+# each; tests/test_imports.py reads this line to prove every import is installed.
+DEBIAN_PYTHON_MODULES=(bcc=python3-bpfcc nftables=python3-nftables)
+
 install_packages() {
-  local want=(bpfcc-tools python3-bpfcc libbpfcc socat nftables iproute2 conntrack
+  local want=(bpfcc-tools libbpfcc socat nftables iproute2 conntrack
               linux-headers-amd64 python3-venv python3-dev procps util-linux)
+  want+=("${DEBIAN_PYTHON_MODULES[@]#*=}")
   local missing=()
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
