@@ -4,7 +4,7 @@
 Generates NDJSON files in the agent's own ECS format (1M and 2M connection
 events: real `ConnectionEvent`s, accepts and closes, rendered by
 `monitor.ecs.render`; plus a 2M-event file with only the minimal fields another
-tool would write), then, each in a fresh process, times `monitor.analyze.analyze` and
+tool would write), then, each in a fresh process, times `monitor.replay.analyze.analyze` and
 records its peak RSS, next to its reader alone (the DuckDB scan: the ceiling)
 and pyarrow's JSON reader alone (the reader it replaced, and the one that
 still reads a file from its first bad line on). Then times the live
@@ -97,7 +97,7 @@ def _peak_rss_mb() -> float:
 
 def child_analyze(path: str) -> None:
     """Run in a fresh process: analyze one file, print figures as JSON."""
-    from monitor.analyze import analyze
+    from monitor.replay.analyze import analyze
     from monitor.detect import DetectConfig
 
     began = time.perf_counter()
@@ -113,7 +113,7 @@ def child_arrow(path: str) -> None:
     import pyarrow as pa
     import pyarrow.json as pj
 
-    from monitor.capture.replay import _SCHEMA, BLOCK_BYTES, PARSE_BLOCK, _blocks
+    from monitor.replay.reader import _SCHEMA, BLOCK_BYTES, PARSE_BLOCK, _blocks
 
     began = time.perf_counter()
     rows = 0
@@ -128,8 +128,8 @@ def child_arrow(path: str) -> None:
 
 def child_scan(path: str) -> None:
     """Run in a fresh process: the DuckDB scan alone, as `analyze` reads (its ceiling)."""
-    from monitor.capture.replay import _SCHEMA
-    from monitor.capture.scan import FileScan
+    from monitor.replay.reader import _SCHEMA
+    from monitor.replay.scan import FileScan
 
     began = time.perf_counter()
     rows = sum(table.num_rows for table in FileScan(Path(path), _SCHEMA, compressed=False).tables())

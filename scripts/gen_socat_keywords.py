@@ -1,6 +1,6 @@
-"""Regenerate monitor/policy/socat_keywords.py from `socat -hhh` of the installed socat.
+"""Regenerate monitor/socat/keywords.py from `socat -hhh` of the installed socat.
 
-Usage: .venv/bin/python scripts/gen_socat_keywords.py > monitor/policy/socat_keywords.py
+Usage: .venv/bin/python scripts/gen_socat_keywords.py > monitor/socat/keywords.py
 The table records every address type and address option with its groups and
 aliases, so the command-line parser knows exactly what that socat accepts.
 """

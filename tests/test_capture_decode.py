@@ -13,7 +13,7 @@ import pytest
 
 from monitor.capture import decode as d
 from monitor.capture.enrich import Enricher, ProcessTable
-from monitor.capture.listeners import Socket, _hex_address, discover, namespace_sockets
+from monitor.host.listeners import Socket, _hex_address, discover, namespace_sockets
 from monitor.events import Action, Direction, Outcome
 
 OFFSET = 1_700_000_000_000_000_000

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.capture import listeners
-from monitor.capture.listeners import accepted_addresses, discover
+from monitor.host import listeners
+from monitor.host.listeners import accepted_addresses, discover
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 

@@ -10,7 +10,7 @@ from monitor.errors import InputError
 from monitor.events import Severity
 from monitor.policy import audit_command, finding_to_alert, parse_command_line, parse_policy
 from monitor.policy.audit import FINDINGS, version_findings
-from monitor.policy.socat_keywords import SOCAT_VERSION
+from monitor.socat.keywords import SOCAT_VERSION
 from tests.lab import require
 
 

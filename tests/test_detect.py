@@ -9,7 +9,7 @@ import ipaddress
 import orjson
 import pytest
 
-from monitor.analyze import analyze
+from monitor.replay.analyze import analyze
 from monitor.config import section_from_flags
 from monitor.detect import Baseline, DetectConfig, Detector, parse_duration
 from monitor.ecs import HostInfo, render
@@ -148,7 +148,7 @@ def test_address_table_compaction_does_not_change_alerts(day):
 def test_offline_chunking_does_not_change_alerts(day, monkeypatch):
     """Small read blocks (many chunks, windows spanning them) give the same alerts as big ones."""
     _stream, path, offline, _live, _det = day
-    import monitor.capture.replay as replay
+    import monitor.replay.reader as replay
 
     monkeypatch.setattr(replay, "BLOCK_BYTES", 256 << 10)
     small = analyze([path], config=DetectConfig())

@@ -8,9 +8,9 @@ import gzip
 import orjson
 import pytest
 
-import monitor.capture.replay as replay
-import monitor.capture.scan as scan
-from monitor.capture.replay import BLOCK_BYTES, ReadStats, read_chunks
+import monitor.replay.reader as replay
+import monitor.replay.scan as scan
+from monitor.replay.reader import BLOCK_BYTES, ReadStats, read_chunks
 from monitor.ecs import parse_timestamp
 from tests.synth import generate
 

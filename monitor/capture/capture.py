@@ -18,7 +18,7 @@ from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEv
 from .bpf import KernelProbe
 from .decode import DecodeError, decode
 from .enrich import Enricher, ProcessTable, boot_id, monotonic_offset_ns
-from .listeners import accepted_addresses, discover
+from ..host.listeners import accepted_addresses, discover
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ def command(files, policy_path, baseline_path, save_path, learning_period, setti
     Exit status: 0 no alerts, 1 alerts raised, 2 bad input (missing file, bad flag,
     bad policy or baseline). Malformed lines are counted and listed on stderr, never fatal.
     """
-    from ..analyze import analyze
+    from ..replay.analyze import analyze
     from ..config import section_from_flags
     from ..detect import Baseline, DetectConfig, parse_duration
     from ..ecs import HostInfo, render

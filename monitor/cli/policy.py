@@ -69,9 +69,9 @@ def suggest(event_files, processes, headroom, min_rate, v4_prefix, v6_prefix, in
     The result passes `policy check` and, applied to the traffic it learned from,
     raises no alerts. Malformed event lines are reported on stderr and skipped.
     """
-    from ..capture.replay import ReadStats, read_events
+    from ..replay.reader import ReadStats, read_events
     from ..policy.audit import socat_processes
-    from ..policy.cmdline import parse_command_line
+    from ..socat.grammar import parse_command_line
     from ..policy.suggest import suggest_policy
 
     commands = []

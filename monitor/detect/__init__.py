@@ -1,7 +1,7 @@
 """Anomaly detection: learned baselines, sliding windows and the five anomaly rules.
 
 Pure over events and state (no I/O besides `Baseline.load/save`): the agent
-feeds `Detector` live, `monitor.analyze` replays files through the same
+feeds `Detector` live, `monitor.replay.analyze` replays files through the same
 crossing rules vectorised (`BatchEngine`).
 """
 

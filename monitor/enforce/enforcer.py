@@ -16,7 +16,7 @@ from typing import Iterable
 
 from ..errors import InputError
 from ..events import Action, Alert, BlockEvent, Outcome, Severity
-from . import hostfacts
+from ..host import facts as hostfacts
 from .netns import require_cap_net_admin
 from .nft import KernelElement, NftTable
 from .safety import CircuitBreaker, Network, SafetyRules, parse_target, target_text

@@ -2,7 +2,7 @@
 be blocked, and the circuit breaker that caps new blocks per minute.
 
 No I/O here: the facts about the host (its addresses, gateways, SSH peers)
-are gathered at the edge (`monitor.enforce.hostfacts`) and passed in, so these
+are gathered at the edge (`monitor.host.facts`) and passed in, so these
 rules can be unit-tested and replayed offline.
 """
 

@@ -6,7 +6,7 @@ live agent and offline replay make identical decisions.
 """
 
 from .audit import Finding, audit_command, audit_process, audit_running, finding_to_alert
-from .cmdline import AddressOption, SocatAddress, SocatCommand, parse_command_line
+from ..socat.grammar import AddressOption, SocatAddress, SocatCommand, parse_command_line
 from .engine import PolicyEngine
 from .model import (
     POLICY_SCHEMA,

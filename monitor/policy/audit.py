@@ -27,9 +27,9 @@ from typing import Any
 
 from ..errors import InputError
 from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
-from .cmdline import AddressOption, SocatAddress, SocatCommand, parse_command_line
+from ..socat.grammar import AddressOption, SocatAddress, SocatCommand, parse_command_line
 from .model import IPNetwork, ListenerPolicy, Policy
-from .socat_keywords import ADDRESS_TYPES, OPTIONS
+from ..socat.keywords import ADDRESS_TYPES, OPTIONS
 
 FINDINGS: dict[str, str] = {
     "audit.no_source_restriction": "Listener accepts any source",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ..events import Action, ConnectionEvent, Direction
 from .audit import parse_range
-from .cmdline import SocatCommand
+from ..socat.grammar import SocatCommand
 from .engine import NS, listening_socket, open_key
 
 RATE_PERIOD_S = 60.0

@@ -1,7 +1,7 @@
 """Offline analysis: replay NDJSON event files through policy and the detectors.
 
 `analyze(paths, ...)` streams the files in columnar chunks
-(`monitor.capture.replay`), runs the declared policy on each event when one
+(`monitor.replay.reader`), runs the declared policy on each event when one
 is given, and runs all anomaly rules vectorised (`monitor.detect.BatchEngine`)
 in event-time order, with the same crossing rules the live `Detector` uses,
 so replaying a day of events gives the alerts the agent would have raised.
@@ -19,10 +19,10 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from .capture.replay import EventChunk, Malformed, ReadStats, order_by_time, prefetch, read_chunks
-from .errors import EXIT_FINDINGS, EXIT_OK
-from .events import Alert
-from .detect import Baseline, BatchEngine, DetectConfig, IpTable, Rows
+from .reader import EventChunk, Malformed, ReadStats, order_by_time, prefetch, read_chunks
+from ..errors import EXIT_FINDINGS, EXIT_OK
+from ..events import Alert
+from ..detect import Baseline, BatchEngine, DetectConfig, IpTable, Rows
 
 _ACCEPTED, _CLOSED = 0, 2     # indices in replay.ACTIONS
 
@@ -174,7 +174,7 @@ def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectCo
 def _policy_engine(policy: Any):
     if policy is None:
         return None
-    from .policy import PolicyEngine   # written by the policy stage; imported only when asked for
+    from ..policy import PolicyEngine   # written by the policy stage; imported only when asked for
     return PolicyEngine(policy)
 
 

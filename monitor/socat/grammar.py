@@ -9,7 +9,7 @@ next character, and `(...)`, `[...]`, `{...}` nest and are kept (so
 `TCP6:[::1]:80` has the two parameters `[::1]` and `80`). After the first
 `,` only `,` separates options: `range=10.0.0.0:255.0.0.0` keeps its `:`.
 Keywords are case-insensitive and resolved through socat's own alias tables
-(`socat_keywords`); a bare number is an FD address and a keyword containing
+(`monitor.socat.keywords`); a bare number is an FD address and a keyword containing
 `/` a GOPEN file. Unknown keywords are kept (kind None / canonical None) so
 the audit can report them; only a command socat could not even tokenize
 raises InputError.
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from .socat_keywords import ADDRESS_ALIASES, ADDRESS_TYPES, OPTION_ALIASES, OPTIONS
+from .keywords import ADDRESS_ALIASES, ADDRESS_TYPES, OPTION_ALIASES, OPTIONS
 
 _FLAG_OPTIONS = set("DvxsuUg46")
 _VALUE_OPTIONS = set("btTrRLW")

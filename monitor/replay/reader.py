@@ -1,7 +1,7 @@
 """The replay source: connection events read back from NDJSON files (plain or gzip).
 
 `read_chunks(paths)` streams files and yields columnar `EventChunk`s. A file
-is first scanned by DuckDB (`monitor.capture.scan`: in parallel, only the
+is first scanned by DuckDB (`monitor.replay.scan`: in parallel, only the
 fields detection needs). From the first document that scan cannot take, or
 the first table that fails the checks below, the rest of the file goes to the
 line-checking reader: blocks through pyarrow's JSON reader with the same
