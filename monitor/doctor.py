@@ -1,20 +1,29 @@
 """Can this host run the agent? Checks, each with the exact fix.
 
 `run_checks(env)` inspects the kernel (tracepoints, BTF), mounts, kernel
-headers for bcc, the bcc module, privileges, and the socat and nft
-binaries. Each `Check` is `ok`, `warn` (the agent runs, something is
-degraded or will be fixed at start) or `fail` (the agent cannot run), and
-carries the command that fixes it. `DoctorEnv` holds every path and the
-PATH searched, so tests can point a check at a missing piece.
+headers for bcc, privileges, and the socat and nft binaries; then it proves
+what `run` will do: every Python module the agent imports really imports
+(`monitor.dependencies`), the capture programs compile and load (then are
+unloaded), an nftables table is created and deleted through the agent's own
+code in a throwaway network namespace (the host's ruleset is never touched),
+and the configured Elasticsearch answers. Each `Check` is `ok`, `warn` (the
+agent runs, something is degraded or will be fixed at start) or `fail` (the
+agent cannot run), and carries the command that fixes it. `DoctorEnv` holds
+every path and the PATH searched, so tests can point a check at a missing
+piece. OK means `socat-monitor run` starts.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import shutil
 import subprocess
+import uuid
 from dataclasses import asdict, dataclass, field
+
+from .dependencies import DEPENDENCIES
+from .errors import MonitorError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -158,12 +167,71 @@ def check_headers(env: DoctorEnv) -> Check:
                  f"{build} (scripts/setup.sh does it)")
 
 
-def check_bcc() -> Check:
-    if importlib.util.find_spec("bcc") is None:
-        return Check("bcc", FAIL, "the bcc Python module is not importable from this Python",
-                     "apt-get install -y bpfcc-tools python3-bpfcc libbpfcc and run from a venv made with "
-                     "/usr/bin/python3 -m venv --system-site-packages (scripts/setup.sh)")
-    return Check("bcc", OK, "bcc importable")
+def check_modules() -> list[Check]:
+    """Import every module the agent imports: each missing or broken one is named with its package."""
+    failed = []
+    for dep in DEPENDENCIES:
+        try:
+            importlib.import_module(dep.module)
+        except Exception as exc:   # ImportError, or a broken install failing at import
+            failed.append(Check(f"module {dep.module}", FAIL, f"cannot import {dep.module}: {exc}", dep.fix))
+    if failed:
+        return failed
+    return [Check("python modules", OK, f"all {len(DEPENDENCIES)} import: "
+                  + ", ".join(dep.module for dep in DEPENDENCIES))]
+
+
+def check_capture_programs() -> Check:
+    """Compile and load the capture programs as `run` does, then unload them."""
+    bpf = importlib.import_module("monitor.capture.bpf")   # only once its modules are known to import
+    try:
+        probe = bpf.KernelProbe(comms=("socat",), ringbuf_pages=64)
+    except MonitorError as exc:
+        return Check("capture programs", FAIL, f"cannot load {bpf.SOURCE.name}: {exc.message}",
+                     getattr(exc, "fix", None) or "see the FAIL lines above")
+    probe.close()
+    return Check("capture programs", OK, f"{bpf.SOURCE.name} compiled, loaded and unloaded")
+
+
+def check_nftables() -> Check:
+    """Create and delete a table through the agent's own nftables code, in a throwaway namespace."""
+    nft = importlib.import_module("monitor.enforce.nft")
+    ns = f"socat-monitor-doctor-{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        return Check("nftables", FAIL, f"cannot make a throwaway network namespace: {made.stderr.strip()}",
+                     "run as root with iproute2 installed (apt-get install -y iproute2)")
+    try:
+        table = nft.NftTable("socat_monitor_doctor", ns)
+        try:
+            table.create(scope="host", ports=())
+            created = table.exists()
+        finally:
+            table.close()
+    except MonitorError as exc:
+        return Check("nftables", FAIL, f"cannot create an nftables table: {exc}",
+                     "apt-get install -y nftables python3-nftables (scripts/setup.sh); the agent needs CAP_NET_ADMIN")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    if not created:
+        return Check("nftables", FAIL, "a table was created but is not listed", "check `nft list tables` by hand")
+    return Check("nftables", OK, "a table was created and deleted in a throwaway network namespace")
+
+
+def check_elasticsearch(es_config) -> Check:
+    """The configured Elasticsearch answers with the configured credentials."""
+    es_client = importlib.import_module("monitor.sinks.es_client")
+    client = es_client.EsClient(list(es_config.urls), username=es_config.username, password=es_config.password,
+                                api_key=es_config.api_key, ca_file=es_config.ca_file,
+                                verify_certs=es_config.verify_certs, timeout_s=5.0)
+    try:
+        version = client.server_version()
+    except es_client.Unavailable as exc:
+        return Check("elasticsearch", WARN, f"{', '.join(es_config.urls)}: {exc} (the agent starts and spools "
+                     "events to disk until it answers)", "start the server, or fix elasticsearch.* in the config")
+    finally:
+        client.close()
+    return Check("elasticsearch", OK, f"{', '.join(es_config.urls)} answers: Elasticsearch {version}")
 
 
 def check_privileges(env: DoctorEnv) -> Check:
@@ -195,7 +263,8 @@ def check_binary(name: str, env: DoctorEnv, required: bool, version_args: list[s
     return Check(name, OK, f"{path}: {version}")
 
 
-def run_checks(env: DoctorEnv | None = None) -> Report:
+def run_checks(env: DoctorEnv | None = None, es_config=None) -> Report:
+    """Every check; the ones that load programs or make tables run only once what they need passed."""
     env = env or DoctorEnv()
     report = Report()
     report.checks.append(check_privileges(env))
@@ -203,11 +272,16 @@ def run_checks(env: DoctorEnv | None = None) -> Report:
     report.checks.append(check_btf(env))
     report.checks.extend(check_mounts(env))
     report.checks.append(check_headers(env))
-    report.checks.append(check_bcc())
+    report.checks.extend(check_modules())
     report.checks.append(check_binary("socat", env, True, ["-V"], "apt-get install -y socat",
                                       "the agent monitors socat relays and audits their command lines"))
     report.checks.append(check_binary("nft", env, False, ["--version"], "apt-get install -y nftables",
                                       "needed to inspect blocks by hand (the agent itself talks netlink)"))
+    if report.ok:
+        report.checks.append(check_capture_programs())
+        report.checks.append(check_nftables())
+    if es_config is not None and report.ok:
+        report.checks.append(check_elasticsearch(es_config))
     return report
 
 

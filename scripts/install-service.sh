@@ -1,24 +1,47 @@
 #!/usr/bin/env bash
-# Install socat-monitor as a systemd service: the unit, a default config, and the
-# command on PATH. Safe to run again: an existing config is never overwritten.
+# Install socat-monitor as a systemd service: a root-owned copy of the code, the
+# unit, a default config, and the command on PATH. Safe to run again: the copy is
+# replaced by the checkout's committed or working-tree state, an existing config
+# is never overwritten.
+#
+# The unit runs /opt/socat-monitor (a non-editable install: Python code and the
+# BPF C sources copied, owned by root, not writable by anyone else), never the
+# checkout: a checkout writable by another user must not mean code run as root.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREFIX="${SOCAT_MONITOR_PREFIX:-/opt/socat-monitor}"
 UNIT=/etc/systemd/system/socat-monitor.service
 CONF_DIR=/etc/socat-monitor
 log() { printf 'install-service: %s\n' "$*" >&2; }
 
 case "${1:-}" in
   -h|--help)
-    echo "usage: scripts/install-service.sh   (root; runs scripts/setup.sh first, then installs"
-    echo "       $UNIT and $CONF_DIR/config.yaml; enable with: systemctl enable --now socat-monitor)"
+    echo "usage: scripts/install-service.sh   (root; runs scripts/setup.sh first, then installs a root-owned"
+    echo "       copy in $PREFIX, $UNIT and $CONF_DIR/config.yaml; enable with: systemctl enable --now socat-monitor)"
     exit 0 ;;
   "") ;;
   *) log "unknown argument $1"; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { log "must run as root"; exit 3; }
 
+install_copy() {
+  # a venv of Debian's python that sees bcc and nftables, with socat-monitor copied in (no -e)
+  if [ ! -x "$PREFIX/bin/python" ] || ! "$PREFIX/bin/python" -c "import bcc, nftables" 2>/dev/null; then
+    rm -rf "$PREFIX"
+    /usr/bin/python3 -m venv --system-site-packages "$PREFIX"
+  fi
+  "$PREFIX/bin/pip" install -q --disable-pip-version-check "$ROOT" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  "$PREFIX/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$ROOT" 2>&1 \
+    | { grep -v "is ignored: it is neither" || true; }
+  chown -R root:root "$PREFIX"
+  chmod -R go-w "$PREFIX"
+  ln -sfn "$PREFIX/bin/socat-monitor" /usr/local/bin/socat-monitor
+  log "installed a root-owned copy in $PREFIX ($("$PREFIX/bin/socat-monitor" --version))"
+}
+
 bash "$ROOT/scripts/setup.sh"
+install_copy
 install -d -m 0755 "$CONF_DIR"
 if [ ! -e "$CONF_DIR/config.yaml" ]; then
   cat >"$CONF_DIR/config.yaml" <<'YAML'
@@ -39,8 +62,9 @@ YAML
 else
   log "kept the existing $CONF_DIR/config.yaml"
 fi
-/usr/local/bin/socat-monitor config check "$CONF_DIR/config.yaml"
-install -m 0644 "$ROOT/scripts/socat-monitor.service" "$UNIT"
+"$PREFIX/bin/socat-monitor" config check "$CONF_DIR/config.yaml"
+sed "s#/opt/socat-monitor/#$PREFIX/#g" "$ROOT/scripts/socat-monitor.service" >"$UNIT"
+chmod 0644 "$UNIT"
 log "installed $UNIT"
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload

@@ -67,7 +67,11 @@ make_venv() {
     rm -f "$VENV"/.installed-*
     touch "$stamp"
   fi
-  ln -sfn "$VENV/bin/socat-monitor" /usr/local/bin/socat-monitor
+  # the command on PATH, unless it names the service's installed copy (scripts/install-service.sh)
+  case "$(readlink /usr/local/bin/socat-monitor 2>/dev/null)" in
+    /opt/socat-monitor/*) ;;
+    *) ln -sfn "$VENV/bin/socat-monitor" /usr/local/bin/socat-monitor ;;
+  esac
 }
 
 install_packages

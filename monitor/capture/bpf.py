@@ -16,12 +16,14 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from .. import BPF_DIR
+from ..dependencies import fix_for
 from ..errors import EnvironmentProblem
 from .ring import RingReader
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent.parent.parent / "bpf" / "capture.c"
+SOURCE = BPF_DIR / "capture.c"
 WHERE = "capture"
 
 MOUNTS = (
@@ -48,11 +50,7 @@ def _import_bcc():
     try:
         import bcc  # noqa: PLC0415 (bcc is heavy: import only when capturing)
     except ImportError as exc:
-        raise EnvironmentProblem(
-            WHERE, f"the bcc Python module is not importable ({exc})",
-            "apt-get install -y bpfcc-tools python3-bpfcc libbpfcc, and use a venv made with "
-            "/usr/bin/python3 -m venv --system-site-packages (scripts/setup.sh does both)",
-        ) from None
+        raise EnvironmentProblem(WHERE, f"the bcc Python module is not importable ({exc})", fix_for("bcc")) from None
     return bcc
 
 

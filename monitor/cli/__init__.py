@@ -15,7 +15,8 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import EXIT_INTERNAL, MonitorError
+from ..dependencies import fix_for
+from ..errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, MonitorError
 
 SUBCOMMANDS = {
     "run": "run the agent: capture, check, detect, block, ship",
@@ -73,8 +74,23 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        _missing_module(exc)
     except Exception as exc:  # a bug: one line for the user, the traceback with -vv
-        logging.getLogger("monitor").debug("internal error", exc_info=True)
-        click.echo(f"socat-monitor: internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback)",
-                   err=True)
-        sys.exit(EXIT_INTERNAL)
+        _internal_error(exc)
+
+
+def _missing_module(exc: ModuleNotFoundError) -> None:
+    """A dependency the host lacks is the host's problem (exit 3, with the fix), not a bug."""
+    fix = fix_for(exc.name)
+    if fix is None:
+        _internal_error(exc)
+    click.echo(f"socat-monitor: error: the Python module {exc.name!r} is missing (fix: {fix})", err=True)
+    sys.exit(EXIT_ENVIRONMENT)
+
+
+def _internal_error(exc: Exception) -> None:
+    logging.getLogger("monitor").debug("internal error", exc_info=exc)
+    click.echo(f"socat-monitor: internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback)",
+               err=True)
+    sys.exit(EXIT_INTERNAL)

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .. import BPF_DIR
 from ..errors import EnvironmentProblem, InputError
 from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent.parent.parent / "bpf" / "egress.c"
+SOURCE = BPF_DIR / "egress.c"
 DEFAULT_CGROUP = "/sys/fs/cgroup/unified"
 BPF_F_ALLOW_MULTI = 2
 ATTACH_INET4_CONNECT = 10

@@ -81,6 +81,10 @@ class EsClient:
         except Exception as exc:  # every transport failure becomes one readable line
             raise _describe(exc) from None
 
+    def server_version(self) -> str:
+        """The server's version number (`GET /`): proves it answers and that our credentials pass."""
+        return str(self._call(self._es.info)["version"]["number"])
+
     def template_version(self, name: str) -> int | None:
         """Installed version of a composable template (None: absent; 0: no version)."""
         try:

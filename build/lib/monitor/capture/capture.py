@@ -1,0 +1,220 @@
+"""The live capture source the agent polls: `Capture`.
+
+Loads the kernel side (`bpf.KernelProbe`), decodes every ring-buffer record
+(`decode`), enriches it (`enrich`) and hands back typed events in kernel
+order. Kernel-side losses and undecodable records are counted, surfaced as
+`PipelineError(stage="capture")` and logged once per occurrence.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
+from .bpf import KernelProbe
+from .decode import DecodeError, decode
+from .enrich import Enricher, ProcessTable, boot_id, monotonic_offset_ns
+from ..host.listeners import accepted_addresses, discover
+
+log = logging.getLogger(__name__)
+
+CaptureRecord = ConnectionEvent | ProcessEvent | PipelineError
+
+
+@dataclass
+class CaptureConfig:
+    """What to capture.
+
+    `comms`: process names (comm, 15 chars max) to watch. `ringbuf_pages`:
+    ring buffer size in 4 KiB pages, a power of two (256 = 1 MiB, about 7,000
+    connection events). `proc_cache_size`: processes kept in the /proc cache.
+    `byte_counts`: count bytes per connection. Off by default: it runs a
+    program on every read/write syscall of the host, which cost socat relays
+    4-7% of their connection rate in `scripts/bench_capture.py`; on, close
+    events carry `source.bytes`/`destination.bytes`.
+    """
+
+    comms: tuple[str, ...] = ("socat",)
+    ringbuf_pages: int = 256
+    proc_cache_size: int = 4096
+    byte_counts: bool = False
+
+
+@dataclass
+class CaptureStats:
+    """Counters since start."""
+
+    events: dict[str, int] = field(default_factory=dict)   # by event.action value
+    records: int = 0             # ring-buffer records received
+    kernel_lost: int = 0         # records the kernel could not put in the ring buffer
+    decode_errors: int = 0
+    enrich_errors: int = 0
+    duplicates: int = 0          # second reports of one connect, dropped
+    proc_reads: int = 0          # /proc reads at new pids
+    processes_cached: int = 0
+    incomplete: int = 0          # accepts whose handshake the kernel side missed (listener filled from /proc)
+    uninspectable: int = 0       # watched processes whose /proc/PID/fd the agent cannot read
+
+
+def check_config(config: CaptureConfig) -> None:
+    """InputError naming the bad key of a CaptureConfig."""
+    pages = config.ringbuf_pages
+    if not isinstance(pages, int) or pages <= 0 or pages & (pages - 1):
+        raise InputError("capture.ringbuf_pages", f"{pages!r} must be a power of two (64, 128, 256, ...)")
+    if not config.comms or any(not isinstance(c, str) or not c or len(c.encode()) > 15 for c in config.comms):
+        raise InputError("capture.comms", f"{config.comms!r}: expected process names of 1 to 15 bytes")
+    if not isinstance(config.proc_cache_size, int) or config.proc_cache_size < 16:
+        raise InputError("capture.proc_cache_size", f"{config.proc_cache_size!r} must be an integer >= 16")
+
+
+class Capture:
+    """Live socat connection capture through BPF tracepoints."""
+
+    def __init__(self, config: CaptureConfig) -> None:
+        self.config = config
+        check_config(config)
+        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts)
+        offset = monotonic_offset_ns()
+        self._processes = ProcessTable(config.proc_cache_size, offset)
+        self._enrich = Enricher(self._processes, offset, boot_id(), config.byte_counts)
+        self._by_action: Counter[str] = Counter()
+        self._records = 0
+        self._decode_errors = 0
+        self._enrich_errors = 0
+        self._duplicates = 0
+        self._lost_seen = 0
+        self._incomplete = 0
+        self._by_pid: dict[int, list[Listener]] = {}
+        self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
+        self._rescanned: set[int] = set()         # pids rescanned for an incomplete accept
+        self._pending: list[PipelineError] = []   # reported by the next poll()
+        self._lock = threading.Lock()             # listeners() may run in another thread than poll()
+        self.listeners()
+
+    def set_comms(self, comms: tuple[str, ...]) -> None:
+        """Watch another set of process names from now on (e.g. on reload)."""
+        self.config.comms = tuple(comms)
+        self._kernel.set_comms(self.config.comms)
+        self.listeners()
+
+    def listeners(self) -> list[Listener]:
+        """Listening sockets held by watched processes now (with the holder's pid).
+
+        Also seeds the kernel's port filter with them (relays started before
+        the agent, in any network namespace) and notes, loudly, relays whose
+        sockets cannot be inspected (see `listeners.discover`)."""
+        found = discover(tuple(self.config.comms))
+        out = [Listener(ip=lst.ip, port=lst.port, pid=pid) for lst, pid in found.listeners]
+        self._kernel.watch_ports({lst.port for lst in out})
+        by_pid: dict[int, list[Listener]] = {}
+        for lst in out:
+            by_pid.setdefault(lst.pid, []).append(lst)
+        with self._lock:
+            self._by_pid = by_pid
+            new = {pid: why for pid, why in found.uninspectable.items() if pid not in self._blind}
+            self._blind = found.uninspectable
+            if new:
+                self._report_blind(new, found.inferred)
+        return out
+
+    def _report_blind(self, blind: dict[int, str], inferred: set[tuple[str, int, int]]) -> None:
+        pids = sorted(blind)
+        guessed = sorted({port for _, port, pid in inferred if pid in blind})
+        message = (f"cannot read the sockets of socat pid{'s' if len(pids) > 1 else ''} "
+                   f"{', '.join(map(str, pids))} ({blind[pids[0]]}): give the agent CAP_SYS_PTRACE and "
+                   f"CAP_DAC_READ_SEARCH; " + (f"their listeners are inferred from socket owners: ports "
+                                               f"{', '.join(map(str, guessed))}" if guessed else
+                                               "their connections may be incomplete"))
+        log.warning("capture: %s", message)
+        self._pending.append(PipelineError(stage="capture", message=message, timestamp_ns=now_ns(),
+                                           count=len(pids)))
+
+    def _complete(self, event: ConnectionEvent) -> None:
+        """Fill the listener of an event the kernel side could not tie to one, from /proc's listeners."""
+        proc = event.process
+        incomplete = event.action is Action.ACCEPTED
+        if incomplete:
+            self._incomplete += 1
+            if proc.pid not in self._by_pid and proc.pid not in self._rescanned and len(self._rescanned) < 4096:
+                self._rescanned.add(proc.pid)   # a relay that started listening unseen: look once
+                self.listeners()
+        held = self._by_pid.get(proc.pid) or (self._by_pid.get(proc.ppid) if proc.ppid else None)
+        if not held or len({lst.port for lst in held}) != 1:
+            if incomplete:
+                log.warning("capture: accept by pid %d from %s:%d without its handshake and no known listener",
+                            proc.pid, event.source_ip, event.source_port)
+            return
+        lst = held[0]
+        event.listener = Listener(ip=lst.ip, port=lst.port)
+        if incomplete:
+            event.destination_port = lst.port
+            if lst.ip not in ("0.0.0.0", "::"):
+                event.destination_ip = lst.ip
+            seen = accepted_addresses(proc.pid, lst.port, event.source_ip, event.source_port)
+            if seen is not None:   # still open: the local address and the whole (IPv6) peer
+                event.destination_ip, event.source_ip = seen
+                event.listener = Listener(ip=seen[0] if lst.ip in ("0.0.0.0", "::") else lst.ip, port=lst.port)
+
+    def poll(self, timeout_ms: int) -> list[CaptureRecord]:
+        """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order."""
+        raw = self._kernel.poll(timeout_ms)
+        out: list[CaptureRecord] = []
+        append = out.append
+        enrich = self._enrich
+        if self._pending:
+            with self._lock:
+                out.extend(self._pending)
+                self._pending = []
+        for data in raw:
+            try:
+                record = decode(data)
+            except DecodeError as exc:
+                self._decode_errors += 1
+                log.warning("capture: undecodable ring-buffer record: %s", exc)
+                append(PipelineError(stage="capture", message=f"undecodable record: {exc}", timestamp_ns=now_ns()))
+                continue
+            try:
+                event = enrich(record)
+            except (OSError, ValueError) as exc:
+                self._enrich_errors += 1
+                log.warning("capture: cannot enrich a record of pid %d: %s", record.pid, exc)
+                append(PipelineError(stage="enrich", message=f"pid {record.pid}: {exc}", timestamp_ns=now_ns()))
+                continue
+            if event is None:
+                self._duplicates += 1
+                continue
+            if event.__class__ is ConnectionEvent and event.listener is None:
+                self._complete(event)
+            self._by_action[event.action.value] += 1
+            append(event)
+        self._records += len(raw)
+        lost = self._kernel.lost()
+        if lost > self._lost_seen:
+            grew = lost - self._lost_seen
+            self._lost_seen = lost
+            log.warning("capture: the kernel dropped %d events (ring buffer full; %d in total)", grew, lost)
+            append(PipelineError(stage="capture", timestamp_ns=now_ns(), count=grew,
+                                 message=f"ring buffer full: {grew} kernel events lost ({lost} since start)"))
+        return out
+
+    @property
+    def stats(self) -> CaptureStats:
+        return CaptureStats(
+            events=dict(self._by_action), records=self._records, kernel_lost=self._kernel.lost(),
+            decode_errors=self._decode_errors, enrich_errors=self._enrich_errors, duplicates=self._duplicates,
+            proc_reads=self._processes.proc_reads, processes_cached=len(self._processes),
+            incomplete=self._incomplete, uninspectable=len(self._blind),
+        )
+
+    def close(self) -> None:
+        self._kernel.close()
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,251 @@
+"""Raw kernel records -> typed events: process facts, listener, session.
+
+`ProcessTable` keeps what is known of each watched process, by pid, in a
+bounded LRU: argv from the kernel's exec record, else /proc read once at a
+new pid (executable, command line, start time, parent). A fork child of a
+known process inherits its parent's facts without touching /proc (fork
+keeps argv and executable), so a child that exits at once is still
+complete. `Enricher` turns `RawEvent`s into `ConnectionEvent`/`ProcessEvent`
+with wall-clock time converted from ktime through one fixed offset, and a
+`session_id` shared by the accept in the relay and the connect in its child.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessEvent, ProcessInfo
+from .decode import (
+    EV_ACCEPT,
+    EV_CLOSE,
+    EV_CONNECT,
+    EV_EXEC,
+    F_EXITED,
+    F_FAILED,
+    F_INGRESS,
+    F_REFUSED,
+    RawEvent,
+)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def monotonic_offset_ns() -> int:
+    """wall clock - CLOCK_MONOTONIC (bpf_ktime_get_ns), measured once, tightly."""
+    best = None
+    for _ in range(5):
+        a = time.monotonic_ns()
+        w = time.time_ns()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, w - (a + b) // 2)
+    return best[1]
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip().replace("-", "")[:12]
+    except OSError:
+        return "0"
+
+
+def errno_name(err: int) -> str | None:
+    return errno.errorcode.get(err, str(err)) if err else None
+
+
+@dataclass(slots=True)
+class _Known:
+    info: ProcessInfo
+    from_exec: bool
+
+
+class ProcessTable:
+    """Facts about watched processes, by pid, bounded LRU."""
+
+    def __init__(self, size: int, offset_ns: int, proc: str = "/proc") -> None:
+        self.size = size
+        self.offset_ns = offset_ns
+        self.proc = proc
+        self._known: OrderedDict[int, _Known] = OrderedDict()
+        self._users: dict[int, str | None] = {}
+        self._boot_ns: int | None = None
+        self.proc_reads = 0
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def user_name(self, uid: int) -> str | None:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = None
+        return self._users[uid]
+
+    def _put(self, pid: int, known: _Known) -> None:
+        self._known[pid] = known
+        self._known.move_to_end(pid)
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
+
+    def forget(self, pid: int) -> None:
+        self._known.pop(pid, None)
+
+    def on_exec(self, raw: RawEvent) -> ProcessInfo:
+        """A new program: argv from the kernel, the rest from /proc if still there."""
+        exe = self._readlink(raw.pid)
+        ppid = raw.ppid or self._status_ppid(raw.pid)
+        info = ProcessInfo(
+            pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
+            user_name=self.user_name(raw.uid), executable=exe, args=raw.argv,
+            start_ns=raw.ktime_ns + self.offset_ns,
+        )
+        self._put(raw.pid, _Known(info, True))
+        return info
+
+    def get(self, raw: RawEvent) -> ProcessInfo:
+        """The process behind a record: cached, inherited from the parent, or read from /proc."""
+        known = self._known.get(raw.pid)
+        if known is None or (raw.ppid and known.info.ppid and known.info.ppid != raw.ppid):
+            known = self._learn(raw)   # new pid, or a reused one (another parent)
+        else:
+            self._known.move_to_end(raw.pid)
+        info = known.info
+        if info.tid != raw.tid or info.uid != raw.uid or info.gid != raw.gid or (raw.ppid and info.ppid is None):
+            info = replace(info, tid=raw.tid, uid=raw.uid, gid=raw.gid, user_name=self.user_name(raw.uid),
+                           ppid=raw.ppid or info.ppid)
+            known.info = info
+        return info
+
+    def _learn(self, raw: RawEvent) -> _Known:
+        parent = self._known.get(raw.ppid) if raw.ppid else None
+        if parent is not None and parent.info.comm == raw.comm:
+            # fork without exec: same program and argv as the parent
+            info = replace(parent.info, pid=raw.pid, tid=raw.tid, ppid=raw.ppid, uid=raw.uid, gid=raw.gid,
+                           user_name=self.user_name(raw.uid), start_ns=None)
+        else:
+            info = self._read_proc(raw)
+        known = _Known(info, False)
+        self._put(raw.pid, known)
+        return known
+
+    def _read_proc(self, raw: RawEvent) -> ProcessInfo:
+        self.proc_reads += 1
+        base = f"{self.proc}/{raw.pid}"
+        args: tuple[str, ...] = ()
+        try:
+            with open(f"{base}/cmdline", "rb") as fh:
+                args = tuple(a.decode("utf-8", "replace") for a in fh.read().split(b"\0")[:-1])
+        except OSError:
+            pass
+        ppid = raw.ppid or self._status_ppid(raw.pid)
+        return ProcessInfo(
+            pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
+            user_name=self.user_name(raw.uid), executable=self._readlink(raw.pid), args=args,
+            start_ns=self._start_ns(raw.pid),
+        )
+
+    def _readlink(self, pid: int) -> str | None:
+        try:
+            return os.readlink(f"{self.proc}/{pid}/exe")
+        except OSError:
+            return None
+
+    def _status_ppid(self, pid: int) -> int | None:
+        try:
+            with open(f"{self.proc}/{pid}/status", encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("PPid:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def _start_ns(self, pid: int) -> int | None:
+        try:
+            with open(f"{self.proc}/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            ticks = int(fields[19])
+        except (OSError, IndexError, ValueError):
+            return None
+        # starttime is in clock ticks since boot (CLOCK_BOOTTIME ~ MONOTONIC without suspend)
+        return ticks * 1_000_000_000 // CLK_TCK + self.offset_ns
+
+
+class Enricher:
+    """RawEvent -> ConnectionEvent | ProcessEvent."""
+
+    def __init__(self, processes: ProcessTable, offset_ns: int, session_prefix: str, byte_counts: bool = True) -> None:
+        self.processes = processes
+        self.byte_counts = byte_counts
+        self.offset_ns = offset_ns
+        self.prefix = session_prefix
+        self._listeners: dict[tuple[str | None, int], Listener] = {}
+        self._recent_connects: OrderedDict[tuple[int, int, int, int], None] = OrderedDict()
+
+    def session_id(self, cookie: int) -> str | None:
+        return f"{self.prefix}-{cookie:x}" if cookie else None
+
+    def _listener(self, ip: str | None, port: int) -> Listener | None:
+        if not port:
+            return None
+        key = (ip, port)
+        lst = self._listeners.get(key)
+        if lst is None:
+            if len(self._listeners) > 4096:
+                self._listeners.clear()
+            lst = self._listeners[key] = Listener(ip=ip or "0.0.0.0", port=port)
+        return lst
+
+    def duplicate(self, raw: RawEvent) -> bool:
+        """True for the second report of one connect or close (kernel-side races report twice)."""
+        key = (raw.type, raw.pid, raw.ktime_ns, raw.sport)
+        if key in self._recent_connects:
+            return True
+        self._recent_connects[key] = None
+        if len(self._recent_connects) > 1024:
+            self._recent_connects.popitem(last=False)
+        return False
+
+    def __call__(self, raw: RawEvent) -> ConnectionEvent | ProcessEvent | None:
+        """The typed event of a record; None for a duplicate report."""
+        if (raw.type == EV_CONNECT or raw.type == EV_CLOSE) and self.duplicate(raw):
+            return None
+        ts = raw.ktime_ns + self.offset_ns
+        if raw.type == EV_EXEC:
+            return ProcessEvent(action=Action.PROCESS_STARTED, timestamp_ns=ts,
+                                process=self.processes.on_exec(raw), ktime_ns=raw.ktime_ns)
+        proc = self.processes.get(raw)
+        if raw.type > EV_CLOSE:  # EV_EXIT
+            self.processes.forget(raw.pid)
+            exited = bool(raw.flags & F_EXITED)
+            return ProcessEvent(action=Action.PROCESS_ENDED, timestamp_ns=ts, process=proc,
+                                exit_code=raw.err if exited else None,
+                                signal=None if exited or not raw.sig else raw.sig, ktime_ns=raw.ktime_ns)
+        ingress = bool(raw.flags & F_INGRESS)
+        if raw.type == EV_ACCEPT:
+            action = Action.ACCEPTED
+        elif raw.type == EV_CONNECT:
+            action = Action.ATTEMPTED
+        elif raw.flags & F_REFUSED:
+            action = Action.DENIED
+        else:
+            action = Action.CLOSED
+        failed = bool(raw.flags & F_FAILED)
+        return ConnectionEvent(
+            action=action, timestamp_ns=ts,
+            source_ip=raw.saddr, source_port=raw.sport, destination_ip=raw.daddr, destination_port=raw.dport,
+            direction=Direction.INGRESS if ingress else Direction.EGRESS,
+            outcome=Outcome.FAILURE if failed or action is Action.DENIED else Outcome.SUCCESS,
+            process=proc, listener=self._listener(raw.laddr, raw.lport), session_id=self.session_id(raw.cookie),
+            ktime_ns=raw.ktime_ns, duration_ns=raw.duration_ns if raw.type == EV_CLOSE else None,
+            bytes_in=raw.bytes_in if raw.type == EV_CLOSE and self.byte_counts else None,
+            bytes_out=raw.bytes_out if raw.type == EV_CLOSE and self.byte_counts else None,
+            error=errno_name(raw.err) if failed else None, refused=action is Action.DENIED,
+        )

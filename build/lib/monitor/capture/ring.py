@@ -1,0 +1,69 @@
+"""Reading a BPF ring buffer map straight from its memory mapping.
+
+The kernel's BPF ring buffer is shared memory: a consumer-position page we
+may write, a producer-position page and the data area (mapped twice in a
+row, so a record that wraps is contiguous) that we may only read. Each
+record has an 8-byte header (length with BUSY/DISCARD bits, page offset)
+and is 8-byte aligned. Draining it here costs a slice per record instead of
+a C-to-Python callback per record (what bcc's `ring_buffer_poll` does).
+
+Loads are ordered on x86-64 (the only target: Debian amd64 kernels); the
+kernel publishes a record by clearing BUSY after writing it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import select
+import struct
+
+BUSY = 1 << 31
+DISCARD = 1 << 30
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+
+class RingReader:
+    """Consumer side of one BPF_MAP_TYPE_RINGBUF map, given its fd and size."""
+
+    def __init__(self, map_fd: int, size: int) -> None:
+        if size <= 0 or size & (size - 1) or size % mmap.PAGESIZE:
+            raise ValueError(f"ring buffer size {size} is not a power-of-two multiple of the page size")
+        self.size = size
+        self.mask = size - 1
+        page = mmap.PAGESIZE
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._data = page   # the data area starts one page into the producer mapping
+        self._epoll = select.epoll()
+        self._epoll.register(map_fd, select.EPOLLIN)
+
+    def wait(self, timeout_ms: int) -> None:
+        """Block until the kernel signals data or timeout_ms passes."""
+        self._epoll.poll(max(timeout_ms, 0) / 1000)
+
+    def drain(self, out: list[bytes]) -> int:
+        """Append every published record to `out`, free their space; how many."""
+        prod_map = self._producer
+        cons = _U64.unpack_from(self._consumer, 0)[0]
+        prod = _U64.unpack_from(prod_map, 0)[0]
+        base, mask = self._data, self.mask
+        unpack = _U32.unpack_from
+        n = 0
+        while cons < prod:
+            off = base + (cons & mask)
+            head = unpack(prod_map, off)[0]
+            if head & BUSY:
+                break
+            length = head & ~(BUSY | DISCARD)
+            if not head & DISCARD:
+                out.append(prod_map[off + 8: off + 8 + length])
+                n += 1
+            cons += (length + 15) & ~7   # 8-byte header, rounded up to 8
+        _U64.pack_into(self._consumer, 0, cons)
+        return n
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._producer.close()
+        self._consumer.close()

@@ -1,0 +1,65 @@
+"""One human-readable line per record, for `run --follow`."""
+
+from __future__ import annotations
+
+import time
+
+from .events import Alert, BlockEvent, ConnectionEvent, Direction, Heartbeat, PipelineError, ProcessEvent, Record
+
+_SHORT = {
+    "connection_accepted": "ACCEPT",
+    "connection_attempted": "CONNECT",
+    "connection_closed": "CLOSE",
+    "connection_denied": "REFUSED",
+    "process_started": "EXEC",
+    "process_ended": "EXIT",
+    "address_blocked": "BLOCK",
+    "address_unblocked": "UNBLOCK",
+    "block_refused": "NO-BLOCK",
+    "block_dry_run": "DRY-BLOCK",
+}
+
+
+def _clock(ns: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ns / 1e9)) + f".{ns // 1_000_000 % 1000:03d}"
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _connection(ev: ConnectionEvent) -> str:
+    arrow = "->" if ev.direction is Direction.INGRESS else "=>"
+    proc = f" socat[{ev.process.pid}]" if ev.process else ""
+    extra = ""
+    if ev.duration_ns is not None:
+        extra += f" {ev.duration_ns / 1e6:.1f}ms"
+    if ev.error:
+        extra += f" {ev.error}"
+    if ev.session_id:
+        extra += f" session={ev.session_id}"
+    return (f"{_SHORT[ev.action.value]:<9}{_endpoint(ev.source_ip, ev.source_port)} {arrow} "
+            f"{_endpoint(ev.destination_ip, ev.destination_port)}{proc}{extra}")
+
+
+def format_record(record: Record) -> str | None:
+    """The console line of a record, or None for records not worth a line."""
+    if isinstance(record, ConnectionEvent):
+        body = _connection(record)
+    elif isinstance(record, ProcessEvent):
+        status = "" if record.exit_code is None else f" status={record.exit_code}"
+        body = f"{_SHORT[record.action.value]:<9}pid={record.process.pid} {record.process.command_line}{status}"
+    elif isinstance(record, Alert):
+        src = f" {record.source_ip}" if record.source_ip else ""
+        body = f"ALERT    [{record.severity.name.lower()}] {record.rule_id}{src}: {record.description}"
+    elif isinstance(record, BlockEvent):
+        ttl = f" ttl={record.ttl_s:g}s" if record.ttl_s else ""
+        why = f" ({record.reason})" if record.reason else ""
+        body = f"{_SHORT[record.action.value]:<9}{record.target}{ttl} rule={record.rule_id}{why}"
+    elif isinstance(record, PipelineError):
+        body = f"LOSS     {record.stage}: {record.count} lost: {record.message}"
+    elif isinstance(record, Heartbeat):
+        return None
+    else:
+        return None
+    return f"{_clock(record.timestamp_ns)} {body}"

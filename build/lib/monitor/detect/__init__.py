@@ -1,0 +1,14 @@
+"""Anomaly detection: learned baselines, sliding windows and the five anomaly rules.
+
+Pure over events and state (no I/O besides `Baseline.load/save`): the agent
+feeds `Detector` live, `monitor.replay.analyze` replays files through the same
+crossing rules vectorised (`BatchEngine`).
+"""
+
+from .baseline import Baseline
+from .batch import BatchEngine
+from .config import RULES, DetectConfig, parse_duration
+from .detector import Detector
+from .rows import IpTable, Rows
+
+__all__ = ["RULES", "Baseline", "BatchEngine", "DetectConfig", "Detector", "IpTable", "Rows", "parse_duration"]

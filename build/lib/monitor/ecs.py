@@ -1,0 +1,491 @@
+"""ECS rendering: the single place where typed records become documents.
+
+`render(record, host)` turns any `monitor.events` record into a nested ECS
+dict; `parse_connection(doc)` turns an ECS document (ours, or another
+tool's with the minimal fields) back into a `ConnectionEvent`, so replay and
+offline analysis see exactly what the live agent saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import functools
+import hashlib
+import math
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+from .events import (
+    Action,
+    Alert,
+    BlockEvent,
+    ConnectionEvent,
+    Direction,
+    Heartbeat,
+    Listener,
+    Outcome,
+    PipelineError,
+    ProcessEvent,
+    ProcessInfo,
+    Record,
+    normalize_ip,
+)
+
+ECS_VERSION = "8.11.0"
+DATASET_CONNECTION = "socat.connection"
+DATASET_PROCESS = "socat.process"
+DATASET_ALERT = "socat.alert"
+DATASET_ENFORCE = "socat.enforce"
+DATASET_AGENT = "socat.agent"
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    """The host and agent identity stamped on every document."""
+
+    name: str
+    id: str
+
+    @classmethod
+    def detect(cls) -> "HostInfo":
+        try:
+            with open("/etc/machine-id", encoding="ascii") as fh:
+                host_id = fh.read().strip()
+        except OSError:
+            host_id = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:32]
+        return cls(name=socket.gethostname(), id=host_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def iso_timestamp(ns: int) -> str:
+    seconds, rem = divmod(ns, 1_000_000_000)
+    return _iso_second(seconds) + f".{rem // 1000:06d}Z"
+
+
+def _packed_ip(text: str) -> bytes:
+    """Packed address bytes (fast path of ipaddress.ip_address(text).packed)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except OSError:
+        raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address") from None
+
+
+def parse_timestamp(text: str) -> int:
+    """ISO 8601 (with Z or offset) to wall-clock nanoseconds."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    offset = ""
+    for sign in ("+", "-"):
+        if sign in frac:
+            frac, _, rest = frac.partition(sign)
+            offset = sign + rest
+    if not frac and len(head) > 19 and head[19] in "+-":
+        head, offset = head[:19], head[19:]
+    stamp = dt.datetime.fromisoformat(head + (offset or "+00:00"))
+    digits = (frac + "000000000")[:9] if frac else "0"
+    ns = int(stamp.timestamp()) * 1_000_000_000 + int(digits)
+    if not -(1 << 63) <= ns < (1 << 63):
+        raise ValueError(f"{text!r} is outside the nanosecond range (years 1677..2262)")
+    return ns
+
+
+def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: int = 6) -> str:
+    """Community ID v1 flow hash (seed 0), so flows join across tools."""
+    src = _packed_ip(src_ip)
+    dst = _packed_ip(dst_ip)
+    if (src, src_port) > (dst, dst_port):
+        src, dst, src_port, dst_port = dst, src, dst_port, src_port
+    data = struct.pack("!HBB", 0, proto, 0) + src + dst + struct.pack("!HH", src_port, dst_port)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+def _base(record_id: str, timestamp_ns: int, host: HostInfo, kind: str, dataset: str) -> dict[str, Any]:
+    return {
+        "@timestamp": iso_timestamp(timestamp_ns),
+        "ecs": {"version": ECS_VERSION},
+        "event": {"id": record_id, "kind": kind, "dataset": dataset, "module": "socat"},
+        "host": {"name": host.name, "id": host.id},
+        "agent": {"name": "socat-monitor", "type": "socat-monitor", "version": __version__},
+        "observer": {"hostname": host.name, "type": "monitor", "vendor": "socat-monitor"},
+    }
+
+
+def _process(proc: ProcessInfo) -> dict[str, Any]:
+    out: dict[str, Any] = {"pid": proc.pid, "name": proc.comm}
+    if proc.tid is not None:
+        out["thread"] = {"id": proc.tid}
+    if proc.ppid is not None:
+        out["parent"] = {"pid": proc.ppid}
+    if proc.executable:
+        out["executable"] = proc.executable
+    if proc.args:
+        out["args"] = list(proc.args)
+        out["command_line"] = proc.command_line
+    if proc.start_ns is not None:
+        out["start"] = iso_timestamp(proc.start_ns)
+        out["entity_id"] = f"{proc.pid}-{proc.start_ns}"
+    if proc.gid is not None:
+        out["group"] = {"id": str(proc.gid)}
+    return out
+
+
+def _user(proc: ProcessInfo) -> dict[str, Any] | None:
+    if proc.uid is None:
+        return None
+    user: dict[str, Any] = {"id": str(proc.uid)}
+    if proc.user_name:
+        user["name"] = proc.user_name
+    return user
+
+
+def _add_process(doc: dict[str, Any], proc: ProcessInfo | None) -> None:
+    if proc is None:
+        return
+    doc["process"] = _process(proc)
+    user = _user(proc)
+    if user:
+        doc["user"] = user
+
+
+def _listener(listener: Listener) -> dict[str, Any]:
+    out: dict[str, Any] = {"ip": listener.ip, "port": listener.port}
+    if listener.name:
+        out["name"] = listener.name
+    return out
+
+
+_CONNECTION_TYPES = {
+    Action.ACCEPTED: ["connection", "start", "allowed"],
+    Action.ATTEMPTED: ["connection", "start"],
+    Action.CLOSED: ["connection", "end"],
+    Action.DENIED: ["connection", "end", "denied"],
+}
+
+
+def _render_connection(ev: ConnectionEvent, host: HostInfo) -> dict[str, Any]:
+    doc = _base(ev.id, ev.timestamp_ns, host, "event", DATASET_CONNECTION)
+    doc["event"].update(
+        category=["network"],
+        type=list(_CONNECTION_TYPES[ev.action]),
+        action=ev.action.value,
+        outcome=ev.outcome.value,
+    )
+    if ev.ktime_ns is not None:
+        doc["event"]["sequence"] = ev.ktime_ns
+    if ev.duration_ns is not None:
+        doc["event"]["duration"] = ev.duration_ns
+    doc["source"] = {"ip": ev.source_ip, "port": ev.source_port}
+    doc["destination"] = {"ip": ev.destination_ip, "port": ev.destination_port}
+    if ev.bytes_in is not None:
+        doc["source"]["bytes"] = ev.bytes_in if ev.direction is Direction.INGRESS else ev.bytes_out
+        doc["destination"]["bytes"] = ev.bytes_out if ev.direction is Direction.INGRESS else ev.bytes_in
+    doc["network"] = {
+        "transport": "tcp",
+        "type": ev.network_type,
+        "direction": ev.direction.value,
+        "community_id": community_id(ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port),
+    }
+    doc["related"] = {"ip": sorted({ev.source_ip, ev.destination_ip})}
+    _add_process(doc, ev.process)
+    socat: dict[str, Any] = {}
+    if ev.listener is not None:
+        socat["listener"] = _listener(ev.listener)
+    if ev.session_id:
+        socat["session"] = {"id": ev.session_id}
+    if ev.refused:
+        socat["refused"] = True
+    if ev.error:
+        socat["error"] = ev.error
+    if socat:
+        doc["socat"] = socat
+    return doc
+
+
+def _render_process(ev: ProcessEvent, host: HostInfo) -> dict[str, Any]:
+    doc = _base(ev.id, ev.timestamp_ns, host, "event", DATASET_PROCESS)
+    started = ev.action is Action.PROCESS_STARTED
+    doc["event"].update(category=["process"], type=["start" if started else "end"], action=ev.action.value)
+    if ev.ktime_ns is not None:
+        doc["event"]["sequence"] = ev.ktime_ns
+    _add_process(doc, ev.process)
+    if ev.exit_code is not None:
+        doc["process"]["exit_code"] = ev.exit_code
+        doc["event"]["outcome"] = Outcome.SUCCESS.value if ev.exit_code == 0 else Outcome.FAILURE.value
+    if ev.signal is not None:
+        doc.setdefault("socat", {})["signal"] = ev.signal
+    return doc
+
+
+def _render_alert(alert: Alert, host: HostInfo) -> dict[str, Any]:
+    doc = _base(alert.id, alert.timestamp_ns, host, "alert", DATASET_ALERT)
+    doc["event"].update(
+        category=["network", "intrusion_detection"],
+        type=["info", "denied"] if alert.outcome is Outcome.FAILURE else ["info"],
+        action=alert.rule_id,
+        outcome=alert.outcome.value,
+        severity=int(alert.severity),
+        risk_score=alert.severity.risk_score,
+        reason=alert.description,
+    )
+    doc["rule"] = {
+        "id": alert.rule_id,
+        "name": alert.rule_name,
+        "description": alert.description,
+        "ruleset": alert.ruleset,
+        "category": alert.ruleset,
+    }
+    doc["message"] = alert.description
+    if alert.source_ip:
+        doc["source"] = {"ip": alert.source_ip}
+        doc["related"] = {"ip": [alert.source_ip]}
+    if alert.destination_ip:
+        doc["destination"] = {"ip": alert.destination_ip}
+        if alert.destination_port is not None:
+            doc["destination"]["port"] = alert.destination_port
+        doc.setdefault("related", {"ip": []})["ip"].append(alert.destination_ip)
+    _add_process(doc, alert.process)
+    socat: dict[str, Any] = {"severity": alert.severity.name.lower()}
+    if alert.listener is not None:
+        socat["listener"] = _listener(alert.listener)
+    if alert.trigger_event_ids:
+        socat["trigger_event_ids"] = list(alert.trigger_event_ids)
+    detection = {
+        k: v
+        for k, v in (
+            ("observed", alert.observed),
+            ("baseline", alert.baseline),
+            ("threshold", alert.threshold),
+            ("score", alert.score),
+            ("window_s", alert.window_s),
+        )
+        if v is not None
+    }
+    if detection:
+        socat["detection"] = detection
+    if alert.top_sources:
+        socat["top_sources"] = list(alert.top_sources)
+    if alert.token is not None:
+        socat["audit"] = {"token": alert.token, "fix": alert.fix}
+    if alert.block:
+        socat["block"] = {"target": alert.block_target or alert.source_ip}
+    doc["socat"] = socat
+    threat = _THREAT.get(alert.rule_id)
+    if threat:
+        doc["threat"] = threat
+    return doc
+
+
+def _technique(tactic_id: str, tactic: str, tech_id: str, tech: str) -> dict[str, Any]:
+    return {
+        "framework": "MITRE ATT&CK",
+        "tactic": {"id": [tactic_id], "name": [tactic]},
+        "technique": {"id": [tech_id], "name": [tech]},
+    }
+
+
+_THREAT = {
+    "anomaly.scan": _technique("TA0007", "Discovery", "T1046", "Network Service Discovery"),
+    "anomaly.source_rate": _technique("TA0040", "Impact", "T1499", "Endpoint Denial of Service"),
+    "anomaly.listener_rate": _technique("TA0040", "Impact", "T1498", "Network Denial of Service"),
+    "policy.backend_denied": _technique("TA0011", "Command and Control", "T1090", "Proxy"),
+    "audit.exec_address": _technique("TA0002", "Execution", "T1059", "Command and Scripting Interpreter"),
+}
+
+
+def _render_block(ev: BlockEvent, host: HostInfo) -> dict[str, Any]:
+    doc = _base(ev.id, ev.timestamp_ns, host, "event", DATASET_ENFORCE)
+    failed = ev.action is Action.BLOCK_REFUSED
+    doc["event"].update(
+        category=["network"],
+        type=["change", "denied"] if ev.action is Action.BLOCKED else ["change"],
+        action=ev.action.value,
+        outcome=Outcome.FAILURE.value if failed else Outcome.SUCCESS.value,
+    )
+    if ev.reason:
+        doc["event"]["reason"] = ev.reason
+    address = ev.target.split("/")[0]
+    doc["source"] = {"ip": address}
+    doc["related"] = {"ip": [address]}
+    block: dict[str, Any] = {"target": ev.target}
+    if ev.ttl_s is not None:
+        block["ttl_s"] = ev.ttl_s
+    if ev.alert_id:
+        block["alert_id"] = ev.alert_id
+    doc["socat"] = {"block": block}
+    if ev.rule_id:
+        doc["rule"] = {"id": ev.rule_id}
+    return doc
+
+
+def _render_pipeline_error(ev: PipelineError, host: HostInfo) -> dict[str, Any]:
+    doc = _base(ev.id, ev.timestamp_ns, host, "pipeline_error", DATASET_AGENT)
+    doc["event"].update(action="events_lost", reason=ev.message)
+    doc["message"] = ev.message
+    doc["error"] = {"message": ev.message, "type": ev.stage}
+    doc["socat"] = {"pipeline": {"stage": ev.stage, "lost": ev.count}}
+    return doc
+
+
+def _render_heartbeat(ev: Heartbeat, host: HostInfo) -> dict[str, Any]:
+    doc = _base(ev.id, ev.timestamp_ns, host, "metric", DATASET_AGENT)
+    doc["event"].update(action="heartbeat")
+    doc["socat"] = {"metrics": {name: value for name, value in ev.counters}}
+    return doc
+
+
+_RENDERERS = {
+    ConnectionEvent: _render_connection,
+    ProcessEvent: _render_process,
+    Alert: _render_alert,
+    BlockEvent: _render_block,
+    PipelineError: _render_pipeline_error,
+    Heartbeat: _render_heartbeat,
+}
+
+
+def render(record: Record, host: HostInfo) -> dict[str, Any]:
+    """The ECS document of any record."""
+    return _RENDERERS[type(record)](record, host)
+
+
+def is_alert(doc: dict[str, Any]) -> bool:
+    return doc.get("event", {}).get("kind") == "alert"
+
+
+class DocumentError(ValueError):
+    """An ECS document that cannot become a ConnectionEvent; says which field."""
+
+
+def _field(doc: dict[str, Any], dotted: str) -> Any:
+    """A field by dotted name, from nested objects or a flat dotted key."""
+    if dotted in doc:
+        return doc[dotted]
+    node: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _required(doc: dict[str, Any], dotted: str) -> Any:
+    value = _field(doc, dotted)
+    if value is None:
+        raise DocumentError(f"missing field {dotted}")
+    return value
+
+
+def _whole(value: Any, dotted: str) -> int:
+    """A whole number the way the DuckDB scan of `analyze` converts one (decimals rounded half
+    to even, digit strings read), so both of its readers agree."""
+    if isinstance(value, (bool, int)):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return round(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise DocumentError(f"{dotted}: not a whole number: {value!r}")
+
+
+def _flag(value: Any, dotted: str) -> bool:
+    if value is None or isinstance(value, (bool, int, float)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise DocumentError(f"{dotted}: not true or false: {value!r}")
+
+
+def _port(doc: dict[str, Any], dotted: str) -> int:
+    value = _required(doc, dotted)
+    try:
+        port = _whole(value, dotted)
+    except DocumentError:
+        raise DocumentError(f"{dotted}: not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise DocumentError(f"{dotted}: port out of range: {port}")
+    return port
+
+
+def _optional_whole(doc: dict[str, Any], dotted: str) -> int | None:
+    value = _field(doc, dotted)
+    return None if value is None else _whole(value, dotted)
+
+
+def _ip(doc: dict[str, Any], dotted: str) -> str:
+    value = _required(doc, dotted)
+    try:
+        return normalize_ip(str(value))
+    except ValueError:
+        raise DocumentError(f"{dotted}: not an IP address: {value!r}") from None
+
+
+def _parse_process(doc: dict[str, Any]) -> ProcessInfo | None:
+    pid = _field(doc, "process.pid")
+    if pid is None:
+        return None
+    uid = _field(doc, "user.id")
+    args = _field(doc, "process.args") or ()
+    return ProcessInfo(
+        pid=int(pid),
+        comm=str(_field(doc, "process.name") or ""),
+        ppid=_field(doc, "process.parent.pid"),
+        tid=_field(doc, "process.thread.id"),
+        uid=int(uid) if uid is not None else None,
+        user_name=_field(doc, "user.name"),
+        executable=_field(doc, "process.executable"),
+        args=tuple(args),
+    )
+
+
+def parse_connection(doc: dict[str, Any]) -> ConnectionEvent:
+    """A ConnectionEvent from an ECS document; raises DocumentError naming the field."""
+    try:
+        action = Action(_required(doc, "event.action"))
+    except ValueError:
+        raise DocumentError(f"event.action: not a connection action: {_field(doc, 'event.action')!r}") from None
+    if action not in _CONNECTION_TYPES:
+        raise DocumentError(f"event.action: not a connection action: {action.value!r}")
+    try:
+        timestamp = parse_timestamp(str(_required(doc, "@timestamp")))
+    except ValueError:
+        raise DocumentError(f"@timestamp: not an ISO 8601 time: {_field(doc, '@timestamp')!r}") from None
+    listener_port = _field(doc, "socat.listener.port")
+    listener = None
+    if listener_port is not None:
+        listener = Listener(
+            ip=str(_field(doc, "socat.listener.ip") or _ip(doc, "destination.ip")),
+            port=_whole(listener_port, "socat.listener.port"),
+            name=_field(doc, "socat.listener.name"),
+        )
+    direction = _field(doc, "network.direction")
+    outcome = _field(doc, "event.outcome")
+    return ConnectionEvent(
+        id=str(_field(doc, "event.id") or f"line-{timestamp}"),
+        action=action,
+        timestamp_ns=timestamp,
+        source_ip=_ip(doc, "source.ip"),
+        source_port=_port(doc, "source.port"),
+        destination_ip=_ip(doc, "destination.ip"),
+        destination_port=_port(doc, "destination.port"),
+        direction=Direction(direction) if direction in ("ingress", "egress") else (
+            Direction.EGRESS if action is Action.ATTEMPTED else Direction.INGRESS
+        ),
+        outcome=Outcome(outcome) if outcome in ("success", "failure", "unknown") else Outcome.SUCCESS,
+        process=_parse_process(doc),
+        listener=listener,
+        session_id=_field(doc, "socat.session.id"),
+        ktime_ns=_field(doc, "event.sequence"),
+        duration_ns=_optional_whole(doc, "event.duration"),
+        refused=_flag(_field(doc, "socat.refused"), "socat.refused") or action is Action.DENIED,
+        error=_field(doc, "socat.error"),
+    )

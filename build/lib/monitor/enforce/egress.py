@@ -1,0 +1,200 @@
+"""In-kernel egress guard: socat relays may dial only their allowed backends.
+
+Loads `bpf/egress.c` with bcc, attaches its connect4/connect6 programs to a
+cgroup2 directory (the root of /sys/fs/cgroup/unified by default, with
+BPF_F_ALLOW_MULTI so nobody else's programs are replaced), and fills its
+maps: which listeners are guarded, which backends each may reach, and which
+processes belong to which listener (`track` the relay parent; the kernel
+propagates it to forked children). Refused connects get EPERM before a
+packet leaves and come back from `poll` as `policy.backend_denied` alerts.
+Everything not tracked, or tracked for an unguarded listener, is allowed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .. import BPF_DIR
+from ..errors import EnvironmentProblem, InputError
+from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
+
+log = logging.getLogger(__name__)
+
+SOURCE = BPF_DIR / "egress.c"
+DEFAULT_CGROUP = "/sys/fs/cgroup/unified"
+BPF_F_ALLOW_MULTI = 2
+ATTACH_INET4_CONNECT = 10
+ATTACH_INET6_CONNECT = 11
+PROG_CGROUP_SOCK_ADDR = 18
+RULE = "policy.backend_denied"
+
+
+@dataclass(frozen=True, slots=True)
+class EgressRule:
+    """Listener `listener_port` may connect only to `allowed` (address or CIDR, port or None = any)."""
+
+    listener_port: int
+    allowed: tuple[tuple[str, int | None], ...]
+    listener_ip: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def from_policy(cls, listener) -> "EgressRule":
+        """From a `monitor.policy` ListenerPolicy (port, address, name, allow_backends of Backend)."""
+        return cls(listener_port=listener.port,
+                   allowed=tuple((str(b.network), b.port) for b in listener.allow_backends or ()),
+                   listener_ip=listener.address, name=listener.name)
+
+
+class _RuleKey(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("listener", ctypes.c_uint16), ("port", ctypes.c_uint16),
+                ("family", ctypes.c_uint8), ("addr", ctypes.c_uint8 * 16)]
+
+
+class _Denial(ctypes.Structure):
+    _fields_ = [("ktime_ns", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("listener", ctypes.c_uint16),
+                ("port", ctypes.c_uint16), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3),
+                ("addr", ctypes.c_uint8 * 16)]
+
+
+def rule_keys(rule: EgressRule) -> list[_RuleKey]:
+    """LPM keys for one rule (pure: also what the unit tests check)."""
+    keys = []
+    for i, (target, port) in enumerate(rule.allowed):
+        try:
+            net = ipaddress.ip_network(target, strict=False)
+        except ValueError as exc:
+            raise InputError(f"listener {rule.listener_port}: allow_backends[{i}]", str(exc)) from None
+        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None:
+            net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{max(net.prefixlen - 96, 0)}")
+        key = _RuleKey()
+        key.prefixlen = 40 + net.prefixlen
+        key.listener = rule.listener_port
+        key.port = port or 0
+        key.family = net.version
+        packed = net.network_address.packed
+        ctypes.memmove(key.addr, packed, len(packed))
+        keys.append(key)
+    return keys
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "socat"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+class EgressGuard:
+    def __init__(self, rules: Sequence[EgressRule], cgroup: str = DEFAULT_CGROUP) -> None:
+        try:
+            import bcc
+        except ImportError:
+            raise EnvironmentProblem("egress", "bcc is not importable", "run scripts/setup.sh (python3-bpfcc)") from None
+        from ..capture.bpf import ensure_mounts
+
+        if not os.path.isfile(os.path.join(cgroup, "cgroup.procs")):
+            raise EnvironmentProblem("egress", f"{cgroup} is not a cgroup2 directory",
+                                     "mount -t cgroup2 none /sys/fs/cgroup/unified")
+        ensure_mounts()
+        self._rules = {r.listener_port: r for r in rules}
+        self._pending: list[Alert] = []
+        self._attached: list[tuple[object, int]] = []
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+        try:
+            self.bpf = bcc.BPF(src_file=str(SOURCE).encode())
+        except Exception as exc:
+            raise EnvironmentProblem("egress", f"cannot load {SOURCE.name}: {exc}",
+                                     "run `socat-monitor doctor` to see which kernel feature is missing") from None
+        self._fill(rules)
+        self._cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, attach in ((b"egress_connect4", ATTACH_INET4_CONNECT), (b"egress_connect6", ATTACH_INET6_CONNECT)):
+                fn = self.bpf.load_func(name, PROG_CGROUP_SOCK_ADDR, attach_type=attach)
+                bcc.BPF.attach_func(fn, self._cgroup_fd, attach, BPF_F_ALLOW_MULTI)
+                self._attached.append((fn, attach))
+        except Exception as exc:
+            self.close()
+            raise EnvironmentProblem("egress", f"cannot attach connect programs to {cgroup}: {exc}",
+                                     "a kernel with cgroup_sock_addr BPF support, run as root") from None
+        self.bpf[b"denials"].open_ring_buffer(self._on_denial)
+
+    def _fill(self, rules: Sequence[EgressRule]) -> None:
+        guarded, allowed = self.bpf[b"guarded"], self.bpf[b"allowed"]
+        guarded.clear()
+        allowed.clear()
+        for rule in rules:
+            guarded[guarded.Key(rule.listener_port)] = guarded.Leaf(1)
+            for key in rule_keys(rule):
+                allowed[allowed.Key.from_buffer_copy(bytes(key))] = allowed.Leaf(1)
+
+    def set_rules(self, rules: Sequence[EgressRule]) -> None:
+        """Replace the rules (a policy reload); tracked processes stay tracked."""
+        self._rules = {r.listener_port: r for r in rules}
+        self._fill(rules)
+
+    def track(self, pid: int, listener_port: int) -> None:
+        """A relay parent was seen for that listener: it and its current and future children are scoped."""
+        pids = self.bpf[b"relay_pids"]
+        for p in [pid, *_children(pid)]:
+            pids[pids.Key(p)] = pids.Leaf(listener_port)
+
+    def _on_denial(self, ctx, data, size) -> None:
+        d = ctypes.cast(data, ctypes.POINTER(_Denial)).contents
+        raw = bytes(d.addr)
+        ip = str(ipaddress.IPv4Address(raw[:4]) if d.family == 4 else ipaddress.IPv6Address(raw))
+        rule = self._rules.get(d.listener)
+        allowed = ", ".join(f"{t}:{p}" if p else t for t, p in rule.allowed) if rule else "?"
+        self._pending.append(Alert(
+            rule_id=RULE, rule_name="Backend not allowed",
+            description=f"socat relay (pid {d.pid}) of listener :{d.listener} tried to connect to "
+                        f"{ip}:{d.port}; refused in the kernel (allowed: {allowed})",
+            ruleset="policy", severity=Severity.HIGH, timestamp_ns=self._offset_ns + d.ktime_ns,
+            listener=Listener(rule.listener_ip or "0.0.0.0", d.listener, rule.name) if rule else None,
+            process=ProcessInfo(pid=d.pid, comm=_comm(d.pid)),
+            destination_ip=ip, destination_port=d.port, outcome=Outcome.FAILURE))
+
+    def poll(self) -> list[Alert]:
+        """Denials the kernel reported since the last call (never blocks)."""
+        self.bpf.ring_buffer_consume()
+        out, self._pending = self._pending, []
+        return out
+
+    def lost(self) -> int:
+        """Denials the ring buffer could not take (refused anyway, not reported)."""
+        return sum(v.value for v in self.bpf[b"lost"].values())
+
+    def close(self) -> None:
+        import bcc
+
+        for fn, attach in self._attached:
+            try:
+                bcc.BPF.detach_func(fn, self._cgroup_fd, attach)
+            except Exception as exc:
+                log.warning("egress: detaching %s: %s", attach, exc)
+        self._attached.clear()
+        if getattr(self, "_cgroup_fd", None) is not None:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = None
+        self.bpf.cleanup()

@@ -1,0 +1,340 @@
+"""The live view of a running agent: its `status` answer as a typed snapshot,
+and that snapshot laid out as screen lines.
+
+Pure: `parse_status` turns the control socket's JSON into a `Status`,
+`render` turns a `Status` (and the one before it, for rates) into exactly
+`height` lines no wider than `width`. The terminal loop, keys and the socket
+live in `monitor.cli.top`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+@dataclass(frozen=True, slots=True)
+class ListenerRow:
+    ip: str
+    port: int
+    name: str | None = None
+    pids: tuple[int, ...] = ()
+    rate_per_s: float = 0.0
+    active: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    ip: str
+    connections: int = 0
+    rate_per_s: float = 0.0
+    listener_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    timestamp: str
+    rule_id: str
+    severity: str = ""
+    source_ip: str | None = None
+    listener_port: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRow:
+    target: str
+    expires_in_s: float | None = None
+    rule_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    events: dict[str, int] = field(default_factory=dict)
+    kernel_lost: int = 0
+    user_lost: int = 0
+    queue_depth: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)
+    blocks_active: int = 0
+    es_spool_bytes: int = 0
+    es_lag_s: float = 0.0
+    rss_bytes: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.events.get("connection_accepted", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One `status` answer of the agent."""
+
+    version: str
+    pid: int
+    uptime_s: float
+    host: str
+    counters: Counters = field(default_factory=Counters)
+    listeners: tuple[ListenerRow, ...] = ()
+    top_sources: tuple[SourceRow, ...] = ()
+    recent_alerts: tuple[AlertRow, ...] = ()
+    blocks: tuple[BlockRow, ...] = ()
+
+
+def parse_status(data: Any, where: str = "status") -> Status:
+    """The agent's status JSON (already decoded) as a `Status`.
+
+    Unknown keys are ignored (newer agents may say more); a value of the
+    wrong type raises `InputError` naming the key.
+    """
+    obj = _mapping(data, where)
+    counters = _mapping(obj.get("counters", {}), f"{where}: counters")
+    return Status(
+        version=_str(obj, "version", where, ""),
+        pid=_int(obj, "pid", where, 0),
+        uptime_s=_float(obj, "uptime_s", where, 0.0),
+        host=_str(obj, "host", where, ""),
+        counters=Counters(
+            events=_counts(counters, "events", f"{where}: counters"),
+            kernel_lost=_int(counters, "kernel_lost", f"{where}: counters", 0),
+            user_lost=_int(counters, "user_lost", f"{where}: counters", 0),
+            queue_depth=_int(counters, "queue_depth", f"{where}: counters", 0),
+            alerts=_counts(counters, "alerts", f"{where}: counters"),
+            blocks_active=_int(counters, "blocks_active", f"{where}: counters", 0),
+            es_spool_bytes=_int(counters, "es_spool_bytes", f"{where}: counters", 0),
+            es_lag_s=_float(counters, "es_lag_s", f"{where}: counters", 0.0),
+            rss_bytes=_int(counters, "rss_bytes", f"{where}: counters", 0),
+        ),
+        listeners=tuple(_listener(item, f"{where}: listeners[{i}]")
+                        for i, item in enumerate(_list(obj, "listeners", where))),
+        top_sources=tuple(_source(item, f"{where}: top_sources[{i}]")
+                          for i, item in enumerate(_list(obj, "top_sources", where))),
+        recent_alerts=tuple(_alert(item, f"{where}: recent_alerts[{i}]")
+                            for i, item in enumerate(_list(obj, "recent_alerts", where))),
+        blocks=tuple(_block(item, f"{where}: blocks[{i}]")
+                     for i, item in enumerate(_list(obj, "blocks", where))),
+    )
+
+
+def connection_rate(status: Status, previous: Status | None) -> float:
+    """Accepted connections per second: from the counter delta between two
+    snapshots of the same agent, else the sum of the listeners' rates."""
+    if previous is not None and previous.pid == status.pid:
+        elapsed = status.uptime_s - previous.uptime_s
+        delta = status.counters.accepted - previous.counters.accepted
+        if elapsed > 0 and delta >= 0:
+            return delta / elapsed
+    return sum(row.rate_per_s for row in status.listeners)
+
+
+def render(status: Status, width: int, height: int, previous: Status | None = None,
+           interval_s: float | None = None) -> list[str]:
+    """Exactly `height` screen lines, each at most `width` characters."""
+    width, height = max(width, 20), max(height, 4)
+    head = _header(status, previous)
+    footer = "q quit" + (f" · refresh {interval_s:g}s" if interval_s else "")
+    sections = [
+        ("LISTENERS", _listener_table(status.listeners)),
+        ("TOP SOURCES", _source_table(status.top_sources)),
+        ("RECENT ALERTS", _alert_table(status.recent_alerts)),
+        ("ACTIVE BLOCKS", _block_table(status.blocks)),
+    ]
+    budget = height - len(head) - 1
+    body = _fit_sections(sections, budget)
+    lines = head + body
+    lines += [""] * (height - 1 - len(lines))
+    lines.append(footer)
+    return [_clip(line, width) for line in lines[:height]]
+
+
+def _header(status: Status, previous: Status | None) -> list[str]:
+    c = status.counters
+    total = sum(c.events.values())
+    alerts = sum(c.alerts.values())
+    line1 = (f"socat-monitor {status.version}  host {status.host}  pid {status.pid}  "
+             f"up {_duration(status.uptime_s)}  rss {_bytes(c.rss_bytes)}")
+    line2 = (f"conn/s {connection_rate(status, previous):.1f}  events {total}  alerts {alerts}  "
+             f"blocks {c.blocks_active}  lost kernel {c.kernel_lost} user {c.user_lost}  "
+             f"queue {c.queue_depth}  es spool {_bytes(c.es_spool_bytes)} lag {c.es_lag_s:.1f}s")
+    return [line1, line2, ""]
+
+
+def _fit_sections(sections: list[tuple[str, list[str]]], budget: int) -> list[str]:
+    """Every section title first, then lines shared out round-robin (a column
+    header only with its first row), blank separators last, so a short
+    terminal still shows every section; rows that did not fit are counted."""
+    contents = [rows or ["  (none)"] for _, rows in sections]
+    room = budget - len(sections)
+    shown = [0] * len(sections)
+    progress = True
+    while room > 0 and progress:
+        progress = False
+        for i, content in enumerate(contents):
+            cost = 2 if shown[i] == 0 and len(content) > 1 else 1
+            if shown[i] < len(content) and cost <= room:
+                shown[i] += cost
+                room -= cost
+                progress = True
+    separators = max(min(room, len(sections) - 1), 0)
+    out: list[str] = []
+    for i, (title, rows) in enumerate(sections):
+        if 0 < i <= separators:
+            out.append("")
+        hidden = len(rows) - 1 - max(shown[i] - 1, 0) if rows else 0
+        out.append(title + (f"  (+{hidden} more)" if hidden > 0 else ""))
+        out.extend(contents[i][:shown[i]])
+    return out[:max(budget, 0)]
+
+
+def _listener_table(rows: tuple[ListenerRow, ...]) -> list[str]:
+    if not rows:
+        return []
+    out = [f"  {'NAME':<16} {'ADDRESS':<28} {'PIDS':<14} {'CONN/S':>7} {'ACTIVE':>6}"]
+    for r in rows:
+        pids = ",".join(str(p) for p in r.pids[:3]) + ("…" if len(r.pids) > 3 else "")
+        out.append(f"  {_cell(r.name or '-', 16)} {_cell(_endpoint(r.ip, r.port), 28)} "
+                   f"{_cell(pids or '-', 14)} {r.rate_per_s:>7.1f} {r.active:>6}")
+    return out
+
+
+def _source_table(rows: tuple[SourceRow, ...]) -> list[str]:
+    if not rows:
+        return []
+    out = [f"  {'SOURCE':<40} {'CONNS':>7} {'CONN/S':>7} {'PORT':>6}"]
+    for r in rows:
+        port = "-" if r.listener_port is None else str(r.listener_port)
+        out.append(f"  {_cell(r.ip, 40)} {r.connections:>7} {r.rate_per_s:>7.1f} {port:>6}")
+    return out
+
+
+def _alert_table(rows: tuple[AlertRow, ...]) -> list[str]:
+    if not rows:
+        return []
+    out = [f"  {'TIME':<8} {'SEV':<8} {'RULE':<28} {'SOURCE':<26} {'PORT':>5}  DESCRIPTION"]
+    for r in rows:
+        port = "-" if r.listener_port is None else str(r.listener_port)
+        out.append(f"  {_clock(r.timestamp):<8} {_cell(r.severity, 8)} {_cell(r.rule_id, 28)} "
+                   f"{_cell(r.source_ip or '-', 26)} {port:>5}  {r.description}")
+    return out
+
+
+def _block_table(rows: tuple[BlockRow, ...]) -> list[str]:
+    if not rows:
+        return []
+    out = [f"  {'TARGET':<43} {'EXPIRES':>9}  RULE"]
+    for r in rows:
+        expires = "never" if r.expires_in_s is None else _duration(r.expires_in_s)
+        out.append(f"  {_cell(r.target, 43)} {expires:>9}  {r.rule_id or '-'}")
+    return out
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _cell(text: str, size: int) -> str:
+    """`text` in exactly `size` columns: padded, or cut with an ellipsis."""
+    return text.ljust(size) if len(text) <= size else text[:size - 1] + "…"
+
+
+def _clip(line: str, width: int) -> str:
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
+def _clock(timestamp: str) -> str:
+    try:
+        return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).strftime("%H:%M:%S")
+    except ValueError:
+        return timestamp[:8]
+
+
+def _duration(seconds: float) -> str:
+    whole = int(max(seconds, 0))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InputError(where, f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(obj: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = obj.get(key, [])
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InputError(where, f"{key}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _typed(obj: dict[str, Any], key: str, where: str, default: Any, kinds: tuple[type, ...], name: str) -> Any:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise InputError(where, f"{key}: expected {name}, got {value!r}")
+    return value
+
+
+def _int(obj: dict[str, Any], key: str, where: str, default: int | None) -> Any:
+    value = _typed(obj, key, where, default, (int, float), "a number")
+    return None if value is None else int(value)
+
+
+def _float(obj: dict[str, Any], key: str, where: str, default: float | None) -> Any:
+    value = _typed(obj, key, where, default, (int, float), "a number")
+    return None if value is None else float(value)
+
+
+def _str(obj: dict[str, Any], key: str, where: str, default: str | None) -> Any:
+    return _typed(obj, key, where, default, (str,), "a string")
+
+
+def _counts(obj: dict[str, Any], key: str, where: str) -> dict[str, int]:
+    table = _mapping(obj.get(key) or {}, f"{where}: {key}")
+    return {str(k): _int(table, k, f"{where}: {key}", 0) for k in table}
+
+
+def _listener(item: Any, where: str) -> ListenerRow:
+    obj = _mapping(item, where)
+    pids = obj.get("pids") or []
+    if not isinstance(pids, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in pids):
+        raise InputError(where, f"pids: expected a list of integers, got {pids!r}")
+    return ListenerRow(ip=_str(obj, "ip", where, ""), port=_int(obj, "port", where, 0),
+                       name=_str(obj, "name", where, None), pids=tuple(pids),
+                       rate_per_s=_float(obj, "rate_per_s", where, 0.0), active=_int(obj, "active", where, 0))
+
+
+def _source(item: Any, where: str) -> SourceRow:
+    obj = _mapping(item, where)
+    return SourceRow(ip=_str(obj, "ip", where, ""), connections=_int(obj, "connections", where, 0),
+                     rate_per_s=_float(obj, "rate_per_s", where, 0.0),
+                     listener_port=_int(obj, "listener_port", where, None))
+
+
+def _alert(item: Any, where: str) -> AlertRow:
+    obj = _mapping(item, where)
+    return AlertRow(timestamp=_str(obj, "@timestamp", where, ""), rule_id=_str(obj, "rule_id", where, ""),
+                    severity=_str(obj, "severity", where, ""), source_ip=_str(obj, "source_ip", where, None),
+                    listener_port=_int(obj, "listener_port", where, None),
+                    description=_str(obj, "description", where, ""))
+
+
+def _block(item: Any, where: str) -> BlockRow:
+    obj = _mapping(item, where)
+    return BlockRow(target=_str(obj, "target", where, ""),
+                    expires_in_s=_float(obj, "expires_in_s", where, None),
+                    rule_id=_str(obj, "rule_id", where, None))

@@ -1,0 +1,141 @@
+"""The decision pipeline: one record in, the records to write out.
+
+`Pipeline.process` takes a captured record, runs the declared policy and
+the detectors over it, audits new socat processes, and turns alerts that ask
+for a block into firewall changes through the `Enforcer` interface. It holds
+no threads and does no I/O of its own (the enforcer and the audit's /proc
+read are the edges it calls), so the agent stays a thin loop around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
+
+from .events import (
+    Action,
+    Alert,
+    BlockEvent,
+    ConnectionEvent,
+    Listener,
+    ProcessEvent,
+    Record,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PolicyChecker(Protocol):
+    def check(self, event: ConnectionEvent) -> list[Alert]: ...
+    def listener_name(self, port: int) -> str | None: ...
+
+
+class AnomalyDetector(Protocol):
+    def observe(self, event: ConnectionEvent) -> list[Alert]: ...
+    def tick(self, now_ns: int) -> list[Alert]: ...
+
+
+class Blocker(Protocol):
+    def block(self, target: str, *, ttl_s: float | None, rule_id: str | None,
+              alert_id: str | None, now_ns: int) -> BlockEvent: ...
+    def expire(self, now_ns: int) -> list[BlockEvent]: ...
+
+
+Auditor = Callable[[ProcessEvent], list[Alert]]
+
+
+@dataclass
+class PipelineStats:
+    records: Counter = field(default_factory=Counter)      # by event.action / record type
+    alerts: Counter = field(default_factory=Counter)       # by rule id
+    blocked: list[str] = field(default_factory=list)       # targets blocked, in order
+    refused_blocks: int = 0
+
+
+class Pipeline:
+    """Policy, detection, audit and enforcement decisions for one agent."""
+
+    def __init__(
+        self,
+        *,
+        policy: PolicyChecker | None = None,
+        detector: AnomalyDetector | None = None,
+        auditor: Auditor | None = None,
+        blocker: Blocker | None = None,
+        block_ttl_s: float | None = None,
+    ) -> None:
+        self.policy = policy
+        self.detector = detector
+        self.auditor = auditor
+        self.blocker = blocker
+        self.block_ttl_s = block_ttl_s
+        self.stats = PipelineStats()
+
+    def replace_policy(self, policy: PolicyChecker | None) -> None:
+        """Swap the policy in force (reload); detector state is kept."""
+        self.policy = policy
+
+    def process(self, record: Record) -> list[Record]:
+        """The record itself (named by policy), then the alerts and blocks it caused."""
+        out: list[Record] = []
+        alerts: list[Alert] = []
+        if isinstance(record, ConnectionEvent):
+            record = self._name_listener(record)
+            self.stats.records[record.action.value] += 1
+            if self.policy is not None:
+                alerts.extend(self.policy.check(record))
+            if self.detector is not None:
+                alerts.extend(self.detector.observe(record))
+        elif isinstance(record, ProcessEvent):
+            self.stats.records[record.action.value] += 1
+            if record.action is Action.PROCESS_STARTED and self.auditor is not None:
+                alerts.extend(self.auditor(record))
+        else:
+            self.stats.records[type(record).__name__] += 1
+        out.append(record)
+        out.extend(self._decide(alerts))
+        return out
+
+    def tick(self, now_ns: int) -> list[Record]:
+        """Periodic work: micro-batch detection and block expiry."""
+        out: list[Record] = []
+        if self.detector is not None:
+            out.extend(self._decide(self.detector.tick(now_ns)))
+        if self.blocker is not None:
+            out.extend(self.blocker.expire(now_ns))
+        return out
+
+    def alerts(self, alerts: Iterable[Alert]) -> list[Record]:
+        """Alerts raised outside the event flow (egress guard, audit at start)."""
+        return self._decide(list(alerts))
+
+    def _name_listener(self, event: ConnectionEvent) -> ConnectionEvent:
+        if self.policy is None or event.listener is None or event.listener.name:
+            return event
+        name = self.policy.listener_name(event.listener.port)
+        if name:
+            event.listener = Listener(event.listener.ip, event.listener.port, name)
+        return event
+
+    def _decide(self, alerts: list[Alert]) -> list[Record]:
+        out: list[Record] = []
+        for alert in alerts:
+            self.stats.alerts[alert.rule_id] += 1
+            out.append(alert)
+            if alert.block and self.blocker is not None:
+                out.append(self._block(alert))
+        return out
+
+    def _block(self, alert: Alert) -> BlockEvent:
+        target = alert.block_target or alert.source_ip
+        event = self.blocker.block(
+            target, ttl_s=self.block_ttl_s, rule_id=alert.rule_id, alert_id=alert.id, now_ns=alert.timestamp_ns
+        )
+        if event.action is Action.BLOCKED:
+            self.stats.blocked.append(event.target)
+        elif event.action is Action.BLOCK_REFUSED:
+            self.stats.refused_blocks += 1
+        return event
+

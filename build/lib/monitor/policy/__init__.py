@@ -1,0 +1,28 @@
+"""Declared policy: the model and its loader, the socat command-line parser and
+audit, the runtime policy engine and policy suggestion.
+
+Everything here is pure or reads files only (/proc for the audit), so the
+live agent and offline replay make identical decisions.
+"""
+
+from .audit import Finding, audit_command, audit_process, audit_running, finding_to_alert
+from ..socat.grammar import AddressOption, SocatAddress, SocatCommand, parse_command_line
+from .engine import PolicyEngine
+from .model import (
+    POLICY_SCHEMA,
+    Backend,
+    Defaults,
+    ListenerPolicy,
+    Policy,
+    Rate,
+    load_policy,
+    parse_policy,
+    policy_reference,
+)
+from .suggest import suggest_policy
+
+__all__ = [
+    "POLICY_SCHEMA", "AddressOption", "Backend", "Defaults", "Finding", "ListenerPolicy", "Policy", "PolicyEngine", "Rate",
+    "SocatAddress", "SocatCommand", "audit_command", "audit_process", "audit_running", "finding_to_alert",
+    "load_policy", "parse_command_line", "parse_policy", "policy_reference", "suggest_policy",
+]

@@ -1,0 +1,573 @@
+"""Static audit of socat command lines: risky options, environment and version.
+
+`audit_command(cmd, ...)` is pure: it looks at a parsed `SocatCommand` (plus,
+when known, the process's uid and environment, the installed socat version and
+the policy) and returns `Finding`s, each with a stable id, a severity, the
+offending token, a message and a fix. `audit_process(pid)` and
+`audit_running()` read the facts from /proc; `finding_to_alert` turns a
+finding into an `Alert` (ruleset `audit`) for the agent's sinks.
+
+Finding ids: see `FINDINGS` (id -> title). Extras beyond the required ones:
+`audit.invalid_address` / `audit.invalid_option` (socat would refuse to
+start), `audit.duplicate_option`, `audit.udp_fork_no_timeout`,
+`audit.traffic_dump`, `audit.unreadable_process`, `audit.tcpwrap_fails_open`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import ipaddress
+import os
+import re
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
+from ..socat.grammar import AddressOption, SocatAddress, SocatCommand, parse_command_line
+from .model import IPNetwork, ListenerPolicy, Policy
+from ..socat.keywords import ADDRESS_TYPES, OPTIONS
+
+FINDINGS: dict[str, str] = {
+    "audit.no_source_restriction": "Listener accepts any source",
+    "audit.exec_address": "Command execution address",
+    "audit.unbounded_fork": "fork without max-children",
+    "audit.tls_no_verify": "TLS peer not verified",
+    "audit.runs_as_root": "socat runs as root",
+    "audit.sloppy_mode": "Sloppy mode ignores an option",
+    "audit.all_interfaces": "Listener on all addresses",
+    "audit.risky_environment": "Risky environment variable",
+    "audit.vulnerable_version": "socat version with a known CVE",
+    "audit.policy_mismatch": "Command line contradicts the policy",
+    "audit.invalid_address": "socat would refuse this address",
+    "audit.invalid_option": "socat would refuse this option",
+    "audit.duplicate_option": "Option given twice",
+    "audit.udp_fork_no_timeout": "UDP fork children never exit",
+    "audit.traffic_dump": "Relayed data written to logs",
+    "audit.unreadable_process": "socat process could not be audited",
+    "audit.tcpwrap_fails_open": "tcpwrap without hosts.allow/hosts.deny",
+}
+
+# (CVE, first affected, first fixed, severity, what) for socat releases.
+CVES: tuple[tuple[str, str, str, Severity, str], ...] = (
+    ("CVE-2004-1484", "1.4.0.0", "1.4.0.3", Severity.HIGH, "format string in syslog logging"),
+    ("CVE-2010-2799", "1.5.0.0", "1.7.1.3", Severity.HIGH, "stack overflow in the address lexer"),
+    ("CVE-2012-0219", "1.5.0.0", "1.7.2.1", Severity.MEDIUM, "heap overflow in the READLINE address"),
+    ("CVE-2013-3571", "1.2.0.0", "1.7.2.2", Severity.MEDIUM, "file descriptor leak on refused connections (DoS)"),
+    ("CVE-2014-0019", "1.3.0.0", "1.7.2.3", Severity.MEDIUM, "buffer overflow in PROXY-CONNECT"),
+    ("CVE-2015-1379", "1.0.0.0", "1.7.3.0", Severity.LOW, "unsafe signal handling (DoS)"),
+    ("CVE-2016-2217", "1.7.3.0", "1.7.3.1", Severity.MEDIUM, "non-prime built-in Diffie-Hellman parameter"),
+    ("CVE-2024-54661", "1.0.0.0", "1.8.0.2", Severity.MEDIUM, "readline.sh writes to predictable /tmp files"),
+)
+
+RISKY_ENVIRONMENT: dict[str, tuple[Severity, str]] = {
+    "LD_PRELOAD": (Severity.HIGH, "loads extra code into socat"),
+    "LD_AUDIT": (Severity.HIGH, "loads extra code into socat"),
+    "LD_LIBRARY_PATH": (Severity.MEDIUM, "changes which libraries (libssl, libc) socat loads"),
+    "GCONV_PATH": (Severity.MEDIUM, "changes which libraries socat loads"),
+    "SSL_CERT_FILE": (Severity.MEDIUM, "replaces the CA certificates OpenSSL trusts"),
+    "SSL_CERT_DIR": (Severity.MEDIUM, "replaces the CA certificates OpenSSL trusts"),
+    "OPENSSL_CONF": (Severity.MEDIUM, "changes OpenSSL's configuration (protocols, engines)"),
+    "OPENSSL_ENGINES": (Severity.MEDIUM, "loads OpenSSL engines from another directory"),
+    "OPENSSL_MODULES": (Severity.MEDIUM, "loads OpenSSL providers from another directory"),
+    "SOCAT_DEFAULT_LISTEN_IP": (Severity.MEDIUM, "changes the listen address without changing argv"),
+    "SOCAT_PREFERRED_RESOLVE_IP": (Severity.LOW, "changes address resolution without changing argv"),
+    "HOSTALIASES": (Severity.LOW, "changes host name resolution"),
+    "RES_OPTIONS": (Severity.LOW, "changes host name resolution"),
+    "LOCALDOMAIN": (Severity.LOW, "changes host name resolution"),
+}
+# The usual system CA stores: pointing SSL_CERT_FILE/SSL_CERT_DIR at them changes nothing.
+_SYSTEM_CA_STORES = frozenset({
+    "/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs", "/etc/ssl/cert.pem", "/usr/lib/ssl/cert.pem",
+    "/usr/lib/ssl/certs", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/pki/tls/certs", "/etc/pki/tls/cert.pem",
+})
+# socat sets these itself for EXEC/SYSTEM children: informational, not risky.
+_INFORMATIONAL_SOCAT = re.compile(r"^SOCAT_(PID|PPID|VERSION|SOCKADDR|SOCKPORT|PEERADDR|PEERPORT|IP_\w+|"
+                                  r"OPENSSL_\w+|\w*_(SOCKADDR|PEERADDR|SOCKPORT|PEERPORT))$")
+
+_ALWAYS_ALLOWED_GROUPS = frozenset({"PROCESS", "APPL"})
+_SOURCE_RESTRICTIONS = ("range", "tcpwrappers", "tcpwrap-etc", "tcpwrap-hosts-allow-table",
+                        "tcpwrap-hosts-deny-table")
+_PRIVILEGE_DROPS = ("substuser", "substuser-delayed", "substuser-early", "setuid", "setuid-early")
+_FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One audit result about one token of one command line."""
+
+    id: str
+    severity: Severity
+    message: str
+    token: str
+    fix: str
+    pid: int | None = None
+    command_line: str | None = None
+    listener: Listener | None = None
+
+    @property
+    def title(self) -> str:
+        return FINDINGS[self.id]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "severity": self.severity.name.lower(),
+            "pid": self.pid,
+            "token": self.token,
+            "message": self.message,
+            "fix": self.fix,
+        }
+        if self.command_line is not None:
+            out["command_line"] = self.command_line
+        if self.listener is not None:
+            out["listener"] = {"ip": self.listener.ip, "port": self.listener.port, "name": self.listener.name}
+        return out
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:4])
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_unspecified(host: str | None) -> bool:
+    if host is None:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def parse_range(value: str) -> IPNetwork:
+    """socat's range= value (`a.b.c.d/bits`, `a.b.c.d:mask`, `[v6]/bits`) as a network."""
+    text = value.strip()
+    if text.startswith("["):
+        close = text.find("]")
+        address, rest = text[1:close], text[close + 1:]
+        return ipaddress.ip_network(address + rest, strict=False)
+    if text.count(":") == 1 and "." in text:
+        address, mask = text.split(":")
+        return ipaddress.ip_network(f"{address}/{mask}", strict=False)
+    return ipaddress.ip_network(text, strict=False)
+
+
+class _Auditor:
+    """Collects findings for one command; each check is a small method."""
+
+    def __init__(self, cmd: SocatCommand, pid: int | None, policy: Policy | None) -> None:
+        self.cmd = cmd
+        self.pid = pid
+        self.policy = policy
+        self.findings: list[Finding] = []
+
+    def add(self, rule: str, severity: Severity, token: str, message: str, fix: str,
+            address: SocatAddress | None = None, entry: ListenerPolicy | None = None) -> None:
+        listener = None
+        if address is not None and address.listen_port is not None:
+            listener = Listener(ip=address.bind_address or "0.0.0.0", port=address.listen_port,
+                                name=entry.name if entry else None)
+        self.findings.append(Finding(rule, severity, message, token, fix, self.pid,
+                                     self.cmd.command_line, listener))
+
+    # -- socat would refuse ----------------------------------------------------------------------
+
+    def check_syntax(self, address: SocatAddress) -> None:
+        if address.kind is None:
+            close = difflib.get_close_matches(address.keyword.lower(), list(ADDRESS_TYPES), n=1)
+            self.add("audit.invalid_address", Severity.HIGH, address.keyword,
+                     f"unknown address type {address.keyword!r}: socat refuses to start",
+                     f"use a valid address type{f' (did you mean {close[0].upper()}?)' if close else ''}; "
+                     "see socat -hhh")
+            return
+        counts = ADDRESS_TYPES[address.kind][0]
+        if len(address.params) not in counts:
+            want = " or ".join(str(c) for c in sorted(counts))
+            self.add("audit.invalid_address", Severity.HIGH, address.text,
+                     f"{address.kind.upper()} takes {want} parameter(s), got {len(address.params)}: "
+                     "socat refuses to start", f"write it as {address.kind.upper()} with {want} ':'-separated parameter(s)")
+        seen: dict[str, AddressOption] = {}
+        for opt in address.options:
+            self.check_option(address, opt)
+            key = opt.canonical or opt.name
+            if opt.canonical and key in seen and seen[key].value != opt.value:
+                self.add("audit.duplicate_option", Severity.LOW, opt.text,
+                         f"{key} is given twice ({seen[key].text} and {opt.text}): socat uses the first in the "
+                         "parent and children may fail", f"keep one {key}= option")
+            seen.setdefault(key, opt)
+
+    def check_option(self, address: SocatAddress, opt: AddressOption) -> None:
+        if opt.canonical is None:
+            close = difflib.get_close_matches(opt.name, list(OPTIONS), n=1)
+            hint = f"did you mean {close[0]}?" if close else "see socat -hhh for the option names"
+            problem = f"unknown option {opt.name!r}"
+        elif "g" in self.cmd.flags or opt.groups & (address.groups | _ALWAYS_ALLOWED_GROUPS):
+            return
+        else:
+            hint = f"remove it or use an address type that supports {opt.canonical}"
+            problem = f"option {opt.name!r} is not supported by {(address.kind or '').upper()}"
+        if self.cmd.sloppy:
+            self.add("audit.sloppy_mode", Severity.HIGH, opt.text,
+                     f"{problem}; with -s socat only warns and runs without it",
+                     f"{hint} Then drop -s, so socat refuses options it does not know")
+        else:
+            self.add("audit.invalid_option", Severity.HIGH, opt.text, f"{problem}: socat refuses to start", hint)
+
+    # -- risky configurations --------------------------------------------------------------------
+
+    def check_exec(self, address: SocatAddress) -> None:
+        if not address.is_exec:
+            return
+        exposed = any(a.is_listener and a.is_ip and a.position != address.position for a in self.cmd.addresses)
+        self.add("audit.exec_address", Severity.CRITICAL if exposed else Severity.HIGH, address.text,
+                 f"{address.keyword.upper()} runs a command"
+                 + (" for every network client" if exposed else " with data from the other address"),
+                 "relay to a service instead of a command; if unavoidable, add su=nobody, chroot= and a strict range=",
+                 address)
+
+    def check_listener(self, address: SocatAddress) -> None:
+        if not (address.is_listener and address.is_ip):
+            return
+        entry = self._entry(address)
+        bind = address.bind_address
+        if not address.has(*_SOURCE_RESTRICTIONS):
+            restricted = entry is not None and entry.allow_sources is not None
+            severity = Severity.HIGH if restricted else Severity.LOW if _is_loopback(bind) else Severity.MEDIUM
+            self.add("audit.no_source_restriction", severity, address.text,
+                     f"{address.keyword.upper()} has neither range= nor tcpwrap: any address can connect"
+                     + (f" although the policy allows only {', '.join(map(str, entry.allow_sources))}" if restricted else ""),
+                     "add range=<allowed CIDR> (and keep the nftables policy as a second layer)", address, entry)
+        fork = address.option("fork")
+        if fork is not None and not address.has("max-children"):
+            self.add("audit.unbounded_fork", Severity.MEDIUM, fork.text,
+                     "fork without max-children: a connection flood forks without limit",
+                     "add max-children=<N> (socat >= 1.7.2.0)", address, entry)
+        if fork is not None and "UDP" in address.groups and self.cmd.total_timeout is None:
+            self.add("audit.udp_fork_no_timeout", Severity.LOW, fork.text,
+                     "UDP fork children never exit without -T", "add -T <seconds>", address, entry)
+
+    def check_tls(self, address: SocatAddress) -> None:
+        if not address.is_openssl:
+            return
+        verify = address.option("verify")
+        listening = address.is_listener
+        if verify is not None and (verify.value or "1").lower() in _FALSE:
+            self.add("audit.tls_no_verify", Severity.HIGH, verify.text,
+                     "verify=0: " + ("clients are not authenticated" if listening
+                                     else "the server certificate is not checked (man in the middle)"),
+                     "remove verify=0 and give cafile=" + (" with the client CA" if listening else ""), address)
+        elif listening and not address.has("cafile", "capath"):
+            self.add("audit.tls_no_verify", Severity.MEDIUM, address.text,
+                     "OPENSSL listener without cafile: clients are checked against the system CA store "
+                     "(or SSL_CERT_FILE)", "add cafile=<client CA bundle>", address)
+
+    def check_privileges(self, uid: int | None) -> None:
+        if uid != 0:
+            return
+        drop = next((o for a in self.cmd.addresses for o in a.options if o.canonical in _PRIVILEGE_DROPS), None)
+        if drop is None:
+            exposed = any(a.is_listener and a.is_ip and not _is_loopback(a.bind_address) for a in self.cmd.addresses)
+            token = next((a.text for a in self.cmd.addresses if a.is_listener), self.cmd.addresses[0].text
+                         if self.cmd.addresses else "socat")
+            self.add("audit.runs_as_root", Severity.HIGH if exposed else Severity.MEDIUM, token,
+                     "socat runs as root with no su= or setuid=", "add su=nobody (or run it as an unprivileged user)")
+        elif drop.canonical.startswith("setuid") and not any(a.has("setgid", "setgid-early") for a in self.cmd.addresses):
+            self.add("audit.runs_as_root", Severity.LOW, drop.text,
+                     f"{drop.name}= without setgid= keeps group 0", "add setgid=<group> (or use su=)")
+
+    def check_tcpwrap(self, address: SocatAddress, file_exists: Callable[[str], bool] | None) -> None:
+        wrap = address.option("tcpwrappers")
+        if wrap is None or file_exists is None:
+            return
+        directory = (address.value("tcpwrap-etc") or "/etc").rstrip("/")
+        tables = [address.value("tcpwrap-hosts-allow-table") or f"{directory}/hosts.allow",
+                  address.value("tcpwrap-hosts-deny-table") or f"{directory}/hosts.deny"]
+        if not any(file_exists(t) for t in tables):
+            self.add("audit.tcpwrap_fails_open", Severity.HIGH, wrap.text,
+                     f"tcpwrap is set but neither {tables[0]} nor {tables[1]} exists: every source is allowed",
+                     f"create {tables[1]} with 'ALL: ALL' and allow clients in {tables[0]}, or use range=", address)
+
+    def check_dumps(self) -> None:
+        for option in self.cmd.dump_options:
+            self.add("audit.traffic_dump", Severity.LOW, option,
+                     f"{option.split()[0]} writes relayed data to logs or files", f"remove {option.split()[0]}")
+
+    def check_environment(self, environ: Mapping[str, str] | None) -> None:
+        for name, value in sorted((environ or {}).items()):
+            known = RISKY_ENVIRONMENT.get(name)
+            if known is None and name.startswith("SOCAT_") and not _INFORMATIONAL_SOCAT.match(name):
+                known = (Severity.LOW, "changes socat's behaviour without changing argv")
+            if name in ("SSL_CERT_FILE", "SSL_CERT_DIR") and value.rstrip("/") in _SYSTEM_CA_STORES:
+                continue
+            if known is not None:
+                self.add("audit.risky_environment", known[0], f"{name}={value}", f"{name} {known[1]}",
+                         f"remove {name} from the environment of the service that starts socat")
+
+    # -- policy ----------------------------------------------------------------------------------
+
+    def _entry(self, address: SocatAddress) -> ListenerPolicy | None:
+        if self.policy is None or address.listen_port is None:
+            return None
+        return self.policy.listener(address.listen_port, address.bind_address)
+
+    def check_policy(self, address: SocatAddress) -> None:
+        if self.policy is None or not (address.is_listener and address.is_ip) or address.listen_port is None:
+            return
+        port, bind = address.listen_port, address.bind_address
+        entry = self._entry(address)
+        if entry is None:
+            if self.policy.defaults.unknown_listener == "alert":
+                self.add("audit.policy_mismatch", Severity.MEDIUM, address.text,
+                         f"listener on port {port} is not declared in the policy",
+                         "declare it under listeners: (socat-monitor policy suggest) or stop it", address)
+            return
+        self._check_bind(address, entry, bind)
+        self._check_range(address, entry)
+        self._check_backends(address, entry)
+
+    def _check_bind(self, address: SocatAddress, entry: ListenerPolicy, bind: str | None) -> None:
+        if entry.binds_all():
+            return
+        if _is_unspecified(bind):
+            self.add("audit.all_interfaces", Severity.HIGH, address.text,
+                     f"listens on all addresses; the policy says {entry.name} binds to {entry.address}",
+                     f"add bind={entry.address}", address, entry)
+        elif not _same_host(bind, entry.address):
+            self.add("audit.policy_mismatch", Severity.HIGH, address.option("bind").text,
+                     f"binds to {bind}; the policy says {entry.name} binds to {entry.address}",
+                     f"use bind={entry.address} or correct the policy", address, entry)
+
+    def _check_range(self, address: SocatAddress, entry: ListenerPolicy) -> None:
+        opt = address.option("range")
+        if opt is None or entry.allow_sources is None:
+            return
+        try:
+            declared = parse_range(opt.value or "")
+        except ValueError:
+            self.add("audit.invalid_option", Severity.HIGH, opt.text, f"range={opt.value} is not a CIDR",
+                     "write range=<address>/<bits>", address, entry)
+            return
+        allowed = [n for n in ipaddress.collapse_addresses(
+            [n for n in entry.allow_sources if n.version == declared.version])]
+        if not any(declared.subnet_of(n) for n in allowed):
+            self.add("audit.policy_mismatch", Severity.HIGH, opt.text,
+                     f"range={declared} is wider than allow_sources of {entry.name} "
+                     f"({', '.join(map(str, entry.allow_sources)) or 'none'})",
+                     "narrow range= to the policy's allow_sources", address, entry)
+
+    def _check_backends(self, address: SocatAddress, entry: ListenerPolicy) -> None:
+        if entry.allow_backends is None:
+            return
+        for other in self.cmd.addresses:
+            if other.position == address.position:
+                continue
+            if other.is_exec:
+                self.add("audit.policy_mismatch", Severity.HIGH, other.text,
+                         f"{entry.name} relays to a command, not to an allowed backend", "relay to a backend "
+                         "named in allow_backends", address, entry)
+                continue
+            target = other.connect_target
+            if target is None:
+                continue
+            host, port = target
+            self._check_backend(address, entry, other, "127.0.0.1" if host.lower() == "localhost" else host, port)
+
+    def _check_backend(self, address: SocatAddress, entry: ListenerPolicy, other: SocatAddress,
+                       host: str, port: int | None) -> None:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            self.add("audit.policy_mismatch", Severity.LOW, other.text,
+                     f"backend {host!r} is a host name; the policy lists addresses, so it cannot be checked",
+                     "connect to an IP address listed in allow_backends", address, entry)
+            return
+        if port is None or not entry.backend_allowed(ip, port):
+            self.add("audit.policy_mismatch", Severity.HIGH, other.text,
+                     f"backend {host}:{port} is not in allow_backends of {entry.name} "
+                     f"({', '.join(b.text for b in entry.allow_backends) or 'none'})",
+                     "connect only to a backend the policy allows, or correct the policy", address, entry)
+
+
+def _same_host(a: str | None, b: str | None) -> bool:
+    try:
+        return ipaddress.ip_address((a or "").strip("[]")) == ipaddress.ip_address((b or "").strip("[]"))
+    except ValueError:
+        return a == b
+
+
+def version_findings(socat_version: str, pid: int | None = None) -> list[Finding]:
+    """One finding per known CVE that affects this socat version."""
+    version = _version_tuple(socat_version)
+    out = []
+    for cve, first, fixed, severity, what in CVES:
+        if _version_tuple(first) <= version < _version_tuple(fixed):
+            out.append(Finding("audit.vulnerable_version", severity,
+                               f"socat {socat_version} is affected by {cve}: {what}",
+                               f"socat {socat_version}", f"upgrade socat to {fixed} or later (distribution "
+                               "packages may carry a backported fix: check the changelog)", pid))
+    return out
+
+
+def audit_command(cmd: SocatCommand, *, pid: int | None = None, uid: int | None = None,
+                  environ: Mapping[str, str] | None = None, policy: Policy | None = None,
+                  socat_version: str | None = None,
+                  file_exists: Callable[[str], bool] | None = None) -> list[Finding]:
+    """Every finding about one parsed command line.
+
+    Pure unless `file_exists` is given: then tcpwrap tables are looked up with it
+    (a tcpwrap listener with neither hosts.allow nor hosts.deny fails open)."""
+    auditor = _Auditor(cmd, pid, policy)
+    if not cmd.info_only:
+        for address in cmd.addresses:
+            auditor.check_syntax(address)
+            auditor.check_exec(address)
+            auditor.check_listener(address)
+            auditor.check_tls(address)
+            auditor.check_tcpwrap(address, file_exists)
+            auditor.check_policy(address)
+        auditor.check_privileges(uid)
+        auditor.check_dumps()
+    auditor.check_environment(environ)
+    if socat_version:
+        auditor.findings.extend(version_findings(socat_version, pid))
+    return auditor.findings
+
+
+# -- facts from the host ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def installed_socat_version(binary: str = "socat") -> str | None:
+    """The version `socat -V` prints, or None when socat is not installed."""
+    try:
+        out = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"socat version (\S+)", out)
+    return match.group(1) if match else None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFacts:
+    """What /proc says about one process."""
+
+    pid: int
+    ppid: int
+    uid: int
+    comm: str
+    argv: tuple[str, ...]
+    environ: dict[str, str]
+    executable: str | None
+
+
+def read_process(pid: int) -> ProcessFacts:
+    """argv, environment, uid and parent of a process; raises FileNotFoundError if it is gone."""
+    base = f"/proc/{pid}"
+    with open(f"{base}/cmdline", "rb") as fh:
+        argv = tuple(a.decode(errors="replace") for a in fh.read().split(b"\0")[:-1])
+    with open(f"{base}/environ", "rb") as fh:
+        pairs = [e.decode(errors="replace").partition("=") for e in fh.read().split(b"\0") if e]
+    status: dict[str, str] = {}
+    with open(f"{base}/status", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            status[key] = value.strip()
+    try:
+        executable = os.readlink(f"{base}/exe")
+    except OSError:
+        executable = None
+    return ProcessFacts(
+        pid=pid,
+        ppid=int(status.get("PPid", "0")),
+        uid=int(status.get("Uid", "0").split()[1]),
+        comm=status.get("Name", ""),
+        argv=argv,
+        environ={k: v for k, _, v in pairs},
+        executable=executable,
+    )
+
+
+def _audit_facts(facts: ProcessFacts, policy: Policy | None) -> list[Finding]:
+    try:
+        cmd = parse_command_line(facts.argv)
+    except InputError as exc:
+        return [Finding("audit.unreadable_process", Severity.LOW, f"command line does not parse: {exc.message}",
+                        " ".join(facts.argv), "check the command line by hand", facts.pid, " ".join(facts.argv))]
+    return audit_command(cmd, pid=facts.pid, uid=facts.uid, environ=facts.environ, policy=policy,
+                         file_exists=os.path.exists)
+
+
+def audit_process(pid: int, policy: Policy | None) -> list[Finding]:
+    """Findings for one running socat process (argv, environment, uid from /proc) and the installed version."""
+    try:
+        facts = read_process(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        raise InputError(f"--pid {pid}", "no such process") from None
+    except PermissionError:
+        raise InputError(f"--pid {pid}", f"cannot read /proc/{pid} (run as root)") from None
+    if not facts.argv:
+        raise InputError(f"--pid {pid}", "process has no command line (a kernel thread or a zombie)")
+    if facts.comm != "socat" and not os.path.basename(facts.argv[0]).startswith("socat"):
+        raise InputError(f"--pid {pid}", f"not a socat process ({facts.comm}: {' '.join(facts.argv)[:80]})")
+    findings = _audit_facts(facts, policy)
+    version = installed_socat_version()
+    if version:
+        findings.extend(version_findings(version))
+    return findings
+
+
+def socat_processes() -> list[ProcessFacts]:
+    """Every socat process now, without the fork children of another socat (same argv as their parent)."""
+    found: dict[int, ProcessFacts] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", encoding="utf-8", errors="replace") as fh:
+                if fh.read().strip() != "socat":
+                    continue
+            found[int(entry)] = read_process(int(entry))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return [facts for facts in found.values()
+            if not (facts.ppid in found and found[facts.ppid].argv == facts.argv)]
+
+
+def audit_running(policy: Policy | None) -> list[Finding]:
+    """Findings for every socat process running now, plus the installed version once."""
+    findings: list[Finding] = []
+    for facts in sorted(socat_processes(), key=lambda f: f.pid):
+        findings.extend(_audit_facts(facts, policy))
+    version = installed_socat_version()
+    if version:
+        findings.extend(version_findings(version))
+    return findings
+
+
+def finding_to_alert(f: Finding, timestamp_ns: int, process: ProcessInfo | None) -> Alert:
+    """An audit finding as an Alert (ruleset "audit") for the sinks."""
+    return Alert(
+        rule_id=f.id,
+        rule_name=f.title,
+        description=f.message,
+        ruleset="audit",
+        severity=f.severity,
+        timestamp_ns=timestamp_ns,
+        listener=f.listener,
+        process=process,
+        token=f.token,
+        fix=f.fix,
+        outcome=Outcome.UNKNOWN,
+    )

@@ -1,0 +1,284 @@
+"""Runtime policy checks: a pure, stateful engine over ConnectionEvents.
+
+`PolicyEngine(policy).check(event)` returns the `Alert`s one event causes.
+It does no I/O and reads no clock: every window is measured in event time
+(`timestamp_ns`), so replaying the same events gives the same alerts.
+
+Rules (rule id: when it fires):
+
+- `policy.unknown_listener`: a client reached a listener port the policy does
+  not name (only if `defaults.unknown_listener` is `alert`).
+- `policy.source_denied`: a client outside the listener's `allow_sources`
+  connected (accepted or refused by socat; a refusal gives outcome failure).
+- `policy.backend_denied`: a listener's child connected to a backend outside
+  `allow_backends`; the client of the same session is blamed when known.
+- `policy.rate_exceeded`: one source opened more than `max_rate_per_source`
+  connections within the rate's period (sliding window, event time).
+- `policy.concurrency_exceeded`: one source held more than
+  `max_concurrent_per_source` connections open at once (accepts minus closes).
+
+Deduplication: at most one alert per (rule, listener, source) per dedup window
+(`dedup_window_s`, default 60 s of event time); for `policy.unknown_listener`
+the key is (rule, listener port) and for `policy.backend_denied` it is
+(rule, listener, client, backend). Later violations inside the window are
+counted in `suppressed`, not alerted.
+
+When the listener's action is `block`, alerts about a known source carry
+`block=True` and `block_target` (the source address).
+
+State is bounded: per-source windows keep at most the declared count + 1
+timestamps and are dropped once idle for longer than their period; open
+connections are capped at `max_open` (oldest forgotten first, counted in
+`evicted`); dedup entries expire with the window.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from ..events import (
+    Action,
+    Alert,
+    ConnectionEvent,
+    Direction,
+    Listener,
+    Outcome,
+    Severity,
+)
+from .model import ListenerPolicy, Policy
+
+NS = 1_000_000_000
+
+RULES: dict[str, tuple[str, Severity]] = {
+    "policy.unknown_listener": ("Connection to a listener not in the policy", Severity.LOW),
+    "policy.source_denied": ("Source not allowed by policy", Severity.HIGH),
+    "policy.backend_denied": ("Backend not allowed by policy", Severity.HIGH),
+    "policy.rate_exceeded": ("Declared per-source rate exceeded", Severity.MEDIUM),
+    "policy.concurrency_exceeded": ("Declared per-source concurrency exceeded", Severity.MEDIUM),
+}
+
+_MAX_TRIGGERS = 20
+_SOURCE_CACHE = 65_536   # remembered (listener, source) decisions; cleared when full
+_STARTS = (Action.ACCEPTED, Action.DENIED)
+
+
+@dataclass(slots=True)
+class _Open:
+    listener: str
+    source: str
+    started_ns: int
+
+
+class PolicyEngine:
+    """Applies a Policy to live or replayed ConnectionEvents (see module docstring for the rules)."""
+
+    def __init__(self, policy: Policy, dedup_window_s: float = 60.0, max_open: int = 200_000) -> None:
+        if dedup_window_s < 0:
+            raise ValueError("dedup_window_s must be >= 0")
+        self.policy = policy
+        self.dedup_window_ns = int(dedup_window_s * NS)
+        self.max_open = max_open
+        self.suppressed = 0
+        self.evicted = 0
+        self._last_alert: dict[tuple, int] = {}
+        self._rate: dict[tuple[str, str], deque[tuple[int, str]]] = {}
+        self._open: OrderedDict[tuple, _Open] = OrderedDict()
+        self._open_count: dict[tuple[str, str], int] = {}
+        self._session_client: OrderedDict[str, str] = OrderedDict()
+        self._last_prune_ns = 0
+        self._source_cache: dict[tuple[str, str], bool] = {}
+
+    def listener_name(self, port: int) -> str | None:
+        entry = self.policy.listener(port)
+        return entry.name if entry else None
+
+    def check(self, event: ConnectionEvent) -> list[Alert]:
+        """The alerts this event causes, in event time; updates the engine's state."""
+        self._prune(event.timestamp_ns)
+        if event.direction is Direction.EGRESS:
+            return self._check_egress(event)
+        port, ip = listening_socket(event)
+        entry = self.policy.listener(port, ip)
+        if event.action is Action.CLOSED:
+            self._close(event)
+            return []
+        if event.action not in _STARTS:
+            return []
+        if entry is None:
+            if self.policy.defaults.unknown_listener != "alert" or event.action is not Action.ACCEPTED:
+                return []
+            return self._emit(("policy.unknown_listener", port), event, None, port, ip,
+                              f"connection from {event.source_ip} to port {port}, which the policy does not name")
+        if event.session_id:
+            self._remember_session(event.session_id, event.source_ip)
+        first_sight = open_key(event) not in self._open
+        alerts = self._check_source(event, entry, port, ip)
+        if first_sight:
+            alerts += self._check_rate(event, entry, port, ip)
+        if event.action is Action.ACCEPTED and not event.refused:
+            alerts += self._check_concurrency(event, entry, port, ip)
+        elif not first_sight:
+            self._close(event)
+        return alerts
+
+    # -- rules -------------------------------------------------------------------------------------
+
+    def _check_source(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str) -> list[Alert]:
+        if entry.allow_sources is None:
+            return []
+        key = (entry.name, ev.source_ip)
+        allowed = self._source_cache.get(key)
+        if allowed is None:
+            if len(self._source_cache) >= _SOURCE_CACHE:
+                self._source_cache.clear()
+            allowed = self._source_cache[key] = entry.source_allowed(_address(ev.source_ip))
+        if allowed:
+            return []
+        how = "refused by socat" if ev.refused or ev.action is Action.DENIED else "accepted"
+        return self._emit(("policy.source_denied", entry.name, ev.source_ip), ev, entry, port, ip,
+                          f"{ev.source_ip} connected to {entry.name} (port {port}) but is not in allow_sources "
+                          f"({how})", source=ev.source_ip)
+
+    def _check_rate(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str) -> list[Alert]:
+        rate = entry.max_rate_per_source
+        if rate is None:
+            return []
+        key = (entry.name, ev.source_ip)
+        window = self._rate.setdefault(key, deque(maxlen=rate.count + 1))
+        window.append((ev.timestamp_ns, ev.id))
+        start = ev.timestamp_ns - int(rate.period_s * NS)
+        while window and window[0][0] <= start:
+            window.popleft()
+        if len(window) <= rate.count:
+            return []
+        return self._emit(("policy.rate_exceeded", entry.name, ev.source_ip), ev, entry, port, ip,
+                          f"{ev.source_ip} opened more than {rate.count} connections per {rate.text.split('/')[1]} "
+                          f"to {entry.name} (declared {rate.text})", source=ev.source_ip,
+                          triggers=tuple(i for _, i in window), observed=float(len(window)),
+                          threshold=float(rate.count), window_s=rate.period_s)
+
+    def _check_concurrency(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str) -> list[Alert]:
+        key = open_key(ev)
+        if key in self._open:
+            return []
+        self._open[key] = _Open(entry.name, ev.source_ip, ev.timestamp_ns)
+        count_key = (entry.name, ev.source_ip)
+        count = self._open_count.get(count_key, 0) + 1
+        self._open_count[count_key] = count
+        if len(self._open) > self.max_open:
+            self._forget(next(iter(self._open)))
+            self.evicted += 1
+        limit = entry.max_concurrent_per_source
+        if limit is None or count <= limit:
+            return []
+        return self._emit(("policy.concurrency_exceeded", entry.name, ev.source_ip), ev, entry, port, ip,
+                          f"{ev.source_ip} holds {count} connections open to {entry.name}, more than the declared "
+                          f"{limit}", source=ev.source_ip, observed=float(count), threshold=float(limit))
+
+    def _check_egress(self, ev: ConnectionEvent) -> list[Alert]:
+        if ev.action is not Action.ATTEMPTED or ev.listener is None:
+            return []
+        entry = self.policy.listener(ev.listener.port, ev.listener.ip)
+        if entry is None or entry.allow_backends is None:
+            return []
+        if entry.backend_allowed(_address(ev.destination_ip), ev.destination_port):
+            return []
+        client = self._session_client.get(ev.session_id) if ev.session_id else None
+        backend = f"[{ev.destination_ip}]:{ev.destination_port}" if ":" in ev.destination_ip else \
+            f"{ev.destination_ip}:{ev.destination_port}"
+        who = f" for client {client}" if client else ""
+        return self._emit(("policy.backend_denied", entry.name, client, backend), ev, entry,
+                          ev.listener.port, ev.listener.ip,
+                          f"{entry.name} connected to backend {backend}{who}, which is not in allow_backends",
+                          source=client)
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def _close(self, ev: ConnectionEvent) -> None:
+        key = open_key(ev)
+        if key in self._open:
+            self._forget(key)
+
+    def _forget(self, key: tuple) -> None:
+        conn = self._open.pop(key)
+        count_key = (conn.listener, conn.source)
+        left = self._open_count.get(count_key, 1) - 1
+        if left > 0:
+            self._open_count[count_key] = left
+        else:
+            self._open_count.pop(count_key, None)
+
+    def _remember_session(self, session_id: str, client: str) -> None:
+        self._session_client[session_id] = client
+        if len(self._session_client) > self.max_open:
+            self._session_client.popitem(last=False)
+
+    def _prune(self, now_ns: int) -> None:
+        """Drop expired dedup entries and idle rate windows, at most once per dedup window."""
+        if now_ns - self._last_prune_ns < max(self.dedup_window_ns, NS):
+            return
+        self._last_prune_ns = now_ns
+        self._last_alert = {k: t for k, t in self._last_alert.items() if now_ns - t < self.dedup_window_ns}
+        for key in [k for k, w in self._rate.items() if not w or w[-1][0] < now_ns - self._period_ns(k[0])]:
+            del self._rate[key]
+
+    def _period_ns(self, name: str) -> int:
+        for entry in self.policy.listeners:
+            if entry.name == name and entry.max_rate_per_source is not None:
+                return int(entry.max_rate_per_source.period_s * NS)
+        return 0
+
+    def _emit(self, key: tuple, ev: ConnectionEvent, entry: ListenerPolicy | None, port: int, ip: str,
+              description: str, *, source: str | None = None, triggers: tuple[str, ...] | None = None,
+              observed: float | None = None, threshold: float | None = None,
+              window_s: float | None = None) -> list[Alert]:
+        last = self._last_alert.get(key)
+        if last is not None and ev.timestamp_ns - last < self.dedup_window_ns:
+            self.suppressed += 1
+            return []
+        self._last_alert[key] = ev.timestamp_ns
+        rule_id = key[0]
+        name, severity = RULES[rule_id]
+        if entry is not None and entry.severity is not None:
+            severity = entry.severity
+        block = bool(entry is not None and entry.blocks and source)
+        refused = ev.refused or ev.action is Action.DENIED
+        return [Alert(
+            rule_id=rule_id,
+            rule_name=name,
+            description=description,
+            ruleset="policy",
+            severity=severity,
+            timestamp_ns=ev.timestamp_ns,
+            source_ip=source if source is not None else (ev.source_ip if rule_id == "policy.unknown_listener" else None),
+            listener=Listener(ip=ip, port=port, name=entry.name if entry else None),
+            process=ev.process,
+            trigger_event_ids=(triggers or (ev.id,))[-_MAX_TRIGGERS:],
+            observed=observed,
+            threshold=threshold,
+            window_s=window_s,
+            outcome=Outcome.FAILURE if refused else Outcome.SUCCESS,
+            block=block,
+            block_target=source if block else None,
+        )]
+
+
+def listening_socket(ev: ConnectionEvent) -> tuple[int, str]:
+    """(port, ip) of the listener an ingress event came through."""
+    if ev.listener is not None:
+        return ev.listener.port, ev.listener.ip
+    return ev.destination_port, ev.destination_ip
+
+
+def open_key(ev: ConnectionEvent) -> tuple:
+    """What pairs a connection's start with its close: the 4-tuple."""
+    return (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address

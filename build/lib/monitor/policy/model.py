@@ -1,0 +1,394 @@
+"""The declared policy: its schema, its typed model and loading it from YAML.
+
+A policy file names the socat listeners that may exist and, for each, who may
+connect (`allow_sources`), where its children may connect (`allow_backends`),
+the declared per-source rate and concurrency limits, and whether a violation
+only alerts or also blocks the source. `load_policy(path)` validates the file
+with `POLICY_SCHEMA` and semantic checks (addresses, CIDRs, rates, unique
+names and ports), reporting every problem as `FILE:LINE: key.path: ...`.
+`policy_reference()` renders the schema as the reference the README embeds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..events import Severity
+from ..yamlfile import InputErrors, Locator, load_yaml, parse_yaml, validate
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ACTIONS = ("alert", "block")
+UNKNOWN_LISTENER_ACTIONS = ("alert", "ignore")
+
+_RATE_UNITS = {
+    "second": 1.0, "sec": 1.0, "s": 1.0,
+    "minute": 60.0, "min": 60.0, "m": 60.0,
+    "hour": 3600.0, "h": 3600.0,
+}
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(" + "|".join(_RATE_UNITS) + r")\s*$", re.IGNORECASE)
+RATE_PATTERN = r"^\s*[0-9]+\s*/\s*(?i:second|sec|s|minute|min|m|hour|h)\s*$"
+
+POLICY_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "socat-monitor policy",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "listeners"],
+    "properties": {
+        "version": {
+            "const": 1,
+            "description": "Policy format version. Only 1 exists.",
+            "examples": [1],
+        },
+        "listeners": {
+            "type": "array",
+            "description": "The socat listeners that may run, one entry per listening port.",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "port"],
+                "properties": {
+                    "name": {
+                        "type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                        "x-expect": "a name of letters, digits, '-', '_' or '.'",
+                        "description": "Unique name; alerts carry it as socat.listener.name.",
+                        "examples": ["web-relay"],
+                    },
+                    "port": {
+                        "type": "integer", "minimum": 1, "maximum": 65535,
+                        "x-expect": "a TCP port number 1-65535",
+                        "description": "The socat listener's local port (required).",
+                        "examples": [8443],
+                    },
+                    "address": {
+                        "type": "string",
+                        "x-expect": "an IP address such as 0.0.0.0, 127.0.0.1 or ::1",
+                        "description": "Local address the listener must bind to; the audit flags a "
+                                       "listener on all addresses when this names one. Default: any.",
+                        "examples": ["127.0.0.1"],
+                    },
+                    "allow_sources": {
+                        "type": "array", "items": {"type": "string", "x-expect": "an IP address or CIDR"},
+                        "description": "Client addresses or CIDRs that may connect. Omitted: any "
+                                       "source; empty list: none.",
+                        "examples": [["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]],
+                    },
+                    "allow_backends": {
+                        "type": "array",
+                        "items": {"type": "string", "x-expect": "IP[:PORT], CIDR[:PORT] or [IPv6]:PORT"},
+                        "description": "Where the listener's children may connect: IP, CIDR, "
+                                       "IP:PORT, [IPv6]:PORT; PORT may be '*'. Omitted: anywhere.",
+                        "examples": [["10.0.0.5:443", "[2001:db8::5]:443", "10.1.0.0/16:*"]],
+                    },
+                    "max_rate_per_source": {
+                        "type": "string", "pattern": RATE_PATTERN,
+                        "x-expect": "a rate like 30/minute (N/second, N/minute or N/hour)",
+                        "description": "Most new connections one source may open in the period "
+                                       "(a sliding window). Default: unlimited.",
+                        "examples": ["30/minute"],
+                    },
+                    "max_concurrent_per_source": {
+                        "type": "integer", "minimum": 1,
+                        "x-expect": "a whole number >= 1",
+                        "description": "Most connections one source may hold open at once. Default: unlimited.",
+                        "examples": [10],
+                    },
+                    "action": {
+                        "enum": list(ACTIONS), "default": "alert",
+                        "description": "alert: report violations; block: also ask enforce to drop the source.",
+                        "examples": ["block"],
+                    },
+                    "severity": {
+                        "enum": ["low", "medium", "high", "critical"],
+                        "description": "Overrides the severity of this listener's violations. "
+                                       "Default: per rule (source/backend high, rate/concurrency medium).",
+                        "examples": ["critical"],
+                    },
+                    "description": {
+                        "type": "string",
+                        "description": "Free text for people; not interpreted.",
+                        "examples": ["TLS relay to the web backend"],
+                    },
+                },
+            },
+        },
+        "defaults": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Settings that apply where a listener says nothing.",
+            "properties": {
+                "unknown_listener": {
+                    "enum": list(UNKNOWN_LISTENER_ACTIONS), "default": "alert",
+                    "description": "A socat listener not named in the policy: alert or ignore.",
+                    "examples": ["alert"],
+                },
+                "action": {
+                    "enum": list(ACTIONS), "default": "alert",
+                    "description": "Action of listeners that do not set one.",
+                    "examples": ["alert"],
+                },
+            },
+        },
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A declared rate: at most `count` new connections per `period_s` seconds."""
+
+    count: int
+    period_s: float
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Rate":
+        match = _RATE_RE.match(text)
+        if not match:
+            raise ValueError(f"expected a rate like 30/minute, got {text!r}")
+        unit = match.group(2).lower()
+        canonical = {1.0: "second", 60.0: "minute", 3600.0: "hour"}[_RATE_UNITS[unit]]
+        return cls(int(match.group(1)), _RATE_UNITS[unit], f"{int(match.group(1))}/{canonical}")
+
+
+def parse_network(text: str) -> IPNetwork:
+    """An IP address or CIDR (strict: no host bits) as a network."""
+    try:
+        return ipaddress.ip_network(text.strip().strip("[]"), strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            loose = ipaddress.ip_network(text.strip().strip("[]"), strict=False)
+            raise ValueError(f"host bits set in {text!r}: did you mean {loose}?") from None
+        raise ValueError(f"not an IP address or CIDR: {text!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """An allowed backend: a network and a port (None = any port)."""
+
+    network: IPNetwork
+    port: int | None
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Backend":
+        raw = text.strip()
+        host, port_text = raw, None
+        if raw.startswith("["):
+            close = raw.find("]")
+            if close < 0:
+                raise ValueError(f"unclosed '[' in {text!r}")
+            host, rest = raw[1:close], raw[close + 1:]
+            if rest:
+                if not rest.startswith(":"):
+                    raise ValueError(f"expected [IPv6]:PORT, got {text!r}")
+                port_text = rest[1:]
+        elif raw.count(":") == 1:
+            host, port_text = raw.split(":")
+        port: int | None = None
+        if port_text is not None and port_text != "*":
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise ValueError(f"port must be 1-65535 or '*', got {port_text!r} in {text!r}")
+            port = int(port_text)
+        try:
+            network = parse_network(host)
+        except ValueError as exc:
+            if not any(c.isdigit() for c in host.split(".")[-1][:1]) and ":" not in host:
+                raise ValueError(f"{host!r} is a host name: use its IP address or CIDR") from None
+            raise exc
+        return cls(network, port, raw)
+
+    def matches(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+        return address in self.network and (self.port is None or self.port == port)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPolicy:
+    """What one declared listener may do."""
+
+    name: str
+    port: int
+    address: str | None = None
+    allow_sources: tuple[IPNetwork, ...] | None = None     # None: any source
+    allow_backends: tuple[Backend, ...] | None = None      # None: any backend
+    max_rate_per_source: Rate | None = None
+    max_concurrent_per_source: int | None = None
+    action: str = "alert"
+    severity: Severity | None = None
+    description: str | None = None
+
+    @property
+    def blocks(self) -> bool:
+        return self.action == "block"
+
+    def source_allowed(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if self.allow_sources is None:
+            return True
+        return any(address.version == net.version and address in net for net in self.allow_sources)
+
+    def backend_allowed(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+        if self.allow_backends is None:
+            return True
+        return any(address.version == b.network.version and b.matches(address, port) for b in self.allow_backends)
+
+    def binds_all(self) -> bool:
+        return self.address is None or ipaddress.ip_address(self.address).is_unspecified
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    unknown_listener: str = "alert"
+    action: str = "alert"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A validated policy. `listener(port, ip)` finds the entry for a listening socket."""
+
+    version: int = 1
+    listeners: tuple[ListenerPolicy, ...] = ()
+    defaults: Defaults = field(default_factory=Defaults)
+    path: str | None = None
+
+    def listener(self, port: int, ip: str | None = None) -> ListenerPolicy | None:
+        """The declared listener on port: the one naming ip if several share the port."""
+        candidates = [entry for entry in self.listeners if entry.port == port]
+        if len(candidates) > 1 and ip is not None:
+            for entry in candidates:
+                if entry.address is not None and _same_ip(entry.address, ip):
+                    return entry
+            unbound = [entry for entry in candidates if entry.binds_all()]
+            if unbound:
+                return unbound[0]
+        return candidates[0] if candidates else None
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
+
+
+def _listener(raw: dict[str, Any], index: int, defaults: Defaults, locator: Locator,
+              problems: list[InputError]) -> ListenerPolicy | None:
+    at = ("listeners", index)
+
+    def parsed(key: str, parse, value):
+        try:
+            return parse(value)
+        except ValueError as exc:
+            problems.append(locator.error(at + (key,), str(exc)))
+            return None
+
+    def parsed_list(key: str, parse) -> tuple | None:
+        if key not in raw:
+            return None
+        out = []
+        for i, item in enumerate(raw[key]):
+            try:
+                out.append(parse(item))
+            except ValueError as exc:
+                problems.append(locator.error(at + (key, i), str(exc)))
+        return tuple(out)
+
+    before = len(problems)
+    address = raw.get("address")
+    if address is not None:
+        parsed("address", lambda t: ipaddress.ip_address(t.strip("[]")), address)
+        address = address.strip("[]")
+    listener = ListenerPolicy(
+        name=raw["name"],
+        port=raw["port"],
+        address=address,
+        allow_sources=parsed_list("allow_sources", parse_network),
+        allow_backends=parsed_list("allow_backends", Backend.parse),
+        max_rate_per_source=parsed("max_rate_per_source", Rate.parse, raw["max_rate_per_source"])
+        if "max_rate_per_source" in raw else None,
+        max_concurrent_per_source=raw.get("max_concurrent_per_source"),
+        action=raw.get("action", defaults.action),
+        severity=Severity.parse(raw["severity"]) if "severity" in raw else None,
+        description=raw.get("description"),
+    )
+    rate = listener.max_rate_per_source
+    if rate is not None and rate.count < 1:
+        problems.append(locator.error(at + ("max_rate_per_source",), f"expected at least 1 per period, got {rate.text!r}"))
+    return listener if len(problems) == before else None
+
+
+def policy_from_data(data: Any, locator: Locator) -> Policy:
+    """A Policy from loaded YAML data; raises InputErrors listing every problem with file:line."""
+    validate(data, POLICY_SCHEMA, locator)
+    problems: list[InputError] = []
+    raw_defaults = data.get("defaults") or {}
+    defaults = Defaults(
+        unknown_listener=raw_defaults.get("unknown_listener", "alert"),
+        action=raw_defaults.get("action", "alert"),
+    )
+    listeners: list[ListenerPolicy] = []
+    names: dict[str, int] = {}
+    bindings: dict[tuple[int, str | None], int] = {}
+    for index, raw in enumerate(data["listeners"]):
+        name = raw["name"]
+        if name in names:
+            problems.append(locator.error(("listeners", index, "name"),
+                                          f"duplicate listener name {name!r} (first at listeners[{names[name]}])"))
+        names.setdefault(name, index)
+        listener = _listener(raw, index, defaults, locator, problems)
+        if listener is None:
+            continue
+        binding = (listener.port, str(ipaddress.ip_address(listener.address)) if listener.address else None)
+        if binding in bindings:
+            problems.append(locator.error(("listeners", index, "port"),
+                                          f"port {listener.port} already declared by listeners[{bindings[binding]}]"))
+        bindings.setdefault(binding, index)
+        listeners.append(listener)
+    if problems:
+        problems.sort(key=lambda p: int(p.where.rsplit(":", 1)[1]))
+        raise InputErrors(problems)
+    return Policy(version=data["version"], listeners=tuple(listeners), defaults=defaults, path=locator.path)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Load and validate a policy file; raises InputError naming file:line and key."""
+    data, locator = load_yaml(path)
+    if data is None:
+        raise InputError(f"{path}:1", "empty policy file: expected at least 'version: 1' and 'listeners:'")
+    return policy_from_data(data, locator)
+
+
+def parse_policy(text: str, name: str = "<policy>") -> Policy:
+    """Like load_policy, for policy text already in memory."""
+    data, locator = parse_yaml(text, name)
+    if data is None:
+        raise InputError(f"{name}:1", "empty policy: expected at least 'version: 1' and 'listeners:'")
+    return policy_from_data(data, locator)
+
+
+def _reference_rows(schema: dict[str, Any], prefix: str) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for key, sub in schema.get("properties", {}).items():
+        dotted = f"{prefix}{key}"
+        example = sub.get("examples", [""])[0] if sub.get("examples") else ""
+        default = sub.get("default", "required" if key in schema.get("required", ()) else "")
+        rows.append((dotted, str(default), sub.get("description", ""), str(example)))
+        if sub.get("type") == "object":
+            rows.extend(_reference_rows(sub, dotted + "."))
+        elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "object":
+            rows.extend(_reference_rows(sub["items"], dotted + "[]."))
+    return rows
+
+
+def policy_reference() -> str:
+    """Markdown reference of every policy key, its default and an example (from POLICY_SCHEMA)."""
+    lines = ["| key | default | meaning | example |", "| --- | --- | --- | --- |"]
+    for key, default, meaning, example in _reference_rows(POLICY_SCHEMA, ""):
+        lines.append(f"| `{key}` | {default} | {meaning} | `{example}` |" if example else
+                     f"| `{key}` | {default} | {meaning} | |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,223 @@
+"""A starting policy learned from socat command lines and recorded events.
+
+`suggest_policy(commands, events)` is pure. Listeners come from the command
+lines (port, `bind=`, `range=`, the backend of the other address) and from
+the events (every listener port a client reached). Observed sources are
+aggregated: two or more hosts in one /24 (IPv6: /64) become that prefix,
+a lone host stays a host. Backends are the addresses the listener's children
+connected to. Rates and concurrency are measured exactly as `PolicyEngine`
+measures them (sliding window per source, accepts minus closes) and written
+with `headroom` (x2 by default, at least `min_rate` per minute), so the
+suggestion, applied to the traffic it learned from, raises no alerts.
+Connections socat itself refused (`range=`, tcpwrap) are not learned as
+allowed unless `include_refused` is set; the output says how many there were.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from collections import defaultdict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..events import Action, ConnectionEvent, Direction
+from .audit import parse_range
+from ..socat.grammar import SocatCommand
+from .engine import NS, listening_socket, open_key
+
+RATE_PERIOD_S = 60.0
+
+
+@dataclass
+class _Learned:
+    """Everything learned about one listener port."""
+
+    port: int
+    name: str | None = None
+    address: str | None = None
+    sources: set[str] = field(default_factory=set)
+    ranges: list = field(default_factory=list)
+    backends: set[str] = field(default_factory=set)
+    host_backends: set[str] = field(default_factory=set)
+    max_rate: int = 0
+    max_concurrent: int = 0
+    refused: int = 0
+    events: int = 0
+
+
+def _backend_text(host: str, port: int | None) -> str:
+    where = f"[{host}]" if ":" in host else host
+    return f"{where}:{port}" if port is not None else host
+
+
+def _from_command(cmd: SocatCommand, learned: dict[int, _Learned]) -> None:
+    for address in cmd.listeners():
+        port = address.listen_port
+        if port is None:
+            continue
+        entry = learned.setdefault(port, _Learned(port))
+        entry.name = entry.name or f"{(address.kind or 'listener').split('-')[0]}-{port}"
+        bind = address.bind_address
+        if bind and entry.address is None:
+            entry.address = bind
+        declared = address.value("range")
+        if declared:
+            try:
+                entry.ranges.append(parse_range(declared))
+            except ValueError:
+                pass
+        for other in cmd.addresses:
+            target = other.connect_target if other.position != address.position else None
+            if target is None:
+                continue
+            host, backend_port = target
+            host = "127.0.0.1" if host.lower() == "localhost" else host
+            try:
+                ipaddress.ip_address(host)
+                entry.backends.add(_backend_text(host, backend_port))
+            except ValueError:
+                entry.host_backends.add(_backend_text(host, backend_port))
+
+
+class _Meter:
+    """Per-source rate and concurrency, measured the way PolicyEngine measures them."""
+
+    def __init__(self) -> None:
+        self.windows: dict[tuple[int, str], deque[int]] = defaultdict(deque)
+        self.open: dict[tuple, tuple[int, str]] = {}
+        self.counts: dict[tuple[int, str], int] = defaultdict(int)
+
+    def start(self, ev: ConnectionEvent, port: int, entry: _Learned) -> None:
+        key = (port, ev.source_ip)
+        first = open_key(ev) not in self.open
+        if first:
+            window = self.windows[key]
+            window.append(ev.timestamp_ns)
+            while window and window[0] <= ev.timestamp_ns - int(RATE_PERIOD_S * NS):
+                window.popleft()
+            entry.max_rate = max(entry.max_rate, len(window))
+        if ev.action is Action.ACCEPTED and not ev.refused and first:
+            self.open[open_key(ev)] = key
+            self.counts[key] += 1
+            entry.max_concurrent = max(entry.max_concurrent, self.counts[key])
+        elif not first:
+            self.close(ev)
+
+    def close(self, ev: ConnectionEvent) -> None:
+        key = self.open.pop(open_key(ev), None)
+        if key is not None:
+            self.counts[key] -= 1
+
+
+def _from_events(events: Iterable[ConnectionEvent], learned: dict[int, _Learned], include_refused: bool) -> int:
+    meter = _Meter()
+    count = 0
+    for ev in events:
+        count += 1
+        if ev.direction is Direction.EGRESS:
+            if ev.action is Action.ATTEMPTED and ev.listener is not None:
+                entry = learned.setdefault(ev.listener.port, _Learned(ev.listener.port))
+                entry.backends.add(_backend_text(ev.destination_ip, ev.destination_port))
+            continue
+        port, _ = listening_socket(ev)
+        if ev.action is Action.CLOSED:
+            meter.close(ev)
+            continue
+        if ev.action not in (Action.ACCEPTED, Action.DENIED):
+            continue
+        entry = learned.setdefault(port, _Learned(port))
+        entry.events += 1
+        refused = ev.refused or ev.action is Action.DENIED
+        if refused and not include_refused:
+            entry.refused += 1
+        else:
+            entry.sources.add(ev.source_ip)
+        meter.start(ev, port, entry)
+    return count
+
+
+def aggregate_sources(sources: Iterable[str], v4_prefix: int = 24, v6_prefix: int = 64,
+                      extra: Iterable = ()) -> list[str]:
+    """Hosts to prefixes: 2+ hosts sharing a /v4_prefix (/v6_prefix) become it; lone hosts stay hosts.
+
+    `extra` networks (from range=) are merged in; the result is collapsed and sorted."""
+    groups: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, set] = defaultdict(set)
+    for text in sources:
+        address = ipaddress.ip_address(text)
+        prefix = v4_prefix if address.version == 4 else v6_prefix
+        groups[ipaddress.ip_network(f"{address}/{prefix}", strict=False)].add(address)
+    networks = list(extra)
+    for net, hosts in groups.items():
+        if len(hosts) > 1:
+            networks.append(net)
+        else:
+            networks.extend(ipaddress.ip_network(h) for h in hosts)
+    out = []
+    for version in (4, 6):
+        for net in ipaddress.collapse_addresses(n for n in networks if n.version == version):
+            out.append(str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net))
+    return out
+
+
+def _scaled(observed: int, headroom: float, floor: int) -> int:
+    return max(math.ceil(observed * headroom), observed, floor)
+
+
+def _render(entry: _Learned, headroom: float, min_rate: int, v4_prefix: int, v6_prefix: int) -> list[str]:
+    lines = [f"  - name: {entry.name or f'listener-{entry.port}'}", f"    port: {entry.port}"]
+    if entry.address:
+        lines.append(f"    address: {json.dumps(entry.address)}")
+    networks = aggregate_sources(entry.sources, v4_prefix, v6_prefix, extra=entry.ranges)
+    if networks:
+        note = f"  # observed {len(entry.sources)} source(s)" if entry.sources else "  # from range="
+        lines.append(f"    allow_sources: [{', '.join(json.dumps(s) for s in networks)}]{note}")
+    elif entry.events:
+        lines.append("    # allow_sources: no accepted source seen; add the clients that may connect")
+    if entry.refused:
+        lines.append(f"    # {entry.refused} connection(s) refused by socat were not learned as allowed")
+    if entry.backends:
+        lines.append(f"    allow_backends: [{', '.join(json.dumps(b) for b in sorted(entry.backends))}]")
+    for host in sorted(entry.host_backends):
+        lines.append(f"    # backend {host} is a host name: add its address to allow_backends")
+    if entry.max_rate:
+        rate = _scaled(entry.max_rate, headroom, min_rate)
+        lines.append(f"    max_rate_per_source: {rate}/minute  # observed at most {entry.max_rate} per minute")
+    if entry.max_concurrent:
+        limit = _scaled(entry.max_concurrent, headroom, 2)
+        lines.append(f"    max_concurrent_per_source: {limit}  # observed at most {entry.max_concurrent} at once")
+    lines.append("    action: alert")
+    return lines
+
+
+def suggest_policy(commands: Sequence[SocatCommand], events: Iterable[ConnectionEvent], *,
+                   headroom: float = 2.0, min_rate: int = 10, v4_prefix: int = 24, v6_prefix: int = 64,
+                   include_refused: bool = False) -> str:
+    """Policy YAML text learned from command lines and events; it passes `policy check`."""
+    if headroom < 1.0:
+        raise ValueError("headroom must be >= 1 (the suggestion must cover what was observed)")
+    learned: dict[int, _Learned] = {}
+    for cmd in commands:
+        _from_command(cmd, learned)
+    seen = _from_events(events, learned, include_refused)
+    names: set[str] = set()
+    for entry in sorted(learned.values(), key=lambda e: e.port):
+        base = entry.name or f"listener-{entry.port}"
+        entry.name = base
+        suffix = 2
+        while entry.name in names:
+            entry.name = f"{base}-{suffix}"
+            suffix += 1
+        names.add(entry.name)
+    out = [
+        "# socat-monitor policy suggested from "
+        f"{len(commands)} socat command line(s) and {seen} recorded event(s).",
+        "# Review every entry before use: it allows what was seen, not what should be.",
+        "version: 1",
+        "listeners:" if learned else "listeners: []",
+    ]
+    for entry in sorted(learned.values(), key=lambda e: e.port):
+        out.extend(_render(entry, headroom, min_rate, v4_prefix, v6_prefix))
+    out += ["defaults:", "  unknown_listener: alert"]
+    return "\n".join(out) + "\n"

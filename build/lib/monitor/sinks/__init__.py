@@ -1,0 +1,16 @@
+"""Sinks: where ECS documents go (NDJSON files, Elasticsearch, the alert feed).
+
+The agent builds the sinks it is configured for and writes every record to
+a `Fanout` of them. Each sink reports its own losses as `PipelineError`
+records through `on_error`, which the agent routes back into the fan-out.
+"""
+
+from .alertfeed import AlertFeed, AlertFeedConfig
+from .base import ErrorCallback, Fanout, Sink, SinkStats
+from .elasticsearch import ElasticsearchConfig, ElasticsearchSink
+from .ndjson import NdjsonConfig, NdjsonSink
+
+__all__ = [
+    "AlertFeed", "AlertFeedConfig", "ElasticsearchConfig", "ElasticsearchSink", "ErrorCallback",
+    "Fanout", "NdjsonConfig", "NdjsonSink", "Sink", "SinkStats",
+]

@@ -1,0 +1,406 @@
+"""The Elasticsearch sink: spool to disk, ship in bulk, exactly once.
+
+`write()` renders the ECS document and appends it to the disk spool (one
+`write(2)`), nothing more: a slow or dead server never blocks the caller.
+A shipper thread
+
+1. installs the index template and the write aliases (retrying in the
+   background while the server is unreachable; a template with a higher
+   `version` is left alone),
+2. reads batches from the spool (`batch_size` documents, or whatever is
+   there after `batch_interval_s`), sends them as `_bulk` `create` actions
+   with the event id as `_id` to the events or alerts alias,
+3. per item: 2xx is delivered, 409 is "already delivered" (a replay after a
+   crash or a lost answer), 429/5xx are retried with backoff, anything else
+   goes to the dead-letter file with the reason,
+4. acknowledges the batch in the spool only when every item is settled.
+
+Alerts (`event.kind: alert`) go to `alerts_index`, everything else to
+`events_index`. Spool lines are `<a|e><event id>\\t<ECS JSON>`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from ..ecs import HostInfo, parse_timestamp, render
+from ..events import Alert, Record
+from .base import ErrorCallback, ErrorReporter, SinkStats
+from .es_client import EsClient, ItemResult, Unavailable
+from .spool import DiskSpool, SpoolBatch
+from .template import TEMPLATE_VERSION, index_template
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(slots=True)
+class ElasticsearchConfig:
+    urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:9200"])
+    username: str | None = None
+    password: str | None = None
+    api_key: str | None = None            # base64 "id:key" as Kibana shows it
+    ca_file: str | None = None
+    verify_certs: bool = True
+    events_index: str = "socat-monitor-events"   # write alias; first index <alias>-000001
+    alerts_index: str = "socat-monitor-alerts"
+    template_name: str = "socat-monitor"
+    spool_dir: Path = Path("/var/lib/socat-monitor/spool")
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    segment_bytes: int = 16 * 1024 * 1024
+    batch_size: int = 2000
+    batch_bytes: int = 8 * 1024 * 1024
+    batch_interval_s: float = 1.0
+    max_in_flight: int = 2                # bulk requests at once (acked in order)
+    request_timeout_s: float = 10.0
+    backoff_max_s: float = 10.0
+    sync_interval_s: float = 1.0
+    close_timeout_s: float = 5.0
+    dead_letter_path: Path | None = None  # default: <spool_dir>/dead-letter.ndjson
+
+    def __post_init__(self) -> None:
+        self.spool_dir = Path(self.spool_dir)
+        if isinstance(self.urls, str):
+            self.urls = [self.urls]
+        if not self.urls:
+            raise ValueError("elasticsearch.urls: at least one URL is needed")
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"elasticsearch.urls: {url!r} must start with http:// or https://")
+        if self.api_key and self.username:
+            raise ValueError("elasticsearch: give either username/password or api_key, not both")
+        if self.batch_size < 1 or self.batch_interval_s <= 0 or self.max_in_flight < 1:
+            raise ValueError("elasticsearch.batch_size, batch_interval_s and max_in_flight must be positive")
+        if self.spool_max_bytes < 1024 * 1024:
+            raise ValueError(f"elasticsearch.spool_max_bytes: at least 1 MiB, got {self.spool_max_bytes}")
+        if self.dead_letter_path is None:
+            self.dead_letter_path = self.spool_dir / "dead-letter.ndjson"
+        self.dead_letter_path = Path(self.dead_letter_path)
+
+    def first_index(self, alias: str) -> str:
+        return f"{alias}-000001"
+
+
+def spool_line(record: Record, host: HostInfo) -> bytes:
+    """The spool line of a record: stream marker, id, tab, ECS JSON, newline."""
+    marker = b"a" if isinstance(record, Alert) else b"e"
+    return marker + record.id.encode() + b"\t" + orjson.dumps(render(record, host), option=orjson.OPT_APPEND_NEWLINE)
+
+
+class ElasticsearchSink:
+    def __init__(self, config: ElasticsearchConfig, host: HostInfo, on_error: ErrorCallback | None = None):
+        self.config = config
+        self.host = host
+        self._errors = ErrorReporter("sinks.elasticsearch", on_error)
+        self._spool = DiskSpool(config.spool_dir, config.spool_max_bytes, config.segment_bytes)
+        if self._spool.recovered_partial:
+            self._errors.add("spool line cut by a crash was discarded", self._spool.recovered_partial)
+        self._client = EsClient(config.urls, username=config.username, password=config.password,
+                                api_key=config.api_key, ca_file=config.ca_file,
+                                verify_certs=config.verify_certs, timeout_s=config.request_timeout_s)
+        self._events_action = b'{"create":{"_index":' + orjson.dumps(config.events_index) + b',"_id":'
+        self._alerts_action = b'{"create":{"_index":' + orjson.dumps(config.alerts_index) + b',"_id":'
+        self._lock = threading.Lock()
+        self._stats = SinkStats()
+        self._head_ns: int | None = None
+        self._ready = False
+        self._down_since: float | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._flushed = threading.Condition()
+        self._pool = ThreadPoolExecutor(config.max_in_flight, thread_name_prefix="sink-elasticsearch-bulk")
+        self._dead_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="sink-elasticsearch", daemon=True)
+        self._thread.start()
+
+    # -- caller side --------------------------------------------------------
+
+    def write(self, record: Record) -> None:
+        try:
+            line = spool_line(record, self.host)
+        except Exception as exc:
+            with self._lock:
+                self._stats.failed += 1
+            self._errors.add(f"cannot render {type(record).__name__}: {exc}")
+            return
+        try:
+            dropped = self._spool.append(line)
+        except OSError as exc:
+            with self._lock:
+                self._stats.failed += 1
+            self._errors.add(f"cannot append to spool {self.config.spool_dir}: {exc.strerror or exc}")
+            return
+        if dropped:
+            with self._lock:
+                self._stats.dropped += dropped
+            self._errors.add(f"spool over {self.config.spool_max_bytes} bytes: oldest events dropped", dropped)
+        if self._spool.pending >= self.config.batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until the spool is empty (everything acknowledged); False on timeout."""
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.config.close_timeout_s)
+        self._wake.set()
+        with self._flushed:
+            while self._spool.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._flushed.wait(min(left, 0.1))
+                self._wake.set()
+        return True
+
+    def close(self) -> None:
+        """Ship what can be shipped within `close_timeout_s`, then fsync the spool and stop.
+
+        Whatever is not acknowledged stays in the spool for the next start.
+        """
+        if self._ready:
+            self.flush(self.config.close_timeout_s)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=self.config.request_timeout_s + 2)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._spool.close()
+        self._client.close()
+        left = self._spool.pending
+        if left:
+            log.warning("elasticsearch sink: %d events stay in the spool %s for the next start",
+                        left, self.config.spool_dir)
+        self._errors.emit_due(force=True)
+
+    @property
+    def stats(self) -> SinkStats:
+        with self._lock:
+            s = SinkStats(**self._stats.as_dict())
+            head = self._head_ns
+        s.pending = self._spool.pending
+        s.spool_bytes = self._spool.pending_bytes
+        s.lag_s = max(0.0, (time.time_ns() - head) / 1e9) if head is not None and s.pending else 0.0
+        return s
+
+    @property
+    def ready(self) -> bool:
+        """True once the template and aliases are in place."""
+        return self._ready
+
+    # -- shipper thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        last_sync = time.monotonic()
+        backoff = 0.0
+        while not self._stop.is_set():
+            self._errors.emit_due()
+            if time.monotonic() - last_sync >= self.config.sync_interval_s:
+                self._sync()
+                last_sync = time.monotonic()
+            if backoff:
+                self._stop.wait(backoff)
+            try:
+                if not self._ready:
+                    self._setup()
+                shipped = self._ship_available()
+            except Unavailable as exc:
+                backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
+                self._note_down(str(exc))
+                continue
+            except Exception as exc:  # a bug or a broken spool must not end shipping
+                log.exception("elasticsearch sink: shipping failed")
+                self._errors.add(f"shipping failed: {type(exc).__name__}: {exc}", 0)
+                backoff = self.config.backoff_max_s
+                continue
+            backoff = 0.0
+            self._note_up()
+            if not shipped:
+                with self._flushed:
+                    self._flushed.notify_all()
+                self._wake.wait(self.config.batch_interval_s)
+                self._wake.clear()
+        self._sync()
+
+    def _sync(self) -> None:
+        try:
+            self._spool.sync()
+        except OSError as exc:
+            self._errors.add(f"cannot fsync spool {self.config.spool_dir}: {exc.strerror or exc}")
+
+    def _note_down(self, message: str) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("elasticsearch %s unavailable (%s); spooling to %s and retrying",
+                        ",".join(self.config.urls), message, self.config.spool_dir)
+            self._errors.add(f"elasticsearch unavailable, spooling and retrying: {message}", 0)
+        with self._lock:
+            self._stats.retried += 1
+
+    def _note_up(self) -> None:
+        if self._down_since is not None:
+            log.warning("elasticsearch back after %.1fs", time.monotonic() - self._down_since)
+            self._down_since = None
+
+    def _setup(self) -> None:
+        cfg = self.config
+        body = index_template([f"{cfg.events_index}-*", f"{cfg.alerts_index}-*"])
+        installed = self._client.template_version(cfg.template_name)
+        if installed is None or installed < TEMPLATE_VERSION:
+            self._client.put_template(cfg.template_name, body)
+        elif installed > TEMPLATE_VERSION:
+            log.warning("index template %s has version %d, newer than ours (%d): keeping it",
+                        cfg.template_name, installed, TEMPLATE_VERSION)
+        for alias in (cfg.events_index, cfg.alerts_index):
+            if self._client.alias_exists(alias):
+                continue
+            if self._client.index_exists(alias):
+                raise Unavailable(f"{alias} is an index, not an alias: it was created before the template "
+                                  f"(delete it or choose another elasticsearch.events_index/alerts_index)")
+            self._client.create_index_with_alias(cfg.first_index(alias), alias)
+        self._ready = True
+
+    def _ship_available(self) -> bool:
+        """Ship batches while the spool has data, `max_in_flight` bulk requests at a time.
+
+        Batches are acknowledged in spool order. When one fails, the others are
+        awaited, those before it acknowledged, and the spool rewound to resend
+        the rest (already delivered ones then come back as 409). True if
+        anything was shipped.
+        """
+        shipped = False
+        inflight: collections.deque[tuple[SpoolBatch, Future]] = collections.deque()
+        try:
+            while not self._stop.is_set():
+                while len(inflight) < self.config.max_in_flight:
+                    batch = self._spool.read_batch(self.config.batch_size, self.config.batch_bytes)
+                    if batch is None or not batch.lines:
+                        break
+                    if not inflight:
+                        self._note_head(batch)
+                    inflight.append((batch, self._pool.submit(self._deliver, batch)))
+                if not inflight:
+                    return shipped
+                batch, future = inflight[0]
+                future.result()
+                inflight.popleft()
+                self._spool.ack(batch)
+                shipped = True
+                with self._flushed:
+                    self._flushed.notify_all()
+            return shipped
+        finally:
+            self._settle_inflight(inflight)
+
+    def _settle_inflight(self, inflight: collections.deque) -> None:
+        """After a failure or at stop: ack what completed in order, resend the rest later."""
+        if not inflight:
+            return
+        ok = True
+        for batch, future in inflight:
+            try:
+                future.result(timeout=self.config.request_timeout_s + 5)
+            except Exception:
+                ok = False
+            else:
+                if ok:
+                    self._spool.ack(batch)
+        self._spool.rewind()
+
+    def _note_head(self, batch: SpoolBatch) -> None:
+        try:
+            doc = orjson.loads(batch.lines[0].split(b"\t", 1)[1])
+            head = parse_timestamp(doc["@timestamp"])
+        except (ValueError, KeyError, IndexError):
+            head = None
+        with self._lock:
+            self._head_ns = head
+
+    def _action(self, line: bytes) -> tuple[bytes, bytes]:
+        head, doc = line.split(b"\t", 1)
+        prefix = self._alerts_action if head[:1] == b"a" else self._events_action
+        return prefix + orjson.dumps(head[1:].decode()) + b"}}", doc
+
+    def _deliver(self, batch: SpoolBatch) -> None:
+        """Send until every line is settled (delivered, duplicate or dead-lettered).
+
+        Raises Unavailable when the whole request fails; the batch stays in the
+        spool and is sent again (duplicates then come back as 409).
+        """
+        todo = batch.lines
+        backoff = 0.0
+        while todo:
+            if backoff:
+                if self._stop.wait(backoff):
+                    raise Unavailable("stopping with items still to retry")
+            todo = self._drop_corrupt(todo)
+            if not todo:
+                return
+            pairs = [self._action(line) for line in todo]
+            body = b"".join(a + b"\n" + d + b"\n" for a, d in pairs)
+            results = self._client.bulk(body)
+            if len(results) != len(todo):
+                raise Unavailable(f"bulk answered {len(results)} items for {len(todo)} sent")
+            retry = self._settle(todo, pairs, results)
+            if retry:
+                with self._lock:
+                    self._stats.retried += len(retry)
+                backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
+            todo = retry
+
+    def _drop_corrupt(self, lines: list[bytes]) -> list[bytes]:
+        good = [line for line in lines if b"\t" in line[:200] and line[:1] in (b"a", b"e")]
+        if len(good) != len(lines):
+            bad = [line for line in lines if not (b"\t" in line[:200] and line[:1] in (b"a", b"e"))]
+            self._dead_letter([(line, ItemResult(0, "corrupt spool line")) for line in bad])
+        return good
+
+    def _settle(self, lines: list[bytes], pairs: list[tuple[bytes, bytes]], results: list[ItemResult]) -> list[bytes]:
+        retry: list[bytes] = []
+        dead: list[tuple[bytes, ItemResult]] = []
+        written = duplicates = 0
+        for line, (action, _), result in zip(lines, pairs, results):
+            if 200 <= result.status < 300:
+                written += 1
+            elif result.status == 409:
+                duplicates += 1
+            elif result.status in RETRYABLE:
+                retry.append(line)
+            else:
+                dead.append((line, result))
+        if dead:
+            self._dead_letter(dead)
+        with self._lock:
+            self._stats.written += written
+            self._stats.duplicates += duplicates
+        return retry
+
+    def _dead_letter(self, dead: list[tuple[bytes, ItemResult]]) -> None:
+        path = self.config.dead_letter_path
+        assert path is not None
+        out = []
+        for line, result in dead:
+            head, _, doc = line.partition(b"\t")
+            index = self.config.alerts_index if head[:1] == b"a" else self.config.events_index
+            try:
+                document = orjson.loads(doc)
+            except orjson.JSONDecodeError:
+                document = line.decode(errors="replace")
+            out.append(orjson.dumps({"reason": result.error, "status": result.status, "index": index,
+                                     "document": document}, option=orjson.OPT_APPEND_NEWLINE))
+        with self._lock:
+            self._stats.dead_lettered += len(dead)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._dead_lock, open(path, "ab") as fh:
+                fh.write(b"".join(out))
+            self._errors.add(f"refused by elasticsearch, kept in {path}: {dead[0][1].error}", len(dead))
+        except OSError as exc:
+            with self._lock:
+                self._stats.failed += len(dead)
+            self._errors.add(f"refused by elasticsearch and cannot write {path}: {exc.strerror or exc}", len(dead))

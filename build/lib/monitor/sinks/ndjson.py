@@ -1,0 +1,259 @@
+"""The NDJSON sink: ECS documents in local files, the embedded default.
+
+Layout of the output directory (one sink per directory):
+
+    events-<start>-<n>.ndjson   connections, processes, blocks, pipeline errors, heartbeats
+    alerts-<start>-<n>.ndjson   alerts (event.kind "alert": policy, audit, anomaly)
+    events.ndjson, alerts.ndjson  symlinks to the current file of each stream
+
+`<start>` is the sink's start time (UTC, `20261125T221700Z`), `<n>` counts
+rotations from 1. A file is rotated once it exceeds `rotate_bytes`; the
+symlink is swapped atomically, so `tail -F events.ndjson` follows rotation.
+
+`write()` renders with orjson and appends to an in-memory buffer (bounded by
+`max_buffer_bytes`; beyond it the oldest lines are dropped and reported). A
+flusher thread writes buffered lines every `flush_interval_s`, fsyncs on
+rotation and close. A disk fault never crashes the agent: the failed lines
+stay buffered and are retried, a partially written line is cut off, and the
+fault is reported as a PipelineError.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from ..ecs import HostInfo, render
+from ..events import Alert, Record
+from .base import ErrorCallback, ErrorReporter, SinkStats
+
+log = logging.getLogger(__name__)
+
+STREAMS = ("events", "alerts")
+
+
+@dataclass(slots=True)
+class NdjsonConfig:
+    directory: Path
+    rotate_bytes: int = 64 * 1024 * 1024
+    flush_interval_s: float = 0.2
+    max_buffer_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        if self.rotate_bytes < 1024:
+            raise ValueError(f"ndjson.rotate_bytes: must be at least 1024, got {self.rotate_bytes}")
+        if not 0.01 <= self.flush_interval_s <= 1.0:
+            raise ValueError(f"ndjson.flush_interval_s: must be within 0.01..1.0 s, got {self.flush_interval_s}")
+
+
+def encode(record: Record, host: HostInfo) -> bytes:
+    """One NDJSON line (with the newline) of a record's ECS document."""
+    return orjson.dumps(render(record, host), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def stream_of(record: Record) -> str:
+    return "alerts" if isinstance(record, Alert) else "events"
+
+
+class RotatingFile:
+    """One stream's current file: appends, rotates by size, keeps the symlink current."""
+
+    def __init__(self, directory: Path, stream: str, start: str, rotate_bytes: int):
+        self.directory = directory
+        self.stream = stream
+        self.start = start
+        self.rotate_bytes = rotate_bytes
+        self.number = 0
+        self.fd: int | None = None
+        self.size = 0
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.stream}-{self.start}-{self.number}.ndjson"
+
+    def _open_next(self) -> None:
+        self.number += 1
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.size = os.fstat(self.fd).st_size
+        link = self.directory / f"{self.stream}.ndjson"
+        tmp = self.directory / f".{self.stream}.ndjson.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(self.path.name, tmp)
+        os.replace(tmp, link)
+
+    def write(self, data: bytes) -> None:
+        """Append whole lines; on failure cut the file back to its last whole line and raise."""
+        if self.fd is None:
+            self._open_next()
+        elif self.size and self.size + len(data) > self.rotate_bytes:
+            self.close()
+            self._open_next()
+        assert self.fd is not None
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self.fd, view[done:])
+        except OSError:
+            if done:
+                self._cut_back()
+            raise
+        self.size += len(data)
+
+    def _cut_back(self) -> None:
+        try:
+            os.ftruncate(self.fd, self.size)
+        except OSError:
+            self.close(sync=False)
+
+    def close(self, sync: bool = True) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class NdjsonSink:
+    """ECS NDJSON files, events and alerts apart, flushed within `flush_interval_s`."""
+
+    def __init__(self, config: NdjsonConfig, host: HostInfo, on_error: ErrorCallback | None = None):
+        self.config = config
+        self.host = host
+        self._errors = ErrorReporter("sinks.ndjson", on_error)
+        start = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self._files = {s: RotatingFile(config.directory, s, start, config.rotate_bytes) for s in STREAMS}
+        self._buffers: dict[str, collections.deque[bytes]] = {s: collections.deque() for s in STREAMS}
+        self._buffered_bytes = 0
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._stats = SinkStats()
+        self._oldest_ns: int | None = None
+        self._stop = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="sink-ndjson", daemon=True)
+        self._thread.start()
+
+    def write(self, record: Record) -> None:
+        try:
+            line = encode(record, self.host)
+        except Exception as exc:
+            with self._lock:
+                self._stats.failed += 1
+            self._errors.add(f"cannot render {type(record).__name__}: {exc}")
+            return
+        stream = stream_of(record)
+        with self._lock:
+            buf = self._buffers[stream]
+            buf.append(line)
+            self._buffered_bytes += len(line)
+            self._stats.pending += 1
+            if self._oldest_ns is None:
+                self._oldest_ns = time.monotonic_ns()
+            while self._buffered_bytes > self.config.max_buffer_bytes and buf:
+                self._buffered_bytes -= len(buf.popleft())
+                self._stats.pending -= 1
+                self._stats.dropped += 1
+                self._errors.add("output buffer full (disk too slow or failing): oldest lines dropped")
+
+    def flush(self) -> None:
+        """Write everything buffered now (the flusher does this every interval)."""
+        with self._io_lock:
+            for stream in STREAMS:
+                self._drain(stream)
+
+    def _drain(self, stream: str) -> None:
+        with self._lock:
+            buf = self._buffers[stream]
+            if not buf:
+                return
+            lines = list(buf)
+            buf.clear()
+            self._buffered_bytes -= sum(map(len, lines))
+        written = 0
+        try:
+            for count, data in self._chunks(stream, lines):
+                self._files[stream].write(data)
+                written += count
+        except OSError as exc:
+            rest = lines[written:]
+            with self._lock:
+                self._buffers[stream].extendleft(reversed(rest))
+                self._buffered_bytes += sum(map(len, rest))
+                self._count_written(written)
+            if not self._failing:
+                log.warning("ndjson sink: writing %s failed: %s", self._files[stream].directory, exc)
+            self._failing = True
+            self._errors.add(f"cannot write {self._files[stream].path}: {exc.strerror or exc}", len(rest))
+            return
+        self._failing = False
+        with self._lock:
+            self._count_written(written)
+
+    def _count_written(self, count: int) -> None:
+        self._stats.written += count
+        self._stats.pending -= count
+        self._oldest_ns = time.monotonic_ns() if self._stats.pending else None
+
+    def _chunks(self, stream: str, lines: list[bytes]):
+        """(line count, bytes) pieces that each fit the room left before rotation."""
+        file = self._files[stream]
+        room = file.rotate_bytes - file.size if file.fd is not None else file.rotate_bytes
+        chunk: list[bytes] = []
+        for line in lines:
+            if chunk and len(line) > room:
+                yield len(chunk), b"".join(chunk)
+                chunk, room = [], file.rotate_bytes
+            chunk.append(line)
+            room -= len(line)
+        if chunk:
+            yield len(chunk), b"".join(chunk)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.flush_interval_s):
+            self.flush()
+            self._errors.emit_due()
+
+    def close(self) -> None:
+        """Flush, fsync and close the files; stop the flusher (bounded wait)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()
+        with self._io_lock:
+            for file in self._files.values():
+                try:
+                    file.close()
+                except OSError as exc:
+                    self._errors.add(f"cannot fsync {file.path}: {exc.strerror or exc}")
+        with self._lock:
+            lost = self._stats.pending
+            if lost:
+                self._stats.failed += lost
+                self._stats.pending = 0
+                self._errors.add("lines still unwritten at shutdown (disk failing)", lost)
+        self._errors.emit_due(force=True)
+
+    @property
+    def stats(self) -> SinkStats:
+        with self._lock:
+            s = SinkStats(**self._stats.as_dict())
+            if self._oldest_ns is not None:
+                s.lag_s = (time.monotonic_ns() - self._oldest_ns) / 1e9
+            return s
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """The stable names to tail: `events.ndjson` and `alerts.ndjson`."""
+        return {s: self.config.directory / f"{s}.ndjson" for s in STREAMS}
