@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import EXIT_FINDINGS, EXIT_OK
+from ..terminal import safe_text
 
 _SEVERITIES = ["low", "medium", "high", "critical"]
 
@@ -51,8 +52,8 @@ def command(cmdline, pid, policy_path, fail_on, ignored, fmt) -> None:
             click.echo(json.dumps(finding.to_dict()))
         else:
             who = f"pid {finding.pid}" if finding.pid is not None else "-"
-            click.echo(f"{finding.severity.name.lower():8} {finding.id:28} {who:10} {finding.token}\n"
-                       f"{'':8} {finding.message}\n{'':8} fix: {finding.fix}")
+            click.echo(f"{finding.severity.name.lower():8} {finding.id:28} {who:10} {safe_text(finding.token)}\n"
+                       f"{'':8} {safe_text(finding.message)}\n{'':8} fix: {safe_text(finding.fix)}")
     threshold = Severity.parse(fail_on)
     failing = [f for f in findings if f.severity >= threshold]
     if fmt == "text":
