@@ -32,6 +32,7 @@ import orjson
 
 from ..ecs import HostInfo, render
 from ..events import Alert, Record
+from ..files import GROUP_READABLE, open_append_fd
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ class RotatingFile:
 
     def _open_next(self) -> None:
         self.number += 1
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.fd = open_append_fd(self.path, GROUP_READABLE)
         self.size = os.fstat(self.fd).st_size
         link = self.directory / f"{self.stream}.ndjson"
         tmp = self.directory / f".{self.stream}.ndjson.tmp"

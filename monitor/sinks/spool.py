@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import open_append_fd
+
 _SEGMENT = re.compile(r"^segment-(\d{10})\.spool$")
 
 
@@ -83,7 +85,7 @@ class DiskSpool:
             self._lines[seg] = data.count(b"\n", start)
 
     def _open_segment(self, seg: int) -> int:
-        fd = os.open(self._path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = open_append_fd(self._path(seg))
         self._sizes.setdefault(seg, 0)
         self._lines.setdefault(seg, 0)
         return fd
