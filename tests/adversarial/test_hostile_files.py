@@ -1,0 +1,124 @@
+"""Hostile files: YAML bombs, deep nesting, symlinked outputs, secrets in a config.
+
+Each test feeds the real CLI (or the real sink) a file built to hurt, and
+checks that the answer is a bounded, one-line, located refusal, not minutes
+of CPU, gigabytes of memory, or a write somewhere it must not go.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from monitor.ecs import HostInfo
+from monitor.events import Alert, Severity, now_ns
+from monitor.sinks import AlertFeed, AlertFeedConfig, NdjsonConfig, NdjsonSink
+from tests.lab import socat_monitor
+
+NINE = ", ".join(["*{}"] * 9)
+
+
+def alias_bomb(levels: int) -> str:
+    """A policy whose `listeners:` expands to 9**levels values through aliases (a few hundred bytes)."""
+    lines = ["version: 1", 'l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"l{n}: &l{n} [{NINE.format(*[f'l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    lines.append(f"listeners: *l{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_fast_with_its_line(tmp_path):
+    policy = tmp_path / "bomb.yaml"
+    policy.write_text(alias_bomb(7))
+    assert policy.stat().st_size < 500
+    started = time.monotonic()
+    done = socat_monitor("policy", "check", str(policy), timeout=60)
+    assert done.returncode == 2
+    assert f"{policy}:" in done.stderr and "once its aliases are expanded" in done.stderr
+    assert time.monotonic() - started < 10
+
+
+def test_alias_bomb_in_a_config_is_refused_too(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(alias_bomb(7).replace("version: 1\n", "").replace("listeners:", "capture:"))
+    done = socat_monitor("config", "check", str(config), timeout=60)
+    assert done.returncode == 2 and "once its aliases are expanded" in done.stderr
+
+
+def test_ordinary_aliases_still_work(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nlisteners:\n"
+                      "  - {name: a, port: 8080, allow_sources: &office [192.0.2.0/24]}\n"
+                      "  - {name: b, port: 8081, allow_sources: *office}\n")
+    done = socat_monitor("policy", "check", str(policy))
+    assert done.returncode == 0, done.stderr
+
+
+def test_deep_nesting_is_refused_with_its_line(tmp_path):
+    block = tmp_path / "deep-block.yaml"
+    text, indent = "version: 1\n", ""
+    for level in range(80):
+        text += f"{indent}k{level}:\n"
+        indent += "  "
+    block.write_text(text + f"{indent}x\n")
+    done = socat_monitor("policy", "check", str(block))
+    assert done.returncode == 2 and "nested deeper than 64 levels" in done.stderr
+    assert f"{block}:66:" in done.stderr
+
+    flow = tmp_path / "deep-flow.yaml"
+    flow.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    done = socat_monitor("policy", "check", str(flow), timeout=60)
+    assert done.returncode == 2 and "nested deeper" in done.stderr and "RecursionError" not in done.stderr
+
+
+def test_config_show_never_prints_secrets(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text('elasticsearch:\n  urls: ["https://elastic:hunter2@127.0.0.1:9250"]\n'
+                      "  username: elastic\n  password: hunter2\n")
+    for fmt in ("yaml", "json"):
+        done = socat_monitor("config", "show", str(config), "--format", fmt)
+        assert done.returncode == 0
+        assert "hunter2" not in done.stdout
+        assert "elastic:***@127.0.0.1:9250" in done.stdout
+
+
+def _alert() -> Alert:
+    return Alert(rule_id="policy.source_denied", rule_name="source not allowed", description="test",
+                 ruleset="policy", severity=Severity.HIGH, timestamp_ns=now_ns(), source_ip="192.0.2.7")
+
+
+def test_alert_feed_is_private_and_never_follows_a_symlink(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("do not touch\n")
+    link = tmp_path / "feed.ndjson"
+    link.symlink_to(target)
+    errors = []
+    feed = AlertFeed(AlertFeedConfig(path=link), HostInfo.detect(), on_error=errors.append)
+    feed.write(_alert())
+    feed.close()
+    assert target.read_text() == "do not touch\n"
+    assert errors and "cannot write" in errors[0].message
+
+    fresh = tmp_path / "new" / "feed.ndjson"
+    feed = AlertFeed(AlertFeedConfig(path=fresh), HostInfo.detect())
+    feed.write(_alert())
+    feed.close()
+    assert stat.S_IMODE(fresh.stat().st_mode) & 0o037 == 0   # no group write, nothing for others
+
+
+def test_ndjson_retention_deletes_oldest_closed_files(tmp_path):
+    config = NdjsonConfig(directory=tmp_path, rotate_bytes=4096, flush_interval_s=0.05,
+                          retention_bytes=20_000, retention_age_s=0)
+    old = tmp_path / "events-20200101T000000Z-1.ndjson"
+    old.write_bytes(b"{}\n" * 4000)
+    os.utime(old, (1, 1))
+    sink = NdjsonSink(config, HostInfo.detect())
+    for _ in range(400):
+        sink.write(_alert())
+    sink.flush()
+    sink.prune()
+    sink.close()
+    files = sorted(tmp_path.glob("*-*.ndjson"))
+    assert not old.exists() and sink.retired.files >= 1
+    assert sum(p.stat().st_size for p in files) <= 20_000 + 4096
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o640 for p in files)
