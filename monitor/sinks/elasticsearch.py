@@ -106,6 +106,9 @@ class ElasticsearchSink:
         self._spool = DiskSpool(config.spool_dir, config.spool_max_bytes, config.segment_bytes)
         if self._spool.recovered_partial:
             self._errors.add("spool line cut by a crash was discarded", self._spool.recovered_partial)
+        if self._spool.repaired_ack:
+            self._errors.add(f"spool ack file was corrupt (kept as {config.spool_dir / 'acked.corrupt'}): "
+                             "resending from the oldest segment, duplicates are dropped by the server")
         for url in config.urls:
             if cleartext_credentials(url, config.username is not None or config.api_key is not None):
                 log.warning("elasticsearch %s: credentials would be sent without TLS; use https://", redact_url(url))
