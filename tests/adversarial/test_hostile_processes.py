@@ -1,0 +1,59 @@
+"""Hostile local processes: what a process named socat can make the agent print or serve.
+
+Real processes, a real agent: the argv a process chooses reaches the console
+(`run --follow`), the log and `audit` escaped, never as raw control
+characters; the metrics endpoint survives clients that connect and say nothing.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+from monitor.metrics import MAX_CLIENTS, REQUEST_TIMEOUT_S, MetricsServer, Sample
+from tests.lab import AgentProcess, free_port, require, socat_monitor, wait_for
+
+TITLE = "\x1b]0;pwned\x07"      # retitles a terminal
+RESET = "\x1bc"                 # resets it
+
+
+def test_hostile_argv_is_escaped_on_the_console_and_in_the_log(tmp_path, procs):
+    require("socat")
+    agent = AgentProcess(tmp_path, "--follow", "--no-enforce")
+    try:
+        agent.wait_ready()
+        hostile = f"TCP-LISTEN:{free_port()},bind=127.0.0.1,{TITLE}=1"
+        relay = procs.start(["socat", "-u", hostile, f"OPEN:/dev/null{RESET}"])
+        relay.wait(10)   # socat refuses the unknown option at once
+        wait_for(lambda: any(d.get("rule", {}).get("id") == "audit.invalid_option" for d in agent.documents()),
+                 timeout=20)
+    finally:
+        code, console = agent.stop()
+    log = agent.text_log()
+    for text in (console, log):
+        assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b]0;pwned\\x07" in console
+    assert code in (0, 1)
+
+
+def test_audit_escapes_what_it_prints():
+    done = socat_monitor("audit", "--cmdline", f"socat TCP-L:80,fork,{TITLE}=1 {RESET}")
+    assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout + done.stderr
+    assert "\\x1b]0;pwned\\x07" in done.stdout
+
+
+def test_metrics_endpoint_outlives_silent_clients():
+    port = free_port()
+    server = MetricsServer(f"127.0.0.1:{port}", lambda: [Sample("events_total", "counter", "events", 7)])
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CLIENTS + 4)]
+    try:
+        wait_for(lambda: server.server.refused >= 4, timeout=5)
+        time.sleep(REQUEST_TIMEOUT_S + 1)   # the silent ones are dropped by the request timeout
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "socat_monitor_events_total 7.0" in body
+        assert "socat_monitor_metrics_refused_total 4.0" in body
+    finally:
+        for sock in silent:
+            sock.close()
+        server.close()
