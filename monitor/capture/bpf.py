@@ -101,9 +101,9 @@ class KernelProbe:
     def watch_ports(self, ports: Iterable[int]) -> None:
         if self._closed:
             return
-        table = self.bpf[b"ports"]
+        table = self.bpf[b"ports"]   # an array over every port: it cannot fill up
         for port in ports:
-            table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
+            table[ctypes.c_int(port)] = ctypes.c_uint8(1)
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Records in the ring buffer, waiting up to timeout_ms for a wakeup.
@@ -123,6 +123,10 @@ class KernelProbe:
         if not self._closed:
             self._lost_total = int(sum(self._lost[ctypes.c_int(0)]))
         return self._lost_total
+
+    def exec_missed(self) -> int:
+        """Execs of watched processes whose argv the kernel side no longer had (0 once closed)."""
+        return 0 if self._closed else int(sum(self.bpf[b"exec_missed"][ctypes.c_int(0)]))
 
     def close(self) -> None:
         if not self._closed:

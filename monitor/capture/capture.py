@@ -87,6 +87,7 @@ class Capture:
         self._enrich_errors = 0
         self._duplicates = 0
         self._lost_seen = 0
+        self._exec_missed_seen = 0
         self._incomplete = 0
         self._by_pid: dict[int, list[Listener]] = {}
         self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
@@ -199,6 +200,13 @@ class Capture:
             log.warning("capture: the kernel dropped %d events (ring buffer full; %d in total)", grew, lost)
             append(PipelineError(stage="capture", timestamp_ns=now_ns(), count=grew,
                                  message=f"ring buffer full: {grew} kernel events lost ({lost} since start)"))
+        missed = self._kernel.exec_missed()
+        if missed > self._exec_missed_seen:
+            grew, self._exec_missed_seen = missed - self._exec_missed_seen, missed
+            append(PipelineError(stage="capture", timestamp_ns=now_ns(), count=grew,
+                                 message=f"{grew} exec(s) of watched processes arrived without their kernel argv "
+                                         "(the kernel table evicted it under a flood of execs): "
+                                         "their command lines were read from /proc"))
         return out
 
     @property

@@ -98,12 +98,12 @@ class ProcessTable:
         self._known.pop(pid, None)
 
     def on_exec(self, raw: RawEvent) -> ProcessInfo:
-        """A new program: argv from the kernel, the rest from /proc if still there."""
+        """A new program: argv from the kernel (from /proc when the kernel had none), the rest from /proc."""
         exe = self._readlink(raw.pid)
         ppid = raw.ppid or self._status_ppid(raw.pid)
         info = ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
-            user_name=self.user_name(raw.uid), executable=exe, args=raw.argv,
+            user_name=self.user_name(raw.uid), executable=exe, args=raw.argv or self._read_proc(raw).args,
             start_ns=raw.ktime_ns + self.offset_ns,
         )
         self._put(raw.pid, _Known(info, True))

@@ -8,11 +8,12 @@ characters; the metrics endpoint survives clients that connect and say nothing.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.request
 
 from monitor.metrics import MAX_CLIENTS, REQUEST_TIMEOUT_S, MetricsServer, Sample
-from tests.lab import AgentProcess, free_port, require, socat_monitor, wait_for
+from tests.lab import PYTHON, AgentProcess, connect, free_port, require, socat_monitor, start_echo, wait_for
 
 TITLE = "\x1b]0;pwned\x07"      # retitles a terminal
 RESET = "\x1bc"                 # resets it
@@ -57,3 +58,67 @@ def test_metrics_endpoint_outlives_silent_clients():
         for sock in silent:
             sock.close()
         server.close()
+
+
+def named_socat(tmp_path) -> str:
+    """A Python interpreter whose process name (comm) is `socat`: the agent watches it like a relay."""
+    link = tmp_path / "bin" / "socat"
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(PYTHON)
+    return str(link)
+
+
+BIND_FLOOD = """
+import socket, sys
+first, count = int(sys.argv[1]), int(sys.argv[2])
+for port in range(first, first + count):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        pass
+    s.close()
+"""
+
+THREAD_EXECS = """
+import os, sys, threading
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        threading.Thread(target=os.execv, args=("/usr/bin/socat", ["socat", "-V"])).start()
+        threading.Event().wait(5)
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_bind_flood_and_thread_execs_fill_no_kernel_table(tmp_path, procs):
+    """6,000 binds and 300 execs from non-leader threads by processes named socat: the agent keeps
+    capturing a real relay's connections, and every exec with its argv."""
+    require("socat")
+    hostile = named_socat(tmp_path)
+    agent = AgentProcess(tmp_path, "--no-enforce")
+    try:
+        agent.wait_ready()
+        flood = subprocess.run([hostile, "-c", BIND_FLOOD, "20000", "6000"], timeout=120)
+        assert flood.returncode == 0
+        execs = subprocess.run([hostile, "-c", THREAD_EXECS, "300"], timeout=300)
+        assert execs.returncode == 0
+        port = free_port()
+        backend = free_port()
+        start_echo(procs, backend)
+        relay = procs.socat(f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"TCP:127.0.0.1:{backend}", port=port)
+        _, client_port = connect(port)
+
+        def accepted():
+            return [d for d in agent.documents() if d["event"].get("action") == "connection_accepted"
+                    and d["source"]["port"] == client_port]
+        wait_for(accepted, timeout=20)
+        versions = wait_for(lambda: [d for d in agent.documents() if d["event"].get("action") == "process_started"
+                                     and d["process"].get("args") == ["socat", "-V"]], timeout=20)
+        assert len(versions) >= 300   # each with the argv the kernel copied, though socat -V is gone at once
+        assert agent.proc.poll() is None, agent.text_log()[-2000:]
+        procs.stop(relay)
+    finally:
+        code, _ = agent.stop()
+    assert code in (0, 1), agent.text_log()[-2000:]
