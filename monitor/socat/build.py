@@ -5,9 +5,11 @@ with `WITH_READLINE`), so "socat refuses to start" is a verdict about one
 binary. `binary_build(path)` asks that binary (`-V`, `-hhh`); `process_build(pid)`
 asks the running process's own executable (/proc/PID/exe);
 `path_build()` the socat on PATH. A binary is run only when root or the
-caller owns it and nobody else may write it (the agent runs as root and
-must not execute whatever a process named "socat" is); otherwise, or when
-there is no binary, the verdict uses `tables.BUILTIN` and says so.
+caller owns it and nobody else may write it, and a process's only when it
+shares our mount namespace (the agent runs as root and must not execute
+whatever a process named "socat", or a container, brought along);
+otherwise, or when there is no binary, the verdict uses `tables.BUILTIN`
+and says so.
 """
 
 from __future__ import annotations
@@ -109,7 +111,11 @@ def process_build(pid: int) -> SocatBuild:
     """The build of a running process's own executable; the built-in table when it cannot be read."""
     exe = f"/proc/{pid}/exe"
     try:
-        return binary_build(exe, os.readlink(exe))
+        shown = os.readlink(exe)
+        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+            # a container's own root owns its files: running them here would run its code with our rights
+            return builtin_build(f"{shown} of pid {pid} not run: it is in another mount namespace")
+        return binary_build(exe, shown)
     except OSError as exc:
         return builtin_build(f"executable of pid {pid} unreadable: {exc.strerror or exc}")
 
