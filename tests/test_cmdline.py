@@ -10,7 +10,9 @@ from monitor.errors import InputError
 from monitor.events import Severity
 from monitor.policy import audit_command, finding_to_alert, parse_command_line, parse_policy
 from monitor.policy.audit import FINDINGS, version_findings
+from monitor.socat.build import SocatBuild, binary_build, parse_version
 from monitor.socat.keywords import SOCAT_VERSION
+from monitor.socat.tables import BUILTIN, address_feature, parse_help
 from tests.lab import require
 
 
@@ -373,3 +375,129 @@ def test_proxy_addresses_connect_to_the_proxy_server():
     assert socks.connect_target == ("10.0.0.9", 9050)
     proxy = parse_command_line(["socat", "-", "PROXY:10.0.0.8:example.org:443"]).addresses[1]
     assert proxy.connect_target == ("10.0.0.8", 8080)
+
+
+# -- gaps found on real-world command lines (issue 22) ----------------------------------------------
+
+@pytest.mark.parametrize("address", ["UDP-RECV:8125", "UDP4-RECV:8125", "UDP6-RECV:8125", "IP-RECV:47",
+                                     "IP4-RECV:47", "IP6-RECV:47", "UDP-RECVFROM:8125", "IP4-RECVFROM:6"])
+def test_receiving_ip_addresses_need_a_range(address):
+    cmd = parse_command_line(["socat", "-u", address, "OPEN:/dev/null"])
+    assert one(audit_command(cmd), "audit.no_source_restriction").token == address
+    restricted = parse_command_line(["socat", "-u", address + ",range=10.0.0.0/8", "OPEN:/dev/null"])
+    assert "audit.no_source_restriction" not in ids(audit_command(restricted))
+
+
+def test_udp_recv_from_the_issue_and_unix_recv_is_not_ip():
+    cmd = parse_command_line("socat -s -u UDP-RECV:8125 UNIX-SENDTO:/var/run/app.sock")
+    assert ids(audit_command(cmd)) == ["audit.no_source_restriction"]
+    assert audit_command(parse_command_line("socat -u UNIX-RECV:/run/in.sock OPEN:/dev/null")) == []
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1/0", "0.0.0.0/0", "10.0.0.0:0.0.0.0", "[::]/0", "::/0", "[fd00::1]/0"])
+def test_a_slash_zero_range_restricts_nothing(value):
+    listener = "TCP6-LISTEN:8080" if ":" in value.split("/")[0] and "." not in value else "TCP4-LISTEN:8080"
+    cmd = parse_command_line(["socat", f"{listener},range={value}", "TCP:127.0.0.1:80"])
+    finding = one(audit_command(cmd), "audit.no_source_restriction")
+    assert finding.token == f"range={value}" and "restricts nothing" in finding.message
+
+
+def test_raw_ip_parameter_is_a_protocol_not_a_port():
+    cmd = parse_command_line(["socat", "IP4-RECVFROM:6,range=127.0.0.1/0,fork,max-children=2", "-"])
+    address = cmd.addresses[0]
+    assert (address.protocol, address.listen_port) == (6, None)
+    finding = one(audit_command(cmd), "audit.no_source_restriction")
+    assert "IP protocol 6" in finding.message and "port" not in finding.message and finding.listener is None
+
+
+@pytest.mark.parametrize("listener, words", [
+    ("UNIX-LISTEN:/run/relay.sock", "/run/relay.sock"), ("ABSTRACT-LISTEN:relay", "network namespace"),
+    ("VSOCK-LISTEN:1234", "every guest VM"), ("UNIX-RECVFROM:/run/relay.sock", "/run/relay.sock"),
+])
+def test_fork_without_max_children_beyond_ip_listeners(listener, words):
+    cmd = parse_command_line(["socat", f"{listener},fork", "TCP:127.0.0.1:80"])
+    finding = one(audit_command(cmd), "audit.unbounded_fork")
+    assert finding.token == "fork" and words in finding.message
+    bounded = parse_command_line(["socat", f"{listener},fork,max-children=8", "TCP:127.0.0.1:80"])
+    assert audit_command(bounded) == []
+
+
+def test_fork_on_a_connecting_address():
+    cmd = parse_command_line("socat openssl:host:443,fork,forever,verify=0 tcp6:[::1]:22")
+    findings = audit_command(cmd, uid=0)
+    assert ids(findings) == ["audit.runs_as_root", "audit.tls_no_verify", "audit.unbounded_fork"]
+    assert "connects again" in one(findings, "audit.unbounded_fork").message
+    bounded = parse_command_line("socat openssl:host:443,fork,forever,max-children=4 tcp6:[::1]:22")
+    assert "audit.unbounded_fork" not in ids(audit_command(bounded))
+
+
+def test_fork_that_socat_ignores_is_not_unbounded():
+    assert audit_command(parse_command_line(["socat", "-g", "STDOUT,fork", "-"])) == []
+
+
+@pytest.mark.parametrize("argv, ip", [
+    (["TCP6-LISTEN:8080"], "::"), (["UDP6-LISTEN:5353"], "::"), (["TCP-LISTEN:8080"], "0.0.0.0"),
+    (["-6", "TCP-LISTEN:8080"], "::"), (["TCP-LISTEN:8080,pf=ip6"], "::"), (["TCP6-LISTEN:8080,bind=[::1]"], "::1"),
+])
+def test_unbound_listener_address_per_family(argv, ip):
+    cmd = parse_command_line(["socat", *argv, "TCP:127.0.0.1:80"])
+    assert one(audit_command(cmd), "audit.no_source_restriction").listener.ip == ip
+
+
+def test_socat2_chain_is_one_invalid_address_without_duplicates():
+    cmd = parse_command_line(["socat", "TCP-LISTEN:8443,range=127.0.0.0/8",
+                              "OPENSSL,verify=0,commonname=a|TCP:example.org:443,commonname=b"])
+    findings = audit_command(cmd)
+    assert ids(findings) == ["audit.invalid_address", "audit.tls_no_verify"]
+    assert "socat 2 address chain" in one(findings, "audit.invalid_address").message
+    socks = parse_command_line(["socat", "-", "SOCKS4:www.example.org:80|TCP:socks.example.org:1080"])
+    assert socks.addresses[1].chained and ids(audit_command(socks)) == ["audit.invalid_address"]
+    piped = parse_command_line(["socat", "-", "SYSTEM:ps aux|grep tcp"])
+    assert not piped.addresses[1].chained
+
+
+READLINE_LINE = "socat READLINE,history=/tmp/h,noprompt TCP:127.0.0.1:80"
+
+
+def test_build_dependent_keyword_with_the_builtin_table_is_accepted():
+    findings = audit_command(parse_command_line(READLINE_LINE))
+    assert findings == []
+    assert address_feature("readline") == "WITH_READLINE" and BUILTIN.address("READLINE") == "readline"
+
+
+def test_build_dependent_keyword_judged_by_the_installed_binary():
+    build = binary_build(require("socat"))
+    assert build.path is not None and build.lacks("WITH_READLINE") and build.keywords.address("readline") is None
+    findings = audit_command(parse_command_line(READLINE_LINE, build.keywords), build=build)
+    invalid = one(findings, "audit.invalid_address")
+    assert f"socat {SOCAT_VERSION} ({build.path})" in invalid.message and "WITH_READLINE" in invalid.message
+    assert all(f.socat == build.label for f in findings)
+    assert ids(findings) == ["audit.invalid_address"]
+    option = parse_command_line(["socat", "STDIO,prompt=x", "-"], build.keywords)
+    assert "built without WITH_READLINE" in one(audit_command(option, build=build), "audit.invalid_option").message
+
+
+def test_build_dependent_keyword_on_a_build_with_readline():
+    build = SocatBuild(keywords=BUILTIN, version="1.7.4.4", path="/opt/socat/bin/socat",
+                       features={"WITH_READLINE": True})
+    findings = audit_command(parse_command_line(READLINE_LINE, build.keywords), build=build)
+    assert findings == []
+
+
+def test_version_and_help_text_readers():
+    version, features = parse_version("socat version 1.8.0.1 on Jan  1 2025\nfeatures:\n  #define WITH_STDIO 1\n"
+                                      "  #define WITH_READLINE 1\n  #undef WITH_FIPS\n  #define WITH_MSGLEVEL 0\n")
+    assert version == "1.8.0.1" and features["WITH_READLINE"] and features["WITH_FIPS"] is False
+    table = parse_help("   bi-address:\n      readline[,<opts>]\tgroups=FD,READLINE,TERMIOS\n   opts:\n"
+                       "      history-file\tgroups=READLINE\tphase=LATE\ttype=STRING\n"
+                       "      history is an alias for history-file\n")
+    assert table.address("ReadLine") == "readline" and table.option("history") == "history-file"
+
+
+def test_a_binary_others_may_write_is_not_run(tmp_path):
+    fake = tmp_path / "socat"
+    fake.write_text("#!/bin/sh\necho socat version 9.9.9.9\n")
+    fake.chmod(0o777)
+    build = binary_build(str(fake))
+    assert build.path is None and "not run: writable by group or others" in build.label
+    assert build.keywords is BUILTIN

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 
+from monitor.socat.keywords import SOCAT_VERSION
 from tests.lab import free_port, require, socat_monitor, wait_for, wait_listening
 
 
@@ -136,3 +138,89 @@ def test_policy_suggest_learns_running_relays(procs, tmp_path):
     clean = socat_monitor("audit", "--pid", str(procs.procs[-1].pid), "--policy", str(out), "--format", "json",
                           "--ignore", "audit.vulnerable_version", "--ignore", "audit.runs_as_root")
     assert clean.returncode == 0, clean.stdout
+
+
+def _exe_is_socat(pid: int) -> bool:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "socat"
+    except OSError:
+        return False
+
+
+def test_audit_judges_each_process_by_its_own_socat(procs, tmp_path):
+    socat = require("socat")
+    udp, tcp, backend = free_port(), free_port(), free_port()
+    receiver = procs.start([socat, "-u", f"UDP4-RECV:{udp},bind=127.0.0.1", "OPEN:/dev/null"])
+    sock = tmp_path / "relay.sock"
+    unix = procs.start([socat, f"UNIX-LISTEN:{sock},fork", f"TCP:127.0.0.1:{backend}"])
+    copy = tmp_path / "bin" / "socat"      # a socat others may overwrite: the audit must not run it
+    copy.parent.mkdir()
+    shutil.copy(socat, copy)
+    copy.chmod(0o777)
+    writable = procs.start([str(copy), f"TCP-LISTEN:{tcp},bind=127.0.0.1,range=127.0.0.1/32",
+                            f"TCP:127.0.0.1:{backend}"])
+    contained = procs.start([require("unshare"), "--mount", socat, "-u",   # as if in a container
+                             f"UDP4-RECV:{free_port()},bind=127.0.0.1,range=127.0.0.1/32", "OPEN:/dev/null"])
+    wait_listening(tcp)
+    wait_for(lambda: sock.exists() and all(_exe_is_socat(p.pid) for p in (receiver, unix, writable, contained)),
+             timeout=10)
+    installed = f"socat {SOCAT_VERSION} ({os.path.realpath(socat)})"
+
+    def audit(pid: int) -> dict[str, list[dict]]:
+        result = socat_monitor("audit", "--pid", str(pid), "--format", "json")
+        assert result.returncode == 1, result.stdout + result.stderr
+        return _by_pid(_findings(result), pid) | {"version": [f for f in _findings(result) if f["pid"] is None]}
+
+    found = audit(receiver.pid)
+    assert set(found) == {"audit.no_source_restriction", "audit.runs_as_root", "version"}
+    assert found["audit.no_source_restriction"][0]["token"] == f"UDP4-RECV:{udp},bind=127.0.0.1"
+    assert found["audit.no_source_restriction"][0]["severity"] == "low"
+    assert {f["socat"] for fs in found.values() for f in fs} == {installed}
+
+    found = audit(unix.pid)
+    assert set(found) == {"audit.unbounded_fork", "audit.runs_as_root", "version"}
+    assert str(sock) in found["audit.unbounded_fork"][0]["message"]
+
+    found = audit(writable.pid)
+    assert set(found) == {"audit.runs_as_root", "version"} and found["version"] == []
+    assert "built-in table" in found["audit.runs_as_root"][0]["socat"]
+    assert "not run: writable by group or others" in found["audit.runs_as_root"][0]["socat"]
+
+    found = audit(contained.pid)
+    assert set(found) == {"audit.runs_as_root", "version"} and found["version"] == []
+    assert "not run: it is in another mount namespace" in found["audit.runs_as_root"][0]["socat"]
+
+
+READLINE_LINE = "socat READLINE,history=/tmp/h,noprompt TCP:127.0.0.1:80"
+
+
+def test_audit_cmdline_judges_build_dependent_keywords_by_the_named_socat(tmp_path):
+    """READLINE: refused by this host's socat (built without readline), accepted by a build with it.
+
+    The build with readline is this socat behind a wrapper that reports WITH_READLINE and the READLINE
+    keywords in its -V and -hhh, as socat built with readline prints them."""
+    socat, sed = require("socat"), require("sed")
+    result = socat_monitor("audit", "--cmdline", READLINE_LINE, "--format", "json")
+    assert result.returncode == 1, result.stderr
+    [invalid] = [f for f in _findings(result) if f["id"] == "audit.invalid_address"]
+    assert invalid["token"] == "READLINE" and "WITH_READLINE" in invalid["message"]
+    assert invalid["socat"] == f"socat {SOCAT_VERSION} ({shutil.which('socat')})"
+
+    readline_socat = tmp_path / "socat"
+    readline_socat.write_text(
+        "#!/bin/sh\n"
+        "case \"$1\" in\n"
+        f"-V) {socat} -V | {sed} 's/#undef WITH_READLINE/#define WITH_READLINE 1/' ;;\n"
+        f"-hhh) {socat} -hhh; printf '   bi-address:\\n      readline[,<opts>]\\tgroups=FD,READLINE,TERMIOS\\n"
+        "   opts:\\n      history-file\\tgroups=READLINE\\tphase=LATE\\ttype=FILENAME\\n"
+        "      history is an alias for history-file\\n      noprompt\\tgroups=READLINE\\tphase=LATE\\ttype=BOOL\\n' ;;\n"
+        "esac\n")
+    readline_socat.chmod(0o755)
+    accepted = socat_monitor("audit", "--cmdline", READLINE_LINE, "--socat", str(readline_socat), "--format", "json",
+                             "--ignore", "audit.vulnerable_version")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+
+    wrong = socat_monitor("audit", "--pid", str(os.getpid()), "--socat", socat)
+    assert wrong.returncode == 2 and "--socat goes with --cmdline" in wrong.stderr
+    missing = socat_monitor("audit", "--cmdline", READLINE_LINE, "--socat", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
