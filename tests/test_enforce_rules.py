@@ -9,7 +9,8 @@ import pytest
 
 from monitor.enforce.nft import netlink_elements, parse_listing, skeleton_script
 from monitor.enforce.operator import parse_ttl
-from monitor.enforce.safety import CircuitBreaker, SafetyRules, parse_target, target_text
+from monitor.addresses import parse_target, target_text
+from monitor.enforce.safety import CircuitBreaker, SafetyRules
 from monitor.enforce.state import ActiveBlock, StateFile
 from monitor.errors import InputError
 

@@ -32,7 +32,7 @@ def command(cmdline, pid, policy_path, fail_on, ignored, fmt) -> None:
     """
     from ..events import Severity
     from ..policy import audit_command, audit_process, audit_running, load_policy, parse_command_line
-    from ..policy.audit import installed_socat_version
+    from ..host.processes import installed_socat_version
 
     if cmdline is not None and pid is not None:
         raise click.UsageError("give --cmdline or --pid, not both")

@@ -7,12 +7,12 @@ import dataclasses
 import re
 import time
 
+from ..addresses import parse_target, target_text
 from ..errors import InputError
 from ..events import BlockEvent
 from .enforcer import EnforceConfig, Enforcer
 from .netns import require_cap_net_admin
 from .nft import KernelElement, NftTable
-from .safety import parse_target, target_text
 
 _TTL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}

@@ -32,7 +32,8 @@ import pyarrow.json as pj
 
 from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection, parse_timestamp
 from ..errors import InputError
-from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo, normalize_ip
+from ..addresses import normalize_ip
+from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo
 from .scan import FileScan
 
 BLOCK_BYTES = 16 << 20      # bytes handed to pyarrow at once
