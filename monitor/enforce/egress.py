@@ -24,12 +24,11 @@ from ..addresses import packed_text, parse_target
 from ..errors import EnvironmentProblem
 from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
 from ..host import processes
-from ..host.mounts import ensure_mounts
+from ..host.mounts import CGROUP2, ensure_mounts
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent.parent.parent / "bpf" / "egress.c"
-DEFAULT_CGROUP = "/sys/fs/cgroup/unified"
 BPF_F_ALLOW_MULTI = 2
 ATTACH_INET4_CONNECT = 10
 ATTACH_INET6_CONNECT = 11
@@ -83,14 +82,14 @@ def rule_keys(rule: EgressRule) -> list[_RuleKey]:
 
 
 class EgressGuard:
-    def __init__(self, rules: Sequence[EgressRule], cgroup: str = DEFAULT_CGROUP) -> None:
+    def __init__(self, rules: Sequence[EgressRule], cgroup: str = CGROUP2) -> None:
         try:
             import bcc
         except ImportError:
             raise EnvironmentProblem("egress", "bcc is not importable", "run scripts/setup.sh (python3-bpfcc)") from None
         if not os.path.isfile(os.path.join(cgroup, "cgroup.procs")):
             raise EnvironmentProblem("egress", f"{cgroup} is not a cgroup2 directory",
-                                     "mount -t cgroup2 none /sys/fs/cgroup/unified")
+                                     f"mount -t cgroup2 none {CGROUP2}")
         ensure_mounts("egress")
         self._rules = {r.listener_port: r for r in rules}
         self._pending: list[Alert] = []

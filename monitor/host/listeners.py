@@ -19,10 +19,9 @@ holds, narrowed to the TCP ports its command line listens on (parsed by
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 
-from ..addresses import V4_MAPPED_PREFIX, packed_text
+from ..addresses import V4_MAPPED_PREFIX, packed, packed_text
 from ..errors import InputError
 from ..events import Listener
 from ..socat.grammar import parse_command_line
@@ -153,8 +152,8 @@ def accepted_addresses(pid: int, lport: int, peer_ip: str, peer_port: int,
     the connection is gone or ambiguous.
     """
     try:
-        want = socket.inet_pton(socket.AF_INET6 if ":" in peer_ip else socket.AF_INET, peer_ip)
-    except OSError:
+        want = packed(peer_ip)
+    except ValueError:
         return None
     found: set[tuple[str, str]] = set()
     for cols in tcp.rows(f"{proc}/{pid}/net"):

@@ -1,6 +1,7 @@
-"""The kernel filesystems BPF needs: which are mounted, and mounting tracefs and
-debugfs where they are missing (e.g. under `ip netns exec`, which gives a
-fresh /sys)."""
+"""The kernel filesystems BPF needs: where they are mounted (tracefs, debugfs,
+the cgroup2 tree the egress guard attaches to), which are mounted, and
+mounting tracefs and debugfs where they are missing (e.g. under
+`ip netns exec`, which gives a fresh /sys)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 
 TRACING = "/sys/kernel/tracing"
 DEBUGFS = "/sys/kernel/debug"
-BPFFS = "/sys/fs/bpf"
+CGROUP2 = "/sys/fs/cgroup/unified"
 MOUNTS_TABLE = "/proc/self/mounts"
 TRACING_MOUNTS = ((TRACING, "tracefs"), (DEBUGFS, "debugfs"))
 
