@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from .capture import CaptureConfig
 from .control import DEFAULT_SOCKET
-from .detect.config import DURATION_PATTERN, DetectConfig, parse_duration
+from .detect.config import DetectConfig
+from .durations import DURATION_PATTERN, parse_duration
 from .enforce import EnforceConfig
 from .errors import InputError
 from .metrics import DEFAULT_LISTEN

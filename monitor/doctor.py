@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 from .dependencies import DEPENDENCIES
 from .errors import MonitorError
+from .host.mounts import mounted
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -76,22 +77,8 @@ class Report:
         return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
 
 
-def _mounts(env: DoctorEnv) -> dict[str, str]:
-    """mount point -> fs type."""
-    out: dict[str, str] = {}
-    try:
-        with open(env.mounts, encoding="utf-8") as fh:
-            for line in fh:
-                cols = line.split()
-                if len(cols) >= 3:
-                    out[cols[1]] = cols[2]
-    except OSError:
-        pass
-    return out
-
-
 def check_mounts(env: DoctorEnv) -> list[Check]:
-    mounts = _mounts(env)
+    mounts = mounted(env.mounts)
     out = []
     for path, fstype, why in (
         (env.tracing, "tracefs", "tracepoints attach through it; the agent mounts it at start if it can"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
+from .addresses import normalize_ip, packed
 from .events import (
     Action,
     Alert,
@@ -32,7 +33,6 @@ from .events import (
     ProcessEvent,
     ProcessInfo,
     Record,
-    normalize_ip,
 )
 
 ECS_VERSION = "8.11.0"
@@ -70,14 +70,6 @@ def iso_timestamp(ns: int) -> str:
     return _iso_second(seconds) + f".{rem // 1000:06d}Z"
 
 
-def _packed_ip(text: str) -> bytes:
-    """Packed address bytes (fast path of ipaddress.ip_address(text).packed)."""
-    try:
-        return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
-    except OSError:
-        raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address") from None
-
-
 def parse_timestamp(text: str) -> int:
     """ISO 8601 (with Z or offset) to wall-clock nanoseconds."""
     head, _, frac = text.rstrip("Z").partition(".")
@@ -98,8 +90,8 @@ def parse_timestamp(text: str) -> int:
 
 def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: int = 6) -> str:
     """Community ID v1 flow hash (seed 0), so flows join across tools."""
-    src = _packed_ip(src_ip)
-    dst = _packed_ip(dst_ip)
+    src = packed(src_ip)
+    dst = packed(dst_ip)
     if (src, src_port) > (dst, dst_port):
         src, dst, src_port, dst_port = dst, src, dst_port, src_port
     data = struct.pack("!HBB", 0, proto, 0) + src + dst + struct.pack("!HH", src_port, dst_port)

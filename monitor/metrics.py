@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from .errors import InputError
+from .host.processes import resident_bytes
 
 PREFIX = "socat_monitor_"
 DEFAULT_LISTEN = "127.0.0.1:9464"
@@ -48,11 +49,8 @@ class Sample:
 
 def process_samples() -> list[Sample]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    with open("/proc/self/statm", encoding="ascii") as fh:
-        rss_pages = int(fh.read().split()[1])
     return [
-        Sample("process_resident_memory_bytes", "gauge", "Resident memory of the agent.",
-               rss_pages * resource.getpagesize()),
+        Sample("process_resident_memory_bytes", "gauge", "Resident memory of the agent.", resident_bytes()),
         Sample("process_cpu_seconds_total", "counter", "CPU time of the agent (user+system).",
                usage.ru_utime + usage.ru_stime),
     ]

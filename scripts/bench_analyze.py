@@ -113,7 +113,8 @@ def child_arrow(path: str) -> None:
     import pyarrow as pa
     import pyarrow.json as pj
 
-    from monitor.replay.reader import _SCHEMA, BLOCK_BYTES, PARSE_BLOCK, _blocks
+    from monitor.replay.fields import SCHEMA
+    from monitor.replay.reader import BLOCK_BYTES, PARSE_BLOCK, _blocks
 
     began = time.perf_counter()
     rows = 0
@@ -121,18 +122,18 @@ def child_arrow(path: str) -> None:
         for _first, _count, block in _blocks(fh, BLOCK_BYTES):
             rows += pj.read_json(pa.BufferReader(pa.py_buffer(block)),
                                  read_options=pj.ReadOptions(block_size=PARSE_BLOCK, use_threads=True),
-                                 parse_options=pj.ParseOptions(explicit_schema=_SCHEMA,
+                                 parse_options=pj.ParseOptions(explicit_schema=SCHEMA,
                                                                unexpected_field_behavior="ignore")).num_rows
     print(json.dumps({"events": rows, "seconds": time.perf_counter() - began}))
 
 
 def child_scan(path: str) -> None:
     """Run in a fresh process: the DuckDB scan alone, as `analyze` reads (its ceiling)."""
-    from monitor.replay.reader import _SCHEMA
+    from monitor.replay.fields import SCHEMA
     from monitor.replay.scan import FileScan
 
     began = time.perf_counter()
-    rows = sum(table.num_rows for table in FileScan(Path(path), _SCHEMA, compressed=False).tables())
+    rows = sum(table.num_rows for table in FileScan(Path(path), SCHEMA, compressed=False).tables())
     print(json.dumps({"events": rows, "seconds": time.perf_counter() - began}))
 
 

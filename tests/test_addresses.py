@@ -7,8 +7,7 @@ import random
 
 import pytest
 
-from monitor.detect.rows import network_of
-from monitor.events import normalize_ip
+from monitor.addresses import network_of, normalize_ip, packed_text
 
 
 def reference(text: str) -> str:
@@ -56,3 +55,11 @@ def test_network_of_matches_ipaddress():
         ip = normalize_ip(text)
         for bits in ((0, 1, 48, 64, 96, 112, 127, 128) if ":" in ip else (0, 1, 8, 16, 24, 31, 32)):
             assert network_of(ip, bits) == str(ipaddress.ip_network(f"{ip}/{bits}", strict=False)), (ip, bits)
+
+
+def test_packed_text_spells_as_ipaddress_does():
+    for text in TRICKY + random_addresses(3000, seed=7):
+        if "%" in text:
+            continue
+        raw = ipaddress.ip_address(text).packed
+        assert packed_text(raw) == reference(text), text

@@ -13,7 +13,8 @@ import pytest
 
 from monitor.capture import decode as d
 from monitor.capture.enrich import Enricher, ProcessTable
-from monitor.host.listeners import Socket, _hex_address, discover, namespace_sockets
+from monitor.host.listeners import Socket, discover, namespace_sockets
+from monitor.host.tcp import hex_address
 from monitor.events import Action, Direction, Outcome
 
 OFFSET = 1_700_000_000_000_000_000
@@ -162,9 +163,9 @@ def test_process_table_is_bounded(enricher):
 
 
 def test_proc_net_tcp_parsing(tmp_path):
-    assert _hex_address("0100007F:1F90") == ("127.0.0.1", 8080)
-    assert _hex_address("00000000000000000000000001000000:0050") == ("::1", 80)
-    assert _hex_address("0000000000000000FFFF00000100007F:0050") == ("127.0.0.1", 80)
+    assert hex_address("0100007F:1F90") == ("127.0.0.1", 8080)
+    assert hex_address("00000000000000000000000001000000:0050") == ("::1", 80)
+    assert hex_address("0000000000000000FFFF00000100007F:0050") == ("127.0.0.1", 80)
     net = tmp_path / "net"
     net.mkdir()
     header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"

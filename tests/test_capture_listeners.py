@@ -1,4 +1,4 @@
-"""Listener discovery over a fake /proc: namespaces, holders, uninspectable relays."""
+"""Listener discovery and process facts over a fake /proc: namespaces, holders, uninspectable relays."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.host import listeners
+from monitor.host import listeners, processes
 from monitor.host.listeners import accepted_addresses, discover
+from monitor.host.processes import parse_status
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
@@ -104,3 +105,40 @@ def test_accepted_addresses_complete_a_truncated_ipv6_peer(tmp_path):
     assert accepted_addresses(7, 8081, "::", 40001, proc) == ("127.0.0.1", "127.0.0.9")
     assert accepted_addresses(7, 8081, "fd78::", 40000, proc) is None     # another peer
     assert accepted_addresses(8, 8080, "127.0.0.5", 54321, proc) is None  # gone
+
+
+@pytest.mark.parametrize("argv, ports", [
+    (("socat", "-d", "-d", "TCP-LISTEN:8080,fork,reuseaddr", "TCP:127.0.0.1:80"), {8080}),
+    (("/usr/bin/socat", "tcp6-l:80", "-"), {80}),
+    (("socat", "OPENSSL-LISTEN:443,cert=/c.pem", "TCP4-LISTEN:444"), {443, 444}),
+    (("socat", "ssl-l:8443", "TCP:127.0.0.1:80"), {8443}),
+    (("socat", "UDP-LISTEN:53,fork", "UDP:127.0.0.1:5353"), set()),     # no TCP listening socket
+    (("socat", "-", "TCP:127.0.0.1:80"), set()),
+    (("socat", "TCP-LISTEN:8080"), set()),                                # socat refuses it: no inference
+    ((), set()),
+])
+def test_listen_ports_come_from_the_socat_grammar(argv, ports):
+    assert listeners.command_line_ports(argv) == ports
+
+
+def test_process_facts_from_a_fake_proc(host):
+    assert sorted(processes.pids_named(("socat",), host)) == [100, 200, 201, 300]
+    assert processes.cmdline(200, host) == ("socat", "-d", "tcp-l:8081,fork", "TCP:10.0.0.1:80")
+    status = processes.status(201, host)
+    assert (status.name, status.ppid, status.uid) == ("socat", 200, 65534)
+    assert processes.status(999, host) is None and processes.comm(999, host) is None
+    facts = {f.pid: f for f in _socat_processes_with_an_environment(host)}
+    assert sorted(facts) == [100, 200, 300]          # 201 is a fork child of 200 with the same argv
+    assert facts[200].uid == 65534 and facts[200].environ == {"A": "1", "B": "x=y"}
+
+
+def _socat_processes_with_an_environment(host):
+    for pid in (100, 200, 201, 300):
+        Path(host, str(pid), "environ").write_bytes(b"A=1\0B=x=y\0")
+    Path(host, "201", "cmdline").write_bytes(Path(host, "200", "cmdline").read_bytes())
+    return processes.socat_processes(host)
+
+
+def test_parse_status_reads_the_effective_uid_and_capabilities():
+    status = parse_status("Name:\tsocat\nPPid:\t1\nUid:\t1000\t0\t0\t0\nCapEff:\t0000000000001000\n")
+    assert (status.name, status.ppid, status.uid, status.cap_eff >> 12 & 1) == ("socat", 1, 0, 1)

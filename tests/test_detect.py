@@ -11,7 +11,8 @@ import pytest
 
 from monitor.replay.analyze import analyze
 from monitor.config import section_from_flags
-from monitor.detect import Baseline, DetectConfig, Detector, parse_duration
+from monitor.detect import Baseline, DetectConfig, Detector
+from monitor.durations import parse_duration
 from monitor.ecs import HostInfo, render
 from monitor.errors import InputError
 from monitor.events import Action, ConnectionEvent, Listener

@@ -8,8 +8,9 @@ import struct
 import pytest
 
 from monitor.enforce.nft import netlink_elements, parse_listing, skeleton_script
-from monitor.enforce.operator import parse_ttl
-from monitor.enforce.safety import CircuitBreaker, SafetyRules, parse_target, target_text
+from monitor.addresses import parse_target, target_text
+from monitor.durations import parse_duration
+from monitor.enforce.safety import CircuitBreaker, SafetyRules
 from monitor.enforce.state import ActiveBlock, StateFile
 from monitor.errors import InputError
 
@@ -117,11 +118,12 @@ def test_parse_listing() -> None:
                    ("allow4", "10.0.0.1", None), ("allow4", "10.1.0.0/24", None)]
 
 
-def test_parse_ttl() -> None:
-    assert parse_ttl("10m") == 600 and parse_ttl("90") == 90 and parse_ttl("500ms") == 0.5
+def test_a_ttl_is_a_positive_duration() -> None:
+    assert parse_duration("10m", positive=True) == 600 and parse_duration("90", positive=True) == 90
+    assert parse_duration("500ms", positive=True) == 0.5
     for bad in ("", "0", "-5s", "10 minutes"):
-        with pytest.raises(InputError):
-            parse_ttl(bad, "--ttl")
+        with pytest.raises(InputError, match="--ttl"):
+            parse_duration(bad, "--ttl", positive=True)
 
 
 def test_state_journal(tmp_path) -> None:

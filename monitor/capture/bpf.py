@@ -9,42 +9,20 @@ in-kernel loss counter. Everything the host lacks becomes an
 from __future__ import annotations
 
 import ctypes
-import logging
 import mmap
 import os
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
 from .. import BPF_DIR
 from ..dependencies import fix_for
 from ..errors import EnvironmentProblem
+from ..host.mounts import ensure_mounts
 from .ring import RingReader
 
-log = logging.getLogger(__name__)
 
 SOURCE = BPF_DIR / "capture.c"
 WHERE = "capture"
-
-MOUNTS = (
-    ("/sys/kernel/tracing", "tracefs"),
-    ("/sys/kernel/debug", "debugfs"),
-)
-
-
-def ensure_mounts(mounts: Iterable[tuple[str, str]] = MOUNTS) -> None:
-    """Mount tracefs/debugfs where missing (e.g. under `ip netns exec`)."""
-    for path, fstype in mounts:
-        if os.path.ismount(path):
-            continue
-        fix = f"mount -t {fstype} none {path}"
-        if not os.path.isdir(path):
-            raise EnvironmentProblem(WHERE, f"{path} does not exist: is this a Linux host with {fstype}?", fix)
-        done = subprocess.run(["mount", "-t", fstype, "none", path], capture_output=True, check=False)
-        if done.returncode != 0 or not os.path.ismount(path):
-            raise EnvironmentProblem(WHERE, f"{fstype} is not mounted at {path} and mounting it failed", fix)
-        log.info("mounted %s at %s", fstype, path)
-
 
 def _import_bcc():
     try:
@@ -62,7 +40,7 @@ class KernelProbe:
         if os.geteuid() != 0:
             raise EnvironmentProblem(WHERE, "capture needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)",
                                      "run as root: sudo socat-monitor ...")
-        ensure_mounts()
+        ensure_mounts(WHERE)
         if not Path(f"/lib/modules/{os.uname().release}/build").exists():
             raise EnvironmentProblem(
                 WHERE, f"no kernel headers at /lib/modules/{os.uname().release}/build (bcc compiles against them)",

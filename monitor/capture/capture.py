@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError
 from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
+from ..host.listeners import accepted_addresses, discover
+from ..host.processes import boot_id
 from .bpf import KernelProbe
 from .decode import DecodeError, decode
-from .enrich import Enricher, ProcessTable, boot_id, monotonic_offset_ns
-from ..host.listeners import accepted_addresses, discover
+from .enrich import Enricher, ProcessTable, monotonic_offset_ns
 
 log = logging.getLogger(__name__)
 

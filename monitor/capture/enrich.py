@@ -2,7 +2,7 @@
 
 `ProcessTable` keeps what is known of each watched process, by pid, in a
 bounded LRU: argv from the kernel's exec record, else /proc read once at a
-new pid (executable, command line, start time, parent). A fork child of a
+new pid (executable, command line, start time, parent: `monitor.host.processes`). A fork child of a
 known process inherits its parent's facts without touching /proc (fork
 keeps argv and executable), so a child that exits at once is still
 complete. `Enricher` turns `RawEvent`s into `ConnectionEvent`/`ProcessEvent`
@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessEvent, ProcessInfo
+from ..host import processes
 from .decode import (
     EV_ACCEPT,
     EV_CLOSE,
@@ -47,14 +48,6 @@ def monotonic_offset_ns() -> int:
     return best[1]
 
 
-def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            return fh.read().strip().replace("-", "")[:12]
-    except OSError:
-        return "0"
-
-
 def errno_name(err: int) -> str | None:
     return errno.errorcode.get(err, str(err)) if err else None
 
@@ -68,7 +61,7 @@ class _Known:
 class ProcessTable:
     """Facts about watched processes, by pid, bounded LRU."""
 
-    def __init__(self, size: int, offset_ns: int, proc: str = "/proc") -> None:
+    def __init__(self, size: int, offset_ns: int, proc: str = processes.PROC) -> None:
         self.size = size
         self.offset_ns = offset_ns
         self.proc = proc
@@ -99,7 +92,7 @@ class ProcessTable:
 
     def on_exec(self, raw: RawEvent) -> ProcessInfo:
         """A new program: argv from the kernel (from /proc when the kernel had none), the rest from /proc."""
-        exe = self._readlink(raw.pid)
+        exe = processes.executable(raw.pid, self.proc)
         ppid = raw.ppid or self._status_ppid(raw.pid)
         info = ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
@@ -137,45 +130,25 @@ class ProcessTable:
 
     def _read_proc(self, raw: RawEvent) -> ProcessInfo:
         self.proc_reads += 1
-        base = f"{self.proc}/{raw.pid}"
-        args: tuple[str, ...] = ()
         try:
-            with open(f"{base}/cmdline", "rb") as fh:
-                args = tuple(a.decode("utf-8", "replace") for a in fh.read().split(b"\0")[:-1])
+            args = processes.cmdline(raw.pid, self.proc)
         except OSError:
-            pass
+            args = ()
         ppid = raw.ppid or self._status_ppid(raw.pid)
         return ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
-            user_name=self.user_name(raw.uid), executable=self._readlink(raw.pid), args=args,
+            user_name=self.user_name(raw.uid), executable=processes.executable(raw.pid, self.proc), args=args,
             start_ns=self._start_ns(raw.pid),
         )
 
-    def _readlink(self, pid: int) -> str | None:
-        try:
-            return os.readlink(f"{self.proc}/{pid}/exe")
-        except OSError:
-            return None
-
     def _status_ppid(self, pid: int) -> int | None:
-        try:
-            with open(f"{self.proc}/{pid}/status", encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if line.startswith("PPid:"):
-                        return int(line.split()[1])
-        except (OSError, ValueError):
-            pass
-        return None
+        status = processes.status(pid, self.proc)
+        return status.ppid if status is not None else None
 
     def _start_ns(self, pid: int) -> int | None:
-        try:
-            with open(f"{self.proc}/{pid}/stat", encoding="utf-8", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            ticks = int(fields[19])
-        except (OSError, IndexError, ValueError):
-            return None
+        ticks = processes.start_ticks(pid, self.proc)
         # starttime is in clock ticks since boot (CLOCK_BOOTTIME ~ MONOTONIC without suspend)
-        return ticks * 1_000_000_000 // CLK_TCK + self.offset_ns
+        return None if ticks is None else ticks * 1_000_000_000 // CLK_TCK + self.offset_ns
 
 
 class Enricher:

@@ -89,9 +89,10 @@ def add_cmd(target, ttl, never_block, state_file, config_path, netns, table, fmt
     The agent's safety rules apply: loopback, this host's addresses, its
     default gateway, SSH peers and never_block networks are refused.
     """
-    from ..enforce.operator import add_block, parse_ttl
+    from ..durations import parse_duration
+    from ..enforce.operator import add_block
 
-    ev = add_block(_config(config_path, netns, table, never_block, state_file), target, parse_ttl(ttl, "--ttl"))
+    ev = add_block(_config(config_path, netns, table, never_block, state_file), target, parse_duration(ttl, "--ttl", positive=True))
     _show_event(ev, fmt)
     if ev.action is Action.BLOCK_REFUSED:
         raise SystemExit(EXIT_FINDINGS)

@@ -70,7 +70,7 @@ def suggest(event_files, processes, headroom, min_rate, v4_prefix, v6_prefix, in
     raises no alerts. Malformed event lines are reported on stderr and skipped.
     """
     from ..replay.reader import ReadStats, read_events
-    from ..policy.audit import socat_processes
+    from ..host.processes import socat_processes
     from ..socat.grammar import parse_command_line
     from ..policy.suggest import suggest_policy
 

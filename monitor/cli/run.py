@@ -51,7 +51,7 @@ def command(config_path, output, policy, duration, learning_period, baseline, st
     """
     from ..agent import Agent, RunOptions
     from ..config import load_config, with_overrides
-    from ..detect import parse_duration
+    from ..durations import parse_duration
 
     config = load_config(config_path)
     config = with_overrides(

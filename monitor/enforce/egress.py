@@ -13,22 +13,22 @@ Everything not tracked, or tracked for an unguarded listener, is allowed.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from .. import BPF_DIR
-from ..errors import EnvironmentProblem, InputError
+from ..addresses import packed_text, parse_target
+from ..errors import EnvironmentProblem
 from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
+from ..host import processes
+from ..host.mounts import CGROUP2, ensure_mounts
 
 log = logging.getLogger(__name__)
 
 SOURCE = BPF_DIR / "egress.c"
-DEFAULT_CGROUP = "/sys/fs/cgroup/unified"
 BPF_F_ALLOW_MULTI = 2
 ATTACH_INET4_CONNECT = 10
 ATTACH_INET6_CONNECT = 11
@@ -69,12 +69,7 @@ def rule_keys(rule: EgressRule) -> list[_RuleKey]:
     """LPM keys for one rule (pure: also what the unit tests check)."""
     keys = []
     for i, (target, port) in enumerate(rule.allowed):
-        try:
-            net = ipaddress.ip_network(target, strict=False)
-        except ValueError as exc:
-            raise InputError(f"listener {rule.listener_port}: allow_backends[{i}]", str(exc)) from None
-        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None:
-            net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{max(net.prefixlen - 96, 0)}")
+        net = parse_target(target, f"listener {rule.listener_port}: allow_backends[{i}]")
         key = _RuleKey()
         key.prefixlen = 40 + net.prefixlen
         key.listener = rule.listener_port
@@ -86,38 +81,16 @@ def rule_keys(rule: EgressRule) -> list[_RuleKey]:
     return keys
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "socat"
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
 class EgressGuard:
-    def __init__(self, rules: Sequence[EgressRule], cgroup: str = DEFAULT_CGROUP) -> None:
+    def __init__(self, rules: Sequence[EgressRule], cgroup: str = CGROUP2) -> None:
         try:
             import bcc
         except ImportError:
             raise EnvironmentProblem("egress", "bcc is not importable", "run scripts/setup.sh (python3-bpfcc)") from None
-        from ..capture.bpf import ensure_mounts
-
         if not os.path.isfile(os.path.join(cgroup, "cgroup.procs")):
             raise EnvironmentProblem("egress", f"{cgroup} is not a cgroup2 directory",
-                                     "mount -t cgroup2 none /sys/fs/cgroup/unified")
-        ensure_mounts()
+                                     f"mount -t cgroup2 none {CGROUP2}")
+        ensure_mounts("egress")
         self._rules = {r.listener_port: r for r in rules}
         self._pending: list[Alert] = []
         self._attached: list[tuple[object, int]] = []
@@ -157,13 +130,13 @@ class EgressGuard:
     def track(self, pid: int, listener_port: int) -> None:
         """A relay parent was seen for that listener: it and its current and future children are scoped."""
         pids = self.bpf[b"relay_pids"]
-        for p in [pid, *_children(pid)]:
+        for p in [pid, *processes.children(pid)]:
             pids[pids.Key(p)] = pids.Leaf(listener_port)
 
     def _on_denial(self, ctx, data, size) -> None:
         d = ctypes.cast(data, ctypes.POINTER(_Denial)).contents
         raw = bytes(d.addr)
-        ip = str(ipaddress.IPv4Address(raw[:4]) if d.family == 4 else ipaddress.IPv6Address(raw))
+        ip = packed_text(raw[:4] if d.family == 4 else raw)
         rule = self._rules.get(d.listener)
         allowed = ", ".join(f"{t}:{p}" if p else t for t, p in rule.allowed) if rule else "?"
         self._pending.append(Alert(
@@ -172,7 +145,7 @@ class EgressGuard:
                         f"{ip}:{d.port}; refused in the kernel (allowed: {allowed})",
             ruleset="policy", severity=Severity.HIGH, timestamp_ns=self._offset_ns + d.ktime_ns,
             listener=Listener(rule.listener_ip or "0.0.0.0", d.listener, rule.name) if rule else None,
-            process=ProcessInfo(pid=d.pid, comm=_comm(d.pid)),
+            process=ProcessInfo(pid=d.pid, comm=processes.comm(d.pid) or "socat"),
             destination_ip=ip, destination_port=d.port, outcome=Outcome.FAILURE))
 
     def poll(self) -> list[Alert]:

@@ -17,6 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 from ..errors import EnvironmentProblem, InputError
+from ..host.processes import has_capability
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
@@ -46,17 +47,8 @@ def enter_netns(name: str) -> None:
         os.close(fd)
 
 
-def has_cap_net_admin() -> bool:
-    """CAP_NET_ADMIN in this process's effective set (read from /proc, no syscall that can hang)."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    return False
-
-
 def require_cap_net_admin(what: str) -> None:
-    if not has_cap_net_admin():
+    if not has_capability(CAP_NET_ADMIN):
         raise EnvironmentProblem(what, "this process lacks CAP_NET_ADMIN, so it cannot change nftables",
                                  "run as root or grant CAP_NET_ADMIN (e.g. systemd AmbientCapabilities=CAP_NET_ADMIN)")
 

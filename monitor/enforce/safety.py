@@ -1,5 +1,6 @@
-"""Pure safety rules of enforcement: what a block target is, what must never
-be blocked, and the circuit breaker that caps new blocks per minute.
+"""Pure safety rules of enforcement: what must never be blocked, and the
+circuit breaker that caps new blocks per minute (a block target is parsed
+and spelled by `monitor.addresses`).
 
 No I/O here: the facts about the host (its addresses, gateways, SSH peers)
 are gathered at the edge (`monitor.host.facts`) and passed in, so these
@@ -13,41 +14,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..errors import InputError
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from ..addresses import Network, parse_target, target_text
 
 # The broadest ranges a detector or an operator may block in one element.
 MIN_PREFIX = {4: 16, 6: 48}
-
-
-def parse_target(text: str, where: str = "target") -> Network:
-    """An address or CIDR as a network; IPv4-mapped IPv6 becomes IPv4.
-
-    Host bits set in a CIDR are an error (`10.0.0.1/24` is ambiguous)."""
-    raw = text.strip()
-    try:
-        if "/" in raw:
-            net = ipaddress.ip_network(raw, strict=True)
-        else:
-            net = ipaddress.ip_network(ipaddress.ip_address(raw))
-    except ValueError as exc:
-        raise InputError(where, f"{text!r} is not an IP address or CIDR ({exc})") from None
-    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None:
-        mapped = net.network_address.ipv4_mapped
-        net = ipaddress.ip_network(f"{mapped}/{max(net.prefixlen - 96, 0)}")
-    return net
-
-
-def target_text(net: Network) -> str:
-    """Canonical text of a target: a bare address for a single host."""
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return str(net)
-
-
-def is_host(net: Network) -> bool:
-    return net.prefixlen == net.max_prefixlen
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
-"""Declared policy: the model and its loader, the socat command-line parser and
-audit, the runtime policy engine and policy suggestion.
+"""Declared policy: the model and its loader, the audit of socat command lines,
+the runtime policy engine and policy suggestion.
 
-Everything here is pure or reads files only (/proc for the audit), so the
-live agent and offline replay make identical decisions.
+Everything here is pure or reads policy files only (the audit of running
+processes gets its /proc facts from `monitor.host`; socat's grammar is
+`monitor.socat`), so the live agent and offline replay make identical decisions.
 """
 
 from .audit import Finding, audit_command, audit_process, audit_running, finding_to_alert

@@ -4,7 +4,8 @@
 when known, the process's uid and environment, the installed socat version and
 the policy) and returns `Finding`s, each with a stable id, a severity, the
 offending token, a message and a fix. `audit_process(pid)` and
-`audit_running()` read the facts from /proc; `finding_to_alert` turns a
+`audit_running()` audit running processes with the facts
+`monitor.host.processes` reads from /proc; `finding_to_alert` turns a
 finding into an `Alert` (ruleset `audit`) for the agent's sinks.
 
 Finding ids: see `FINDINGS` (id -> title). Extras beyond the required ones:
@@ -27,12 +28,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..addresses import Network
 from ..errors import InputError
 from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
+from ..host.processes import ProcessFacts, read_process, socat_processes
 from ..socat.build import SocatBuild, builtin_build, path_build, process_build
 from ..socat.grammar import AddressOption, SocatAddress, SocatCommand, parse_command_line
 from ..socat.tables import BUILTIN, address_feature, option_feature
-from .model import IPNetwork, ListenerPolicy, Policy
+from .model import ListenerPolicy, Policy
 
 FINDINGS: dict[str, str] = {
     "audit.no_source_restriction": "Listener accepts any source",
@@ -158,7 +161,7 @@ def _is_unspecified(host: str | None) -> bool:
         return False
 
 
-def parse_range(value: str) -> IPNetwork:
+def parse_range(value: str) -> Network:
     """socat's range= value (`a.b.c.d/bits`, `a.b.c.d:mask`, `[v6]/bits`) as a network."""
     text = value.strip()
     if text.startswith("["):
@@ -515,47 +518,7 @@ def audit_command(cmd: SocatCommand, *, pid: int | None = None, uid: int | None 
     return auditor.findings
 
 
-# -- facts from the host ---------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class ProcessFacts:
-    """What /proc says about one process."""
-
-    pid: int
-    ppid: int
-    uid: int
-    comm: str
-    argv: tuple[str, ...]
-    environ: dict[str, str]
-    executable: str | None
-
-
-def read_process(pid: int) -> ProcessFacts:
-    """argv, environment, uid and parent of a process; raises FileNotFoundError if it is gone."""
-    base = f"/proc/{pid}"
-    with open(f"{base}/cmdline", "rb") as fh:
-        argv = tuple(a.decode(errors="replace") for a in fh.read().split(b"\0")[:-1])
-    with open(f"{base}/environ", "rb") as fh:
-        pairs = [e.decode(errors="replace").partition("=") for e in fh.read().split(b"\0") if e]
-    status: dict[str, str] = {}
-    with open(f"{base}/status", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            status[key] = value.strip()
-    try:
-        executable = os.readlink(f"{base}/exe")
-    except OSError:
-        executable = None
-    return ProcessFacts(
-        pid=pid,
-        ppid=int(status.get("PPid", "0")),
-        uid=int(status.get("Uid", "0").split()[1]),
-        comm=status.get("Name", ""),
-        argv=argv,
-        environ={k: v for k, _, v in pairs},
-        executable=executable,
-    )
-
+# -- running processes (facts from monitor.host.processes) -----------------------------------------
 
 def _audit_facts(facts: ProcessFacts, policy: Policy | None, build: SocatBuild) -> list[Finding]:
     try:
@@ -589,23 +552,6 @@ def audit_process(pid: int, policy: Policy | None) -> list[Finding]:
         raise InputError(f"--pid {pid}", f"not a socat process ({facts.comm}: {' '.join(facts.argv)[:80]})")
     build = process_build(pid)
     return _audit_facts(facts, policy, build) + cve_findings([build])
-
-
-def socat_processes() -> list[ProcessFacts]:
-    """Every socat process now, without the fork children of another socat (same argv as their parent)."""
-    found: dict[int, ProcessFacts] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm", encoding="utf-8", errors="replace") as fh:
-                if fh.read().strip() != "socat":
-                    continue
-            found[int(entry)] = read_process(int(entry))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return [facts for facts in found.values()
-            if not (facts.ppid in found and found[facts.ppid].argv == facts.argv)]
 
 
 def audit_running(policy: Policy | None) -> list[Finding]:

@@ -38,6 +38,7 @@ import ipaddress
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from ..addresses import Address, unmapped
 from ..events import (
     Action,
     Alert,
@@ -277,8 +278,5 @@ def open_key(ev: ConnectionEvent) -> tuple:
     return (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port)
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    address = ipaddress.ip_address(text)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+def _address(text: str) -> Address:
+    return unmapped(ipaddress.ip_address(text))

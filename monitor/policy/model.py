@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..addresses import Address, Network, parse_network, same_address
 from ..errors import InputError
 from ..events import Severity
 from ..yamlfile import InputErrors, Locator, load_yaml, parse_yaml, validate
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ACTIONS = ("alert", "block")
 UNKNOWN_LISTENER_ACTIONS = ("alert", "ignore")
@@ -157,22 +157,11 @@ class Rate:
         return cls(int(match.group(1)), _RATE_UNITS[unit], f"{int(match.group(1))}/{canonical}")
 
 
-def parse_network(text: str) -> IPNetwork:
-    """An IP address or CIDR (strict: no host bits) as a network."""
-    try:
-        return ipaddress.ip_network(text.strip().strip("[]"), strict=True)
-    except ValueError as exc:
-        if "host bits set" in str(exc):
-            loose = ipaddress.ip_network(text.strip().strip("[]"), strict=False)
-            raise ValueError(f"host bits set in {text!r}: did you mean {loose}?") from None
-        raise ValueError(f"not an IP address or CIDR: {text!r}") from None
-
-
 @dataclass(frozen=True, slots=True)
 class Backend:
     """An allowed backend: a network and a port (None = any port)."""
 
-    network: IPNetwork
+    network: Network
     port: int | None
     text: str
 
@@ -204,7 +193,7 @@ class Backend:
             raise exc
         return cls(network, port, raw)
 
-    def matches(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+    def matches(self, address: Address, port: int) -> bool:
         return address in self.network and (self.port is None or self.port == port)
 
 
@@ -215,7 +204,7 @@ class ListenerPolicy:
     name: str
     port: int
     address: str | None = None
-    allow_sources: tuple[IPNetwork, ...] | None = None     # None: any source
+    allow_sources: tuple[Network, ...] | None = None     # None: any source
     allow_backends: tuple[Backend, ...] | None = None      # None: any backend
     max_rate_per_source: Rate | None = None
     max_concurrent_per_source: int | None = None
@@ -227,12 +216,12 @@ class ListenerPolicy:
     def blocks(self) -> bool:
         return self.action == "block"
 
-    def source_allowed(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    def source_allowed(self, address: Address) -> bool:
         if self.allow_sources is None:
             return True
         return any(address.version == net.version and address in net for net in self.allow_sources)
 
-    def backend_allowed(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+    def backend_allowed(self, address: Address, port: int) -> bool:
         if self.allow_backends is None:
             return True
         return any(address.version == b.network.version and b.matches(address, port) for b in self.allow_backends)
@@ -261,19 +250,12 @@ class Policy:
         candidates = [entry for entry in self.listeners if entry.port == port]
         if len(candidates) > 1 and ip is not None:
             for entry in candidates:
-                if entry.address is not None and _same_ip(entry.address, ip):
+                if entry.address is not None and same_address(entry.address, ip):
                     return entry
             unbound = [entry for entry in candidates if entry.binds_all()]
             if unbound:
                 return unbound[0]
         return candidates[0] if candidates else None
-
-
-def _same_ip(a: str, b: str) -> bool:
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return False
 
 
 def _listener(raw: dict[str, Any], index: int, defaults: Defaults, locator: Locator,

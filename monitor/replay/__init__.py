@@ -2,6 +2,7 @@
 
 Nothing here captures anything. `reader.read_chunks(paths)` streams agent
 output (or other tools' minimal files) as columnar chunks, DuckDB first
-(`scan`) and a line-checking reader for what DuckDB cannot take;
+(`scan`), then pyarrow's blocks and line by line for what DuckDB cannot
+take, all three reading the fields of one table (`fields`);
 `analyze.analyze(paths, ...)` replays them through policy and the detectors.
 """

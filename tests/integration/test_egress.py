@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.enforce.egress import DEFAULT_CGROUP, RULE, EgressGuard, EgressRule
+from monitor.enforce.egress import RULE, EgressGuard, EgressRule
+from monitor.host.mounts import CGROUP2
 from monitor.events import Outcome
 from tests.lab import PYTHON, ROOT, Processes, free_port, require, wait_listening
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def cgroup(procs: Processes):
-    path = Path(DEFAULT_CGROUP) / f"smt-egress-{uuid.uuid4().hex[:8]}"
+    path = Path(CGROUP2) / f"smt-egress-{uuid.uuid4().hex[:8]}"
     path.mkdir()
     yield path
     procs.stop_all()

@@ -1,10 +1,15 @@
-"""One human-readable line per record, for `run --follow`."""
+"""One human-readable line per record, for `run --follow`.
+
+Lines carry text that processes chose (command lines, audit messages), so
+every line is escaped for the terminal (`monitor.terminal.safe_text`).
+"""
 
 from __future__ import annotations
 
 import time
 
 from .events import Alert, BlockEvent, ConnectionEvent, Direction, Heartbeat, PipelineError, ProcessEvent, Record
+from .terminal import safe_text
 
 _SHORT = {
     "connection_accepted": "ACCEPT",
@@ -62,4 +67,4 @@ def format_record(record: Record) -> str | None:
         return None
     else:
         return None
-    return f"{_clock(record.timestamp_ns)} {body}"
+    return safe_text(f"{_clock(record.timestamp_ns)} {body}")

@@ -14,9 +14,7 @@ clock, kept for exact ordering and latency figures.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,40 +81,6 @@ def new_event_id() -> str:
         now = max(time.time_ns(), _id_state["last"] + 1)
         _id_state["last"] = now
     return f"{now:x}-{_ID_PREFIX}"
-
-
-V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"      # the first 12 bytes of an IPv4-mapped IPv6 address
-
-
-def normalize_ip(text: str) -> str:
-    """Canonical text of an address; IPv4-mapped IPv6 becomes plain IPv4. ValueError if it is not one.
-
-    The C converters take the common spellings (about 10x faster than
-    `ipaddress`, which matters for files with many sources); `ipaddress` takes
-    the rest (scoped addresses, IPv4-compatible forms) and the errors."""
-    try:
-        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
-    except (OSError, TypeError, ValueError):
-        pass
-    try:
-        packed = socket.inet_pton(socket.AF_INET6, text)
-    except (OSError, TypeError, ValueError):
-        return _normalize_slow(text)
-    if packed[:12] == V4_MAPPED_PREFIX:
-        return socket.inet_ntop(socket.AF_INET, packed[12:])
-    canonical = socket.inet_ntop(socket.AF_INET6, packed)
-    return _normalize_slow(text) if "." in canonical else canonical
-
-
-def _normalize_slow(text: str) -> str:
-    addr = ipaddress.ip_address(text)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
-
-
-def ip_version(text: str) -> int:
-    return 6 if ":" in text else 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
+from .terminal import safe_text
 
 @dataclass(frozen=True, slots=True)
 class ListenerRow:
@@ -234,11 +235,13 @@ def _endpoint(ip: str, port: int) -> str:
 
 
 def _cell(text: str, size: int) -> str:
-    """`text` in exactly `size` columns: padded, or cut with an ellipsis."""
+    """`text` in exactly `size` columns, control characters escaped: padded, or cut with an ellipsis."""
+    text = safe_text(text)
     return text.ljust(size) if len(text) <= size else text[:size - 1] + "…"
 
 
 def _clip(line: str, width: int) -> str:
+    line = safe_text(line)
     return line if len(line) <= width else line[:width - 1] + "…"
 
 

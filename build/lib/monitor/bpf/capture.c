@@ -96,17 +96,22 @@ BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_PERCPU_ARRAY(unwoken, u32, 1);                 // events since the last wakeup
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_event, 1);
 BPF_HASH(comms, struct comm_key, u8, 64);
-BPF_HASH(ports, u16, u8, 4096);                    // ports watched processes listen on
-BPF_HASH(accepts, u32, struct accept_args, 1024);  // tid -> accept's sockaddr buffer
-BPF_HASH(connects, u32, struct connect_args, 1024);
-BPF_HASH(execs, u32, struct exec_event, 128);      // tid -> argv copied at execve entry
+// Tables a hostile process could fill are bounded by design: `ports` is an
+// array over the whole port space (a bind flood only sets bits), and the
+// tables keyed by a syscall in progress are LRU (a thread killed mid-syscall
+// leaves an entry that is evicted, never one that blocks new ones).
+BPF_ARRAY(ports, u8, 65536);                                          // ports watched processes bound
+BPF_PERCPU_ARRAY(exec_missed, u64, 1);                                // execs whose argv entry was gone
+BPF_TABLE("lru_hash", u32, struct accept_args, accepts, 1024);       // tid -> accept's sockaddr buffer
+BPF_TABLE("lru_hash", u32, struct connect_args, connects, 1024);
+BPF_TABLE("lru_hash", u32, struct exec_event, execs, 256);           // tgid -> argv copied at execve entry
 BPF_TABLE("lru_hash", struct estab_key, struct estab_val, estab, 8192);
 BPF_TABLE("lru_hash", u64, struct conn, conns, 65536);        // sock address -> connection
 BPF_TABLE("lru_hash", u32, struct pstate, pstates, 4096);     // tgid -> last accept, fork/connect count
 BPF_TABLE("lru_hash", u32, struct fork_val, forks, 16384);    // child tgid -> parent
 BPF_TABLE("lru_hash", u32, struct exit_val, exits, 4096);
 BPF_TABLE("lru_hash", struct io_key, struct io_val, sockio, 65536);  // (tgid, fd) of a tracked socket -> bytes
-BPF_HASH(iopending, u32, struct io_pending, 4096);                  // tid -> read/write in progress
+BPF_TABLE("lru_hash", u32, struct io_pending, iopending, 4096);    // tid -> read/write in progress
 
 static __always_inline int watched(void) {
     struct comm_key k = {};
@@ -162,7 +167,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_bind) {
     u16 fam = sa[0] | (sa[1] << 8);
     if (fam != AF_INET && fam != AF_INET6)
         return 0;
-    u16 port = (sa[2] << 8) | sa[3];
+    int port = (sa[2] << 8) | sa[3];
     u8 one = 1;
     ports.update(&port, &one);
     return 0;
@@ -414,16 +419,29 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execve) {
         bpf_probe_read_user_str(x->argv[i], ARG_LEN, p);
         x->argc = i + 1;
     }
-    u32 tid = bpf_get_current_pid_tgid();
-    execs.update(&tid, x);
+    // Keyed by process, not thread: an exec from a non-leader thread returns as the
+    // leader (its tid becomes the tgid), so only the tgid finds the entry again.
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    execs.update(&tgid, x);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_execve) {
-    u32 tid = bpf_get_current_pid_tgid();
-    struct exec_event *x = execs.lookup(&tid);
-    if (!x)
-        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 zero = 0;
+    struct exec_event *x = execs.lookup(&tgid);
+    if (!x) {
+        // An entry evicted (a flood of execs, or threads killed mid-exec): report the
+        // exec without argv (user space reads /proc), and count it.
+        if (args->ret != 0 || !watched())
+            return 0;
+        x = exec_scratch.lookup(&zero);
+        u64 *n = exec_missed.lookup(&zero);
+        if (!x || !n)
+            return 0;
+        (*n)++;
+        x->argc = 0;
+    }
     if (args->ret == 0 && watched()) {
         __builtin_memset(&x->h, 0, sizeof(x->h));
         x->h.type = EV_EXEC;
@@ -431,7 +449,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execve) {
         fill_task(&x->h);
         emit(x, sizeof(*x));
     }
-    execs.delete(&tid);
+    execs.delete(&tgid);
     return 0;
 }
 
@@ -520,7 +538,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (old == TCP_SYN_RECV && new == TCP_ESTABLISHED) {
         // Server side of a handshake: remember it if a watched process listens there.
         u16 lport = args->sport;
-        if (!ports.lookup(&lport))
+        int slot = lport;
+        u8 *bound = ports.lookup(&slot);
+        if (!bound || !*bound)
             return 0;
         struct estab_key k = {.family = args->family, .port = args->dport};
         struct estab_val v = {.skaddr = sk, .family = args->family, .lport = lport, .cport = args->dport};

@@ -9,42 +9,20 @@ in-kernel loss counter. Everything the host lacks becomes an
 from __future__ import annotations
 
 import ctypes
-import logging
 import mmap
 import os
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
 from .. import BPF_DIR
 from ..dependencies import fix_for
 from ..errors import EnvironmentProblem
+from ..host.mounts import ensure_mounts
 from .ring import RingReader
 
-log = logging.getLogger(__name__)
 
 SOURCE = BPF_DIR / "capture.c"
 WHERE = "capture"
-
-MOUNTS = (
-    ("/sys/kernel/tracing", "tracefs"),
-    ("/sys/kernel/debug", "debugfs"),
-)
-
-
-def ensure_mounts(mounts: Iterable[tuple[str, str]] = MOUNTS) -> None:
-    """Mount tracefs/debugfs where missing (e.g. under `ip netns exec`)."""
-    for path, fstype in mounts:
-        if os.path.ismount(path):
-            continue
-        fix = f"mount -t {fstype} none {path}"
-        if not os.path.isdir(path):
-            raise EnvironmentProblem(WHERE, f"{path} does not exist: is this a Linux host with {fstype}?", fix)
-        done = subprocess.run(["mount", "-t", fstype, "none", path], capture_output=True, check=False)
-        if done.returncode != 0 or not os.path.ismount(path):
-            raise EnvironmentProblem(WHERE, f"{fstype} is not mounted at {path} and mounting it failed", fix)
-        log.info("mounted %s at %s", fstype, path)
-
 
 def _import_bcc():
     try:
@@ -62,7 +40,7 @@ class KernelProbe:
         if os.geteuid() != 0:
             raise EnvironmentProblem(WHERE, "capture needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)",
                                      "run as root: sudo socat-monitor ...")
-        ensure_mounts()
+        ensure_mounts(WHERE)
         if not Path(f"/lib/modules/{os.uname().release}/build").exists():
             raise EnvironmentProblem(
                 WHERE, f"no kernel headers at /lib/modules/{os.uname().release}/build (bcc compiles against them)",
@@ -101,9 +79,9 @@ class KernelProbe:
     def watch_ports(self, ports: Iterable[int]) -> None:
         if self._closed:
             return
-        table = self.bpf[b"ports"]
+        table = self.bpf[b"ports"]   # an array over every port: it cannot fill up
         for port in ports:
-            table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
+            table[ctypes.c_int(port)] = ctypes.c_uint8(1)
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Records in the ring buffer, waiting up to timeout_ms for a wakeup.
@@ -123,6 +101,10 @@ class KernelProbe:
         if not self._closed:
             self._lost_total = int(sum(self._lost[ctypes.c_int(0)]))
         return self._lost_total
+
+    def exec_missed(self) -> int:
+        """Execs of watched processes whose argv the kernel side no longer had (0 once closed)."""
+        return 0 if self._closed else int(sum(self.bpf[b"exec_missed"][ctypes.c_int(0)]))
 
     def close(self) -> None:
         if not self._closed:

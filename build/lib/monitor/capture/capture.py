@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError
 from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
+from ..host.listeners import accepted_addresses, discover
+from ..host.processes import boot_id
 from .bpf import KernelProbe
 from .decode import DecodeError, decode
-from .enrich import Enricher, ProcessTable, boot_id, monotonic_offset_ns
-from ..host.listeners import accepted_addresses, discover
+from .enrich import Enricher, ProcessTable, monotonic_offset_ns
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Capture:
         self._enrich_errors = 0
         self._duplicates = 0
         self._lost_seen = 0
+        self._exec_missed_seen = 0
         self._incomplete = 0
         self._by_pid: dict[int, list[Listener]] = {}
         self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
@@ -199,6 +201,13 @@ class Capture:
             log.warning("capture: the kernel dropped %d events (ring buffer full; %d in total)", grew, lost)
             append(PipelineError(stage="capture", timestamp_ns=now_ns(), count=grew,
                                  message=f"ring buffer full: {grew} kernel events lost ({lost} since start)"))
+        missed = self._kernel.exec_missed()
+        if missed > self._exec_missed_seen:
+            grew, self._exec_missed_seen = missed - self._exec_missed_seen, missed
+            append(PipelineError(stage="capture", timestamp_ns=now_ns(), count=grew,
+                                 message=f"{grew} exec(s) of watched processes arrived without their kernel argv "
+                                         "(the kernel table evicted it under a flood of execs): "
+                                         "their command lines were read from /proc"))
         return out
 
     @property

@@ -8,11 +8,10 @@ small bounded cache: a relay sees the same few addresses over and over.
 
 from __future__ import annotations
 
-import socket
 import struct
 from dataclasses import dataclass
 
-from ..events import V4_MAPPED_PREFIX
+from ..addresses import packed_text
 
 EV_ACCEPT, EV_CONNECT, EV_CLOSE, EV_EXEC, EV_EXIT = 1, 2, 3, 4, 5
 F_INGRESS, F_REFUSED, F_PARTIAL, F_EXITED, F_FAILED = 1, 2, 4, 8, 16
@@ -67,12 +66,7 @@ def address(family: int, raw: bytes) -> str:
     key = (family, raw)
     text = _ADDR_CACHE.get(key)
     if text is None:
-        if family == AF_INET:
-            text = socket.inet_ntop(socket.AF_INET, raw[:4])
-        elif raw[:12] == V4_MAPPED_PREFIX:
-            text = socket.inet_ntop(socket.AF_INET, raw[12:])
-        else:
-            text = socket.inet_ntop(socket.AF_INET6, raw)
+        text = packed_text(raw[:4] if family == AF_INET else raw)
         if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
             _ADDR_CACHE.clear()
         _ADDR_CACHE[key] = text

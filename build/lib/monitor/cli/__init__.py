@@ -17,6 +17,7 @@ import click
 from .. import __version__
 from ..dependencies import fix_for
 from ..errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, MonitorError
+from ..terminal import SafeFormatter, safe_text
 
 SUBCOMMANDS = {
     "run": "run the agent: capture, check, detect, block, ship",
@@ -53,8 +54,9 @@ class LazyGroup(click.Group):
 def cli(verbose: int) -> None:
     """Watch socat relays: every connection, checked against policy, anomalies
     flagged, offenders dropped in nftables, everything shipped as ECS."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), handlers=[handler])
 
 
 def main() -> None:
@@ -70,7 +72,7 @@ def main() -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except MonitorError as exc:
-        click.echo(f"socat-monitor: error: {exc}", err=True)
+        click.echo(f"socat-monitor: error: {safe_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -91,6 +93,6 @@ def _missing_module(exc: ModuleNotFoundError) -> None:
 
 def _internal_error(exc: Exception) -> None:
     logging.getLogger("monitor").debug("internal error", exc_info=exc)
-    click.echo(f"socat-monitor: internal error: {type(exc).__name__}: {exc} (run with -vv for the traceback)",
-               err=True)
+    click.echo(f"socat-monitor: internal error: {type(exc).__name__}: {safe_text(str(exc))} "
+               "(run with -vv for the traceback)", err=True)
     sys.exit(EXIT_INTERNAL)

@@ -44,7 +44,8 @@ def command(files, policy_path, baseline_path, save_path, learning_period, setti
     """
     from ..replay.analyze import analyze
     from ..config import section_from_flags
-    from ..detect import Baseline, DetectConfig, parse_duration
+    from ..detect import Baseline, DetectConfig
+    from ..durations import parse_duration
     from ..ecs import HostInfo, render
 
     config = section_from_flags(DetectConfig, _settings(settings), "--set")

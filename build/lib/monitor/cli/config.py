@@ -7,6 +7,8 @@ import json
 import click
 import yaml
 
+from ..redact import redact_settings
+
 
 @click.group()
 def command():
@@ -27,10 +29,10 @@ def check(path):
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml")
 def show(path, fmt):
-    """Print the effective configuration (PATH merged over defaults)."""
+    """Print the effective configuration (PATH merged over defaults), secrets hidden."""
     from ..config import load_config, place_state, to_dict
 
-    data = to_dict(place_state(load_config(path)))
+    data = redact_settings(to_dict(place_state(load_config(path))))
     click.echo(json.dumps(data, indent=2) if fmt == "json" else yaml.safe_dump(data, sort_keys=False).rstrip())
 
 

@@ -7,8 +7,8 @@ crossing rules vectorised (`BatchEngine`).
 
 from .baseline import Baseline
 from .batch import BatchEngine
-from .config import RULES, DetectConfig, parse_duration
+from .config import RULES, DetectConfig
 from .detector import Detector
 from .rows import IpTable, Rows
 
-__all__ = ["RULES", "Baseline", "BatchEngine", "DetectConfig", "Detector", "IpTable", "Rows", "parse_duration"]
+__all__ = ["RULES", "Baseline", "BatchEngine", "DetectConfig", "Detector", "IpTable", "Rows"]

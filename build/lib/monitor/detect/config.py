@@ -1,4 +1,4 @@
-"""Detector settings: the `DetectConfig` dataclass and the `parse_duration` helper.
+"""Detector settings: the `DetectConfig` dataclass.
 
 All windows and thresholds of the anomaly detectors live here, with defaults a
 small relay can run with unchanged. `monitor.config` builds one from the YAML
@@ -8,11 +8,7 @@ small relay can run with unchanged. `monitor.config` builds one from the YAML
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from dataclasses import dataclass
-
-from ..errors import InputError
 
 RULES = (
     "anomaly.new_source",
@@ -21,29 +17,6 @@ RULES = (
     "anomaly.scan",
     "anomaly.refused_burst",
 )
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$"   # also the config schema's
-_DURATION = re.compile(DURATION_PATTERN)
-
-
-def parse_duration(value: str | int | float, where: str = "duration") -> float:
-    """Seconds from `20s`, `15m`, `1h`, `2d`, `500ms` or a bare number of seconds.
-
-    Raises InputError naming `where` on anything else (negative, empty, unknown unit).
-    """
-    if isinstance(value, bool):
-        raise InputError(where, f"not a duration: {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise InputError(where, f"not a duration: {value!r} (expected e.g. 20s, 15m, 1h, 2d, 500ms)")
-        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InputError(where, f"duration must be zero or positive: {value!r}")
-    return seconds
 
 
 @dataclass(frozen=True)

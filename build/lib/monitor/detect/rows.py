@@ -8,14 +8,13 @@ counters a `ConnectionEvent` feeds, the same way the offline reader does.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..events import Action, ConnectionEvent, Direction, normalize_ip
+from ..addresses import network_of, normalize_ip
+from ..events import Action, ConnectionEvent, Direction
 from .config import DetectConfig
 
 
@@ -71,19 +70,6 @@ class IpTable:
 
     def is_range(self, ip: str) -> bool:
         return (self._v6 < 128) if ":" in ip else (self._v4 < 32)
-
-
-def network_of(ip: str, bits: int) -> str:
-    """The network of `bits` around a canonical address, spelled as `ipaddress` spells it."""
-    family, size = (socket.AF_INET6, 128) if ":" in ip else (socket.AF_INET, 32)
-    try:
-        value = int.from_bytes(socket.inet_pton(family, ip), "big")
-    except OSError:          # a scoped address: ipaddress knows those
-        return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
-    text = socket.inet_ntop(family, (value >> (size - bits) << (size - bits)).to_bytes(size // 8, "big"))
-    if "." in text and family == socket.AF_INET6:      # C spells some IPv6 networks with a dotted tail
-        return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
-    return f"{text}/{bits}"
 
 
 @dataclass

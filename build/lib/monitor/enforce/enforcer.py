@@ -14,12 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from ..addresses import Network, parse_target, target_text
 from ..errors import InputError
 from ..events import Action, Alert, BlockEvent, Outcome, Severity
 from ..host import facts as hostfacts
 from .netns import require_cap_net_admin
 from .nft import KernelElement, NftTable
-from .safety import CircuitBreaker, Network, SafetyRules, parse_target, target_text
+from .safety import CircuitBreaker, SafetyRules
 from .sessions import MODES, end_sessions
 from .state import ActiveBlock, StateFile
 

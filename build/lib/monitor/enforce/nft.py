@@ -17,9 +17,9 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from ..addresses import Network, is_host, target_text
 from ..errors import EnvironmentProblem, InputError
 from .netns import NetnsWorker
-from .safety import Network, is_host, target_text
 
 NFPROTO_INET = 1
 NFT_SET_ELEM_INTERVAL_END = 1

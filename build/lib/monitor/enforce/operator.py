@@ -4,27 +4,14 @@ through the same Enforcer (and so the same safety rules) as the agent."""
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 
+from ..addresses import parse_target, target_text
 from ..errors import InputError
 from ..events import BlockEvent
 from .enforcer import EnforceConfig, Enforcer
 from .netns import require_cap_net_admin
 from .nft import KernelElement, NftTable
-from .safety import parse_target, target_text
-
-_TTL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_ttl(text: str, where: str = "ttl") -> float:
-    """Seconds from '90', '500ms', '30s', '10m', '1h' or '7d'."""
-    match = _TTL.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise InputError(where, f"expected a positive duration like 30s, 10m or 1h, got {text!r}")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
-
 
 def list_blocks(config: EnforceConfig) -> list[KernelElement]:
     """The kernel's real elements of our table (all of them), with remaining timeouts."""

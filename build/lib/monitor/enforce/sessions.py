@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from typing import Iterable
 
-from .safety import Network, target_text
+from ..addresses import Network, is_host, target_text
 
 MODES = ("none", "conntrack", "destroy")
 
@@ -18,7 +18,7 @@ MODES = ("none", "conntrack", "destroy")
 def kill_command(mode: str, net: Network, ports: Iterable[int]) -> list[str]:
     if mode == "destroy":
         port_list = sorted(set(ports))
-        argv = ["ss", "-K", "-n", "dst", str(net) if net.prefixlen < net.max_prefixlen else target_text(net)]
+        argv = ["ss", "-K", "-n", "dst", target_text(net) if is_host(net) else str(net)]
         if port_list:
             argv += ["(", " or ".join(f"sport = :{p}" for p in port_list), ")"]
         return argv

@@ -11,23 +11,21 @@ A process whose fd table cannot be read (another user's relay, the agent
 without CAP_SYS_PTRACE/CAP_DAC_READ_SEARCH) is reported in
 `Discovery.uninspectable`; its listeners are then inferred from the
 namespace's listening sockets owned by its uid that no inspectable process
-holds, narrowed to the ports its command line listens on (all readable
-without those capabilities), listed in `Discovery.inferred`.
+holds, narrowed to the TCP ports its command line listens on (parsed by
+`monitor.socat.grammar`; all readable without those capabilities), listed in
+`Discovery.inferred`.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import socket
-import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..events import V4_MAPPED_PREFIX, Listener, normalize_ip
-
-_TCP_LISTEN = "0A"
-_LISTEN_ADDRESS = re.compile(r"(?i)^(?:tcp[46]?|openssl|ssl)-l(?:isten)?:(\d+)")
+from ..addresses import V4_MAPPED_PREFIX, packed, packed_text
+from ..errors import InputError
+from ..events import Listener
+from ..socat.grammar import parse_command_line
+from . import processes, tcp
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,74 +46,30 @@ class Discovery:
     inferred: set[tuple[str, int, int]] = field(default_factory=set)      # (ip, port, pid) found by owner uid only
 
 
-def _hex_raw(text: str) -> tuple[bytes, int]:
-    """`0100007F:1F90` -> (b'\\x7f\\0\\0\\x01', 8080): network-order address bytes and port."""
-    addr_hex, port_hex = text.split(":")
-    raw = bytes.fromhex(addr_hex)
-    if len(raw) == 4:
-        return raw[::-1], int(port_hex, 16)
-    return struct.pack(">4I", *struct.unpack("<4I", raw)), int(port_hex, 16)   # four host-order words
-
-
-def _text(raw: bytes) -> str:
-    return normalize_ip(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw))
-
-
-def _hex_address(text: str) -> tuple[str, int]:
-    """`0100007F:1F90` -> ('127.0.0.1', 8080); v4-mapped IPv6 becomes IPv4."""
-    raw, port = _hex_raw(text)
-    return _text(raw), port
-
-
-def _tcp_rows(base: str) -> Iterator[list[str]]:
-    """The split rows of `base`/tcp and `base`/tcp6 (a missing or unreadable table is skipped)."""
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"{base}/{name}", encoding="ascii") as fh:
-                next(fh, None)
-                rows = [line.split() for line in fh]
-        except OSError:
-            continue
-        yield from rows
-
-
-def namespace_sockets(proc: str = "/proc", pid: str | None = None) -> dict[int, Socket]:
+def namespace_sockets(proc: str = processes.PROC, pid: str | None = None) -> dict[int, Socket]:
     """inode -> Socket of every listening TCP socket in this (or PID's) network namespace."""
     out: dict[int, Socket] = {}
-    for cols in _tcp_rows(f"{proc}/{pid}/net" if pid else f"{proc}/net"):
-        if len(cols) > 9 and cols[3] == _TCP_LISTEN:
-            ip, port = _hex_address(cols[1])
+    for cols in tcp.rows(f"{proc}/{pid}/net" if pid else f"{proc}/net"):
+        if len(cols) > 9 and cols[3] == tcp.LISTEN:
+            ip, port = tcp.hex_address(cols[1])
             out[int(cols[9])] = Socket(ip, port, int(cols[7]))
     return out
 
 
-def _read(path: str) -> str | None:
+def command_line_ports(argv: tuple[str, ...]) -> set[int]:
+    """TCP ports a socat command line listens on (`TCP-LISTEN:8080,fork`, `TCP6-L:80`, `OPENSSL-LISTEN:443`)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
-def _status(pid: str, proc: str) -> tuple[int | None, int | None]:
-    """(ppid, effective uid) of a process, None where unreadable."""
-    ppid = uid = None
-    for line in (_read(f"{proc}/{pid}/status") or "").splitlines():
-        if line.startswith("PPid:"):
-            ppid = int(line.split()[1])
-        elif line.startswith("Uid:"):
-            uid = int(line.split()[2])
-    return ppid, uid
+        addresses = parse_command_line(argv).listeners() if argv else ()
+    except InputError:
+        return set()
+    return {a.listen_port for a in addresses if "TCP" in a.groups and a.listen_port is not None}
 
 
 def _command_line_ports(pid: str, proc: str) -> set[int]:
-    """Ports a socat command line listens on (`TCP-LISTEN:8080,fork`, `TCP6-L:80`, `OPENSSL-LISTEN:443`)."""
     try:
-        with open(f"{proc}/{pid}/cmdline", "rb") as fh:
-            args = fh.read().decode("utf-8", "replace").split("\0")
+        return command_line_ports(processes.cmdline(pid, proc))
     except OSError:
         return set()
-    return {int(m.group(1)) for arg in args if (m := _LISTEN_ADDRESS.match(arg))}
 
 
 def _socket_inodes(pid: str, proc: str) -> tuple[list[int], str | None]:
@@ -143,11 +97,9 @@ def _socket_inodes(pid: str, proc: str) -> tuple[list[int], str | None]:
     return inodes, None
 
 
-def discover(comms: tuple[str, ...], proc: str = "/proc") -> Discovery:
+def discover(comms: tuple[str, ...], proc: str = processes.PROC) -> Discovery:
     """Listening sockets of the processes whose comm is in `comms`, and those whose fds are unreadable."""
-    wanted = set(comms)
-    pids = [pid for pid in os.listdir(proc)
-            if pid.isdigit() and (_read(f"{proc}/{pid}/comm") or "").rstrip("\n") in wanted]
+    pids = [str(pid) for pid in processes.pids_named(comms, proc)]
     by_netns: dict[str, dict[int, Socket]] = {}
     netns_of: dict[str, str] = {}
     found: dict[tuple[str, int, int], None] = {}
@@ -174,7 +126,8 @@ def discover(comms: tuple[str, ...], proc: str = "/proc") -> Discovery:
     out = Discovery()
     watched = set(pids)
     for pid, why in blind:
-        ppid, uid = _status(pid, proc)
+        status = processes.status(pid, proc)
+        ppid, uid = (status.ppid, status.uid) if status is not None else (None, None)
         if ppid is not None and str(ppid) in watched:
             continue   # a fork child of a relay: its parent is reported
         out.uninspectable[int(pid)] = why
@@ -190,7 +143,7 @@ def discover(comms: tuple[str, ...], proc: str = "/proc") -> Discovery:
 
 
 def accepted_addresses(pid: int, lport: int, peer_ip: str, peer_port: int,
-                       proc: str = "/proc") -> tuple[str, str] | None:
+                       proc: str = processes.PROC) -> tuple[str, str] | None:
     """(local ip, full peer ip) of the open connection peer_port -> lport in PID's namespace.
 
     Completes an accept whose handshake the kernel side did not see: it then
@@ -199,19 +152,19 @@ def accepted_addresses(pid: int, lport: int, peer_ip: str, peer_port: int,
     the connection is gone or ambiguous.
     """
     try:
-        want = socket.inet_pton(socket.AF_INET6 if ":" in peer_ip else socket.AF_INET, peer_ip)
-    except OSError:
+        want = packed(peer_ip)
+    except ValueError:
         return None
     found: set[tuple[str, str]] = set()
-    for cols in _tcp_rows(f"{proc}/{pid}/net"):
-        if len(cols) < 4 or cols[3] == _TCP_LISTEN:
+    for cols in tcp.rows(f"{proc}/{pid}/net"):
+        if len(cols) < 4 or cols[3] == tcp.LISTEN:
             continue
-        local, port = _hex_raw(cols[1])
-        remote, rport = _hex_raw(cols[2])
+        local, port = tcp.hex_raw(cols[1])
+        remote, rport = tcp.hex_raw(cols[2])
         if port != lport or rport != peer_port:
             continue
         if remote == want or (len(want) == 16 and len(remote) == 16 and remote[:8] == want[:8]) or (
                 len(want) == 4 and remote == V4_MAPPED_PREFIX + want):
-            found.add((_text(local), _text(remote)))
+            found.add((packed_text(local), packed_text(remote)))
     return found.pop() if len(found) == 1 else None
 

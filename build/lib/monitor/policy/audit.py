@@ -4,32 +4,38 @@
 when known, the process's uid and environment, the installed socat version and
 the policy) and returns `Finding`s, each with a stable id, a severity, the
 offending token, a message and a fix. `audit_process(pid)` and
-`audit_running()` read the facts from /proc; `finding_to_alert` turns a
+`audit_running()` audit running processes with the facts
+`monitor.host.processes` reads from /proc; `finding_to_alert` turns a
 finding into an `Alert` (ruleset `audit`) for the agent's sinks.
 
 Finding ids: see `FINDINGS` (id -> title). Extras beyond the required ones:
 `audit.invalid_address` / `audit.invalid_option` (socat would refuse to
 start), `audit.duplicate_option`, `audit.udp_fork_no_timeout`,
 `audit.traffic_dump`, `audit.unreadable_process`, `audit.tcpwrap_fails_open`.
+
+Which keywords socat accepts depends on its build: the verdicts are for one
+`SocatBuild` (a running process's own executable, the socat on PATH, or the
+built-in table when there is no binary to ask), named in each finding.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import ipaddress
 import os
 import re
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..addresses import Network
 from ..errors import InputError
 from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
+from ..host.processes import ProcessFacts, read_process, socat_processes
+from ..socat.build import SocatBuild, builtin_build, path_build, process_build
 from ..socat.grammar import AddressOption, SocatAddress, SocatCommand, parse_command_line
-from .model import IPNetwork, ListenerPolicy, Policy
-from ..socat.keywords import ADDRESS_TYPES, OPTIONS
+from ..socat.tables import BUILTIN, address_feature, option_feature
+from .model import ListenerPolicy, Policy
 
 FINDINGS: dict[str, str] = {
     "audit.no_source_restriction": "Listener accepts any source",
@@ -89,8 +95,8 @@ _INFORMATIONAL_SOCAT = re.compile(r"^SOCAT_(PID|PPID|VERSION|SOCKADDR|SOCKPORT|P
                                   r"OPENSSL_\w+|\w*_(SOCKADDR|PEERADDR|SOCKPORT|PEERPORT))$")
 
 _ALWAYS_ALLOWED_GROUPS = frozenset({"PROCESS", "APPL"})
-_SOURCE_RESTRICTIONS = ("range", "tcpwrappers", "tcpwrap-etc", "tcpwrap-hosts-allow-table",
-                        "tcpwrap-hosts-deny-table")
+_TCPWRAP = ("tcpwrappers", "tcpwrap-etc", "tcpwrap-hosts-allow-table", "tcpwrap-hosts-deny-table")
+_IP6_FAMILIES = ("ip6", "inet6", "6")
 _PRIVILEGE_DROPS = ("substuser", "substuser-delayed", "substuser-early", "setuid", "setuid-early")
 _FALSE = ("0", "false", "no", "off")
 
@@ -107,6 +113,7 @@ class Finding:
     pid: int | None = None
     command_line: str | None = None
     listener: Listener | None = None
+    socat: str | None = None          # which socat the verdict is for (SocatBuild.label)
 
     @property
     def title(self) -> str:
@@ -123,6 +130,8 @@ class Finding:
         }
         if self.command_line is not None:
             out["command_line"] = self.command_line
+        if self.socat is not None:
+            out["socat"] = self.socat
         if self.listener is not None:
             out["listener"] = {"ip": self.listener.ip, "port": self.listener.port, "name": self.listener.name}
         return out
@@ -152,7 +161,7 @@ def _is_unspecified(host: str | None) -> bool:
         return False
 
 
-def parse_range(value: str) -> IPNetwork:
+def parse_range(value: str) -> Network:
     """socat's range= value (`a.b.c.d/bits`, `a.b.c.d:mask`, `[v6]/bits`) as a network."""
     text = value.strip()
     if text.startswith("["):
@@ -165,40 +174,71 @@ def parse_range(value: str) -> IPNetwork:
     return ipaddress.ip_network(text, strict=False)
 
 
+def _restricts_nothing(value: str | None) -> bool:
+    """range=a.b.c.d/0 (v4 or v6, any address) matches every source."""
+    try:
+        return parse_range(value or "").prefixlen == 0
+    except ValueError:
+        return False
+
+
 class _Auditor:
     """Collects findings for one command; each check is a small method."""
 
-    def __init__(self, cmd: SocatCommand, pid: int | None, policy: Policy | None) -> None:
+    def __init__(self, cmd: SocatCommand, pid: int | None, policy: Policy | None, build: SocatBuild) -> None:
         self.cmd = cmd
         self.pid = pid
         self.policy = policy
+        self.build = build
         self.findings: list[Finding] = []
 
     def add(self, rule: str, severity: Severity, token: str, message: str, fix: str,
             address: SocatAddress | None = None, entry: ListenerPolicy | None = None) -> None:
         listener = None
         if address is not None and address.listen_port is not None:
-            listener = Listener(ip=address.bind_address or "0.0.0.0", port=address.listen_port,
+            listener = Listener(ip=self.listen_ip(address), port=address.listen_port,
                                 name=entry.name if entry else None)
         self.findings.append(Finding(rule, severity, message, token, fix, self.pid,
-                                     self.cmd.command_line, listener))
+                                     self.cmd.command_line, listener, self.build.label))
+
+    def listen_ip(self, address: SocatAddress) -> str:
+        """bind= or the unspecified address socat listens on: '::' for TCP6-LISTEN, -6 or pf=ip6."""
+        if address.bind_address:
+            return address.bind_address
+        v6 = "IP4" not in address.groups or "6" in self.cmd.flags \
+            or (address.value("protocol-family") or "").lower() in _IP6_FAMILIES
+        return "::" if v6 else "0.0.0.0"
 
     # -- socat would refuse ----------------------------------------------------------------------
 
+    def _without(self, feature: str | None) -> str:
+        return f" (it is built without {feature}: see its -V)" if self.build.lacks(feature) else ""
+
     def check_syntax(self, address: SocatAddress) -> None:
+        table, label = self.build.keywords, self.build.label
         if address.kind is None:
-            close = difflib.get_close_matches(address.keyword.lower(), list(ADDRESS_TYPES), n=1)
+            close = difflib.get_close_matches(address.keyword.lower(), list(table.address_types), n=1)
+            known = BUILTIN.address(address.keyword)
             self.add("audit.invalid_address", Severity.HIGH, address.keyword,
-                     f"unknown address type {address.keyword!r}: socat refuses to start",
+                     f"{label} does not know address type {address.keyword!r}"
+                     f"{self._without(address_feature(known) if known else None)}: it refuses to start",
                      f"use a valid address type{f' (did you mean {close[0].upper()}?)' if close else ''}; "
                      "see socat -hhh")
             return
-        counts = ADDRESS_TYPES[address.kind][0]
+        if address.chained:
+            self.add("audit.invalid_address", Severity.HIGH, address.text,
+                     f"a socat 2 address chain ('|'): {label} has no chains, reads it as one "
+                     f"{address.kind.upper()} address with the rest as parameters and options, and refuses to start",
+                     "socat 1 cannot chain addresses: use one address type that does both (e.g. OPENSSL:host:port) "
+                     "or run socat 2")
+            return
+        counts = table.address_types[address.kind][0]
         if len(address.params) not in counts:
             want = " or ".join(str(c) for c in sorted(counts))
             self.add("audit.invalid_address", Severity.HIGH, address.text,
                      f"{address.kind.upper()} takes {want} parameter(s), got {len(address.params)}: "
-                     "socat refuses to start", f"write it as {address.kind.upper()} with {want} ':'-separated parameter(s)")
+                     f"{label} refuses to start",
+                     f"write it as {address.kind.upper()} with {want} ':'-separated parameter(s)")
         seen: dict[str, AddressOption] = {}
         for opt in address.options:
             self.check_option(address, opt)
@@ -211,20 +251,22 @@ class _Auditor:
 
     def check_option(self, address: SocatAddress, opt: AddressOption) -> None:
         if opt.canonical is None:
-            close = difflib.get_close_matches(opt.name, list(OPTIONS), n=1)
+            close = difflib.get_close_matches(opt.name, list(self.build.keywords.options), n=1)
             hint = f"did you mean {close[0]}?" if close else "see socat -hhh for the option names"
-            problem = f"unknown option {opt.name!r}"
+            known = BUILTIN.option(opt.name)
+            feature = option_feature(known, BUILTIN.options[known]) if known else None
+            problem = f"option {opt.name!r} unknown to {self.build.label}{self._without(feature)}"
         elif "g" in self.cmd.flags or opt.groups & (address.groups | _ALWAYS_ALLOWED_GROUPS):
             return
         else:
             hint = f"remove it or use an address type that supports {opt.canonical}"
-            problem = f"option {opt.name!r} is not supported by {(address.kind or '').upper()}"
+            problem = f"option {opt.name!r} is not supported by {(address.kind or '').upper()} in {self.build.label}"
         if self.cmd.sloppy:
             self.add("audit.sloppy_mode", Severity.HIGH, opt.text,
                      f"{problem}; with -s socat only warns and runs without it",
                      f"{hint} Then drop -s, so socat refuses options it does not know")
         else:
-            self.add("audit.invalid_option", Severity.HIGH, opt.text, f"{problem}: socat refuses to start", hint)
+            self.add("audit.invalid_option", Severity.HIGH, opt.text, f"{problem}: it refuses to start", hint)
 
     # -- risky configurations --------------------------------------------------------------------
 
@@ -238,24 +280,35 @@ class _Auditor:
                  "relay to a service instead of a command; if unavoidable, add su=nobody, chroot= and a strict range=",
                  address)
 
-    def check_listener(self, address: SocatAddress) -> None:
-        if not (address.is_listener and address.is_ip):
+    def check_sources(self, address: SocatAddress) -> None:
+        """IP listeners and receivers (*-LISTEN, *-RECV, *-RECVFROM) need range= (not /0) or tcpwrap."""
+        if not (address.is_listener and address.is_ip) or address.has(*_TCPWRAP):
+            return
+        declared = address.option("range")
+        if declared is not None and not _restricts_nothing(declared.value):
             return
         entry = self._entry(address)
-        bind = address.bind_address
-        if not address.has(*_SOURCE_RESTRICTIONS):
-            restricted = entry is not None and entry.allow_sources is not None
-            severity = Severity.HIGH if restricted else Severity.LOW if _is_loopback(bind) else Severity.MEDIUM
-            self.add("audit.no_source_restriction", severity, address.text,
-                     f"{address.keyword.upper()} has neither range= nor tcpwrap: any address can connect"
-                     + (f" although the policy allows only {', '.join(map(str, entry.allow_sources))}" if restricted else ""),
-                     "add range=<allowed CIDR> (and keep the nftables policy as a second layer)", address, entry)
+        restricted = entry is not None and entry.allow_sources is not None
+        severity = Severity.HIGH if restricted else Severity.LOW if _is_loopback(address.bind_address) \
+            else Severity.MEDIUM
+        what = address.keyword.upper() + (f" (IP protocol {address.protocol})" if address.protocol is not None else "")
+        problem = (f"{what} has neither range= nor tcpwrap" if declared is None
+                   else f"{declared.text} on {what} restricts nothing (a /0 prefix matches every address)")
+        self.add("audit.no_source_restriction", severity, address.text if declared is None else declared.text,
+                 f"{problem}: any address can reach it"
+                 + (f" although the policy allows only {', '.join(map(str, entry.allow_sources))}" if restricted else ""),
+                 "add range=<allowed CIDR> (and keep the nftables policy as a second layer)", address, entry)
+
+    def check_fork(self, address: SocatAddress) -> None:
+        """fork without max-children on any address that can fork: listeners of every family and connectors."""
         fork = address.option("fork")
-        if fork is not None and not address.has("max-children"):
-            self.add("audit.unbounded_fork", Severity.MEDIUM, fork.text,
-                     "fork without max-children: a connection flood forks without limit",
+        if fork is None or not fork.groups & address.groups:   # a fork socat ignores or refuses
+            return
+        entry = self._entry(address)
+        if not address.has("max-children"):
+            self.add("audit.unbounded_fork", Severity.MEDIUM, fork.text, _fork_exposure(address),
                      "add max-children=<N> (socat >= 1.7.2.0)", address, entry)
-        if fork is not None and "UDP" in address.groups and self.cmd.total_timeout is None:
+        if "UDP" in address.groups and address.is_listener and self.cmd.total_timeout is None:
             self.add("audit.udp_fork_no_timeout", Severity.LOW, fork.text,
                      "UDP fork children never exit without -T", "add -T <seconds>", address, entry)
 
@@ -401,6 +454,24 @@ class _Auditor:
                      "connect only to a backend the policy allows, or correct the policy", address, entry)
 
 
+def _fork_exposure(address: SocatAddress) -> str:
+    """Who can make this address fork, in words."""
+    kind = address.kind or ""
+    if kind.startswith("vsock") and address.is_listener:
+        who = "VSOCK-LISTEN takes connections from every guest VM on this host (and from the host itself)"
+    elif kind.startswith("abstract") and address.is_listener:
+        who = f"{kind.upper()} has no file permissions: every process in this network namespace can connect"
+    elif "UNIX" in address.groups and address.is_listener:
+        who = f"{kind.upper()} takes connections from every local process allowed to open {address.params[0]}" \
+            if address.params else f"{kind.upper()} takes connections from local processes"
+    elif address.is_listener:
+        return "fork without max-children: a connection flood forks without limit"
+    else:
+        who = (f"{kind.upper()} with fork connects again as soon as a connection is made and hands each to a "
+               "child, so the peer decides how many children run")
+    return f"{who}; fork without max-children forks without limit"
+
+
 def _same_host(a: str | None, b: str | None) -> bool:
     try:
         return ipaddress.ip_address((a or "").strip("[]")) == ipaddress.ip_address((b or "").strip("[]"))
@@ -408,8 +479,8 @@ def _same_host(a: str | None, b: str | None) -> bool:
         return a == b
 
 
-def version_findings(socat_version: str, pid: int | None = None) -> list[Finding]:
-    """One finding per known CVE that affects this socat version."""
+def version_findings(socat_version: str, pid: int | None = None, socat: str | None = None) -> list[Finding]:
+    """One finding per known CVE that affects this socat version (of the binary `socat` names)."""
     version = _version_tuple(socat_version)
     out = []
     for cve, first, fixed, severity, what in CVES:
@@ -417,100 +488,58 @@ def version_findings(socat_version: str, pid: int | None = None) -> list[Finding
             out.append(Finding("audit.vulnerable_version", severity,
                                f"socat {socat_version} is affected by {cve}: {what}",
                                f"socat {socat_version}", f"upgrade socat to {fixed} or later (distribution "
-                               "packages may carry a backported fix: check the changelog)", pid))
+                               "packages may carry a backported fix: check the changelog)", pid, socat=socat))
     return out
 
 
 def audit_command(cmd: SocatCommand, *, pid: int | None = None, uid: int | None = None,
                   environ: Mapping[str, str] | None = None, policy: Policy | None = None,
-                  socat_version: str | None = None,
+                  build: SocatBuild | None = None,
                   file_exists: Callable[[str], bool] | None = None) -> list[Finding]:
-    """Every finding about one parsed command line.
+    """Every finding about one command line, parsed with `build.keywords`, judged for that socat build
+    (default: the built-in table). The binary's own version: `cve_findings`.
 
     Pure unless `file_exists` is given: then tcpwrap tables are looked up with it
     (a tcpwrap listener with neither hosts.allow nor hosts.deny fails open)."""
-    auditor = _Auditor(cmd, pid, policy)
+    build = build or builtin_build()
+    auditor = _Auditor(cmd, pid, policy, build)
     if not cmd.info_only:
         for address in cmd.addresses:
             auditor.check_syntax(address)
             auditor.check_exec(address)
-            auditor.check_listener(address)
+            auditor.check_sources(address)
+            auditor.check_fork(address)
             auditor.check_tls(address)
             auditor.check_tcpwrap(address, file_exists)
             auditor.check_policy(address)
         auditor.check_privileges(uid)
         auditor.check_dumps()
     auditor.check_environment(environ)
-    if socat_version:
-        auditor.findings.extend(version_findings(socat_version, pid))
     return auditor.findings
 
 
-# -- facts from the host ---------------------------------------------------------------------------
+# -- running processes (facts from monitor.host.processes) -----------------------------------------
 
-@functools.lru_cache(maxsize=8)
-def installed_socat_version(binary: str = "socat") -> str | None:
-    """The version `socat -V` prints, or None when socat is not installed."""
+def _audit_facts(facts: ProcessFacts, policy: Policy | None, build: SocatBuild) -> list[Finding]:
     try:
-        out = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"socat version (\S+)", out)
-    return match.group(1) if match else None
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessFacts:
-    """What /proc says about one process."""
-
-    pid: int
-    ppid: int
-    uid: int
-    comm: str
-    argv: tuple[str, ...]
-    environ: dict[str, str]
-    executable: str | None
-
-
-def read_process(pid: int) -> ProcessFacts:
-    """argv, environment, uid and parent of a process; raises FileNotFoundError if it is gone."""
-    base = f"/proc/{pid}"
-    with open(f"{base}/cmdline", "rb") as fh:
-        argv = tuple(a.decode(errors="replace") for a in fh.read().split(b"\0")[:-1])
-    with open(f"{base}/environ", "rb") as fh:
-        pairs = [e.decode(errors="replace").partition("=") for e in fh.read().split(b"\0") if e]
-    status: dict[str, str] = {}
-    with open(f"{base}/status", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            status[key] = value.strip()
-    try:
-        executable = os.readlink(f"{base}/exe")
-    except OSError:
-        executable = None
-    return ProcessFacts(
-        pid=pid,
-        ppid=int(status.get("PPid", "0")),
-        uid=int(status.get("Uid", "0").split()[1]),
-        comm=status.get("Name", ""),
-        argv=argv,
-        environ={k: v for k, _, v in pairs},
-        executable=executable,
-    )
-
-
-def _audit_facts(facts: ProcessFacts, policy: Policy | None) -> list[Finding]:
-    try:
-        cmd = parse_command_line(facts.argv)
+        cmd = parse_command_line(facts.argv, build.keywords)
     except InputError as exc:
         return [Finding("audit.unreadable_process", Severity.LOW, f"command line does not parse: {exc.message}",
-                        " ".join(facts.argv), "check the command line by hand", facts.pid, " ".join(facts.argv))]
-    return audit_command(cmd, pid=facts.pid, uid=facts.uid, environ=facts.environ, policy=policy,
+                        " ".join(facts.argv), "check the command line by hand", facts.pid, " ".join(facts.argv),
+                        socat=build.label)]
+    return audit_command(cmd, pid=facts.pid, uid=facts.uid, environ=facts.environ, policy=policy, build=build,
                          file_exists=os.path.exists)
 
 
+def cve_findings(builds: list[SocatBuild]) -> list[Finding]:
+    """version_findings once per distinct socat binary (none for the built-in table)."""
+    binaries = {(b.path, b.version): b for b in builds if b.path is not None}
+    return [f for b in binaries.values() for f in version_findings(b.version, None, b.label)]
+
+
 def audit_process(pid: int, policy: Policy | None) -> list[Finding]:
-    """Findings for one running socat process (argv, environment, uid from /proc) and the installed version."""
+    """Findings for one running socat process (argv, environment, uid from /proc), judged for its own
+    executable (/proc/PID/exe), and that executable's version."""
     try:
         facts = read_process(pid)
     except (FileNotFoundError, ProcessLookupError):
@@ -521,39 +550,19 @@ def audit_process(pid: int, policy: Policy | None) -> list[Finding]:
         raise InputError(f"--pid {pid}", "process has no command line (a kernel thread or a zombie)")
     if facts.comm != "socat" and not os.path.basename(facts.argv[0]).startswith("socat"):
         raise InputError(f"--pid {pid}", f"not a socat process ({facts.comm}: {' '.join(facts.argv)[:80]})")
-    findings = _audit_facts(facts, policy)
-    version = installed_socat_version()
-    if version:
-        findings.extend(version_findings(version))
-    return findings
-
-
-def socat_processes() -> list[ProcessFacts]:
-    """Every socat process now, without the fork children of another socat (same argv as their parent)."""
-    found: dict[int, ProcessFacts] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm", encoding="utf-8", errors="replace") as fh:
-                if fh.read().strip() != "socat":
-                    continue
-            found[int(entry)] = read_process(int(entry))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return [facts for facts in found.values()
-            if not (facts.ppid in found and found[facts.ppid].argv == facts.argv)]
+    build = process_build(pid)
+    return _audit_facts(facts, policy, build) + cve_findings([build])
 
 
 def audit_running(policy: Policy | None) -> list[Finding]:
-    """Findings for every socat process running now, plus the installed version once."""
+    """Findings for every socat process running now, each judged for its own executable, plus the
+    versions of those executables and of the socat on PATH, once per binary."""
     findings: list[Finding] = []
+    builds = [path_build()]
     for facts in sorted(socat_processes(), key=lambda f: f.pid):
-        findings.extend(_audit_facts(facts, policy))
-    version = installed_socat_version()
-    if version:
-        findings.extend(version_findings(version))
-    return findings
+        builds.append(process_build(facts.pid))
+        findings.extend(_audit_facts(facts, policy, builds[-1]))
+    return findings + cve_findings(builds)
 
 
 def finding_to_alert(f: Finding, timestamp_ns: int, process: ProcessInfo | None) -> Alert:

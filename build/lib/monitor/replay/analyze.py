@@ -19,12 +19,11 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from .reader import EventChunk, Malformed, ReadStats, order_by_time, prefetch, read_chunks
-from ..errors import EXIT_FINDINGS, EXIT_OK
-from ..events import Alert
 from ..detect import Baseline, BatchEngine, DetectConfig, IpTable, Rows
-
-_ACCEPTED, _CLOSED = 0, 2     # indices in replay.ACTIONS
+from ..errors import EXIT_FINDINGS, EXIT_OK
+from ..events import Action, Alert
+from .fields import CODE
+from .reader import EventChunk, Malformed, ReadStats, order_by_time, prefetch, read_chunks
 
 
 @dataclass
@@ -120,10 +119,10 @@ def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
     order = np.argsort(chunk.t, kind="stable")
     ingress = ~chunk.egress[order]
     action = chunk.action[order]
-    start = ingress & (action == _ACCEPTED)     # a refused connection's DENIED only counts as refused
+    start = ingress & (action == CODE[Action.ACCEPTED])     # a refused connection's DENIED only counts as refused
     refused = ingress & chunk.refused[order]
     duration = chunk.duration[order]
-    short = ingress & (action == _CLOSED) & (duration >= 0) & (duration < short_ns)
+    short = ingress & (action == CODE[Action.CLOSED]) & (duration >= 0) & (duration < short_ns)
     keep = start | refused | short
     index = order[keep]
     src_codes = ips.codes(chunk.src_values)

@@ -32,34 +32,15 @@ import pyarrow.json as pj
 
 from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection, parse_timestamp
 from ..errors import InputError
-from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo, normalize_ip
+from ..addresses import normalize_ip
+from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo
+from .fields import ACTIONS, CODE, CODE_OF_VALUE, FULL_SCHEMA, SCHEMA, Columns
 from .scan import FileScan
 
 BLOCK_BYTES = 16 << 20      # bytes handed to pyarrow at once
 PARSE_BLOCK = 2 << 20       # pyarrow's own block size: its threads parse these in parallel
-ACTIONS = (Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED)
-_ACTION_CODE = {a.value: i for i, a in enumerate(ACTIONS)}
 _OTHER_KINDS = {"alert", "metric", "pipeline_error", "state", "signal"}
 _BOM = b"\xef\xbb\xbf"
-
-_SCHEMA = pa.schema([
-    ("@timestamp", pa.string()),       # text, converted by _times the same way for both readers
-    ("event", pa.struct([("id", pa.string()), ("action", pa.string()), ("dataset", pa.string()),
-                         ("kind", pa.string()), ("duration", pa.int64())])),
-    ("source", pa.struct([("ip", pa.string()), ("port", pa.int64())])),
-    ("destination", pa.struct([("ip", pa.string()), ("port", pa.int64())])),
-    ("network", pa.struct([("direction", pa.string())])),
-    ("socat", pa.struct([("listener", pa.struct([("port", pa.int64())])), ("refused", pa.bool_())])),
-])
-# what policy checks need besides: the listener's own address and name, the session, the process
-_FULL_SCHEMA = pa.schema([
-    _SCHEMA.field("@timestamp"), _SCHEMA.field("event"), _SCHEMA.field("source"), _SCHEMA.field("destination"),
-    _SCHEMA.field("network"),
-    ("socat", pa.struct([("listener", pa.struct([("ip", pa.string()), ("port", pa.int64()), ("name", pa.string())])),
-                         ("refused", pa.bool_()), ("session", pa.struct([("id", pa.string())]))])),
-    ("process", pa.struct([("pid", pa.int64()), ("name", pa.string())])),
-])
-
 
 @dataclass
 class Malformed:
@@ -212,7 +193,7 @@ def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
 def _scanned(path: Path, stats: ReadStats, canonical: dict[str, str], full: bool):
     """The DuckDB scan's chunks; returns None when it read the whole file, else
     (documents it took, why it stopped)."""
-    scan = FileScan(path, _FULL_SCHEMA if full else _SCHEMA, compressed=_is_gzip(path))
+    scan = FileScan(path, FULL_SCHEMA if full else SCHEMA, compressed=_is_gzip(path))
     taken = 0
     for table in scan.tables():
         chunk = _table_chunk(table, table.num_rows, stats, str(path), canonical, full)
@@ -329,7 +310,7 @@ def _fast(block: memoryview, lines: int, stats: ReadStats, path: str, canonical:
         table = pj.read_json(
             pa.BufferReader(pa.py_buffer(block)),
             read_options=pj.ReadOptions(block_size=PARSE_BLOCK, use_threads=True),
-            parse_options=pj.ParseOptions(explicit_schema=_FULL_SCHEMA if full else _SCHEMA,
+            parse_options=pj.ParseOptions(explicit_schema=FULL_SCHEMA if full else SCHEMA,
                                           unexpected_field_behavior="ignore"),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -340,13 +321,13 @@ def _fast(block: memoryview, lines: int, stats: ReadStats, path: str, canonical:
 def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, canonical: dict[str, str],
                  full: bool) -> EventChunk | None:
     """The connection rows of a parsed table; None when one needs the line-by-line path to say what is wrong."""
-    event = table.column("event").combine_chunks()
-    action = _get(event, "action")
-    dataset = _get(event, "dataset")
+    cols = Columns(table)
+    action = cols["event.action"]
+    dataset = cols["event.dataset"]
     is_conn_dataset = pc.fill_null(pc.equal(dataset, DATASET_CONNECTION), False)
     no_dataset = pc.is_null(dataset)
-    other_kind = pc.fill_null(pc.is_in(_get(event, "kind"), pa.array(sorted(_OTHER_KINDS))), False)
-    conn_action = pc.fill_null(pc.is_in(action, pa.array(list(_ACTION_CODE))), False)
+    other_kind = pc.fill_null(pc.is_in(cols["event.kind"], pa.array(sorted(_OTHER_KINDS))), False)
+    conn_action = pc.fill_null(pc.is_in(action, pa.array(list(CODE_OF_VALUE))), False)
     if pc.any(pc.and_(no_dataset, pc.is_null(action))).as_py():
         return None
     # a socat.connection document with a foreign action is malformed: the slow path says so
@@ -356,35 +337,32 @@ def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, canon
     rows = int(pc.sum(pc.cast(selected, pa.int64())).as_py() or 0)
     total = len(table)
     if rows < total:
-        table = table.filter(selected)
-        event = event.filter(selected)
-    stamp = _times(table)
-    source = table.column("source").combine_chunks()
-    destination = table.column("destination").combine_chunks()
-    src_ip, src_port = _get(source, "ip"), _get(source, "port")
-    dst_ip, dst_port = _get(destination, "ip"), _get(destination, "port")
-    action = _get(event, "action")
+        cols = Columns(table.filter(selected))
+    stamp = _times(cols["@timestamp"])
+    src_ip, src_port = cols["source.ip"], cols["source.port"]
+    dst_ip, dst_port = cols["destination.ip"], cols["destination.port"]
+    action = cols["event.action"]
     if stamp is None or any(col.null_count for col in (action, src_ip, src_port, dst_ip, dst_port)):
         return None
     ports = np.concatenate([src_port.to_numpy(), dst_port.to_numpy()])
     if len(ports) and (ports.min() < 0 or ports.max() > 65535):
         return None
-    socat = table.column("socat").combine_chunks()
-    lport = pc.coalesce(_get(_get(socat, "listener"), "port"), dst_port).to_numpy().astype(np.int64)
+    lport = pc.coalesce(cols["socat.listener.port"], dst_port).to_numpy().astype(np.int64)
     src_enc, dst_enc = src_ip.dictionary_encode(), dst_ip.dictionary_encode()
     src_values = _canonical_ips(src_enc.dictionary.to_pylist(), canonical)
     dst_values = _canonical_ips(dst_enc.dictionary.to_pylist(), canonical)
     if src_values is None or dst_values is None:
         return None
     action_enc = action.dictionary_encode()
-    codes = np.array([_ACTION_CODE[a] for a in action_enc.dictionary.to_pylist()], dtype=np.int8)
+    codes = np.array([CODE_OF_VALUE[a] for a in action_enc.dictionary.to_pylist()], dtype=np.int8)
     action_codes = codes[action_enc.indices.to_numpy()] if len(codes) else np.empty(0, dtype=np.int8)
-    direction = _get(table.column("network").combine_chunks(), "direction")
-    egress = np.where(pc.is_null(direction).to_numpy(zero_copy_only=False), action_codes == 1,
+    direction = cols["network.direction"]
+    egress = np.where(pc.is_null(direction).to_numpy(zero_copy_only=False), action_codes == CODE[Action.ATTEMPTED],
                       pc.fill_null(pc.equal(direction, "egress"), False).to_numpy(zero_copy_only=False))
-    refused = pc.fill_null(_get(socat, "refused"), False).to_numpy(zero_copy_only=False) | (action_codes == 3)
-    duration = pc.fill_null(_get(event, "duration"), -1).to_numpy().astype(np.int64)
-    ids = _get(event, "id")
+    refused = (pc.fill_null(cols["socat.refused"], False).to_numpy(zero_copy_only=False)
+               | (action_codes == CODE[Action.DENIED]))
+    duration = pc.fill_null(cols["event.duration"], -1).to_numpy().astype(np.int64)
+    ids = cols["event.id"]
     stats.lines += lines
     stats.connections += rows
     stats.other_documents += total - rows
@@ -394,17 +372,16 @@ def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, canon
         src=src_enc.indices.to_numpy(), src_values=src_values, src_port=src_port.to_numpy().astype(np.int64),
         dst=dst_enc.indices.to_numpy(), dst_values=dst_values, dst_port=dst_port.to_numpy().astype(np.int64),
         listener=lport, refused=refused, duration=duration,
-        event_id=lambda i: ids[i].as_py(), source=path, extra=_extra(table, socat) if full else None,
+        event_id=lambda i: ids[i].as_py(), source=path, extra=cols.extra() if full else None,
     )
 
 
-def _times(table: pa.Table) -> np.ndarray | None:
+def _times(stamp: pa.Array) -> np.ndarray | None:
     """@timestamp (text) as int64 ns; None if one is missing or unreadable.
 
     Converted at once when every one carries a zone (Z or an offset, as the
     agent writes them) or none does, else one by one with `parse_timestamp`,
     which also refuses what pyarrow would wrap around (years outside 1678..2261)."""
-    stamp = table.column("@timestamp").combine_chunks()
     if stamp.null_count:
         return None
     if _years_within_range(stamp):
@@ -425,18 +402,6 @@ def _years_within_range(stamp: pa.Array) -> bool:
         return True
     bounds = pc.min_max(stamp)
     return "1678" <= bounds["min"].as_py() and bounds["max"].as_py() < "2262"
-
-
-def _extra(table: pa.Table, socat: pa.Array) -> dict[str, pa.Array]:
-    listener = _get(socat, "listener")
-    process = table.column("process").combine_chunks()
-    return {"listener_ip": _get(listener, "ip"), "listener_name": _get(listener, "name"),
-            "session": _get(_get(socat, "session"), "id"), "pid": _get(process, "pid"), "comm": _get(process, "name")}
-
-
-def _get(array: pa.Array, name: str) -> pa.Array:
-    """A struct's child with the parent's nulls applied."""
-    return pc.struct_field(array, name)
 
 
 def _canonical_ips(values: list[str], known: dict[str, str]) -> list[str] | None:
@@ -492,7 +457,7 @@ def _is_connection(doc: dict) -> bool:
     if isinstance(kind, str) and kind in _OTHER_KINDS:
         return False
     action = _field(doc, "event.action")
-    return action is None or (isinstance(action, str) and action in _ACTION_CODE)
+    return action is None or (isinstance(action, str) and action in CODE_OF_VALUE)
 
 
 def chunk_from_events(events: list[ConnectionEvent], source: str = "") -> EventChunk:
@@ -502,7 +467,7 @@ def chunk_from_events(events: list[ConnectionEvent], source: str = "") -> EventC
     ids = [e.id for e in events]
     return EventChunk(
         t=np.array([e.timestamp_ns for e in events], dtype=np.int64),
-        action=np.array([_ACTION_CODE[e.action.value] for e in events], dtype=np.int8),
+        action=np.array([CODE[e.action] for e in events], dtype=np.int8),
         egress=np.array([e.direction is Direction.EGRESS for e in events], dtype=bool),
         src=src.astype(np.int32), src_values=list(src_values),
         src_port=np.array([e.source_port for e in events], dtype=np.int64),

@@ -34,6 +34,7 @@ import orjson
 
 from ..ecs import HostInfo, render
 from ..events import Alert, BlockEvent, Record, Severity
+from ..files import GROUP_READABLE, open_append
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
@@ -170,8 +171,7 @@ class AlertFeed:
             return True
         data = b"".join(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE) for _, doc in items)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as fh:
+            with open_append(path, GROUP_READABLE) as fh:
                 fh.write(data)
                 full = fh.tell() >= self.config.rotate_bytes
         except OSError as exc:

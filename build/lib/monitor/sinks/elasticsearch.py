@@ -33,6 +33,8 @@ import orjson
 
 from ..ecs import HostInfo, parse_timestamp, render
 from ..events import Alert, Record
+from ..files import open_append
+from ..redact import cleartext_credentials, redact_url
 from .base import ErrorCallback, ErrorReporter, SinkStats
 from .es_client import EsClient, ItemResult, Unavailable
 from .spool import DiskSpool, SpoolBatch
@@ -104,6 +106,12 @@ class ElasticsearchSink:
         self._spool = DiskSpool(config.spool_dir, config.spool_max_bytes, config.segment_bytes)
         if self._spool.recovered_partial:
             self._errors.add("spool line cut by a crash was discarded", self._spool.recovered_partial)
+        if self._spool.repaired_ack:
+            self._errors.add(f"spool ack file was corrupt (kept as {config.spool_dir / 'acked.corrupt'}): "
+                             "resending from the oldest segment, duplicates are dropped by the server")
+        for url in config.urls:
+            if cleartext_credentials(url, config.username is not None or config.api_key is not None):
+                log.warning("elasticsearch %s: credentials would be sent without TLS; use https://", redact_url(url))
         self._client = EsClient(config.urls, username=config.username, password=config.password,
                                 api_key=config.api_key, ca_file=config.ca_file,
                                 verify_certs=config.verify_certs, timeout_s=config.request_timeout_s)
@@ -237,7 +245,7 @@ class ElasticsearchSink:
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("elasticsearch %s unavailable (%s); spooling to %s and retrying",
-                        ",".join(self.config.urls), message, self.config.spool_dir)
+                        ",".join(map(redact_url, self.config.urls)), message, self.config.spool_dir)
             self._errors.add(f"elasticsearch unavailable, spooling and retrying: {message}", 0)
         with self._lock:
             self._stats.retried += 1
@@ -396,8 +404,7 @@ class ElasticsearchSink:
         with self._lock:
             self._stats.dead_lettered += len(dead)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with self._dead_lock, open(path, "ab") as fh:
+            with self._dead_lock, open_append(path) as fh:
                 fh.write(b"".join(out))
             self._errors.add(f"refused by elasticsearch, kept in {path}: {dead[0][1].error}", len(dead))
         except OSError as exc:

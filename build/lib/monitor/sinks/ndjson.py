@@ -10,6 +10,11 @@ Layout of the output directory (one sink per directory):
 rotations from 1. A file is rotated once it exceeds `rotate_bytes`; the
 symlink is swapped atomically, so `tail -F events.ndjson` follows rotation.
 
+Retention: closed files older than `retention_age_s`, then the oldest closed
+files while the directory's files together pass `retention_bytes`, are
+deleted (at start, after each rotation and every minute; 0 turns a bound
+off). What was deleted is logged and counted in `NdjsonSink.retired`.
+
 `write()` renders with orjson and appends to an in-memory buffer (bounded by
 `max_buffer_bytes`; beyond it the oldest lines are dropped and reported). A
 flusher thread writes buffered lines every `flush_interval_s`, fsyncs on
@@ -32,11 +37,21 @@ import orjson
 
 from ..ecs import HostInfo, render
 from ..events import Alert, Record
+from ..files import GROUP_READABLE, open_append_fd
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 log = logging.getLogger(__name__)
 
 STREAMS = ("events", "alerts")
+PRUNE_EVERY_S = 60.0
+
+
+@dataclass(slots=True)
+class Retired:
+    """Files retention deleted since start."""
+
+    files: int = 0
+    bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -45,6 +60,8 @@ class NdjsonConfig:
     rotate_bytes: int = 64 * 1024 * 1024
     flush_interval_s: float = 0.2
     max_buffer_bytes: int = 64 * 1024 * 1024
+    retention_bytes: int = 4 * 1024 * 1024 * 1024   # all NDJSON files of the directory together; 0: no bound
+    retention_age_s: float = 30 * 86400.0           # closed files older than this are deleted; 0: no bound
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -61,6 +78,31 @@ def encode(record: Record, host: HostInfo) -> bytes:
 
 def stream_of(record: Record) -> str:
     return "alerts" if isinstance(record, Alert) else "events"
+
+
+def retention_victims(config: NdjsonConfig, current: set[str], now_s: float) -> tuple[list[tuple[Path, int]], int]:
+    """(path, size) of the closed files retention deletes, oldest first, and the bytes kept."""
+    files = []
+    for stream in STREAMS:
+        for path in config.directory.glob(f"{stream}-*.ndjson"):
+            try:
+                info = path.lstat()
+            except OSError:
+                continue
+            files.append((info.st_mtime, path, info.st_size))
+    files.sort()
+    total = sum(size for _, _, size in files)
+    doomed = []
+    for mtime, path, size in files:
+        if path.name in current:
+            continue
+        too_old = config.retention_age_s and now_s - mtime > config.retention_age_s
+        too_big = config.retention_bytes and total > config.retention_bytes
+        if not (too_old or too_big):
+            continue
+        doomed.append((path, size))
+        total -= size
+    return doomed, total
 
 
 class RotatingFile:
@@ -81,8 +123,7 @@ class RotatingFile:
 
     def _open_next(self) -> None:
         self.number += 1
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.fd = open_append_fd(self.path, GROUP_READABLE)
         self.size = os.fstat(self.fd).st_size
         link = self.directory / f"{self.stream}.ndjson"
         tmp = self.directory / f".{self.stream}.ndjson.tmp"
@@ -143,6 +184,8 @@ class NdjsonSink:
         self._oldest_ns: int | None = None
         self._stop = threading.Event()
         self._failing = False
+        self.retired = Retired()
+        self._next_prune = 0.0
         self._thread = threading.Thread(target=self._run, name="sink-ndjson", daemon=True)
         self._thread.start()
 
@@ -223,8 +266,29 @@ class NdjsonSink:
 
     def _run(self) -> None:
         while not self._stop.wait(self.config.flush_interval_s):
+            numbers = [f.number for f in self._files.values()]
             self.flush()
+            if numbers != [f.number for f in self._files.values()] or time.monotonic() >= self._next_prune:
+                self.prune()
             self._errors.emit_due()
+
+    def prune(self) -> None:
+        """Apply retention to the closed files of the directory (the open ones are never deleted)."""
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        with self._io_lock:
+            current = {f.path.name for f in self._files.values() if f.fd is not None}
+        doomed, kept_bytes = retention_victims(self.config, current, time.time())
+        for path, size in doomed:
+            try:
+                path.unlink()
+            except OSError as exc:
+                self._errors.add(f"retention cannot delete {path}: {exc.strerror or exc}")
+                continue
+            self.retired.files += 1
+            self.retired.bytes += size
+        if doomed:
+            log.info("ndjson retention: deleted %d file(s), %d bytes; %d bytes kept in %s",
+                     len(doomed), sum(size for _, size in doomed), kept_bytes, self.config.directory)
 
     def close(self) -> None:
         """Flush, fsync and close the files; stop the flusher (bounded wait)."""

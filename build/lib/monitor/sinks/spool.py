@@ -10,6 +10,12 @@ The spool is bounded (`max_bytes`): when it is over, whole oldest segments
 are deleted and the number of lines lost is returned to the caller, who
 reports it. `append()` is one `write(2)` to the page cache (it survives a
 crash of the process); `sync()` fsyncs the segment and the ack file.
+
+An `acked` file that does not name a line start of a segment on disk (torn,
+edited, negative) is moved aside as `acked.corrupt` and the spool resumes
+from the start of its oldest segment: documents may be sent twice (the
+server's `create` drops the second copy), none is skipped. `repaired_ack`
+says it happened, for the sink to report.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..files import open_append_fd
 
 _SEGMENT = re.compile(r"^segment-(\d{10})\.spool$")
 
@@ -31,6 +39,10 @@ class SpoolBatch:
     lines: list[bytes]    # without the newline
 
 
+def _line_start(data: bytes, offset: int) -> bool:
+    return offset == 0 or (0 < offset <= len(data) and data[offset - 1:offset] == b"\n")
+
+
 class DiskSpool:
     def __init__(self, directory: Path, max_bytes: int, segment_bytes: int):
         self.directory = Path(directory)
@@ -40,8 +52,9 @@ class DiskSpool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._sizes: dict[int, int] = {}      # segment -> bytes
         self._lines: dict[int, int] = {}      # segment -> lines not yet acked
-        self._ack_seg, self._ack_off = self._read_ack()
         self.recovered_partial = 0
+        self.repaired_ack = False
+        self._ack_seg, self._ack_off = self._read_ack()
         self._load()
         self._write_seg = max(self._sizes, default=self._ack_seg - 1) + 1
         self._write_seg = max(self._write_seg, 1)
@@ -59,14 +72,21 @@ class DiskSpool:
         return self.directory / f"segment-{seg:010d}.spool"
 
     def _read_ack(self) -> tuple[int, int]:
+        path = self.directory / "acked"
         try:
-            seg, off = (self.directory / "acked").read_text().split()
+            seg, off = path.read_text().split()
             return int(seg), int(off)
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return 0, 0
+        except (OSError, ValueError, UnicodeDecodeError):
+            self._quarantine_ack()
             return 0, 0
 
     def _load(self) -> None:
         segments = sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT.match(p.name)))
+        if segments and self._ack_seg > segments[-1]:   # names a segment never written: trust none of it
+            self._quarantine_ack()
+            self._ack_seg = segments[0]
         for seg in segments:
             path = self._path(seg)
             if seg < self._ack_seg:
@@ -78,12 +98,20 @@ class DiskSpool:
                 data = data[: data.rfind(b"\n") + 1]
                 os.truncate(path, len(data))
                 self.recovered_partial += 1
+            if seg == self._ack_seg and not _line_start(data, self._ack_off):
+                self._quarantine_ack()
             start = self._ack_off if seg == self._ack_seg else 0
             self._sizes[seg] = len(data)
             self._lines[seg] = data.count(b"\n", start)
 
+    def _quarantine_ack(self) -> None:
+        """The ack names no line start: keep the file for a look, resume from the segment's start."""
+        os.replace(self.directory / "acked", self.directory / "acked.corrupt")
+        self._ack_off = 0
+        self.repaired_ack = True
+
     def _open_segment(self, seg: int) -> int:
-        fd = os.open(self._path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = open_append_fd(self._path(seg))
         self._sizes.setdefault(seg, 0)
         self._lines.setdefault(seg, 0)
         return fd

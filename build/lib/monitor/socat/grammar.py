@@ -8,11 +8,13 @@ double and single quotes group text and are dropped, a backslash escapes the
 next character, and `(...)`, `[...]`, `{...}` nest and are kept (so
 `TCP6:[::1]:80` has the two parameters `[::1]` and `80`). After the first
 `,` only `,` separates options: `range=10.0.0.0:255.0.0.0` keeps its `:`.
-Keywords are case-insensitive and resolved through socat's own alias tables
-(`monitor.socat.keywords`); a bare number is an FD address and a keyword containing
-`/` a GOPEN file. Unknown keywords are kept (kind None / canonical None) so
-the audit can report them; only a command socat could not even tokenize
-raises InputError.
+Keywords are case-insensitive and resolved through one socat's alias tables
+(`tables.Keywords`: by default the built-in table, or a running binary's own
+`-hhh`); a bare number is an FD address and a keyword containing `/` a GOPEN
+file. Unknown keywords are kept (kind None / canonical None) so the audit can
+report them; only a command socat could not even tokenize raises InputError.
+A socat-2 address chain (`OPENSSL,verify=0|TCP:host:443`) is marked
+`chained`: socat 1.x reads it as one address with odd options.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from .keywords import ADDRESS_ALIASES, ADDRESS_TYPES, OPTION_ALIASES, OPTIONS
+from .tables import BUILTIN, Keywords
 
 _FLAG_OPTIONS = set("DvxsuUg46")
 _VALUE_OPTIONS = set("btTrRLW")
@@ -32,6 +34,8 @@ _LOG_OPTIONS = {"y": "attached", "f": "value", "s": "none", "m": "attached", "p"
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 # proxy address kinds -> (option naming the proxy server's port, socat's default port)
 _PROXY_PORT = {"socks4": ("socksport", "1080"), "socks4a": ("socksport", "1080"), "proxy": ("proxyport", "8080")}
+_RAW_IP_PREFIXES = ("ip-", "ip4-", "ip6-")   # IP-RECV:6 etc.: the parameter is an IP protocol number
+_RECEIVING_SUFFIXES = ("recvfrom", "recv")   # *-RECV / *-RECVFROM take datagrams from any sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,7 @@ class SocatAddress:
     position: int
     side: str | None = None
     groups: frozenset[str] = frozenset()
+    chained: bool = False     # a socat-2 address chain ('|'): socat 1.x cannot run it
 
     def option(self, *names: str) -> AddressOption | None:
         """The first option whose canonical (or written) name is one of names: socat uses the first."""
@@ -76,7 +81,8 @@ class SocatAddress:
 
     @property
     def is_listener(self) -> bool:
-        return "LISTEN" in self.groups or (self.kind or "").endswith("recvfrom")
+        """Listening or receiving (*-LISTEN, *-RECV, *-RECVFROM): peers come to this address."""
+        return "LISTEN" in self.groups or (self.kind or "").endswith(_RECEIVING_SUFFIXES)
 
     @property
     def is_ip(self) -> bool:
@@ -91,8 +97,19 @@ class SocatAddress:
         return self.kind in ("exec", "system")
 
     @property
+    def is_raw_ip(self) -> bool:
+        """IP-RECV, IP4-RECVFROM, ...: raw IP, whose parameter is a protocol number, not a port."""
+        return (self.kind or "").startswith(_RAW_IP_PREFIXES)
+
+    @property
+    def protocol(self) -> int | None:
+        """The IP protocol number of a raw IP address (6 in IP4-RECVFROM:6)."""
+        text = self.params[0] if self.is_raw_ip and self.params else ""
+        return int(text) if text.isdigit() else None
+
+    @property
     def listen_port(self) -> int | None:
-        if not self.is_listener or not self.is_ip or not self.params:
+        if not self.is_listener or not self.is_ip or self.is_raw_ip or not self.params:
             return None
         text = self.params[0]
         return int(text) if text.isdigit() else None
@@ -147,17 +164,8 @@ class SocatCommand:
 
 
 def canonical_option(name: str) -> str | None:
-    lowered = name.lower()
-    if lowered in OPTIONS:
-        return lowered
-    return OPTION_ALIASES.get(lowered)
-
-
-def canonical_address(keyword: str) -> str | None:
-    lowered = keyword.lower()
-    if lowered in ADDRESS_TYPES:
-        return lowered
-    return ADDRESS_ALIASES.get(lowered)
+    """The canonical name of an option in the built-in table (option names do not vary between builds)."""
+    return BUILTIN.option(name)
 
 
 def _lex(text: str, where: str) -> list[tuple[str, str, str]]:
@@ -208,19 +216,26 @@ def _lex(text: str, where: str) -> list[tuple[str, str, str]]:
     return pieces
 
 
-def _option(value: str, raw: str) -> AddressOption:
+def _option(value: str, raw: str, table: Keywords) -> AddressOption:
     name, eq, opt_value = value.partition("=")
-    canonical = canonical_option(name.strip())
+    canonical = table.option(name.strip())
     return AddressOption(
         name=name.strip().lower(),
         value=opt_value if eq else None,
         text=raw,
         canonical=canonical,
-        groups=OPTIONS.get(canonical, frozenset()) if canonical else frozenset(),
+        groups=table.options.get(canonical, frozenset()) if canonical else frozenset(),
     )
 
 
-def _single(pieces: list[tuple[str, str, str]], position: int, side: str | None) -> SocatAddress:
+def _is_chain(pieces: list[tuple[str, str, str]], kind: str | None, table: Keywords) -> bool:
+    """A socat-2 chain: some piece holds '|' followed by an address keyword (not a command's pipe)."""
+    if kind in ("exec", "system"):
+        return False   # there a '|' is the command's own pipe
+    return any(table.address(after.strip()) is not None for _, value, _ in pieces for after in value.split("|")[1:])
+
+
+def _single(pieces: list[tuple[str, str, str]], position: int, side: str | None, table: Keywords) -> SocatAddress:
     keyword = pieces[0][1]
     params: list[str] = []
     options: list[tuple[str, str]] = []
@@ -231,26 +246,28 @@ def _single(pieces: list[tuple[str, str, str]], position: int, side: str | None)
             options[-1] = (options[-1][0] + ":" + value, options[-1][1] + ":" + raw)
         else:
             options.append((value, raw))
-    kind = canonical_address(keyword)
+    kind = table.address(keyword)
     if kind is None and keyword.isdigit():
         kind, params = "fd", [keyword] + params
     elif kind is None and "/" in keyword:
         kind, params = "gopen", [keyword] + params
-    groups = ADDRESS_TYPES[kind][1] if kind else frozenset()
+    groups = table.address_types[kind][1] if kind else frozenset()
     text = pieces[0][2] + "".join(sep + raw for sep, _, raw in pieces[1:])
     return SocatAddress(
         text=text,
         keyword=keyword,
         kind=kind,
         params=tuple(params),
-        options=tuple(_option(v, r) for v, r in options),
+        options=tuple(_option(v, r, table) for v, r in options),
         position=position,
         side=side,
         groups=groups,
+        chained=_is_chain(pieces, kind, table),
     )
 
 
-def parse_address(text: str, position: int = 1, where: str = "command line") -> list[SocatAddress]:
+def parse_address(text: str, position: int = 1, where: str = "command line",
+                  table: Keywords = BUILTIN) -> list[SocatAddress]:
     """One address argument: a single address, or the two halves of a `!!` dual address."""
     pieces = _lex(text, where)
     groups: list[list[tuple[str, str, str]]] = [[]]
@@ -262,16 +279,17 @@ def parse_address(text: str, position: int = 1, where: str = "command line") -> 
     if len(groups) > 2:
         raise InputError(where, f"address {text!r} has more than one '!!'")
     if len(groups) == 2:
-        return [_single(groups[0], position, "read"), _single(groups[1], position, "write")]
-    return [_single(groups[0], position, None)]
+        return [_single(groups[0], position, "read", table), _single(groups[1], position, "write", table)]
+    return [_single(groups[0], position, None, table)]
 
 
 def _is_address(arg: str) -> bool:
     return not arg.startswith("-") or len(arg) == 1 or arg[1] in ",:!"
 
 
-def parse_command_line(argv: Sequence[str] | str) -> SocatCommand:
-    """A SocatCommand from argv (or one shell-quoted string); raises InputError on bad syntax."""
+def parse_command_line(argv: Sequence[str] | str, table: Keywords = BUILTIN) -> SocatCommand:
+    """A SocatCommand from argv (or one shell-quoted string), keywords resolved with table (one socat's
+    -hhh; default the built-in table); raises InputError on bad syntax."""
     if isinstance(argv, str):
         try:
             argv = shlex.split(argv)
@@ -328,7 +346,7 @@ def parse_command_line(argv: Sequence[str] | str) -> SocatCommand:
         raise InputError("command line", f"exactly 2 addresses required, found {len(args)}: {shlex.join(args)}")
     addresses: list[SocatAddress] = []
     for position, text in enumerate(args[:2], start=1):
-        addresses.extend(parse_address(text, position, f"address {position}"))
+        addresses.extend(parse_address(text, position, f"address {position}", table))
     return SocatCommand(
         argv=argv,
         options=tuple(options),
