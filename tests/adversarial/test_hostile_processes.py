@@ -122,3 +122,76 @@ def test_bind_flood_and_thread_execs_fill_no_kernel_table(tmp_path, procs):
     finally:
         code, _ = agent.stop()
     assert code in (0, 1), agent.text_log()[-2000:]
+
+
+RENAMED_LISTENER = """
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"socat", 0, 0, 0)   # PR_SET_NAME after exec: /proc cmdline stays huge
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(8)
+print("ready", flush=True)
+for _ in range(3):
+    conn, _ = s.accept()
+    conn.close()
+"""
+
+
+def test_renamed_process_with_a_huge_argv_gives_small_events(tmp_path, procs):
+    """A process that names itself socat after exec, with a 480 KB argv: its events carry at most
+    8 KiB of command line, not the whole argv in every document."""
+    agent = AgentProcess(tmp_path, "--no-enforce")
+    try:
+        agent.wait_ready()
+        port = free_port()
+        ballast = ["x" * 120_000] * 4
+        proc = procs.start([PYTHON, "-c", RENAMED_LISTENER, str(port), *ballast], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        for _ in range(3):
+            connect(port, payload=b"")
+        proc.wait(10)
+        accepted = wait_for(lambda: [d for d in agent.documents()
+                                     if d["event"].get("action") == "connection_accepted"
+                                     and d["destination"]["port"] == port], timeout=20)
+    finally:
+        agent.stop()
+    for doc in accepted:
+        assert len(doc["process"].get("command_line", "")) <= 8192 + 64
+    lines = [line for path in agent.output.glob("events-*.ndjson") for line in path.read_bytes().splitlines()]
+    assert max(map(len, lines)) < 32_000
+
+
+PAUSE = "#include <unistd.h>\nint main(void) { pause(); return 0; }\n"
+
+
+def paused_socat(tmp_path) -> str:
+    """A program named socat that only waits: its argv stays readable in /proc for as long as it runs."""
+    source = tmp_path / "pause.c"
+    source.write_text(PAUSE)
+    binary = tmp_path / "paused" / "socat"
+    binary.parent.mkdir()
+    subprocess.run([require("gcc"), "-o", str(binary), str(source)], check=True, timeout=60)
+    return str(binary)
+
+
+def test_thousands_of_bad_options_give_bounded_findings_fast(tmp_path, procs):
+    """A process named socat with 4,000 unknown options: a handful of alerts and a count, in well under
+    a second of audit, and its EXEC: is still reported behind them."""
+    fake = paused_socat(tmp_path)
+    agent = AgentProcess(tmp_path, "--no-enforce")
+    try:
+        agent.wait_ready()
+        bogus = ",".join(f"bogus{i}=1" for i in range(4000))
+        started = time.monotonic()
+        procs.start([fake, f"TCP-LISTEN:{free_port()},bind=127.0.0.1,{bogus}", "EXEC:/bin/true"])
+        truncated = wait_for(lambda: [d for d in agent.documents()
+                                      if d.get("rule", {}).get("id") == "audit.findings_truncated"], timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        agent.stop()
+    alerts = [d for d in agent.documents() if d["event"]["kind"] == "alert"]
+    invalid = [d for d in alerts if d["rule"]["id"] == "audit.invalid_option"]
+    assert len(invalid) == 5 and "audit.invalid_option x3995" in truncated[0]["message"]
+    assert any(d["rule"]["id"] == "audit.exec_address" for d in alerts)
+    assert len(alerts) < 20 and elapsed < 15
