@@ -73,6 +73,15 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def check_listen(text: str) -> None:
+    """The config's `metrics`: HOST:PORT, or empty for off."""
+    if text:
+        try:
+            parse_listen(text)
+        except InputError:
+            raise ValueError("expected HOST:PORT (or null for off)") from None
+
+
 class MetricsServer:
     """Serves /metrics over HTTP from a daemon thread."""
 

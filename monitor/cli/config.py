@@ -7,6 +7,8 @@ import json
 import click
 import yaml
 
+from ..errors import EXIT_USAGE
+
 
 @click.group()
 def command():
@@ -16,11 +18,21 @@ def command():
 @command.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check(path):
-    """Validate PATH: exit 0 when valid, 2 with file:line errors when not."""
+    """Validate PATH and the policy file it names, as `run` and a reload do:
+    exit 0 when valid, 2 with file:line errors when not."""
     from ..config import load_config
+    from ..policy import load_policy
+    from ..yamlfile import InputErrors
 
-    load_config(path)
-    click.echo(f"{path}: ok")
+    try:
+        policy = load_config(path).agent.policy
+        if policy:
+            load_policy(policy)
+    except InputErrors as exc:
+        for line in exc.lines():
+            click.echo(line, err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    click.echo(f"{path}: ok" + (f" (policy {policy}: ok)" if policy else ""))
 
 
 @command.command("show")

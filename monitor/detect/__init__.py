@@ -5,9 +5,10 @@ feeds `Detector` live, `monitor.replay.analyze` replays files through the same
 crossing rules vectorised (`BatchEngine`).
 """
 
+from ..duration import parse_duration
 from .baseline import Baseline
 from .batch import BatchEngine
-from .config import RULES, DetectConfig, parse_duration
+from .config import RULES, DetectConfig
 from .detector import Detector
 from .rows import IpTable, Rows
 

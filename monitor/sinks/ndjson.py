@@ -32,6 +32,7 @@ import orjson
 
 from ..ecs import HostInfo, render
 from ..events import Alert, Record
+from ..settings import setting
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,12 @@ STREAMS = ("events", "alerts")
 @dataclass(slots=True)
 class NdjsonConfig:
     directory: Path
-    rotate_bytes: int = 64 * 1024 * 1024
-    flush_interval_s: float = 0.2
+    rotate_bytes: int = setting(64 * 1024 * 1024, minimum=1024)
+    flush_interval_s: float = setting(0.2, minimum=0.01, maximum=1.0)
     max_buffer_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
-        if self.rotate_bytes < 1024:
-            raise ValueError(f"ndjson.rotate_bytes: must be at least 1024, got {self.rotate_bytes}")
-        if not 0.01 <= self.flush_interval_s <= 1.0:
-            raise ValueError(f"ndjson.flush_interval_s: must be within 0.01..1.0 s, got {self.flush_interval_s}")
 
 
 def encode(record: Record, host: HostInfo) -> bytes:
