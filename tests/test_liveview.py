@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from monitor.errors import InputError
-from monitor.liveview import Status, connection_rate, parse_status, render
+from monitor.liveview import connection_rate, render
+from monitor.status import Status, parse_status
 
 SAMPLE = {
     "version": "0.1.0", "pid": 123, "uptime_s": 12.5, "host": "vm",
