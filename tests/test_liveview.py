@@ -8,7 +8,8 @@ import pytest
 
 from monitor.errors import InputError
 from monitor.liveview import connection_rate, render
-from monitor.status import Status, parse_status
+from monitor.status import BlockRow, Counters, LiveStatus, ReloadResult, Status, parse_status, to_json
+from tests import sample_records as S
 
 SAMPLE = {
     "version": "0.1.0", "pid": 123, "uptime_s": 12.5, "host": "vm",
@@ -120,9 +121,6 @@ def test_connection_rate_ignores_a_restarted_agent():
 
 def test_the_agents_status_reads_back_as_the_same_status():
     """One dataclass both ways: what the agent fills is what top reads, field for field."""
-    from monitor.status import BlockRow, Counters, LiveStatus, ReloadResult, to_json
-    from tests import sample_records as S
-
     live = LiveStatus()
     for record in S.every_kind() + [S.connection(i) for i in range(3)] + [S.alert()]:
         live.observe(record)

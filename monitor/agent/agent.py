@@ -109,14 +109,16 @@ class Agent:
         return report.summary(self)
 
     def _periodic(self) -> list[Periodic]:
-        agent = lambda: self.config.agent  # noqa: E731 - read at each run: a reload may change the periods
+        """The main loop's tasks; the config is read at each run, so a reload changes the periods."""
         return [
-            Periodic(lambda: agent().tick_interval_s, self.tick),
-            Periodic(lambda: agent().heartbeat_interval_s,
-                     lambda: self.emit(Heartbeat(now_ns(), tuple((s.key, s.value) for s in report.samples(self))))),
+            Periodic(lambda: self.config.agent.tick_interval_s, self.tick),
+            Periodic(lambda: self.config.agent.heartbeat_interval_s, self._heartbeat),
             Periodic(lambda: LISTENER_REFRESH_S, self.refresh_listeners),
             Periodic(lambda: BASELINE_SAVE_S, self._save_baseline),
         ]
+
+    def _heartbeat(self) -> None:
+        self.emit(Heartbeat(now_ns(), tuple((s.key, s.value) for s in report.samples(self))))
 
     def _close(self) -> None:
         for closer in (self.control, self.metrics, self.egress, self.capture, self.enforcer):

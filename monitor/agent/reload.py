@@ -64,8 +64,11 @@ def _enforce(agent: Agent, old: Config, new: Config, policy: Policy | None) -> s
         for event in agent.enforcer.reconfigure(new.enforce, now_ns()):
             agent.emit(event)
     except MonitorError as exc:
-        agent.enforcer.reconfigure(old.enforce, now_ns())
-        return f"not applied: {exc}"
+        try:
+            agent.enforcer.reconfigure(old.enforce, now_ns())
+        except MonitorError as again:
+            return f"not applied ({exc}), and the old settings could not be restored: {again}"
+        return f"not applied, the old settings are back: {exc}"
     return None
 
 

@@ -16,6 +16,7 @@ import click
 
 from .. import __version__
 from ..errors import EXIT_INTERNAL, MonitorError
+from ..yamlfile import InputErrors
 
 SUBCOMMANDS = {
     "run": "run the agent: capture, check, detect, block, ship",
@@ -68,6 +69,10 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except InputErrors as exc:   # every problem of a file, one line each
+        for line in exc.lines():
+            click.echo(f"socat-monitor: error: {line}", err=True)
+        sys.exit(exc.exit_code)
     except MonitorError as exc:
         click.echo(f"socat-monitor: error: {exc}", err=True)
         sys.exit(exc.exit_code)

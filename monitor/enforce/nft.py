@@ -41,9 +41,9 @@ _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 def check_table_name(name: str) -> None:
     """ValueError unless `name` can only be a table of our own."""
     if not _TABLE_NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a table name: letters, digits and _, starting with a letter")
+        raise ValueError("expected a table name: letters, digits and _, starting with a letter")
     if name.lower() in FOREIGN_TABLES:
-        raise ValueError(f"{name!r} is a standard table of other software (it would be deleted and recreated); "
+        raise ValueError("that is a standard table of other software, which the agent would delete and recreate: "
                          "use a name of socat-monitor's own, such as socat_monitor")
 
 
@@ -174,7 +174,7 @@ class NftTable:
         try:
             check_table_name(table)
         except ValueError as exc:
-            raise InputError("enforce.table", str(exc)) from None
+            raise InputError("enforce.table", f"{exc}, got {table!r}") from None
         self.table = table
         self.netns = netns
         self.timeout_s = timeout_s
