@@ -123,6 +123,11 @@ def _denied(agent: AgentProcess, source: str) -> list[dict]:
     return [a for a in _alerts(agent.documents(), "policy.source_denied") if a["source"]["ip"] == source]
 
 
+def _last_reload(agent: AgentProcess) -> dict:
+    status = socat_monitor("top", "--once", "--format", "json", "--socket", str(agent.socket), timeout=30)
+    return json.loads(status.stdout)["last_reload"]
+
+
 def _allowed_in(netns: Namespaces, ns: str) -> str:
     return netns.run(ns, "nft", "list", "set", "inet", "socat_monitor", "allow4").stdout
 
@@ -160,13 +165,17 @@ def test_reload_keeps_the_command_line_policy_and_applies_live_settings(tmp_path
         connect(port, source="127.0.0.8")                     # the policy from the command line is still in force
         wait_for(lambda: _denied(agent, "127.0.0.8"))
 
+        feed = tmp_path / "feed.jsonl"
         config.write_text("metrics: null\nenforce:\n  never_block: [192.0.2.0/24, 198.51.100.0/24]\n"
-                          "detect:\n  source_rate_min: 7\n")
+                          f"detect:\n  source_rate_min: 7\nalert_feed:\n  path: {feed}\n")
         agent.proc.send_signal(signal.SIGHUP)                 # the signal path applies the same
-        wait_for(lambda: "198.51.100.0/24" in _allowed_in(netns, ns))
-        status = json.loads(socat_monitor("top", "--once", "--format", "json", "--socket", str(agent.socket)).stdout)
-        assert status["last_reload"]["changed"] == ["enforce.never_block"], status["last_reload"]
-        assert status["last_reload"]["ok"] is True and status["last_reload"]["policy"] == str(policy)
+        last = wait_for(lambda: _last_reload(agent) if _last_reload(agent)["changed"] != reply["changed"] else None,
+                        timeout=30)
+        assert last["changed"] == ["enforce.never_block", "alert_feed"], last
+        assert last["ok"] is True and last["policy"] == str(policy)
+        assert "198.51.100.0/24" in _allowed_in(netns, ns)
+        connect(port, source="127.0.0.10")                    # a sink added by the reload gets the alert
+        wait_for(lambda: feed.exists() and "127.0.0.10" in feed.read_text())
 
         config.write_text("metrics: null\nenforce:\n  never_block: []\n  scope: everywhere\n")
         bad = socat_monitor("reload", "--socket", str(agent.socket))
