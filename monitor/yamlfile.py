@@ -10,7 +10,10 @@ each one), so a user fixes a file in one pass. Duplicate keys, which YAML
 would silently resolve to the last one, are reported as errors too.
 
 A schema node may carry `"x-expect": "a rate like 30/minute"`: that text is
-then used as "what is expected" for any violation at that node.
+then used as "what is expected" for any violation at that node. A `format`
+is checked by the function `validate(..., formats=...)` registers for it
+(the config's settings: `monitor.settings.FORMATS`); the ValueError it raises
+is the problem.
 """
 
 from __future__ import annotations

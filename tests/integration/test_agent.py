@@ -169,8 +169,7 @@ def test_reload_keeps_the_command_line_policy_and_applies_live_settings(tmp_path
         config.write_text("metrics: null\nenforce:\n  never_block: [192.0.2.0/24, 198.51.100.0/24]\n"
                           f"detect:\n  source_rate_min: 7\nalert_feed:\n  path: {feed}\n")
         agent.proc.send_signal(signal.SIGHUP)                 # the signal path applies the same
-        last = wait_for(lambda: _last_reload(agent) if _last_reload(agent)["changed"] != reply["changed"] else None,
-                        timeout=30)
+        last = wait_for(lambda: (seen := _last_reload(agent))["changed"] != reply["changed"] and seen, timeout=30)
         assert last["changed"] == ["enforce.never_block", "alert_feed"], last
         assert last["ok"] is True and last["policy"] == str(policy)
         assert "198.51.100.0/24" in _allowed_in(netns, ns)
