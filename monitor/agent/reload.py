@@ -38,7 +38,7 @@ def reload(agent: Agent) -> ReloadResult:
         new = agent.options.source.load()
         policy = read_policy(new.agent.policy)
     except InputError as exc:
-        log.error("reload rejected, nothing changed: %s", exc)
+        log.error("reload rejected, nothing changed: %s", _text(exc))
         return ReloadResult(ok=False, policy=old.agent.policy, error=_text(exc))
     found = changes(old, new)
     kept = [f"{c.key}: {_short(c.old)} -> {_short(c.new)}: needs a restart, kept" for c in found if not c.live]
