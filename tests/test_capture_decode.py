@@ -184,19 +184,20 @@ def test_proc_net_tcp_parsing(tmp_path):
     assert discover(("nginx",), str(tmp_path)).listeners == []
 
 
-@pytest.mark.parametrize("config, where", [
-    (dict(ringbuf_pages=100), "capture.ringbuf_pages"),
-    (dict(comms=()), "capture.comms"),
-    (dict(comms=("a-very-long-process-name",)), "capture.comms"),
-    (dict(proc_cache_size=0), "capture.proc_cache_size"),
+@pytest.mark.parametrize("config, message", [
+    (dict(ringbuf_pages=100), "ringbuf_pages: must be a power of two"),
+    (dict(comms=[]), "comms: expected at least one process name"),
+    (dict(comms=["a-very-long-process-name"]), "comms: 'a-very-long-process-name': a process name (comm) is 1 to 15"),
+    (dict(proc_cache_size=0), "proc_cache_size: expected a number >= 16"),
 ])
-def test_bad_capture_config_names_the_key(config, where):
-    from monitor.capture.capture import CaptureConfig, check_config
+def test_bad_capture_config_names_the_key(config, message):
+    from monitor.capture.capture import CaptureConfig
+    from monitor.config import section_from_flags
     from monitor.errors import InputError
 
     with pytest.raises(InputError) as info:
-        check_config(CaptureConfig(**config))
-    assert info.value.where == where
+        section_from_flags(CaptureConfig, config, "capture")
+    assert info.value.where == "capture" and info.value.message.startswith(message), str(info.value)
 
 
 def fake_ring(size: int, records: list[tuple[bytes, int]], start: int = 0):

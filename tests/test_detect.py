@@ -313,7 +313,7 @@ def test_settings_from_flags_are_checked_as_the_config_file_is():
     assert config.block_rules == ("anomaly.scan",)
     assert section_from_flags(DetectConfig, {"new_source_v4_prefix": 24.0}, "--set").new_source_v4_prefix == 24
     assert type(section_from_flags(DetectConfig, {"top_sources": 5.0}, "--set").top_sources) is int
-    for bad, message in [({"block_rules": ["anomaly.nope"]}, "--set: block_rules: unknown rule 'anomaly.nope'"),
+    for bad, message in [({"block_rules": ["anomaly.nope"]}, "--set: block_rules[0]: expected one of anomaly.new_source"),
                          ({"sourc_rate_min": 1}, "--set: sourc_rate_min: unknown key: did you mean 'source_rate_min'"),
                          ({"source_rate_min": "many"}, "--set: source_rate_min: expected"),
                          ({"source_rate_window": "0.01s"}, "--set: source_rate_window: must be at least")]:

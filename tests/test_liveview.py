@@ -7,7 +7,9 @@ import copy
 import pytest
 
 from monitor.errors import InputError
-from monitor.liveview import Status, connection_rate, parse_status, render
+from monitor.liveview import connection_rate, render
+from monitor.status import BlockRow, Counters, LiveStatus, ReloadResult, Status, parse_status, to_json
+from tests import sample_records as S
 
 SAMPLE = {
     "version": "0.1.0", "pid": 123, "uptime_s": 12.5, "host": "vm",
@@ -115,3 +117,18 @@ def test_connection_rate_ignores_a_restarted_agent():
     restarted["pid"] = 999
     restarted["counters"]["events"]["connection_accepted"] = 1
     assert connection_rate(parse_status(restarted), before) == pytest.approx(3.7)
+
+
+def test_the_agents_status_reads_back_as_the_same_status():
+    """One dataclass both ways: what the agent fills is what top reads, field for field."""
+    live = LiveStatus()
+    for record in S.every_kind() + [S.connection(i) for i in range(3)] + [S.alert()]:
+        live.observe(record)
+    status = live.snapshot(version="9.9", pid=7, host="vm", counters=Counters(kernel_lost=2, es_lag_s=1.5),
+                           blocks=(BlockRow("198.51.100.9", 30.0, "anomaly.scan"),),
+                           last_reload=ReloadResult(ok=False, policy="/p.yaml", changed=("enforce.never_block",),
+                                                    rejected=("capture.ringbuf_pages: needs a restart",)))
+    data = to_json(status)
+    assert data["recent_alerts"][0]["@timestamp"] and data["counters"]["kernel_lost"] == 2
+    assert status.listeners and status.recent_alerts and status.counters.accepted >= 3
+    assert parse_status(data) == status

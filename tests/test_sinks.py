@@ -14,7 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from monitor.config import section_from_flags
 from monitor.ecs import HostInfo, render
+from monitor.errors import InputError
 from monitor.events import PipelineError
 from monitor.sinks import AlertFeed, AlertFeedConfig, Fanout, NdjsonConfig, NdjsonSink, SinkStats
 from monitor.sinks import ndjson as ndjson_module
@@ -304,15 +306,17 @@ def test_alert_feed_to_unix_socket(tmp_path):
         assert listener.recv(65535).startswith(f"<{19 * 8 + 2}>1 ".encode())
 
 
-def test_alert_feed_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="alert_feed.syslog"):
-        AlertFeedConfig(syslog="tcp:/nowhere")
-    with pytest.raises(ValueError, match="alert_feed.facility"):
-        AlertFeedConfig(facility="nope")
-    with pytest.raises(ValueError, match="alert_feed.rotate_bytes"):
-        AlertFeedConfig(rotate_bytes=10)
-    with pytest.raises(ValueError, match="alert_feed.keep"):
-        AlertFeedConfig(keep=0)
+@pytest.mark.parametrize("values, message", [
+    ({"syslog": "tcp:/nowhere"}, "syslog: expected udp://host:port"),
+    ({"syslog": "udp://:514"}, "syslog: no host"),
+    ({"facility": "nope"}, "facility: expected one of kern"),
+    ({"rotate_bytes": 10}, "rotate_bytes: expected a number >= 1024"),
+    ({"keep": 0}, "keep: expected a number >= 1"),
+])
+def test_alert_feed_config_errors_name_the_key(values, message):
+    with pytest.raises(InputError) as err:
+        section_from_flags(AlertFeedConfig, values, "alert_feed")
+    assert str(err.value).startswith(f"alert_feed: {message}"), str(err.value)
 
 
 def test_alert_feed_file_rotates_and_keeps_the_newest(tmp_path):

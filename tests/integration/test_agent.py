@@ -11,7 +11,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.lab import AgentProcess, connect, free_port, socat_monitor, start_echo, wait_for
+from tests.lab import AgentProcess, Namespaces, connect, free_port, require, socat_monitor, start_echo, wait_for
 
 
 def _policy(path: Path, port: int, allow: str, action: str = "alert") -> Path:
@@ -116,6 +116,75 @@ def test_reload_good_and_bad_policy_under_traffic(tmp_path, procs):
     assert set(made) <= seen, f"{len(set(made) - seen)} connections missing across reloads"
     denied_ports = {_trigger_port(docs, a) for a in _alerts(docs, "policy.source_denied")}
     assert not denied_ports & set(made[reloaded_at:]), "the good policy did not take effect"
+    assert "reload rejected" in agent.text_log()
+
+
+def _denied(agent: AgentProcess, source: str) -> list[dict]:
+    return [a for a in _alerts(agent.documents(), "policy.source_denied") if a["source"]["ip"] == source]
+
+
+def _last_reload(agent: AgentProcess) -> dict:
+    status = socat_monitor("top", "--once", "--format", "json", "--socket", str(agent.socket), timeout=30)
+    return json.loads(status.stdout)["last_reload"]
+
+
+def _allowed_in(netns: Namespaces, ns: str) -> str:
+    return netns.run(ns, "nft", "list", "set", "inet", "socat_monitor", "allow4").stdout
+
+
+def test_reload_keeps_the_command_line_policy_and_applies_live_settings(tmp_path, procs, netns):
+    """`run --config C --policy P`, then reload: P stays in force (it used to become none while the
+    reload said ok), never_block reaches the kernel, detect changes apply, a restart-only change is
+    refused by name, and a bad file changes nothing. Enforcement acts only in a namespace of this test."""
+    require("nft")
+    ns = netns.add("reload")
+    port = free_port()
+    policy = _policy(tmp_path / "policy.yaml", port, "127.0.0.1/32")
+    config = tmp_path / "config.yaml"
+    config.write_text("metrics: null\nenforce:\n  never_block: []\n")
+    agent = AgentProcess(tmp_path, "--config", str(config), "--policy", str(policy), "--netns", ns,
+                         "--duration", "120")
+    try:
+        agent.wait_ready()
+        backend = free_port()
+        start_echo(procs, backend)
+        procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,max-children=50", f"TCP:127.0.0.1:{backend}", port=port)
+        connect(port, source="127.0.0.7")
+        wait_for(lambda: _denied(agent, "127.0.0.7"))
+
+        config.write_text("metrics: null\nenforce:\n  never_block: [192.0.2.0/24]\n"
+                          "detect:\n  source_rate_min: 7\ncapture:\n  ringbuf_pages: 512\n")
+        answer = socat_monitor("reload", "--socket", str(agent.socket), "--format", "json")
+        reply = json.loads(answer.stdout)
+        assert reply["policy"] == str(policy), reply
+        assert reply["changed"] == ["enforce.never_block", "detect.source_rate_min"], reply
+        assert len(reply["rejected"]) == 1 and reply["rejected"][0].startswith("capture.ringbuf_pages: 256 -> 512")
+        assert "needs a restart" in reply["rejected"][0]
+        assert answer.returncode == 1 and reply["ok"] is False
+        assert "192.0.2.0/24" in _allowed_in(netns, ns)
+        connect(port, source="127.0.0.8")                     # the policy from the command line is still in force
+        wait_for(lambda: _denied(agent, "127.0.0.8"))
+
+        feed = tmp_path / "feed.jsonl"
+        config.write_text("metrics: null\nenforce:\n  never_block: [192.0.2.0/24, 198.51.100.0/24]\n"
+                          f"detect:\n  source_rate_min: 7\nalert_feed:\n  path: {feed}\n")
+        agent.proc.send_signal(signal.SIGHUP)                 # the signal path applies the same
+        last = wait_for(lambda: (seen := _last_reload(agent))["changed"] != reply["changed"] and seen, timeout=30)
+        assert last["changed"] == ["enforce.never_block", "alert_feed"], last
+        assert last["ok"] is True and last["policy"] == str(policy)
+        assert "198.51.100.0/24" in _allowed_in(netns, ns)
+        connect(port, source="127.0.0.10")                    # a sink added by the reload gets the alert
+        wait_for(lambda: feed.exists() and "127.0.0.10" in feed.read_text())
+
+        config.write_text("metrics: null\nenforce:\n  never_block: []\n  scope: everywhere\n")
+        bad = socat_monitor("reload", "--socket", str(agent.socket))
+        assert bad.returncode == 1
+        assert f"{config}:4: enforce.scope" in bad.stderr and "nothing changed" in bad.stderr
+        assert "198.51.100.0/24" in _allowed_in(netns, ns)    # refused as a whole: never_block kept
+        connect(port, source="127.0.0.9")
+        wait_for(lambda: _denied(agent, "127.0.0.9"))
+    finally:
+        agent.stop()
     assert "reload rejected" in agent.text_log()
 
 

@@ -149,6 +149,24 @@ def test_scope_listeners_or_host(lab: Lab, procs: Processes) -> None:
     host.close()
 
 
+def test_reconfigure_lifts_blocks_a_new_never_block_protects(lab: Lab) -> None:
+    """A reload's never_block reaches the kernel's allow set and lifts the blocks it now covers, at once."""
+    enforcer = _started(lab)
+    now = time.time_ns()
+    for target in (BAD4, BAD6):
+        assert enforcer.block(target, ttl_s=60, rule_id="r", alert_id=None, now_ns=now).action is Action.BLOCKED
+    assert not lab.reach(BAD4, timeout=0.5) and not lab.reach(BAD6, timeout=0.5)
+    lifted = enforcer.reconfigure(lab.config(never_block=(f"{BAD4}/32",), max_blocks_per_minute=1), time.time_ns())
+    assert [(e.action, e.target) for e in lifted] == [(Action.UNBLOCKED, BAD4)]
+    assert lifted[0].reason.startswith("protected now:") and "never_block" in lifted[0].reason
+    assert lab.reach(BAD4) and not lab.reach(BAD6, timeout=0.5)
+    assert BAD4 in lab.netns.run(lab.server, "nft", "list", "set", "inet", "socat_monitor", "allow4").stdout
+    assert [b.target for b in enforcer.active()] == [BAD6]
+    refused = enforcer.block(NET_RANGE, ttl_s=60, rule_id=None, alert_id=None, now_ns=time.time_ns())
+    assert refused.action is Action.BLOCK_REFUSED and "more than 1 new blocks" in refused.reason   # the new limit
+    enforcer.close()
+
+
 def test_never_block_networks_are_in_the_allow_set(lab: Lab) -> None:
     enforcer = _started(lab, never_block=("10.77.0.2/32", "10.78.0.0/16", "10.78.1.0/24"))
     listing = lab.table()
