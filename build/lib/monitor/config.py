@@ -1,32 +1,31 @@
-"""The agent's configuration: one YAML file, validated once, flags on top.
+"""The agent's configuration: one YAML file, validated once at load, flags on top.
 
-Each stage owns its settings as a dataclass with defaults (`CaptureConfig`,
-`DetectConfig`, `EnforceConfig`, the sinks' configs); this module gathers them
-into one `Config`, derives the file's JSON schema from those dataclasses (so
-the schema can never drift from the code), validates with line-numbered
-errors, and applies command-line overrides. A field whose name ends in `_s`
-is a duration: the file may give it as seconds or as `500ms`, `20s`, `15m`,
-`1h`, `7d`, under its name with or without the `_s` (`default_ttl: 10m`).
+Each stage owns its settings as a dataclass whose fields carry their
+constraints (`monitor.settings.setting`): `CaptureConfig`, `DetectConfig`,
+`EnforceConfig`, the sinks' configs. This module gathers them into one
+`Config`, derives the file's JSON schema from them (so the schema can never
+drift from the code), validates with line-numbered errors, applies
+command-line overrides (checked the same way), and says which settings
+differ between two configs and whether a reload may change them.
+`ConfigSource` is a file and the overrides on top of it: what `run` loads at
+start and a reload loads again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .capture import CaptureConfig
 from .control import DEFAULT_SOCKET
-from .detect.config import DetectConfig
-from .durations import DURATION_PATTERN, parse_duration
+from .detect import DetectConfig
 from .enforce import EnforceConfig
-from .errors import InputError
-from .metrics import DEFAULT_LISTEN
+from .metrics import DEFAULT_LISTEN, check_listen
+from .settings import FORMATS, build_section, relation_problems, restart_only, section_schema, setting, spec_of
 from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig
-from .yamlfile import FlagLocator, load_yaml, validate
+from .yamlfile import FlagLocator, InputErrors, load_yaml, validate
 
 DEFAULT_CONFIG_PATH = "/etc/socat-monitor/config.yaml"
 
@@ -37,13 +36,13 @@ class AgentConfig:
 
     output: str = "/var/log/socat-monitor"          # NDJSON events and alerts
     policy: str | None = None                       # policy file applied live
-    state_dir: str = "/var/lib/socat-monitor"       # default home of baseline, block state, spool
-    baseline: str | None = None                     # learned baseline (default <state_dir>/baseline.json)
-    control_socket: str = DEFAULT_SOCKET
-    metrics: str | None = DEFAULT_LISTEN            # HOST:PORT of /metrics; null disables
-    heartbeat_interval_s: float = 60.0
-    queue_size: int = 200_000                       # records between capture and pipeline
-    tick_interval_s: float = 0.5                    # detector micro-batches, block expiry
+    state_dir: str = setting("/var/lib/socat-monitor", live=False)   # default home of baseline, block state, spool
+    baseline: str | None = setting(None, live=False)   # learned baseline (default <state_dir>/baseline.json)
+    control_socket: str = setting(DEFAULT_SOCKET, live=False)
+    metrics: str | None = setting(DEFAULT_LISTEN, check=check_listen, live=False)   # HOST:PORT of /metrics; null disables
+    heartbeat_interval_s: float = setting(60.0, above=0)
+    queue_size: int = setting(200_000, minimum=64, live=False)   # records between capture and pipeline
+    tick_interval_s: float = setting(0.5, above=0)               # detector micro-batches, block expiry
 
 
 @dataclass
@@ -67,58 +66,7 @@ SECTIONS: dict[str, type] = {
     "alert_feed": AlertFeedConfig,
 }
 OPTIONAL_SECTIONS = {"elasticsearch", "alert_feed"}
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
-
-
-def _type_schema(name: str, tp: Any) -> dict[str, Any]:
-    base, optional = _unwrap_optional(tp)
-    if name.endswith("_s") and base in (float, int):
-        schema: dict[str, Any] = {"anyOf": [{"type": "number", "minimum": 0},
-                                            {"type": "string", "pattern": DURATION_PATTERN}],
-                                  "description": "a duration: seconds, or 500ms, 20s, 15m, 1h, 7d"}
-    elif base is bool:
-        schema = {"type": "boolean"}
-    elif base is int:
-        schema = {"type": "integer"}
-    elif base is float:
-        schema = {"type": "number"}
-    elif base in (str, Path):
-        schema = {"type": "string"}
-    elif typing.get_origin(base) in (tuple, list, frozenset, set):
-        item = typing.get_args(base)[0] if typing.get_args(base) else str
-        schema = {"type": "array", "items": _type_schema("", item)}
-    elif typing.get_origin(base) is dict:
-        schema = {"type": "object"}
-    else:
-        schema = {}
-    return {"anyOf": [schema, {"type": "null"}]} if optional else schema
-
-
-def _yaml_keys(cls: type) -> dict[str, dataclasses.Field]:
-    """YAML key -> field; `*_s` fields also answer to the name without `_s`."""
-    hints = typing.get_type_hints(cls)
-    keys: dict[str, dataclasses.Field] = {}
-    for f in fields(cls):
-        f.type = hints[f.name]
-        keys[f.name] = f
-        if f.name.endswith("_s"):
-            keys[f.name[:-2]] = f
-    return keys
-
-
-def section_schema(cls: type) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {key: _type_schema(f.name, f.type) for key, f in _yaml_keys(cls).items()},
-    }
+ALL_SECTIONS: dict[str, type] = {"agent": AgentConfig, **SECTIONS}   # "agent": the top-level keys
 
 
 def config_schema() -> dict[str, Any]:
@@ -130,91 +78,122 @@ def config_schema() -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "properties": props}
 
 
-def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
-    base, _ = _unwrap_optional(f.type)
-    if value is None:
-        return None
-    if f.name.endswith("_s") and base in (float, int):
-        return parse_duration(value, where)
-    if typing.get_origin(base) in (tuple, frozenset, set):
-        return typing.get_origin(base)(value)
-    if base is float:
-        return float(value)
-    if base is int and not isinstance(value, bool):
-        return int(value)           # the schema's integer takes 24.0 too
-    return value
-
-
-def build_section(cls: type, data: dict[str, Any] | None, where: str,
-                  key_where: Callable[[str], str] | None = None, **defaults: Any) -> Any:
-    """A section dataclass from its YAML mapping (already schema-validated).
-
-    `where` locates the section, `key_where(key)` one of its keys: a value the
-    dataclass refuses is reported at the key it names."""
-    values = dict(defaults)
-    keys = _yaml_keys(cls)
-    data = data or {}
-    for key, value in data.items():
-        f = keys[key]
-        values[f.name] = _convert(f, value, f"{key_where(key) if key_where else where}: {key}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise _refused(str(exc), data, where, key_where) from None
-
-
-def _refused(message: str, data: dict[str, Any], where: str,
-             key_where: Callable[[str], str] | None) -> InputError:
-    """A dataclass's `name: problem` (or `section.name: problem`) at the key the user wrote for it."""
-    name, sep, problem = message.partition(": ")
-    name = name.rsplit(".", 1)[-1]
-    for key in (name, name.removesuffix("_s")):
-        if sep and key_where is not None and key in data:
-            return InputError(key_where(key), f"{key}: {problem}")
-    return InputError(where, message)
+def _at(name: str) -> tuple[str, ...]:
+    """Key path of a section in the file (the agent's own settings are at the top level)."""
+    return () if name == "agent" else (name,)
 
 
 def section_from_flags(cls: type, values: dict[str, Any], flag: str) -> Any:
     """A section dataclass from settings given as flags, checked as the config file's section is."""
-    validate(values, section_schema(cls), FlagLocator(flag))
-    return build_section(cls, values, flag, key_where=lambda _key: flag)
+    locator = FlagLocator(flag)
+    validate(values, section_schema(cls), locator, formats=FORMATS)
+    return build_section(cls, values, locator)
 
 
 def load_config(path: str | Path | None) -> Config:
-    """The config in `path` (or all defaults when None); InputError names file:line and key."""
+    """The config in `path` (or all defaults when None); InputErrors name file:line and key of every problem."""
     if path is None:
         return Config()
     data, locator = load_yaml(path)
     if data is None:
         data = {}
-    validate(data, config_schema(), locator, path)
-    agent = build_section(AgentConfig, {k: v for k, v in data.items() if k not in SECTIONS}, str(path),
-                          key_where=lambda key: locator.where((key,)))
-    sections: dict[str, Any] = {}
-    for name, cls in SECTIONS.items():
+    validate(data, config_schema(), locator, path, formats=FORMATS)
+    problems: list = []
+    built: dict[str, Any] = {}
+    for name, cls in ALL_SECTIONS.items():
         if name in OPTIONAL_SECTIONS and data.get(name) is None:
             continue
-        extra = {"directory": agent.output} if name == "ndjson" else {}
-        sections[name] = build_section(cls, data.get(name), f"{locator.where((name,))}: {name}",
-                                       key_where=lambda key, n=name: f"{locator.where((n, key))}: {n}",
-                                       **extra)
-    return Config(agent=agent, source=str(path), **sections)
+        section = {k: v for k, v in data.items() if k not in SECTIONS} if name == "agent" else data.get(name)
+        extra = {"directory": built["agent"].output} if name == "ndjson" else {}
+        try:
+            built[name] = build_section(cls, section, locator, _at(name), **extra)
+        except InputErrors as exc:
+            problems += exc.problems
+    if problems:
+        raise InputErrors(problems)
+    return Config(source=str(path), **built)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
-    """A copy with flag values applied; None values mean 'flag not given'."""
+    """A copy with flag values applied (None means 'flag not given'), checked as the file's values are."""
     updated = {}
+    locator = FlagLocator("command line")
     for name, values in sections.items():
         given = {k: v for k, v in values.items() if v is not None}
         if not given:
             continue
+        cls = ALL_SECTIONS[name]
+        data, schema = _plain(given), section_schema(cls)
+        for key in _at(name):
+            data, schema = {key: data}, {"type": "object", "properties": {key: schema}}
+        validate(data, schema, locator, formats=FORMATS)
         current = getattr(config, name)
-        if current is None:
-            current = SECTIONS[name](**given) if name in SECTIONS else None
-            updated[name] = current
-        else:
-            updated[name] = dataclasses.replace(current, **given)
+        section = cls(**given) if current is None else dataclasses.replace(current, **given)
+        problems = [locator.error(_at(name) + (key,), problem) for key, problem in relation_problems(section)]
+        if problems:
+            raise InputErrors(problems)
+        updated[name] = section
     return place_state(dataclasses.replace(config, **updated))
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """A config file (or none) and the command-line overrides on top: loaded at start and again at reload."""
+
+    path: str | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def load(self) -> Config:
+        return with_overrides(load_config(self.path), **self.overrides)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One setting that differs between two configs."""
+
+    key: str            # `enforce.never_block`, `policy` (top level), or a whole optional section
+    old: Any
+    new: Any
+    live: bool          # a reload may change it
+
+
+def changes(old: Config, new: Config) -> list[Change]:
+    """Every setting that differs, section by section in file order."""
+    out: list[Change] = []
+    for name, cls in ALL_SECTIONS.items():
+        before, after = getattr(old, name), getattr(new, name)
+        if before is None or after is None:
+            if before != after:
+                out.append(Change(name, _section_data(before), _section_data(after), not restart_only(cls)))
+            continue
+        for f in fields(cls):
+            a, b = getattr(before, f.name), getattr(after, f.name)
+            if a != b:
+                out.append(Change(".".join(_at(name) + (f.name,)), _plain(a), _plain(b), spec_of(f).live))
+    return out
+
+
+def _section_data(section: Any) -> Any:
+    return None if section is None else _plain(dataclasses.asdict(section))
+
+
+def keep_restart_only(old: Config, new: Config) -> Config:
+    """`new` with every setting a reload cannot change set back to its value in `old`."""
+    updated = {}
+    for name, cls in ALL_SECTIONS.items():
+        before, after = getattr(old, name), getattr(new, name)
+        if before is None or after is None:
+            continue
+        updated[name] = dataclasses.replace(after, **{n: getattr(before, n) for n in restart_only(cls)})
+    return dataclasses.replace(new, **updated)
 
 
 def _default(cls: type, name: str) -> Any:
@@ -237,14 +216,6 @@ def place_state(config: Config) -> Config:
     if Path(ndjson.directory) != Path(agent.output) and Path(ndjson.directory) == Path(AgentConfig.output):
         ndjson = dataclasses.replace(ndjson, directory=Path(agent.output))
     return dataclasses.replace(config, agent=agent, enforce=enforce, elasticsearch=es, ndjson=ndjson)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from .dependencies import DEPENDENCIES
 from .errors import MonitorError
 from .host.mounts import mounted
+from .host.processes import Status, parse_status
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -97,17 +98,13 @@ def check_mounts(env: DoctorEnv) -> list[Check]:
     return out
 
 
-def _status_field(env: DoctorEnv, key: str, column: int, base: int = 10) -> int | None:
-    """A number from the `key` line of /proc/self/status (column 1 of `CapEff:`, 2 of `Uid:`); None if unreadable."""
+def _status(env: DoctorEnv) -> Status:
+    """The agent's own /proc status (as `env` points at it); an empty one when unreadable."""
     try:
         with open(env.status, encoding="ascii") as fh:
-            return next(int(line.split()[column], base) for line in fh if line.startswith(key))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-
-
-def _capeff(env: DoctorEnv) -> int:
-    return _status_field(env, "CapEff:", 1, 16) or 0
+            return parse_status(fh.read())
+    except (OSError, ValueError):
+        return Status(name="", ppid=None, uid=None, cap_eff=0)
 
 
 def _kernel_has(fstype: str, env: DoctorEnv) -> bool:
@@ -126,7 +123,7 @@ def check_tracepoints(env: DoctorEnv) -> Check:
         if not _kernel_has("tracefs", env):
             return Check("tracepoints", FAIL, "this kernel has no tracefs: tracepoints cannot be attached",
                          "use a kernel built with CONFIG_TRACEPOINTS=y and CONFIG_FTRACE_SYSCALLS=y")
-        if not _capeff(env) >> CAP_SYS_ADMIN & 1:
+        if not _status(env).cap_eff >> CAP_SYS_ADMIN & 1:
             return Check("tracepoints", FAIL, f"tracefs is not mounted at {env.tracing} and without CAP_SYS_ADMIN "
                          "the agent cannot mount it at start", f"{fix} (as root, before starting the agent)")
         return Check("tracepoints", WARN, f"not verified: tracefs is not mounted at {env.tracing} "
@@ -222,7 +219,8 @@ def check_elasticsearch(es_config) -> Check:
 
 
 def check_privileges(env: DoctorEnv) -> Check:
-    capeff, uid = _capeff(env), _status_field(env, "Uid:", 2)
+    own = _status(env)
+    capeff, uid = own.cap_eff, own.uid
     if uid != 0:
         return Check("privileges", FAIL, f"running as uid {uid}: capture needs root", "run as root: sudo socat-monitor run")
     missing = [name for name, bit in CAPABILITIES.items() if not capeff >> bit & 1]

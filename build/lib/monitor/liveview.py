@@ -1,121 +1,16 @@
-"""The live view of a running agent: its `status` answer as a typed snapshot,
-and that snapshot laid out as screen lines.
+"""The live view of a running agent: its `Status` laid out as screen lines.
 
-Pure: `parse_status` turns the control socket's JSON into a `Status`,
-`render` turns a `Status` (and the one before it, for rates) into exactly
-`height` lines no wider than `width`. The terminal loop, keys and the socket
-live in `monitor.cli.top`.
+Pure: `render` turns a `monitor.status.Status` (and the one before it, for
+rates) into exactly `height` lines no wider than `width`. The terminal loop,
+keys and the socket live in `monitor.cli.top`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
-from typing import Any
 
-from .errors import InputError
+from .status import AlertRow, BlockRow, ListenerRow, SourceRow, Status
 from .terminal import safe_text
-
-@dataclass(frozen=True, slots=True)
-class ListenerRow:
-    ip: str
-    port: int
-    name: str | None = None
-    pids: tuple[int, ...] = ()
-    rate_per_s: float = 0.0
-    active: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRow:
-    ip: str
-    connections: int = 0
-    rate_per_s: float = 0.0
-    listener_port: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRow:
-    timestamp: str
-    rule_id: str
-    severity: str = ""
-    source_ip: str | None = None
-    listener_port: int | None = None
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class BlockRow:
-    target: str
-    expires_in_s: float | None = None
-    rule_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Counters:
-    events: dict[str, int] = field(default_factory=dict)
-    kernel_lost: int = 0
-    user_lost: int = 0
-    queue_depth: int = 0
-    alerts: dict[str, int] = field(default_factory=dict)
-    blocks_active: int = 0
-    es_spool_bytes: int = 0
-    es_lag_s: float = 0.0
-    rss_bytes: int = 0
-
-    @property
-    def accepted(self) -> int:
-        return self.events.get("connection_accepted", 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """One `status` answer of the agent."""
-
-    version: str
-    pid: int
-    uptime_s: float
-    host: str
-    counters: Counters = field(default_factory=Counters)
-    listeners: tuple[ListenerRow, ...] = ()
-    top_sources: tuple[SourceRow, ...] = ()
-    recent_alerts: tuple[AlertRow, ...] = ()
-    blocks: tuple[BlockRow, ...] = ()
-
-
-def parse_status(data: Any, where: str = "status") -> Status:
-    """The agent's status JSON (already decoded) as a `Status`.
-
-    Unknown keys are ignored (newer agents may say more); a value of the
-    wrong type raises `InputError` naming the key.
-    """
-    obj = _mapping(data, where)
-    counters = _mapping(obj.get("counters", {}), f"{where}: counters")
-    return Status(
-        version=_str(obj, "version", where, ""),
-        pid=_int(obj, "pid", where, 0),
-        uptime_s=_float(obj, "uptime_s", where, 0.0),
-        host=_str(obj, "host", where, ""),
-        counters=Counters(
-            events=_counts(counters, "events", f"{where}: counters"),
-            kernel_lost=_int(counters, "kernel_lost", f"{where}: counters", 0),
-            user_lost=_int(counters, "user_lost", f"{where}: counters", 0),
-            queue_depth=_int(counters, "queue_depth", f"{where}: counters", 0),
-            alerts=_counts(counters, "alerts", f"{where}: counters"),
-            blocks_active=_int(counters, "blocks_active", f"{where}: counters", 0),
-            es_spool_bytes=_int(counters, "es_spool_bytes", f"{where}: counters", 0),
-            es_lag_s=_float(counters, "es_lag_s", f"{where}: counters", 0.0),
-            rss_bytes=_int(counters, "rss_bytes", f"{where}: counters", 0),
-        ),
-        listeners=tuple(_listener(item, f"{where}: listeners[{i}]")
-                        for i, item in enumerate(_list(obj, "listeners", where))),
-        top_sources=tuple(_source(item, f"{where}: top_sources[{i}]")
-                          for i, item in enumerate(_list(obj, "top_sources", where))),
-        recent_alerts=tuple(_alert(item, f"{where}: recent_alerts[{i}]")
-                            for i, item in enumerate(_list(obj, "recent_alerts", where))),
-        blocks=tuple(_block(item, f"{where}: blocks[{i}]")
-                     for i, item in enumerate(_list(obj, "blocks", where))),
-    )
 
 
 def connection_rate(status: Status, previous: Status | None) -> float:
@@ -266,78 +161,3 @@ def _bytes(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{count} B"
-
-
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InputError(where, f"expected an object, got {type(value).__name__}")
-    return value
-
-
-def _list(obj: dict[str, Any], key: str, where: str) -> list[Any]:
-    value = obj.get(key, [])
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise InputError(where, f"{key}: expected a list, got {type(value).__name__}")
-    return value
-
-
-def _typed(obj: dict[str, Any], key: str, where: str, default: Any, kinds: tuple[type, ...], name: str) -> Any:
-    value = obj.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise InputError(where, f"{key}: expected {name}, got {value!r}")
-    return value
-
-
-def _int(obj: dict[str, Any], key: str, where: str, default: int | None) -> Any:
-    value = _typed(obj, key, where, default, (int, float), "a number")
-    return None if value is None else int(value)
-
-
-def _float(obj: dict[str, Any], key: str, where: str, default: float | None) -> Any:
-    value = _typed(obj, key, where, default, (int, float), "a number")
-    return None if value is None else float(value)
-
-
-def _str(obj: dict[str, Any], key: str, where: str, default: str | None) -> Any:
-    return _typed(obj, key, where, default, (str,), "a string")
-
-
-def _counts(obj: dict[str, Any], key: str, where: str) -> dict[str, int]:
-    table = _mapping(obj.get(key) or {}, f"{where}: {key}")
-    return {str(k): _int(table, k, f"{where}: {key}", 0) for k in table}
-
-
-def _listener(item: Any, where: str) -> ListenerRow:
-    obj = _mapping(item, where)
-    pids = obj.get("pids") or []
-    if not isinstance(pids, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in pids):
-        raise InputError(where, f"pids: expected a list of integers, got {pids!r}")
-    return ListenerRow(ip=_str(obj, "ip", where, ""), port=_int(obj, "port", where, 0),
-                       name=_str(obj, "name", where, None), pids=tuple(pids),
-                       rate_per_s=_float(obj, "rate_per_s", where, 0.0), active=_int(obj, "active", where, 0))
-
-
-def _source(item: Any, where: str) -> SourceRow:
-    obj = _mapping(item, where)
-    return SourceRow(ip=_str(obj, "ip", where, ""), connections=_int(obj, "connections", where, 0),
-                     rate_per_s=_float(obj, "rate_per_s", where, 0.0),
-                     listener_port=_int(obj, "listener_port", where, None))
-
-
-def _alert(item: Any, where: str) -> AlertRow:
-    obj = _mapping(item, where)
-    return AlertRow(timestamp=_str(obj, "@timestamp", where, ""), rule_id=_str(obj, "rule_id", where, ""),
-                    severity=_str(obj, "severity", where, ""), source_ip=_str(obj, "source_ip", where, None),
-                    listener_port=_int(obj, "listener_port", where, None),
-                    description=_str(obj, "description", where, ""))
-
-
-def _block(item: Any, where: str) -> BlockRow:
-    obj = _mapping(item, where)
-    return BlockRow(target=_str(obj, "target", where, ""),
-                    expires_in_s=_float(obj, "expires_in_s", where, None),
-                    rule_id=_str(obj, "rule_id", where, None))

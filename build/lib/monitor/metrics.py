@@ -80,6 +80,15 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def check_listen(text: str) -> None:
+    """The config's `metrics`: HOST:PORT, or empty for off."""
+    if text:
+        try:
+            parse_listen(text)
+        except InputError:
+            raise ValueError("expected HOST:PORT (or null for off)") from None
+
+
 class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT_S   # the socket's timeout: a client that stalls is dropped
 

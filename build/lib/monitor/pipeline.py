@@ -77,6 +77,10 @@ class Pipeline:
         """Swap the policy in force (reload); detector state is kept."""
         self.policy = policy
 
+    def replace_detector(self, detector: AnomalyDetector | None) -> None:
+        """Swap the detector (reload of detect settings); the caller hands its baseline over."""
+        self.detector = detector
+
     def process(self, record: Record) -> list[Record]:
         """The record itself (named by policy), then the alerts and blocks it caused."""
         out: list[Record] = []

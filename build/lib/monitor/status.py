@@ -1,5 +1,12 @@
-"""The agent's live picture: what `top`, the control socket, the metrics
-endpoint, the heartbeat and the exit summary all read.
+"""The agent's live picture, typed: what the control socket's `status`
+answers, `top` draws, the metrics endpoint, the heartbeat and the exit
+summary read.
+
+`Status` (with its rows and `Counters`) is the one shape of a `status`
+answer: the agent fills it (`LiveStatus.snapshot`), the control socket sends
+it as `to_json(status)`, and `top` reads it back with `parse_status`, which
+checks every value's type against the same dataclasses. `ReloadResult` is the
+answer of a reload, and the status's `last_reload`.
 
 `LiveStatus.observe(record)` is called for every record the agent writes;
 it keeps only bounded state (recent rates per listener, the busiest sources,
@@ -8,17 +15,170 @@ the last alerts), so memory stays flat however long the agent runs.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import types
+import typing
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from .ecs import iso_timestamp
+from .errors import InputError
 from .events import Action, Alert, BlockEvent, ConnectionEvent, Direction, PipelineError, ProcessEvent, Record
 
 RATE_WINDOW_S = 10.0
 MAX_SOURCES = 4096
 RECENT_ALERTS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerRow:
+    ip: str
+    port: int
+    name: str | None = None
+    pids: tuple[int, ...] = ()
+    rate_per_s: float = 0.0
+    active: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    ip: str
+    connections: int = 0
+    rate_per_s: float = 0.0
+    listener_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    timestamp: str = field(metadata={"json": "@timestamp"})
+    rule_id: str = ""
+    severity: str = ""
+    source_ip: str | None = None
+    listener_port: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRow:
+    target: str
+    expires_in_s: float | None = None
+    rule_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    events: dict[str, int] = field(default_factory=dict)
+    alerts: dict[str, int] = field(default_factory=dict)
+    kernel_lost: int = 0
+    user_lost: int = 0
+    queue_depth: int = 0
+    blocks_active: int = 0
+    es_spool_bytes: int = 0
+    es_lag_s: float = 0.0
+    rss_bytes: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.events.get(Action.ACCEPTED.value, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: `ok` when everything asked for is in force."""
+
+    ok: bool
+    policy: str | None = None                 # the policy file in force after it
+    changed: tuple[str, ...] = ()             # settings now in force with new values
+    rejected: tuple[str, ...] = ()            # settings kept at their old values, and why
+    error: str | None = None                  # the new config or policy was refused: nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One `status` answer of the agent."""
+
+    version: str = ""
+    pid: int = 0
+    uptime_s: float = 0.0
+    host: str = ""
+    counters: Counters = field(default_factory=Counters)
+    listeners: tuple[ListenerRow, ...] = ()
+    top_sources: tuple[SourceRow, ...] = ()
+    recent_alerts: tuple[AlertRow, ...] = ()
+    blocks: tuple[BlockRow, ...] = ()
+    last_reload: ReloadResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What `run` prints when the agent stops."""
+
+    connections_seen: int
+    events: dict[str, int]
+    alerts: dict[str, int]
+    sources_blocked: tuple[str, ...]
+    kernel_lost: int
+    user_lost: int
+    output: str
+
+
+def to_json(value: Any) -> Any:
+    """A status dataclass (or a reload result) as JSON data, under the keys `parse_status` reads."""
+    if dataclasses.is_dataclass(value):
+        return {f.metadata.get("json", f.name): to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
+
+
+def parse_status(data: Any, where: str = "status") -> Status:
+    """The agent's status JSON (already decoded) as a `Status`.
+
+    Unknown keys are ignored (newer agents may say more), missing ones take
+    their defaults; a value of the wrong type raises `InputError` naming the key.
+    """
+    return from_json(Status, data, where)
+
+
+def from_json(cls: type, data: Any, where: str) -> Any:
+    """One of the dataclasses above from JSON data, every value type-checked."""
+    if not isinstance(data, dict):
+        raise InputError(where, f"expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f.metadata.get("json", f.name)
+        if data.get(key) is not None:
+            values[f.name] = _typed(hints[f.name], data[key], key, where)
+    return cls(**values)
+
+
+_SCALARS = {int: ((int, float), "a number"), float: ((int, float), "a number"), str: ((str,), "a string"),
+            bool: ((bool,), "true or false")}
+
+
+def _typed(tp: Any, value: Any, key: str, where: str) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        tp = args[0]
+    if dataclasses.is_dataclass(tp):
+        return from_json(tp, value, f"{where}: {key}")
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, list):
+            raise InputError(where, f"{key}: expected a list, got {type(value).__name__}")
+        return tuple(_typed(typing.get_args(tp)[0], item, f"{key}[{i}]", where) for i, item in enumerate(value))
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise InputError(where, f"{key}: expected an object, got {type(value).__name__}")
+        return {str(k): _typed(typing.get_args(tp)[1], v, str(k), f"{where}: {key}") for k, v in value.items()}
+    kinds, name = _SCALARS[tp]
+    if isinstance(value, bool) != (tp is bool) or not isinstance(value, kinds):
+        raise InputError(where, f"{key}: expected {name}, got {value!r}")
+    return tp(value)
 
 
 @dataclass
@@ -102,45 +262,32 @@ class LiveStatus:
     def connections_seen(self) -> int:
         return self.events[Action.ACCEPTED.value]
 
-    def snapshot(self, extra_counters: dict[str, Any], blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    def snapshot(self, *, version: str, pid: int, host: str, counters: Counters, blocks: tuple[BlockRow, ...],
+                 last_reload: ReloadResult | None) -> Status:
         """The `status` answer of the control socket (see `monitor.control`)."""
         now = self.clock()
         listeners = []
         for state in sorted(self.listeners.values(), key=lambda s: s.port):
             _trim(state.accepts, now)
-            listeners.append({
-                "ip": state.ip, "port": state.port, "name": state.name, "pids": sorted(state.pids),
-                "rate_per_s": round(len(state.accepts) / RATE_WINDOW_S, 2), "active": state.active,
-            })
+            listeners.append(ListenerRow(state.ip, state.port, state.name, tuple(sorted(state.pids)),
+                                         round(len(state.accepts) / RATE_WINDOW_S, 2), state.active))
         top = sorted(self.sources.items(), key=lambda kv: (-len(kv[1].recent), -kv[1].connections))[:10]
         for _, src in top:
             _trim(src.recent, now)
-        return {
-            "uptime_s": round(now - self.started, 1),
-            "counters": {
-                "events": dict(self.events),
-                "alerts": dict(self.alerts),
-                **extra_counters,
-            },
-            "listeners": listeners,
-            "top_sources": [
-                {"ip": ip, "connections": s.connections, "rate_per_s": round(len(s.recent) / RATE_WINDOW_S, 2),
-                 "listener_port": s.listener_port}
-                for ip, s in top
-            ],
-            "recent_alerts": [_alert_line(a) for a in reversed(self.recent_alerts)],
-            "blocks": blocks,
-        }
+        return Status(
+            version=version, pid=pid, uptime_s=round(now - self.started, 1), host=host,
+            counters=dataclasses.replace(counters, events=dict(self.events), alerts=dict(self.alerts)),
+            listeners=tuple(listeners),
+            top_sources=tuple(SourceRow(ip, s.connections, round(len(s.recent) / RATE_WINDOW_S, 2), s.listener_port)
+                              for ip, s in top),
+            recent_alerts=tuple(_alert_row(a) for a in reversed(self.recent_alerts)),
+            blocks=blocks,
+            last_reload=last_reload,
+        )
 
-    def summary(self, kernel_lost: int, user_lost: int) -> dict[str, Any]:
-        return {
-            "connections_seen": self.connections_seen,
-            "events": dict(self.events),
-            "alerts": dict(self.alerts),
-            "sources_blocked": list(self.blocked_targets),
-            "kernel_lost": kernel_lost,
-            "user_lost": user_lost,
-        }
+    def summary(self, kernel_lost: int, user_lost: int, output: str) -> RunSummary:
+        return RunSummary(self.connections_seen, dict(self.events), dict(self.alerts), tuple(self.blocked_targets),
+                          kernel_lost, user_lost, output)
 
 
 def _trim(stamps: deque, now: float) -> None:
@@ -148,12 +295,7 @@ def _trim(stamps: deque, now: float) -> None:
         stamps.popleft()
 
 
-def _alert_line(alert: Alert) -> dict[str, Any]:
-    return {
-        "@timestamp": iso_timestamp(alert.timestamp_ns),
-        "rule_id": alert.rule_id,
-        "severity": alert.severity.name.lower(),
-        "source_ip": alert.source_ip,
-        "listener_port": alert.listener.port if alert.listener else None,
-        "description": alert.description,
-    }
+def _alert_row(alert: Alert) -> AlertRow:
+    return AlertRow(timestamp=iso_timestamp(alert.timestamp_ns), rule_id=alert.rule_id,
+                    severity=alert.severity.name.lower(), source_ip=alert.source_ip,
+                    listener_port=alert.listener.port if alert.listener else None, description=alert.description)

@@ -10,7 +10,10 @@ each one), so a user fixes a file in one pass. Duplicate keys, which YAML
 would silently resolve to the last one, are reported as errors too.
 
 A schema node may carry `"x-expect": "a rate like 30/minute"`: that text is
-then used as "what is expected" for any violation at that node.
+then used as "what is expected" for any violation at that node. A `format`
+is checked by the function `validate(..., formats=...)` registers for it
+(the config's settings: `monitor.settings.FORMATS`); the ValueError it raises
+is the problem.
 
 Hostile files are bounded before anything is built: a document may nest at
 most `MAX_DEPTH` levels and hold at most `MAX_NODES` values once its aliases
@@ -199,12 +202,25 @@ def _expected_type(expected: str | list[str]) -> str:
     return " or ".join(_TYPE_NAMES.get(n, n) for n in names)
 
 
+def _chosen_branch(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """The problems inside the anyOf branch the value's type picked (a section's mapping rather than null)."""
+    return [e for e in error.context if not (e.validator == "type" and not e.relative_path)]
+
+
 def _messages(error: jsonschema.ValidationError) -> list[tuple[KeyPath, str]]:
     """(key path, message) pairs for one schema violation."""
     at = tuple(error.absolute_path)
     got = _describe(error.instance)
     expect = error.schema.get("x-expect") if isinstance(error.schema, dict) else None
     kind = error.validator
+    if kind == "format" and error.cause is not None:
+        return [(at, f"{error.cause}, got {got}")]
+    if kind == "anyOf" and not expect:
+        deeper = _chosen_branch(error)
+        if deeper:
+            return [message for e in deeper for message in _messages(e)]
+        types = [e.validator_value for e in error.context if e.validator == "type"]
+        return [(at, f"expected {' or '.join(_expected_type(t) for t in types)}, got {got}")]
     if kind == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
         return [(at, f"missing required key {k!r}") for k in missing]
@@ -241,11 +257,14 @@ def _messages(error: jsonschema.ValidationError) -> list[tuple[KeyPath, str]]:
     return [(at, f"{error.message}")]
 
 
-def validate(data: Any, schema: dict, locator: Locator, path: str | Path | None = None) -> None:
-    """Check data against a JSON schema; raises InputErrors listing every violation by file:line and key."""
+def validate(data: Any, schema: dict, locator: Locator, path: str | Path | None = None,
+             formats: jsonschema.FormatChecker | None = None) -> None:
+    """Check data against a JSON schema; raises InputErrors listing every violation by file:line and key.
+
+    `formats` checks the schema's `format` keywords (its functions raise ValueError saying what is wrong)."""
     if path is not None:
         locator.path = str(path)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema, format_checker=formats)
     problems: list[tuple[int, InputError]] = [(int(p.where.rsplit(":", 1)[1]), p) for p in locator.problems]
     for error in validator.iter_errors(data):
         for key_path, message in _messages(error):

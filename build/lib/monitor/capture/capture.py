@@ -13,17 +13,31 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..errors import InputError
 from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
 from ..host.listeners import accepted_addresses, discover
 from ..host.processes import boot_id
 from .bpf import KernelProbe
 from .decode import DecodeError, decode
 from .enrich import Enricher, ProcessTable, monotonic_offset_ns
+from ..settings import setting
 
 log = logging.getLogger(__name__)
 
 CaptureRecord = ConnectionEvent | ProcessEvent | PipelineError
+
+
+def check_power_of_two(pages: int) -> None:
+    if pages <= 0 or pages & (pages - 1):
+        raise ValueError("must be a power of two (64, 128, 256, ...)")
+
+
+def check_comms(comms: list[str]) -> None:
+    """Process names as the kernel keeps them: 1 to 15 bytes, at least one."""
+    if not comms:
+        raise ValueError("expected at least one process name")
+    for comm in comms:
+        if not comm or len(comm.encode()) > 15:
+            raise ValueError(f"{comm!r}: a process name (comm) is 1 to 15 bytes")
 
 
 @dataclass
@@ -39,10 +53,10 @@ class CaptureConfig:
     events carry `source.bytes`/`destination.bytes`.
     """
 
-    comms: tuple[str, ...] = ("socat",)
-    ringbuf_pages: int = 256
-    proc_cache_size: int = 4096
-    byte_counts: bool = False
+    comms: tuple[str, ...] = setting(("socat",), check=check_comms, live=False)
+    ringbuf_pages: int = setting(256, check=check_power_of_two, live=False)
+    proc_cache_size: int = setting(4096, minimum=16, live=False)
+    byte_counts: bool = setting(False, live=False)
 
 
 @dataclass
@@ -61,23 +75,11 @@ class CaptureStats:
     uninspectable: int = 0       # watched processes whose /proc/PID/fd the agent cannot read
 
 
-def check_config(config: CaptureConfig) -> None:
-    """InputError naming the bad key of a CaptureConfig."""
-    pages = config.ringbuf_pages
-    if not isinstance(pages, int) or pages <= 0 or pages & (pages - 1):
-        raise InputError("capture.ringbuf_pages", f"{pages!r} must be a power of two (64, 128, 256, ...)")
-    if not config.comms or any(not isinstance(c, str) or not c or len(c.encode()) > 15 for c in config.comms):
-        raise InputError("capture.comms", f"{config.comms!r}: expected process names of 1 to 15 bytes")
-    if not isinstance(config.proc_cache_size, int) or config.proc_cache_size < 16:
-        raise InputError("capture.proc_cache_size", f"{config.proc_cache_size!r} must be an integer >= 16")
-
-
 class Capture:
     """Live socat connection capture through BPF tracepoints."""
 
     def __init__(self, config: CaptureConfig) -> None:
         self.config = config
-        check_config(config)
         self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts)
         offset = monotonic_offset_ns()
         self._processes = ProcessTable(config.proc_cache_size, offset)

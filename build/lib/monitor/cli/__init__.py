@@ -18,6 +18,7 @@ from .. import __version__
 from ..dependencies import fix_for
 from ..errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, MonitorError
 from ..terminal import SafeFormatter, safe_text
+from ..yamlfile import InputErrors
 
 SUBCOMMANDS = {
     "run": "run the agent: capture, check, detect, block, ship",
@@ -71,6 +72,10 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except InputErrors as exc:   # every problem of a file, one line each
+        for line in exc.lines():
+            click.echo(f"socat-monitor: error: {safe_text(line)}", err=True)
+        sys.exit(exc.exit_code)
     except MonitorError as exc:
         click.echo(f"socat-monitor: error: {safe_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)

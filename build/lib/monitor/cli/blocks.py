@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import click
@@ -12,17 +11,13 @@ from ..events import Action, BlockEvent
 
 
 def _config(config_path, netns, table, never_block, state_file):
-    from ..enforce import EnforceConfig
+    """The enforce settings: the agent's config file (or defaults) with these flags on top, checked as at load."""
+    from ..config import load_config, with_overrides
 
-    if config_path:
-        from ..config import load_config
-
-        cfg = load_config(config_path).enforce
-    else:
-        cfg = EnforceConfig()
-    changes = {"netns": netns, "table": table, "state_file": state_file,
-               "never_block": tuple(cfg.never_block) + tuple(never_block) if never_block else None}
-    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    config = load_config(config_path)
+    added = tuple(config.enforce.never_block) + tuple(never_block) if never_block else None
+    return with_overrides(config, enforce={"netns": netns, "table": table, "state_file": state_file,
+                                           "never_block": added}).enforce
 
 
 def _common(fn):

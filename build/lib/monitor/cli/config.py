@@ -7,6 +7,8 @@ import json
 import click
 import yaml
 
+from ..config import config_schema, load_config, place_state, to_dict
+from ..policy import load_policy
 from ..redact import redact_settings
 
 
@@ -18,11 +20,12 @@ def command():
 @command.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check(path):
-    """Validate PATH: exit 0 when valid, 2 with file:line errors when not."""
-    from ..config import load_config
-
-    load_config(path)
-    click.echo(f"{path}: ok")
+    """Validate PATH and the policy file it names, as `run` and a reload do:
+    exit 0 when valid, 2 with file:line errors when not."""
+    policy = load_config(path).agent.policy
+    if policy:
+        load_policy(policy)
+    click.echo(f"{path}: ok" + (f" (policy {policy}: ok)" if policy else ""))
 
 
 @command.command("show")
@@ -30,8 +33,6 @@ def check(path):
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml")
 def show(path, fmt):
     """Print the effective configuration (PATH merged over defaults), secrets hidden."""
-    from ..config import load_config, place_state, to_dict
-
     data = redact_settings(to_dict(place_state(load_config(path))))
     click.echo(json.dumps(data, indent=2) if fmt == "json" else yaml.safe_dump(data, sort_keys=False).rstrip())
 
@@ -39,6 +40,4 @@ def show(path, fmt):
 @command.command("schema")
 def schema():
     """Print the JSON schema of the config file."""
-    from ..config import config_schema
-
     click.echo(json.dumps(config_schema(), indent=2))

@@ -6,19 +6,23 @@ import json
 
 import click
 
+from ..agent import Agent, RunOptions
+from ..config import ConfigSource
+from ..durations import parse_duration
 from ..errors import EXIT_FINDINGS, EXIT_OK
+from ..status import RunSummary, to_json
 
 
-def _summary_text(summary: dict) -> str:
-    alerts = ", ".join(f"{rule}={n}" for rule, n in sorted(summary["alerts"].items())) or "none"
-    blocked = ", ".join(summary["sources_blocked"]) or "none"
-    lost = summary["kernel_lost"] + summary["user_lost"]
+def _summary_text(summary: RunSummary) -> str:
+    alerts = ", ".join(f"{rule}={n}" for rule, n in sorted(summary.alerts.items())) or "none"
+    blocked = ", ".join(summary.sources_blocked) or "none"
+    lost = summary.kernel_lost + summary.user_lost
     return (
-        f"connections seen: {summary['connections_seen']}\n"
-        f"alerts raised:    {sum(summary['alerts'].values())} ({alerts})\n"
-        f"sources blocked:  {len(summary['sources_blocked'])} ({blocked})\n"
-        f"events lost:      {lost} (kernel {summary['kernel_lost']}, agent {summary['user_lost']})\n"
-        f"output:           {summary['output']}"
+        f"connections seen: {summary.connections_seen}\n"
+        f"alerts raised:    {sum(summary.alerts.values())} ({alerts})\n"
+        f"sources blocked:  {len(summary.sources_blocked)} ({blocked})\n"
+        f"events lost:      {lost} (kernel {summary.kernel_lost}, agent {summary.user_lost})\n"
+        f"output:           {summary.output}"
     )
 
 
@@ -46,16 +50,11 @@ def command(config_path, output, policy, duration, learning_period, baseline, st
     policy, flag anomalies, block offenders, and write ECS events and alerts.
 
     Stops after --duration, or on SIGINT/SIGTERM with everything flushed.
-    SIGHUP re-reads the config and policy. Exit status: 0 no alerts,
-    1 alerts were raised, 2 bad input, 3 the host cannot run the agent.
+    SIGHUP reloads the config file with these flags on top, and the policy.
+    Exit status: 0 no alerts, 1 alerts were raised, 2 bad input, 3 the host
+    cannot run the agent.
     """
-    from ..agent import Agent, RunOptions
-    from ..config import load_config, with_overrides
-    from ..durations import parse_duration
-
-    config = load_config(config_path)
-    config = with_overrides(
-        config,
+    overrides = dict(
         agent={"output": output, "policy": policy, "control_socket": control_socket, "baseline": baseline,
                "state_dir": state_dir,
                "metrics": None if metrics is None else ("" if metrics == "off" else metrics)},
@@ -66,12 +65,13 @@ def command(config_path, output, policy, duration, learning_period, baseline, st
         elasticsearch={"urls": tuple(es_urls) or None},
         alert_feed={"path": alert_feed},
     )
+    source = ConfigSource(config_path, overrides)
     echo = (lambda line: click.echo(line)) if follow else None
-    agent = Agent(config, RunOptions(duration_s=duration, follow=echo, config_path=config_path))
+    agent = Agent(source.load(), RunOptions(source=source, duration_s=duration, follow=echo))
     agent.install_signal_handlers()
     summary = agent.run()
     if fmt == "json":
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(to_json(summary)))
     else:
         click.echo(_summary_text(summary), err=follow)
-    raise SystemExit(EXIT_FINDINGS if summary["alerts"] else EXIT_OK)
+    raise SystemExit(EXIT_FINDINGS if summary.alerts else EXIT_OK)

@@ -23,7 +23,8 @@ import click
 
 from ..control import DEFAULT_SOCKET, request
 from ..errors import MonitorError
-from ..liveview import Status, parse_status, render
+from ..liveview import render
+from ..status import Status, parse_status
 
 
 def fetch_status(path: str, timeout: float = 2.0) -> tuple[Status, dict]:

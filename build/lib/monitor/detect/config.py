@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..settings import setting
+
 RULES = (
     "anomaly.new_source",
     "anomaly.source_rate",
@@ -53,61 +55,33 @@ class DetectConfig:
     """
 
     learning_period_s: float = 3600.0
-    resolution_s: float = 0.1            # time slot of all sliding windows
+    resolution_s: float = setting(0.1, above=0, live=False)   # time slot of all sliding windows
     cooldown_s: float = 300.0            # one alert per rule and key per cooldown
-    max_tracked: int = 100_000           # sources / prefixes kept in the baseline
-    rules: tuple[str, ...] = RULES       # enabled detectors
-    block_rules: tuple[str, ...] = ()    # alerts of these rules ask enforce to block
-    top_sources: int = 5
+    max_tracked: int = setting(100_000, minimum=1)            # sources / prefixes kept in the baseline
+    rules: tuple[str, ...] = setting(RULES, choices=RULES)    # enabled detectors
+    block_rules: tuple[str, ...] = setting((), choices=RULES)  # alerts of these rules ask enforce to block
+    top_sources: int = setting(5, minimum=1)
 
-    source_rate_window_s: float = 10.0
+    source_rate_window_s: float = setting(10.0, at_least="resolution_s", live=False)
     source_rate_factor: float = 3.0
-    source_rate_min: int = 20
-    peer_quantile: float = 0.99
+    source_rate_min: int = setting(20, minimum=1)
+    peer_quantile: float = setting(0.99, above=0, maximum=1)
 
-    listener_rate_window_s: float = 10.0
+    listener_rate_window_s: float = setting(10.0, at_least="resolution_s", live=False)
     listener_rate_factor: float = 3.0
-    listener_rate_min: int = 100
+    listener_rate_min: int = setting(100, minimum=1)
 
-    scan_window_s: float = 60.0
-    scan_min_listeners: int = 3
-    scan_short_s: float = 1.0            # a connection closed within this is "short"
-    scan_short_min: int = 30
+    scan_window_s: float = setting(60.0, at_least="resolution_s", live=False)
+    scan_min_listeners: int = setting(3, minimum=1)
+    scan_short_s: float = setting(1.0, live=False)            # a connection closed within this is "short"
+    scan_short_min: int = setting(30, minimum=1)
     scan_short_factor: float = 3.0
 
-    refused_window_s: float = 60.0
-    refused_min: int = 10
+    refused_window_s: float = setting(60.0, at_least="resolution_s")
+    refused_min: int = setting(10, minimum=1)
 
-    new_source_v4_prefix: int = 24
-    new_source_v6_prefix: int = 64
-
-    _durations = ("learning_period_s", "resolution_s", "cooldown_s", "source_rate_window_s",
-                  "listener_rate_window_s", "scan_window_s", "scan_short_s", "refused_window_s")
-
-    def __post_init__(self) -> None:
-        """ValueError naming the setting when a value is out of range."""
-        for name in ("rules", "block_rules"):
-            for rule in getattr(self, name):
-                if rule not in RULES:
-                    raise ValueError(f"{name}: unknown rule {rule!r} (known: {', '.join(RULES)})")
-        if self.resolution_s <= 0:
-            raise ValueError("resolution_s: must be positive")
-        for name in self._durations:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be zero or positive")
-        for name in ("source_rate_window_s", "listener_rate_window_s", "scan_window_s", "refused_window_s"):
-            if getattr(self, name) < self.resolution_s:
-                raise ValueError(f"{name}: must be at least resolution_s ({self.resolution_s})")
-        for name in ("max_tracked", "source_rate_min", "listener_rate_min", "scan_min_listeners",
-                     "scan_short_min", "refused_min", "top_sources"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be at least 1")
-        if not 0.0 < self.peer_quantile <= 1.0:
-            raise ValueError("peer_quantile: must be in (0, 1]")
-        if not 0 <= self.new_source_v4_prefix <= 32:
-            raise ValueError("new_source_v4_prefix: must be 0..32")
-        if not 0 <= self.new_source_v6_prefix <= 128:
-            raise ValueError("new_source_v6_prefix: must be 0..128")
+    new_source_v4_prefix: int = setting(24, minimum=0, maximum=32)
+    new_source_v6_prefix: int = setting(64, minimum=0, maximum=128)
 
     def with_learning_period(self, seconds: float) -> "DetectConfig":
         return dataclasses.replace(self, learning_period_s=seconds)

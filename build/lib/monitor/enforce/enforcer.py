@@ -18,8 +18,9 @@ from ..addresses import Network, parse_target, target_text
 from ..errors import InputError
 from ..events import Action, Alert, BlockEvent, Outcome, Severity
 from ..host import facts as hostfacts
+from ..settings import setting
 from .netns import require_cap_net_admin
-from .nft import KernelElement, NftTable
+from .nft import SCOPES, KernelElement, NftTable, check_table_name
 from .safety import CircuitBreaker, SafetyRules
 from .sessions import MODES, end_sessions
 from .state import ActiveBlock, StateFile
@@ -29,33 +30,31 @@ log = logging.getLogger(__name__)
 FACTS_MAX_AGE_S = 10.0   # host facts (addresses, gateways, SSH peers) older than this are re-read before a block
 
 
+def check_networks(targets: list[str]) -> None:
+    """ValueError naming the first entry that is not an address or CIDR."""
+    for text in targets:
+        try:
+            parse_target(text)
+        except InputError:
+            raise ValueError(f"{text!r} is not an IP address or CIDR (without host bits)") from None
+
+
 @dataclass
 class EnforceConfig:
-    enabled: bool = True
-    dry_run: bool = False
-    default_ttl_s: float = 600
-    scope: str = "listeners"          # or "host"
-    never_block: tuple[str, ...] = ()
-    max_blocks_per_minute: int = 60
-    kill_established: str = "none"    # conntrack | destroy | none
-    state_file: str = "/var/lib/socat-monitor/blocks.json"
-    netns: str | None = None
-    table: str = "socat_monitor"
-
-    def validate(self) -> None:
-        if self.scope not in ("listeners", "host"):
-            raise InputError("enforce.scope", f"{self.scope!r} is not 'listeners' or 'host'")
-        if self.kill_established not in MODES:
-            raise InputError("enforce.kill_established", f"{self.kill_established!r} is not one of {', '.join(MODES)}")
-        if self.default_ttl_s <= 0:
-            raise InputError("enforce.default_ttl_s", f"{self.default_ttl_s} must be > 0")
-        if self.max_blocks_per_minute < 1:
-            raise InputError("enforce.max_blocks_per_minute", f"{self.max_blocks_per_minute} must be >= 1")
+    enabled: bool = setting(True, live=False)
+    dry_run: bool = setting(False, live=False)
+    default_ttl_s: float = setting(600, above=0)
+    scope: str = setting("listeners", choices=SCOPES, live=False)   # listeners: their ports only; host: every port
+    never_block: tuple[str, ...] = setting((), check=check_networks)
+    max_blocks_per_minute: int = setting(60, minimum=1)
+    kill_established: str = setting("none", choices=MODES)
+    state_file: str = setting("/var/lib/socat-monitor/blocks.json", live=False)
+    netns: str | None = setting(None, live=False)
+    table: str = setting("socat_monitor", check=check_table_name, live=False)
 
 
 class Enforcer:
     def __init__(self, config: EnforceConfig) -> None:
-        config.validate()
         self.config = config
         self._safety = SafetyRules.build(never_block=config.never_block)
         if config.enabled and not config.dry_run:
@@ -139,6 +138,18 @@ class Enforcer:
         if new != self._ports and not self.config.dry_run and self.config.enabled:
             self._table.set_ports(new)
         self._ports = new
+
+    def reconfigure(self, config: EnforceConfig, now_ns: int) -> list[BlockEvent]:
+        """Apply the settings a reload may change, never_block first; blocks it now protects are lifted."""
+        self.config = config
+        self.refresh_safety()
+        if config.enabled and not config.dry_run:
+            self._table.set_allow([parse_target(t) for t in config.never_block])
+        lifted = [self.unblock(b.target, reason=f"protected now: {reason}", now_ns=now_ns)
+                  for b in self.active() if (reason := self._safety.refusal(parse_target(b.target)))]
+        with self._lock:
+            self._breaker.limit = config.max_blocks_per_minute
+        return lifted
 
     def close(self) -> None:
         """Leave the table and its blocks in place (they time out); the state file is current."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -31,6 +32,19 @@ CHUNK = 1000                      # elements per netlink message (attributes are
 # set name for (ip version, single host?)
 BLOCK_SETS = {(4, True): "block4", (6, True): "block6", (4, False): "block4_net", (6, False): "block6_net"}
 ALLOW_SETS = {4: "allow4", 6: "allow6"}
+SCOPES = ("listeners", "host")
+# tables other software owns: socat-monitor deletes and recreates its own table, so it must never be one of these
+FOREIGN_TABLES = ("filter", "nat", "mangle", "raw", "security", "firewalld")
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def check_table_name(name: str) -> None:
+    """ValueError unless `name` can only be a table of our own."""
+    if not _TABLE_NAME.fullmatch(name):
+        raise ValueError("expected a table name: letters, digits and _, starting with a letter")
+    if name.lower() in FOREIGN_TABLES:
+        raise ValueError("that is a standard table of other software, which the agent would delete and recreate: "
+                         "use a name of socat-monitor's own, such as socat_monitor")
 
 
 def block_set(net: Network) -> str:
@@ -55,7 +69,7 @@ def skeleton_script(table: str, *, scope: str, ports: Iterable[int],
                     blocks: Sequence[tuple[Network, float]] = (),
                     allow: Iterable[Network] = ()) -> str:
     """The nft script that recreates our table atomically (pure, for tests and review)."""
-    if scope not in ("listeners", "host"):
+    if scope not in SCOPES:
         raise InputError("enforce.scope", f"{scope!r} is not 'listeners' or 'host'")
     port_match = "th dport @ports " if scope == "listeners" else ""
     lines = [
@@ -157,8 +171,10 @@ class NftTable:
     """Our table in one network namespace: skeleton, element batches, listing."""
 
     def __init__(self, table: str, netns: str | None, timeout_s: float = 5.0) -> None:
-        if not table.replace("_", "").isalnum():
-            raise InputError("enforce.table", f"{table!r} is not a valid nftables table name")
+        try:
+            check_table_name(table)
+        except ValueError as exc:
+            raise InputError("enforce.table", f"{exc}, got {table!r}") from None
         self.table = table
         self.netns = netns
         self.timeout_s = timeout_s
@@ -206,6 +222,15 @@ class NftTable:
         if port_list:
             script += f"add element inet {self.table} ports {{ {', '.join(map(str, port_list))} }}\n"
         self._run(script, "nftables ports")
+
+    def set_allow(self, allow: Iterable[Network]) -> None:
+        """Replace the never-block sets in one transaction."""
+        script = "".join(f"flush set inet {self.table} {name}\n" for name in ALLOW_SETS.values())
+        for version, name in ALLOW_SETS.items():
+            nets = [target_text(n) for n in allow if n.version == version]
+            if nets:
+                script += f"add element inet {self.table} {name} {{ {', '.join(nets)} }}\n"
+        self._run(script, "nftables never_block")
 
     def list_elements(self) -> list[KernelElement]:
         def go() -> list[KernelElement]:

@@ -1,5 +1,5 @@
 """Processes as /proc shows them: command line, environment, status, executable,
-start time, children, the running socat processes, and the installed socat.
+start time, children and the running socat processes.
 
 Each reader takes the /proc root (`proc`, tests pass a fake tree) and
 returns None (or nothing) for a process that is gone or unreadable, except
@@ -13,6 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 PROC = "/proc"
+MAX_CMDLINE_BYTES = 8192       # a command line copied into events is cut here (the kernel side keeps 20 x 128)
+AUDIT_CMDLINE_BYTES = 65536    # the audit reads this much (socat.grammar refuses more), so padding hides nothing
+MAX_ENVIRON_BYTES = 65536
+TRUNCATED = "[...cut]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +80,23 @@ def _split_nul(raw: bytes) -> list[str]:
     return [part.decode("utf-8", "replace") for part in raw.split(b"\0")]
 
 
-def cmdline(pid: int | str, proc: str = PROC) -> tuple[str, ...]:
-    """PID's argv; raises OSError when it cannot be read."""
+def cmdline(pid: int | str, proc: str = PROC, limit: int = MAX_CMDLINE_BYTES) -> tuple[str, ...]:
+    """PID's argv, at most `limit` bytes of it (the cut argument ends in TRUNCATED); OSError if unreadable.
+
+    A process chooses its own argv (and can rewrite it after exec): unbounded, it
+    would be copied into every event of that process."""
     with open(f"{proc}/{pid}/cmdline", "rb") as fh:
-        return tuple(_split_nul(fh.read())[:-1])
+        raw = fh.read(limit + 1)
+    if len(raw) <= limit:
+        return tuple(_split_nul(raw)[:-1])
+    args = _split_nul(raw[:limit])
+    return (*args[:-1], args[-1] + TRUNCATED)
 
 
 def environ(pid: int | str, proc: str = PROC) -> dict[str, str]:
-    """PID's environment; raises OSError when it cannot be read."""
+    """PID's environment (its first MAX_ENVIRON_BYTES); raises OSError when it cannot be read."""
     with open(f"{proc}/{pid}/environ", "rb") as fh:
-        pairs = [entry.partition("=") for entry in _split_nul(fh.read()) if entry]
+        pairs = [entry.partition("=") for entry in _split_nul(fh.read(MAX_ENVIRON_BYTES)) if entry]
     return {key: value for key, _, value in pairs}
 
 
@@ -132,8 +143,9 @@ def children(pid: int, proc: str = PROC) -> list[int]:
 
 
 def read_process(pid: int, proc: str = PROC) -> ProcessFacts:
-    """argv, environment, uid and parent of a process; raises FileNotFoundError if it is gone."""
-    argv = cmdline(pid, proc)
+    """argv (as much as the audit reads), environment, uid and parent of a process; raises
+    FileNotFoundError if it is gone."""
+    argv = cmdline(pid, proc, AUDIT_CMDLINE_BYTES + 1)
     env = environ(pid, proc)
     with open(f"{proc}/{pid}/status", encoding="utf-8", errors="replace") as fh:
         facts = parse_status(fh.read())

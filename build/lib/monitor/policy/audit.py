@@ -24,6 +24,7 @@ import difflib
 import ipaddress
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,11 @@ FINDINGS: dict[str, str] = {
     "audit.traffic_dump": "Relayed data written to logs",
     "audit.unreadable_process": "socat process could not be audited",
     "audit.tcpwrap_fails_open": "tcpwrap without hosts.allow/hosts.deny",
+    "audit.findings_truncated": "More findings than are listed",
 }
+# Per rule and command line: a hostile argv with thousands of bad options gives five findings and a
+# count, and cannot crowd out a finding of another rule (an EXEC: behind them is still reported).
+MAX_PER_RULE = 5
 
 # (CVE, first affected, first fixed, severity, what) for socat releases.
 CVES: tuple[tuple[str, str, str, Severity, str], ...] = (
@@ -191,14 +196,26 @@ class _Auditor:
         self.policy = policy
         self.build = build
         self.findings: list[Finding] = []
+        self.told: Counter[str] = Counter()
+        self.untold: Counter[str] = Counter()   # findings past MAX_PER_RULE: counted, not built
+
+    def room(self, rule: str) -> bool:
+        """True while `rule` may add a finding; else the one it would add is counted as untold."""
+        if self.told[rule] < MAX_PER_RULE:
+            return True
+        self.untold[rule] += 1
+        return False
 
     def add(self, rule: str, severity: Severity, token: str, message: str, fix: str,
             address: SocatAddress | None = None, entry: ListenerPolicy | None = None) -> None:
+        if not self.room(rule):
+            return
+        self.told[rule] += 1
         listener = None
         if address is not None and address.listen_port is not None:
             listener = Listener(ip=self.listen_ip(address), port=address.listen_port,
                                 name=entry.name if entry else None)
-        self.findings.append(Finding(rule, severity, message, token, fix, self.pid,
+        self.findings.append(Finding(rule, severity, _clip(message), _clip(token), fix, self.pid,
                                      self.cmd.command_line, listener, self.build.label))
 
     def listen_ip(self, address: SocatAddress) -> str:
@@ -217,6 +234,8 @@ class _Auditor:
     def check_syntax(self, address: SocatAddress) -> None:
         table, label = self.build.keywords, self.build.label
         if address.kind is None:
+            if not self.room("audit.invalid_address"):   # spare the spelling suggestion too (~1 ms)
+                return
             close = difflib.get_close_matches(address.keyword.lower(), list(table.address_types), n=1)
             known = BUILTIN.address(address.keyword)
             self.add("audit.invalid_address", Severity.HIGH, address.keyword,
@@ -250,6 +269,8 @@ class _Auditor:
             seen.setdefault(key, opt)
 
     def check_option(self, address: SocatAddress, opt: AddressOption) -> None:
+        if not self.room("audit.sloppy_mode" if self.cmd.sloppy else "audit.invalid_option"):
+            return
         if opt.canonical is None:
             close = difflib.get_close_matches(opt.name, list(self.build.keywords.options), n=1)
             hint = f"did you mean {close[0]}?" if close else "see socat -hhh for the option names"
@@ -515,7 +536,23 @@ def audit_command(cmd: SocatCommand, *, pid: int | None = None, uid: int | None 
         auditor.check_privileges(uid)
         auditor.check_dumps()
     auditor.check_environment(environ)
-    return auditor.findings
+    return auditor.findings + _truncation(auditor)
+
+
+def _clip(text: str, limit: int = 256) -> str:
+    """Tokens and messages quote the command line: at most `limit` characters of it each."""
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} chars)"
+
+
+def _truncation(auditor: _Auditor) -> list[Finding]:
+    if not auditor.untold:
+        return []
+    counts = ", ".join(f"{rule} x{n}" for rule, n in sorted(auditor.untold.items()))
+    return [Finding("audit.findings_truncated", Severity.LOW,
+                    f"{sum(auditor.untold.values())} more finding(s) not listed ({counts}): at most "
+                    f"{MAX_PER_RULE} per rule are kept for one command line", auditor.cmd.command_line[:80],
+                    "fix the findings above and audit it again",
+                    auditor.pid, auditor.cmd.command_line, None, auditor.build.label)]
 
 
 # -- running processes (facts from monitor.host.processes) -----------------------------------------

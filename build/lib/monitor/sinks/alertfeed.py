@@ -35,6 +35,7 @@ import orjson
 from ..ecs import HostInfo, render
 from ..events import Alert, BlockEvent, Record, Severity
 from ..files import GROUP_READABLE, open_append
+from ..settings import setting
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
@@ -44,47 +45,37 @@ _NOTICE = 5
 SD_ID = "socat@32473"
 
 
-@dataclass(slots=True)
-class AlertFeedConfig:
-    path: Path | None = None            # JSON lines file of alerts and blocks
-    syslog: str | None = None           # "/dev/log", "unix:/path" or "udp://host:port"
-    facility: str = "auth"
-    max_queue: int = 10_000
-    flush_interval_s: float = 0.2
-    rotate_bytes: int = 64 * 1024 * 1024   # the file becomes FILE.1 at this size
-    keep: int = 5                           # rotated files kept: FILE.1 .. FILE.<keep>
-
-    def __post_init__(self) -> None:
-        if self.path is not None:
-            self.path = Path(self.path)
-        if self.facility not in FACILITIES:
-            raise ValueError(f"alert_feed.facility: unknown syslog facility {self.facility!r}: "
-                             f"expected one of {', '.join(FACILITIES)}")
-        if self.rotate_bytes < 1024:
-            raise ValueError(f"alert_feed.rotate_bytes: must be at least 1024, got {self.rotate_bytes}")
-        if self.keep < 1:
-            raise ValueError(f"alert_feed.keep: must be at least 1, got {self.keep}")
-        if self.syslog is not None:
-            parse_syslog_target(self.syslog)
-
-
 def parse_syslog_target(text: str) -> tuple[int, Any]:
     """(socket family, address) of a syslog target; ValueError names what is wrong."""
     if text.startswith("udp://"):
         parts = urlsplit(text)
         if not parts.hostname:
-            raise ValueError(f"alert_feed.syslog: no host in {text!r}")
+            raise ValueError("no host in the udp:// target")
         try:
             port = parts.port or 514
         except ValueError:
-            raise ValueError(f"alert_feed.syslog: bad port in {text!r}") from None
+            raise ValueError("bad port in the udp:// target") from None
         family = socket.AF_INET6 if ":" in parts.hostname else socket.AF_INET
         return family, (parts.hostname, port)
     path = text[len("unix:"):] if text.startswith("unix:") else text
     if not path.startswith("/"):
-        raise ValueError(f"alert_feed.syslog: expected udp://host:port, unix:/path or an absolute path, "
-                         f"got {text!r}")
+        raise ValueError("expected udp://host:port, unix:/path or an absolute path")
     return socket.AF_UNIX, path
+
+
+@dataclass(slots=True)
+class AlertFeedConfig:
+    path: Path | None = None            # JSON lines file of alerts and blocks
+    syslog: str | None = setting(None, check=parse_syslog_target)   # "/dev/log", "unix:/path" or "udp://host:port"
+    facility: str = setting("auth", choices=tuple(FACILITIES))
+    max_queue: int = 10_000
+    flush_interval_s: float = 0.2
+    rotate_bytes: int = setting(64 * 1024 * 1024, minimum=1024)   # the file becomes FILE.1 at this size
+    keep: int = setting(5, minimum=1)                              # rotated files kept: FILE.1 .. FILE.<keep>
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            self.path = Path(self.path)
 
 
 def _sd_escape(value: str) -> str:

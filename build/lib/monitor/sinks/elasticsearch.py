@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -35,6 +35,7 @@ from ..ecs import HostInfo, parse_timestamp, render
 from ..events import Alert, Record
 from ..files import open_append
 from ..redact import cleartext_credentials, redact_url
+from ..settings import setting
 from .base import ErrorCallback, ErrorReporter, SinkStats
 from .es_client import EsClient, ItemResult, Unavailable
 from .spool import DiskSpool, SpoolBatch
@@ -45,24 +46,32 @@ log = logging.getLogger(__name__)
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
 
+def check_urls(urls: list[str]) -> None:
+    if not urls:
+        raise ValueError("at least one URL is needed")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} must start with http:// or https://")
+
+
 @dataclass(slots=True)
 class ElasticsearchConfig:
-    urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:9200"])
+    urls: list[str] = setting(default_factory=lambda: ["http://127.0.0.1:9200"], check=check_urls)
     username: str | None = None
     password: str | None = None
-    api_key: str | None = None            # base64 "id:key" as Kibana shows it
+    api_key: str | None = setting(None, excludes="username")   # base64 "id:key" as Kibana shows it
     ca_file: str | None = None
     verify_certs: bool = True
     events_index: str = "socat-monitor-events"   # write alias; first index <alias>-000001
     alerts_index: str = "socat-monitor-alerts"
     template_name: str = "socat-monitor"
     spool_dir: Path = Path("/var/lib/socat-monitor/spool")
-    spool_max_bytes: int = 1024 * 1024 * 1024
+    spool_max_bytes: int = setting(1024 * 1024 * 1024, minimum=1024 * 1024)
     segment_bytes: int = 16 * 1024 * 1024
-    batch_size: int = 2000
+    batch_size: int = setting(2000, minimum=1)
     batch_bytes: int = 8 * 1024 * 1024
-    batch_interval_s: float = 1.0
-    max_in_flight: int = 2                # bulk requests at once (acked in order)
+    batch_interval_s: float = setting(1.0, above=0)
+    max_in_flight: int = setting(2, minimum=1)   # bulk requests at once (acked in order)
     request_timeout_s: float = 10.0
     backoff_max_s: float = 10.0
     sync_interval_s: float = 1.0
@@ -73,17 +82,6 @@ class ElasticsearchConfig:
         self.spool_dir = Path(self.spool_dir)
         if isinstance(self.urls, str):
             self.urls = [self.urls]
-        if not self.urls:
-            raise ValueError("elasticsearch.urls: at least one URL is needed")
-        for url in self.urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"elasticsearch.urls: {url!r} must start with http:// or https://")
-        if self.api_key and self.username:
-            raise ValueError("elasticsearch: give either username/password or api_key, not both")
-        if self.batch_size < 1 or self.batch_interval_s <= 0 or self.max_in_flight < 1:
-            raise ValueError("elasticsearch.batch_size, batch_interval_s and max_in_flight must be positive")
-        if self.spool_max_bytes < 1024 * 1024:
-            raise ValueError(f"elasticsearch.spool_max_bytes: at least 1 MiB, got {self.spool_max_bytes}")
         if self.dead_letter_path is None:
             self.dead_letter_path = self.spool_dir / "dead-letter.ndjson"
         self.dead_letter_path = Path(self.dead_letter_path)

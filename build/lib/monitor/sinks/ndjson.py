@@ -38,6 +38,7 @@ import orjson
 from ..ecs import HostInfo, render
 from ..events import Alert, Record
 from ..files import GROUP_READABLE, open_append_fd
+from ..settings import setting
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,14 @@ class Retired:
 @dataclass(slots=True)
 class NdjsonConfig:
     directory: Path
-    rotate_bytes: int = 64 * 1024 * 1024
-    flush_interval_s: float = 0.2
+    rotate_bytes: int = setting(64 * 1024 * 1024, minimum=1024)
+    flush_interval_s: float = setting(0.2, minimum=0.01, maximum=1.0)
     max_buffer_bytes: int = 64 * 1024 * 1024
-    retention_bytes: int = 4 * 1024 * 1024 * 1024   # all NDJSON files of the directory together; 0: no bound
-    retention_age_s: float = 30 * 86400.0           # closed files older than this are deleted; 0: no bound
+    retention_bytes: int = setting(4 * 1024 * 1024 * 1024, minimum=0)   # every NDJSON file together; 0: no bound
+    retention_age_s: float = setting(30 * 86400.0, minimum=0)          # closed files older are deleted; 0: no bound
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
-        if self.rotate_bytes < 1024:
-            raise ValueError(f"ndjson.rotate_bytes: must be at least 1024, got {self.rotate_bytes}")
-        if not 0.01 <= self.flush_interval_s <= 1.0:
-            raise ValueError(f"ndjson.flush_interval_s: must be within 0.01..1.0 s, got {self.flush_interval_s}")
 
 
 def encode(record: Record, host: HostInfo) -> bytes:

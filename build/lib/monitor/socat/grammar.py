@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from ..errors import InputError
 from .tables import BUILTIN, Keywords
 
+MAX_COMMAND_BYTES = 65536   # a longer argv is refused, not parsed: real socat lines are under a few KiB
 _FLAG_OPTIONS = set("DvxsuUg46")
 _VALUE_OPTIONS = set("btTrRLW")
 _INFO_OPTIONS = set("Vh?")
@@ -298,6 +299,10 @@ def parse_command_line(argv: Sequence[str] | str, table: Keywords = BUILTIN) -> 
     argv = tuple(argv)
     if not argv:
         raise InputError("command line", "empty command line")
+    size = sum(len(arg) + 1 for arg in argv)
+    if size > MAX_COMMAND_BYTES:
+        raise InputError("command line", f"{size:,} characters: more than the {MAX_COMMAND_BYTES:,} that are "
+                                         "parsed (no real socat command line is that long)")
     args = list(argv[1:]) if os.path.basename(argv[0]).startswith("socat") else list(argv)
     options: list[str] = []
     flags: set[str] = set()

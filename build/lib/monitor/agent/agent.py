@@ -1,0 +1,279 @@
+"""`Agent`: one running socat-monitor agent, its parts, start and stop.
+
+The main thread runs each record through the `Pipeline` (policy, detection,
+audit, blocks), writes what comes out to the sinks, and does the periodic
+work: detector ticks, block expiry, egress denials, heartbeats, listener
+refresh, baseline saves and reloads. Errors of other threads (capture, the
+sinks' own threads) reach it through `errors`, a queue, and are written as
+`pipeline_error` records from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..capture import Capture
+from ..config import Config, ConfigSource
+from ..console import format_record
+from ..control import ControlServer
+from ..ecs import HostInfo
+from ..enforce import EgressGuard
+from ..events import Action, Alert, ConnectionEvent, Heartbeat, Listener, PipelineError, ProcessEvent, Record, now_ns
+from ..metrics import MetricsServer
+from ..pipeline import Pipeline
+from ..policy import Policy, audit_command, audit_process, audit_running, finding_to_alert, parse_command_line
+from ..status import LiveStatus, ReloadResult, RunSummary, to_json
+from . import report
+from .loops import CaptureReader, Handoff, Periodic, main_loop
+from .reload import reload
+from .wiring import egress_rules, engine, make_detector, make_enforcer, make_sinks, read_policy
+
+log = logging.getLogger(__name__)
+
+LISTENER_REFRESH_S = 5.0
+BASELINE_SAVE_S = 600.0
+RELOAD_ANSWER_S = 10.0
+
+
+@dataclass
+class RunOptions:
+    source: ConfigSource = field(default_factory=ConfigSource)   # loaded again at reload
+    duration_s: float | None = None
+    follow: Callable[[str], None] | None = None                  # where --follow lines go
+
+
+class Agent:
+    """One running socat-monitor agent."""
+
+    def __init__(self, config: Config, options: RunOptions) -> None:
+        self.config = config
+        self.options = options
+        self.host = HostInfo.detect()
+        self.status = LiveStatus()
+        self.stop_event = threading.Event()
+        self.reload_signal = threading.Event()
+        self.reload_requests: queue.Queue[queue.Queue[ReloadResult]] = queue.Queue()
+        self.errors: queue.Queue[PipelineError] = queue.Queue()
+        self.handoff = Handoff(config.agent.queue_size)
+        self.last_reload: ReloadResult | None = None
+        self.policy = read_policy(config.agent.policy)
+        self.detector = make_detector(config)
+        self.enforcer = make_enforcer(config)
+        self.egress: EgressGuard | None = None
+        self.sinks = make_sinks(config, self.host, self.sink_error)
+        self.pipeline = Pipeline(policy=engine(self.policy), detector=self.detector, auditor=self._audit,
+                                 blocker=self.enforcer)
+        self.capture: Capture | None = None
+        self.reader: CaptureReader | None = None
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+        self._known_ports: set[int] = set()
+
+    # ---- start and stop -------------------------------------------------
+
+    def start(self) -> None:
+        """Everything that can fail on a bad host, before any data flows."""
+        self.capture = Capture(self.config.capture)
+        self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
+        listeners = self.capture.listeners()
+        if self.enforcer is not None:
+            for event in self.enforcer.start(self._listener_ports(listeners)):
+                self.emit(event)
+        self._start_egress()
+        for record in self.pipeline.alerts(self._audit_running()):
+            self.emit(record)
+        self.control = ControlServer(self.config.agent.control_socket, lambda: to_json(report.snapshot(self)),
+                                     self.request_reload)
+        if self.config.agent.metrics:
+            self.metrics = MetricsServer(self.config.agent.metrics, lambda: report.samples(self))
+        log.info("agent started: %d socat listeners, output %s", len(listeners), self.config.agent.output)
+
+    def run(self) -> RunSummary:
+        """Run until stopped or the duration is over; return the summary."""
+        try:
+            self.start()
+            self.reader.thread.start()
+            main_loop(self.handoff, self._process, self._periodic(), self._reload_if_asked, self.stop_event,
+                      self.options.duration_s)
+        finally:
+            self.stop_event.set()
+            if self.reader is not None and self.reader.thread.is_alive():
+                self.reader.thread.join(5.0)
+            self._drain()
+            self._close()
+        return report.summary(self)
+
+    def _periodic(self) -> list[Periodic]:
+        """The main loop's tasks; the config is read at each run, so a reload changes the periods."""
+        return [
+            Periodic(lambda: self.config.agent.tick_interval_s, self.tick),
+            Periodic(lambda: self.config.agent.heartbeat_interval_s, self._heartbeat),
+            Periodic(lambda: LISTENER_REFRESH_S, self.refresh_listeners),
+            Periodic(lambda: BASELINE_SAVE_S, self._save_baseline),
+        ]
+
+    def _heartbeat(self) -> None:
+        self.emit(Heartbeat(now_ns(), tuple((s.key, s.value) for s in report.samples(self))))
+
+    def _close(self) -> None:
+        for closer in (self.control, self.metrics, self.egress, self.capture, self.enforcer):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception as exc:
+                    log.warning("closing %s: %s", type(closer).__name__, exc)
+        self._save_baseline()
+        self.sinks.close()
+
+    def _save_baseline(self) -> None:
+        """Persist what the detectors learned, so a restart (or a crash) does not forget it."""
+        if self.config.agent.baseline:
+            try:
+                self.detector.baseline().save(self.config.agent.baseline)
+            except OSError as exc:
+                log.error("saving baseline %s: %s", self.config.agent.baseline, exc)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_signal.set())
+
+    # ---- records -----------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Records already captured are processed before exit: nothing is lost on stop."""
+        if self.capture is not None:
+            try:
+                self.handoff.offer(self.capture.poll(0))
+            except Exception as exc:
+                log.warning("final capture poll: %s", exc)
+        while (batch := self.handoff.take(0)) is not None:
+            self._process(batch)
+        self.tick()
+
+    def _process(self, batch: list[Record]) -> None:
+        for record in batch:
+            if isinstance(record, ConnectionEvent) and record.listener is not None \
+                    and record.listener.port not in self._known_ports:
+                self._known_ports.add(record.listener.port)
+                self.refresh_listeners()   # a new relay: scope blocks and guard its backends at once
+            for out in self.pipeline.process(record):
+                self.emit(out)
+
+    def tick(self) -> None:
+        for record in self.pipeline.tick(now_ns()):
+            self.emit(record)
+        raised = self.egress.poll() if self.egress is not None else []
+        if self.enforcer is not None:
+            raised += self.enforcer.drain_alerts()
+        for record in self.pipeline.alerts(raised):
+            self.emit(record)
+        self._report_losses()
+
+    def _report_losses(self) -> None:
+        while True:
+            try:
+                self.emit(self.errors.get_nowait())
+            except queue.Empty:
+                break
+        lost = self.handoff.new_losses()
+        if lost > 0:
+            log.error("agent queue full: %d events lost in user space", lost)
+            self.emit(PipelineError("agent.queue", "pipeline queue full: events dropped", now_ns(), count=lost))
+
+    def emit(self, record: Record) -> None:
+        self.status.observe(record)
+        self.sinks.write(record)
+        if self.options.follow is not None:
+            line = format_record(record)
+            if line:
+                self.options.follow(line)
+
+    def sink_error(self, error: PipelineError) -> None:
+        """A sink's own loss (from its thread), reported through the sinks from the main thread."""
+        log.error("%s: %s (%d)", error.stage, error.message, error.count)
+        self.errors.put(error)
+
+    # ---- listeners, policy, audit, egress ------------------------------------
+
+    def _listener_ports(self, listeners: list[Listener]) -> set[int]:
+        ports = {listener.port for listener in listeners}
+        if self.policy is not None:
+            ports |= {lp.port for lp in self.policy.listeners}
+        return ports
+
+    def refresh_listeners(self) -> None:
+        listeners = self.capture.listeners()
+        ports = self._listener_ports(listeners)
+        self._known_ports |= ports
+        if self.enforcer is not None:
+            self.enforcer.set_ports(ports)
+        if self.egress is not None:
+            for listener in listeners:
+                if listener.pid is not None:
+                    self.egress.track(listener.pid, listener.port)
+
+    def set_policy(self, policy: Policy | None) -> None:
+        """Put `policy` in force (reload): the engine, then the egress guard's rules."""
+        self.policy = policy
+        self.pipeline.replace_policy(engine(policy))
+        if self.egress is not None:
+            self.egress.set_rules(egress_rules(policy))
+        elif self.capture is not None:
+            self._start_egress()
+
+    def _start_egress(self) -> None:
+        rules = egress_rules(self.policy)
+        if not rules or self.enforcer is None or self.config.enforce.dry_run:
+            return
+        self.egress = EgressGuard(rules)
+        self.refresh_listeners()
+
+    def _audit(self, event: ProcessEvent) -> list[Alert]:
+        if event.action is not Action.PROCESS_STARTED:
+            return []
+        try:
+            findings = audit_process(event.process.pid, self.policy)
+        except Exception:  # the process is already gone: audit what BPF saw at exec
+            try:
+                findings = audit_command(parse_command_line(event.process.args), pid=event.process.pid,
+                                         uid=event.process.uid, policy=self.policy)
+            except Exception as exc:
+                log.warning("audit of pid %d: %s", event.process.pid, exc)
+                return []
+        return [finding_to_alert(f, event.timestamp_ns, event.process) for f in findings]
+
+    def _audit_running(self) -> list[Alert]:
+        stamp = now_ns()
+        return [finding_to_alert(f, stamp, None) for f in audit_running(self.policy)]
+
+    # ---- reload ---------------------------------------------------------------
+
+    def request_reload(self) -> dict:
+        """Control-socket reload (its thread): done by the main thread, answered when done."""
+        answer: queue.Queue[ReloadResult] = queue.Queue(maxsize=1)
+        self.reload_requests.put(answer)
+        try:
+            return to_json(answer.get(timeout=RELOAD_ANSWER_S))
+        except queue.Empty:
+            return to_json(ReloadResult(ok=False, error=f"reload did not finish in {RELOAD_ANSWER_S:g} s"))
+
+    def _reload_if_asked(self) -> None:
+        """One reload for SIGHUP and every waiting control-socket request."""
+        waiting = []
+        while True:
+            try:
+                waiting.append(self.reload_requests.get_nowait())
+            except queue.Empty:
+                break
+        if not waiting and not self.reload_signal.is_set():
+            return
+        self.reload_signal.clear()
+        self.last_reload = reload(self)
+        for answer in waiting:
+            answer.put(self.last_reload)

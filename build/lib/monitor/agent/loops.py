@@ -1,0 +1,104 @@
+"""The agent's two loops.
+
+The capture thread (`CaptureReader`) only polls the ring buffer and offers
+batches to the bounded `Handoff` queue: when it is full the batch is counted
+as lost in user space and reported, never dropped silently. Its errors go to
+the main thread through the agent's error queue. The main thread
+(`main_loop`) processes each batch as it comes and runs the periodic tasks
+when they are due, until stopped or past its deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..capture import Capture
+from ..events import PipelineError, Record, now_ns
+
+log = logging.getLogger(__name__)
+
+
+class Handoff:
+    """The bounded queue from the capture thread to the main thread, and the count of what it dropped."""
+
+    def __init__(self, queue_size: int) -> None:
+        self.queue: queue.Queue[list[Record]] = queue.Queue(maxsize=max(1, queue_size // 64))
+        self.lost = 0
+        self._reported = 0
+
+    def offer(self, batch: list[Record]) -> None:
+        try:
+            self.queue.put_nowait(batch)
+        except queue.Full:
+            self.lost += len(batch)
+
+    def take(self, timeout: float) -> list[Record] | None:
+        try:
+            return self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def new_losses(self) -> int:
+        """Records lost since the last call."""
+        lost, self._reported = self.lost - self._reported, self.lost
+        return lost
+
+
+class CaptureReader:
+    """The capture thread."""
+
+    def __init__(self, capture: Capture, handoff: Handoff, errors: queue.Queue[PipelineError],
+                 stop: threading.Event) -> None:
+        self.capture = capture
+        self.handoff = handoff
+        self.errors = errors
+        self.stop = stop
+        self.thread = threading.Thread(target=self._run, name="capture", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                batch = self.capture.poll(100)
+            except Exception as exc:  # never let the reader die silently
+                log.error("capture: %s", exc)
+                self.errors.put(PipelineError("capture", f"poll failed: {exc}", now_ns()))
+                time.sleep(0.1)
+                continue
+            if batch:
+                self.handoff.offer(batch)
+
+
+@dataclass
+class Periodic:
+    """A task of the main loop; `every` is read each time, so a reload can change it."""
+
+    every: Callable[[], float]
+    run: Callable[[], None]
+    due: float = 0.0
+
+
+def main_loop(handoff: Handoff, process: Callable[[list[Record]], None], tasks: list[Periodic],
+              after_each: Callable[[], None], stop: threading.Event, duration_s: float | None) -> None:
+    """Process batches and run due tasks until `stop` is set or `duration_s` has passed."""
+    start = time.monotonic()
+    deadline = None if duration_s is None else start + duration_s
+    for task in tasks:
+        task.due = start + task.every()
+    while not stop.is_set():
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            break
+        batch = handoff.take(max(0.0, min(task.due for task in tasks) - now))
+        if batch is not None:
+            process(batch)
+        now = time.monotonic()
+        for task in tasks:
+            if now >= task.due:
+                task.due = now + task.every()
+                task.run()
+        after_each()

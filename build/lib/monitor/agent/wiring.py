@@ -1,0 +1,53 @@
+"""Building the agent's stages from its `Config`: policy, detector, enforcer,
+egress rules and sinks. Used at start and by a reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Config
+from ..detect import Baseline, Detector
+from ..ecs import HostInfo
+from ..enforce import EgressRule, Enforcer
+from ..policy import Policy, PolicyEngine, load_policy
+from ..sinks import AlertFeed, ElasticsearchSink, ErrorCallback, Fanout, NdjsonSink
+
+
+def read_policy(path: str | None) -> Policy | None:
+    return load_policy(path) if path else None
+
+
+def engine(policy: Policy | None) -> PolicyEngine | None:
+    return PolicyEngine(policy) if policy is not None else None
+
+
+def make_detector(config: Config, baseline: Baseline | None = None) -> Detector:
+    """A detector with `baseline`, or the one in the baseline file, or a fresh one."""
+    path = config.agent.baseline
+    if baseline is None and path and Path(path).exists():
+        baseline = Baseline.load(path)
+    return Detector(config.detect, baseline)
+
+
+def make_enforcer(config: Config) -> Enforcer | None:
+    return Enforcer(config.enforce) if config.enforce.enabled else None
+
+
+def egress_rules(policy: Policy | None) -> list[EgressRule]:
+    if policy is None:
+        return []
+    return [EgressRule.from_policy(lp) for lp in policy.listeners if lp.allow_backends and lp.action == "block"]
+
+
+def make_sinks(config: Config, host: HostInfo, on_error: ErrorCallback) -> Fanout:
+    sinks = [NdjsonSink(config.ndjson, host, on_error=on_error)]
+    if config.elasticsearch is not None and config.elasticsearch.urls:
+        sinks.append(ElasticsearchSink(config.elasticsearch, host, on_error=on_error))
+    if config.alert_feed is not None:
+        sinks.append(AlertFeed(config.alert_feed, host, on_error=on_error))
+    return Fanout(sinks)
+
+
+def sink_settings(config: Config) -> tuple:
+    """What the sinks are built from: a change in any of it rebuilds them."""
+    return config.ndjson, config.elasticsearch, config.alert_feed
