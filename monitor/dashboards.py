@@ -24,7 +24,7 @@ INDEX_PATTERN_TITLE = "socat-monitor-*"
 KIBANA_VERSION = "7.9.3"
 _SEARCH_REF = "kibanaSavedObjectMeta.searchSourceJSON.index"
 
-_KIBANA_TYPE = {"keyword": "string", "text": "string", "ip": "ip", "date": "date", "boolean": "boolean",
+_KIBANA_TYPE = {"keyword": "string", "wildcard": "string", "text": "string", "ip": "ip", "date": "date", "boolean": "boolean",
                 "long": "number", "float": "number", "double": "number"}
 
 
@@ -38,6 +38,11 @@ def _index_pattern() -> dict[str, Any]:
         {"name": name, "type": _KIBANA_TYPE[kind], "esTypes": [kind], "count": 0, "scripted": False,
          "searchable": True, "aggregatable": kind != "text", "readFromDocValues": kind != "text"}
         for name, kind in sorted(FIELDS.items())
+    ]
+    fields += [  # the text multi-field beside each wildcard field (template._mapping)
+        {"name": f"{name}.text", "type": "string", "esTypes": ["text"], "count": 0, "scripted": False,
+         "searchable": True, "aggregatable": False, "readFromDocValues": False, "subType": {"multi": {"parent": name}}}
+        for name, kind in sorted(FIELDS.items()) if kind == "wildcard"
     ]
     return {
         "id": INDEX_PATTERN_ID,
@@ -167,7 +172,7 @@ def saved_objects() -> list[dict[str, Any]]:
         "Alerts over time, by rule (policy, audit, anomaly).")
     alerts_table = _table(
         "alerts-table", "socat-monitor: alerts by rule and source",
-        [("rule.name", "Rule"), ("event.severity", "Severity"), ("source.ip", "Source")], "event.kind:alert",
+        [("rule.name", "Rule"), ("socat.severity", "Severity"), ("source.ip", "Source")], "event.kind:alert",
         "Which rules fired for which sources.")
     client_relay = _table(
         "client-relay", "socat-monitor: client -> relay",

@@ -102,8 +102,11 @@ def test_index_pattern_covers_the_default_aliases_and_lists_template_fields():
     for alias in (config.events_index, config.alerts_index):
         assert fnmatch.fnmatch(config.first_index(alias), title)
     fields = {f["name"]: f for f in json.loads(pattern["attributes"]["fields"])}
-    assert set(fields) == set(FIELDS)
+    multi = {f"{name}.text" for name, kind in FIELDS.items() if kind == "wildcard"}
+    assert set(fields) == set(FIELDS) | multi
     assert fields["source.ip"]["type"] == "ip" and fields["@timestamp"]["type"] == "date"
+    assert {"socat.metrics.kernel_lost_events_total", "socat.metrics.events_total.connection_accepted",
+            "event.ingested", "host.os.kernel", "agent.id"} <= set(fields)
 
 
 class _FakeKibana(http.server.BaseHTTPRequestHandler):
