@@ -203,6 +203,18 @@ class DiskSpool:
     # -- state --------------------------------------------------------------
 
     @property
+    def read_position(self) -> tuple[int, int]:
+        """(segment, offset) of the next line to hand out: everything before was handed out."""
+        with self._lock:
+            return self._read_seg, self._read_off
+
+    @property
+    def end_position(self) -> tuple[int, int]:
+        """(segment, offset) just past the last line appended."""
+        with self._lock:
+            return self._write_seg, self._sizes[self._write_seg]
+
+    @property
     def pending(self) -> int:
         return self._pending
 
