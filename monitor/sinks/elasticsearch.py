@@ -167,16 +167,8 @@ class ElasticsearchSink:
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until the spool is empty (everything acknowledged); False on timeout."""
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.config.close_timeout_s)
-        self._wake.set()
-        with self._flushed:
-            while self._spool.pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._flushed.wait(min(left, 0.1))
-                self._wake.set()
-        return True
+        return self._spool.wait_empty(self._flushed, self._wake,
+                                      timeout_s if timeout_s is not None else self.config.close_timeout_s)
 
     def close(self) -> None:
         """Ship what can be shipped within `close_timeout_s`, then fsync the spool and stop.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,6 +239,20 @@ class DiskSpool:
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
+
+    def wait_empty(self, acked: threading.Condition, wake: threading.Event, timeout_s: float) -> bool:
+        """Wait (bounded) until every line is acknowledged: `acked` is notified by the shipper after
+        each ack, `wake` is set to hurry it. False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        wake.set()
+        with acked:
+            while self.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                acked.wait(min(left, 0.1))
+                wake.set()
+        return True
 
     def close(self) -> None:
         self.sync()
