@@ -56,3 +56,12 @@ def test_an_index_expires_once_its_successor_is_older_than_the_retention():
     assert expired("a", created, 20 * 86400, now_ms=40 * day) == ["a-000001"]
     assert expired("a", created, 1 * 86400, now_ms=40 * day) == ["a-000001", "a-000002"]
     assert expired("a", {"a-000001": 0}, 1, now_ms=10 * day) == []      # the write index stays
+
+
+def test_template_points_at_the_ilm_policy_and_the_ingest_pipeline():
+    from monitor.sinks.template import index_template
+
+    settings = index_template(["a-*"], pipeline="p", ilm=("policy", "a"))["template"]["settings"]
+    assert settings["index.final_pipeline"] == "p"
+    assert (settings["index.lifecycle.name"], settings["index.lifecycle.rollover_alias"]) == ("policy", "a")
+    assert "index.lifecycle.name" not in index_template(["a-*"], pipeline="p")["template"]["settings"]

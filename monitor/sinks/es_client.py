@@ -131,6 +131,10 @@ class EsClient:
         except Unavailable as exc:
             if exc.status in (400, 405):      # the OSS build: no such API
                 return False
+            if exc.status == 403:             # not allowed to read ILM: the agent rolls over itself
+                logging.getLogger(__name__).warning("elasticsearch: no privilege to read ILM policies (%s); "
+                                                    "the agent manages rollover and retention", exc)
+                return False
             raise
         return True
 

@@ -368,3 +368,51 @@ def test_replay_after_a_rollover_doubles_nothing(elasticsearch_server, tmp_path,
     assert len(_behind(es, alias)) == 2
     got = _ids(es, alias)
     assert len(got) == len(set(got)) == 21000
+
+
+def test_real_agent_ships_flows_with_the_spec_community_id_and_alerts_to_a_webhook(elasticsearch_server, tmp_path,
+                                                                                     prefix, procs):
+    """`socat-monitor run` with a real socat relay on loopback: its connections reach Elasticsearch
+    with the Community ID the spec gives their 4-tuple, and its policy alert reaches both the alerts
+    alias and a webhook receiver (http.server on 127.0.0.1), once."""
+    from tests.lab import AgentProcess, connect, start_echo, wait_for
+    from tests.test_webhook import Receiver, _serve
+
+    es = elasticsearch_server.client()
+    port, backend = free_port(), free_port()
+    Receiver.store, Receiver.requests, Receiver.plan = {}, [], []
+    hook = _serve()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nlisteners:\n  - name: es-relay\n    port: {port}\n"
+                      "    allow_sources: [127.0.0.1/32]\n    action: alert\n"
+                      "defaults:\n  unknown_listener: ignore\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"elasticsearch:\n  urls: [{elasticsearch_server.url}]\n  events_index: {prefix}-events\n"
+                      f"  alerts_index: {prefix}-alerts\n  template_name: {prefix}\n  batch_interval: 200ms\n"
+                      f"webhook:\n  url: http://127.0.0.1:{hook.server_address[1]}/alerts\n")
+    agent = AgentProcess(tmp_path, "--config", str(config), "--policy", str(policy), "--no-enforce",
+                         "--duration", "120")
+    try:
+        agent.wait_ready()
+        start_echo(procs, backend)
+        procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,range=127.0.0.0/8,max-children=20",
+                    f"TCP:127.0.0.1:{backend}", port=port)
+        clients = {connect(port, source="127.0.0.1"), connect(port, source="127.0.0.9")}
+        wait_for(lambda: Receiver.store, timeout=20)
+    finally:
+        agent.stop()
+        hook.shutdown()
+        hook.server_close()
+    es.indices.refresh(index=f"{prefix}-*")
+    accepted = es.search(index=f"{prefix}-events", body={"size": 50, "query": {"bool": {"filter": [
+        {"term": {"event.action": "connection_accepted"}}, {"term": {"destination.port": port}}]}}})["hits"]["hits"]
+    assert {(h["_source"]["source"]["ip"], h["_source"]["source"]["port"]) for h in accepted} == clients
+    for hit in accepted:
+        doc = hit["_source"]
+        flow = (doc["source"]["ip"], doc["source"]["port"], doc["destination"]["ip"], doc["destination"]["port"])
+        assert doc["network"]["community_id"] == _spec_community_id(*flow), flow
+        assert doc["event"]["ingested"] and doc["agent"]["id"] and doc["host"]["os"]["kernel"]
+    alerts = es.search(index=f"{prefix}-alerts", body={"query": {"term": {"source.ip": "127.0.0.9"}}})["hits"]["hits"]
+    assert alerts and {a["_id"] for a in alerts} <= set(Receiver.store)
+    assert len(Receiver.requests) == len(set(Receiver.requests))
+    assert alerts[0]["_source"]["event"]["risk_score"] in (21, 47, 73, 99)
