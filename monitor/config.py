@@ -24,7 +24,7 @@ from .detect import DetectConfig
 from .enforce import EnforceConfig
 from .metrics import DEFAULT_LISTEN, check_listen
 from .settings import FORMATS, build_section, relation_problems, restart_only, section_schema, setting, spec_of
-from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig
+from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig, WebhookConfig
 from .yamlfile import FlagLocator, InputErrors, load_yaml, validate
 
 DEFAULT_CONFIG_PATH = "/etc/socat-monitor/config.yaml"
@@ -54,6 +54,7 @@ class Config:
     ndjson: NdjsonConfig = field(default_factory=lambda: NdjsonConfig(directory=AgentConfig.output))
     elasticsearch: ElasticsearchConfig | None = None
     alert_feed: AlertFeedConfig | None = None
+    webhook: WebhookConfig | None = None
     source: str | None = None                       # the file it came from
 
 
@@ -64,8 +65,9 @@ SECTIONS: dict[str, type] = {
     "ndjson": NdjsonConfig,
     "elasticsearch": ElasticsearchConfig,
     "alert_feed": AlertFeedConfig,
+    "webhook": WebhookConfig,
 }
-OPTIONAL_SECTIONS = {"elasticsearch", "alert_feed"}
+OPTIONAL_SECTIONS = {"elasticsearch", "alert_feed", "webhook"}
 ALL_SECTIONS: dict[str, type] = {"agent": AgentConfig, **SECTIONS}   # "agent": the top-level keys
 
 
@@ -212,10 +214,15 @@ def place_state(config: Config) -> Config:
         derived = Path(es.dead_letter_path) == Path(es.spool_dir) / "dead-letter.ndjson"
         es = dataclasses.replace(es, spool_dir=state / "spool",
                                  dead_letter_path=None if derived else es.dead_letter_path)
+    hook = config.webhook
+    if hook is not None and Path(hook.spool_dir) == Path(_default(WebhookConfig, "spool_dir")):
+        derived = Path(hook.dead_letter_path) == Path(hook.spool_dir) / "dead-letter.ndjson"
+        hook = dataclasses.replace(hook, spool_dir=state / "webhook-spool",
+                                   dead_letter_path=None if derived else hook.dead_letter_path)
     ndjson = config.ndjson
     if Path(ndjson.directory) != Path(agent.output) and Path(ndjson.directory) == Path(AgentConfig.output):
         ndjson = dataclasses.replace(ndjson, directory=Path(agent.output))
-    return dataclasses.replace(config, agent=agent, enforce=enforce, elasticsearch=es, ndjson=ndjson)
+    return dataclasses.replace(config, agent=agent, enforce=enforce, elasticsearch=es, ndjson=ndjson, webhook=hook)
 
 
 def to_dict(config: Config) -> dict[str, Any]:

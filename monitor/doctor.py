@@ -209,13 +209,14 @@ def check_elasticsearch(es_config) -> Check:
                                 api_key=es_config.api_key, ca_file=es_config.ca_file,
                                 verify_certs=es_config.verify_certs, timeout_s=5.0)
     try:
-        version = client.server_version()
+        server = client.server()
     except es_client.Unavailable as exc:
         return Check("elasticsearch", WARN, f"{', '.join(es_config.urls)}: {exc} (the agent starts and spools "
                      "events to disk until it answers)", "start the server, or fix elasticsearch.* in the config")
     finally:
         client.close()
-    return Check("elasticsearch", OK, f"{', '.join(es_config.urls)} answers: Elasticsearch {version}")
+    version = ".".join(map(str, server.version))
+    return Check("elasticsearch", OK, f"{', '.join(es_config.urls)} answers: Elasticsearch {version} ({server.flavor})")
 
 
 def check_privileges(env: DoctorEnv) -> Check:

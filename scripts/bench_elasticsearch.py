@@ -114,7 +114,7 @@ def main() -> None:
         encode = bench_encode(records[:50_000])
         # same template for every index; a warm-up first (JVM JIT, index creation)
         es.transport.perform_request("PUT", f"/_index_template/{prefix}-raw",
-                                     body=index_template([f"{prefix}-raw-*"]))
+                                     body=index_template([f"{prefix}-raw-*"], wildcard=False))
         bench_raw_bulk(es, raw_records[:30_000], f"{prefix}-raw-warmup", args.batch)
         raw = bench_raw_bulk(es, raw_records, f"{prefix}-raw-measured", args.batch)
         sink = bench_sink(args.url, records, prefix, spool, args.batch)

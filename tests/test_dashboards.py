@@ -6,12 +6,15 @@ in for Kibana, which cannot be installed here)."""
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import fnmatch
 import http.server
 import json
 import re
+import ssl
+import subprocess
 import threading
 from urllib.parse import parse_qs, urlsplit
 
@@ -102,8 +105,11 @@ def test_index_pattern_covers_the_default_aliases_and_lists_template_fields():
     for alias in (config.events_index, config.alerts_index):
         assert fnmatch.fnmatch(config.first_index(alias), title)
     fields = {f["name"]: f for f in json.loads(pattern["attributes"]["fields"])}
-    assert set(fields) == set(FIELDS)
+    multi = {f"{name}.text" for name, kind in FIELDS.items() if kind == "wildcard"}
+    assert set(fields) == set(FIELDS) | multi
     assert fields["source.ip"]["type"] == "ip" and fields["@timestamp"]["type"] == "date"
+    assert {"socat.metrics.kernel_lost_events_total", "socat.metrics.events_total.connection_accepted",
+            "event.ingested", "host.os.kernel", "agent.id"} <= set(fields)
 
 
 class _FakeKibana(http.server.BaseHTTPRequestHandler):
@@ -121,7 +127,8 @@ class _FakeKibana(http.server.BaseHTTPRequestHandler):
                               "xsrf": self.headers.get("kbn-xsrf"), "auth": self.headers.get("Authorization"),
                               "multipart": message.get_content_type(), "parts": parts})
         lines = parts.get("file", b"").decode().splitlines()
-        answer = {"success": True, "successCount": len(lines)} if self.status == 200 else \
+        count = "success_count" if "detection_engine" in self.path else "successCount"
+        answer = {"success": True, count: len(lines)} if self.status == 200 else \
             {"statusCode": self.status, "error": "Bad Request", "message": "bad file"}
         data = json.dumps(answer).encode()
         self.send_response(self.status)
@@ -134,16 +141,39 @@ class _FakeKibana(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def kibana():
+@contextlib.contextmanager
+def _serve(tls: ssl.SSLContext | None = None):
     _FakeKibana.received = []
     _FakeKibana.status = 200
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeKibana)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server, f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def kibana():
+    with _serve() as served:
+        yield served
+
+
+@pytest.fixture
+def tls_kibana(tmp_path):
+    """The stand-in Kibana over https, with a self-signed certificate for 127.0.0.1 (its own CA)."""
+    cert, key = tmp_path / "kibana.crt", tmp_path / "kibana.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with _serve(context) as (server, url):
+        yield url, cert
 
 
 def test_import_posts_the_objects_as_kibana_expects(kibana):
@@ -185,3 +215,28 @@ def test_export_writes_the_same_objects(tmp_path):
     assert done.returncode == 0, done.stderr
     assert out.read_text() == COMMITTED.read_text()
     assert socat_monitor("dashboards", "export").stdout == COMMITTED.read_text()
+
+
+def test_import_over_https_verifies_with_the_ca_file_or_not_at_all(tls_kibana):
+    url, cert = tls_kibana
+    unverified = socat_monitor("dashboards", "import", "--kibana", url)
+    assert unverified.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
+    for flags in (["--ca-file", str(cert)], ["--insecure"]):
+        done = socat_monitor("dashboards", "import", "--kibana", url, *flags, "--username", "soc",
+                             "--password", "pw")
+        assert done.returncode == 0, done.stderr
+    assert [r["auth"] for r in _FakeKibana.received] == ["Basic c29jOnB3"] * 2
+    both = socat_monitor("dashboards", "import", "--kibana", url, "--insecure", "--ca-file", str(cert))
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_rules_import_posts_to_the_detection_engine(tls_kibana):
+    url, cert = tls_kibana
+    done = socat_monitor("dashboards", "rules", "import", "--kibana", url, "--ca-file", str(cert),
+                         "--space", "soc", "--api-key", "k==")
+    assert done.returncode == 0, done.stderr
+    assert "imported 2 detection rules" in done.stdout
+    (req,) = _FakeKibana.received
+    assert req["path"] == "/s/soc/api/detection_engine/rules/_import" and req["query"] == {"overwrite": ["true"]}
+    assert req["auth"] == "ApiKey k==" and req["xsrf"] == "true"
+    assert req["parts"]["file"].decode() == (ROOT / "dashboards" / "socat-monitor-rules.ndjson").read_text()

@@ -406,3 +406,13 @@ def test_elasticsearch_sink_spool_overflow_is_reported_while_server_is_down(tmp_
     lost = [e for e in errors if "oldest events dropped" in e.message]
     assert lost and sum(e.count for e in lost) == stats.dropped
     assert any("unavailable" in e.message for e in errors)
+
+
+def test_template_mappings_build_for_both_kinds_of_server():
+    from monitor.sinks.template import index_template
+
+    for wildcard in (True, False):
+        props = index_template(["x-*"], wildcard=wildcard)["template"]["mappings"]["properties"]
+        command_line = props["process"]["properties"]["command_line"]
+        assert command_line["type"] == ("wildcard" if wildcard else "keyword")
+        assert command_line["fields"]["text"]["type"] == "text"

@@ -10,7 +10,7 @@ from ..detect import Baseline, Detector
 from ..ecs import HostInfo
 from ..enforce import EgressRule, Enforcer
 from ..policy import Policy, PolicyEngine, load_policy
-from ..sinks import AlertFeed, ElasticsearchSink, ErrorCallback, Fanout, NdjsonSink
+from ..sinks import AlertFeed, ElasticsearchSink, ErrorCallback, Fanout, NdjsonSink, WebhookSink
 
 
 def read_policy(path: str | None) -> Policy | None:
@@ -45,9 +45,11 @@ def make_sinks(config: Config, host: HostInfo, on_error: ErrorCallback) -> Fanou
         sinks.append(ElasticsearchSink(config.elasticsearch, host, on_error=on_error))
     if config.alert_feed is not None:
         sinks.append(AlertFeed(config.alert_feed, host, on_error=on_error))
+    if config.webhook is not None:
+        sinks.append(WebhookSink(config.webhook, host, on_error=on_error))
     return Fanout(sinks)
 
 
 def sink_settings(config: Config) -> tuple:
     """What the sinks are built from: a change in any of it rebuilds them."""
-    return config.ndjson, config.elasticsearch, config.alert_feed
+    return config.ndjson, config.elasticsearch, config.alert_feed, config.webhook

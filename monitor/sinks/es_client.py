@@ -16,6 +16,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import elasticsearch
 from elasticsearch import exceptions as es_exc
@@ -32,6 +33,17 @@ class Unavailable(Exception):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    version: tuple[int, ...]
+    flavor: str                 # "oss" for the OSS build, "default" otherwise
+
+    @property
+    def has_wildcard(self) -> bool:
+        """The `wildcard` field type: 7.9 and later, default distribution only."""
+        return self.flavor != "oss" and self.version >= (7, 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,23 +93,87 @@ class EsClient:
         except Exception as exc:  # every transport failure becomes one readable line
             raise _describe(exc) from None
 
-    def server_version(self) -> str:
-        """The server's version number (`GET /`): proves it answers and that our credentials pass."""
-        return str(self._call(self._es.info)["version"]["number"])
-
-    def template_version(self, name: str) -> int | None:
-        """Installed version of a composable template (None: absent; 0: no version)."""
+    def template(self, name: str) -> dict[str, Any] | None:
+        """The installed composable template's body, or None when absent."""
         try:
             found = self._call(self._es.transport.perform_request, "GET", f"/_index_template/{name}")
         except es_exc.NotFoundError:
             return None
         for item in found.get("index_templates", []):
             if item.get("name") == name:
-                return int(item["index_template"].get("version") or 0)
+                return item["index_template"]
         return None
+
+    def template_version(self, name: str) -> int | None:
+        """Installed version of a composable template (None: absent; 0: no version)."""
+        body = self.template(name)
+        return None if body is None else int(body.get("version") or 0)
+
+    def delete_template(self, name: str) -> None:
+        self._call(self._es.transport.perform_request, "DELETE", f"/_index_template/{name}")
 
     def put_template(self, name: str, body: dict[str, Any]) -> None:
         self._call(self._es.transport.perform_request, "PUT", f"/_index_template/{name}", body=body)
+
+    def server(self) -> ServerInfo:
+        """Version and build flavor of the server (`GET /`)."""
+        info = self._call(self._es.info)
+        version = info.get("version", {})
+        numbers = tuple(int(x) for x in re.findall(r"\d+", version.get("number", "0"))[:2])
+        return ServerInfo(numbers, version.get("build_flavor", "default"))
+
+    def has_ilm(self) -> bool:
+        """True when the server has index lifecycle management (the default distribution)."""
+        try:
+            self._call(self._es.transport.perform_request, "GET", "/_ilm/policy")
+        except es_exc.NotFoundError:
+            return False
+        except Unavailable as exc:
+            if exc.status in (400, 405):      # the OSS build: no such API
+                return False
+            if exc.status == 403:             # not allowed to read ILM: the agent rolls over itself
+                logging.getLogger(__name__).warning("elasticsearch: no privilege to read ILM policies (%s); "
+                                                    "the agent manages rollover and retention", exc)
+                return False
+            raise
+        return True
+
+    def put_pipeline(self, name: str, body: dict[str, Any]) -> None:
+        self._call(self._es.transport.perform_request, "PUT", f"/_ingest/pipeline/{quote(name)}", body=body)
+
+    def put_ilm_policy(self, name: str, body: dict[str, Any]) -> None:
+        self._call(self._es.transport.perform_request, "PUT", f"/_ilm/policy/{quote(name)}", body=body)
+
+    def rollover(self, alias: str, conditions: dict[str, Any]) -> str | None:
+        """Roll the alias over if a condition is met; the new write index, or None if it was not rolled."""
+        answer = self._call(self._es.indices.rollover, alias=alias, body={"conditions": conditions})
+        return answer.get("new_index") if answer.get("rolled_over") else None
+
+    def alias_indices(self, alias: str) -> dict[str, int]:
+        """Index -> creation time (ms since the epoch) of every index behind the alias."""
+        try:
+            found = self._call(self._es.indices.get_settings, index=alias, name="index.creation_date")
+        except es_exc.NotFoundError:
+            return {}
+        return {index: int(body["settings"]["index"]["creation_date"]) for index, body in found.items()}
+
+    def delete_index(self, index: str) -> None:
+        try:
+            self._call(self._es.indices.delete, index=index)
+        except es_exc.NotFoundError:
+            pass
+
+    def existing_ids(self, alias: str, ids: list[str]) -> set[str]:
+        """Which of the ids any index behind the alias already holds (refreshes it first)."""
+        self._call(self._es.indices.refresh, index=alias)
+        found: set[str] = set()
+        for start in range(0, len(ids), 5000):
+            chunk = ids[start:start + 5000]
+            answer = self._call(self._es.search, index=alias, filter_path="hits.hits._id",
+                                body={"size": len(chunk), "_source": False,
+                                      "query": {"ids": {"values": chunk}}})
+            found.update(hit["_id"] for hit in answer.get("hits", {}).get("hits", []))
+        return found
 
     def alias_exists(self, alias: str) -> bool:
         return bool(self._call(self._es.indices.exists_alias, name=alias))

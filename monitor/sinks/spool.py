@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +232,18 @@ class DiskSpool:
     # -- state --------------------------------------------------------------
 
     @property
+    def read_position(self) -> tuple[int, int]:
+        """(segment, offset) of the next line to hand out: everything before was handed out."""
+        with self._lock:
+            return self._read_seg, self._read_off
+
+    @property
+    def end_position(self) -> tuple[int, int]:
+        """(segment, offset) just past the last line appended."""
+        with self._lock:
+            return self._write_seg, self._sizes[self._write_seg]
+
+    @property
     def pending(self) -> int:
         return self._pending
 
@@ -254,6 +267,20 @@ class DiskSpool:
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
+
+    def wait_empty(self, acked: threading.Condition, wake: threading.Event, timeout_s: float) -> bool:
+        """Wait (bounded) until every line is acknowledged: `acked` is notified by the shipper after
+        each ack, `wake` is set to hurry it. False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        wake.set()
+        with acked:
+            while self.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                acked.wait(min(left, 0.1))
+                wake.set()
+        return True
 
     def close(self) -> None:
         self.sync()

@@ -425,11 +425,13 @@ def _egress_rules(policy) -> list:
 
 
 def _make_sinks(config: Config, host: HostInfo, on_error):
-    from .sinks import AlertFeed, ElasticsearchSink, Fanout, NdjsonSink
+    from .sinks import AlertFeed, ElasticsearchSink, Fanout, NdjsonSink, WebhookSink
 
     sinks = [NdjsonSink(config.ndjson, host, on_error=on_error)]
     if config.elasticsearch is not None and config.elasticsearch.urls:
         sinks.append(ElasticsearchSink(config.elasticsearch, host, on_error=on_error))
     if config.alert_feed is not None:
         sinks.append(AlertFeed(config.alert_feed, host, on_error=on_error))
+    if config.webhook is not None:
+        sinks.append(WebhookSink(config.webhook, host, on_error=on_error))
     return Fanout(sinks)

@@ -5,8 +5,8 @@ aliases, fields taken from the index template), the visualizations, a saved
 search and two dashboards, in the saved-objects format of Kibana 7.9 (legacy
 visualizations with `references`, which every later 7.x and 8.x Kibana
 imports and migrates). `dashboards/socat-monitor.ndjson` in the repository is
-`export_ndjson()`'s output; `import_to_kibana()` posts it to Kibana's
-`_import` API.
+`export_ndjson()`'s output; `socat-monitor dashboards import` posts it to
+Kibana's saved-objects import API (`IMPORT_PATH`).
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
-from urllib.parse import quote
 
-from .errors import EnvironmentProblem, InputError
 from .sinks.template import FIELDS
 
 INDEX_PATTERN_ID = "socat-monitor"
 INDEX_PATTERN_TITLE = "socat-monitor-*"
 KIBANA_VERSION = "7.9.3"
+IMPORT_PATH = "/api/saved_objects/_import"
 _SEARCH_REF = "kibanaSavedObjectMeta.searchSourceJSON.index"
 
-_KIBANA_TYPE = {"keyword": "string", "text": "string", "ip": "ip", "date": "date", "boolean": "boolean",
+_KIBANA_TYPE = {"keyword": "string", "wildcard": "string", "text": "string", "ip": "ip", "date": "date", "boolean": "boolean",
                 "long": "number", "float": "number", "double": "number"}
 
 
@@ -38,6 +37,11 @@ def _index_pattern() -> dict[str, Any]:
         {"name": name, "type": _KIBANA_TYPE[kind], "esTypes": [kind], "count": 0, "scripted": False,
          "searchable": True, "aggregatable": kind != "text", "readFromDocValues": kind != "text"}
         for name, kind in sorted(FIELDS.items())
+    ]
+    fields += [  # the text multi-field beside each wildcard field (template._mapping)
+        {"name": f"{name}.text", "type": "string", "esTypes": ["text"], "count": 0, "scripted": False,
+         "searchable": True, "aggregatable": False, "readFromDocValues": False, "subType": {"multi": {"parent": name}}}
+        for name, kind in sorted(FIELDS.items()) if kind == "wildcard"
     ]
     return {
         "id": INDEX_PATTERN_ID,
@@ -167,7 +171,7 @@ def saved_objects() -> list[dict[str, Any]]:
         "Alerts over time, by rule (policy, audit, anomaly).")
     alerts_table = _table(
         "alerts-table", "socat-monitor: alerts by rule and source",
-        [("rule.name", "Rule"), ("event.severity", "Severity"), ("source.ip", "Source")], "event.kind:alert",
+        [("rule.name", "Rule"), ("socat.severity", "Severity"), ("source.ip", "Source")], "event.kind:alert",
         "Which rules fired for which sources.")
     client_relay = _table(
         "client-relay", "socat-monitor: client -> relay",
@@ -196,43 +200,3 @@ def saved_objects() -> list[dict[str, Any]]:
 def export_ndjson() -> str:
     """The saved objects as Kibana's import format: one JSON object per line."""
     return "".join(json.dumps(obj, sort_keys=True) + "\n" for obj in saved_objects())
-
-
-def import_to_kibana(url: str, ndjson: str, space: str | None = None, timeout_s: float = 30.0,
-                     auth_header: str | None = None) -> dict[str, Any]:
-    """POST the objects to Kibana's saved-objects import API (overwrite); Kibana's answer.
-
-    Raises EnvironmentProblem when Kibana cannot be reached or refuses, with one line.
-    """
-    import urllib.error
-    import urllib.request
-
-    if not url.startswith(("http://", "https://")):
-        raise InputError("--kibana", f"expected an http:// or https:// URL, got {url!r}")
-    base = url.rstrip("/") + (f"/s/{quote(space, safe='')}" if space and space != "default" else "")
-    boundary = "socat-monitor-" + uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"socat-monitor.ndjson\"\r\n"
-            f"Content-Type: application/ndjson\r\n\r\n").encode() + ndjson.encode() + f"\r\n--{boundary}--\r\n".encode()
-    headers = {"kbn-xsrf": "true", "Content-Type": f"multipart/form-data; boundary={boundary}"}
-    if auth_header:
-        headers["Authorization"] = auth_header
-    request = urllib.request.Request(f"{base}/api/saved_objects/_import?overwrite=true", data=body,
-                                     headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            answer = json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        detail = exc.read()[:300].decode(errors="replace").strip()
-        raise EnvironmentProblem(url, f"Kibana refused the import: HTTP {exc.code} {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise EnvironmentProblem(url, f"cannot reach Kibana: {reason}", "check --kibana and that Kibana runs") from None
-    except ValueError:
-        raise EnvironmentProblem(url, "Kibana answered with something that is not JSON") from None
-    if not answer.get("success", False):
-        errors = answer.get("errors") or []
-        first = errors[0] if errors else {}
-        raise EnvironmentProblem(url, f"Kibana imported {answer.get('successCount', 0)} objects, "
-                                      f"{len(errors)} failed (first: {first.get('type')} {first.get('id')}: "
-                                      f"{first.get('error')})")
-    return answer

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import functools
 import hashlib
 import math
+import platform
 import socket
 import struct
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
@@ -43,12 +47,73 @@ DATASET_ENFORCE = "socat.enforce"
 DATASET_AGENT = "socat.agent"
 
 
+SEVERITY_SCORES = {"low": 21, "medium": 47, "high": 73, "critical": 99}
+_AGENT_NAMESPACE = uuid.UUID("0f1d1c52-5b8e-4a43-9d3c-6f2b9c3c7a11")
+
+
+@dataclass(frozen=True, slots=True)
+class HostOs:
+    """`host.os.*`: the running kernel and the distribution of /etc/os-release."""
+
+    name: str = "Linux"
+    version: str = ""
+    family: str = ""
+    kernel: str = ""
+    full: str = ""
+
+    @classmethod
+    def detect(cls) -> "HostOs":
+        release = _os_release()
+        return cls(name=release.get("NAME", "Linux"), version=release.get("VERSION_ID", ""),
+                   family=release.get("ID", ""), kernel=platform.release(),
+                   full=release.get("PRETTY_NAME", ""))
+
+    def ecs(self) -> dict[str, Any]:
+        out = {"type": "linux", "platform": self.family or "linux", "name": self.name}
+        out.update((k, v) for k, v in (("version", self.version), ("family", self.family),
+                                       ("kernel", self.kernel), ("full", self.full)) if v)
+        return out
+
+
+def _os_release() -> dict[str, str]:
+    try:
+        with open("/etc/os-release", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    return {key.strip(): value.strip().strip('"') for key, value in pairs}
+
+
+def _host_addresses() -> tuple[str, ...]:
+    """The host's own addresses (not loopback, not link-local v6), from /proc and the interfaces."""
+    found: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                answer = fcntl.ioctl(sock.fileno(), 0x8915, request)   # SIOCGIFADDR
+            except OSError:
+                continue
+            found.append(socket.inet_ntoa(answer[20:24]))
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as fh:
+            for line in fh:
+                raw = bytes.fromhex(line.split()[0])
+                found.append(socket.inet_ntop(socket.AF_INET6, raw))
+    except OSError:
+        pass
+    return tuple(sorted({ip for ip in found if not ip.startswith(("127.", "fe80:")) and ip != "::1"}))
+
+
 @dataclass(frozen=True, slots=True)
 class HostInfo:
     """The host and agent identity stamped on every document."""
 
     name: str
     id: str
+    ip: tuple[str, ...] = ()
+    os: HostOs = field(default_factory=HostOs)
 
     @classmethod
     def detect(cls) -> "HostInfo":
@@ -57,7 +122,18 @@ class HostInfo:
                 host_id = fh.read().strip()
         except OSError:
             host_id = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:32]
-        return cls(name=socket.gethostname(), id=host_id)
+        return cls(name=socket.gethostname(), id=host_id, ip=_host_addresses(), os=HostOs.detect())
+
+    @property
+    def agent_id(self) -> str:
+        """`agent.id`: stable for this host, different on every other one."""
+        return str(uuid.uuid5(_AGENT_NAMESPACE, self.id))
+
+    def ecs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "hostname": self.name, "id": self.id, "os": self.os.ecs()}
+        if self.ip:
+            out["ip"] = list(self.ip)
+        return out
 
 
 @functools.lru_cache(maxsize=4096)
@@ -88,28 +164,45 @@ def parse_timestamp(text: str) -> int:
     return ns
 
 
-def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: int = 6) -> str:
-    """Community ID v1 flow hash (seed 0), so flows join across tools."""
+def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: int = 6, seed: int = 0) -> str:
+    """Community ID v1 flow hash, so flows join with Zeek, Suricata and the Beats.
+
+    SHA-1 over seed, source address, destination address, protocol, a zero
+    byte of padding, source port, destination port (network byte order), with
+    the smaller (address, port) endpoint first, so both directions agree.
+    """
     src = packed(src_ip)
     dst = packed(dst_ip)
     if (src, src_port) > (dst, dst_port):
         src, dst, src_port, dst_port = dst, src, dst_port, src_port
-    data = struct.pack("!HBB", 0, proto, 0) + src + dst + struct.pack("!HH", src_port, dst_port)
+    data = struct.pack("!H", seed) + src + dst + struct.pack("!BBHH", proto, 0, src_port, dst_port)
     return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+def set_severity(doc: dict[str, Any], word: str) -> None:
+    """Severity the way Elastic Security reads it: `event.severity` and `event.risk_score` as
+    21/47/73/99 for low/medium/high/critical, the word itself in `socat.severity`."""
+    try:
+        score = SEVERITY_SCORES[word]
+    except KeyError:
+        raise ValueError(f"unknown severity {word!r}: expected {', '.join(SEVERITY_SCORES)}") from None
+    doc["event"].update(severity=score, risk_score=float(score))
+    doc.setdefault("socat", {})["severity"] = word
 
 
 def _base(record_id: str, timestamp_ns: int, host: HostInfo, kind: str, dataset: str) -> dict[str, Any]:
     return {
         "@timestamp": iso_timestamp(timestamp_ns),
         "ecs": {"version": ECS_VERSION},
-        "event": {"id": record_id, "kind": kind, "dataset": dataset, "module": "socat"},
-        "host": {"name": host.name, "id": host.id},
-        "agent": {"name": "socat-monitor", "type": "socat-monitor", "version": __version__},
+        "event": {"id": record_id, "kind": kind, "dataset": dataset, "module": "socat",
+                  "created": iso_timestamp(time.time_ns())},
+        "host": host.ecs(),
+        "agent": {"id": host.agent_id, "name": "socat-monitor", "type": "socat-monitor", "version": __version__},
         "observer": {"hostname": host.name, "type": "monitor", "vendor": "socat-monitor"},
     }
 
 
-def _process(proc: ProcessInfo) -> dict[str, Any]:
+def _process(proc: ProcessInfo, host: HostInfo) -> dict[str, Any]:
     out: dict[str, Any] = {"pid": proc.pid, "name": proc.comm}
     if proc.tid is not None:
         out["thread"] = {"id": proc.tid}
@@ -122,7 +215,7 @@ def _process(proc: ProcessInfo) -> dict[str, Any]:
         out["command_line"] = proc.command_line
     if proc.start_ns is not None:
         out["start"] = iso_timestamp(proc.start_ns)
-        out["entity_id"] = f"{proc.pid}-{proc.start_ns}"
+        out["entity_id"] = f"{host.id}-{proc.pid}-{proc.start_ns}"
     if proc.gid is not None:
         out["group"] = {"id": str(proc.gid)}
     return out
@@ -137,10 +230,10 @@ def _user(proc: ProcessInfo) -> dict[str, Any] | None:
     return user
 
 
-def _add_process(doc: dict[str, Any], proc: ProcessInfo | None) -> None:
+def _add_process(doc: dict[str, Any], proc: ProcessInfo | None, host: HostInfo) -> None:
     if proc is None:
         return
-    doc["process"] = _process(proc)
+    doc["process"] = _process(proc, host)
     user = _user(proc)
     if user:
         doc["user"] = user
@@ -185,7 +278,7 @@ def _render_connection(ev: ConnectionEvent, host: HostInfo) -> dict[str, Any]:
         "community_id": community_id(ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port),
     }
     doc["related"] = {"ip": sorted({ev.source_ip, ev.destination_ip})}
-    _add_process(doc, ev.process)
+    _add_process(doc, ev.process, host)
     socat: dict[str, Any] = {}
     if ev.listener is not None:
         socat["listener"] = _listener(ev.listener)
@@ -206,7 +299,7 @@ def _render_process(ev: ProcessEvent, host: HostInfo) -> dict[str, Any]:
     doc["event"].update(category=["process"], type=["start" if started else "end"], action=ev.action.value)
     if ev.ktime_ns is not None:
         doc["event"]["sequence"] = ev.ktime_ns
-    _add_process(doc, ev.process)
+    _add_process(doc, ev.process, host)
     if ev.exit_code is not None:
         doc["process"]["exit_code"] = ev.exit_code
         doc["event"]["outcome"] = Outcome.SUCCESS.value if ev.exit_code == 0 else Outcome.FAILURE.value
@@ -222,8 +315,6 @@ def _render_alert(alert: Alert, host: HostInfo) -> dict[str, Any]:
         type=["info", "denied"] if alert.outcome is Outcome.FAILURE else ["info"],
         action=alert.rule_id,
         outcome=alert.outcome.value,
-        severity=int(alert.severity),
-        risk_score=alert.severity.risk_score,
         reason=alert.description,
     )
     doc["rule"] = {
@@ -242,8 +333,9 @@ def _render_alert(alert: Alert, host: HostInfo) -> dict[str, Any]:
         if alert.destination_port is not None:
             doc["destination"]["port"] = alert.destination_port
         doc.setdefault("related", {"ip": []})["ip"].append(alert.destination_ip)
-    _add_process(doc, alert.process)
-    socat: dict[str, Any] = {"severity": alert.severity.name.lower()}
+    _add_process(doc, alert.process, host)
+    set_severity(doc, alert.severity.name.lower())
+    socat: dict[str, Any] = doc["socat"]
     if alert.listener is not None:
         socat["listener"] = _listener(alert.listener)
     if alert.trigger_event_ids:
@@ -267,7 +359,6 @@ def _render_alert(alert: Alert, host: HostInfo) -> dict[str, Any]:
         socat["audit"] = {"token": alert.token, "fix": alert.fix}
     if alert.block:
         socat["block"] = {"target": alert.block_target or alert.source_ip}
-    doc["socat"] = socat
     threat = _THREAT.get(alert.rule_id)
     if threat:
         doc["threat"] = threat
@@ -291,12 +382,20 @@ _THREAT = {
 }
 
 
+_BLOCK_TYPES = {
+    Action.BLOCKED: "creation",
+    Action.BLOCK_REFUSED: "creation",      # outcome failure: the rule was not made
+    Action.BLOCK_DRY_RUN: "info",          # would have been created
+    Action.UNBLOCKED: "deletion",
+}
+
+
 def _render_block(ev: BlockEvent, host: HostInfo) -> dict[str, Any]:
     doc = _base(ev.id, ev.timestamp_ns, host, "event", DATASET_ENFORCE)
     failed = ev.action is Action.BLOCK_REFUSED
     doc["event"].update(
-        category=["network"],
-        type=["change", "denied"] if ev.action is Action.BLOCKED else ["change"],
+        category=["configuration"],
+        type=[_BLOCK_TYPES[ev.action]],
         action=ev.action.value,
         outcome=Outcome.FAILURE.value if failed else Outcome.SUCCESS.value,
     )

@@ -26,9 +26,10 @@ from ..enforce import EgressGuard
 from ..events import Action, Alert, ConnectionEvent, Heartbeat, Listener, PipelineError, ProcessEvent, Record, now_ns
 from ..metrics import MetricsServer
 from ..pipeline import Pipeline
-from ..policy import Policy, audit_command, audit_process, audit_running, finding_to_alert, parse_command_line
+from ..policy import Policy, audit_running, finding_to_alert
 from ..status import LiveStatus, ReloadResult, RunSummary, to_json
 from . import report
+from .auditing import AuditWorker
 from .loops import CaptureReader, Handoff, Periodic, main_loop
 from .reload import reload
 from .wiring import egress_rules, engine, make_detector, make_enforcer, make_sinks, read_policy
@@ -66,6 +67,7 @@ class Agent:
         self.enforcer = make_enforcer(config)
         self.egress: EgressGuard | None = None
         self.sinks = make_sinks(config, self.host, self.sink_error)
+        self.audits = AuditWorker(lambda: self.policy)
         self.pipeline = Pipeline(policy=engine(self.policy), detector=self.detector, auditor=self._audit,
                                  blocker=self.enforcer)
         self.capture: Capture | None = None
@@ -154,6 +156,7 @@ class Agent:
                 log.warning("final capture poll: %s", exc)
         while (batch := self.handoff.take(0)) is not None:
             self._process(batch)
+        self.audits.close()
         self.tick()
 
     def _process(self, batch: list[Record]) -> None:
@@ -168,7 +171,9 @@ class Agent:
     def tick(self) -> None:
         for record in self.pipeline.tick(now_ns()):
             self.emit(record)
-        raised = self.egress.poll() if self.egress is not None else []
+        raised = self.audits.alerts()
+        if self.egress is not None:
+            raised += self.egress.poll()
         if self.enforcer is not None:
             raised += self.enforcer.drain_alerts()
         for record in self.pipeline.alerts(raised):
@@ -185,6 +190,9 @@ class Agent:
         if lost > 0:
             log.error("agent queue full: %d events lost in user space", lost)
             self.emit(PipelineError("agent.queue", "pipeline queue full: events dropped", now_ns(), count=lost))
+        unaudited = self.audits.new_drops()
+        if unaudited > 0:
+            self.emit(PipelineError("agent.audit", "audit queue full: execs not audited", now_ns(), count=unaudited))
 
     def emit(self, record: Record) -> None:
         self.status.observe(record)
@@ -221,6 +229,7 @@ class Agent:
     def set_policy(self, policy: Policy | None) -> None:
         """Put `policy` in force (reload): the engine, then the egress guard's rules."""
         self.policy = policy
+        self.audits.forget()
         self.pipeline.replace_policy(engine(policy))
         if self.egress is not None:
             self.egress.set_rules(egress_rules(policy))
@@ -235,18 +244,8 @@ class Agent:
         self.refresh_listeners()
 
     def _audit(self, event: ProcessEvent) -> list[Alert]:
-        if event.action is not Action.PROCESS_STARTED:
-            return []
-        try:
-            findings = audit_process(event.process.pid, self.policy)
-        except Exception:  # the process is already gone: audit what BPF saw at exec
-            try:
-                findings = audit_command(parse_command_line(event.process.args), pid=event.process.pid,
-                                         uid=event.process.uid, policy=self.policy)
-            except Exception as exc:
-                log.warning("audit of pid %d: %s", event.process.pid, exc)
-                return []
-        return [finding_to_alert(f, event.timestamp_ns, event.process) for f in findings]
+        """Exec'd socat processes are audited on the audit thread; their alerts come with the next tick."""
+        return self.audits.submit(event) if event.action is Action.PROCESS_STARTED else []
 
     def _audit_running(self) -> list[Alert]:
         stamp = now_ns()

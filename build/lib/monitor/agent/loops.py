@@ -24,24 +24,33 @@ log = logging.getLogger(__name__)
 
 
 class Handoff:
-    """The bounded queue from the capture thread to the main thread, and the count of what it dropped."""
+    """The queue from the capture thread to the main thread, bounded in records (`queue_size`), not
+    in batches (a ring drain can hold thousands), and the count of what it dropped."""
 
     def __init__(self, queue_size: int) -> None:
-        self.queue: queue.Queue[list[Record]] = queue.Queue(maxsize=max(1, queue_size // 64))
+        self.queue: queue.Queue[list[Record]] = queue.Queue()
+        self.capacity = queue_size
+        self.held = 0          # records queued now
         self.lost = 0
         self._reported = 0
+        self._lock = threading.Lock()
 
     def offer(self, batch: list[Record]) -> None:
-        try:
-            self.queue.put_nowait(batch)
-        except queue.Full:
-            self.lost += len(batch)
+        with self._lock:
+            if self.held + len(batch) > self.capacity:
+                self.lost += len(batch)
+                return
+            self.held += len(batch)
+        self.queue.put_nowait(batch)
 
     def take(self, timeout: float) -> list[Record] | None:
         try:
-            return self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+            batch = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
         except queue.Empty:
             return None
+        with self._lock:
+            self.held -= len(batch)
+        return batch
 
     def new_losses(self) -> int:
         """Records lost since the last call."""

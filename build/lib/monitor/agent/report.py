@@ -23,7 +23,7 @@ def counters(agent: Agent) -> Counters:
     return Counters(
         kernel_lost=agent.capture.stats.kernel_lost if agent.capture is not None else 0,
         user_lost=agent.handoff.lost,
-        queue_depth=agent.handoff.queue.qsize(),
+        queue_depth=agent.handoff.held,
         blocks_active=len(agent.enforcer.active()) if agent.enforcer is not None else 0,
         es_spool_bytes=sink.spool_bytes,
         es_lag_s=sink.lag_s,
@@ -50,8 +50,11 @@ def samples(agent: Agent) -> list[Sample]:
     out += [
         Sample("kernel_lost_events_total", "counter", "Events the kernel could not deliver.", c.kernel_lost),
         Sample("user_lost_events_total", "counter", "Events dropped in the agent (queue full).", c.user_lost),
-        Sample("queue_depth", "gauge", "Batches waiting between capture and pipeline.", c.queue_depth),
+        Sample("queue_depth", "gauge", "Records waiting between capture and pipeline.", c.queue_depth),
         Sample("blocks_active", "gauge", "Sources blocked now.", c.blocks_active),
+        Sample("audit_dropped_total", "counter", "Execs not audited: the audit queue was full.", agent.audits.dropped),
+        Sample("audit_repeats_total", "counter", "Execs not audited again: same executable, user and argv.",
+               agent.audits.repeats),
         Sample("elasticsearch_spool_bytes", "gauge", "Bytes spooled for Elasticsearch.", c.es_spool_bytes),
         Sample("elasticsearch_lag_seconds", "gauge", "Age of the oldest unacknowledged event.", c.es_lag_s),
     ]

@@ -1,4 +1,4 @@
-"""Sinks: where ECS documents go (NDJSON files, Elasticsearch, the alert feed).
+"""Sinks: where ECS documents go (NDJSON files, Elasticsearch, the alert feed, a webhook).
 
 The agent builds the sinks it is configured for and writes every record to
 a `Fanout` of them. Each sink reports its own losses as `PipelineError`
@@ -9,8 +9,9 @@ from .alertfeed import AlertFeed, AlertFeedConfig
 from .base import ErrorCallback, Fanout, Sink, SinkStats
 from .elasticsearch import ElasticsearchConfig, ElasticsearchSink
 from .ndjson import NdjsonConfig, NdjsonSink
+from .webhook import WebhookConfig, WebhookSink
 
 __all__ = [
     "AlertFeed", "AlertFeedConfig", "ElasticsearchConfig", "ElasticsearchSink", "ErrorCallback",
-    "Fanout", "NdjsonConfig", "NdjsonSink", "Sink", "SinkStats",
+    "Fanout", "NdjsonConfig", "NdjsonSink", "Sink", "SinkStats", "WebhookConfig", "WebhookSink",
 ]

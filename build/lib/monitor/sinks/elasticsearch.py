@@ -4,16 +4,23 @@
 `write(2)`), nothing more: a slow or dead server never blocks the caller.
 A shipper thread
 
-1. installs the index template and the write aliases (retrying in the
-   background while the server is unreachable; a template with a higher
-   `version` is left alone),
+1. installs the `event.ingested` ingest pipeline, an ILM policy where the
+   server has ILM, one index template per alias (a template with a higher
+   `version` is left alone) and the rollover aliases (retrying in the
+   background while the server is unreachable),
 2. reads batches from the spool (`batch_size` documents, or whatever is
    there after `batch_interval_s`), sends them as `_bulk` `create` actions
    with the event id as `_id` to the events or alerts alias,
 3. per item: 2xx is delivered, 409 is "already delivered" (a replay after a
    crash or a lost answer), 429/5xx are retried with backoff, anything else
    goes to the dead-letter file with the reason,
-4. acknowledges the batch in the spool only when every item is settled.
+4. acknowledges the batch in the spool only when every item is settled,
+5. without ILM (the OSS build), rolls the aliases over itself when a
+   `rollover` condition is met and deletes indices past `retention_s`.
+
+A batch sent before (after a failure or a restart) is first checked against
+every index behind its alias, since a rollover in between would let its
+`create` land in the new write index, where no 409 marks the duplicate.
 
 Alerts (`event.kind: alert`) go to `alerts_index`, everything else to
 `events_index`. Spool lines are `<a|e><event id>\\t<ECS JSON>`.
@@ -38,8 +45,9 @@ from ..redact import cleartext_credentials, redact_url
 from ..settings import setting
 from .base import ErrorCallback, ErrorReporter, SinkStats
 from .es_client import EsClient, ItemResult, Unavailable
+from .lifecycle import RolloverConfig, check_rollover, expired, ilm_policy
 from .spool import DiskSpool, SpoolBatch
-from .template import TEMPLATE_VERSION, index_template
+from .template import TEMPLATE_VERSION, index_template, ingest_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +85,13 @@ class ElasticsearchConfig:
     sync_interval_s: float = 1.0
     close_timeout_s: float = 5.0
     dead_letter_path: Path | None = None  # default: <spool_dir>/dead-letter.ndjson
+    rollover: RolloverConfig | None = setting(default_factory=RolloverConfig, check=check_rollover)   # None: never
+    retention_s: float | None = setting(None, above=0)      # delete indices older than this (None: keep)
 
     def __post_init__(self) -> None:
         self.spool_dir = Path(self.spool_dir)
+        if isinstance(self.rollover, dict):
+            self.rollover = RolloverConfig.from_yaml(self.rollover)
         if isinstance(self.urls, str):
             self.urls = [self.urls]
         if self.dead_letter_path is None:
@@ -119,6 +131,11 @@ class ElasticsearchSink:
         self._stats = SinkStats()
         self._head_ns: int | None = None
         self._ready = False
+        self._ilm = False
+        self._rollable: list[str] = []
+        self._next_lifecycle = 0.0
+        # batches before this spool position may have reached a write index that has rolled over since
+        self._resend_until = self._spool.end_position if self._spool.pending else (0, 0)
         self._down_since: float | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -154,16 +171,8 @@ class ElasticsearchSink:
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until the spool is empty (everything acknowledged); False on timeout."""
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.config.close_timeout_s)
-        self._wake.set()
-        with self._flushed:
-            while self._spool.pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._flushed.wait(min(left, 0.1))
-                self._wake.set()
-        return True
+        return self._spool.wait_empty(self._flushed, self._wake,
+                                      timeout_s if timeout_s is not None else self.config.close_timeout_s)
 
     def close(self) -> None:
         """Ship what can be shipped within `close_timeout_s`, then fsync the spool and stop.
@@ -215,6 +224,7 @@ class ElasticsearchSink:
                 if not self._ready:
                     self._setup()
                 shipped = self._ship_available()
+                self._manage_lifecycle()
             except Unavailable as exc:
                 backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
                 self._note_down(str(exc))
@@ -254,22 +264,71 @@ class ElasticsearchSink:
             self._down_since = None
 
     def _setup(self) -> None:
+        """Pipeline, ILM policy (where the server has ILM), one template per alias, the aliases."""
         cfg = self.config
-        body = index_template([f"{cfg.events_index}-*", f"{cfg.alerts_index}-*"])
-        installed = self._client.template_version(cfg.template_name)
+        server = self._client.server()
+        self._ilm = cfg.rollover is not None and self._client.has_ilm()
+        self._client.put_pipeline(cfg.template_name, ingest_pipeline())
+        if self._ilm:
+            assert cfg.rollover is not None
+            self._client.put_ilm_policy(cfg.template_name, ilm_policy(cfg.rollover, cfg.retention_s))
+        self._drop_combined_template()
+        self._rollable = []
+        for stream, alias in (("events", cfg.events_index), ("alerts", cfg.alerts_index)):
+            body = index_template([f"{alias}-*"], wildcard=server.has_wildcard, pipeline=cfg.template_name,
+                                  ilm=(cfg.template_name, alias) if self._ilm else None)
+            self._install_template(f"{cfg.template_name}-{stream}", body)
+            if self._client.alias_exists(alias):
+                self._rollable.append(alias)
+            elif self._client.index_exists(alias):
+                log.warning("elasticsearch: %s is an index, not an alias: writing to it without rollover or "
+                            "retention (see the README, 'Index lifecycle', to migrate)", alias)
+            else:
+                self._client.create_index_with_alias(cfg.first_index(alias), alias)
+                self._rollable.append(alias)
+        log.info("elasticsearch: index lifecycle by %s", "the server's ILM policy " + cfg.template_name
+                 if self._ilm else "the agent (rollover API)" if cfg.rollover else "nobody (rollover: null)")
+        self._ready = True
+
+    def _install_template(self, name: str, body: dict) -> None:
+        installed = self._client.template_version(name)
         if installed is None or installed < TEMPLATE_VERSION:
-            self._client.put_template(cfg.template_name, body)
+            self._client.put_template(name, body)
         elif installed > TEMPLATE_VERSION:
             log.warning("index template %s has version %d, newer than ours (%d): keeping it",
-                        cfg.template_name, installed, TEMPLATE_VERSION)
-        for alias in (cfg.events_index, cfg.alerts_index):
-            if self._client.alias_exists(alias):
-                continue
-            if self._client.index_exists(alias):
-                raise Unavailable(f"{alias} is an index, not an alias: it was created before the template "
-                                  f"(delete it or choose another elasticsearch.events_index/alerts_index)")
-            self._client.create_index_with_alias(cfg.first_index(alias), alias)
-        self._ready = True
+                        name, installed, TEMPLATE_VERSION)
+
+    def _drop_combined_template(self) -> None:
+        """Version 1 had one template for both aliases; its patterns would clash with the new ones."""
+        old = self._client.template(self.config.template_name)
+        if old is not None and old.get("_meta", {}).get("managed_by") == "socat-monitor":
+            self._client.delete_template(self.config.template_name)
+
+    def _manage_lifecycle(self) -> None:
+        """OSS build: roll the aliases over when a condition is met, delete indices past the retention."""
+        cfg = self.config
+        if self._ilm or time.monotonic() < self._next_lifecycle:
+            return
+        self._next_lifecycle = time.monotonic() + (cfg.rollover.check_interval_s if cfg.rollover else 60.0)
+        try:
+            for alias in self._rollable:
+                self._roll(alias)
+        except Unavailable as exc:   # shipping goes on; the next check tries again
+            self._errors.add(f"index lifecycle: {exc}", 0)
+
+    def _roll(self, alias: str) -> None:
+        cfg = self.config
+        if cfg.rollover is not None:
+            if cfg.rollover.max_docs is not None:
+                self._client.refresh(alias)     # max_docs counts only what a refresh has made visible
+            new_index = self._client.rollover(alias, cfg.rollover.conditions())
+            if new_index:
+                log.info("elasticsearch: %s rolled over to %s", alias, new_index)
+        if cfg.retention_s is not None:
+            now_ms = time.time_ns() // 1_000_000
+            for index in expired(alias, self._client.alias_indices(alias), cfg.retention_s, now_ms):
+                self._client.delete_index(index)
+                log.info("elasticsearch: deleted %s, past the retention of %ss", index, int(cfg.retention_s))
 
     def _ship_available(self) -> bool:
         """Ship batches while the spool has data, `max_in_flight` bulk requests at a time.
@@ -316,6 +375,7 @@ class ElasticsearchSink:
             else:
                 if ok:
                     self._spool.ack(batch)
+        self._resend_until = max(self._resend_until, self._spool.read_position)
         self._spool.rewind()
 
     def _note_head(self, batch: SpoolBatch) -> None:
@@ -338,7 +398,7 @@ class ElasticsearchSink:
         Raises Unavailable when the whole request fails; the batch stays in the
         spool and is sent again (duplicates then come back as 409).
         """
-        todo = batch.lines
+        todo = self._not_yet_delivered(batch)
         backoff = 0.0
         while todo:
             if backoff:
@@ -358,6 +418,29 @@ class ElasticsearchSink:
                     self._stats.retried += len(retry)
                 backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
             todo = retry
+
+    def _not_yet_delivered(self, batch: SpoolBatch) -> list[bytes]:
+        """The batch's lines, without those already in an index behind their alias.
+
+        Only for a batch sent before (a resend after a failure or a restart),
+        and only when indices roll over: `create` then reaches the new write
+        index, where the 409 that marks a duplicate would not happen.
+        """
+        if self.config.rollover is None or (batch.segment, batch.start) >= self._resend_until:
+            return batch.lines
+        by_alias: dict[str, list[str]] = {}
+        for line in batch.lines:
+            head = line.split(b"\t", 1)[0]
+            alias = self.config.alerts_index if head[:1] == b"a" else self.config.events_index
+            by_alias.setdefault(alias, []).append(head[1:].decode(errors="replace"))
+        present: set[str] = set()
+        for alias, ids in by_alias.items():
+            present |= self._client.existing_ids(alias, ids)
+        if not present:
+            return batch.lines
+        with self._lock:
+            self._stats.duplicates += len(present)
+        return [line for line in batch.lines if line.split(b"\t", 1)[0][1:].decode(errors="replace") not in present]
 
     def _drop_corrupt(self, lines: list[bytes]) -> list[bytes]:
         good = [line for line in lines if b"\t" in line[:200] and line[:1] in (b"a", b"e")]
