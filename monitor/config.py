@@ -1,7 +1,7 @@
 """The agent's configuration: one YAML file, validated once, flags on top.
 
 Each stage owns its settings as a dataclass with defaults (`CaptureConfig`,
-`DetectConfig`, `EnforceConfig`, the sinks' configs); this module gathers them
+`DetectConfig`, `EngineConfig` of the policy engine, `EnforceConfig`, the sinks' configs); this module gathers them
 into one `Config`, derives the file's JSON schema from those dataclasses (so
 the schema can never drift from the code), validates with line-numbered
 errors, and applies command-line overrides. A field whose name ends in `_s`
@@ -24,6 +24,7 @@ from .detect.config import DURATION_PATTERN, DetectConfig, parse_duration
 from .enforce import EnforceConfig
 from .errors import InputError
 from .metrics import DEFAULT_LISTEN
+from .policy.engine import EngineConfig
 from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig
 from .yamlfile import FlagLocator, load_yaml, validate
 
@@ -50,6 +51,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    policy_engine: EngineConfig = field(default_factory=EngineConfig)
     enforce: EnforceConfig = field(default_factory=EnforceConfig)
     ndjson: NdjsonConfig = field(default_factory=lambda: NdjsonConfig(directory=AgentConfig.output))
     elasticsearch: ElasticsearchConfig | None = None
@@ -60,6 +62,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "capture": CaptureConfig,
     "detect": DetectConfig,
+    "policy_engine": EngineConfig,
     "enforce": EnforceConfig,
     "ndjson": NdjsonConfig,
     "elasticsearch": ElasticsearchConfig,
