@@ -411,10 +411,13 @@ class Agent:
         kernel_lost = self.capture.stats.kernel_lost if self.capture is not None else 0
         summary = self.status.summary(kernel_lost, self.user_lost)
         summary["output"] = self.config.agent.output
+        if self.pipeline.policy is not None:
+            summary["policy"] = self.pipeline.policy.counts().as_dict()
         return summary
 
 
 def _policy_samples(counts) -> list[Sample]:
+    """The policy engine's `EngineCounts` as metrics."""
     forgotten = counts.forgotten
     return [
         Sample("policy_open_connections", "gauge", "Connections the policy engine counts as open.", counts.open),

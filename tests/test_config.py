@@ -17,6 +17,8 @@ capture:
 detect:
   learning_period: 15m
   source_rate_min: 50
+policy_engine:
+  open_idle_timeout: 30m
 enforce:
   dry_run: true
   default_ttl: 10m
@@ -36,6 +38,7 @@ def test_good_file_maps_every_section(tmp_path):
     assert config.agent.heartbeat_interval_s == 30
     assert config.capture.comms == ("socat", "socat2")
     assert config.detect.learning_period_s == 900 and config.detect.source_rate_min == 50
+    assert config.policy_engine.open_idle_timeout_s == 1800 and config.policy_engine.dedup_window_s == 60
     assert config.enforce.dry_run and config.enforce.default_ttl_s == 600
     assert config.enforce.never_block == ("10.0.0.0/8",)
     assert config.elasticsearch.batch_interval_s == 0.5
@@ -76,6 +79,8 @@ def test_flags_override_the_file_and_state_follows_state_dir(tmp_path):
     ("alert_feed:\n  path: /tmp/feed\n  keep: 0\n", 3, "alert_feed: keep: must be at least 1"),
     ("alert_feed:\n  syslog: tcp:/x\n", 2, "alert_feed: syslog: expected udp://host:port"),
     ("output: [1, 2\n", 2, "not valid YAML"),
+    ("policy_engine:\n  open_idle_timeout: never\n", 2, "policy_engine.open_idle_timeout"),
+    ("policy_engine:\n  max_open: 0\n", 2, "policy_engine: max_open: must be at least 1"),
 ])
 def test_bad_files_name_line_and_key(tmp_path, text, line, needle):
     path = tmp_path / "config.yaml"
@@ -88,7 +93,7 @@ def test_bad_files_name_line_and_key(tmp_path, text, line, needle):
 
 def test_schema_is_derived_from_the_dataclasses():
     props = config_schema()["properties"]
-    assert {"capture", "detect", "enforce", "ndjson", "elasticsearch", "alert_feed"} <= set(props)
+    assert {"capture", "detect", "policy_engine", "enforce", "ndjson", "elasticsearch", "alert_feed"} <= set(props)
     assert "learning_period" in props["detect"]["properties"]
     assert "learning_period_s" in props["detect"]["properties"]
 

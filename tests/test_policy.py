@@ -430,6 +430,14 @@ def test_suggest_headroom_is_tight_enough_to_catch_more():
     assert rules == {"policy.rate_exceeded", "policy.concurrency_exceeded"}
 
 
+def test_suggest_measures_rates_as_the_engine_counts_them():
+    """Accepts only, one source port reused: every connection counts (no 4-tuple 'first sight')."""
+    events = [accept("192.0.2.7", 8443, 0.5 * k, 40000) for k in range(30)]
+    policy = parse_policy(suggest_policy([], events, headroom=1.0, min_rate=1))
+    assert policy.listener(8443).max_rate_per_source.count == 30
+    assert run(PolicyEngine(policy), events) == []
+
+
 def test_suggest_cli_from_recorded_events(tmp_path):
     host = HostInfo(name="test", id="0" * 32)
     recorded = tmp_path / "events.ndjson"

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import socket
 import struct
 import time
 from pathlib import Path
 
-from tests.lab import AgentProcess, free_port, start_echo, wait_for
+from tests.lab import AgentProcess, free_port, socat_monitor, start_echo, wait_for
 
 RATE_LIMIT = 20            # per minute, on the rate relay
 CONCURRENCY_LIMIT = 5      # on the concurrency relay
@@ -175,6 +176,9 @@ def test_lost_closes_neither_hide_a_flood_nor_make_concurrency_drift(tmp_path, p
         heartbeat = wait_for(lambda: [d for d in agent.documents() if d["event"]["kind"] == "metric"
                                       and d["socat"]["metrics"].get("policy_open_forgotten_total.idle", 0)
                                       >= CONCURRENCY_LIMIT + len(ports)], timeout=10)[-1]
+        top = socat_monitor("top", "--once", "--format", "json", "--socket", str(agent.socket))
+        assert top.returncode == 0, top.stderr
+        status = json.loads(top.stdout)["counters"]["policy"]
     finally:
         agent.stop()
     docs = agent.documents()
@@ -186,6 +190,8 @@ def test_lost_closes_neither_hide_a_flood_nor_make_concurrency_drift(tmp_path, p
     assert exceeded[0]["socat"]["detection"]["observed"] == CONCURRENCY_LIMIT + 1
     metrics = heartbeat["socat"]["metrics"]
     assert metrics["policy_open_forgotten_total.reused"] == len(ports)     # the second flood's ports
+    assert status["open_forgotten"]["idle"] >= CONCURRENCY_LIMIT + len(ports)
+    assert status["open_forgotten"]["reused"] == len(ports)
     assert "open connection(s) forgotten without their close" in agent.text_log()
 
 
