@@ -53,7 +53,7 @@ class Agent:
         self.config = config
         self.options = options
         self.host = HostInfo.detect()
-        self.status = LiveStatus()
+        self.status = LiveStatus(open_idle_s=config.policy_engine.open_idle_timeout_s)
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self.queue: queue.Queue[list[Record]] = queue.Queue(maxsize=max(1, config.agent.queue_size // 64))

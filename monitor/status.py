@@ -3,7 +3,11 @@ endpoint, the heartbeat and the exit summary all read.
 
 `LiveStatus.observe(record)` is called for every record the agent writes;
 it keeps only bounded state (recent rates per listener, the busiest sources,
-the last alerts), so memory stays flat however long the agent runs.
+the last alerts, open connections), so memory stays flat however long the
+agent runs. A listener's open connections are counted as the policy engine
+counts them (`monitor.policy.connections`): a connection whose close was
+lost is forgotten when its 4-tuple is reused or after `open_idle_s`, so the
+count does not drift up.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from typing import Any
 
 from .ecs import iso_timestamp
 from .events import Action, Alert, BlockEvent, ConnectionEvent, Direction, PipelineError, ProcessEvent, Record
+from .policy.connections import OpenConnections, open_key
 
 RATE_WINDOW_S = 10.0
 MAX_SOURCES = 4096
 RECENT_ALERTS = 20
+MAX_OPEN = 65_536        # as many sockets as the capture's kernel table tracks
 
 
 @dataclass
@@ -27,7 +33,6 @@ class _ListenerState:
     port: int
     name: str | None = None
     pids: set[int] = field(default_factory=set)
-    active: int = 0
     accepts: deque = field(default_factory=deque)   # monotonic seconds of recent accepts
 
 
@@ -41,7 +46,7 @@ class _SourceState:
 class LiveStatus:
     """Bounded live counters over the record stream."""
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock=time.monotonic, open_idle_s: float = 3600.0) -> None:
         self.clock = clock
         self.started = clock()
         self.events: Counter = Counter()
@@ -51,6 +56,7 @@ class LiveStatus:
         self.listeners: dict[int, _ListenerState] = {}
         self.sources: OrderedDict[str, _SourceState] = OrderedDict()
         self.recent_alerts: deque = deque(maxlen=RECENT_ALERTS)
+        self.open = OpenConnections(int(open_idle_s * 1e9), MAX_OPEN)
 
     def observe(self, record: Record) -> None:
         if isinstance(record, ConnectionEvent):
@@ -80,12 +86,13 @@ class LiveStatus:
             while len(state.pids) > 16:
                 state.pids.pop()
         now = self.clock()
+        self.open.expire(ev.timestamp_ns)
         if ev.action is Action.ACCEPTED:
-            state.active += 1
+            self.open.open(open_key(ev), _group(ev.listener.port), ev.id, ev.timestamp_ns)
             state.accepts.append(now)
             self._source(ev.source_ip, ev.listener.port, now)
         elif ev.action in (Action.CLOSED, Action.DENIED):
-            state.active = max(0, state.active - 1)
+            self.open.close(open_key(ev))
         _trim(state.accepts, now)
 
     def _source(self, ip: str, port: int, now: float) -> None:
@@ -110,7 +117,8 @@ class LiveStatus:
             _trim(state.accepts, now)
             listeners.append({
                 "ip": state.ip, "port": state.port, "name": state.name, "pids": sorted(state.pids),
-                "rate_per_s": round(len(state.accepts) / RATE_WINDOW_S, 2), "active": state.active,
+                "rate_per_s": round(len(state.accepts) / RATE_WINDOW_S, 2),
+                "active": self.open.count(_group(state.port)),
             })
         top = sorted(self.sources.items(), key=lambda kv: (-len(kv[1].recent), -kv[1].connections))[:10]
         for _, src in top:
@@ -141,6 +149,11 @@ class LiveStatus:
             "kernel_lost": kernel_lost,
             "user_lost": user_lost,
         }
+
+
+def _group(port: int) -> tuple[str, str]:
+    """Open connections are counted per listener here, not per source."""
+    return (str(port), "")
 
 
 def _trim(stamps: deque, now: float) -> None:

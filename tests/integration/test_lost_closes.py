@@ -171,6 +171,8 @@ def test_lost_closes_neither_hide_a_flood_nor_make_concurrency_drift(tmp_path, p
             held += _hold(conc_port, "127.0.0.3", bounded[-1:])     # one more than allowed: still flagged
             exceeded = wait_for(lambda: _alerts(agent.documents(), "policy.concurrency_exceeded", conc_port),
                                 timeout=10)
+            live = json.loads(socat_monitor("top", "--once", "--format", "json", "--socket", str(agent.socket)).stdout)
+            active = next(lst["active"] for lst in live["listeners"] if lst["port"] == conc_port)
         finally:
             _reset(held)
         heartbeat = wait_for(lambda: [d for d in agent.documents() if d["event"]["kind"] == "metric"
@@ -188,6 +190,7 @@ def test_lost_closes_neither_hide_a_flood_nor_make_concurrency_drift(tmp_path, p
     assert rate[0]["socat"]["detection"]["observed"] == RATE_LIMIT + 1    # the second flood, counted afresh
     assert drifted == [], "connections whose closes were lost still counted after the idle time"
     assert exceeded[0]["socat"]["detection"]["observed"] == CONCURRENCY_LIMIT + 1
+    assert active == CONCURRENCY_LIMIT + 1               # top's open connections do not drift either
     metrics = heartbeat["socat"]["metrics"]
     assert metrics["policy_open_forgotten_total.reused"] == len(ports)     # the second flood's ports
     assert status["open_forgotten"]["idle"] >= CONCURRENCY_LIMIT + len(ports)
