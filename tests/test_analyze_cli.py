@@ -210,7 +210,7 @@ def _burst(start_ns: int, count: int = 2400, per_s: int = 8, ip: str = "192.0.2.
                             listener=Listener("127.0.0.1", 8443)) for k in range(count)]
 
 
-def _rate_alerts(tmp_path, events, fmt: str) -> list[dict]:
+def _rate_alerts(tmp_path, events, fmt: str) -> tuple[list[dict], dict]:
     host = HostInfo("h", "0" * 32)
     path = tmp_path / f"{fmt}.ndjson"
     render_doc = minimal_doc if fmt == "minimal" else (lambda ev: render(ev, host))
@@ -221,7 +221,7 @@ def _rate_alerts(tmp_path, events, fmt: str) -> list[dict]:
     assert out.returncode == 1, out.stderr
     docs, summary = alerts_of(out.stdout)
     assert summary["policy"]["repeated_records"] == 0
-    return [d for d in docs if d["rule"]["id"] == "policy.rate_exceeded"]
+    return [d for d in docs if d["rule"]["id"] == "policy.rate_exceeded"], summary["policy"]
 
 
 @pytest.mark.parametrize("fmt", ["minimal", "agent"])
@@ -230,12 +230,14 @@ def test_a_second_burst_from_reused_source_ports_is_flagged_as_the_first(tmp_pat
     """Issue 21: 2,400 connections at 8/s at 00:05, then again with the same source ports (files
     without close events, as other tools write them): both bursts exceed 120/minute alike."""
     first, second = T0 + 5 * 60 * S, T0 + second_at * S
-    alerts = _rate_alerts(tmp_path, _burst(first) + _burst(second), fmt)
+    alerts, counts = _rate_alerts(tmp_path, _burst(first) + _burst(second), fmt)
     in_first = [a for a in alerts if a["@timestamp"] < iso_timestamp(second)]
     in_second = [a for a in alerts if a["@timestamp"] >= iso_timestamp(second)]
     assert len(in_first) == 5 and len(in_second) == 5    # one per 60 s dedup window over each 300 s burst
     assert [a["socat"]["detection"]["observed"] for a in in_second] == [121.0] * 5
     assert in_second[0]["@timestamp"] == iso_timestamp(second + 120 * S // 8)   # the 121st connection
+    later = second_at > 3600 + 10 * 60        # the first burst's connections idle for over an hour: forgotten
+    assert counts["open_forgotten"] == {"idle": 2400 if later else 0, "reused": 0 if later else 2400, "full": 0}
 
 
 def test_every_line_of_a_file_without_event_ids_counts(tmp_path):
@@ -243,5 +245,22 @@ def test_every_line_of_a_file_without_event_ids_counts(tmp_path):
     events = _burst(T0, count=200)
     for ev in events:
         ev.timestamp_ns -= ev.timestamp_ns % S
-    [first, *_] = _rate_alerts(tmp_path, events, "minimal")
+    [first, *_], _counts = _rate_alerts(tmp_path, events, "minimal")
     assert first["socat"]["detection"]["observed"] == 121.0 and first["@timestamp"] == iso_timestamp(T0 + 15 * S)
+
+
+def test_table_reports_forgotten_open_connections_and_the_idle_flag(tmp_path):
+    events = _burst(T0, count=10)
+    for ev in events[5:]:
+        ev.source_port = 30000                  # five more from the first one's port: it is reused five times
+    events += _burst(T0 + 600 * S, count=1, ip="192.0.2.60")
+    path = tmp_path / "reuse.ndjson"
+    path.write_bytes(b"".join(orjson.dumps(minimal_doc(ev)) + b"\n" for ev in events))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RATE_POLICY)
+    out = socat_monitor("analyze", str(path), "--policy", str(policy), "--open-idle-timeout", "5m")
+    assert out.returncode == 0, out.stderr
+    assert ("policy: 10 open connection(s) forgotten without their close (5 idle, 5 whose 4-tuple was reused, "
+            "0 over the table's size)") in out.stdout
+    bad = socat_monitor("analyze", str(path), "--policy", str(policy), "--open-idle-timeout", "soon")
+    assert bad.returncode == 2 and "--open-idle-timeout: not a duration" in bad.stderr
