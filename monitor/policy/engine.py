@@ -29,7 +29,7 @@ When the listener's action is `block`, alerts about a known source carry
 Counting (`connections.py`): every accepted connection counts toward the
 rate, whatever its 4-tuple; only a repeated record of one already counted
 (the same recorded `event.id`, while it is open or in the rate window) is
-ignored, and counted in `repeated`. A connection is open from its accept to
+ignored and counted (`counts().repeated`). A connection is open from its accept to
 its close, paired by the 4-tuple. Closes can be lost, so an open connection
 is also forgotten when a new connection reuses its 4-tuple, when nothing was
 seen of it for `open_idle_timeout_s` of event time, or beyond `max_open`
