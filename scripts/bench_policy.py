@@ -91,7 +91,8 @@ def bench_engine(events: list[ConnectionEvent]) -> None:
           f"({elapsed / len(events) * 1e6:.1f} us/event), {alerts} alerts, {engine.suppressed} suppressed")
     print(f"engine without declared listeners: {len(events) / baseline:,.0f} events/s "
           f"(policy checks cost x{elapsed / baseline:.2f})")
-    print(f"engine state: open={len(engine._open)} rate_windows={len(engine._rate)} dedup={len(engine._last_alert)}"
+    print(f"engine state: open={engine.open_connections} rate_windows={len(engine._counter.windows)} "
+          f"dedup={len(engine._last_alert)}"
           f" engine memory peak (tracemalloc, separate pass)={peak / 1e6:.1f} MB")
 
 

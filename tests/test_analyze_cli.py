@@ -9,10 +9,10 @@ import json
 import orjson
 import pytest
 
-from monitor.ecs import HostInfo, render
-from monitor.events import Action, Alert, ProcessEvent, ProcessInfo, Severity
+from monitor.ecs import HostInfo, iso_timestamp, render
+from monitor.events import Action, Alert, ConnectionEvent, Listener, ProcessEvent, ProcessInfo, Severity
 from tests.lab import socat_monitor
-from tests.synth import LATE_LISTENER, T0, generate, minimal_doc
+from tests.synth import LATE_LISTENER, S, T0, generate, minimal_doc
 
 LEARN = ["--learning-period", "10m"]
 
@@ -197,3 +197,70 @@ def test_rotated_files_in_any_order_replay_oldest_first(files, reference, tmp_pa
     docs, summary = alerts_of(out.stdout)
     assert summary["files"] == [str(older), str(newer)] and summary["late_events"] == 0
     assert sig(docs) == sig(reference[0])
+
+
+# -- declared rates over files with reused source ports ---------------------------------------------
+
+RATE_POLICY = "version: 1\nlisteners:\n  - {name: relay, port: 8443, max_rate_per_source: 120/minute}\n"
+
+
+def _burst(start_ns: int, count: int = 2400, per_s: int = 8, ip: str = "192.0.2.50") -> list[ConnectionEvent]:
+    """A client opening `count` connections at `per_s`/s from source ports 30000 up (accepts only)."""
+    return [ConnectionEvent(Action.ACCEPTED, start_ns + k * S // per_s, ip, 30000 + k, "127.0.0.1", 8443,
+                            listener=Listener("127.0.0.1", 8443)) for k in range(count)]
+
+
+def _rate_alerts(tmp_path, events, fmt: str) -> tuple[list[dict], dict]:
+    host = HostInfo("h", "0" * 32)
+    path = tmp_path / f"{fmt}.ndjson"
+    render_doc = minimal_doc if fmt == "minimal" else (lambda ev: render(ev, host))
+    path.write_bytes(b"".join(orjson.dumps(render_doc(ev)) + b"\n" for ev in events))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RATE_POLICY)
+    out = socat_monitor("analyze", str(path), "--policy", str(policy), "--format", "json")
+    assert out.returncode == 1, out.stderr
+    docs, summary = alerts_of(out.stdout)
+    assert summary["policy"]["repeated_records"] == 0
+    return [d for d in docs if d["rule"]["id"] == "policy.rate_exceeded"], summary["policy"]
+
+
+@pytest.mark.parametrize("fmt", ["minimal", "agent"])
+@pytest.mark.parametrize("second_at", [30 * 60, 4 * 3600], ids=["same-hour", "hours-later"])
+def test_a_second_burst_from_reused_source_ports_is_flagged_as_the_first(tmp_path, fmt, second_at):
+    """Issue 21: 2,400 connections at 8/s at 00:05, then again with the same source ports (files
+    without close events, as other tools write them): both bursts exceed 120/minute alike."""
+    first, second = T0 + 5 * 60 * S, T0 + second_at * S
+    alerts, counts = _rate_alerts(tmp_path, _burst(first) + _burst(second), fmt)
+    in_first = [a for a in alerts if a["@timestamp"] < iso_timestamp(second)]
+    in_second = [a for a in alerts if a["@timestamp"] >= iso_timestamp(second)]
+    assert len(in_first) == 5 and len(in_second) == 5    # one per 60 s dedup window over each 300 s burst
+    assert [a["socat"]["detection"]["observed"] for a in in_second] == [121.0] * 5
+    assert in_second[0]["@timestamp"] == iso_timestamp(second + 120 * S // 8)   # the 121st connection
+    later = second_at > 3600 + 10 * 60        # the first burst's connections idle for over an hour: forgotten
+    assert counts["open_forgotten"] == {"idle": 2400 if later else 0, "reused": 0 if later else 2400, "full": 0}
+
+
+def test_every_line_of_a_file_without_event_ids_counts(tmp_path):
+    """Whole-second times, eight accepts a second: the eight share their `line-<time>` id, yet each counts."""
+    events = _burst(T0, count=200)
+    for ev in events:
+        ev.timestamp_ns -= ev.timestamp_ns % S
+    [first, *_], _counts = _rate_alerts(tmp_path, events, "minimal")
+    assert first["socat"]["detection"]["observed"] == 121.0 and first["@timestamp"] == iso_timestamp(T0 + 15 * S)
+
+
+def test_table_reports_forgotten_open_connections_and_the_idle_flag(tmp_path):
+    events = _burst(T0, count=10)
+    for ev in events[5:]:
+        ev.source_port = 30000                  # five more from the first one's port: it is reused five times
+    events += _burst(T0 + 600 * S, count=1, ip="192.0.2.60")
+    path = tmp_path / "reuse.ndjson"
+    path.write_bytes(b"".join(orjson.dumps(minimal_doc(ev)) + b"\n" for ev in events))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RATE_POLICY)
+    out = socat_monitor("analyze", str(path), "--policy", str(policy), "--open-idle-timeout", "5m")
+    assert out.returncode == 0, out.stderr
+    assert ("policy: 10 open connection(s) forgotten without their close (5 idle, 5 whose 4-tuple was reused, "
+            "0 over the table's size)") in out.stdout
+    bad = socat_monitor("analyze", str(path), "--policy", str(policy), "--open-idle-timeout", "soon")
+    assert bad.returncode == 2 and "--open-idle-timeout: not a duration" in bad.stderr

@@ -18,6 +18,8 @@ capture:
 detect:
   learning_period: 15m
   source_rate_min: 50
+policy_engine:
+  open_idle_timeout: 30m
 enforce:
   dry_run: true
   default_ttl: 10m
@@ -37,6 +39,7 @@ def test_good_file_maps_every_section(tmp_path):
     assert config.agent.heartbeat_interval_s == 30
     assert config.capture.comms == ("socat", "socat2")
     assert config.detect.learning_period_s == 900 and config.detect.source_rate_min == 50
+    assert config.policy_engine.open_idle_timeout_s == 1800 and config.policy_engine.dedup_window_s == 60
     assert config.enforce.dry_run and config.enforce.default_ttl_s == 600
     assert config.enforce.never_block == ("10.0.0.0/8",)
     assert config.elasticsearch.batch_interval_s == 0.5
@@ -95,6 +98,8 @@ def test_flags_override_the_file_and_state_follows_state_dir(tmp_path):
     ("elasticsearch:\n  urls: [ftp://x]\n", 2, "elasticsearch.urls: 'ftp://x' must start with http://"),
     ("elasticsearch:\n  urls: 5\n", 2, "elasticsearch.urls: expected a list, got 5"),
     ("elasticsearch:\n  username: u\n  api_key: k\n", 3, "elasticsearch.api_key: give either api_key or username"),
+    ("policy_engine:\n  open_idle_timeout: never\n", 2, "policy_engine.open_idle_timeout"),
+    ("policy_engine:\n  max_open: 0\n", 2, "policy_engine.max_open: expected a number >= 1"),
 ])
 def test_bad_files_name_line_and_key(tmp_path, text, line, needle):
     path = tmp_path / "config.yaml"
@@ -134,7 +139,7 @@ def test_changes_say_which_settings_a_reload_may_change(tmp_path):
 
 def test_schema_is_derived_from_the_dataclasses():
     props = config_schema()["properties"]
-    assert {"capture", "detect", "enforce", "ndjson", "elasticsearch", "alert_feed"} <= set(props)
+    assert {"capture", "detect", "policy_engine", "enforce", "ndjson", "elasticsearch", "alert_feed"} <= set(props)
     assert "learning_period" in props["detect"]["properties"]
     assert "learning_period_s" in props["detect"]["properties"]
     assert props["enforce"]["properties"]["scope"]["enum"] == ["listeners", "host"]

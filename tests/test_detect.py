@@ -416,3 +416,20 @@ def test_a_refused_connection_counts_once(tmp_path):
         burst = by_rule["anomaly.refused_burst"]
         assert len(burst) == 1 and burst[0].observed == 10
         assert burst[0].timestamp_ns == start + 9 * S // 10 + S // 1000
+
+
+@pytest.mark.parametrize("second_at_s", [30 * 60, 4 * 3600], ids=["same-hour", "hours-later"])
+def test_reused_source_ports_do_not_hide_a_second_flood(tmp_path, second_at_s):
+    """The detectors count every accept (no 'first sight' of a 4-tuple, issue 21): a flood repeated
+    from the same source ports, with no close events, is flagged again, live and offline alike."""
+    config = DetectConfig(learning_period_s=60)
+    floods = (T0 + 300 * S, T0 + second_at_s * S)
+    events = _quiet(T0, 120)
+    for start in floods:
+        events += [ConnectionEvent(Action.ACCEPTED, start + k * S // 8, "10.9.0.9", 30000 + k, "127.0.0.1", 8080,
+                                   listener=Listener("127.0.0.1", 8080), id=f"f{start}-{k}") for k in range(2400)]
+    live = run_live(events, config, tick_s=0.5)[1]
+    assert signature(live) == signature(_offline(tmp_path, events, config))
+    rate = [a.timestamp_ns for a in live if a.rule_id == "anomaly.source_rate" and a.source_ip == "10.9.0.9"]
+    assert [t - floods[0] for t in rate if t < floods[1]] == [t - floods[1] for t in rate if t >= floods[1]]
+    assert rate and rate[0] - floods[0] < 10 * S

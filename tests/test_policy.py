@@ -10,8 +10,8 @@ import pytest
 
 from monitor.ecs import HostInfo, render
 from monitor.errors import InputError
-from monitor.events import Action, ConnectionEvent, Direction, Listener, Outcome, Severity
-from monitor.policy import PolicyEngine, load_policy, parse_command_line, parse_policy, policy_reference
+from monitor.events import Action, ConnectionEvent, Direction, Listener, Outcome, Severity, unrecorded_id
+from monitor.policy import EngineConfig, PolicyEngine, load_policy, parse_command_line, parse_policy, policy_reference
 from monitor.policy.model import POLICY_SCHEMA
 from monitor.policy.suggest import aggregate_sources, suggest_policy
 from monitor.yamlfile import InputErrors
@@ -222,7 +222,7 @@ def test_refused_connection_is_denied_with_failure_outcome():
 
 
 def test_dedup_one_alert_per_source_per_rule_per_window():
-    engine = PolicyEngine(ENGINE_POLICY, dedup_window_s=10)
+    engine = PolicyEngine(ENGINE_POLICY, EngineConfig(dedup_window_s=10))
     events = [accept("203.0.113.9", 8443, t, 40000 + i) for i, t in enumerate([0, 1, 5, 9.9])]
     alerts = run(engine, [x for ev in events for x in (ev, close(ev, (ev.timestamp_ns - T0) / S + 0.01))])
     assert [a.rule_id for a in alerts] == ["policy.source_denied"] and engine.suppressed == 3
@@ -231,7 +231,7 @@ def test_dedup_one_alert_per_source_per_rule_per_window():
 
 
 def test_dedup_window_zero_alerts_every_time():
-    engine = PolicyEngine(ENGINE_POLICY, dedup_window_s=0)
+    engine = PolicyEngine(ENGINE_POLICY, EngineConfig(dedup_window_s=0))
     alerts = run(engine, [accept("203.0.113.9", 8443, t, 40000 + t) for t in range(3)])
     assert [a.rule_id for a in alerts if a.rule_id == "policy.source_denied"] == ["policy.source_denied"] * 3
 
@@ -302,9 +302,81 @@ def test_listener_name_and_replay_is_deterministic():
 
 
 def test_open_connections_are_bounded():
-    engine = PolicyEngine(parse_policy("version: 1\nlisteners:\n  - {name: a, port: 80}\n"), max_open=100)
+    engine = PolicyEngine(parse_policy("version: 1\nlisteners:\n  - {name: a, port: 80}\n"), EngineConfig(max_open=100))
     run(engine, [accept(f"192.0.2.{i % 200}", 80, i * 0.001, 1000 + i) for i in range(1000)])
-    assert len(engine._open) == 100 and engine.evicted == 900
+    assert engine.open_connections == 100 and engine.forgotten.evicted == 900
+
+
+def test_every_accepted_connection_counts_toward_the_rate_whatever_its_4_tuple():
+    """A client reusing its ports (closes lost, or never recorded) is counted like any other."""
+    engine = PolicyEngine(ENGINE_POLICY)
+    same_port = [accept("192.0.2.7", 8443, 0.1 * k, 40000) for k in range(4)]
+    [alert] = run(engine, same_port)
+    assert alert.rule_id == "policy.rate_exceeded" and alert.observed == 4
+    assert alert.trigger_event_ids == tuple(ev.id for ev in same_port)
+    assert engine.forgotten.reused == 3 and engine.open_connections == 1    # a reused 4-tuple: the old one ended
+
+
+def test_a_repeated_record_of_one_connection_counts_once():
+    engine = PolicyEngine(ENGINE_POLICY)
+    ev = accept("192.0.2.7", 8443, 0.0)
+    assert run(engine, [ev] * 5) == []                              # open: recognised by its id
+    assert run(engine, [close(ev, 0.1), ev, ev]) == []              # closed, still in the rate window
+    counts = engine.counts()
+    assert counts.repeated == 6 and counts.open == 0 and counts.forgotten.total == 0
+
+
+def test_lines_without_an_event_id_each_count():
+    """Other tools' files have no event.id: every line gets `line-<time>`, which is no identity, so
+    eight accepts in one second (one id between them) are eight connections."""
+    engine = PolicyEngine(ENGINE_POLICY)
+    events = [accept("192.0.2.7", 8443, 0.0, 40000 + k) for k in range(4)]
+    for ev in events:
+        ev.id = unrecorded_id(ev.timestamp_ns)
+    [alert] = [a for a in run(engine, events) if a.rule_id == "policy.rate_exceeded"]
+    assert alert.observed == 4 and engine.counts().repeated == 0
+
+
+def test_open_connections_whose_close_was_lost_expire_when_idle():
+    """Two connections whose closes were lost stop counting toward concurrency after the idle time."""
+    lost = [accept("192.0.2.7", 8443, 0.0, 40000), accept("192.0.2.7", 8443, 0.5, 40001)]
+    later = [accept("192.0.2.7", 8443, 100.0 + k, 41000 + k) for k in range(2)]
+    engine = PolicyEngine(ENGINE_POLICY, EngineConfig(open_idle_timeout_s=60))
+    assert run(engine, lost + later) == []
+    assert engine.forgotten.expired == 2 and engine.open_connections == 2
+    never = PolicyEngine(ENGINE_POLICY, EngineConfig(open_idle_timeout_s=0))
+    [alert] = run(never, lost + later)                             # 0: never forgotten, so the count drifts
+    assert alert.rule_id == "policy.concurrency_exceeded" and alert.observed == 3
+
+
+def test_concurrency_does_not_drift_with_lost_closes():
+    """A day of short connections every 30 s, one close in ten lost: the count an innocent source is
+    held to never exceeds what it really holds plus the lost ones of the last idle time (2 min)."""
+    engine = PolicyEngine(ENGINE_POLICY, EngineConfig(open_idle_timeout_s=120))
+    alerts = []
+    for k in range(3000):
+        ev = accept("192.0.2.7", 8443, 30.0 * k, 30000 + k % 20000)
+        alerts += engine.check(ev)
+        if k % 10:
+            alerts += engine.check(close(ev, 30.0 * k + 1))
+        assert engine.open_connections <= 1
+    assert alerts == [] and engine.forgotten.expired == 300
+
+
+def test_the_engine_keeps_open_connections_across_a_reload():
+    first = PolicyEngine(ENGINE_POLICY)
+    run(first, [accept("192.0.2.7", 8443, 0.0, 40000), accept("192.0.2.7", 8443, 0.1, 40001)])
+    second = PolicyEngine(ENGINE_POLICY)
+    second.carry_over(first)
+    [alert] = second.check(accept("192.0.2.7", 8443, 5.0, 40002))
+    assert alert.rule_id == "policy.concurrency_exceeded" and second.open_connections == 3
+
+
+def test_engine_settings_are_checked():
+    with pytest.raises(ValueError, match="open_idle_timeout_s"):
+        EngineConfig(open_idle_timeout_s=-1)
+    with pytest.raises(ValueError, match="max_open"):
+        EngineConfig(max_open=0)
 
 
 # -- suggest ---------------------------------------------------------------------------------------
@@ -340,7 +412,7 @@ def test_suggest_round_trip_raises_no_alerts():
     assert web.max_rate_per_source.count >= 10 and web.max_concurrent_per_source >= 2
     assert (other.name, [str(n) for n in other.allow_sources]) == ("listener-9000", ["2001:db8::7/128"])
     assert "1 connection(s) refused by socat" in text
-    engine = PolicyEngine(policy, dedup_window_s=0)
+    engine = PolicyEngine(policy, EngineConfig(dedup_window_s=0))
     alerts = [a for ev in events if not ev.refused for a in engine.check(ev)]
     assert alerts == []
 
@@ -356,6 +428,14 @@ def test_suggest_headroom_is_tight_enough_to_catch_more():
     flood = [accept("192.0.2.10", 8443, 100 + i * 0.01, 50000 + i) for i in range(21)]
     rules = {a.rule_id for a in run(engine, flood)}
     assert rules == {"policy.rate_exceeded", "policy.concurrency_exceeded"}
+
+
+def test_suggest_measures_rates_as_the_engine_counts_them():
+    """Accepts only, one source port reused: every connection counts (no 4-tuple 'first sight')."""
+    events = [accept("192.0.2.7", 8443, 0.5 * k, 40000) for k in range(30)]
+    policy = parse_policy(suggest_policy([], events, headroom=1.0, min_rate=1))
+    assert policy.listener(8443).max_rate_per_source.count == 30
+    assert run(PolicyEngine(policy), events) == []
 
 
 def test_suggest_cli_from_recorded_events(tmp_path):

@@ -29,6 +29,7 @@ from ..pipeline import Pipeline
 from ..policy import Policy, audit_running, finding_to_alert
 from ..status import LiveStatus, ReloadResult, RunSummary, to_json
 from . import report
+from .report import ForgottenReport
 from .auditing import AuditWorker
 from .loops import CaptureReader, Handoff, Periodic, main_loop
 from .reload import reload
@@ -55,7 +56,7 @@ class Agent:
         self.config = config
         self.options = options
         self.host = HostInfo.detect()
-        self.status = LiveStatus()
+        self.status = LiveStatus(open_idle_s=config.policy_engine.open_idle_timeout_s)
         self.stop_event = threading.Event()
         self.reload_signal = threading.Event()
         self.reload_requests: queue.Queue[queue.Queue[ReloadResult]] = queue.Queue()
@@ -68,13 +69,14 @@ class Agent:
         self.egress: EgressGuard | None = None
         self.sinks = make_sinks(config, self.host, self.sink_error)
         self.audits = AuditWorker(lambda: self.policy)
-        self.pipeline = Pipeline(policy=engine(self.policy), detector=self.detector, auditor=self._audit,
+        self.pipeline = Pipeline(policy=engine(self.policy, config), detector=self.detector, auditor=self._audit,
                                  blocker=self.enforcer)
         self.capture: Capture | None = None
         self.reader: CaptureReader | None = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self._known_ports: set[int] = set()
+        self._forgotten = ForgottenReport()
 
     # ---- start and stop -------------------------------------------------
 
@@ -190,6 +192,8 @@ class Agent:
         if lost > 0:
             log.error("agent queue full: %d events lost in user space", lost)
             self.emit(PipelineError("agent.queue", "pipeline queue full: events dropped", now_ns(), count=lost))
+        if self.pipeline.policy is not None:
+            self._forgotten.log_new(self.pipeline.policy, self.config)
         unaudited = self.audits.new_drops()
         if unaudited > 0:
             self.emit(PipelineError("agent.audit", "audit queue full: execs not audited", now_ns(), count=unaudited))
@@ -230,7 +234,7 @@ class Agent:
         """Put `policy` in force (reload): the engine, then the egress guard's rules."""
         self.policy = policy
         self.audits.forget()
-        self.pipeline.replace_policy(engine(policy))
+        self.pipeline.replace_policy(engine(policy, self.config, self.pipeline.policy))
         if self.egress is not None:
             self.egress.set_rules(egress_rules(policy))
         elif self.capture is not None:

@@ -5,16 +5,21 @@ summary. Read-only over the agent's parts."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..config import Config
 from ..metrics import Sample, process_samples
+from ..policy.engine import EngineCounts, PolicyEngine
 from ..status import BlockRow, Counters, RunSummary, Status
 
 if TYPE_CHECKING:
     from .agent import Agent
+
+log = logging.getLogger(__name__)
 
 
 def counters(agent: Agent) -> Counters:
@@ -60,7 +65,46 @@ def samples(agent: Agent) -> list[Sample]:
     ]
     out += [Sample("sink_lost_events_total", "counter", "Events lost by a sink, by stage.", v, (("stage", k),))
             for k, v in sorted(live.pipeline_lost.items())]
+    if agent.pipeline.policy is not None:
+        out += policy_samples(agent.pipeline.policy.counts())
     return out + process_samples()
+
+
+def policy_samples(counts: EngineCounts) -> list[Sample]:
+    """The policy engine's counts as metrics."""
+    forgotten = counts.forgotten
+    return [
+        Sample("policy_open_connections", "gauge", "Connections the policy engine counts as open.", counts.open),
+        *(Sample("policy_open_forgotten_total", "counter",
+                 "Open connections forgotten without their close, by why (idle, 4-tuple reused, table full).",
+                 value, (("reason", reason),))
+          for reason, value in (("idle", forgotten.expired), ("reused", forgotten.reused),
+                                ("full", forgotten.evicted))),
+        Sample("policy_repeated_records_total", "counter",
+               "Repeated records of connection starts already counted (same event id), ignored.", counts.repeated),
+    ]
+
+
+class ForgottenReport:
+    """A log line, at most once per heartbeat interval, when the policy engine forgot open connections
+    whose close it never saw (the metrics and the status count them too)."""
+
+    def __init__(self) -> None:
+        self._logged = 0
+        self._next = 0.0
+
+    def log_new(self, engine: PolicyEngine, config: Config) -> None:
+        now = time.monotonic()
+        forgotten = engine.forgotten
+        new = forgotten.total - self._logged
+        if now < self._next or new <= 0:
+            return
+        self._logged, self._next = forgotten.total, now + config.agent.heartbeat_interval_s
+        log.warning("policy: %d open connection(s) forgotten without their close since the last report "
+                    "(in all: %d idle for %gs, %d whose 4-tuple a new connection reused, %d over the table's "
+                    "%d); they no longer count toward max_concurrent_per_source", new, forgotten.expired,
+                    config.policy_engine.open_idle_timeout_s, forgotten.reused, forgotten.evicted,
+                    config.policy_engine.max_open)
 
 
 def summary(agent: Agent) -> RunSummary:

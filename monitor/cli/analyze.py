@@ -24,13 +24,17 @@ _MAX_BAD_SHOWN = 20
               help="Write the baseline learned (or loaded and extended) here.")
 @click.option("--learning-period", default=None, metavar="D",
               help="Event time spent learning before anomalies are raised: 20s, 15m, 1h (default 1h).")
+@click.option("--open-idle-timeout", default=None, metavar="D",
+              help="With --policy: forget an open connection nothing was seen of for D of event time, "
+                   "so lost closes cannot inflate max_concurrent_per_source (default 1h, 0: never).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A detector setting, as in the config file's detect section (repeatable), "
                    "e.g. --set source_rate_min=50 --set cooldown_s=10m.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: readable; json: one ECS alert document per line, then one {\"summary\": ...} line.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write there instead of stdout.")
-def command(files, policy_path, baseline_path, save_path, learning_period, settings, fmt, output) -> None:
+def command(files, policy_path, baseline_path, save_path, learning_period, open_idle_timeout, settings, fmt,
+            output) -> None:
     """Analyse NDJSON event FILES (plain or .gz; the agent's, or any with @timestamp,
     event.action, source.ip/port, destination.ip/port).
 
@@ -53,7 +57,8 @@ def command(files, policy_path, baseline_path, save_path, learning_period, setti
         config = config.with_learning_period(parse_duration(learning_period, "--learning-period"))
     baseline = Baseline.load(baseline_path) if baseline_path else None
     policy = _load_policy(policy_path) if policy_path else None
-    result = analyze(files, policy=policy, config=config, baseline=baseline)
+    result = analyze(files, policy=policy, config=config, baseline=baseline,
+                     engine_config=_engine_config(open_idle_timeout))
     if save_path:
         result.baseline.prune(config.max_tracked)
         try:
@@ -99,6 +104,15 @@ def _settings(pairs: tuple[str, ...]) -> dict:
     return values
 
 
+def _engine_config(open_idle_timeout: str | None):
+    from ..durations import parse_duration
+    from ..policy import EngineConfig
+
+    if open_idle_timeout is None:
+        return EngineConfig()
+    return EngineConfig(open_idle_timeout_s=parse_duration(open_idle_timeout, "--open-idle-timeout"))
+
+
 def _load_policy(path: Path):
     from ..policy import load_policy   # the policy stage's loader; imported only when asked for
 
@@ -117,6 +131,12 @@ def _table(result) -> str:
     if result.late_events:
         lines.append(f"{result.late_events} event(s) older than events before them were counted at the latest "
                      "time seen (give rotated files oldest first)")
+    counts = result.policy_counts
+    if counts is not None and (counts.forgotten.total or counts.repeated):
+        f = counts.forgotten
+        lines.append(f"policy: {f.total} open connection(s) forgotten without their close ({f.expired} idle, "
+                     f"{f.reused} whose 4-tuple was reused, {f.evicted} over the table's size); "
+                     f"{counts.repeated} repeated record(s) of a connection ignored")
     base = result.baseline
     if base.learning_start_ns is not None:
         state = "complete" if base.complete else "still learning at the end of the data: no anomalies raised"

@@ -61,6 +61,7 @@ class AnalysisResult:
     policy_checked: bool = False
     alerts_by_rule: dict[str, int] = field(default_factory=dict)
     handovers: list[str] = field(default_factory=list)   # files the fast scan left to the line-checking reader
+    policy_counts: Any = None             # the policy engine's EngineCounts, when a policy was checked
 
     @property
     def exit_code(self) -> int:
@@ -80,6 +81,7 @@ class AnalysisResult:
             "alerts": len(self.alerts),
             "alerts_by_rule": self.alerts_by_rule,
             "policy_checked": self.policy_checked,
+            "policy": self.policy_counts.as_dict() if self.policy_counts is not None else None,
             "learning": {
                 "start_ns": self.baseline.learning_start_ns,
                 "end_ns": self.baseline.learning_end_ns,
@@ -136,15 +138,16 @@ def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
 
 
 def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectConfig,
-            baseline: Baseline | None = None, top_sources: int = 20) -> AnalysisResult:
-    """Replay event files through policy (if given) and the anomaly detectors."""
+            baseline: Baseline | None = None, top_sources: int = 20, engine_config: Any = None) -> AnalysisResult:
+    """Replay event files through policy (if given, with the policy engine's `engine_config`) and the
+    anomaly detectors."""
     began = time.perf_counter()
     files = [str(p) for p in order_by_time(paths)]      # read_chunks names a missing one
     base = baseline if baseline is not None else Baseline.for_config(config)
     base.check_config(config, "baseline")
     ips = IpTable(config)
     engine = BatchEngine(config, base, ips, config.rules)
-    checker = _policy_engine(policy)
+    checker = _policy_engine(policy, engine_config)
     stats = ReadStats()
     tally = _Tally()
     short_ns = int(round(config.scan_short_s * 1e9))
@@ -166,15 +169,15 @@ def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectCo
         other_documents=stats.other_documents, malformed=stats.malformed, bad_lines=stats.bad_lines,
         late_events=engine.late_events, listeners=listeners, sources=sources, baseline=base,
         elapsed_s=time.perf_counter() - began, policy_checked=checker is not None, alerts_by_rule=by_rule,
-        handovers=stats.handovers,
+        handovers=stats.handovers, policy_counts=checker.counts() if checker is not None else None,
     )
 
 
-def _policy_engine(policy: Any):
+def _policy_engine(policy: Any, engine_config: Any):
     if policy is None:
         return None
     from ..policy import PolicyEngine   # written by the policy stage; imported only when asked for
-    return PolicyEngine(policy)
+    return PolicyEngine(policy, engine_config)
 
 
 def _summaries(total: pd.DataFrame, alerts: list[Alert], ips: IpTable,

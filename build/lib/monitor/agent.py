@@ -53,7 +53,7 @@ class Agent:
         self.config = config
         self.options = options
         self.host = HostInfo.detect()
-        self.status = LiveStatus()
+        self.status = LiveStatus(open_idle_s=config.policy_engine.open_idle_timeout_s)
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self.queue: queue.Queue[list[Record]] = queue.Queue(maxsize=max(1, config.agent.queue_size // 64))
@@ -69,7 +69,7 @@ class Agent:
         self.egress = None
         self.sinks = _make_sinks(config, self.host, self._sink_error)
         self.pipeline = Pipeline(
-            policy=_engine(self.policy),
+            policy=_engine(self.policy, config),
             detector=self.detector,
             auditor=self._audit,
             blocker=self.enforcer,
@@ -80,6 +80,8 @@ class Agent:
         self.metrics: MetricsServer | None = None
         self._pending_errors: list[PipelineError] = []
         self._known_ports: set[int] = set()
+        self._forgotten_logged = 0
+        self._forgotten_next_log = 0.0
 
     # ---- start and stop -------------------------------------------------
 
@@ -223,6 +225,7 @@ class Agent:
         for record in self.pipeline.alerts(raised):
             self._emit(record)
         self._report_losses()
+        self._report_forgotten()
 
     def _report_losses(self) -> None:
         while self._pending_errors:
@@ -232,6 +235,25 @@ class Agent:
             self._user_lost_reported = self.user_lost
             log.error("agent queue full: %d events lost in user space", lost)
             self._emit(PipelineError("agent.queue", "pipeline queue full: events dropped", now_ns(), count=lost))
+
+    def _report_forgotten(self) -> None:
+        """A log line, at most once per heartbeat interval, when the policy engine forgot open
+        connections whose close it never saw (counted in the metrics and the status too)."""
+        engine = self.pipeline.policy
+        now = time.monotonic()
+        if engine is None or now < self._forgotten_next_log:
+            return
+        forgotten = engine.forgotten
+        new = forgotten.total - self._forgotten_logged
+        if new <= 0:
+            return
+        self._forgotten_logged = forgotten.total
+        self._forgotten_next_log = now + self.config.agent.heartbeat_interval_s
+        log.warning("policy: %d open connection(s) forgotten without their close since the last report "
+                    "(in all: %d idle for %gs, %d whose 4-tuple a new connection reused, %d over the table's "
+                    "%d); they no longer count toward max_concurrent_per_source", new, forgotten.expired,
+                    self.config.policy_engine.open_idle_timeout_s, forgotten.reused, forgotten.evicted,
+                    self.config.policy_engine.max_open)
 
     def _emit(self, record: Record) -> None:
         self.status.observe(record)
@@ -324,7 +346,10 @@ class Agent:
         else:
             self.config.agent.policy = config.agent.policy
             self.policy = policy
-            self.pipeline.replace_policy(_engine(policy))
+            engine = _engine(policy, self.config)
+            if engine is not None and self.pipeline.policy is not None:
+                engine.carry_over(self.pipeline.policy)
+            self.pipeline.replace_policy(engine)
             self._reload_egress()
             log.info("reloaded: policy %s", config.agent.policy or "(none)")
             self.last_reload = {"ok": True, "policy": config.agent.policy}
@@ -339,7 +364,7 @@ class Agent:
     def _pipeline_counters(self) -> dict[str, Any]:
         kernel_lost = self.capture.stats.kernel_lost if self.capture is not None else 0
         sink = self.sinks.stats
-        return {
+        counters: dict[str, Any] = {
             "kernel_lost": kernel_lost,
             "user_lost": self.user_lost,
             "queue_depth": self.queue.qsize(),
@@ -347,6 +372,9 @@ class Agent:
             "es_spool_bytes": sink.spool_bytes,
             "es_lag_s": sink.lag_s,
         }
+        if self.pipeline.policy is not None:
+            counters["policy"] = self.pipeline.policy.counts().as_dict()
+        return counters
 
     def snapshot(self) -> dict[str, Any]:
         blocks = []
@@ -375,13 +403,32 @@ class Agent:
         ]
         out += [Sample("sink_lost_events_total", "counter", "Events lost by a sink, by stage.", v, (("stage", k),))
                 for k, v in sorted(self.status.pipeline_lost.items())]
+        if self.pipeline.policy is not None:
+            out += _policy_samples(self.pipeline.policy.counts())
         return out + process_samples()
 
     def summary(self) -> dict[str, Any]:
         kernel_lost = self.capture.stats.kernel_lost if self.capture is not None else 0
         summary = self.status.summary(kernel_lost, self.user_lost)
         summary["output"] = self.config.agent.output
+        if self.pipeline.policy is not None:
+            summary["policy"] = self.pipeline.policy.counts().as_dict()
         return summary
+
+
+def _policy_samples(counts) -> list[Sample]:
+    """The policy engine's `EngineCounts` as metrics."""
+    forgotten = counts.forgotten
+    return [
+        Sample("policy_open_connections", "gauge", "Connections the policy engine counts as open.", counts.open),
+        *(Sample("policy_open_forgotten_total", "counter",
+                 "Open connections forgotten without their close, by why (idle, 4-tuple reused, table full).",
+                 value, (("reason", reason),))
+          for reason, value in (("idle", forgotten.expired), ("reused", forgotten.reused),
+                                ("full", forgotten.evicted))),
+        Sample("policy_repeated_records_total", "counter",
+               "Repeated records of connection starts already counted (same event id), ignored.", counts.repeated),
+    ]
 
 
 def _load_policy(path: str | None):
@@ -392,12 +439,12 @@ def _load_policy(path: str | None):
     return load_policy(path)
 
 
-def _engine(policy):
+def _engine(policy, config: Config):
     if policy is None:
         return None
     from .policy import PolicyEngine
 
-    return PolicyEngine(policy)
+    return PolicyEngine(policy, config.policy_engine)
 
 
 def _make_detector(config: Config):

@@ -2,7 +2,7 @@
 
 Each stage owns its settings as a dataclass whose fields carry their
 constraints (`monitor.settings.setting`): `CaptureConfig`, `DetectConfig`,
-`EnforceConfig`, the sinks' configs. This module gathers them into one
+`EngineConfig` of the policy engine, `EnforceConfig`, the sinks' configs. This module gathers them into one
 `Config`, derives the file's JSON schema from them (so the schema can never
 drift from the code), validates with line-numbered errors, applies
 command-line overrides (checked the same way), and says which settings
@@ -26,6 +26,7 @@ from .metrics import DEFAULT_LISTEN, check_listen
 from .settings import FORMATS, build_section, relation_problems, restart_only, section_schema, setting, spec_of
 from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig, WebhookConfig
 from .yamlfile import FlagLocator, InputErrors, load_yaml, validate
+from .policy.engine import EngineConfig
 
 DEFAULT_CONFIG_PATH = "/etc/socat-monitor/config.yaml"
 
@@ -50,6 +51,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    policy_engine: EngineConfig = field(default_factory=EngineConfig)
     enforce: EnforceConfig = field(default_factory=EnforceConfig)
     ndjson: NdjsonConfig = field(default_factory=lambda: NdjsonConfig(directory=AgentConfig.output))
     elasticsearch: ElasticsearchConfig | None = None
@@ -61,6 +63,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "capture": CaptureConfig,
     "detect": DetectConfig,
+    "policy_engine": EngineConfig,
     "enforce": EnforceConfig,
     "ndjson": NdjsonConfig,
     "elasticsearch": ElasticsearchConfig,

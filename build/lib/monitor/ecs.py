@@ -37,6 +37,7 @@ from .events import (
     ProcessEvent,
     ProcessInfo,
     Record,
+    unrecorded_id,
 )
 
 ECS_VERSION = "8.11.0"
@@ -561,7 +562,7 @@ def parse_connection(doc: dict[str, Any]) -> ConnectionEvent:
     direction = _field(doc, "network.direction")
     outcome = _field(doc, "event.outcome")
     return ConnectionEvent(
-        id=str(_field(doc, "event.id") or f"line-{timestamp}"),
+        id=str(_field(doc, "event.id") or unrecorded_id(timestamp)),
         action=action,
         timestamp_ns=timestamp,
         source_ip=_ip(doc, "source.ip"),

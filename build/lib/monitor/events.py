@@ -83,6 +83,22 @@ def new_event_id() -> str:
     return f"{now:x}-{_ID_PREFIX}"
 
 
+UNRECORDED_ID_PREFIX = "line-"
+
+
+def unrecorded_id(timestamp_ns: int) -> str:
+    """The id of a connection document that carries no `event.id` (other tools' files).
+
+    Made from its time, so readable in `trigger_event_ids`, but not unique: two
+    lines of one second share it. `has_recorded_id` tells such an id apart."""
+    return f"{UNRECORDED_ID_PREFIX}{timestamp_ns}"
+
+
+def has_recorded_id(event: "ConnectionEvent") -> bool:
+    """Whether the event's id was recorded with it (so a second record with that id is the same record)."""
+    return not event.id.startswith(UNRECORDED_ID_PREFIX)
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
     """What is known of the socat process behind an event."""

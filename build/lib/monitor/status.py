@@ -10,7 +10,11 @@ answer of a reload, and the status's `last_reload`.
 
 `LiveStatus.observe(record)` is called for every record the agent writes;
 it keeps only bounded state (recent rates per listener, the busiest sources,
-the last alerts), so memory stays flat however long the agent runs.
+the last alerts, open connections), so memory stays flat however long the
+agent runs. A listener's open connections are counted as the policy engine
+counts them (`monitor.policy.connections`): a connection whose close was
+lost is forgotten when its 4-tuple is reused or after `open_idle_s`, so the
+count does not drift up.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from typing import Any
 from .ecs import iso_timestamp
 from .errors import InputError
 from .events import Action, Alert, BlockEvent, ConnectionEvent, Direction, PipelineError, ProcessEvent, Record
+from .policy.connections import OpenConnections, open_key
 
 RATE_WINDOW_S = 10.0
 MAX_SOURCES = 4096
 RECENT_ALERTS = 20
+MAX_OPEN = 65_536        # as many sockets as the capture's kernel table tracks
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +193,6 @@ class _ListenerState:
     port: int
     name: str | None = None
     pids: set[int] = field(default_factory=set)
-    active: int = 0
     accepts: deque = field(default_factory=deque)   # monotonic seconds of recent accepts
 
 
@@ -201,7 +206,7 @@ class _SourceState:
 class LiveStatus:
     """Bounded live counters over the record stream."""
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock=time.monotonic, open_idle_s: float = 3600.0) -> None:
         self.clock = clock
         self.started = clock()
         self.events: Counter = Counter()
@@ -211,6 +216,7 @@ class LiveStatus:
         self.listeners: dict[int, _ListenerState] = {}
         self.sources: OrderedDict[str, _SourceState] = OrderedDict()
         self.recent_alerts: deque = deque(maxlen=RECENT_ALERTS)
+        self.open = OpenConnections(int(open_idle_s * 1e9), MAX_OPEN)
 
     def observe(self, record: Record) -> None:
         if isinstance(record, ConnectionEvent):
@@ -240,12 +246,13 @@ class LiveStatus:
             while len(state.pids) > 16:
                 state.pids.pop()
         now = self.clock()
+        self.open.expire(ev.timestamp_ns)
         if ev.action is Action.ACCEPTED:
-            state.active += 1
+            self.open.open(open_key(ev), _group(ev.listener.port), ev.id, ev.timestamp_ns)
             state.accepts.append(now)
             self._source(ev.source_ip, ev.listener.port, now)
         elif ev.action in (Action.CLOSED, Action.DENIED):
-            state.active = max(0, state.active - 1)
+            self.open.close(open_key(ev))
         _trim(state.accepts, now)
 
     def _source(self, ip: str, port: int, now: float) -> None:
@@ -270,7 +277,8 @@ class LiveStatus:
         for state in sorted(self.listeners.values(), key=lambda s: s.port):
             _trim(state.accepts, now)
             listeners.append(ListenerRow(state.ip, state.port, state.name, tuple(sorted(state.pids)),
-                                         round(len(state.accepts) / RATE_WINDOW_S, 2), state.active))
+                                         round(len(state.accepts) / RATE_WINDOW_S, 2),
+                                         self.open.count(_group(state.port))))
         top = sorted(self.sources.items(), key=lambda kv: (-len(kv[1].recent), -kv[1].connections))[:10]
         for _, src in top:
             _trim(src.recent, now)
@@ -288,6 +296,11 @@ class LiveStatus:
     def summary(self, kernel_lost: int, user_lost: int, output: str) -> RunSummary:
         return RunSummary(self.connections_seen, dict(self.events), dict(self.alerts), tuple(self.blocked_targets),
                           kernel_lost, user_lost, output)
+
+
+def _group(port: int) -> tuple[str, str]:
+    """Open connections are counted per listener here, not per source."""
+    return (str(port), "")
 
 
 def _trim(stamps: deque, now: float) -> None:

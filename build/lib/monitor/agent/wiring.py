@@ -17,8 +17,14 @@ def read_policy(path: str | None) -> Policy | None:
     return load_policy(path) if path else None
 
 
-def engine(policy: Policy | None) -> PolicyEngine | None:
-    return PolicyEngine(policy) if policy is not None else None
+def engine(policy: Policy | None, config: Config, previous: PolicyEngine | None = None) -> PolicyEngine | None:
+    """The policy engine of `policy`; a reload carries the open connections and counts of `previous` over."""
+    if policy is None:
+        return None
+    new = PolicyEngine(policy, config.policy_engine)
+    if previous is not None:
+        new.carry_over(previous)
+    return new
 
 
 def make_detector(config: Config, baseline: Baseline | None = None) -> Detector:

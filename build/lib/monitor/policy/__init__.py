@@ -8,7 +8,7 @@ processes gets its /proc facts from `monitor.host`; socat's grammar is
 
 from .audit import Finding, audit_command, audit_process, audit_running, finding_to_alert
 from ..socat.grammar import AddressOption, SocatAddress, SocatCommand, parse_command_line
-from .engine import PolicyEngine
+from .engine import EngineConfig, PolicyEngine
 from .model import (
     POLICY_SCHEMA,
     Backend,
@@ -23,7 +23,7 @@ from .model import (
 from .suggest import suggest_policy
 
 __all__ = [
-    "POLICY_SCHEMA", "AddressOption", "Backend", "Defaults", "Finding", "ListenerPolicy", "Policy", "PolicyEngine", "Rate",
+    "POLICY_SCHEMA", "AddressOption", "Backend", "Defaults", "EngineConfig", "Finding", "ListenerPolicy", "Policy", "PolicyEngine", "Rate",
     "SocatAddress", "SocatCommand", "audit_command", "audit_process", "audit_running", "finding_to_alert",
     "load_policy", "parse_command_line", "parse_policy", "policy_reference", "suggest_policy",
 ]

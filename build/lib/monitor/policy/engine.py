@@ -26,16 +26,24 @@ counted in `suppressed`, not alerted.
 When the listener's action is `block`, alerts about a known source carry
 `block=True` and `block_target` (the source address).
 
+Counting (`connections.py`): every accepted connection counts toward the
+rate, whatever its 4-tuple; only a repeated record of one already counted
+(the same recorded `event.id`, while it is open or in the rate window) is
+ignored and counted (`counts().repeated`). A connection is open from its accept to
+its close, paired by the 4-tuple. Closes can be lost, so an open connection
+is also forgotten when a new connection reuses its 4-tuple, when nothing was
+seen of it for `open_idle_timeout_s` of event time, or beyond `max_open`
+(all counted in `forgotten`): lost closes cannot make concurrency drift up.
+
 State is bounded: per-source windows keep at most the declared count + 1
-timestamps and are dropped once idle for longer than their period; open
-connections are capped at `max_open` (oldest forgotten first, counted in
-`evicted`); dedup entries expire with the window.
+starts and are dropped once idle for longer than their period; open
+connections are capped as above; dedup entries expire with the window.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..addresses import Address, unmapped
@@ -48,6 +56,8 @@ from ..events import (
     Outcome,
     Severity,
 )
+from ..settings import setting
+from .connections import Counted, Forgotten, SourceCounter
 from .model import ListenerPolicy, Policy
 
 NS = 1_000_000_000
@@ -65,31 +75,64 @@ _SOURCE_CACHE = 65_536   # remembered (listener, source) decisions; cleared when
 _STARTS = (Action.ACCEPTED, Action.DENIED)
 
 
-@dataclass(slots=True)
-class _Open:
-    listener: str
-    source: str
-    started_ns: int
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of the policy engine: the config file's `policy_engine` section."""
+
+    open_idle_timeout_s: float = 3600.0   # an open connection not seen for this long is forgotten; 0: never
+    dedup_window_s: float = 60.0          # one alert per rule, listener and source per window
+    max_open: int = setting(200_000, minimum=1)   # open connections tracked; beyond, the oldest is forgotten
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCounts:
+    """What the engine counted besides alerts (for the agent's status and metrics and analyze's summary)."""
+
+    open: int              # connections open now
+    repeated: int          # repeated records of starts already counted, ignored
+    suppressed: int        # violations inside a dedup window
+    forgotten: Forgotten   # open connections forgotten without their close
+
+    def as_dict(self) -> dict[str, int | dict[str, int]]:
+        f = self.forgotten
+        return {"open": self.open, "repeated_records": self.repeated, "suppressed": self.suppressed,
+                "open_forgotten": {"idle": f.expired, "reused": f.reused, "full": f.evicted}}
 
 
 class PolicyEngine:
     """Applies a Policy to live or replayed ConnectionEvents (see module docstring for the rules)."""
 
-    def __init__(self, policy: Policy, dedup_window_s: float = 60.0, max_open: int = 200_000) -> None:
-        if dedup_window_s < 0:
-            raise ValueError("dedup_window_s must be >= 0")
+    def __init__(self, policy: Policy, config: EngineConfig | None = None) -> None:
+        config = config if config is not None else EngineConfig()
         self.policy = policy
-        self.dedup_window_ns = int(dedup_window_s * NS)
-        self.max_open = max_open
+        self.config = config
+        self.dedup_window_ns = int(config.dedup_window_s * NS)
         self.suppressed = 0
-        self.evicted = 0
         self._last_alert: dict[tuple, int] = {}
-        self._rate: dict[tuple[str, str], deque[tuple[int, str]]] = {}
-        self._open: OrderedDict[tuple, _Open] = OrderedDict()
-        self._open_count: dict[tuple[str, str], int] = {}
+        self._counter = SourceCounter(int(config.open_idle_timeout_s * NS), config.max_open)
         self._session_client: OrderedDict[str, str] = OrderedDict()
         self._last_prune_ns = 0
         self._source_cache: dict[tuple[str, str], bool] = {}
+
+    @property
+    def forgotten(self) -> Forgotten:
+        """Open connections forgotten without their close (idle, 4-tuple reused, table full)."""
+        return self._counter.open.forgotten
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._counter.open)
+
+    def counts(self) -> EngineCounts:
+        f = self.forgotten
+        return EngineCounts(open=self.open_connections, repeated=self._counter.repeated, suppressed=self.suppressed,
+                            forgotten=Forgotten(f.expired, f.reused, f.evicted))
+
+    def carry_over(self, previous: "PolicyEngine") -> None:
+        """Keep the connections a previous engine (the policy before a reload) holds open, and its counts."""
+        self._counter.open = previous._counter.open
+        self._counter.repeated = previous._counter.repeated
+        self.suppressed = previous.suppressed
 
     def listener_name(self, port: int) -> str | None:
         entry = self.policy.listener(port)
@@ -103,7 +146,7 @@ class PolicyEngine:
         port, ip = listening_socket(event)
         entry = self.policy.listener(port, ip)
         if event.action is Action.CLOSED:
-            self._close(event)
+            self._counter.close(event)
             return []
         if event.action not in _STARTS:
             return []
@@ -112,16 +155,18 @@ class PolicyEngine:
                 return []
             return self._emit(("policy.unknown_listener", port), event, None, port, ip,
                               f"connection from {event.source_ip} to port {port}, which the policy does not name")
+        rate = entry.max_rate_per_source
+        counted = self._counter.start(event, (entry.name, event.source_ip), rate.count if rate else None,
+                                      int(rate.period_s * NS) if rate else None)
+        if counted is None:
+            return []
         if event.session_id:
             self._remember_session(event.session_id, event.source_ip)
-        first_sight = open_key(event) not in self._open
         alerts = self._check_source(event, entry, port, ip)
-        if first_sight:
-            alerts += self._check_rate(event, entry, port, ip)
-        if event.action is Action.ACCEPTED and not event.refused:
-            alerts += self._check_concurrency(event, entry, port, ip)
-        elif not first_sight:
-            self._close(event)
+        if counted.rate is not None:
+            alerts += self._check_rate(event, entry, port, ip, counted)
+        if counted.open is not None:
+            alerts += self._check_concurrency(event, entry, port, ip, counted.open)
         return alerts
 
     # -- rules -------------------------------------------------------------------------------------
@@ -142,35 +187,20 @@ class PolicyEngine:
                           f"{ev.source_ip} connected to {entry.name} (port {port}) but is not in allow_sources "
                           f"({how})", source=ev.source_ip)
 
-    def _check_rate(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str) -> list[Alert]:
+    def _check_rate(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str,
+                    counted: Counted) -> list[Alert]:
         rate = entry.max_rate_per_source
-        if rate is None:
-            return []
-        key = (entry.name, ev.source_ip)
-        window = self._rate.setdefault(key, deque(maxlen=rate.count + 1))
-        window.append((ev.timestamp_ns, ev.id))
-        start = ev.timestamp_ns - int(rate.period_s * NS)
-        while window and window[0][0] <= start:
-            window.popleft()
-        if len(window) <= rate.count:
+        window = counted.rate
+        if len(window.starts) <= rate.count:
             return []
         return self._emit(("policy.rate_exceeded", entry.name, ev.source_ip), ev, entry, port, ip,
                           f"{ev.source_ip} opened more than {rate.count} connections per {rate.text.split('/')[1]} "
                           f"to {entry.name} (declared {rate.text})", source=ev.source_ip,
-                          triggers=tuple(i for _, i in window), observed=float(len(window)),
+                          triggers=window.event_ids(), observed=float(len(window.starts)),
                           threshold=float(rate.count), window_s=rate.period_s)
 
-    def _check_concurrency(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str) -> list[Alert]:
-        key = open_key(ev)
-        if key in self._open:
-            return []
-        self._open[key] = _Open(entry.name, ev.source_ip, ev.timestamp_ns)
-        count_key = (entry.name, ev.source_ip)
-        count = self._open_count.get(count_key, 0) + 1
-        self._open_count[count_key] = count
-        if len(self._open) > self.max_open:
-            self._forget(next(iter(self._open)))
-            self.evicted += 1
+    def _check_concurrency(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str,
+                           count: int) -> list[Alert]:
         limit = entry.max_concurrent_per_source
         if limit is None or count <= limit:
             return []
@@ -197,39 +227,20 @@ class PolicyEngine:
 
     # -- state -------------------------------------------------------------------------------------
 
-    def _close(self, ev: ConnectionEvent) -> None:
-        key = open_key(ev)
-        if key in self._open:
-            self._forget(key)
-
-    def _forget(self, key: tuple) -> None:
-        conn = self._open.pop(key)
-        count_key = (conn.listener, conn.source)
-        left = self._open_count.get(count_key, 1) - 1
-        if left > 0:
-            self._open_count[count_key] = left
-        else:
-            self._open_count.pop(count_key, None)
-
     def _remember_session(self, session_id: str, client: str) -> None:
         self._session_client[session_id] = client
-        if len(self._session_client) > self.max_open:
+        if len(self._session_client) > self.config.max_open:
             self._session_client.popitem(last=False)
 
     def _prune(self, now_ns: int) -> None:
-        """Drop expired dedup entries and idle rate windows, at most once per dedup window."""
+        """Forget idle open connections; drop expired dedup entries and idle rate windows at most once
+        per dedup window."""
+        self._counter.expire(now_ns)
         if now_ns - self._last_prune_ns < max(self.dedup_window_ns, NS):
             return
         self._last_prune_ns = now_ns
         self._last_alert = {k: t for k, t in self._last_alert.items() if now_ns - t < self.dedup_window_ns}
-        for key in [k for k, w in self._rate.items() if not w or w[-1][0] < now_ns - self._period_ns(k[0])]:
-            del self._rate[key]
-
-    def _period_ns(self, name: str) -> int:
-        for entry in self.policy.listeners:
-            if entry.name == name and entry.max_rate_per_source is not None:
-                return int(entry.max_rate_per_source.period_s * NS)
-        return 0
+        self._counter.drop_idle_windows(now_ns)
 
     def _emit(self, key: tuple, ev: ConnectionEvent, entry: ListenerPolicy | None, port: int, ip: str,
               description: str, *, source: str | None = None, triggers: tuple[str, ...] | None = None,
@@ -271,11 +282,6 @@ def listening_socket(ev: ConnectionEvent) -> tuple[int, str]:
     if ev.listener is not None:
         return ev.listener.port, ev.listener.ip
     return ev.destination_port, ev.destination_ip
-
-
-def open_key(ev: ConnectionEvent) -> tuple:
-    """What pairs a connection's start with its close: the 4-tuple."""
-    return (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port)
 
 
 def _address(text: str) -> Address:

@@ -18,14 +18,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..events import Action, ConnectionEvent, Direction
 from .audit import parse_range
 from ..socat.grammar import SocatCommand
-from .engine import NS, listening_socket, open_key
+from .connections import SourceCounter
+from .engine import NS, EngineConfig, listening_socket
 
 RATE_PERIOD_S = 60.0
 
@@ -82,33 +83,22 @@ def _from_command(cmd: SocatCommand, learned: dict[int, _Learned]) -> None:
 
 
 class _Meter:
-    """Per-source rate and concurrency, measured the way PolicyEngine measures them."""
+    """Per-source rate and concurrency, counted the way PolicyEngine counts them (`SourceCounter`)."""
 
     def __init__(self) -> None:
-        self.windows: dict[tuple[int, str], deque[int]] = defaultdict(deque)
-        self.open: dict[tuple, tuple[int, str]] = {}
-        self.counts: dict[tuple[int, str], int] = defaultdict(int)
+        self.counter = SourceCounter(int(EngineConfig.open_idle_timeout_s * NS), EngineConfig.max_open)
 
     def start(self, ev: ConnectionEvent, port: int, entry: _Learned) -> None:
-        key = (port, ev.source_ip)
-        first = open_key(ev) not in self.open
-        if first:
-            window = self.windows[key]
-            window.append(ev.timestamp_ns)
-            while window and window[0] <= ev.timestamp_ns - int(RATE_PERIOD_S * NS):
-                window.popleft()
-            entry.max_rate = max(entry.max_rate, len(window))
-        if ev.action is Action.ACCEPTED and not ev.refused and first:
-            self.open[open_key(ev)] = key
-            self.counts[key] += 1
-            entry.max_concurrent = max(entry.max_concurrent, self.counts[key])
-        elif not first:
-            self.close(ev)
+        self.counter.expire(ev.timestamp_ns)
+        counted = self.counter.start(ev, (str(port), ev.source_ip), None, int(RATE_PERIOD_S * NS))
+        if counted is not None and counted.rate is not None:
+            entry.max_rate = max(entry.max_rate, len(counted.rate.starts))
+        if counted is not None and counted.open is not None:
+            entry.max_concurrent = max(entry.max_concurrent, counted.open)
 
     def close(self, ev: ConnectionEvent) -> None:
-        key = self.open.pop(open_key(ev), None)
-        if key is not None:
-            self.counts[key] -= 1
+        self.counter.expire(ev.timestamp_ns)
+        self.counter.close(ev)
 
 
 def _from_events(events: Iterable[ConnectionEvent], learned: dict[int, _Learned], include_refused: bool) -> int:

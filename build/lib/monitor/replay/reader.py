@@ -33,7 +33,7 @@ import pyarrow.json as pj
 from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection, parse_timestamp
 from ..errors import InputError
 from ..addresses import normalize_ip
-from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo
+from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo, unrecorded_id
 from .fields import ACTIONS, CODE, CODE_OF_VALUE, FULL_SCHEMA, SCHEMA, Columns
 from .scan import FileScan
 
@@ -111,7 +111,7 @@ class EventChunk:
         if extra.get("pid") is not None:
             process = ProcessInfo(pid=extra["pid"], comm=extra.get("comm") or "")
         return ConnectionEvent(
-            id=self.event_id(i) or f"line-{self.t[i]}",     # as parse_connection names one without an id
+            id=self.event_id(i) or unrecorded_id(int(self.t[i])),     # as parse_connection names one without an id
             action=action, timestamp_ns=int(self.t[i]),
             source_ip=self.src_values[self.src[i]], source_port=int(self.src_port[i]),
             destination_ip=self.dst_values[self.dst[i]], destination_port=int(self.dst_port[i]),

@@ -42,6 +42,12 @@ class SinkStats:
         return asdict(self)
 
 
+def check_url(url: str) -> None:
+    """A server URL of a sink's config: http:// or https://; ValueError says what is wrong."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{url!r} must start with http:// or https://")
+
+
 class Sink(Protocol):
     def write(self, record: Record) -> None:
         """Accept a record; never waits on a server (thread-safe)."""

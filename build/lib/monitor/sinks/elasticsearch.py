@@ -43,7 +43,7 @@ from ..events import Alert, Record
 from ..files import open_append
 from ..redact import cleartext_credentials, redact_url
 from ..settings import setting
-from .base import ErrorCallback, ErrorReporter, SinkStats
+from .base import ErrorCallback, ErrorReporter, SinkStats, check_url
 from .es_client import EsClient, ItemResult, Unavailable
 from .lifecycle import RolloverConfig, check_rollover, expired, ilm_policy
 from .spool import DiskSpool, SpoolBatch
@@ -58,8 +58,7 @@ def check_urls(urls: list[str]) -> None:
     if not urls:
         raise ValueError("at least one URL is needed")
     for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} must start with http:// or https://")
+        check_url(url)
 
 
 @dataclass(slots=True)

@@ -23,7 +23,10 @@ _INDEX_NUMBER = re.compile(r"-(\d{6})$")
 def check_rollover(value: Any) -> None:
     """The config's `elasticsearch.rollover` mapping: ValueError naming the key that is wrong."""
     if isinstance(value, dict):
-        RolloverConfig.from_yaml(value)
+        try:
+            RolloverConfig.from_yaml(value)
+        except ValueError as exc:   # the schema names the section already
+            raise ValueError(str(exc).removeprefix("elasticsearch.rollover.")) from None
     elif value is not None and not isinstance(value, RolloverConfig):
         raise ValueError("expected a mapping of max_docs, max_age, max_size, check_interval (or null)")
 

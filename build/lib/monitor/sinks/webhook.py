@@ -33,7 +33,8 @@ import orjson
 
 from ..ecs import HostInfo, render
 from ..events import Alert, BlockEvent, Record
-from .base import ErrorCallback, ErrorReporter, SinkStats
+from ..settings import setting
+from .base import ErrorCallback, ErrorReporter, SinkStats, check_url
 from .spool import DiskSpool
 
 log = logging.getLogger(__name__)
@@ -43,23 +44,19 @@ RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 @dataclass(slots=True)
 class WebhookConfig:
-    url: str = ""
+    url: str = setting("", check=check_url)
     authorization: str | None = None      # the Authorization header, e.g. "Bearer <token>"
     ca_file: str | None = None
     verify_certs: bool = True
     spool_dir: Path = Path("/var/lib/socat-monitor/webhook-spool")
-    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_max_bytes: int = setting(256 * 1024 * 1024, minimum=1024 * 1024)
     request_timeout_s: float = 10.0
     backoff_max_s: float = 30.0
     close_timeout_s: float = 5.0
     dead_letter_path: Path | None = None  # default: <spool_dir>/dead-letter.ndjson
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook.url: {self.url!r} must start with http:// or https://")
         self.spool_dir = Path(self.spool_dir)
-        if self.spool_max_bytes < 1024 * 1024:
-            raise ValueError(f"webhook.spool_max_bytes: at least 1 MiB, got {self.spool_max_bytes}")
         self.dead_letter_path = Path(self.dead_letter_path or self.spool_dir / "dead-letter.ndjson")
 
 
