@@ -10,9 +10,12 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: scripts/fresh-host-check.sh [--rebuild] [--timeout SECONDS]
+usage: scripts/fresh-host-check.sh [--rebuild] [--debian-sys] [--timeout SECONDS]
 
   --rebuild          build the Debian root again even when its cached tarball exists
+  --debian-sys       /sys as a systemd-booted Debian 12 has it (cgroup2 at /sys/fs/cgroup), and
+                     tracefs, debugfs and bpffs left for setup.sh to mount; default: this
+                     machine's /sys with everything mounted below it
   --timeout SECONDS  limit for scripts/run.sh inside the root (default 1200)
 
 Needs root and a Debian host (mmdebstrap is installed with apt when missing).
@@ -28,11 +31,13 @@ CACHE_DIR="${FRESH_ROOT_CACHE:-/var/cache/socat-monitor}"
 RUN_TIMEOUT=1200
 BUILD_TIMEOUT=900
 REBUILD=0
+DEBIAN_SYS=0
 CHECKOUT=/root/socat-monitor          # where the user's clone lives inside the root
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --rebuild) REBUILD=1; shift ;;
+    --debian-sys) DEBIAN_SYS=1; shift ;;
     --timeout) RUN_TIMEOUT="${2:?--timeout needs seconds}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "fresh-host-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -184,6 +189,12 @@ cached_root() {  # sets TARBALL, building it when missing
 mount_root() {
   local d
   for d in proc sys dev; do
+    if [ "$d" = sys ] && [ "$DEBIAN_SYS" = 1 ]; then
+      mount --bind /sys "$ROOT/sys"
+      mount --make-rslave "$ROOT/sys"
+      mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$ROOT/sys/fs/cgroup"
+      continue
+    fi
     mount --rbind "/$d" "$ROOT/$d"
     mount --make-rslave "$ROOT/$d"        # nothing mounted inside propagates back to the host
   done
