@@ -301,6 +301,14 @@ sys.exit(1 if problems else 0)
 EOF
 }
 
+# The run's last error line (or its last line), for the one-line verdict.
+last_error() {
+  local line
+  line="$(grep -i -E 'error|exited|missing|failed|cannot' "$WORK/run.log" | tail -n1)"
+  [ -n "$line" ] || line="$(grep -v '^[[:space:]]*$' "$WORK/run.log" | tail -n1)"
+  echo "last: $(echo "$line" | tr -s ' ' | cut -c1-240)"
+}
+
 # ---- main ----------------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || { echo "fresh-host-check: must run as root (chroot, mounts, mmdebstrap)" >&2; exit 3; }
 for bin in git chroot timeout python3 ip nft pgrep; do
@@ -337,19 +345,21 @@ phase_done "setup"
 # chroot shares this machine's /proc: with other socat processes running here, name --lab, what
 # run.sh picks on the fresh machine the root stands for.
 ARGS=()
-MODE_NOTE="scripts/run.sh"
+RUN_CMD="scripts/run.sh"
 SOCATS="$(host_socat_count)"
 if [ "$SOCATS" -gt 0 ]; then
   ARGS=(--lab)
-  MODE_NOTE="scripts/run.sh --lab ($SOCATS socat process(es) on this machine would make it pick --host)"
+  RUN_CMD="scripts/run.sh --lab"
+  log "$SOCATS socat process(es) run in this machine's network namespace, which the chroot shares:" \
+      "scripts/run.sh would pick --host; naming --lab, what it picks on the fresh machine the root stands for"
 fi
 HOST_RACE=0
-log "running $MODE_NOTE in the root (commit ${COMMIT:0:12}, at most ${RUN_TIMEOUT}s)"
+log "running $RUN_CMD in the root (commit ${COMMIT:0:12}, at most ${RUN_TIMEOUT}s)"
 run_inside "${ARGS[@]}"
 TIMES+=("run.sh $((SECONDS - PHASE_START))s ($RUN_PARTS)")
 PHASE_START=$SECONDS
 [ "$HOST_RACE" = 0 ] || fail "a socat process started on this machine during the check and run.sh chose --host; run again"
-[ "$RUN_RC" != 124 ] && [ "$RUN_RC" != 137 ] || fail "scripts/run.sh did not finish within ${RUN_TIMEOUT}s"
-SUMMARY="$(check_report)" || fail "$MODE_NOTE exited $RUN_RC; demo report: ${SUMMARY:-none found}; last lines: $(grep -v '^ *$' "$WORK/run.log" | tail -n 3 | tr '\n' ' ' | tr -s ' ')"
-[ "$RUN_RC" = 0 ] || fail "$MODE_NOTE exited $RUN_RC although its report shows $SUMMARY"
-RESULT="$MODE_NOTE on a fresh Debian 12 root: $SUMMARY"
+[ "$RUN_RC" != 124 ] && [ "$RUN_RC" != 137 ] || fail "$RUN_CMD did not finish within ${RUN_TIMEOUT}s"
+SUMMARY="$(check_report)" || fail "$RUN_CMD exited $RUN_RC; demo report: ${SUMMARY:-none}; $(last_error)"
+[ "$RUN_RC" = 0 ] || fail "$RUN_CMD exited $RUN_RC although its report shows $SUMMARY"
+RESULT="$RUN_CMD on a fresh Debian 12 root: $SUMMARY"
