@@ -58,7 +58,8 @@ WORK=""                  # logs and scratch beside it
 RUN_PID=""
 BEFORE_NETNS="" BEFORE_VETH="" BEFORE_NFT="" BEFORE_PINS=""
 
-phase_done() { TIMES+=("$1 $((SECONDS - PHASE_START))s"); PHASE_START=$SECONDS; }
+PHASE="unpack"           # the phase under way, named in the verdict if it never finished
+phase_done() { TIMES+=("$PHASE $((SECONDS - PHASE_START))s${1:+ ($1)}"); PHASE="$2"; PHASE_START=$SECONDS; }
 fail() { [ -n "$FIRST_ERROR" ] || FIRST_ERROR="$*"; log "error: $*"; exit 1; }
 
 # ---- what the demo may leave on the host (compared before and after) ----------------
@@ -85,6 +86,7 @@ cleanup() {
   local rc=$? left=() pid name
   set +e
   trap - EXIT INT TERM
+  [ -z "$PHASE" ] || phase_done "unfinished" ""
   if [ -n "$RUN_PID" ] && kill -0 "$RUN_PID" 2>/dev/null; then
     kill -TERM "$RUN_PID"        # timeout(1) passes it to its whole process group
     for _ in $(seq 40); do kill -0 "$RUN_PID" 2>/dev/null || break; sleep 0.5; done
@@ -123,7 +125,8 @@ cleanup() {
     [ -n "$FIRST_ERROR" ] || FIRST_ERROR="the run left behind: ${left[*]}"
   fi
   [ -n "$FIRST_ERROR" ] || [ "$rc" = 0 ] || FIRST_ERROR="stopped (exit $rc)"
-  TIMES+=("cleanup $((SECONDS - PHASE_START))s")
+  PHASE=cleanup
+  phase_done "" ""
   local times="" t
   for t in "${TIMES[@]}"; do times+="$t, "; done
   times+="total $((SECONDS - START))s"
@@ -158,6 +161,7 @@ cached_root() {  # sets TARBALL, building it when missing
   key="$( { echo "$SUITE minbase $INCLUDE"; cat "${sources[@]}" "${options[@]}"; } | sha256sum | cut -c1-12)"
   tarball="$CACHE_DIR/fresh-root-$SUITE-$key.tar"
   if [ "$REBUILD" = 0 ] && [ -s "$tarball" ]; then
+    PHASE=unpack
     log "using the cached root $tarball"
     TARBALL="$tarball"
     return 0
@@ -169,6 +173,7 @@ cached_root() {  # sets TARBALL, building it when missing
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null \
       || fail "apt-get install mmdebstrap failed"
   fi
+  PHASE="build+unpack"
   mkdir -p "$CACHE_DIR"
   partial="$CACHE_DIR/.fresh-root-$SUITE-$key.$$.tar"
   for f in "${options[@]}"; do args+=(--aptopt="$f"); done
@@ -310,9 +315,9 @@ last_error() {
 }
 
 # ---- main ----------------------------------------------------------------------------
-[ "$(id -u)" = 0 ] || { echo "fresh-host-check: must run as root (chroot, mounts, mmdebstrap)" >&2; exit 3; }
+[ "$(id -u)" = 0 ] || fail "must run as root (chroot, mounts, mmdebstrap): sudo $0"
 for bin in git chroot timeout python3 ip nft pgrep; do
-  command -v "$bin" >/dev/null || { echo "fresh-host-check: $bin is missing" >&2; exit 3; }
+  command -v "$bin" >/dev/null || fail "$bin is missing on this machine"
 done
 WORK="$(mktemp -d /var/tmp/socat-monitor-fresh-work.XXXXXX)"
 BEFORE_NETNS="$(demo_netns)"
@@ -333,13 +338,13 @@ ROOT="$(mktemp -d /var/tmp/socat-monitor-fresh-root.XXXXXX)"
 mount -t tmpfs -o size=8g,mode=0755 tmpfs "$ROOT" || fail "could not mount a tmpfs on $ROOT"
 mount --make-private "$ROOT"
 tar --numeric-owner -xpf "$TARBALL" -C "$ROOT" || fail "could not unpack $TARBALL"
-phase_done "root"
+phase_done "" setup
 
 mount_root || fail "could not mount /proc, /sys, /dev, /run, /tmp into $ROOT"
 carry_in_network
 git clone -q --no-hardlinks "$REPO" "$ROOT$CHECKOUT" || fail "git clone of $REPO failed"
 git -C "$ROOT$CHECKOUT" -c advice.detachedHead=false checkout -q "$COMMIT" || fail "checkout of $COMMIT failed"
-phase_done "setup"
+phase_done "" run.sh
 
 # run.sh picks --host when a socat process runs in this machine's network namespace, and the
 # chroot shares this machine's /proc: with other socat processes running here, name --lab, what
@@ -356,8 +361,7 @@ fi
 HOST_RACE=0
 log "running $RUN_CMD in the root (commit ${COMMIT:0:12}, at most ${RUN_TIMEOUT}s)"
 run_inside "${ARGS[@]}"
-TIMES+=("run.sh $((SECONDS - PHASE_START))s ($RUN_PARTS)")
-PHASE_START=$SECONDS
+phase_done "$RUN_PARTS" ""
 [ "$HOST_RACE" = 0 ] || fail "a socat process started on this machine during the check and run.sh chose --host; run again"
 [ "$RUN_RC" != 124 ] && [ "$RUN_RC" != 137 ] || fail "$RUN_CMD did not finish within ${RUN_TIMEOUT}s"
 SUMMARY="$(check_report)" || fail "$RUN_CMD exited $RUN_RC; demo report: ${SUMMARY:-none}; $(last_error)"
