@@ -90,7 +90,7 @@ cleanup() {
   if [ -n "$RUN_PID" ] && kill -0 "$RUN_PID" 2>/dev/null; then
     kill -TERM "$RUN_PID"        # timeout(1) passes it to its whole process group
     for _ in $(seq 40); do kill -0 "$RUN_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL -- "-$RUN_PID" 2>/dev/null
+    ! kill -0 "$RUN_PID" 2>/dev/null || kill -KILL -- "-$RUN_PID"   # its group, while it leads it
     wait "$RUN_PID" 2>/dev/null
   fi
   if [ -n "$ROOT" ] && [ -d "$ROOT" ]; then
@@ -292,8 +292,12 @@ check_report() {
   [ -n "$path" ] && [ -f "$ROOT/${path#/}" ] || return 1
   python3 - "$ROOT/${path#/}" <<'EOF'
 import json, sys
-with open(sys.argv[1]) as fh:
-    report = json.load(fh)
+try:
+    with open(sys.argv[1]) as fh:
+        report = json.load(fh)
+except (OSError, ValueError) as exc:
+    print(f"unreadable {sys.argv[1]}: {exc}")
+    sys.exit(1)
 connections = int(report.get("connections_seen") or 0)
 alerts = sum(int(v) for v in (report.get("alerts") or {}).values())
 blocked = report.get("sources_blocked") or []
