@@ -98,7 +98,7 @@ class Agent:
                 self._emit(record)
         self.control = ControlServer(self.config.agent.control_socket, self.snapshot, self.request_reload_now)
         if self.config.agent.metrics:
-            self.metrics = MetricsServer(self.config.agent.metrics, self.samples)
+            self.metrics = MetricsServer(self.config.agent.metrics, self._exported_samples)
         log.info("agent started: %d socat listeners, output %s", len(listeners), self.config.agent.output)
 
     def run(self) -> dict[str, Any]:
@@ -218,8 +218,11 @@ class Agent:
         for record in self.pipeline.tick(now_ns()):
             self._emit(record)
         raised = self.egress.poll() if self.egress is not None else []
+        if self.egress is not None:
+            self._pending_errors.extend(self.egress.drain_errors())   # relays left unguarded (table full)
         if self.enforcer is not None:
             raised += self.enforcer.drain_alerts()
+            self._pending_errors.extend(self.enforcer.drain_errors())   # table rebuilt, kernel errors
         for record in self.pipeline.alerts(raised):
             self._emit(record)
         self._report_losses()
@@ -375,7 +378,14 @@ class Agent:
         ]
         out += [Sample("sink_lost_events_total", "counter", "Events lost by a sink, by stage.", v, (("stage", k),))
                 for k, v in sorted(self.status.pipeline_lost.items())]
+        if self.enforcer is not None and not self.config.enforce.dry_run:
+            out += self.enforcer.samples()   # per-set drops, table rebuilds, netlink retries
         return out + process_samples()
+
+    def _exported_samples(self) -> list[Sample]:
+        """/metrics: the heartbeat's samples plus one series per active block (too many names for a document)."""
+        blocks = self.enforcer.block_samples() if self.enforcer is not None and not self.config.enforce.dry_run else []
+        return self.samples() + blocks
 
     def summary(self) -> dict[str, Any]:
         kernel_lost = self.capture.stats.kernel_lost if self.capture is not None else 0

@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from monitor.enforce.nft import netlink_elements, parse_listing, skeleton_script
+from monitor.enforce.nft import (OWNER_COMMENT, netlink_elements, parse_counters, parse_listing, parse_ownership,
+                                 skeleton_script)
 from monitor.enforce.operator import parse_ttl
 from monitor.enforce.safety import CircuitBreaker, SafetyRules, parse_target, target_text
 from monitor.enforce.state import ActiveBlock, StateFile
@@ -79,13 +80,18 @@ def test_circuit_breaker_window() -> None:
 def test_skeleton_scopes_and_elements() -> None:
     nets = [(ipaddress.ip_network("192.0.2.4/32"), 30), (ipaddress.ip_network("2001:db8:1::/64"), 1.5)]
     script = skeleton_script("socat_monitor", scope="listeners", ports=[8443, 80, 80], blocks=nets)
-    assert script.startswith("table inet socat_monitor {}\ndelete table inet socat_monitor\n")
-    assert "th dport @ports ip saddr @block4 counter drop" in script
+    assert script.startswith(f'create table inet socat_monitor {{ comment "{OWNER_COMMENT}"; }}\n'
+                             "table inet socat_monitor {\n")
+    assert 'th dport @ports ip saddr @block4 counter name "drops_block4" drop' in script
+    assert "set block4 { type ipv4_addr; flags timeout; counter; }" in script
+    assert "counter drops_block6_net {}" in script
+    replace = skeleton_script("socat_monitor", scope="listeners", ports=[], replace_handle=7)
+    assert replace.startswith(f'delete table inet handle 7\ntable inet socat_monitor {{ comment "{OWNER_COMMENT}"; }}\n')
     assert "add element inet socat_monitor ports { 80, 8443 }" in script
     assert "add element inet socat_monitor block4 { 192.0.2.4 timeout 30000ms }" in script
     assert "add element inet socat_monitor block6_net { 2001:db8:1::/64 timeout 1500ms }" in script
     host = skeleton_script("t", scope="host", ports=[])
-    assert "@ports ip" not in host and "ip saddr @block4 counter drop" in host
+    assert "@ports ip" not in host and 'ip saddr @block4 counter name "drops_block4" drop' in host
     with pytest.raises(InputError):
         skeleton_script("t", scope="everything", ports=[])
 
@@ -106,7 +112,10 @@ def test_interval_elements() -> None:
 def test_parse_listing() -> None:
     doc = {"nftables": [
         {"metainfo": {}},
-        {"set": {"name": "block4", "elem": [{"elem": {"val": "192.0.2.4", "timeout": 30, "expires": 29}}]}},
+        {"set": {"name": "block4", "elem": [{"elem": {"val": "192.0.2.4", "timeout": 30, "expires": 29,
+                                                      "counter": {"packets": 3, "bytes": 180}}}]}},
+        {"counter": {"name": "drops_block4", "table": "t", "packets": 5, "bytes": 300}},
+        {"set": {"name": "refresh_probe", "elem": [{"elem": {"val": "192.0.2.1", "timeout": 1, "expires": 1}}]}},
         {"set": {"name": "block6_net", "elem": [{"elem": {"val": {"prefix": {"addr": "2001:db8::", "len": 64}},
                                                           "timeout": 9, "expires": 3}}]}},
         {"set": {"name": "allow4", "elem": ["10.0.0.1", {"range": ["10.1.0.0", "10.1.0.255"]}]}},
@@ -115,6 +124,19 @@ def test_parse_listing() -> None:
     got = [(e.set, e.target, e.expires_s) for e in parse_listing(doc)]
     assert got == [("block4", "192.0.2.4", 29), ("block6_net", "2001:db8::/64", 3),
                    ("allow4", "10.0.0.1", None), ("allow4", "10.1.0.0/24", None)]
+    first = parse_listing(doc)[0]
+    assert (first.packets, first.bytes) == (3, 180)
+    assert [(c.set, c.packets, c.bytes) for c in parse_counters(doc)] == [("block4", 5, 300)]
+
+
+def test_parse_ownership() -> None:
+    ours = (f'table inet socat_monitor {{ # handle 12\n\tcomment "{OWNER_COMMENT}"\n'
+            '\tcounter drops_block4 { # handle 3\n\t\tpackets 7 bytes 420\n\t}\n}\n')
+    owner = parse_ownership(ours)
+    assert owner.exists and owner.ours and owner.handle == 12
+    assert owner.shape == parse_ownership(ours.replace("packets 7 bytes 420", "packets 9 bytes 540")).shape
+    foreign = parse_ownership("table inet filter { # handle 4\n\tchain input { # handle 1\n\t}\n}\n")
+    assert foreign.exists and not foreign.ours and foreign.handle == 4
 
 
 def test_parse_ttl() -> None:

@@ -18,8 +18,12 @@ def command():
 def check(path):
     """Validate PATH: exit 0 when valid, 2 with file:line errors when not."""
     from ..config import load_config
+    from ..enforce.operator import check_table_owner
 
-    load_config(path)
+    config = load_config(path)
+    note = check_table_owner(config.enforce, path)   # live: a table of that name that is not ours is refused
+    if note:
+        click.echo(f"{path}: note: {note}", err=True)
     click.echo(f"{path}: ok")
 
 
