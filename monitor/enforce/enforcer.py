@@ -23,7 +23,7 @@ from ..errors import EnvironmentProblem, InputError
 from ..events import Action, Alert, BlockEvent, Outcome, PipelineError, Severity
 from ..host import facts as hostfacts
 from ..metrics import Sample
-from .netns import require_cap_net_admin
+from .netns import NetnsWorker, require_cap_net_admin
 from .nft import KernelElement, Listing, NftTable, Ownership
 from .safety import CircuitBreaker, Network, SafetyRules, parse_target, target_text
 from .sessions import MODES, end_sessions
@@ -31,7 +31,8 @@ from .state import ActiveBlock, StateFile
 
 log = logging.getLogger(__name__)
 
-FACTS_MAX_AGE_S = 10.0   # host facts (addresses, gateways, SSH peers) older than this are re-read before a block
+FACTS_MAX_AGE_S = 10.0   # host facts (addresses, gateways, SSH peers) older than this are re-read (by the
+                         # watchdog in the agent, before a block in the CLI)
 WATCH_INTERVAL_S = 0.5   # how often the watchdog looks at the table (a removed table is back within ~1 s)
 LISTING_MAX_AGE_S = 5.0  # counters listed for metrics are reused this long
 
@@ -68,6 +69,7 @@ class Enforcer:
         if config.enabled and not config.dry_run:
             require_cap_net_admin("enforce")
         self._table = NftTable(config.table, config.netns)
+        self._facts = NetnsWorker(config.netns, name="enforce-facts")   # slow /proc reads stay off the nft worker
         self._state = StateFile(config.state_file)
         self._breaker = CircuitBreaker(config.max_blocks_per_minute)
         self._active: dict[str, ActiveBlock] = {}
@@ -88,7 +90,7 @@ class Enforcer:
 
     def refresh_safety(self) -> None:
         """Re-read the host facts the safety rules protect (addresses, gateways, SSH peers)."""
-        facts = self._table.call(hostfacts.gather, "host facts")
+        facts = self._facts.call(hostfacts.gather, self._table.timeout_s, "host facts")
         self._safety = SafetyRules.build(never_block=self.config.never_block, own_addresses=facts.own_addresses,
                                          gateways=facts.gateways, ssh_peers=facts.ssh_peers)
         self._facts_at = time.monotonic()
@@ -145,9 +147,12 @@ class Enforcer:
     # -- self-healing -----------------------------------------------------------------
 
     def _watch(self) -> None:
+        """Every WATCH_INTERVAL_S: the table check, and the host facts re-read off the block path."""
         while not self._stop.wait(WATCH_INTERVAL_S):
             try:
                 self.heal()
+                if time.monotonic() - self._facts_at > FACTS_MAX_AGE_S:
+                    self.refresh_safety()
             except Exception as exc:   # the watchdog reports and goes on; it never ends the agent
                 self._error(f"table check failed: {exc}")
 
@@ -257,6 +262,7 @@ class Enforcer:
         if self._watchdog is not None:
             self._watchdog.join(5.0)
         self._table.close()
+        self._facts.close()
         self._state.close()
 
     # -- decisions to kernel -----------------------------------------------------------
@@ -279,7 +285,7 @@ class Enforcer:
             return refused(text, "enforcement is disabled")
         if ttl <= 0:
             return refused(text, f"ttl {ttl:g}s must be > 0")
-        if time.monotonic() - self._facts_at > FACTS_MAX_AGE_S:
+        if time.monotonic() - self._facts_at > FACTS_MAX_AGE_S and self._watchdog is None:
             try:
                 self.refresh_safety()   # new SSH sessions, addresses or routes since the last look
             except EnvironmentProblem as exc:

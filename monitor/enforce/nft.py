@@ -7,27 +7,29 @@ Our table carries `OWNER_COMMENT`; a table of the same name without it is
 never touched (`ownership`), and a replaced table is deleted by its handle,
 so a table someone else made in between makes the transaction fail instead
 of being wiped. Block sets count per element and per set (`drops_<set>`). At run time only
-set elements change, through pyroute2 netlink batches (never a process per
-block). Listing uses libnftables JSON, which dumps every element (pyroute2's
+set elements change, through netlink batches on a raw socket (`netlink`,
+never a process per block). Listing uses libnftables JSON, which dumps every element (pyroute2's
 element `get` is truncated). Everything runs on a `NetnsWorker`, so it acts in
 the chosen network namespace and every call has a deadline.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import re
+import socket
 import struct
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..errors import EnvironmentProblem, InputError
+from .netlink import ElementSocket, nla
 from .netns import DeadlineMissed, NetnsWorker
 from .safety import Network, is_host, target_text
 
-NFPROTO_INET = 1
 NFT_SET_ELEM_INTERVAL_END = 1
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
@@ -138,22 +140,17 @@ def skeleton_script(table: str, *, scope: str, ports: Iterable[int],
     return "\n".join(lines) + "\n"
 
 
-def _nla(kind: int, payload: bytes) -> bytes:
-    size = 4 + len(payload)
-    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
-
-
 def encode_element(key: bytes, timeout_ms: int | None = None, end: bool = False) -> bytes:
     """One NFTA_LIST_ELEM attribute: key, optional timeout, optional interval-end flag.
 
     Encoded here with struct (pyroute2's generic attribute encoder costs about
-    90 us per element); pyroute2 still carries the batch and its acks."""
-    body = _nla(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, key))
+    90 us per element)."""
+    body = nla(NFTA_SET_ELEM_KEY, nla(NFTA_DATA_VALUE, key))
     if timeout_ms is not None:
-        body += _nla(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
+        body += nla(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
     if end:
-        body += _nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL_END))
-    return _nla(NFTA_LIST_ELEM, body)
+        body += nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL_END))
+    return nla(NFTA_LIST_ELEM, body)
 
 
 def netlink_elements(net: Network, timeout_ms: int | None) -> list[bytes]:
@@ -237,7 +234,7 @@ class NftTable:
         self.netns = netns
         self.timeout_s = timeout_s
         self._worker = NetnsWorker(netns, name=f"nft-{table}")
-        self._nft = None
+        self._sock: ElementSocket | None = None
         self._ctx = None
         self._text = None
         self.retries = 0          # writes tried again after a transient error
@@ -245,7 +242,6 @@ class NftTable:
 
     def _open(self) -> None:
         import nftables  # Debian python3-nftables (libnftables), seen through --system-site-packages
-        from pyroute2.nftables.main import NFTables
 
         self._ctx = nftables.Nftables()
         self._ctx.set_json_output(True)
@@ -253,7 +249,7 @@ class NftTable:
         self._text = nftables.Nftables()
         self._text.set_terse_output(True)
         self._text.set_handle_output(True)
-        self._nft = NFTables(nfgen_family=NFPROTO_INET)
+        self._sock = ElementSocket(self.timeout_s)
 
     def _run(self, script: str, what: str) -> str:
         def go() -> str:
@@ -366,59 +362,25 @@ class NftTable:
                 time.sleep(pause)
 
     def _send(self, steps: list[tuple[str, dict[str, list[bytes]]]]) -> None:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
-        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM
-
-        class elem_list_msg(nfgen_msg):
-            nla_map = (("NFTA_SET_ELEM_LIST_UNSPEC", "none"),
-                       ("NFTA_SET_ELEM_LIST_TABLE", "asciiz"),
-                       ("NFTA_SET_ELEM_LIST_SET", "asciiz"),
-                       ("NFTA_SET_ELEM_LIST_ELEMENTS", "cdata"))
-
-        messages = [self._marker(nfgen_msg, NFNL_SUBSYS_NFTABLES, 0x10, NLM_F_REQUEST)]
-        for cmd, per_set in steps:
-            msg_type = NFT_MSG_NEWSETELEM if cmd == "add" else NFT_MSG_DELSETELEM
-            flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if cmd == "add" else 0)
-            for set_name, elems in per_set.items():
-                for i in range(0, len(elems), CHUNK):
-                    msg = elem_list_msg()
-                    msg["attrs"] = [["NFTA_SET_ELEM_LIST_TABLE", self.table],
-                                    ["NFTA_SET_ELEM_LIST_SET", set_name],
-                                    ["NFTA_SET_ELEM_LIST_ELEMENTS", b"".join(elems[i:i + CHUNK])]]
-                    msg["header"]["type"] = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
-                    msg["header"]["flags"] = flags
-                    msg["nfgen_family"] = NFPROTO_INET
-                    messages.append(msg)
-        messages.append(self._marker(nfgen_msg, NFNL_SUBSYS_NFTABLES, 0x11, NLM_F_REQUEST))
-
-        async def run() -> None:
-            async for _ in self._nft.asyncore.nlm_request_batch(messages):
-                pass
-
+        messages = [(cmd == "add", set_name, b"".join(elems[i:i + CHUNK]))
+                    for cmd, per_set in steps for set_name, elems in per_set.items()
+                    for i in range(0, len(elems), CHUNK)]
         try:
-            self._nft._run_with_cleanup(run)
-        except NetlinkError as exc:
-            if exc.code == 2:
-                raise FileNotFoundError(exc.code, "element or table not found") from None
-            if exc.code in TRANSIENT_ERRNOS:
+            self._sock.send(self.table, messages)
+        except socket.timeout:
+            raise _Transient("nftables write", f"no acknowledgement within {self.timeout_s:g}s") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise FileNotFoundError(exc.errno, "element or table not found") from None
+            if exc.errno in TRANSIENT_ERRNOS:
                 raise _Transient("nftables write", f"kernel busy: {exc}") from None
             what = "/".join(dict.fromkeys(cmd for cmd, _ in steps))
             raise EnvironmentProblem("nftables write", f"kernel refused {what} of set elements: {exc}") from None
 
-    @staticmethod
-    def _marker(msg_class, subsys: int, msg_type: int, flags: int):
-        msg = msg_class()
-        msg["res_id"] = subsys
-        msg["header"]["type"] = msg_type
-        msg["header"]["flags"] = flags
-        return msg
-
     def close(self) -> None:
         def go() -> None:
-            if self._nft is not None:
-                self._nft.close()
+            if self._sock is not None:
+                self._sock.close()
         try:
             self._worker.call(go, 1.0, "nftables close")
         finally:
