@@ -181,6 +181,9 @@ class Agent:
             if now >= next_heartbeat:
                 next_heartbeat = now + self.config.agent.heartbeat_interval_s
                 self._emit(Heartbeat(now_ns(), tuple((s.key, s.value) for s in self.samples())))
+                if self.enforcer is not None and not self.config.enforce.dry_run:
+                    for event in self.enforcer.counter_events(now_ns()):   # what each active block dropped
+                        self._emit(event)
             if now >= next_refresh:
                 next_refresh = now + LISTENER_REFRESH_S
                 self._refresh_listeners()

@@ -300,11 +300,12 @@ _THREAT = {
 
 
 def _render_block(ev: BlockEvent, host: HostInfo) -> dict[str, Any]:
-    doc = _base(ev.id, ev.timestamp_ns, host, "event", DATASET_ENFORCE)
+    counters = ev.action is Action.BLOCK_COUNTERS
+    doc = _base(ev.id, ev.timestamp_ns, host, "metric" if counters else "event", DATASET_ENFORCE)
     failed = ev.action is Action.BLOCK_REFUSED
     doc["event"].update(
         category=["network"],
-        type=["change", "denied"] if ev.action is Action.BLOCKED else ["change"],
+        type=["info"] if counters else ["change", "denied"] if ev.action is Action.BLOCKED else ["change"],
         action=ev.action.value,
         outcome=Outcome.FAILURE.value if failed else Outcome.SUCCESS.value,
     )
@@ -318,6 +319,8 @@ def _render_block(ev: BlockEvent, host: HostInfo) -> dict[str, Any]:
         block["ttl_s"] = ev.ttl_s
     if ev.alert_id:
         block["alert_id"] = ev.alert_id
+    if ev.dropped_packets is not None:
+        block.update(dropped_packets=ev.dropped_packets, dropped_bytes=ev.dropped_bytes)
     doc["socat"] = {"block": block}
     if ev.rule_id:
         doc["rule"] = {"id": ev.rule_id}

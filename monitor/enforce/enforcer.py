@@ -81,6 +81,7 @@ class Enforcer:
         self._owner: Ownership | None = None      # the table as we last made it
         self._refresh_in_place = True
         self._listing: tuple[float, Listing] | None = None
+        self._reported: dict[str, int] = {}       # target -> dropped packets in its last BLOCK_COUNTERS event
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
         self.rebuilds = 0
@@ -233,6 +234,21 @@ class Enforcer:
                    self.retries),
             Sample("enforce_errors_total", "counter", "Enforcement faults reported as pipeline errors.", self.errors),
         ]
+
+    def counter_events(self, now_ns: int) -> list[BlockEvent]:
+        """A BLOCK_COUNTERS event for each active block that dropped more since the last call (periodic document)."""
+        with self._lock:
+            active = dict(self._active)
+        out = []
+        for e in self.listing().elements:
+            block = active.get(e.target)
+            if block is None or e.packets is None or self._reported.get(e.target) == e.packets:
+                continue
+            self._reported[e.target] = e.packets
+            out.append(BlockEvent(Action.BLOCK_COUNTERS, now_ns, e.target, ttl_s=block.ttl_s, rule_id=block.rule_id,
+                                  alert_id=block.alert_id, dropped_packets=e.packets, dropped_bytes=e.bytes))
+        self._reported = {t: n for t, n in self._reported.items() if t in active}
+        return out
 
     def block_samples(self) -> list[Sample]:
         """Packets and bytes dropped by each active block (one series per target: Prometheus, not the heartbeat)."""

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..ecs import HostInfo, render
-from ..events import Alert, BlockEvent, Record, Severity
+from ..events import Action, Alert, BlockEvent, Record, Severity
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
@@ -133,8 +133,9 @@ class AlertFeed:
         self._thread.start()
 
     def write(self, record: Record) -> None:
-        if not isinstance(record, (Alert, BlockEvent)):
-            return
+        if not isinstance(record, (Alert, BlockEvent)) or \
+                (isinstance(record, BlockEvent) and record.action is Action.BLOCK_COUNTERS):
+            return   # alerts and block changes only: the periodic drop counters are not news
         try:
             doc = render(record, self.host)
         except Exception as exc:

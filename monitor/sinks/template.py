@@ -42,6 +42,7 @@ _F: dict[str, str] = {
     "socat.detection.threshold": "double", "socat.detection.score": "double", "socat.detection.window_s": "double",
     "socat.audit.token": KW, "socat.audit.fix": KW,
     "socat.block.target": KW, "socat.block.ttl_s": "double", "socat.block.alert_id": KW,
+    "socat.block.dropped_packets": "long", "socat.block.dropped_bytes": "long",
     "socat.pipeline.stage": KW, "socat.pipeline.lost": "long",
 }
 FIELDS: dict[str, str] = dict(_F)

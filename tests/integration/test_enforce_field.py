@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from monitor.capture.capture import Capture, CaptureConfig
+from monitor.ecs import HostInfo, render
 from monitor.enforce import Enforcer
 from monitor.enforce.nft import NftTable
 from monitor.enforce.safety import parse_target
@@ -162,6 +163,11 @@ def test_drop_counters_rise_while_a_blocked_client_retries(lab: Lab) -> None:
     samples = {(s.name, s.labels): s.value for s in enforcer.samples() + enforcer.block_samples()}
     assert samples[("enforce_dropped_packets_total", (("set", "block4"),))] >= 3
     assert samples[("enforce_block_dropped_packets", (("target", BAD4),))] >= 3
+    periodic = enforcer.counter_events(time.time_ns())
+    assert [(e.action, e.target) for e in periodic] == [(Action.BLOCK_COUNTERS, BAD4)]
+    doc = render(periodic[0], HostInfo.detect())
+    assert doc["event"]["kind"] == "metric" and doc["socat"]["block"]["dropped_packets"] >= 3
+    assert enforcer.counter_events(time.time_ns()) == [], "reported again only when it dropped more"
     assert lab.reach(GOOD4)
     listed = socat_monitor("blocks", "list", "--netns", lab.server, "--format", "json")
     rows = {r["target"]: r for r in json.loads(listed.stdout)}
