@@ -23,7 +23,7 @@ from monitor.enforce.safety import parse_target
 from monitor.errors import InputError
 from monitor.events import Action, ConnectionEvent
 from tests.integration.test_enforce import BAD4, BAD6, GOOD4, SERVER4, Lab, _started, lab  # noqa: F401 (fixture)
-from tests.lab import PYTHON, socat_monitor
+from tests.lab import PYTHON, AgentProcess, socat_monitor, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +175,30 @@ def test_drop_counters_rise_while_a_blocked_client_retries(lab: Lab) -> None:
     text = socat_monitor("blocks", "list", "--netns", lab.server).stdout
     assert "dropped" in text and "block4" in text
     enforcer.close()
+
+
+def test_agent_survives_a_flushed_ruleset_and_keeps_blocking(lab: Lab, tmp_path: Path) -> None:
+    """The real agent (policy `action: block`, enforcing in the server namespace) through `nft flush ruleset`."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nlisteners:\n  - name: relay\n    port: {lab.port}\n"
+                      f"    allow_sources: [{GOOD4}/32, fd77::2/128]\n    action: block\n")
+    agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", lab.server, "--duration", "90")
+    try:
+        agent.wait_ready()
+        lab.reach(BAD4)   # the offence
+        wait_for(lambda: BAD4 in lab.table(), timeout=5)
+        assert not lab.reach(BAD4, timeout=0.5)
+        lab.netns.run(lab.server, "nft", "flush", "ruleset")
+        flushed = time.monotonic()
+        wait_for(lambda: BAD4 in lab.netns.run(lab.server, "nft", "list", "ruleset").stdout, timeout=4)
+        assert time.monotonic() - flushed < 2.0
+        assert agent.proc.poll() is None, agent.text_log()[-2000:]
+        lab.reach(BAD6)   # a new offender after the rebuild is blocked too
+        wait_for(lambda: BAD6 in lab.table(), timeout=5)
+        assert not lab.reach(BAD6, timeout=0.5) and lab.reach(GOOD4)
+    finally:
+        code, _ = agent.stop()
+    assert code == 1, agent.text_log()[-2000:]   # alerts raised; neither 3 nor 70
+    errors = [d for d in agent.documents() if d["event"]["kind"] == "pipeline_error"
+              and d["socat"]["pipeline"]["stage"] == "enforce"]
+    assert errors and "rebuilt with 1 active blocks" in errors[0]["message"], errors
