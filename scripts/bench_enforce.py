@@ -17,7 +17,7 @@
    checked to be dropped.
 2. Load time of 100,000 elements, both ways the code loads many:
    the atomic skeleton transaction used at start/reconcile (libnftables), and
-   run-time pyroute2 netlink batches.
+   run-time netlink batches (raw netfilter socket).
 
 The quiet-host and under-load figures are printed side by side at the end.
 
@@ -279,7 +279,7 @@ def bulk_load(n: int) -> None:
         print(f"load {n:,} elements:")
         print(f"  atomic skeleton transaction (start/reconcile path, libnftables): {skeleton_s:.2f} s "
               f"({count_a:,} present)   (target < 5 s)")
-        print(f"  pyroute2 netlink batches of 10,000 (run-time path): {batch_s:.2f} s ({count_b:,} present)")
+        print(f"  netlink batches of 10,000 (run-time path): {batch_s:.2f} s ({count_b:,} present)")
         print(f"  full listing of {count_b:,} elements (blocks list): {list_s:.2f} s")
     finally:
         lab.close()

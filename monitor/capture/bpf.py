@@ -90,6 +90,7 @@ class KernelProbe:
         self._ring = RingReader(self.bpf[b"events"].get_fd(), ringbuf_pages * mmap.PAGESIZE)
         self._lost_total = 0
         self._closed = False
+        self.ports_unwatched = 0   # listener ports the full `ports` map could not take
 
     def set_comms(self, comms: Iterable[str]) -> None:
         table = self.bpf[b"comms"]
@@ -105,7 +106,13 @@ class KernelProbe:
             return
         table = self.bpf[b"ports"]
         for port in ports:
-            table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
+            try:
+                table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
+            except Exception as exc:   # bcc: "Could not update table" (E2BIG: the map is full)
+                self.ports_unwatched += 1
+                if self.ports_unwatched == 1:
+                    log.warning("capture: port %d not watched (%s): its accepts come without their handshake "
+                                "(listener from /proc)", port, exc)
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Records in the ring buffer, waiting up to timeout_ms for a wakeup.

@@ -25,10 +25,6 @@ CAP_NET_ADMIN = 12
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class DeadlineMissed(EnvironmentProblem):
-    """A call into the namespace got no answer in time (it may still complete later)."""
-
-
 def netns_path(name: str) -> str:
     if not name or "/" in name or name in (".", ".."):
         raise InputError("--netns", f"{name!r} is not a network namespace name")
@@ -105,7 +101,7 @@ class NetnsWorker:
             return fut.result(timeout=timeout)
         except FutureTimeout:
             fut.cancel()
-            raise DeadlineMissed(what, f"no answer from the kernel within {timeout:g}s",
+            raise EnvironmentProblem(what, f"no answer from the kernel within {timeout:g}s",
                                      "check CAP_NET_ADMIN and that nftables is available") from None
 
     def close(self) -> None:

@@ -21,13 +21,14 @@ import json
 import re
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..errors import EnvironmentProblem, InputError
 from .netlink import ElementSocket, nla
-from .netns import DeadlineMissed, NetnsWorker
+from .netns import NetnsWorker
 from .safety import Network, is_host, target_text
 
 NFT_SET_ELEM_INTERVAL_END = 1
@@ -238,6 +239,7 @@ class NftTable:
         self._ctx = None
         self._text = None
         self.retries = 0          # writes tried again after a transient error
+        self._write_lock = threading.Lock()
         self._worker.call(self._open, timeout_s, "nftables")
 
     def _open(self) -> None:
@@ -349,13 +351,18 @@ class NftTable:
         return True
 
     def _batch(self, steps: list[tuple[str, dict[str, list[bytes]]]]) -> None:
-        """One netlink transaction, tried again (counted in `retries`) after a transient error or a missed deadline."""
+        """One netlink transaction, tried again (counted in `retries`) after a transient error or a missed deadline.
+
+        Sent from the calling thread: the socket was opened in the table's
+        namespace and stays there, and its timeout is the deadline, so a block
+        costs no hand-over to the namespace thread."""
         if not any(per_set for _, per_set in steps):
             return
         for pause in (*RETRIES, None):
             try:
-                return self._worker.call(lambda: self._send(steps), self.timeout_s, "nftables write")
-            except (_Transient, DeadlineMissed):
+                with self._write_lock:
+                    return self._send(steps)
+            except _Transient:
                 if pause is None:
                     raise
                 self.retries += 1
