@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from monitor.enforce.nft import (OWNER_COMMENT, netlink_elements, parse_counters, parse_listing, parse_ownership,
-                                 skeleton_script)
+from monitor.enforce.netlink import attributes, nla
+from monitor.enforce.nft import OWNER_COMMENT, netlink_elements, parse_counters, parse_listing, skeleton_script
 from monitor.enforce.operator import parse_ttl
 from monitor.enforce.safety import CircuitBreaker, SafetyRules, parse_target, target_text
 from monitor.enforce.state import ActiveBlock, StateFile
@@ -129,14 +129,11 @@ def test_parse_listing() -> None:
     assert [(c.set, c.packets, c.bytes) for c in parse_counters(doc)] == [("block4", 5, 300)]
 
 
-def test_parse_ownership() -> None:
-    ours = (f'table inet socat_monitor {{ # handle 12\n\tcomment "{OWNER_COMMENT}"\n'
-            '\tcounter drops_block4 { # handle 3\n\t\tpackets 7 bytes 420\n\t}\n}\n')
-    owner = parse_ownership(ours)
-    assert owner.exists and owner.ours and owner.handle == 12
-    assert owner.shape == parse_ownership(ours.replace("packets 7 bytes 420", "packets 9 bytes 540")).shape
-    foreign = parse_ownership("table inet filter { # handle 4\n\tchain input { # handle 1\n\t}\n}\n")
-    assert foreign.exists and not foreign.ours and foreign.handle == 4
+def test_netlink_attributes() -> None:
+    raw = nla(3, struct.pack(">I", 7)) + nla(4, struct.pack(">Q", 12)) + nla(6 | 0x8000, b"udata")
+    attrs = attributes(raw)
+    assert struct.unpack(">I", attrs[3])[0] == 7 and struct.unpack(">Q", attrs[4])[0] == 12
+    assert attrs[6] == b"udata"   # the NESTED flag is masked
 
 
 def test_parse_ttl() -> None:

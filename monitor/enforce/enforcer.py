@@ -143,17 +143,18 @@ class Enforcer:
                   if b.expires_ns > now_ns]
         self._owner = self._table.create(scope=self.config.scope, ports=self._ports, blocks=blocks,
                                          allow=[parse_target(t) for t in self.config.never_block])
-        self._listing = None
 
     # -- self-healing -----------------------------------------------------------------
 
     def _watch(self) -> None:
-        """Every WATCH_INTERVAL_S: the table check, and the host facts re-read off the block path."""
+        """Every WATCH_INTERVAL_S: the table check; host facts and counters re-read off the block path."""
         while not self._stop.wait(WATCH_INTERVAL_S):
             try:
                 self.heal()
                 if time.monotonic() - self._facts_at > FACTS_MAX_AGE_S:
                     self.refresh_safety()
+                if self._listing is None or time.monotonic() - self._listing[0] > LISTING_MAX_AGE_S:
+                    self._relist()
             except Exception as exc:   # the watchdog reports and goes on; it never ends the agent
                 self._error(f"table check failed: {exc}")
 
@@ -210,15 +211,21 @@ class Enforcer:
         return self._table.list_elements()
 
     def listing(self) -> Listing:
-        """Elements with their counters and the per-set drop counters, at most LISTING_MAX_AGE_S old."""
+        """Elements with their counters and the per-set drop counters, about LISTING_MAX_AGE_S old at most.
+
+        With the watchdog running, it lists them (a full dump: seconds with
+        100,000 blocks) and this returns its last listing without waiting."""
         cached = self._listing
-        if cached is None or time.monotonic() - cached[0] > LISTING_MAX_AGE_S:
-            try:
-                cached = self._listing = (time.monotonic(), self._table.listing())
-            except EnvironmentProblem as exc:   # e.g. the table is being rebuilt: the last figures stand
-                log.warning("enforce: counters not listed: %s", exc)
-                return cached[1] if cached else Listing([], [])
-        return cached[1]
+        if self._watchdog is None and (cached is None or time.monotonic() - cached[0] > LISTING_MAX_AGE_S):
+            self._relist()
+            cached = self._listing
+        return cached[1] if cached else Listing([], [])
+
+    def _relist(self) -> None:
+        try:
+            self._listing = (time.monotonic(), self._table.listing())
+        except EnvironmentProblem as exc:   # e.g. the table is being rebuilt: the last figures stand
+            log.warning("enforce: counters not listed: %s", exc)
 
     def samples(self) -> list[Sample]:
         """Health and per-set drop counters (few, fixed names: fit for the heartbeat)."""

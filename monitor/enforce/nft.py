@@ -6,11 +6,14 @@ elements that must survive a restart, so there is no moment without them.
 Our table carries `OWNER_COMMENT`; a table of the same name without it is
 never touched (`ownership`), and a replaced table is deleted by its handle,
 so a table someone else made in between makes the transaction fail instead
-of being wiped. Block sets count per element and per set (`drops_<set>`). At run time only
-set elements change, through netlink batches on a raw socket (`netlink`,
-never a process per block). Listing uses libnftables JSON, which dumps every element (pyroute2's
-element `get` is truncated). Everything runs on a `NetnsWorker`, so it acts in
-the chosen network namespace and every call has a deadline.
+of being wiped. Block sets count per element and per set (`drops_<set>`).
+
+At run time only set elements change, through netlink batches on raw
+sockets (`netlink`; never a process per block), opened in the table's
+namespace and used from the calling thread. Listing uses libnftables JSON,
+which dumps every element (pyroute2's element `get` is truncated); the
+libnftables calls run on a `NetnsWorker`, so they act in the chosen network
+namespace and every call has a deadline.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
-import re
 import socket
 import struct
 import threading
@@ -37,6 +39,7 @@ NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
 NFTA_DATA_VALUE = 1
 CHUNK = 1000                      # elements per netlink message (attributes are capped at 64 KiB)
 OWNER_COMMENT = "owned by socat-monitor: blocks have timeouts; do not edit by hand"
+CHAIN = "input"
 PROBE_SET = "refresh_probe"       # no rule reads it: where `refresh_in_place` tries the kernel's behaviour
 PROBE_ADDR = ipaddress.ip_network("192.0.2.1/32")
 RETRIES = (0.05, 0.2)             # pauses before the 2nd and 3rd try of a write that failed transiently
@@ -80,12 +83,12 @@ class Listing:
 
 @dataclass(frozen=True, slots=True)
 class Ownership:
-    """Whether a table of our name exists and carries our mark; its handle and (counter-free) shape."""
+    """Whether a table of our name exists and carries our mark; its handle and shape (use count, rule handles)."""
 
     exists: bool
     ours: bool
     handle: int | None = None
-    shape: str = ""
+    shape: tuple = ()
 
 
 def _ttl(seconds: float) -> str:
@@ -201,16 +204,6 @@ def parse_counters(doc: dict) -> list[SetCounter]:
             for item in doc.get("nftables", []) if (c := item.get("counter")) and c["name"].startswith("drops_")]
 
 
-_HANDLE = re.compile(r"^table inet \S+ \{ # handle (\d+)", re.M)
-_COUNTS = re.compile(r"packets \d+ bytes \d+")
-
-
-def parse_ownership(text: str) -> Ownership:
-    """From `list table` in nft syntax, terse, with handles (JSON lacks the table comment in nft 1.0.6)."""
-    handle = _HANDLE.search(text)
-    return Ownership(exists=True, ours=f'comment "{OWNER_COMMENT}"' in text,
-                     handle=int(handle.group(1)) if handle else None, shape=_COUNTS.sub("", text))
-
 
 class _Transient(EnvironmentProblem):
     """A netlink error worth one more try (EBUSY, ENOBUFS, ...)."""
@@ -237,7 +230,8 @@ class NftTable:
         self._worker = NetnsWorker(netns, name=f"nft-{table}")
         self._sock: ElementSocket | None = None
         self._ctx = None
-        self._text = None
+        self._query: ElementSocket | None = None
+        self._query_lock = threading.Lock()
         self.retries = 0          # writes tried again after a transient error
         self._write_lock = threading.Lock()
         self._worker.call(self._open, timeout_s, "nftables")
@@ -248,10 +242,8 @@ class NftTable:
         self._ctx = nftables.Nftables()
         self._ctx.set_json_output(True)
         self._ctx.set_handle_output(False)
-        self._text = nftables.Nftables()
-        self._text.set_terse_output(True)
-        self._text.set_handle_output(True)
         self._sock = ElementSocket(self.timeout_s)
+        self._query = ElementSocket(self.timeout_s)
 
     def _run(self, script: str, what: str) -> str:
         def go() -> str:
@@ -266,15 +258,16 @@ class NftTable:
         return self._worker.call(fn, self.timeout_s, what)
 
     def ownership(self) -> Ownership:
-        """Is there a table of our name, and is it ours (cheap: no set elements are listed)."""
-        def go() -> Ownership:
-            rc, out, err = self._text.cmd(f"list table inet {self.table}")
-            if rc == 0:
-                return parse_ownership(out)
-            if "No such file or directory" in err:
-                return Ownership(exists=False, ours=False)
-            raise EnvironmentProblem("nftables", f"cannot list table inet {self.table}: {err.strip()}")
-        return self._worker.call(go, self.timeout_s, "nftables")
+        """Is there a table of our name, and is it ours (cheap: no set element is read; any thread)."""
+        try:
+            with self._query_lock:
+                found = self._query.table_shape(self.table, CHAIN)
+        except OSError as exc:   # socket.timeout included
+            raise EnvironmentProblem("nftables", f"cannot look at table inet {self.table}: {exc}") from None
+        if found is None:
+            return Ownership(exists=False, ours=False)
+        handle, use, userdata, rules = found
+        return Ownership(exists=True, ours=OWNER_COMMENT.encode() in userdata, handle=handle, shape=(use, rules))
 
     def require_ours(self) -> Ownership:
         """The ownership, or InputError if a table of our name exists without our mark."""
@@ -386,8 +379,9 @@ class NftTable:
 
     def close(self) -> None:
         def go() -> None:
-            if self._sock is not None:
-                self._sock.close()
+            for sock in (self._sock, self._query):
+                if sock is not None:
+                    sock.close()
         try:
             self._worker.call(go, 1.0, "nftables close")
         finally:

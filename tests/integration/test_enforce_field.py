@@ -159,10 +159,13 @@ def test_drop_counters_rise_while_a_blocked_client_retries(lab: Lab) -> None:
         assert not lab.reach(BAD4, timeout=0.3)
     element = _element(lab, BAD4)
     assert element.packets >= 3 and element.bytes >= 3 * 40, element
-    time.sleep(5.1)   # past the listing cache
-    samples = {(s.name, s.labels): s.value for s in enforcer.samples() + enforcer.block_samples()}
-    assert samples[("enforce_dropped_packets_total", (("set", "block4"),))] >= 3
-    assert samples[("enforce_block_dropped_packets", (("target", BAD4),))] >= 3
+
+    def samples() -> dict:
+        return {(s.name, s.labels): s.value for s in enforcer.samples() + enforcer.block_samples()}
+
+    # the watchdog lists the counters every 5 s, off the block path
+    wait_for(lambda: samples().get(("enforce_block_dropped_packets", (("target", BAD4),)), 0) >= 3, timeout=10)
+    assert samples()[("enforce_dropped_packets_total", (("set", "block4"),))] >= 3
     periodic = enforcer.counter_events(time.time_ns())
     assert [(e.action, e.target) for e in periodic] == [(Action.BLOCK_COUNTERS, BAD4)]
     doc = render(periodic[0], HostInfo.detect())
