@@ -119,15 +119,18 @@ static __always_inline int watched(void) {
     return comms.lookup(&k) != NULL;
 }
 
-// Wake the consumer only every WAKEUP_EVERY events per CPU: it also polls
-// with a timeout (which bounds latency), so wakeups stay few under load
-// (1024 measured better than 64 on the bench: fewer context switches).
-static __always_inline void emit(void *data, u32 size) {
+// Bulk records wake the consumer only every WAKEUP_EVERY events per CPU: it
+// also polls with a timeout, so wakeups stay few under load (1024 measured
+// better than 64 on the bench: fewer context switches). Records that can
+// lead to a block (accepts) wake it at once (`urgent`), so a lone offender on
+// a quiet host is not left waiting for the poll timeout.
+static __always_inline void emit_record(void *data, u32 size, int urgent) {
     u32 zero = 0;
     u64 flags = BPF_RB_NO_WAKEUP;
     u32 *n = unwoken.lookup(&zero);
-    if (n && ++(*n) >= WAKEUP_EVERY) {
-        *n = 0;
+    if (urgent || (n && ++(*n) >= WAKEUP_EVERY)) {
+        if (n)
+            *n = 0;
         flags = BPF_RB_FORCE_WAKEUP;
     }
     if (events.ringbuf_output(data, size, flags) < 0) {
@@ -136,6 +139,8 @@ static __always_inline void emit(void *data, u32 size) {
             (*lostn)++;
     }
 }
+
+static __always_inline void emit(void *data, u32 size) { emit_record(data, size, 0); }
 
 // Identity of the current task into an event header.
 static __always_inline void fill_task(struct event *ev) {
@@ -235,7 +240,7 @@ static __always_inline int accept_exit(long ret) {
         ev->flags |= F_PARTIAL;
         __builtin_memcpy(ev->saddr, k.addr, 8);
     }
-    emit(ev, sizeof(*ev));
+    emit_record(ev, sizeof(*ev), 1);
 
     u32 tgid = ev->pid;
     struct pstate fresh = {};

@@ -1,12 +1,15 @@
 // socat-monitor egress guard: refuse a socat relay's connect() to a backend
 // its listener's policy does not allow, before any packet leaves (EPERM).
 //
-// cgroup_sock_addr connect4/connect6 programs, attached with BPF_F_ALLOW_MULTI
-// to a cgroup2 directory. Only processes in `relay_pids` (filled from user
-// space with the relay parent, propagated to forked children by the
-// sched_process_fork tracepoint) AND whose listener is in `guarded` are
-// checked; everything else is allowed untouched. Refusals are reported on
-// the `denials` ring buffer; failed reports are counted in `lost`.
+// cgroup_sock_addr connect4/connect6 programs, attached through BPF links
+// to a cgroup2 directory (they go when the agent's links close, even if it
+// dies). Only processes in `relay_pids` (filled from user space with the
+// relay parent, propagated to forked children and threads by the
+// sched_process_fork tracepoint, removed at each thread's exit) AND whose
+// listener is in `guarded` are checked; everything else is allowed
+// untouched. Refusals are reported on the `denials` ring buffer; failed
+// reports are counted in `lost`, children the full table could not take in
+// `full` (they run unguarded, and user space reports it).
 // Reads only the program context and tracepoint arguments (no kernel structs).
 
 #include <uapi/linux/bpf.h>
@@ -34,6 +37,12 @@ BPF_HASH(guarded, u16, u8, 1024);
 BPF_F_TABLE("lpm_trie", struct rule_key, u8, allowed, 16384, BPF_F_NO_PREALLOC);
 BPF_RINGBUF_OUTPUT(denials, 8);
 BPF_ARRAY(lost, u64, 1);
+BPF_ARRAY(full, u64, 1);
+
+static __always_inline void count(u64 *counter) {
+    if (counter)
+        __sync_fetch_and_add(counter, 1);
+}
 
 TRACEPOINT_PROBE(sched, sched_process_fork) {
     u32 parent = args->parent_pid;
@@ -41,16 +50,18 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     u16 *listener = relay_pids.lookup(&parent);
     if (listener) {
         u16 value = *listener;
-        relay_pids.update(&child, &value);
+        if (relay_pids.update(&child, &value) != 0) {
+            int zero = 0;
+            count(full.lookup(&zero));
+        }
     }
     return 0;
 }
 
+// Every task's exit (threads too: the fork tracepoint also adds thread ids).
 TRACEPOINT_PROBE(sched, sched_process_exit) {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    if ((u32)id == tgid)
-        relay_pids.delete(&tgid);
+    u32 tid = bpf_get_current_pid_tgid();
+    relay_pids.delete(&tid);
     return 0;
 }
 
@@ -71,9 +82,7 @@ static __always_inline int decide(u16 listener, struct rule_key *key, u16 port) 
     __builtin_memcpy(d.addr, key->addr, 16);
     if (denials.ringbuf_output(&d, sizeof(d), 0) != 0) {
         int zero = 0;
-        u64 *count = lost.lookup(&zero);
-        if (count)
-            __sync_fetch_and_add(count, 1);
+        count(lost.lookup(&zero));
     }
     return 0;
 }

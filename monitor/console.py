@@ -22,6 +22,7 @@ _SHORT = {
     "address_unblocked": "UNBLOCK",
     "block_refused": "NO-BLOCK",
     "block_dry_run": "DRY-BLOCK",
+    "block_counters": "DROPS",
 }
 
 
@@ -60,7 +61,8 @@ def format_record(record: Record) -> str | None:
     elif isinstance(record, BlockEvent):
         ttl = f" ttl={record.ttl_s:g}s" if record.ttl_s else ""
         why = f" ({record.reason})" if record.reason else ""
-        body = f"{_SHORT[record.action.value]:<9}{record.target}{ttl} rule={record.rule_id}{why}"
+        drops = f" dropped={record.dropped_packets}p/{record.dropped_bytes}B" if record.dropped_packets is not None else ""
+        body = f"{_SHORT[record.action.value]:<9}{record.target}{ttl}{drops} rule={record.rule_id}{why}"
     elif isinstance(record, PipelineError):
         body = f"LOSS     {record.stage}: {record.count} lost: {record.message}"
     elif isinstance(record, Heartbeat):

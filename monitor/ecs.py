@@ -392,11 +392,12 @@ _BLOCK_TYPES = {
 
 
 def _render_block(ev: BlockEvent, host: HostInfo) -> dict[str, Any]:
-    doc = _base(ev.id, ev.timestamp_ns, host, "event", DATASET_ENFORCE)
+    counters = ev.action is Action.BLOCK_COUNTERS
+    doc = _base(ev.id, ev.timestamp_ns, host, "metric" if counters else "event", DATASET_ENFORCE)
     failed = ev.action is Action.BLOCK_REFUSED
     doc["event"].update(
         category=["configuration"],
-        type=[_BLOCK_TYPES[ev.action]],
+        type=["info"] if counters else [_BLOCK_TYPES[ev.action]],
         action=ev.action.value,
         outcome=Outcome.FAILURE.value if failed else Outcome.SUCCESS.value,
     )
@@ -410,6 +411,8 @@ def _render_block(ev: BlockEvent, host: HostInfo) -> dict[str, Any]:
         block["ttl_s"] = ev.ttl_s
     if ev.alert_id:
         block["alert_id"] = ev.alert_id
+    if ev.dropped_packets is not None:
+        block.update(dropped_packets=ev.dropped_packets, dropped_bytes=ev.dropped_bytes)
     doc["socat"] = {"block": block}
     if ev.rule_id:
         doc["rule"] = {"id": ev.rule_id}

@@ -33,6 +33,7 @@ class Action(str, enum.Enum):
     UNBLOCKED = "address_unblocked"
     BLOCK_REFUSED = "block_refused"       # a block the safety rules refused
     BLOCK_DRY_RUN = "block_dry_run"       # a block --dry-run would have made
+    BLOCK_COUNTERS = "block_counters"     # periodic: what an active block dropped (event.kind metric)
 
 
 class Direction(str, enum.Enum):
@@ -224,6 +225,8 @@ class BlockEvent:
     reason: str | None = None        # why refused / unblocked
     alert_id: str | None = None
     ktime_ns: int | None = None
+    dropped_packets: int | None = None  # BLOCK_COUNTERS: new connections' packets dropped since the block began
+    dropped_bytes: int | None = None
     id: str = field(default_factory=new_event_id)
 
 

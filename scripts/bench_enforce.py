@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark of enforcement, inside network namespaces it creates and removes.
 
-1. Block latency: a real socat relay in a "server" namespace, a client in a
+0. Quiet host: one offender at a time to an otherwise idle relay, the
+   agent's own reader loop (poll with a 100 ms timeout, blocking on the
+   offending accept). Two figures: kernel accept (BPF ktime) -> element
+   committed, and what the client sees: from its offending connect to the
+   start of its first connection attempt whose SYN is dropped (a new attempt
+   every 2 ms).
+1. Block latency under load: a real socat relay in a "server" namespace, a client in a
    "clients" namespace connecting once from each of N distinct addresses.
    The capture engineer's BPF `Capture` reports each accept with the kernel's
    CLOCK_MONOTONIC timestamp (`ktime_ns`); the enforcer blocks the source; the
@@ -11,9 +17,11 @@
    checked to be dropped.
 2. Load time of 100,000 elements, both ways the code loads many:
    the atomic skeleton transaction used at start/reconcile (libnftables), and
-   run-time pyroute2 netlink batches.
+   run-time netlink batches (raw netfilter socket).
 
-Usage (root): .venv/bin/python scripts/bench_enforce.py [--blocks 1000] [--bulk 100000]
+The quiet-host and under-load figures are printed side by side at the end.
+
+Usage (root): .venv/bin/python scripts/bench_enforce.py [--quiet 50] [--blocks 1000] [--bulk 100000]
 Traffic stays inside the namespaces; nftables changes only there.
 """
 
@@ -27,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -53,6 +62,33 @@ for src in addrs:
         pass
     s.close()
     time.sleep(gap)
+"""
+
+OFFEND = r"""
+import socket, sys, time
+dst, port, addrs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def attempt(src, timeout):
+    s = socket.socket(); s.settimeout(timeout); s.bind((src, 0))
+    try:
+        s.connect((dst, port)); s.sendall(b"x\n"); s.recv(4)
+    finally:
+        s.close()
+for src in addrs:
+    time.sleep(0.2)   # the host is idle between offenders
+    started = time.monotonic()
+    attempt(src, 2)   # the offence
+    while time.monotonic() - started < 3:
+        at = time.monotonic()
+        try:
+            attempt(src, 0.25)
+        except socket.timeout:
+            print(src, (at - started) * 1000, flush=True)
+            break
+        except OSError:
+            pass
+        time.sleep(0.002)
+    else:
+        print(src, "never", flush=True)
 """
 
 
@@ -106,7 +142,60 @@ def wait_listening(ns: str, port: int) -> None:
     raise SystemExit(f"nothing listens on {port} in {ns}")
 
 
-def block_latency(n: int, gap_ms: float, state_dir: str) -> None:
+def summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50": statistics.median(values), "p95": pct(values, 95), "p99": pct(values, 99),
+            "max": max(values)} if values else {"n": 0}
+
+
+def quiet_latency(n: int, state_dir: str) -> dict[str, dict[str, float]]:
+    """One offender at a time, nothing else running: the agent's reader loop blocks each on its accept."""
+    lab = Lab(n)
+    capture = Capture(CaptureConfig())
+    stop = threading.Event()
+    kernel_ms: dict[str, float] = {}
+    try:
+        lab.start(["socat", f"TCP-LISTEN:{PORT},fork,reuseaddr", "PIPE"], lab.server,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(lab.server, PORT)
+        enforcer = Enforcer(EnforceConfig(netns=lab.server, state_file=f"{state_dir}/quiet.json",
+                                          max_blocks_per_minute=10 * n, default_ttl_s=600))
+        enforcer.start([PORT])
+        wanted = set(lab.addrs)
+
+        def reader() -> None:   # Agent._capture_loop and the pipeline's block, in one thread
+            while not stop.is_set():
+                for ev in capture.poll(100):
+                    if isinstance(ev, ConnectionEvent) and ev.action is Action.ACCEPTED \
+                            and ev.source_ip in wanted and ev.source_ip not in kernel_ms:
+                        if enforcer.block(ev.source_ip, ttl_s=None, rule_id="bench", alert_id=None,
+                                          now_ns=time.time_ns()).action is Action.BLOCKED:
+                            kernel_ms[ev.source_ip] = (time.monotonic_ns() - ev.ktime_ns) / 1e6
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        out = sh("ip", "netns", "exec", lab.clients, sys.executable, "-c", OFFEND, SERVER, str(PORT), *lab.addrs,
+                 timeout=30 + 4 * n).stdout.split("\n")
+        client_ms = [float(line.split()[1]) for line in out if line.strip() and not line.endswith("never")]
+        never = sum(1 for line in out if line.endswith("never"))
+        stop.set()
+        thread.join(5)
+        enforcer.close()
+        print(f"quiet host, {n} offenders one at a time ({never} never dropped, "
+              f"{n - len(kernel_ms)} accepts not blocked):")
+        for name, values, target in (("kernel accept -> element committed", list(kernel_ms.values()), "p99 < 5 ms"),
+                                     ("client: offending connect -> first SYN dropped", client_ms, "p95 < 20 ms")):
+            fig = summary(values)
+            if fig["n"]:
+                print(f"  {name}: p50 {fig['p50']:.2f} ms   p95 {fig['p95']:.2f} ms   p99 {fig['p99']:.2f} ms   "
+                      f"max {fig['max']:.2f} ms   (target {target})")
+        return {"kernel": summary(list(kernel_ms.values())), "client": summary(client_ms)}
+    finally:
+        stop.set()
+        capture.close()
+        lab.close()
+
+
+def block_latency(n: int, gap_ms: float, state_dir: str) -> dict[str, dict[str, float]]:
     lab = Lab(n)
     capture = Capture(CaptureConfig())
     try:
@@ -162,6 +251,7 @@ def block_latency(n: int, gap_ms: float, state_dir: str) -> None:
                   f"p50 {statistics.median(block_ms):.2f} ms   p99 {pct(block_ms, 99):.2f} ms")
         print(f"  elements verified present in a full dump: {verified}/{n}; "
               f"next SYN from a blocked address: {probe}")
+        return {"kernel": summary(latencies_ms)}
     finally:
         capture.close()
         lab.close()
@@ -189,7 +279,7 @@ def bulk_load(n: int) -> None:
         print(f"load {n:,} elements:")
         print(f"  atomic skeleton transaction (start/reconcile path, libnftables): {skeleton_s:.2f} s "
               f"({count_a:,} present)   (target < 5 s)")
-        print(f"  pyroute2 netlink batches of 10,000 (run-time path): {batch_s:.2f} s ({count_b:,} present)")
+        print(f"  netlink batches of 10,000 (run-time path): {batch_s:.2f} s ({count_b:,} present)")
         print(f"  full listing of {count_b:,} elements (blocks list): {list_s:.2f} s")
     finally:
         lab.close()
@@ -197,6 +287,7 @@ def bulk_load(n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quiet", type=int, default=50, help="offenders sent one at a time to an idle relay")
     parser.add_argument("--blocks", type=int, default=1000)
     parser.add_argument("--bulk", type=int, default=100_000)
     parser.add_argument("--gap-ms", type=float, default=5.0, help="pause between offenders' connections")
@@ -204,8 +295,20 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("run as root (namespaces, BPF, nftables)")
     with tempfile.TemporaryDirectory() as state_dir:
-        block_latency(args.blocks, args.gap_ms, state_dir)
-    bulk_load(args.bulk)
+        quiet = quiet_latency(args.quiet, state_dir)
+        loaded = block_latency(args.blocks, args.gap_ms, state_dir)
+    print_side_by_side(quiet, loaded)
+    if args.bulk:
+        bulk_load(args.bulk)
+
+
+def print_side_by_side(quiet: dict[str, dict[str, float]], loaded: dict[str, dict[str, float]]) -> None:
+    def cell(fig: dict[str, float]) -> str:
+        return f"{fig['p50']:.2f} / {fig['p95']:.2f} / {fig['p99']:.2f} ms" if fig.get("n") else "-"
+
+    print("block latency, p50 / p95 / p99:                quiet host (one offender)    under load")
+    print(f"  kernel accept -> element committed           {cell(quiet['kernel']):<28} {cell(loaded['kernel'])}")
+    print(f"  client: offending connect -> SYN dropped     {cell(quiet['client']):<28} -")
 
 
 if __name__ == "__main__":

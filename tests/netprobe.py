@@ -5,6 +5,10 @@ echo one line; prints `ok` (exit 0) or `fail <reason>` (exit 1).
 `python -m tests.netprobe hold SRC DST PORT SECONDS`: connect, echo once,
 print `connected`, then wait for the server side to end the session; prints
 `ended <how>` (exit 0) or `still open` after SECONDS (exit 1).
+`python -m tests.netprobe offend SRC DST PORT SECONDS`: one connection (the
+offence), then a new connection attempt every 2 ms until one gets no answer
+(its SYN dropped); prints the milliseconds from the offending connect to the
+start of that attempt (exit 0), or `never dropped` after SECONDS (exit 1).
 """
 
 from __future__ import annotations
@@ -26,9 +30,28 @@ def _connect(src: str, dst: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
+def _offend(src: str, dst: str, port: int, limit: float) -> int:
+    started = time.monotonic()
+    _connect(src, dst, port, 1.0).close()
+    while time.monotonic() - started < limit:
+        attempt = time.monotonic()
+        try:
+            _connect(src, dst, port, 0.25).close()
+        except socket.timeout:
+            print(f"{(attempt - started) * 1000:.1f}", flush=True)
+            return 0
+        except OSError:
+            pass
+        time.sleep(0.002)
+    print("never dropped", flush=True)
+    return 1
+
+
 def main() -> int:
     mode, src, dst, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     limit = float(sys.argv[5]) if len(sys.argv) > 5 else 1.0
+    if mode == "offend":
+        return _offend(src, dst, port, limit)
     try:
         sock = _connect(src, dst, port, 1.0 if mode == "hold" else limit)
     except OSError as exc:

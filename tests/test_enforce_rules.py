@@ -7,9 +7,10 @@ import struct
 
 import pytest
 
-from monitor.enforce.nft import netlink_elements, parse_listing, skeleton_script
 from monitor.addresses import parse_target, target_text
 from monitor.durations import parse_duration
+from monitor.enforce.netlink import attributes, nla
+from monitor.enforce.nft import OWNER_COMMENT, netlink_elements, parse_counters, parse_listing, skeleton_script
 from monitor.enforce.safety import CircuitBreaker, SafetyRules
 from monitor.enforce.state import ActiveBlock, StateFile
 from monitor.errors import InputError
@@ -80,13 +81,18 @@ def test_circuit_breaker_window() -> None:
 def test_skeleton_scopes_and_elements() -> None:
     nets = [(ipaddress.ip_network("192.0.2.4/32"), 30), (ipaddress.ip_network("2001:db8:1::/64"), 1.5)]
     script = skeleton_script("socat_monitor", scope="listeners", ports=[8443, 80, 80], blocks=nets)
-    assert script.startswith("table inet socat_monitor {}\ndelete table inet socat_monitor\n")
-    assert "th dport @ports ip saddr @block4 counter drop" in script
+    assert script.startswith(f'create table inet socat_monitor {{ comment "{OWNER_COMMENT}"; }}\n'
+                             "table inet socat_monitor {\n")
+    assert 'th dport @ports ip saddr @block4 counter name "drops_block4" drop' in script
+    assert "set block4 { type ipv4_addr; flags timeout; counter; }" in script
+    assert "counter drops_block6_net {}" in script
+    replace = skeleton_script("socat_monitor", scope="listeners", ports=[], replace_handle=7)
+    assert replace.startswith(f'delete table inet handle 7\ntable inet socat_monitor {{ comment "{OWNER_COMMENT}"; }}\n')
     assert "add element inet socat_monitor ports { 80, 8443 }" in script
     assert "add element inet socat_monitor block4 { 192.0.2.4 timeout 30000ms }" in script
     assert "add element inet socat_monitor block6_net { 2001:db8:1::/64 timeout 1500ms }" in script
     host = skeleton_script("t", scope="host", ports=[])
-    assert "@ports ip" not in host and "ip saddr @block4 counter drop" in host
+    assert "@ports ip" not in host and 'ip saddr @block4 counter name "drops_block4" drop' in host
     with pytest.raises(InputError):
         skeleton_script("t", scope="everything", ports=[])
 
@@ -107,7 +113,10 @@ def test_interval_elements() -> None:
 def test_parse_listing() -> None:
     doc = {"nftables": [
         {"metainfo": {}},
-        {"set": {"name": "block4", "elem": [{"elem": {"val": "192.0.2.4", "timeout": 30, "expires": 29}}]}},
+        {"set": {"name": "block4", "elem": [{"elem": {"val": "192.0.2.4", "timeout": 30, "expires": 29,
+                                                      "counter": {"packets": 3, "bytes": 180}}}]}},
+        {"counter": {"name": "drops_block4", "table": "t", "packets": 5, "bytes": 300}},
+        {"set": {"name": "refresh_probe", "elem": [{"elem": {"val": "192.0.2.1", "timeout": 1, "expires": 1}}]}},
         {"set": {"name": "block6_net", "elem": [{"elem": {"val": {"prefix": {"addr": "2001:db8::", "len": 64}},
                                                           "timeout": 9, "expires": 3}}]}},
         {"set": {"name": "allow4", "elem": ["10.0.0.1", {"range": ["10.1.0.0", "10.1.0.255"]}]}},
@@ -116,6 +125,16 @@ def test_parse_listing() -> None:
     got = [(e.set, e.target, e.expires_s) for e in parse_listing(doc)]
     assert got == [("block4", "192.0.2.4", 29), ("block6_net", "2001:db8::/64", 3),
                    ("allow4", "10.0.0.1", None), ("allow4", "10.1.0.0/24", None)]
+    first = parse_listing(doc)[0]
+    assert (first.packets, first.bytes) == (3, 180)
+    assert [(c.set, c.packets, c.bytes) for c in parse_counters(doc)] == [("block4", 5, 300)]
+
+
+def test_netlink_attributes() -> None:
+    raw = nla(3, struct.pack(">I", 7)) + nla(4, struct.pack(">Q", 12)) + nla(6 | 0x8000, b"udata")
+    attrs = attributes(raw)
+    assert struct.unpack(">I", attrs[3])[0] == 7 and struct.unpack(">Q", attrs[4])[0] == 12
+    assert attrs[6] == b"udata"   # the NESTED flag is masked
 
 
 def test_a_ttl_is_a_positive_duration() -> None:

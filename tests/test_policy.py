@@ -8,6 +8,7 @@ import textwrap
 import orjson
 import pytest
 
+from monitor.config import load_config
 from monitor.ecs import HostInfo, render
 from monitor.errors import InputError
 from monitor.events import Action, ConnectionEvent, Direction, Listener, Outcome, Severity, unrecorded_id
@@ -372,11 +373,13 @@ def test_the_engine_keeps_open_connections_across_a_reload():
     assert alert.rule_id == "policy.concurrency_exceeded" and second.open_connections == 3
 
 
-def test_engine_settings_are_checked():
-    with pytest.raises(ValueError, match="open_idle_timeout_s"):
-        EngineConfig(open_idle_timeout_s=-1)
-    with pytest.raises(ValueError, match="max_open"):
-        EngineConfig(max_open=0)
+def test_engine_settings_are_checked_at_load(tmp_path):
+    path = tmp_path / "config.yaml"
+    for text, problem in (("policy_engine:\n  open_idle_timeout: -1\n", "policy_engine.open_idle_timeout"),
+                          ("policy_engine:\n  max_open: 0\n", "policy_engine.max_open: expected a number >= 1")):
+        path.write_text(text)
+        with pytest.raises(InputError, match=problem):
+            load_config(path)
 
 
 # -- suggest ---------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ class Agent:
         self.control = ControlServer(self.config.agent.control_socket, lambda: to_json(report.snapshot(self)),
                                      self.request_reload)
         if self.config.agent.metrics:
-            self.metrics = MetricsServer(self.config.agent.metrics, lambda: report.samples(self))
+            self.metrics = MetricsServer(self.config.agent.metrics, lambda: report.exported_samples(self))
         log.info("agent started: %d socat listeners, output %s", len(listeners), self.config.agent.output)
 
     def run(self) -> RunSummary:
@@ -123,6 +123,13 @@ class Agent:
 
     def _heartbeat(self) -> None:
         self.emit(Heartbeat(now_ns(), tuple((s.key, s.value) for s in report.samples(self))))
+        if self.enforcing():
+            for event in self.enforcer.counter_events(now_ns()):   # what each active block dropped
+                self.emit(event)
+
+    def enforcing(self) -> bool:
+        """Blocks are really made (an enforcer, not a dry run): their counters mean something."""
+        return self.enforcer is not None and not self.config.enforce.dry_run
 
     def _close(self) -> None:
         for closer in (self.control, self.metrics, self.egress, self.capture, self.enforcer):
@@ -176,8 +183,10 @@ class Agent:
         raised = self.audits.alerts()
         if self.egress is not None:
             raised += self.egress.poll()
+            self._pending(self.egress.drain_errors())     # relays left unguarded (table full)
         if self.enforcer is not None:
             raised += self.enforcer.drain_alerts()
+            self._pending(self.enforcer.drain_errors())   # table rebuilt, kernel errors
         for record in self.pipeline.alerts(raised):
             self.emit(record)
         self._report_losses()
@@ -205,6 +214,10 @@ class Agent:
             line = format_record(record)
             if line:
                 self.options.follow(line)
+
+    def _pending(self, errors: list[PipelineError]) -> None:
+        for error in errors:
+            self.errors.put(error)
 
     def sink_error(self, error: PipelineError) -> None:
         """A sink's own loss (from its thread), reported through the sinks from the main thread."""

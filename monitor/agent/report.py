@@ -67,7 +67,14 @@ def samples(agent: Agent) -> list[Sample]:
             for k, v in sorted(live.pipeline_lost.items())]
     if agent.pipeline.policy is not None:
         out += policy_samples(agent.pipeline.policy.counts())
+    if agent.enforcing():
+        out += agent.enforcer.samples()   # per-set drops, table rebuilds, netlink retries
     return out + process_samples()
+
+
+def exported_samples(agent: Agent) -> list[Sample]:
+    """/metrics: the heartbeat's samples plus one series per active block (too many names for a document)."""
+    return samples(agent) + (agent.enforcer.block_samples() if agent.enforcing() else [])
 
 
 def policy_samples(counts: EngineCounts) -> list[Sample]:

@@ -66,6 +66,7 @@ class KernelProbe:
         self._ring = RingReader(self.bpf[b"events"].get_fd(), ringbuf_pages * mmap.PAGESIZE)
         self._lost_total = 0
         self._closed = False
+        self.ports_unwatched = 0   # listener ports the full `ports` map could not take
 
     def set_comms(self, comms: Iterable[str]) -> None:
         table = self.bpf[b"comms"]

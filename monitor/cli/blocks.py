@@ -59,17 +59,21 @@ def list_cmd(config_path, netns, table, fmt):
     """Every blocked address and range as the kernel holds it now, with the time left."""
     from ..enforce.operator import list_blocks
 
-    elements = list_blocks(_config(config_path, netns, table, (), None))
+    listing = list_blocks(_config(config_path, netns, table, (), None))
+    elements = listing.elements
     if fmt == "json":
-        click.echo(json.dumps([{"target": e.target, "set": e.set, "timeout_s": e.timeout_s, "expires_s": e.expires_s}
-                               for e in elements]))
+        click.echo(json.dumps([{"target": e.target, "set": e.set, "timeout_s": e.timeout_s, "expires_s": e.expires_s,
+                                "dropped_packets": e.packets, "dropped_bytes": e.bytes} for e in elements]))
         return
     if not elements:
         click.echo("no blocks")
     for e in elements:
         left = "" if e.expires_s is None else f"  expires in {e.expires_s}s (of {e.timeout_s}s)"
+        dropped = "" if e.packets is None else f"  dropped {e.packets} packets ({e.bytes} bytes)"
         kind = "allow" if e.set.startswith("allow") else "block"
-        click.echo(f"{kind:5} {e.target:<40}{left}")
+        click.echo(f"{kind:5} {e.target:<40}{left}{dropped}")
+    click.echo("dropped by set since the table was made: " +
+               ", ".join(f"{c.set} {c.packets} packets ({c.bytes} bytes)" for c in listing.counters))
 
 
 @command.command("add")

@@ -8,6 +8,7 @@ import click
 import yaml
 
 from ..config import config_schema, load_config, place_state, to_dict
+from ..enforce.operator import check_table_owner
 from ..policy import load_policy
 from ..redact import redact_settings
 
@@ -20,12 +21,16 @@ def command():
 @command.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check(path):
-    """Validate PATH and the policy file it names, as `run` and a reload do:
-    exit 0 when valid, 2 with file:line errors when not."""
-    policy = load_config(path).agent.policy
-    if policy:
-        load_policy(policy)
-    click.echo(f"{path}: ok" + (f" (policy {policy}: ok)" if policy else ""))
+    """Validate PATH and the policy file it names, as `run` and a reload do: exit 0 when valid,
+    2 with file:line errors when not. As root it also looks at the live ruleset: a table of the
+    configured name that socat-monitor did not make is refused."""
+    config = load_config(path)
+    if config.agent.policy:
+        load_policy(config.agent.policy)
+    note = check_table_owner(config.enforce, path)
+    if note:
+        click.echo(f"{path}: note: {note}", err=True)
+    click.echo(f"{path}: ok" + (f" (policy {config.agent.policy}: ok)" if config.agent.policy else ""))
 
 
 @command.command("show")

@@ -1,13 +1,16 @@
 """In-kernel egress guard: socat relays may dial only their allowed backends.
 
 Loads `bpf/egress.c` with bcc, attaches its connect4/connect6 programs to a
-cgroup2 directory (the root of /sys/fs/cgroup/unified by default, with
-BPF_F_ALLOW_MULTI so nobody else's programs are replaced), and fills its
-maps: which listeners are guarded, which backends each may reach, and which
+cgroup2 directory (the root of /sys/fs/cgroup/unified by default) through
+BPF links, which run beside anybody else's programs and are detached by the
+kernel when their last fd closes: when the agent stops or dies, so programs
+never stack up across restarts. It fills the maps: which listeners are guarded, which backends each may reach, and which
 processes belong to which listener (`track` the relay parent; the kernel
 propagates it to forked children). Refused connects get EPERM before a
 packet leaves and come back from `poll` as `policy.backend_denied` alerts.
 Everything not tracked, or tracked for an unguarded listener, is allowed.
+Relay processes the full table could not take are counted and come back
+from `drain_errors` as a `PipelineError`.
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ from typing import Sequence
 from .. import BPF_DIR
 from ..addresses import packed_text, parse_target
 from ..errors import EnvironmentProblem
-from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
+from ..events import Alert, Listener, Outcome, PipelineError, ProcessInfo, Severity
 from ..host import processes
 from ..host.mounts import CGROUP2, ensure_mounts
 
 log = logging.getLogger(__name__)
 
 SOURCE = BPF_DIR / "egress.c"
-BPF_F_ALLOW_MULTI = 2
+SYS_BPF = 321                     # x86-64
+BPF_LINK_CREATE = 28
 ATTACH_INET4_CONNECT = 10
 ATTACH_INET6_CONNECT = 11
 PROG_CGROUP_SOCK_ADDR = 18
@@ -81,6 +85,19 @@ def rule_keys(rule: EgressRule) -> list[_RuleKey]:
     return keys
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """bpf(BPF_LINK_CREATE): attach a program to a cgroup through a link; the link's fd."""
+    attr = (ctypes.c_uint32 * 12)(prog_fd, target_fd, attach_type, 0)
+    fd = _libc.syscall(SYS_BPF, BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
 class EgressGuard:
     def __init__(self, rules: Sequence[EgressRule], cgroup: str = CGROUP2) -> None:
         try:
@@ -93,7 +110,9 @@ class EgressGuard:
         ensure_mounts("egress")
         self._rules = {r.listener_port: r for r in rules}
         self._pending: list[Alert] = []
-        self._attached: list[tuple[object, int]] = []
+        self._links: list[int] = []
+        self._untracked = 0          # relay processes user space could not put in the full table
+        self._full_reported = 0
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         try:
             self.bpf = bcc.BPF(src_file=str(SOURCE).encode())
@@ -105,8 +124,7 @@ class EgressGuard:
         try:
             for name, attach in ((b"egress_connect4", ATTACH_INET4_CONNECT), (b"egress_connect6", ATTACH_INET6_CONNECT)):
                 fn = self.bpf.load_func(name, PROG_CGROUP_SOCK_ADDR, attach_type=attach)
-                bcc.BPF.attach_func(fn, self._cgroup_fd, attach, BPF_F_ALLOW_MULTI)
-                self._attached.append((fn, attach))
+                self._links.append(link_create(fn.fd, self._cgroup_fd, attach))
         except Exception as exc:
             self.close()
             raise EnvironmentProblem("egress", f"cannot attach connect programs to {cgroup}: {exc}",
@@ -131,7 +149,11 @@ class EgressGuard:
         """A relay parent was seen for that listener: it and its current and future children are scoped."""
         pids = self.bpf[b"relay_pids"]
         for p in [pid, *processes.children(pid)]:
-            pids[pids.Key(p)] = pids.Leaf(listener_port)
+            try:
+                pids[pids.Key(p)] = pids.Leaf(listener_port)
+            except Exception as exc:   # bcc: "Could not update table" when it is full
+                self._untracked += 1
+                log.warning("egress: pid %d of listener :%d not guarded: %s", p, listener_port, exc)
 
     def _on_denial(self, ctx, data, size) -> None:
         d = ctypes.cast(data, ctypes.POINTER(_Denial)).contents
@@ -158,15 +180,29 @@ class EgressGuard:
         """Denials the ring buffer could not take (refused anyway, not reported)."""
         return sum(v.value for v in self.bpf[b"lost"].values())
 
-    def close(self) -> None:
-        import bcc
+    def unguarded(self) -> int:
+        """Relay processes left unguarded because the process table was full (kernel and user space)."""
+        return sum(v.value for v in self.bpf[b"full"].values()) + self._untracked
 
-        for fn, attach in self._attached:
-            try:
-                bcc.BPF.detach_func(fn, self._cgroup_fd, attach)
-            except Exception as exc:
-                log.warning("egress: detaching %s: %s", attach, exc)
-        self._attached.clear()
+    def tracked(self) -> int:
+        """Processes and threads in the relay table now."""
+        return len(self.bpf[b"relay_pids"])
+
+    def drain_errors(self) -> list[PipelineError]:
+        """A PipelineError when more relay processes went unguarded since the last call."""
+        total = self.unguarded()
+        grew, self._full_reported = total - self._full_reported, total
+        if grew <= 0:
+            return []
+        message = (f"egress guard: relay process table full, {grew} new relay processes run unguarded "
+                   f"({total} since start)")
+        log.error("%s", message)
+        return [PipelineError("egress", message, time.time_ns(), count=grew)]
+
+    def close(self) -> None:
+        for fd in self._links:   # closing the link detaches its program
+            os.close(fd)
+        self._links.clear()
         if getattr(self, "_cgroup_fd", None) is not None:
             os.close(self._cgroup_fd)
             self._cgroup_fd = None

@@ -4,6 +4,11 @@ It owns the order of checks for every block (target valid, not protected,
 circuit breaker closed, dry run or real), keeps the active blocks and the
 state file in step with the kernel, and reports every change or refusal as
 a `BlockEvent`. It never decides who is bad.
+
+After `start` nothing it does ends the agent: a watchdog thread looks at
+the table every `WATCH_INTERVAL_S` and rebuilds it (one transaction, every
+active block with its remaining TTL) when someone removed or changed it;
+kernel errors become refused blocks and `PipelineError`s (`drain_errors`).
 """
 
 from __future__ import annotations
@@ -15,19 +20,23 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..addresses import Network, parse_target, target_text
-from ..errors import InputError
-from ..events import Action, Alert, BlockEvent, Outcome, Severity
+from ..errors import EnvironmentProblem, InputError
+from ..events import Action, Alert, BlockEvent, Outcome, PipelineError, Severity
 from ..host import facts as hostfacts
+from ..metrics import Sample
 from ..settings import setting
-from .netns import require_cap_net_admin
-from .nft import SCOPES, KernelElement, NftTable, check_table_name
+from .netns import NetnsWorker, require_cap_net_admin
+from .nft import SCOPES, KernelElement, Listing, NftTable, Ownership, check_table_name
 from .safety import CircuitBreaker, SafetyRules
 from .sessions import MODES, end_sessions
 from .state import ActiveBlock, StateFile
 
 log = logging.getLogger(__name__)
 
-FACTS_MAX_AGE_S = 10.0   # host facts (addresses, gateways, SSH peers) older than this are re-read before a block
+FACTS_MAX_AGE_S = 10.0   # host facts (addresses, gateways, SSH peers) older than this are re-read (by the
+                         # watchdog in the agent, before a block in the CLI)
+WATCH_INTERVAL_S = 0.5   # how often the watchdog looks at the table (a removed table is back within ~1 s)
+LISTING_MAX_AGE_S = 5.0  # counters listed for metrics are reused this long
 
 
 def check_networks(targets: list[str]) -> None:
@@ -60,19 +69,29 @@ class Enforcer:
         if config.enabled and not config.dry_run:
             require_cap_net_admin("enforce")
         self._table = NftTable(config.table, config.netns)
+        self._facts = NetnsWorker(config.netns, name="enforce-facts")   # slow /proc reads stay off the nft worker
         self._state = StateFile(config.state_file)
         self._breaker = CircuitBreaker(config.max_blocks_per_minute)
         self._active: dict[str, ActiveBlock] = {}
         self._ports: tuple[int, ...] = ()
         self._alerts: list[Alert] = []
-        self._lock = threading.Lock()
+        self._errors: list[PipelineError] = []
+        self._lock = threading.RLock()
         self._facts_at = float("-inf")
+        self._owner: Ownership | None = None      # the table as we last made it
+        self._refresh_in_place = True
+        self._listing: tuple[float, Listing] | None = None
+        self._reported: dict[str, int] = {}       # target -> dropped packets in its last BLOCK_COUNTERS event
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self.rebuilds = 0
+        self.errors = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
     def refresh_safety(self) -> None:
         """Re-read the host facts the safety rules protect (addresses, gateways, SSH peers)."""
-        facts = self._table.call(hostfacts.gather, "host facts")
+        facts = self._facts.call(hostfacts.gather, self._table.timeout_s, "host facts")
         self._safety = SafetyRules.build(never_block=self.config.never_block, own_addresses=facts.own_addresses,
                                          gateways=facts.gateways, ssh_peers=facts.ssh_peers)
         self._facts_at = time.monotonic()
@@ -83,7 +102,7 @@ class Enforcer:
         self._ports = tuple(sorted(set(listener_ports)))
         now = time.time_ns()
         wanted = {b.target: b for b in self._state.load(now)}
-        if self._table.exists():
+        if self._table.require_ours().exists:
             for elem in self._table.list_elements():
                 if elem.set.startswith("block") and elem.expires_s is not None:
                     known = wanted.get(elem.target)
@@ -104,16 +123,74 @@ class Enforcer:
             keep.append((net, block))
         if self.config.dry_run or not self.config.enabled:
             return events
-        self._table.create(scope=self.config.scope, ports=self._ports,
-                           blocks=[(net, b.remaining_s(now)) for net, b in keep],
-                           allow=[parse_target(t) for t in self.config.never_block])
         with self._lock:
             self._active = {b.target: b for _, b in keep}
+            self._create(now)
             self._state.replace(list(self._active.values()))
+        self._refresh_in_place = self._table.refresh_in_place()
+        log.info("enforce: re-adding an element %s its timeout on this kernel",
+                 "resets" if self._refresh_in_place else "does not reset (refreshes delete and re-add)")
+        self._watchdog = threading.Thread(target=self._watch, name="enforce-watchdog", daemon=True)
+        self._watchdog.start()
         for _, b in keep:
             events.append(BlockEvent(Action.BLOCKED, now, b.target, ttl_s=round(b.remaining_s(now), 3),
                                      rule_id=b.rule_id, alert_id=b.alert_id, reason="restored at start"))
         return events
+
+    def _create(self, now_ns: int) -> None:
+        """(Re)make our table with every active block and its remaining TTL, in one transaction."""
+        blocks = [(parse_target(b.target), b.remaining_s(now_ns)) for b in self._active.values()
+                  if b.expires_ns > now_ns]
+        self._owner = self._table.create(scope=self.config.scope, ports=self._ports, blocks=blocks,
+                                         allow=[parse_target(t) for t in self.config.never_block])
+
+    # -- self-healing -----------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Every WATCH_INTERVAL_S: the table check; host facts and counters re-read off the block path."""
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            try:
+                self.heal()
+                if time.monotonic() - self._facts_at > FACTS_MAX_AGE_S:
+                    self.refresh_safety()
+                if self._listing is None or time.monotonic() - self._listing[0] > LISTING_MAX_AGE_S:
+                    self._relist()
+            except Exception as exc:   # the watchdog reports and goes on; it never ends the agent
+                self._error(f"table check failed: {exc}")
+
+    def heal(self) -> bool:
+        """Rebuild our table if someone removed or changed it since we made it; True if rebuilt."""
+        with self._lock:
+            now = self._table.ownership()
+            if self._owner is not None and now.exists and now.handle == self._owner.handle \
+                    and now.shape == self._owner.shape:
+                return False
+            if now.exists and not now.ours:
+                self._error(f"table inet {self.config.table} was replaced by one socat-monitor did not make: "
+                            "left alone, blocks are NOT enforced until it is removed")
+                self._owner = now   # reported once per change
+                return False
+            self._rebuild("removed" if not now.exists else "changed")
+            return True
+
+    def _rebuild(self, how: str) -> None:
+        with self._lock:
+            self._create(time.time_ns())
+            self.rebuilds += 1
+            self._error(f"table inet {self.config.table} was {how} by someone else: rebuilt with "
+                        f"{len(self._active)} active blocks", count=max(len(self._active), 1))
+
+    def _error(self, message: str, count: int = 1) -> None:
+        log.error("enforce: %s", message)
+        self.errors += 1
+        with self._lock:
+            self._errors.append(PipelineError("enforce", message, time.time_ns(), count=count))
+
+    def drain_errors(self) -> list[PipelineError]:
+        """Enforcement faults since the last call (table rebuilt, kernel errors), once each."""
+        with self._lock:
+            out, self._errors = self._errors, []
+        return out
 
     def attach(self) -> None:
         """Join the table as it is (operators' CLI): keep its elements and scope.
@@ -121,7 +198,7 @@ class Enforcer:
         A missing table is created host-wide (the listener ports are not known
         here); the agent narrows it to its listeners when it starts."""
         self.refresh_safety()
-        if not self._table.exists():
+        if not self._table.require_ours().exists:
             self._table.create(scope="host", ports=())
         now = time.time_ns()
         with self._lock:
@@ -133,11 +210,74 @@ class Enforcer:
         """Every element of our table as the kernel holds it now (a full dump)."""
         return self._table.list_elements()
 
+    def listing(self) -> Listing:
+        """Elements with their counters and the per-set drop counters, about LISTING_MAX_AGE_S old at most.
+
+        With the watchdog running, it lists them (a full dump: seconds with
+        100,000 blocks) and this returns its last listing without waiting."""
+        cached = self._listing
+        if self._watchdog is None and (cached is None or time.monotonic() - cached[0] > LISTING_MAX_AGE_S):
+            self._relist()
+            cached = self._listing
+        return cached[1] if cached else Listing([], [])
+
+    def _relist(self) -> None:
+        try:
+            self._listing = (time.monotonic(), self._table.listing())
+        except EnvironmentProblem as exc:   # e.g. the table is being rebuilt: the last figures stand
+            log.warning("enforce: counters not listed: %s", exc)
+
+    def samples(self) -> list[Sample]:
+        """Health and per-set drop counters (few, fixed names: fit for the heartbeat)."""
+        listing = self.listing()
+        out = [Sample("enforce_dropped_packets_total", "counter", "New connections dropped, by block set.",
+                      c.packets, (("set", c.set),)) for c in listing.counters]
+        out += [Sample("enforce_dropped_bytes_total", "counter", "Bytes of the dropped packets, by block set.",
+                       c.bytes, (("set", c.set),)) for c in listing.counters]
+        return out + [
+            Sample("enforce_table_rebuilds_total", "counter", "Times our table was found removed or changed "
+                   "and rebuilt.", self.rebuilds),
+            Sample("enforce_netlink_retries_total", "counter", "Kernel writes tried again after a transient error.",
+                   self.retries),
+            Sample("enforce_errors_total", "counter", "Enforcement faults reported as pipeline errors.", self.errors),
+        ]
+
+    def counter_events(self, now_ns: int) -> list[BlockEvent]:
+        """A BLOCK_COUNTERS event for each active block that dropped more since the last call (periodic document)."""
+        with self._lock:
+            active = dict(self._active)
+        out = []
+        for e in self.listing().elements:
+            block = active.get(e.target)
+            if block is None or e.packets is None or self._reported.get(e.target) == e.packets:
+                continue
+            self._reported[e.target] = e.packets
+            out.append(BlockEvent(Action.BLOCK_COUNTERS, now_ns, e.target, ttl_s=block.ttl_s, rule_id=block.rule_id,
+                                  alert_id=block.alert_id, dropped_packets=e.packets, dropped_bytes=e.bytes))
+        self._reported = {t: n for t, n in self._reported.items() if t in active}
+        return out
+
+    def block_samples(self) -> list[Sample]:
+        """Packets and bytes dropped by each active block (one series per target: Prometheus, not the heartbeat)."""
+        elements = [e for e in self.listing().elements if e.set.startswith("block") and e.packets is not None]
+        return [Sample("enforce_block_dropped_packets", "counter", "Packets dropped by one active block.",
+                       e.packets, (("target", e.target),)) for e in elements] + \
+               [Sample("enforce_block_dropped_bytes", "counter", "Bytes dropped by one active block.",
+                       e.bytes, (("target", e.target),)) for e in elements]
+
     def set_ports(self, ports: Iterable[int]) -> None:
         new = tuple(sorted(set(ports)))
-        if new != self._ports and not self.config.dry_run and self.config.enabled:
-            self._table.set_ports(new)
-        self._ports = new
+        old, self._ports = self._ports, new    # a rebuild uses the new ports even if this write fails
+        if new != old and not self.config.dry_run and self.config.enabled:
+            try:
+                self._table.set_ports(new)
+            except EnvironmentProblem as exc:
+                self._error(f"listener ports not updated (the table check will rebuild it): {exc}")
+
+    @property
+    def retries(self) -> int:
+        """Kernel writes tried again after a transient error."""
+        return self._table.retries
 
     def reconfigure(self, config: EnforceConfig, now_ns: int) -> list[BlockEvent]:
         """Apply the settings a reload may change, never_block first; blocks it now protects are lifted."""
@@ -153,7 +293,11 @@ class Enforcer:
 
     def close(self) -> None:
         """Leave the table and its blocks in place (they time out); the state file is current."""
+        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join(5.0)
         self._table.close()
+        self._facts.close()
         self._state.close()
 
     # -- decisions to kernel -----------------------------------------------------------
@@ -176,8 +320,11 @@ class Enforcer:
             return refused(text, "enforcement is disabled")
         if ttl <= 0:
             return refused(text, f"ttl {ttl:g}s must be > 0")
-        if time.monotonic() - self._facts_at > FACTS_MAX_AGE_S:
-            self.refresh_safety()   # new SSH sessions, addresses or routes since the last look
+        if time.monotonic() - self._facts_at > FACTS_MAX_AGE_S and self._watchdog is None:
+            try:
+                self.refresh_safety()   # new SSH sessions, addresses or routes since the last look
+            except EnvironmentProblem as exc:
+                return refused(text, f"host facts unreadable, so the safety rules cannot be checked: {exc}")
         reason = self._safety.refusal(net)
         if reason:
             return refused(text, reason)
@@ -193,19 +340,46 @@ class Enforcer:
                 log.info("dry run: would block %s for %gs", text, ttl)
                 return BlockEvent(Action.BLOCK_DRY_RUN, now_ns, text, ttl_s=ttl, rule_id=rule_id, alert_id=alert_id,
                                   reason="dry_run")
-            self._table.add([(net, ttl)])
             block = ActiveBlock(text, now_ns + int(ttl * 1e9), ttl, now_ns, rule_id, alert_id)
-            self._active[text] = block
+            problem = self._write(net, block, is_new)
+            if problem:
+                self._error(f"block of {text} not applied: {problem}")
+                return refused(text, f"nftables: {problem}")
         self._state.upsert([block])
         event = BlockEvent(Action.BLOCKED, now_ns, text, ttl_s=ttl, rule_id=rule_id, alert_id=alert_id,
                            reason=None if is_new else "refreshed")
         if self.config.kill_established != "none":
-            error = self._table.call(lambda: end_sessions(self.config.kill_established, net, self._ports_for_kill()),
-                                     "end sessions")
+            try:
+                error = self._table.call(lambda: end_sessions(self.config.kill_established, net,
+                                                              self._ports_for_kill()), "end sessions")
+            except EnvironmentProblem as exc:
+                error = exc.message
             if error:
                 log.warning("block of %s: open sessions not ended: %s", text, error)
                 event.reason = f"open sessions not ended: {error}"
         return event
+
+    def _write(self, net: Network, block: ActiveBlock, is_new: bool) -> str | None:
+        """Put one block in the kernel (lock held); None when done, else what went wrong.
+
+        A missing table is rebuilt at once with this block in it; a refresh on
+        a kernel that keeps old expiries deletes and re-adds in one batch."""
+        try:
+            if is_new or self._refresh_in_place:
+                self._table.add([(net, block.ttl_s)])
+            else:
+                self._table.replace([(net, block.ttl_s)])
+        except FileNotFoundError:
+            self._active[block.target] = block
+            try:
+                self._rebuild("removed")
+            except Exception as exc:   # InputError (a foreign table took the name), EnvironmentProblem
+                del self._active[block.target]
+                return f"table inet {self.config.table} is gone and cannot be rebuilt: {exc}"
+        except EnvironmentProblem as exc:
+            return exc.message
+        self._active[block.target] = block
+        return None
 
     def _ports_for_kill(self) -> tuple[int, ...]:
         return self._ports if self.config.scope == "listeners" else ()

@@ -1,33 +1,50 @@
 """socat-monitor's own nftables table: its skeleton, its set elements, its listing.
 
-The skeleton (sets, chain, rules) is written in one libnftables transaction
-that deletes and recreates only our table, optionally with the elements that
-must survive a restart, so there is no moment without them. At run time only
-set elements change, through pyroute2 netlink batches (never a process per
-block). Listing uses libnftables JSON, which dumps every element (pyroute2's
-element `get` is truncated). Everything runs on a `NetnsWorker`, so it acts in
-the chosen network namespace and every call has a deadline.
+The skeleton (sets, counters, chain, rules) is written in one libnftables
+transaction that deletes and recreates only our table, optionally with the
+elements that must survive a restart, so there is no moment without them.
+Our table carries `OWNER_COMMENT`; a table of the same name without it is
+never touched (`ownership`), and a replaced table is deleted by its handle,
+so a table someone else made in between makes the transaction fail instead
+of being wiped. Block sets count per element and per set (`drops_<set>`).
+
+At run time only set elements change, through netlink batches on raw
+sockets (`netlink`; never a process per block), opened in the table's
+namespace and used from the calling thread. Listing uses libnftables JSON,
+which dumps every element (pyroute2's element `get` is truncated); the
+libnftables calls run on a `NetnsWorker`, so they act in the chosen network
+namespace and every call has a deadline.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import re
+import socket
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..addresses import Network, is_host, target_text
 from ..errors import EnvironmentProblem, InputError
+from .netlink import ElementSocket, nla
 from .netns import NetnsWorker
 
-NFPROTO_INET = 1
 NFT_SET_ELEM_INTERVAL_END = 1
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
 NFTA_DATA_VALUE = 1
 CHUNK = 1000                      # elements per netlink message (attributes are capped at 64 KiB)
+OWNER_COMMENT = "owned by socat-monitor: blocks have timeouts; do not edit by hand"
+CHAIN = "input"
+PROBE_SET = "refresh_probe"       # no rule reads it: where `refresh_in_place` tries the kernel's behaviour
+PROBE_ADDR = ipaddress.ip_network("192.0.2.1/32")
+RETRIES = (0.05, 0.2)             # pauses before the 2nd and 3rd try of a write that failed transiently
+TRANSIENT_ERRNOS = {4, 11, 16, 105}   # EINTR, EAGAIN, EBUSY, ENOBUFS
 
 # set name for (ip version, single host?)
 BLOCK_SETS = {(4, True): "block4", (6, True): "block6", (4, False): "block4_net", (6, False): "block6_net"}
@@ -53,12 +70,39 @@ def block_set(net: Network) -> str:
 
 @dataclass(frozen=True, slots=True)
 class KernelElement:
-    """One element as the kernel holds it now."""
+    """One element as the kernel holds it now (block sets: with what it dropped)."""
 
     set: str
     target: str
     timeout_s: float | None
     expires_s: float | None
+    packets: int | None = None
+    bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetCounter:
+    """What the drop rule of one block set dropped since the table was made."""
+
+    set: str
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    elements: list[KernelElement]
+    counters: list[SetCounter]
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """Whether a table of our name exists and carries our mark; its handle and shape (use count, rule handles)."""
+
+    exists: bool
+    ours: bool
+    handle: int | None = None
+    shape: tuple = ()
 
 
 def _ttl(seconds: float) -> str:
@@ -67,31 +111,35 @@ def _ttl(seconds: float) -> str:
 
 def skeleton_script(table: str, *, scope: str, ports: Iterable[int],
                     blocks: Sequence[tuple[Network, float]] = (),
-                    allow: Iterable[Network] = ()) -> str:
-    """The nft script that recreates our table atomically (pure, for tests and review)."""
+                    allow: Iterable[Network] = (), replace_handle: int | None = None) -> str:
+    """The nft script that (re)creates our table atomically (pure, for tests and review).
+
+    `replace_handle`: the handle of our table to delete first; None when there
+    is none, and then the script fails if a table of that name appears meanwhile."""
     if scope not in SCOPES:
         raise InputError("enforce.scope", f"{scope!r} is not 'listeners' or 'host'")
     port_match = "th dport @ports " if scope == "listeners" else ""
+    mark = f"{{ comment \"{OWNER_COMMENT}\"; }}"   # set when the table is made (a later block cannot add it)
+    first = [f"create table inet {table} {mark}"] if replace_handle is None else \
+        [f"delete table inet handle {replace_handle}", f"table inet {table} {mark}"]
+    drop_rules = [f"    ct state new meta l4proto {{ tcp, udp }} {port_match}{'ip' if version == 4 else 'ip6'} "
+                  f"saddr @{name} counter name \"drops_{name}\" drop"
+                  for (version, _), name in sorted(BLOCK_SETS.items(), key=lambda kv: (not kv[0][1], kv[0][0]))]
     lines = [
-        f"table inet {table} {{}}",
-        f"delete table inet {table}",
+        *first,
         f"table inet {table} {{",
-        "  comment \"owned by socat-monitor: blocks have timeouts; do not edit by hand\"",
         "  set allow4 { type ipv4_addr; flags interval; auto-merge; }",
         "  set allow6 { type ipv6_addr; flags interval; auto-merge; }",
-        "  set block4 { type ipv4_addr; flags timeout; }",
-        "  set block6 { type ipv6_addr; flags timeout; }",
-        "  set block4_net { type ipv4_addr; flags interval, timeout; }",
-        "  set block6_net { type ipv6_addr; flags interval, timeout; }",
+        *(f"  set {name} {{ type ipv{version}_addr; flags {'timeout' if host else 'interval, timeout'}; counter; }}"
+          for (version, host), name in BLOCK_SETS.items()),
+        *(f"  counter drops_{name} {{}}" for name in BLOCK_SETS.values()),
         "  set ports { type inet_service; }",
+        f"  set {PROBE_SET} {{ type ipv4_addr; flags timeout; }}",
         "  chain input {",
         "    type filter hook input priority filter - 10; policy accept;",
         "    ip saddr @allow4 accept",
         "    ip6 saddr @allow6 accept",
-        f"    ct state new meta l4proto {{ tcp, udp }} {port_match}ip saddr @block4 counter drop",
-        f"    ct state new meta l4proto {{ tcp, udp }} {port_match}ip saddr @block4_net counter drop",
-        f"    ct state new meta l4proto {{ tcp, udp }} {port_match}ip6 saddr @block6 counter drop",
-        f"    ct state new meta l4proto {{ tcp, udp }} {port_match}ip6 saddr @block6_net counter drop",
+        *drop_rules,
         "  }",
         "}",
     ]
@@ -110,22 +158,17 @@ def skeleton_script(table: str, *, scope: str, ports: Iterable[int],
     return "\n".join(lines) + "\n"
 
 
-def _nla(kind: int, payload: bytes) -> bytes:
-    size = 4 + len(payload)
-    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
-
-
 def encode_element(key: bytes, timeout_ms: int | None = None, end: bool = False) -> bytes:
     """One NFTA_LIST_ELEM attribute: key, optional timeout, optional interval-end flag.
 
     Encoded here with struct (pyroute2's generic attribute encoder costs about
-    90 us per element); pyroute2 still carries the batch and its acks."""
-    body = _nla(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, key))
+    90 us per element)."""
+    body = nla(NFTA_SET_ELEM_KEY, nla(NFTA_DATA_VALUE, key))
     if timeout_ms is not None:
-        body += _nla(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
+        body += nla(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
     if end:
-        body += _nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL_END))
-    return _nla(NFTA_LIST_ELEM, body)
+        body += nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL_END))
+    return nla(NFTA_LIST_ELEM, body)
 
 
 def netlink_elements(net: Network, timeout_ms: int | None) -> list[bytes]:
@@ -156,15 +199,37 @@ def parse_listing(doc: dict) -> list[KernelElement]:
     out = []
     for item in doc.get("nftables", []):
         s = item.get("set")
-        if not s or s["name"] == "ports":
+        if not s or s["name"] in ("ports", PROBE_SET):
             continue
         for raw in s.get("elem", []):
             elem = raw["elem"] if isinstance(raw, dict) and "elem" in raw else raw
             if isinstance(elem, dict) and "val" in elem:
-                out.append(KernelElement(s["name"], parse_value(elem["val"]), elem.get("timeout"), elem.get("expires")))
+                counter = elem.get("counter") or {}
+                out.append(KernelElement(s["name"], parse_value(elem["val"]), elem.get("timeout"), elem.get("expires"),
+                                         counter.get("packets"), counter.get("bytes")))
             else:
                 out.append(KernelElement(s["name"], parse_value(elem), None, None))
     return out
+
+
+def parse_counters(doc: dict) -> list[SetCounter]:
+    """The per-set drop counters (`drops_<set>`) of a listing."""
+    return [SetCounter(c["name"].removeprefix("drops_"), c.get("packets", 0), c.get("bytes", 0))
+            for item in doc.get("nftables", []) if (c := item.get("counter")) and c["name"].startswith("drops_")]
+
+
+
+class _Transient(EnvironmentProblem):
+    """A netlink error worth one more try (EBUSY, ENOBUFS, ...)."""
+
+
+def _per_set(items: Sequence[tuple[Network, float]], set_name: str | None,
+             timeouts: bool = True) -> dict[str, list[bytes]]:
+    per_set: dict[str, list[bytes]] = {}
+    for net, ttl_s in items:
+        timeout_ms = max(int(ttl_s * 1000), 1) if timeouts else None
+        per_set.setdefault(set_name or block_set(net), []).extend(netlink_elements(net, timeout_ms))
+    return per_set
 
 
 class NftTable:
@@ -179,18 +244,22 @@ class NftTable:
         self.netns = netns
         self.timeout_s = timeout_s
         self._worker = NetnsWorker(netns, name=f"nft-{table}")
-        self._nft = None
+        self._sock: ElementSocket | None = None
         self._ctx = None
+        self._query: ElementSocket | None = None
+        self._query_lock = threading.Lock()
+        self.retries = 0          # writes tried again after a transient error
+        self._write_lock = threading.Lock()
         self._worker.call(self._open, timeout_s, "nftables")
 
     def _open(self) -> None:
         import nftables  # Debian python3-nftables (libnftables), seen through --system-site-packages
-        from pyroute2.nftables.main import NFTables
 
         self._ctx = nftables.Nftables()
         self._ctx.set_json_output(True)
         self._ctx.set_handle_output(False)
-        self._nft = NFTables(nfgen_family=NFPROTO_INET)
+        self._sock = ElementSocket(self.timeout_s)
+        self._query = ElementSocket(self.timeout_s)
 
     def _run(self, script: str, what: str) -> str:
         def go() -> str:
@@ -204,17 +273,52 @@ class NftTable:
         """Run `fn` in the table's namespace (facts, subprocesses), with the table's deadline."""
         return self._worker.call(fn, self.timeout_s, what)
 
-    def exists(self) -> bool:
-        def go() -> bool:
-            rc, out, _ = self._ctx.cmd("list tables inet")
-            return rc == 0 and any(t.get("table", {}).get("name") == self.table
-                                   for t in json.loads(out or '{"nftables": []}')["nftables"])
-        return self._worker.call(go, self.timeout_s, "nftables")
+    def ownership(self) -> Ownership:
+        """Is there a table of our name, and is it ours (cheap: no set element is read; any thread)."""
+        try:
+            with self._query_lock:
+                found = self._query.table_shape(self.table, CHAIN)
+        except OSError as exc:   # socket.timeout included
+            raise EnvironmentProblem("nftables", f"cannot look at table inet {self.table}: {exc}") from None
+        if found is None:
+            return Ownership(exists=False, ours=False)
+        handle, use, userdata, rules = found
+        return Ownership(exists=True, ours=OWNER_COMMENT.encode() in userdata, handle=handle, shape=(use, rules))
+
+    def require_ours(self) -> Ownership:
+        """The ownership, or InputError if a table of our name exists without our mark."""
+        owner = self.ownership()
+        if owner.exists and not owner.ours:
+            raise InputError("enforce.table", f"table inet {self.table} exists and was not made by socat-monitor "
+                             f"(it lacks the comment {OWNER_COMMENT!r}); it is left alone: set enforce.table "
+                             "to a name of socat-monitor's own, e.g. socat_monitor")
+        return owner
 
     def create(self, *, scope: str, ports: Iterable[int], blocks: Sequence[tuple[Network, float]] = (),
-               allow: Iterable[Network] = ()) -> None:
-        """Delete and recreate our table (only ours) with its elements, in one transaction."""
-        self._run(skeleton_script(self.table, scope=scope, ports=ports, blocks=blocks, allow=allow), "nftables skeleton")
+               allow: Iterable[Network] = ()) -> Ownership:
+        """Delete and recreate our table (only ours) with its elements, in one transaction; its new ownership."""
+        owner = self.require_ours()
+        self._run(skeleton_script(self.table, scope=scope, ports=ports, blocks=blocks, allow=allow,
+                                  replace_handle=owner.handle if owner.exists else None), "nftables skeleton")
+        return self.ownership()
+
+    def refresh_in_place(self) -> bool:
+        """Does re-adding an element that exists give it the new timeout on this kernel?
+
+        Tried on the probe set (no rule reads it): add with 1 s, add again with
+        an hour, see what the kernel kept. Some kernels keep the old expiry."""
+        self.add([(PROBE_ADDR, 1.0)], set_name=PROBE_SET)
+        self.add([(PROBE_ADDR, 3600.0)], set_name=PROBE_SET)
+
+        def go() -> list:
+            rc, out, err = self._ctx.cmd(f"list set inet {self.table} {PROBE_SET}")
+            if rc != 0:
+                raise EnvironmentProblem("nftables", f"cannot list set {PROBE_SET}: {err.strip()}")
+            return [item["set"] for item in json.loads(out)["nftables"] if "set" in item]
+        sets = self._worker.call(go, self.timeout_s, "nftables list")
+        self.delete([PROBE_ADDR], set_name=PROBE_SET)
+        expires = [e["elem"].get("expires", 0) for s in sets for e in s.get("elem", []) if isinstance(e, dict)]
+        return bool(expires) and expires[0] > 2
 
     def set_ports(self, ports: Iterable[int]) -> None:
         port_list = sorted({int(p) for p in ports})
@@ -232,88 +336,77 @@ class NftTable:
                 script += f"add element inet {self.table} {name} {{ {', '.join(nets)} }}\n"
         self._run(script, "nftables never_block")
 
-    def list_elements(self) -> list[KernelElement]:
-        def go() -> list[KernelElement]:
+    def listing(self) -> Listing:
+        """Every element (with its counters) and the per-set drop counters: a full dump."""
+        def go() -> Listing:
             rc, out, err = self._ctx.cmd(f"list table inet {self.table}")
             if rc != 0:
                 raise EnvironmentProblem("nftables", f"cannot list table inet {self.table}: {err.strip()}",
                                          "start the agent (or `socat-monitor blocks add`) to create it")
-            return parse_listing(json.loads(out))
+            doc = json.loads(out)
+            return Listing(parse_listing(doc), parse_counters(doc))
         return self._worker.call(go, self.timeout_s, "nftables list")
 
-    def add(self, items: Sequence[tuple[Network, float]]) -> None:
-        """Add (or refresh) block elements with their timeouts, in one netlink transaction."""
-        per_set: dict[str, list[bytes]] = {}
-        for net, ttl_s in items:
-            per_set.setdefault(block_set(net), []).extend(netlink_elements(net, max(int(ttl_s * 1000), 1)))
-        self._batch("add", per_set)
+    def list_elements(self) -> list[KernelElement]:
+        return self.listing().elements
 
-    def delete(self, nets: Sequence[Network]) -> bool:
+    def add(self, items: Sequence[tuple[Network, float]], *, set_name: str | None = None) -> None:
+        """Add (or refresh) block elements with their timeouts, in one netlink transaction."""
+        self._batch([("add", _per_set(items, set_name))])
+
+    def replace(self, items: Sequence[tuple[Network, float]]) -> None:
+        """Add, delete and add again in one transaction: the new timeout on any kernel, whether it was there or not."""
+        per_set = _per_set(items, None)
+        self._batch([("add", per_set), ("del", _per_set([(n, 0) for n, _ in items], None, timeouts=False)),
+                     ("add", per_set)])
+
+    def delete(self, nets: Sequence[Network], *, set_name: str | None = None) -> bool:
         """Delete elements; False if (some) were not there (already expired)."""
-        per_set: dict[str, list[bytes]] = {}
-        for net in nets:
-            per_set.setdefault(block_set(net), []).extend(netlink_elements(net, None))
         try:
-            self._batch("del", per_set)
+            self._batch([("del", _per_set([(n, 0) for n in nets], set_name, timeouts=False))])
         except FileNotFoundError:
             return False
         return True
 
-    def _batch(self, cmd: str, per_set: dict[str, list[bytes]]) -> None:
-        if not per_set:
+    def _batch(self, steps: list[tuple[str, dict[str, list[bytes]]]]) -> None:
+        """One netlink transaction, tried again (counted in `retries`) after a transient error or a missed deadline.
+
+        Sent from the calling thread: the socket was opened in the table's
+        namespace and stays there, and its timeout is the deadline, so a block
+        costs no hand-over to the namespace thread."""
+        if not any(per_set for _, per_set in steps):
             return
-        self._worker.call(lambda: self._send(cmd, per_set), self.timeout_s, "nftables write")
+        for pause in (*RETRIES, None):
+            try:
+                with self._write_lock:
+                    return self._send(steps)
+            except _Transient:
+                if pause is None:
+                    raise
+                self.retries += 1
+                time.sleep(pause)
 
-    def _send(self, cmd: str, per_set: dict[str, list[bytes]]) -> None:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
-        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM
-
-        class elem_list_msg(nfgen_msg):
-            nla_map = (("NFTA_SET_ELEM_LIST_UNSPEC", "none"),
-                       ("NFTA_SET_ELEM_LIST_TABLE", "asciiz"),
-                       ("NFTA_SET_ELEM_LIST_SET", "asciiz"),
-                       ("NFTA_SET_ELEM_LIST_ELEMENTS", "cdata"))
-
-        msg_type = NFT_MSG_NEWSETELEM if cmd == "add" else NFT_MSG_DELSETELEM
-        flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if cmd == "add" else 0)
-        messages = [self._marker(nfgen_msg, NFNL_SUBSYS_NFTABLES, 0x10, NLM_F_REQUEST)]
-        for set_name, elems in per_set.items():
-            for i in range(0, len(elems), CHUNK):
-                msg = elem_list_msg()
-                msg["attrs"] = [["NFTA_SET_ELEM_LIST_TABLE", self.table],
-                                ["NFTA_SET_ELEM_LIST_SET", set_name],
-                                ["NFTA_SET_ELEM_LIST_ELEMENTS", b"".join(elems[i:i + CHUNK])]]
-                msg["header"]["type"] = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
-                msg["header"]["flags"] = flags
-                msg["nfgen_family"] = NFPROTO_INET
-                messages.append(msg)
-        messages.append(self._marker(nfgen_msg, NFNL_SUBSYS_NFTABLES, 0x11, NLM_F_REQUEST))
-
-        async def run() -> None:
-            async for _ in self._nft.asyncore.nlm_request_batch(messages):
-                pass
-
+    def _send(self, steps: list[tuple[str, dict[str, list[bytes]]]]) -> None:
+        messages = [(cmd == "add", set_name, b"".join(elems[i:i + CHUNK]))
+                    for cmd, per_set in steps for set_name, elems in per_set.items()
+                    for i in range(0, len(elems), CHUNK)]
         try:
-            self._nft._run_with_cleanup(run)
-        except NetlinkError as exc:
-            if exc.code == 2:
-                raise FileNotFoundError(exc.code, "element or table not found") from None
-            raise EnvironmentProblem("nftables write", f"kernel refused {cmd} of set elements: {exc}") from None
-
-    @staticmethod
-    def _marker(msg_class, subsys: int, msg_type: int, flags: int):
-        msg = msg_class()
-        msg["res_id"] = subsys
-        msg["header"]["type"] = msg_type
-        msg["header"]["flags"] = flags
-        return msg
+            self._sock.send(self.table, messages)
+        except socket.timeout:
+            raise _Transient("nftables write", f"no acknowledgement within {self.timeout_s:g}s") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise FileNotFoundError(exc.errno, "element or table not found") from None
+            if exc.errno in TRANSIENT_ERRNOS:
+                raise _Transient("nftables write", f"kernel busy: {exc}") from None
+            what = "/".join(dict.fromkeys(cmd for cmd, _ in steps))
+            raise EnvironmentProblem("nftables write", f"kernel refused {what} of set elements: {exc}") from None
 
     def close(self) -> None:
         def go() -> None:
-            if self._nft is not None:
-                self._nft.close()
+            for sock in (self._sock, self._query):
+                if sock is not None:
+                    sock.close()
         try:
             self._worker.call(go, 1.0, "nftables close")
         finally:

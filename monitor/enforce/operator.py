@@ -7,20 +7,44 @@ import dataclasses
 import time
 
 from ..addresses import parse_target, target_text
-from ..errors import InputError
+from ..errors import EnvironmentProblem, InputError
 from ..events import BlockEvent
 from .enforcer import EnforceConfig, Enforcer
-from .netns import require_cap_net_admin
-from .nft import KernelElement, NftTable
+from ..host.processes import has_capability
+from .netns import CAP_NET_ADMIN, require_cap_net_admin
+from .nft import Listing, NftTable
 
-def list_blocks(config: EnforceConfig) -> list[KernelElement]:
-    """The kernel's real elements of our table (all of them), with remaining timeouts."""
+
+def list_blocks(config: EnforceConfig) -> Listing:
+    """The kernel's real elements of our table (all of them), with remaining timeouts and what they dropped."""
     require_cap_net_admin("blocks list")
     table = NftTable(config.table, config.netns)
     try:
-        return table.list_elements()
+        table.require_ours()
+        return table.listing()
     finally:
         table.close()
+
+
+def check_table_owner(config: EnforceConfig, where: str) -> str | None:
+    """InputError if a table of the configured name exists and is not ours; or why it could not be looked at."""
+    if not config.enabled:
+        return None
+    if not has_capability(CAP_NET_ADMIN):
+        return f"not checked whether table inet {config.table} is socat-monitor's own: needs root (CAP_NET_ADMIN)"
+    try:
+        table = NftTable(config.table, config.netns)
+    except EnvironmentProblem as exc:
+        return f"table inet {config.table} not checked: {exc}"
+    try:
+        table.require_ours()
+    except InputError as exc:
+        raise InputError(f"{where}: {exc.where}", exc.message) from None
+    except EnvironmentProblem as exc:
+        return f"table inet {config.table} not checked: {exc}"
+    finally:
+        table.close()
+    return None
 
 
 def add_block(config: EnforceConfig, target: str, ttl_s: float | None) -> BlockEvent:
@@ -46,4 +70,4 @@ def remove_block(config: EnforceConfig, target: str) -> BlockEvent:
         enforcer.close()
 
 
-__all__ = ["list_blocks", "add_block", "remove_block"]
+__all__ = ["list_blocks", "add_block", "remove_block", "check_table_owner"]

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..ecs import HostInfo, render
-from ..events import Alert, BlockEvent, Record, Severity
+from ..events import Action, Alert, BlockEvent, Record, Severity
 from ..files import GROUP_READABLE, open_append
 from ..settings import setting
 from .base import ErrorCallback, ErrorReporter, SinkStats
@@ -125,8 +125,9 @@ class AlertFeed:
         self._thread.start()
 
     def write(self, record: Record) -> None:
-        if not isinstance(record, (Alert, BlockEvent)):
-            return
+        if not isinstance(record, (Alert, BlockEvent)) or \
+                (isinstance(record, BlockEvent) and record.action is Action.BLOCK_COUNTERS):
+            return   # alerts and block changes only: the periodic drop counters are not news
         try:
             doc = render(record, self.host)
         except Exception as exc:

@@ -50,6 +50,7 @@ _F: dict[str, str] = {
     "socat.detection.threshold": "double", "socat.detection.score": "double", "socat.detection.window_s": "double",
     "socat.audit.token": KW, "socat.audit.fix": KW,
     "socat.block.target": KW, "socat.block.ttl_s": "double", "socat.block.alert_id": KW,
+    "socat.block.dropped_packets": "long", "socat.block.dropped_bytes": "long",
     "socat.pipeline.stage": KW, "socat.pipeline.lost": "long",
 }
 # heartbeat counters (`monitor.agent` samples; labelled ones as name.label): mapped, so the

@@ -8,7 +8,9 @@ loopback.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -96,3 +98,97 @@ def test_guard_refuses_disallowed_backend_only(procs: Processes, cgroup: Path) -
     finally:
         guard.close()
     assert _echo_through(guarded_bad), "after close the programs are detached"
+
+
+THREADS = r"""
+import sys, threading, time
+print("ready", flush=True)
+sys.stdin.readline()
+workers = [threading.Thread(target=time.sleep, args=(0.01,)) for _ in range(30)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_exited_threads_and_children_leave_the_relay_table(procs: Processes, cgroup: Path) -> None:
+    backend, listen = free_port(), free_port()
+    procs.start([PYTHON, "-m", "tests.echo", str(backend)], cwd=ROOT)
+    wait_listening(backend)
+    guard = EgressGuard([EgressRule(listen, (("127.0.0.1", backend),))], cgroup=str(cgroup))
+    try:
+        relay = procs.start([require("socat"), f"TCP-LISTEN:{listen},fork,reuseaddr", f"TCP:127.0.0.1:{backend}"],
+                            preexec_fn=_in(cgroup))
+        wait_listening(listen)
+        guard.track(relay.pid, listen)
+        threaded = procs.start([PYTHON, "-c", THREADS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert threaded.stdout.readline().strip() == "ready"
+        guard.track(threaded.pid, listen)
+        assert guard.tracked() == 2
+        for _ in range(10):
+            assert _echo_through(listen)   # each connection: a forked child that exits
+        threaded.stdin.write("go\n")
+        threaded.stdin.flush()
+        assert threaded.stdout.readline().strip() == "done"   # 30 threads started and exited
+        deadline = time.monotonic() + 3
+        while guard.tracked() > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert guard.tracked() == 2, "every exited child and thread must leave the table"
+        assert guard.unguarded() == 0 and guard.drain_errors() == []
+    finally:
+        guard.close()
+
+
+GUARD = r"""
+import sys
+from monitor.enforce.egress import EgressGuard, EgressRule
+listen, allowed, relay, cgroup = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+guard = EgressGuard([EgressRule(listen, (("127.0.0.1", allowed),))], cgroup=cgroup)
+guard.track(relay, listen)
+print("guarding", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_programs_leave_with_the_agent_even_when_it_is_killed(procs: Processes, cgroup: Path) -> None:
+    good, bad, listen = free_port(), free_port(), free_port()
+    for port in (good, bad):
+        procs.start([PYTHON, "-m", "tests.echo", str(port)], cwd=ROOT)
+        wait_listening(port)
+    relay = procs.start([require("socat"), f"TCP-LISTEN:{listen},fork,reuseaddr", f"TCP:127.0.0.1:{bad}"],
+                        preexec_fn=_in(cgroup))
+    wait_listening(listen)
+    for _ in range(2):   # a restart must not stack a second set of programs on the first
+        agent = procs.start([PYTHON, "-c", GUARD, str(listen), str(good), str(relay.pid), str(cgroup)],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert agent.stdout.readline().strip() == "guarding", agent.stderr.read()
+        assert not _echo_through(listen), "guarded: the disallowed backend is refused"
+        assert len(_attached_programs(cgroup)) == 2   # connect4 and connect6, once each
+        procs.stop(agent, signal.SIGKILL)
+        assert _echo_through(listen), "the agent died: its links closed, the relay is unguarded (fails open)"
+    assert not _attached_programs(cgroup)
+
+
+def _attached_programs(cgroup: Path) -> list[int]:
+    """Program ids attached to the cgroup's connect hooks (BPF_PROG_QUERY)."""
+    import ctypes
+
+    from monitor.enforce.egress import ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT, SYS_BPF
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    ids: list[int] = []
+    try:
+        for attach in (ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT):
+            out = (ctypes.c_uint32 * 64)()
+            # query: target_fd, attach_type, query_flags, attach_flags, prog_ids (u64 pointer), prog_cnt
+            attr = (ctypes.c_uint32 * 16)(fd, attach, 0, 0, 0, 0, 64)
+            ctypes.memmove(ctypes.byref(attr, 16), ctypes.byref(ctypes.c_uint64(ctypes.addressof(out))), 8)
+            assert libc.syscall(SYS_BPF, 16, ctypes.byref(attr), ctypes.sizeof(attr)) == 0, ctypes.get_errno()
+            ids += list(out[:attr[6]])
+    finally:
+        os.close(fd)
+    return ids

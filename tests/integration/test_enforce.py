@@ -284,10 +284,11 @@ def test_missing_cap_net_admin_is_a_clear_error_not_a_hang(lab: Lab) -> None:
     assert out.returncode == 3, out.stderr
     assert "CAP_NET_ADMIN" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     # Even past the up-front check, a write without the capability ends with an error, in time.
-    snippet = ("from monitor.enforce.nft import NftTable; import ipaddress, sys\n"
+    snippet = ("from monitor.enforce.nft import NftTable; from monitor.errors import EnvironmentProblem\n"
+               "import ipaddress, sys\n"
                f"t = NftTable('socat_monitor', {lab.server!r}, timeout_s=2)\n"
                "try:\n    t.add([(ipaddress.ip_network('10.77.0.3/32'), 5)])\n"
-               "except Exception as exc:\n    print(type(exc).__name__, exc); sys.exit(3)\n")
+               "except EnvironmentProblem as exc:\n    print('EnvironmentProblem', exc); sys.exit(3)\n")
     out = subprocess.run([*setpriv, PYTHON, "-c", snippet], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 3 and "EnvironmentProblem" in out.stdout, (out.stdout, out.stderr)
     assert time.monotonic() - t0 < 20
