@@ -27,6 +27,7 @@ from . import __version__
 from .config import Config, load_config
 from .console import format_record
 from .control import ControlServer
+from .decide import Decider
 from .ecs import HostInfo
 from .events import Action, Alert, ConnectionEvent, Heartbeat, PipelineError, ProcessEvent, Record, now_ns
 from .metrics import MetricsServer, Sample, parse_listen, process_samples
@@ -72,8 +73,8 @@ class Agent:
             policy=_engine(self.policy),
             detector=self.detector,
             auditor=self._audit,
-            blocker=self.enforcer,
-            block_ttl_s=config.enforce.default_ttl_s,
+            decider=Decider(config.decide, default_ttl_s=config.enforce.default_ttl_s,
+                            block_rules=config.detect.block_rules, blocker=self.enforcer),
         )
         self.capture = None
         self.control: ControlServer | None = None

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .capture import CaptureConfig
 from .control import DEFAULT_SOCKET
+from .decide import DecideConfig
 from .detect.config import DURATION_PATTERN, DetectConfig, parse_duration
 from .enforce import EnforceConfig
 from .errors import InputError
@@ -50,6 +51,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
     enforce: EnforceConfig = field(default_factory=EnforceConfig)
     ndjson: NdjsonConfig = field(default_factory=lambda: NdjsonConfig(directory=AgentConfig.output))
     elasticsearch: ElasticsearchConfig | None = None
@@ -60,6 +62,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "capture": CaptureConfig,
     "detect": DetectConfig,
+    "decide": DecideConfig,
     "enforce": EnforceConfig,
     "ndjson": NdjsonConfig,
     "elasticsearch": ElasticsearchConfig,
@@ -173,10 +176,11 @@ def _refused(message: str, data: dict[str, Any], where: str,
     return InputError(where, message)
 
 
-def section_from_flags(cls: type, values: dict[str, Any], flag: str) -> Any:
-    """A section dataclass from settings given as flags, checked as the config file's section is."""
+def section_from_flags(cls: type, values: dict[str, Any], flag: str, base: Any = None) -> Any:
+    """A section dataclass from settings given as flags (on top of `base`), checked as the config file's is."""
     validate(values, section_schema(cls), FlagLocator(flag))
-    return build_section(cls, values, flag, key_where=lambda _key: flag)
+    start = {f.name: getattr(base, f.name) for f in fields(base)} if base is not None else {}
+    return build_section(cls, values, flag, key_where=lambda _key: flag, **start)
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -24,13 +24,17 @@ _MAX_BAD_SHOWN = 20
               help="Write the baseline learned (or loaded and extended) here.")
 @click.option("--learning-period", default=None, metavar="D",
               help="Event time spent learning before anomalies are raised: 20s, 15m, 1h (default 1h).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The agent's config file: its detect and decide sections and enforce.default_ttl apply, "
+                   "so the decisions are the agent's (--set on top).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A detector setting, as in the config file's detect section (repeatable), "
                    "e.g. --set source_rate_min=50 --set cooldown_s=10m.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: readable; json: one ECS alert document per line, then one {\"summary\": ...} line.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write there instead of stdout.")
-def command(files, policy_path, baseline_path, save_path, learning_period, settings, fmt, output) -> None:
+def command(files, policy_path, baseline_path, save_path, learning_period, config_path, settings, fmt,
+            output) -> None:
     """Analyse NDJSON event FILES (plain or .gz; the agent's, or any with @timestamp,
     event.action, source.ip/port, destination.ip/port).
 
@@ -43,16 +47,20 @@ def command(files, policy_path, baseline_path, save_path, learning_period, setti
     bad policy or baseline). Malformed lines are counted and listed on stderr, never fatal.
     """
     from ..replay.analyze import analyze
-    from ..config import section_from_flags
+    from ..config import load_config, section_from_flags
+    from ..decide import Decider
     from ..detect import Baseline, DetectConfig, parse_duration
     from ..ecs import HostInfo, render
 
-    config = section_from_flags(DetectConfig, _settings(settings), "--set")
+    agent_config = load_config(config_path)
+    config = section_from_flags(DetectConfig, _settings(settings), "--set", base=agent_config.detect)
     if learning_period is not None:
         config = config.with_learning_period(parse_duration(learning_period, "--learning-period"))
     baseline = Baseline.load(baseline_path) if baseline_path else None
     policy = _load_policy(policy_path) if policy_path else None
-    result = analyze(files, policy=policy, config=config, baseline=baseline)
+    decider = Decider(agent_config.decide, default_ttl_s=agent_config.enforce.default_ttl_s,
+                      block_rules=config.block_rules)
+    result = analyze(files, policy=policy, config=config, baseline=baseline, decider=decider)
     if save_path:
         result.baseline.prune(config.max_tracked)
         try:

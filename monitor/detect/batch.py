@@ -301,13 +301,11 @@ class BatchEngine:
             if not added or frame.learn[i]:
                 continue
             ip = self.ips.ips[src]
-            target = prefix if self.ips.is_range(ip) else ip
             out.append(build_alert(
-                self.config, NEW_SOURCE, int(frame.t[i]),
+                NEW_SOURCE, int(frame.t[i]),
                 f"{ip} ({prefix}) was never seen on listener {lst} during learning",
                 source_ip=ip, listener_port=int(lst), listener_ip=self._dst(frame, i), observed=1.0,
                 threshold=None, baseline=None, window_s=None, trigger_id=rows.event_id(int(frame.row[i])),
-                block_target=target,
             ))
         return out
 
@@ -353,7 +351,7 @@ class BatchEngine:
             ip, lst = ips[keys[p] & 0xFFFFFFFF], keys[p] >> 32
             count = int(c.count[pos])
             out.append(build_alert(
-                self.config, SOURCE_RATE, int(frame.t[i]),
+                SOURCE_RATE, int(frame.t[i]),
                 describe_rate(f"{ip} on listener {lst}", count, self.config.source_rate_window_s, threshold, learned),
                 source_ip=ip, listener_port=lst, listener_ip=self._dst(frame, i), observed=count,
                 threshold=threshold, baseline=learned, window_s=self.config.source_rate_window_s,
@@ -372,7 +370,7 @@ class BatchEngine:
             ip = self.ips.ips[keys[p]]
             count = int(c.count[pos])
             out.append(build_alert(
-                self.config, REFUSED_BURST, int(frame.t[i]),
+                REFUSED_BURST, int(frame.t[i]),
                 f"{ip}: {count} connections refused by socat in {self.config.refused_window_s:g}s "
                 f"(threshold {self.config.refused_min})",
                 source_ip=ip, listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i), observed=count,
@@ -407,7 +405,7 @@ class BatchEngine:
             window = c.index[c.low[pos]: pos + 1]
             top = self._top_sources(frame.src[window], frame.w[window])
             out.append(build_alert(
-                self.config, LISTENER_RATE, int(frame.t[i]),
+                LISTENER_RATE, int(frame.t[i]),
                 describe_rate(f"listener {keys[p]}", count, self.config.listener_rate_window_s, thr_of[g], learned[g])
                 + f"; top sources {', '.join(top)}",
                 source_ip=None, listener_port=keys[p], listener_ip=self._dst(frame, i), observed=count,
@@ -492,7 +490,7 @@ class BatchEngine:
                 text = (f"{ip}: {count} connections closed within {cfg.scan_short_s:g}s of opening in "
                         f"{cfg.scan_window_s:g}s (threshold {thr:g}, learned peak {learned:g})")
             out.append(build_alert(
-                cfg, SCAN, t, text, source_ip=ip, listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i),
+                SCAN, t, text, source_ip=ip, listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i),
                 observed=count, threshold=thr, baseline=learned, window_s=cfg.scan_window_s,
                 trigger_id=rows.event_id(int(frame.row[i])),
             ))

@@ -183,10 +183,9 @@ class Detector:
             return []
         ip = self._ips.ips[src]
         return [build_alert(
-            self.config, NEW_SOURCE, t, f"{ip} ({prefix}) was never seen on listener {lst} during learning",
+            NEW_SOURCE, t, f"{ip} ({prefix}) was never seen on listener {lst} during learning",
             source_ip=ip, listener_port=lst, listener_ip=event.destination_ip, observed=1.0, threshold=None,
             baseline=None, window_s=None, trigger_id=event.id,
-            block_target=prefix if self._ips.is_range(ip) else ip,
         )]
 
     def _source_rate(self, event: ConnectionEvent, t: int, slot: int, lst: int, src: int,
@@ -208,7 +207,7 @@ class Detector:
         if count < threshold or not self._cooled((SOURCE_RATE, (lst << 32) | src), t):
             return []
         return [build_alert(
-            self.config, SOURCE_RATE, t,
+            SOURCE_RATE, t,
             describe_rate(f"{ip} on listener {lst}", count, self.config.source_rate_window_s, threshold, learned),
             source_ip=ip, listener_port=lst, listener_ip=event.destination_ip, observed=count,
             threshold=threshold, baseline=learned, window_s=self.config.source_rate_window_s, trigger_id=event.id,
@@ -224,7 +223,7 @@ class Detector:
             return []
         ip = self._ips.ips[src]
         return [build_alert(
-            self.config, REFUSED_BURST, t,
+            REFUSED_BURST, t,
             f"{ip}: {count} connections refused by socat in {self.config.refused_window_s:g}s "
             f"(threshold {self.config.refused_min})",
             source_ip=ip, listener_port=lst, listener_ip=event.destination_ip, observed=count,

@@ -69,9 +69,6 @@ class IpTable:
     def _prefix(self, ip: str) -> str:
         return network_of(ip, self._v6 if ":" in ip else self._v4)
 
-    def is_range(self, ip: str) -> bool:
-        return (self._v6 < 128) if ":" in ip else (self._v4 < 32)
-
 
 def network_of(ip: str, bits: int) -> str:
     """The network of `bits` around a canonical address, spelled as `ipaddress` spells it."""

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import EnvironmentProblem, InputError
-from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
+from ..events import Alert, Listener, Outcome, ProcessInfo
+from ..rules import new_alert
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +166,11 @@ class EgressGuard:
         ip = str(ipaddress.IPv4Address(raw[:4]) if d.family == 4 else ipaddress.IPv6Address(raw))
         rule = self._rules.get(d.listener)
         allowed = ", ".join(f"{t}:{p}" if p else t for t, p in rule.allowed) if rule else "?"
-        self._pending.append(Alert(
-            rule_id=RULE, rule_name="Backend not allowed",
+        self._pending.append(new_alert(
+            RULE,
             description=f"socat relay (pid {d.pid}) of listener :{d.listener} tried to connect to "
                         f"{ip}:{d.port}; refused in the kernel (allowed: {allowed})",
-            ruleset="policy", severity=Severity.HIGH, timestamp_ns=self._offset_ns + d.ktime_ns,
+            timestamp_ns=self._offset_ns + d.ktime_ns,
             listener=Listener(rule.listener_ip or "0.0.0.0", d.listener, rule.name) if rule else None,
             process=ProcessInfo(pid=d.pid, comm=_comm(d.pid)),
             destination_ip=ip, destination_port=d.port, outcome=Outcome.FAILURE))

@@ -216,6 +216,13 @@ class NftTable:
             return parse_listing(json.loads(out))
         return self._worker.call(go, self.timeout_s, "nftables list")
 
+    def holds(self, net: Network) -> bool:
+        """Whether the kernel holds a block element for `net` now (one `get element`)."""
+        def go() -> bool:
+            rc, _, _ = self._ctx.cmd(f"get element inet {self.table} {block_set(net)} {{ {target_text(net)} }}")
+            return rc == 0
+        return self._worker.call(go, self.timeout_s, "nftables get")
+
     def add(self, items: Sequence[tuple[Network, float]]) -> None:
         """Add (or refresh) block elements with their timeouts, in one netlink transaction."""
         per_set: dict[str, list[bytes]] = {}
