@@ -3,7 +3,8 @@
 Each `Rule` says what the id is called, which ruleset raises it, how severe it
 is by default, the MITRE ATT&CK technique it reveals (where one fits) and what
 the decision stage does with it by default: `alert`, or `block` the source
-(`scope` `address`, or `network`: its /24 or /64). `can_block` is false for
+(`scope` `address`, or `network`: its /24 or /64); for the policy's rules the
+listener's `action` says it (`follows_listener`). `can_block` is false for
 rules that name no single offender (a listener-wide rate, an audit finding).
 Producers build their alerts with `new_alert` (name, ruleset and severity come
 from here); ECS rendering, the alert feed, the dashboards, the decision stage
@@ -41,6 +42,7 @@ class Rule:
     action: str = "alert"              # default decision: alert | block
     scope: str = "address"             # what a block drops: address | network
     can_block: bool = True             # false: the alert names no single offender
+    follows_listener: bool = False     # the policy listener's `action` decides (when decide.rules does not)
 
 
 _PROXY = Technique("T1090", "Proxy", "TA0011", "Command and Control")
@@ -55,7 +57,7 @@ _LOW, _MEDIUM, _HIGH, _CRITICAL = Severity.LOW, Severity.MEDIUM, Severity.HIGH, 
 
 
 def _policy(rule_id: str, name: str, severity: Severity, technique: Technique | None = None) -> Rule:
-    return Rule(rule_id, name, "policy", severity, technique)
+    return Rule(rule_id, name, "policy", severity, technique, follows_listener=True)
 
 
 def _anomaly(rule_id: str, name: str, severity: Severity, technique: Technique | None = None,
@@ -68,7 +70,7 @@ def _audit(rule_id: str, name: str, severity: Severity, technique: Technique | N
 
 
 CATALOGUE: tuple[Rule, ...] = (
-    _policy("policy.unknown_listener", "Connection to a listener not in the policy", _LOW),
+    Rule("policy.unknown_listener", "Connection to a listener not in the policy", "policy", _LOW),
     _policy("policy.source_denied", "Source not allowed by policy", _HIGH, _REMOTE_SERVICES),
     _policy("policy.backend_denied", "Backend not allowed by policy", _HIGH, _PROXY),
     _policy("policy.rate_exceeded", "Declared per-source rate exceeded", _MEDIUM, _ENDPOINT_DOS),
@@ -120,16 +122,12 @@ def new_alert(rule_id: str, *, description: str, timestamp_ns: int, severity: Se
 
 def markdown_table() -> str:
     """The README's rule table, generated from the catalogue (a test keeps the README equal to it)."""
-    lines = ["| rule | name | ruleset | severity | ATT&CK | default action |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| rule | name | ruleset | severity | ATT&CK | default action | a block drops |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for entry in CATALOGUE:
         technique = f"{entry.technique.id} {entry.technique.name}" if entry.technique else "-"
-        if not entry.can_block:
-            action = "alert (cannot block)"
-        elif entry.ruleset == "policy":
-            action = "the listener's `action`"
-        else:
-            action = entry.action + (" (scope network)" if entry.scope == "network" else "")
+        action = "the listener's `action`" if entry.follows_listener else entry.action
+        scope = {"address": "the address", "network": "its /24 or /64"}[entry.scope] if entry.can_block else "never blocks"
         lines.append(f"| `{entry.id}` | {entry.name} | {entry.ruleset} | {entry.severity.name.lower()} "
-                     f"| {technique} | {action} |")
+                     f"| {technique} | {action} | {scope} |")
     return "\n".join(lines) + "\n"

@@ -78,8 +78,8 @@ def _setting(key: str, raw: dict[str, Any]) -> RuleSetting:
     action, scope = raw.get("action"), raw.get("scope")
     if action is not None and action not in ACTIONS:
         raise ValueError(f"rules: {key}: action {action!r} is not one of {', '.join(ACTIONS)}")
-    if action == "block" and key in RULES and not RULES[key].can_block:
-        raise ValueError(f"rules: {key}: cannot block: the rule names no single offender")
+    if action == "block" and not any(r.can_block for r in RULES.values() if key in (r.id, r.ruleset)):
+        raise ValueError(f"rules: {key}: cannot block: it names no single offender")
     if scope is not None and scope not in SCOPES:
         raise ValueError(f"rules: {key}: scope {scope!r} is not one of {', '.join(SCOPES)}")
     ttl = raw.get("ttl", raw.get("ttl_s"))

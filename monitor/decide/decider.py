@@ -75,7 +75,7 @@ class Decider:
     def __init__(self, config: DecideConfig, *, default_ttl_s: float, block_rules: Iterable[str] = (),
                  blocker: Blocker | None = None) -> None:
         self.config = config
-        self.default_ttl_s = default_ttl_s
+        self.default_ttl_s = float(default_ttl_s)
         self.block_rules = frozenset(block_rules)
         self.blocker = blocker
         self._settings = rule_settings(config.rules)

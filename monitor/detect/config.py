@@ -13,14 +13,9 @@ import re
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..rules import CATALOGUE
 
-RULES = (
-    "anomaly.new_source",
-    "anomaly.source_rate",
-    "anomaly.listener_rate",
-    "anomaly.scan",
-    "anomaly.refused_burst",
-)
+RULES = tuple(rule.id for rule in CATALOGUE if rule.ruleset == "anomaly")
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$"   # also the config schema's
