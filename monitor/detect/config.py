@@ -79,7 +79,7 @@ class DetectConfig:
     cooldown_s: float = 300.0            # one alert per rule and key per cooldown
     max_tracked: int = 100_000           # sources / prefixes kept in the baseline
     rules: tuple[str, ...] = RULES       # enabled detectors
-    block_rules: tuple[str, ...] = ()    # alerts of these rules ask enforce to block
+    block_rules: tuple[str, ...] = ()    # the decision stage blocks on these rules (monitor.decide)
     top_sources: int = 5
 
     source_rate_window_s: float = 10.0

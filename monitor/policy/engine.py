@@ -47,6 +47,7 @@ from ..events import (
     Direction,
     Listener,
     Outcome,
+    Severity,
 )
 from ..rules import new_alert
 from .model import ListenerPolicy, Policy
@@ -231,13 +232,12 @@ class PolicyEngine:
               observed: float | None = None, threshold: float | None = None,
               window_s: float | None = None) -> list[Alert]:
         last = self._last_alert.get(key)
-        deduplicated = last is not None and ev.timestamp_ns - last < self.dedup_window_ns
-        if deduplicated:
+        rule_id = key[0]
+        if last is not None and ev.timestamp_ns - last < self.dedup_window_ns:
             self.suppressed += 1
             self._held[key] = self._held.get(key, 0) + 1
-        else:
-            self._last_alert[key] = ev.timestamp_ns
-        rule_id = key[0]
+            return [_repeat(rule_id, ev, entry, _blamed(rule_id, ev, source))]
+        self._last_alert[key] = ev.timestamp_ns
         severity = entry.severity if entry is not None else None
         refused = ev.refused or ev.action is Action.DENIED
         return [new_alert(
@@ -245,7 +245,7 @@ class PolicyEngine:
             description=description,
             severity=severity,
             timestamp_ns=ev.timestamp_ns,
-            source_ip=source if source is not None else (ev.source_ip if rule_id == "policy.unknown_listener" else None),
+            source_ip=_blamed(rule_id, ev, source),
             listener=Listener(ip=ip, port=port, name=entry.name if entry else None),
             process=ev.process,
             trigger_event_ids=(triggers or (ev.id,))[-_MAX_TRIGGERS:],
@@ -254,9 +254,21 @@ class PolicyEngine:
             window_s=window_s,
             outcome=Outcome.FAILURE if refused else Outcome.SUCCESS,
             listener_action=entry.action if entry is not None else None,
-            deduplicated=deduplicated,
-            suppressed=0 if deduplicated else self._held.pop(key, 0),
+            suppressed=self._held.pop(key, 0),
         )]
+
+
+def _blamed(rule_id: str, ev: ConnectionEvent, source: str | None) -> str | None:
+    """The source an alert names: the one given, or for an unknown listener the connecting client."""
+    if source is None and rule_id == "policy.unknown_listener":
+        return ev.source_ip
+    return source
+
+
+def _repeat(rule_id: str, ev: ConnectionEvent, entry: ListenerPolicy | None, source: str | None) -> Alert:
+    """A deduplicated alert: never written, so it carries only what the decision stage reads (and no id)."""
+    return Alert(rule_id, "", "", "policy", Severity.LOW, ev.timestamp_ns, source_ip=source,
+                 listener_action=entry.action if entry is not None else None, deduplicated=True, id="")
 
 
 def listening_socket(ev: ConnectionEvent) -> tuple[int, str]:
