@@ -65,16 +65,17 @@ class Agent:
         if config.agent.metrics:
             parse_listen(config.agent.metrics)   # a bad flag fails before anything is touched
         self.policy = _load_policy(config.agent.policy)
-        self.detector = _make_detector(config)
         self.enforcer = _make_enforcer(config)
+        self.decider = Decider(config.decide, default_ttl_s=config.enforce.default_ttl_s,
+                               block_rules=config.detect.block_rules, blocker=self.enforcer)
+        self.detector = _make_detector(config, [r for r in config.detect.rules if self.decider.may_block(r)])
         self.egress = None
         self.sinks = _make_sinks(config, self.host, self._sink_error)
         self.pipeline = Pipeline(
             policy=_engine(self.policy),
             detector=self.detector,
             auditor=self._audit,
-            decider=Decider(config.decide, default_ttl_s=config.enforce.default_ttl_s,
-                            block_rules=config.detect.block_rules, blocker=self.enforcer),
+            decider=self.decider,
         )
         self.capture = None
         self.control: ControlServer | None = None
@@ -401,12 +402,12 @@ def _engine(policy):
     return PolicyEngine(policy)
 
 
-def _make_detector(config: Config):
+def _make_detector(config: Config, repeats: list[str]):
     from .detect import Baseline, Detector
 
     path = config.agent.baseline
     baseline = Baseline.load(path) if path and Path(path).exists() else None
-    return Detector(config.detect, baseline)
+    return Detector(config.detect, baseline, repeats)
 
 
 def _make_enforcer(config: Config):

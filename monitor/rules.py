@@ -7,7 +7,7 @@ the decision stage does with it by default: `alert`, or `block` the source
 listener's `action` says it (`follows_listener`). `can_block` is false for
 rules that name no single offender (a listener-wide rate, an audit finding).
 Producers build their alerts with `new_alert` (name, ruleset and severity come
-from here); ECS rendering, the alert feed, the dashboards, the decision stage
+from here) and the repeats their dedup holds back with `repeat_alert`; ECS rendering, the alert feed, the dashboards, the decision stage
 and the README's rule table read the same entries.
 """
 
@@ -118,6 +118,14 @@ def new_alert(rule_id: str, *, description: str, timestamp_ns: int, severity: Se
     entry = rule(rule_id)
     return Alert(rule_id=entry.id, rule_name=entry.name, description=description, ruleset=entry.ruleset,
                  severity=entry.severity if severity is None else severity, timestamp_ns=timestamp_ns, **fields)
+
+
+def repeat_alert(rule_id: str, timestamp_ns: int, source_ip: str | None,
+                 listener_action: str | None = None) -> Alert:
+    """A repeat that a producer's dedup window or cooldown holds back: never written, so it carries
+    only what the decision stage reads (no name, no description, no id)."""
+    return Alert(rule_id, "", "", rule(rule_id).ruleset, Severity.LOW, timestamp_ns, source_ip=source_ip,
+                 listener_action=listener_action, deduplicated=True, id="")
 
 
 def markdown_table() -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from monitor.decide import DecideConfig, Decider
 from monitor.decide.decider import REOFFENCE
+from monitor.detect import DetectConfig, Detector
+from monitor.ecs import HostInfo, render
 from monitor.events import Action, Alert, BlockEvent, ConnectionEvent, Listener
 from monitor.policy import PolicyEngine, parse_policy
+from monitor.replay.analyze import analyze
 from monitor.rules import new_alert
 
 S = 1_000_000_000
@@ -194,3 +198,62 @@ def test_offline_decisions_equal_live_ones():
 
     live, offline = decided(FakeBlocker()), decided(None)
     assert live == offline and live[1] > 0
+
+
+# -- detectors: repeats inside the cooldown ---------------------------------------------------------
+
+def _flood(ip: str, start_s: float, seconds: float, per_s: int, port: int = 8080) -> list[ConnectionEvent]:
+    return [ConnectionEvent(Action.ACCEPTED, T0 + int(start_s * S) + i * S // per_s, ip, 30000 + i % 30000,
+                            "127.0.0.1", port, listener=Listener("127.0.0.1", port)) for i in range(int(seconds * per_s))]
+
+
+def _detector_stream() -> list[ConnectionEvent]:
+    quiet = [ConnectionEvent(Action.ACCEPTED, T0 + k * S, f"10.9.0.{1 + k % 2}", 40000 + k, "127.0.0.1", 8080,
+                             listener=Listener("127.0.0.1", 8080)) for k in range(10)]
+    return quiet + _flood("192.0.2.77", 20, 3, 100) + _flood("192.0.2.77", 200, 3, 100)
+
+
+def test_a_detector_reports_repeats_only_for_rules_that_may_block():
+    config = DetectConfig(learning_period_s=5, cooldown_s=300)
+    d = decider(FakeBlocker(), block_rules=("anomaly.source_rate",))
+    assert d.may_block("anomaly.source_rate") and not d.may_block("anomaly.scan")
+    assert not d.may_block("anomaly.listener_rate") and d.may_block("policy.source_denied")
+    quiet = Detector(config)
+    assert not any(a.deduplicated for ev in _detector_stream() for a in quiet.observe(ev))
+
+
+def test_a_source_rate_offender_is_blocked_again_after_removal_whatever_the_cooldown():
+    config = DetectConfig(learning_period_s=5, cooldown_s=300, rules=("anomaly.source_rate",))
+    blocker = FakeBlocker()
+    d = decider(blocker, block_rules=("anomaly.source_rate",), ttl_s=600)   # still blocked at 200 s ...
+    det = Detector(config, repeats=["anomaly.source_rate"])
+    out: list = []
+    events = _detector_stream()
+    second = next(i for i, ev in enumerate(events) if ev.timestamp_ns >= T0 + 200 * S)
+    for ev in events[:second]:
+        out += d.decide(det.observe(ev))
+    del blocker.held["192.0.2.77"]                          # removed by the operator before the second flood
+    for ev in events[second:]:
+        out += d.decide(det.observe(ev))
+    alerts = [r for r in out if isinstance(r, Alert)]
+    blocks = [r for r in out if isinstance(r, BlockEvent)]
+    assert [a.rule_id for a in alerts] == ["anomaly.source_rate"]        # the second flood is in the cooldown
+    assert [b.reason for b in blocks] == [None, REOFFENCE]                # ... but for the operator
+    assert [b.ttl_s for b in blocks] == [600, 2400]
+    assert blocks[1].timestamp_ns < T0 + 201 * S                         # at once, on its first crossing
+
+
+def test_detector_repeats_are_decided_alike_live_and_offline(tmp_path):
+    config = DetectConfig(learning_period_s=5, cooldown_s=300, rules=("anomaly.source_rate",),
+                          block_rules=("anomaly.source_rate",))
+    events = _detector_stream()
+    live_decider = decider(block_rules=config.block_rules, ttl_s=30)
+    det = Detector(config, repeats=["anomaly.source_rate"])
+    live = [a for ev in events for a in live_decider.decide(det.observe(ev))]
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"".join(orjson.dumps(render(ev, HostInfo("h", "0" * 32))) + b"\n" for ev in events))
+    offline_decider = decider(block_rules=config.block_rules, ttl_s=30)
+    offline = analyze([path], config=config, decider=offline_decider).alerts
+    assert [(a.rule_id, a.source_ip, a.timestamp_ns, a.block_target, a.block_ttl_s) for a in live] == \
+        [(a.rule_id, a.source_ip, a.timestamp_ns, a.block_target, a.block_ttl_s) for a in offline]
+    assert live_decider.reoffences == offline_decider.reoffences == 1

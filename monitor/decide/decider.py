@@ -97,6 +97,16 @@ class Decider:
         ttl = own.ttl_s or group.ttl_s or self.config.ttl_s or self.default_ttl_s
         return Decision(True, self._target(alert.source_ip, scope), ttl)
 
+    def may_block(self, rule_id: str) -> bool:
+        """Whether some alert of `rule_id` may be decided to block (its producer then reports repeats)."""
+        entry = RULES[rule_id]
+        own = self._settings.get(entry.id, RuleSetting())
+        group = self._settings.get(entry.ruleset, RuleSetting())
+        action = own.action or group.action
+        if not entry.can_block or action == "alert":
+            return False
+        return action == "block" or entry.follows_listener or entry.id in self.block_rules or entry.action == "block"
+
     def decide(self, alerts: Iterable[Alert]) -> list[Record]:
         """The alerts to write (decided), each followed by the block event it caused."""
         out: list[Record] = []

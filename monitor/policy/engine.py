@@ -47,9 +47,8 @@ from ..events import (
     Direction,
     Listener,
     Outcome,
-    Severity,
 )
-from ..rules import new_alert
+from ..rules import new_alert, repeat_alert
 from .model import ListenerPolicy, Policy
 
 NS = 1_000_000_000
@@ -236,7 +235,8 @@ class PolicyEngine:
         if last is not None and ev.timestamp_ns - last < self.dedup_window_ns:
             self.suppressed += 1
             self._held[key] = self._held.get(key, 0) + 1
-            return [_repeat(rule_id, ev, entry, _blamed(rule_id, ev, source))]
+            return [repeat_alert(rule_id, ev.timestamp_ns, _blamed(rule_id, ev, source),
+                                 entry.action if entry is not None else None)]
         self._last_alert[key] = ev.timestamp_ns
         severity = entry.severity if entry is not None else None
         refused = ev.refused or ev.action is Action.DENIED
@@ -263,12 +263,6 @@ def _blamed(rule_id: str, ev: ConnectionEvent, source: str | None) -> str | None
     if source is None and rule_id == "policy.unknown_listener":
         return ev.source_ip
     return source
-
-
-def _repeat(rule_id: str, ev: ConnectionEvent, entry: ListenerPolicy | None, source: str | None) -> Alert:
-    """A deduplicated alert: never written, so it carries only what the decision stage reads (and no id)."""
-    return Alert(rule_id, "", "", "policy", Severity.LOW, ev.timestamp_ns, source_ip=source,
-                 listener_action=entry.action if entry is not None else None, deduplicated=True, id="")
 
 
 def listening_socket(ev: ConnectionEvent) -> tuple[int, str]:

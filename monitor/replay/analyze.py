@@ -152,7 +152,7 @@ def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectCo
     base = baseline if baseline is not None else Baseline.for_config(config)
     base.check_config(config, "baseline")
     ips = IpTable(config)
-    engine = BatchEngine(config, base, ips, config.rules)
+    engine = BatchEngine(config, base, ips, config.rules, [r for r in config.rules if decider.may_block(r)])
     checker = _policy_engine(policy)
     stats = ReadStats()
     tally = _Tally()
