@@ -308,3 +308,20 @@ def test_reoffence_after_blocks_remove_is_blocked_again_at_once(lab: Lab, tmp_pa
     assert len(blocks) == 2 and blocks[1]["event"]["reason"].startswith("re-offence"), blocks
     assert blocks[1]["socat"]["block"]["ttl_s"] == 4 * blocks[0]["socat"]["block"]["ttl_s"]   # a repeat offender
     assert blocked_again_s < 2.0, f"blocked again {blocked_again_s:.2f}s after the re-offence"
+
+
+def test_is_blocked_asks_the_kernel(lab: Lab) -> None:
+    """The decision stage's view of "blocked now": a block removed behind the agent's back is gone."""
+    enforcer = _started(lab)
+    now = time.time_ns()
+    for target in (BAD4, BAD6, NET_RANGE, "fd79::/64"):
+        assert enforcer.block(target, ttl_s=30, rule_id=None, alert_id=None, now_ns=now).action is Action.BLOCKED
+    assert all(enforcer.is_blocked(t, time.time_ns()) for t in (BAD4, BAD6, NET_RANGE, "fd79::/64"))
+    assert not enforcer.is_blocked(GOOD4, time.time_ns())
+    lab.netns.run(lab.server, "nft", "delete", "element", "inet", "socat_monitor", "block4_net", f"{{ {NET_RANGE} }}")
+    lab.netns.run(lab.server, "nft", "delete", "element", "inet", "socat_monitor", "block6", f"{{ {BAD6} }}")
+    assert not enforcer.is_blocked(NET_RANGE, time.time_ns()) and not enforcer.is_blocked(BAD6, time.time_ns())
+    assert enforcer.is_blocked(BAD4, time.time_ns()) and enforcer.is_blocked("fd79::/64", time.time_ns())
+    assert {b.target for b in enforcer.active()} == {BAD4, "fd79::/64"}
+    assert not enforcer.is_blocked(BAD4, now + 31 * 10**9)       # past its TTL
+    enforcer.close()
