@@ -20,6 +20,7 @@ from typing import Any
 
 from .capture import CaptureConfig
 from .control import DEFAULT_SOCKET
+from .decide import DecideConfig
 from .detect import DetectConfig
 from .enforce import EnforceConfig
 from .metrics import DEFAULT_LISTEN, check_listen
@@ -52,6 +53,7 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     policy_engine: EngineConfig = field(default_factory=EngineConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
     enforce: EnforceConfig = field(default_factory=EnforceConfig)
     ndjson: NdjsonConfig = field(default_factory=lambda: NdjsonConfig(directory=AgentConfig.output))
     elasticsearch: ElasticsearchConfig | None = None
@@ -64,6 +66,7 @@ SECTIONS: dict[str, type] = {
     "capture": CaptureConfig,
     "detect": DetectConfig,
     "policy_engine": EngineConfig,
+    "decide": DecideConfig,
     "enforce": EnforceConfig,
     "ndjson": NdjsonConfig,
     "elasticsearch": ElasticsearchConfig,
@@ -88,11 +91,12 @@ def _at(name: str) -> tuple[str, ...]:
     return () if name == "agent" else (name,)
 
 
-def section_from_flags(cls: type, values: dict[str, Any], flag: str) -> Any:
-    """A section dataclass from settings given as flags, checked as the config file's section is."""
+def section_from_flags(cls: type, values: dict[str, Any], flag: str, base: Any = None) -> Any:
+    """A section dataclass from settings given as flags (on top of `base`), checked as the config file's is."""
     locator = FlagLocator(flag)
     validate(values, section_schema(cls), locator, formats=FORMATS)
-    return build_section(cls, values, locator)
+    start = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)} if base is not None else {}
+    return build_section(cls, values, locator, **start)
 
 
 def load_config(path: str | Path | None) -> Config:

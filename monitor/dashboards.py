@@ -1,12 +1,13 @@
 """Kibana dashboards of socat-monitor, generated as saved objects.
 
 `saved_objects()` builds the index pattern (over the events and alerts
-aliases, fields taken from the index template), the visualizations, a saved
-search and two dashboards, in the saved-objects format of Kibana 7.9 (legacy
-visualizations with `references`, which every later 7.x and 8.x Kibana
-imports and migrates). `dashboards/socat-monitor.ndjson` in the repository is
-`export_ndjson()`'s output; `socat-monitor dashboards import` posts it to
-Kibana's saved-objects import API (`IMPORT_PATH`).
+aliases, fields taken from the index template), the visualizations, the
+rule catalogue as a markdown table (`monitor.rules`), a saved search and two
+dashboards, in the saved-objects format of Kibana 7.9 (legacy visualizations
+with `references`, which every later 7.x and 8.x Kibana imports and
+migrates). `dashboards/socat-monitor.ndjson` in the repository is
+`export_ndjson()`'s output; `import_to_kibana()` posts it to Kibana's
+`_import` API.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import uuid
 from typing import Any
 
+from .rules import RULESETS, markdown_table
 from .sinks.template import FIELDS
 
 INDEX_PATTERN_ID = "socat-monitor"
@@ -112,6 +114,19 @@ def _histogram(name: str, title: str, split_field: str, split_label: str, query:
     return _visualization(name, title, "histogram", params, aggs, query, description)
 
 
+def _markdown(name: str, title: str, text: str, description: str) -> dict[str, Any]:
+    state = {"title": title, "type": "markdown", "aggs": [],
+             "params": {"fontSize": 10, "openLinksInNewTab": False, "markdown": text}}
+    return {
+        "id": _id(name),
+        "type": "visualization",
+        "migrationVersion": {},
+        "references": [],
+        "attributes": {"title": title, "description": description, "version": 1, "uiStateJSON": "{}",
+                       "visState": json.dumps(state)},
+    }
+
+
 def _saved_search(name: str, title: str, columns: list[str], query: str, sort: list[list[str]]) -> dict[str, Any]:
     return {
         "id": _id(name),
@@ -168,7 +183,9 @@ def saved_objects() -> list[dict[str, Any]]:
         "Sources socat refused and addresses the agent blocked in nftables.")
     alerts_by_rule = _histogram(
         "alerts-by-rule", "socat-monitor: alerts by rule", "rule.id", "Rule", "event.kind:alert",
-        "Alerts over time, by rule (policy, audit, anomaly).")
+        f"Alerts over time, by rule ({', '.join(RULESETS)}).")
+    rules = _markdown("rules", "socat-monitor: rules", markdown_table(),
+                      "Every rule id, its severity, ATT&CK technique and default action (the rule catalogue).")
     alerts_table = _table(
         "alerts-table", "socat-monitor: alerts by rule and source",
         [("rule.name", "Rule"), ("socat.severity", "Severity"), ("source.ip", "Source")], "event.kind:alert",
@@ -189,11 +206,11 @@ def saved_objects() -> list[dict[str, Any]]:
     overview = _dashboard(
         "overview", "socat-monitor: overview", "Connections, sources, denials, blocks and alerts of socat relays.",
         [(per_listener, 48, 14), (top_sources, 24, 15), (denied, 24, 15), (alerts_by_rule, 24, 15),
-         (alerts_table, 24, 15)])
+         (alerts_table, 24, 15), (rules, 48, 24)])
     relay_sessions = _dashboard(
         "sessions", "socat-monitor: sessions", "Who talks through which relay to which backend.",
         [(client_relay, 24, 15), (relay_backend, 24, 15), (sessions, 48, 20)])
-    return [_index_pattern(), per_listener, top_sources, denied, alerts_by_rule, alerts_table, client_relay,
+    return [_index_pattern(), per_listener, top_sources, denied, alerts_by_rule, alerts_table, rules, client_relay,
             relay_backend, sessions, overview, relay_sessions]
 
 

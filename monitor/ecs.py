@@ -39,6 +39,7 @@ from .events import (
     Record,
     unrecorded_id,
 )
+from .rules import RULES
 
 ECS_VERSION = "8.11.0"
 DATASET_CONNECTION = "socat.connection"
@@ -358,29 +359,27 @@ def _render_alert(alert: Alert, host: HostInfo) -> dict[str, Any]:
         socat["top_sources"] = list(alert.top_sources)
     if alert.token is not None:
         socat["audit"] = {"token": alert.token, "fix": alert.fix}
+    if alert.suppressed:
+        socat["suppressed"] = alert.suppressed
     if alert.block:
         socat["block"] = {"target": alert.block_target or alert.source_ip}
-    threat = _THREAT.get(alert.rule_id)
+        if alert.block_ttl_s is not None:
+            socat["block"]["ttl_s"] = alert.block_ttl_s
+    doc["socat"] = socat
+    threat = _threat(alert.rule_id)
     if threat:
         doc["threat"] = threat
     return doc
 
 
-def _technique(tactic_id: str, tactic: str, tech_id: str, tech: str) -> dict[str, Any]:
-    return {
-        "framework": "MITRE ATT&CK",
-        "tactic": {"id": [tactic_id], "name": [tactic]},
-        "technique": {"id": [tech_id], "name": [tech]},
-    }
-
-
-_THREAT = {
-    "anomaly.scan": _technique("TA0007", "Discovery", "T1046", "Network Service Discovery"),
-    "anomaly.source_rate": _technique("TA0040", "Impact", "T1499", "Endpoint Denial of Service"),
-    "anomaly.listener_rate": _technique("TA0040", "Impact", "T1498", "Network Denial of Service"),
-    "policy.backend_denied": _technique("TA0011", "Command and Control", "T1090", "Proxy"),
-    "audit.exec_address": _technique("TA0002", "Execution", "T1059", "Command and Scripting Interpreter"),
-}
+def _threat(rule_id: str) -> dict[str, Any] | None:
+    """`threat.*` from the catalogue's ATT&CK technique of the rule, if it has one."""
+    entry = RULES.get(rule_id)
+    if entry is None or entry.technique is None:
+        return None
+    t = entry.technique
+    return {"framework": "MITRE ATT&CK", "tactic": {"id": [t.tactic_id], "name": [t.tactic]},
+            "technique": {"id": [t.id], "name": [t.name]}}
 
 
 _BLOCK_TYPES = {
@@ -416,6 +415,8 @@ def _render_block(ev: BlockEvent, host: HostInfo) -> dict[str, Any]:
     doc["socat"] = {"block": block}
     if ev.rule_id:
         doc["rule"] = {"id": ev.rule_id}
+        if ev.rule_id in RULES:
+            doc["rule"].update(name=RULES[ev.rule_id].name, ruleset=RULES[ev.rule_id].ruleset)
     return doc
 
 

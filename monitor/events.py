@@ -184,8 +184,14 @@ class ProcessEvent:
 
 @dataclass(slots=True)
 class Alert:
-    """A decision that something is wrong: a policy violation, an audit
-    finding or an anomaly. `block` asks enforce to drop `block_target`."""
+    """A finding that something is wrong: a policy violation, an audit
+    finding or an anomaly. Producers describe what they saw; the decision
+    stage (`monitor.decide`) fills `block`, `block_target` and `block_ttl_s`.
+
+    `deduplicated` marks a repeat that the producer's dedup window holds back:
+    it is never written, but the decision stage still sees it (a re-offence of
+    a source no longer blocked is blocked again). The next alert written for
+    the same key counts those repeats in `suppressed`."""
 
     rule_id: str                 # e.g. policy.source_denied, audit.exec_address
     rule_name: str
@@ -206,8 +212,12 @@ class Alert:
     token: str | None = None         # audit: the offending command-line token
     fix: str | None = None           # audit: how to fix it
     outcome: Outcome = Outcome.UNKNOWN
-    block: bool = False
+    listener_action: str | None = None   # the policy's action for the listener (alert | block): a decision input
+    deduplicated: bool = False
+    suppressed: int = 0              # repeats held back by the dedup window since the previous alert
+    block: bool = False              # the decision: drop block_target for block_ttl_s
     block_target: str | None = None  # an address or CIDR to block
+    block_ttl_s: float | None = None
     destination_ip: str | None = None    # egress alerts: the backend socat dialled
     destination_port: int | None = None
     id: str = field(default_factory=new_event_id)

@@ -1,10 +1,11 @@
 """The decision pipeline: one record in, the records to write out.
 
 `Pipeline.process` takes a captured record, runs the declared policy and
-the detectors over it, audits new socat processes, and turns alerts that ask
-for a block into firewall changes through the `Enforcer` interface. It holds
-no threads and does no I/O of its own (the enforcer and the audit's /proc
-read are the edges it calls), so the agent stays a thin loop around it.
+the detectors over it, audits new socat processes, and hands every alert to
+the decision stage (`monitor.decide.Decider`), which decides and carries out
+blocks through the `Enforcer` interface. It holds no threads and does no I/O
+of its own (the enforcer and the audit's /proc read are the edges it calls),
+so the agent stays a thin loop around it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
+from .decide import Decider
 from .events import (
     Action,
     Alert,
-    BlockEvent,
     ConnectionEvent,
     Listener,
     ProcessEvent,
@@ -35,12 +36,6 @@ class PolicyChecker(Protocol):
 class AnomalyDetector(Protocol):
     def observe(self, event: ConnectionEvent) -> list[Alert]: ...
     def tick(self, now_ns: int) -> list[Alert]: ...
-
-
-class Blocker(Protocol):
-    def block(self, target: str, *, ttl_s: float | None, rule_id: str | None,
-              alert_id: str | None, now_ns: int) -> BlockEvent: ...
-    def expire(self, now_ns: int) -> list[BlockEvent]: ...
 
 
 Auditor = Callable[[ProcessEvent], list[Alert]]
@@ -63,14 +58,12 @@ class Pipeline:
         policy: PolicyChecker | None = None,
         detector: AnomalyDetector | None = None,
         auditor: Auditor | None = None,
-        blocker: Blocker | None = None,
-        block_ttl_s: float | None = None,
+        decider: Decider,
     ) -> None:
         self.policy = policy
         self.detector = detector
         self.auditor = auditor
-        self.blocker = blocker
-        self.block_ttl_s = block_ttl_s
+        self.decider = decider
         self.stats = PipelineStats()
 
     def replace_policy(self, policy: PolicyChecker | None) -> None:
@@ -107,8 +100,8 @@ class Pipeline:
         out: list[Record] = []
         if self.detector is not None:
             out.extend(self._decide(self.detector.tick(now_ns)))
-        if self.blocker is not None:
-            out.extend(self.blocker.expire(now_ns))
+        if self.decider.blocker is not None:
+            out.extend(self.decider.blocker.expire(now_ns))
         return out
 
     def alerts(self, alerts: Iterable[Alert]) -> list[Record]:
@@ -124,22 +117,12 @@ class Pipeline:
         return event
 
     def _decide(self, alerts: list[Alert]) -> list[Record]:
-        out: list[Record] = []
-        for alert in alerts:
-            self.stats.alerts[alert.rule_id] += 1
-            out.append(alert)
-            if alert.block and self.blocker is not None:
-                out.append(self._block(alert))
+        out = self.decider.decide(alerts)
+        for record in out:
+            if isinstance(record, Alert):
+                self.stats.alerts[record.rule_id] += 1
+            elif record.action is Action.BLOCKED:
+                self.stats.blocked.append(record.target)
+            elif record.action is Action.BLOCK_REFUSED:
+                self.stats.refused_blocks += 1
         return out
-
-    def _block(self, alert: Alert) -> BlockEvent:
-        target = alert.block_target or alert.source_ip
-        event = self.blocker.block(
-            target, ttl_s=self.block_ttl_s, rule_id=alert.rule_id, alert_id=alert.id, now_ns=alert.timestamp_ns
-        )
-        if event.action is Action.BLOCKED:
-            self.stats.blocked.append(event.target)
-        elif event.action is Action.BLOCK_REFUSED:
-            self.stats.refused_blocks += 1
-        return event
-

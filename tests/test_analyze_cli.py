@@ -264,3 +264,23 @@ def test_table_reports_forgotten_open_connections_and_the_idle_flag(tmp_path):
             "0 over the table's size)") in out.stdout
     bad = socat_monitor("analyze", str(path), "--policy", str(policy), "--open-idle-timeout", "soon")
     assert bad.returncode == 2 and "--open-idle-timeout: not a duration" in bad.stderr
+
+
+def test_config_gives_the_agents_decisions(files, reference, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("detect:\n  learning_period: 10m\n"
+                      "decide:\n  rules:\n    anomaly.scan: {action: block, ttl: 1h}\n"
+                      "    anomaly.new_source: {action: block}\n"
+                      "enforce:\n  default_ttl: 2m\n")
+    out = socat_monitor("analyze", str(files["plain"]), "--config", str(config), "--format", "json")
+    assert out.returncode == 1, out.stderr
+    docs, _ = alerts_of(out.stdout)
+    assert sig(docs) == sig(reference[0])                     # the same alerts; only the decisions differ
+    blocks = {d["rule"]["id"]: d["socat"]["block"] for d in docs if "block" in d["socat"]}
+    assert set(blocks) == {"anomaly.scan", "anomaly.new_source"}
+    assert blocks["anomaly.scan"]["ttl_s"] == 3600 and blocks["anomaly.new_source"]["target"].endswith("/24")
+    assert not any("block" in d["socat"] for d in reference[0])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("decide:\n  rules:\n    anomaly.listener_rate: {action: block}\n")
+    refused = socat_monitor("analyze", str(files["plain"]), "--config", str(bad))
+    assert refused.returncode == 2 and f"{bad}:2" in refused.stderr and "cannot block" in refused.stderr

@@ -358,15 +358,16 @@ def test_tcpwrap_without_tables_fails_open():
 def test_policy_alert_renders_as_ecs():
     from monitor.ecs import HostInfo, render
     from monitor.events import Action, ConnectionEvent, Listener
+    from monitor.decide import DecideConfig, Decider
     from monitor.policy import PolicyEngine
 
     policy = parse_policy(POLICY)
     ev = ConnectionEvent(Action.ACCEPTED, 1_700_000_000 * 10**9, "203.0.113.9", 40000, "10.1.1.1", 8443,
                          listener=Listener("10.1.1.1", 8443))
-    [alert] = PolicyEngine(policy).check(ev)
+    [alert] = Decider(DecideConfig(), default_ttl_s=600).decide(PolicyEngine(policy).check(ev))
     doc = render(alert, HostInfo("h", "0" * 32))
     assert doc["rule"]["id"] == "policy.source_denied" and doc["rule"]["ruleset"] == "policy"
-    assert doc["source"]["ip"] == "203.0.113.9" and doc["socat"]["block"]["target"] == "203.0.113.9"
+    assert doc["source"]["ip"] == "203.0.113.9" and doc["socat"]["block"] == {"target": "203.0.113.9", "ttl_s": 600}
     assert doc["socat"]["listener"]["name"] == "web-relay" and doc["socat"]["trigger_event_ids"] == [ev.id]
 
 

@@ -100,6 +100,11 @@ def test_flags_override_the_file_and_state_follows_state_dir(tmp_path):
     ("elasticsearch:\n  username: u\n  api_key: k\n", 3, "elasticsearch.api_key: give either api_key or username"),
     ("policy_engine:\n  open_idle_timeout: never\n", 2, "policy_engine.open_idle_timeout"),
     ("policy_engine:\n  max_open: 0\n", 2, "policy_engine.max_open: expected a number >= 1"),
+    ("decide:\n  repeat_factor: 0.5\n", 2, "decide.repeat_factor"),
+    ("decide:\n  max_ttl: 1h\n  rules:\n    anomaly.listener_rate: {action: block}\n", 3,
+     "decide.rules: anomaly.listener_rate: cannot block"),
+    ("decide:\n  rules:\n    policy.nope: {action: block}\n", 2, "'policy.nope' is neither a rule id nor a ruleset"),
+    ("decide:\n  repeat_window: sometimes\n", 2, "decide.repeat_window"),
 ])
 def test_bad_files_name_line_and_key(tmp_path, text, line, needle):
     path = tmp_path / "config.yaml"
@@ -139,7 +144,7 @@ def test_changes_say_which_settings_a_reload_may_change(tmp_path):
 
 def test_schema_is_derived_from_the_dataclasses():
     props = config_schema()["properties"]
-    assert {"capture", "detect", "policy_engine", "enforce", "ndjson", "elasticsearch", "alert_feed"} <= set(props)
+    assert {"capture", "detect", "decide", "policy_engine", "enforce", "ndjson", "elasticsearch", "alert_feed"} <= set(props)
     assert "learning_period" in props["detect"]["properties"]
     assert "learning_period_s" in props["detect"]["properties"]
     assert props["enforce"]["properties"]["scope"]["enum"] == ["listeners", "host"]
@@ -163,3 +168,13 @@ def test_config_check_cli(tmp_path):
     assert broken.returncode == 2 and f"{policy}:4" in broken.stderr
     missing = socat_monitor("config", "check", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+def test_decide_section_takes_durations_and_rules(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("decide:\n  ttl: 5m\n  max_ttl: 2d\n  repeat_factor: 2\n"
+                    "  rules:\n    anomaly: {action: block, ttl: 1h}\n    anomaly.new_source: {scope: address}\n")
+    decide = load_config(path).decide
+    assert (decide.ttl_s, decide.max_ttl_s, decide.repeat_factor) == (300, 172800, 2.0)
+    assert decide.rules == {"anomaly": {"action": "block", "ttl": "1h"}, "anomaly.new_source": {"scope": "address"}}
+    assert load_config(None).decide.repeat_window_s == 86400

@@ -193,7 +193,7 @@ def test_import_to_default_space_with_api_key(kibana):
     _, url = kibana
     done = socat_monitor("dashboards", "import", "--kibana", url + "/", "--api-key", "abc==")
     assert done.returncode == 0, done.stderr
-    assert "imported 11 saved objects" in done.stdout
+    assert "imported 12 saved objects" in done.stdout
     (req,) = _FakeKibana.received
     assert req["path"] == "/api/saved_objects/_import" and req["auth"] == "ApiKey abc=="
 

@@ -11,6 +11,7 @@ import pytest
 
 from monitor.replay.analyze import analyze
 from monitor.config import section_from_flags
+from monitor.decide import DecideConfig, Decider
 from monitor.detect import Baseline, DetectConfig, Detector
 from monitor.durations import parse_duration
 from monitor.ecs import HostInfo, render
@@ -275,6 +276,8 @@ def test_block_rules_ask_for_blocks_with_the_right_target():
         det.observe(ev)
     alerts = [a for ev in _flood("192.0.2.77", T0 + 20 * S, 1, 100) for a in det.observe(ev)]
     alerts += [a for ev in _flood("2001:db8:1:2::9", T0 + 30 * S, 0.1, 10) for a in det.observe(ev)]
+    assert not any(a.block for a in alerts)          # the detector only describes; the decision stage blocks
+    alerts = Decider(DecideConfig(), default_ttl_s=600, block_rules=config.block_rules).decide(alerts)
     by_rule = {(a.rule_id, a.source_ip): a for a in alerts}
     assert by_rule[("anomaly.source_rate", "192.0.2.77")].block_target == "192.0.2.77"
     assert by_rule[("anomaly.new_source", "192.0.2.77")].block_target == "192.0.2.0/24"
@@ -283,7 +286,8 @@ def test_block_rules_ask_for_blocks_with_the_right_target():
     plain = Detector(DetectConfig(learning_period_s=5))
     for ev in _quiet(T0, 10):
         plain.observe(ev)
-    assert not any(a.block for ev in _flood("192.0.2.77", T0 + 20 * S, 1, 100) for a in plain.observe(ev))
+    flood = [a for ev in _flood("192.0.2.77", T0 + 20 * S, 1, 100) for a in plain.observe(ev)]
+    assert flood and not any(a.block for a in Decider(DecideConfig(), default_ttl_s=600).decide(flood))
 
 
 def test_alert_renders_to_ecs(day):

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from monitor.config import load_config
+from monitor.decide import DecideConfig, Decider
 from monitor.ecs import HostInfo, render
 from monitor.errors import InputError
 from monitor.events import Action, ConnectionEvent, Direction, Listener, Outcome, Severity, unrecorded_id
@@ -190,7 +191,12 @@ def egress(backend: str, port: int, t: float, session: str | None = None) -> Con
 
 
 def run(engine: PolicyEngine, events) -> list:
-    return [alert for ev in events for alert in engine.check(ev)]
+    """The alerts written (deduplicated repeats are for the decision stage only)."""
+    return [alert for ev in events for alert in engine.check(ev) if not alert.deduplicated]
+
+
+def decided(alerts) -> list:
+    return Decider(DecideConfig(), default_ttl_s=600).decide(alerts)
 
 
 def test_allowed_traffic_raises_nothing():
@@ -208,7 +214,8 @@ def test_source_denied_with_block():
     assert alert.source_ip == "203.0.113.9" and alert.severity is Severity.HIGH
     assert alert.listener.name == "web" and alert.listener.port == 8443
     assert alert.trigger_event_ids == (ev.id,) and alert.timestamp_ns == ev.timestamp_ns
-    assert alert.block and alert.block_target == "203.0.113.9" and alert.outcome is Outcome.SUCCESS
+    assert alert.listener_action == "block" and not alert.block and alert.outcome is Outcome.SUCCESS
+    assert decided([alert]) == [alert] and alert.block and alert.block_target == "203.0.113.9"
 
 
 def test_v4_mapped_source_is_matched_as_ipv4():
@@ -227,7 +234,8 @@ def test_dedup_one_alert_per_source_per_rule_per_window():
     events = [accept("203.0.113.9", 8443, t, 40000 + i) for i, t in enumerate([0, 1, 5, 9.9])]
     alerts = run(engine, [x for ev in events for x in (ev, close(ev, (ev.timestamp_ns - T0) / S + 0.01))])
     assert [a.rule_id for a in alerts] == ["policy.source_denied"] and engine.suppressed == 3
-    assert len(engine.check(accept("203.0.113.9", 8443, 10.0, 41000))) == 1
+    [again] = engine.check(accept("203.0.113.9", 8443, 10.0, 41000))
+    assert not again.deduplicated and again.suppressed == 3
     assert len(engine.check(accept("203.0.113.10", 8443, 10.1, 41001))) == 1
 
 
@@ -240,10 +248,10 @@ def test_dedup_window_zero_alerts_every_time():
 def test_backend_denied_blames_the_session_client():
     engine = PolicyEngine(ENGINE_POLICY)
     assert engine.check(accept("192.0.2.7", 8443, 0.0, session="s1")) == []
-    [alert] = engine.check(egress("10.0.0.6", 443, 0.1, session="s1"))
+    [alert] = decided(engine.check(egress("10.0.0.6", 443, 0.1, session="s1")))
     assert alert.rule_id == "policy.backend_denied" and alert.source_ip == "192.0.2.7"
     assert alert.block_target == "192.0.2.7" and "10.0.0.6:443" in alert.description
-    [other_port] = engine.check(egress("10.0.0.5", 8080, 0.2))
+    [other_port] = decided(engine.check(egress("10.0.0.5", 8080, 0.2)))
     assert other_port.source_ip is None and not other_port.block
 
 
@@ -289,7 +297,7 @@ def test_unknown_listener():
                           accept("192.0.2.8", 7777, 1)])
     [alert] = alerts                  # one per listener per window, whatever the source
     assert alert.rule_id == "policy.unknown_listener" and alert.listener.port == 7777
-    assert alert.listener.name is None and not alert.block
+    assert alert.listener.name is None and decided([alert]) == [alert] and not alert.block
     quiet = PolicyEngine(parse_policy("version: 1\nlisteners: []\ndefaults: {unknown_listener: ignore}\n"))
     assert quiet.check(accept("192.0.2.7", 7777, 0)) == []
 

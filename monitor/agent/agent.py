@@ -33,7 +33,7 @@ from .report import ForgottenReport
 from .auditing import AuditWorker
 from .loops import CaptureReader, Handoff, Periodic, main_loop
 from .reload import reload
-from .wiring import egress_rules, engine, make_detector, make_enforcer, make_sinks, read_policy
+from .wiring import egress_rules, engine, make_decider, make_detector, make_enforcer, make_sinks, read_policy
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,14 @@ class Agent:
         self.handoff = Handoff(config.agent.queue_size)
         self.last_reload: ReloadResult | None = None
         self.policy = read_policy(config.agent.policy)
-        self.detector = make_detector(config)
         self.enforcer = make_enforcer(config)
+        self.decider = make_decider(config, self.enforcer)
+        self.detector = make_detector(config, self.decider)
         self.egress: EgressGuard | None = None
         self.sinks = make_sinks(config, self.host, self.sink_error)
         self.audits = AuditWorker(lambda: self.policy)
         self.pipeline = Pipeline(policy=engine(self.policy, config), detector=self.detector, auditor=self._audit,
-                                 blocker=self.enforcer)
+                                 decider=self.decider)
         self.capture: Capture | None = None
         self.reader: CaptureReader | None = None
         self.control: ControlServer | None = None
@@ -243,11 +244,12 @@ class Agent:
                 if listener.pid is not None:
                     self.egress.track(listener.pid, listener.port)
 
-    def set_policy(self, policy: Policy | None) -> None:
-        """Put `policy` in force (reload): the engine, then the egress guard's rules."""
+    def set_policy(self, policy: Policy | None, config: Config) -> None:
+        """Put `policy` in force (reload, with the new `config`'s policy_engine): the engine, then the
+        egress guard's rules."""
         self.policy = policy
         self.audits.forget()
-        self.pipeline.replace_policy(engine(policy, self.config, self.pipeline.policy))
+        self.pipeline.replace_policy(engine(policy, config, self.pipeline.policy))
         if self.egress is not None:
             self.egress.set_rules(egress_rules(policy))
         elif self.capture is not None:

@@ -72,17 +72,27 @@ def _enforce(agent: Agent, old: Config, new: Config, policy: Policy | None) -> s
     return None
 
 
-def _detect(agent: Agent, old: Config, new: Config, policy: Policy | None) -> str | None:
-    if new.detect == old.detect:
+def _decide(agent: Agent, old: Config, new: Config, policy: Policy | None) -> str | None:
+    """New decisions (and, with them, the detector's repeats): the block history is kept."""
+    if (new.decide, new.detect.block_rules, new.enforce.default_ttl_s) == \
+            (old.decide, old.detect.block_rules, old.enforce.default_ttl_s):
         return None
+    agent.decider.reconfigure(new.decide, default_ttl_s=new.enforce.default_ttl_s, block_rules=new.detect.block_rules)
+    return _new_detector(agent, new)
+
+
+def _detect(agent: Agent, old: Config, new: Config, policy: Policy | None) -> str | None:
+    return None if new.detect == old.detect else _new_detector(agent, new)
+
+
+def _new_detector(agent: Agent, new: Config) -> None:
     agent.tick()   # what the old detector buffered is judged by it
-    agent.detector = make_detector(new, agent.detector.baseline())
+    agent.detector = make_detector(new, agent.decider, agent.detector.baseline())
     agent.pipeline.replace_detector(agent.detector)
-    return None
 
 
 def _policy(agent: Agent, old: Config, new: Config, policy: Policy | None) -> str | None:
-    agent.set_policy(policy)
+    agent.set_policy(policy, new)
     return None
 
 
@@ -100,11 +110,12 @@ def _sinks(agent: Agent, old: Config, new: Config, policy: Policy | None) -> str
 
 STEPS: tuple[tuple[str, Callable[..., str | None]], ...] = (
     ("enforce", _enforce),     # never_block first: a safety setting
+    ("decide", _decide),
     ("detect", _detect),
     ("policy", _policy),
     ("sinks", _sinks),
 )
-_SINK_SECTIONS = ("ndjson", "elasticsearch", "alert_feed")
+_SINK_SECTIONS = ("ndjson", "elasticsearch", "alert_feed", "webhook")
 
 
 def _applied_at(change: Change) -> tuple[int, bool]:

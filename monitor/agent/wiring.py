@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
+from ..decide import Decider
 from ..detect import Baseline, Detector
 from ..ecs import HostInfo
 from ..enforce import EgressRule, Enforcer
@@ -27,12 +28,18 @@ def engine(policy: Policy | None, config: Config, previous: PolicyEngine | None 
     return new
 
 
-def make_detector(config: Config, baseline: Baseline | None = None) -> Detector:
-    """A detector with `baseline`, or the one in the baseline file, or a fresh one."""
+def make_decider(config: Config, enforcer: Enforcer | None) -> Decider:
+    return Decider(config.decide, default_ttl_s=config.enforce.default_ttl_s,
+                   block_rules=config.detect.block_rules, blocker=enforcer)
+
+
+def make_detector(config: Config, decider: Decider, baseline: Baseline | None = None) -> Detector:
+    """A detector with `baseline`, or the one in the baseline file, or a fresh one; it reports repeats
+    inside its cooldowns for the rules the decider may block on."""
     path = config.agent.baseline
     if baseline is None and path and Path(path).exists():
         baseline = Baseline.load(path)
-    return Detector(config.detect, baseline)
+    return Detector(config.detect, baseline, [r for r in config.detect.rules if decider.may_block(r)])
 
 
 def make_enforcer(config: Config) -> Enforcer | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -27,13 +28,16 @@ _MAX_BAD_SHOWN = 20
 @click.option("--open-idle-timeout", default=None, metavar="D",
               help="With --policy: forget an open connection nothing was seen of for D of event time, "
                    "so lost closes cannot inflate max_concurrent_per_source (default 1h, 0: never).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The agent's config file: its detect and decide sections and enforce.default_ttl apply, "
+                   "so the decisions are the agent's (--set on top).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A detector setting, as in the config file's detect section (repeatable), "
                    "e.g. --set source_rate_min=50 --set cooldown_s=10m.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: readable; json: one ECS alert document per line, then one {\"summary\": ...} line.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write there instead of stdout.")
-def command(files, policy_path, baseline_path, save_path, learning_period, open_idle_timeout, settings, fmt,
+def command(files, policy_path, baseline_path, save_path, learning_period, open_idle_timeout, config_path, settings, fmt,
             output) -> None:
     """Analyse NDJSON event FILES (plain or .gz; the agent's, or any with @timestamp,
     event.action, source.ip/port, destination.ip/port).
@@ -47,18 +51,22 @@ def command(files, policy_path, baseline_path, save_path, learning_period, open_
     bad policy or baseline). Malformed lines are counted and listed on stderr, never fatal.
     """
     from ..replay.analyze import analyze
-    from ..config import section_from_flags
+    from ..config import load_config, section_from_flags
+    from ..decide import Decider
     from ..detect import Baseline, DetectConfig
     from ..durations import parse_duration
     from ..ecs import HostInfo, render
 
-    config = section_from_flags(DetectConfig, _settings(settings), "--set")
+    agent_config = load_config(config_path)
+    config = section_from_flags(DetectConfig, _settings(settings), "--set", base=agent_config.detect)
     if learning_period is not None:
         config = config.with_learning_period(parse_duration(learning_period, "--learning-period"))
     baseline = Baseline.load(baseline_path) if baseline_path else None
     policy = _load_policy(policy_path) if policy_path else None
-    result = analyze(files, policy=policy, config=config, baseline=baseline,
-                     engine_config=_engine_config(open_idle_timeout))
+    decider = Decider(agent_config.decide, default_ttl_s=agent_config.enforce.default_ttl_s,
+                      block_rules=config.block_rules)
+    result = analyze(files, policy=policy, config=config, baseline=baseline, decider=decider,
+                     engine_config=_engine_config(open_idle_timeout, agent_config.policy_engine))
     if save_path:
         result.baseline.prune(config.max_tracked)
         try:
@@ -104,13 +112,13 @@ def _settings(pairs: tuple[str, ...]) -> dict:
     return values
 
 
-def _engine_config(open_idle_timeout: str | None):
+def _engine_config(open_idle_timeout: str | None, base):
+    """The config's policy_engine section, with --open-idle-timeout on top."""
     from ..durations import parse_duration
-    from ..policy import EngineConfig
 
     if open_idle_timeout is None:
-        return EngineConfig()
-    return EngineConfig(open_idle_timeout_s=parse_duration(open_idle_timeout, "--open-idle-timeout"))
+        return base
+    return dataclasses.replace(base, open_idle_timeout_s=parse_duration(open_idle_timeout, "--open-idle-timeout"))
 
 
 def _load_policy(path: Path):

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..events import Alert
+from ..rules import repeat_alert
 from .baseline import Baseline
 from .config import DetectConfig, rate_threshold
 from .rows import IpTable, Rows
@@ -117,11 +118,12 @@ def keep_peaks(table: dict, keys: np.ndarray, counts: np.ndarray, name_of: Calla
 class BatchEngine:
     """Vectorised detectors with their carried context and cooldowns."""
 
-    def __init__(self, config: DetectConfig, baseline: Baseline, ips: IpTable, rules) -> None:
+    def __init__(self, config: DetectConfig, baseline: Baseline, ips: IpTable, rules, repeats=()) -> None:
         self.config = config
         self.baseline = baseline
         self.ips = ips
         self.rules = frozenset(rules)
+        self.repeats = frozenset(repeats)     # rules whose crossings inside the cooldown come back as repeats
         self.cooldowns: dict[tuple, int] = {}
         self.watermark: int | None = None
         self.late_events = 0
@@ -259,6 +261,14 @@ class BatchEngine:
                 self.cooldowns[cooldown_key] = last
         return chosen
 
+    def _repeats(self, rule: str, chosen: list[int], n: int, t_of: Callable[[int], int],
+                 ip_of: Callable[[int], str]) -> list[Alert]:
+        """The candidates `_select` held back (cooldown), as repeats for the decision stage, if asked for."""
+        if rule not in self.repeats or len(chosen) == n:
+            return []
+        alerted = set(chosen)
+        return [repeat_alert(rule, t_of(p), ip_of(p)) for p in range(n) if p not in alerted]
+
     # ---- rules ---------------------------------------------------------------------------
 
     def _learn_last_seen(self, frame: _Frame) -> None:
@@ -301,13 +311,11 @@ class BatchEngine:
             if not added or frame.learn[i]:
                 continue
             ip = self.ips.ips[src]
-            target = prefix if self.ips.is_range(ip) else ip
             out.append(build_alert(
-                self.config, NEW_SOURCE, int(frame.t[i]),
+                NEW_SOURCE, int(frame.t[i]),
                 f"{ip} ({prefix}) was never seen on listener {lst} during learning",
                 source_ip=ip, listener_port=int(lst), listener_ip=self._dst(frame, i), observed=1.0,
                 threshold=None, baseline=None, window_s=None, trigger_id=rows.event_id(int(frame.row[i])),
-                block_target=target,
             ))
         return out
 
@@ -345,15 +353,17 @@ class BatchEngine:
             by_group[g] = thresholds[int(g)][0]
         cand = cand[c.count[cand] >= by_group[c.group[cand]]]
         keys = c.keys[c.group[cand]].astype(np.int64).tolist()
-        out = []
-        for p in self._select(SOURCE_RATE, keys, frame.t[c.index[cand]]):
+        chosen = self._select(SOURCE_RATE, keys, frame.t[c.index[cand]])
+        out = self._repeats(SOURCE_RATE, chosen, len(keys), lambda p: int(frame.t[c.index[cand[p]]]),
+                            lambda p: ips[keys[p] & 0xFFFFFFFF])
+        for p in chosen:
             pos = cand[p]
             i = int(c.index[pos])
             threshold, learned = thresholds[int(c.group[pos])]
             ip, lst = ips[keys[p] & 0xFFFFFFFF], keys[p] >> 32
             count = int(c.count[pos])
             out.append(build_alert(
-                self.config, SOURCE_RATE, int(frame.t[i]),
+                SOURCE_RATE, int(frame.t[i]),
                 describe_rate(f"{ip} on listener {lst}", count, self.config.source_rate_window_s, threshold, learned),
                 source_ip=ip, listener_port=lst, listener_ip=self._dst(frame, i), observed=count,
                 threshold=threshold, baseline=learned, window_s=self.config.source_rate_window_s,
@@ -365,14 +375,16 @@ class BatchEngine:
         c = window_counts(frame, frame.refused, frame.src, self._k_refused)
         cand = np.flatnonzero(frame.new[c.index] & ~frame.learn[c.index] & (c.count >= self.config.refused_min))
         keys = c.keys[c.group[cand]].astype(np.int64).tolist()
-        out = []
-        for p in self._select(REFUSED_BURST, keys, frame.t[c.index[cand]]):
+        chosen = self._select(REFUSED_BURST, keys, frame.t[c.index[cand]])
+        out = self._repeats(REFUSED_BURST, chosen, len(keys), lambda p: int(frame.t[c.index[cand[p]]]),
+                            lambda p: self.ips.ips[keys[p]])
+        for p in chosen:
             pos = cand[p]
             i = int(c.index[pos])
             ip = self.ips.ips[keys[p]]
             count = int(c.count[pos])
             out.append(build_alert(
-                self.config, REFUSED_BURST, int(frame.t[i]),
+                REFUSED_BURST, int(frame.t[i]),
                 f"{ip}: {count} connections refused by socat in {self.config.refused_window_s:g}s "
                 f"(threshold {self.config.refused_min})",
                 source_ip=ip, listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i), observed=count,
@@ -407,7 +419,7 @@ class BatchEngine:
             window = c.index[c.low[pos]: pos + 1]
             top = self._top_sources(frame.src[window], frame.w[window])
             out.append(build_alert(
-                self.config, LISTENER_RATE, int(frame.t[i]),
+                LISTENER_RATE, int(frame.t[i]),
                 describe_rate(f"listener {keys[p]}", count, self.config.listener_rate_window_s, thr_of[g], learned[g])
                 + f"; top sources {', '.join(top)}",
                 source_ip=None, listener_port=keys[p], listener_ip=self._dst(frame, i), observed=count,
@@ -480,8 +492,8 @@ class BatchEngine:
                                        lambda learned: rate_threshold(cfg.scan_short_min, cfg.scan_short_factor,
                                                                       learned), "short")
         cands.sort(key=lambda c: (c[0], c[1], c[2]))
-        out = []
         chosen = self._select(SCAN, [c[0] for c in cands], np.array([c[1] for c in cands], dtype=np.int64))
+        out = self._repeats(SCAN, chosen, len(cands), lambda p: cands[p][1], lambda p: ips[cands[p][0]])
         for p in chosen:
             code, t, i, count, thr, learned, kind = cands[p]
             ip = ips[code]
@@ -492,7 +504,7 @@ class BatchEngine:
                 text = (f"{ip}: {count} connections closed within {cfg.scan_short_s:g}s of opening in "
                         f"{cfg.scan_window_s:g}s (threshold {thr:g}, learned peak {learned:g})")
             out.append(build_alert(
-                cfg, SCAN, t, text, source_ip=ip, listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i),
+                SCAN, t, text, source_ip=ip, listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i),
                 observed=count, threshold=thr, baseline=learned, window_s=cfg.scan_window_s,
                 trigger_id=rows.event_id(int(frame.row[i])),
             ))

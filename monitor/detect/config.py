@@ -11,14 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..settings import setting
+from ..rules import CATALOGUE
 
-RULES = (
-    "anomaly.new_source",
-    "anomaly.source_rate",
-    "anomaly.listener_rate",
-    "anomaly.scan",
-    "anomaly.refused_burst",
-)
+RULES = tuple(rule.id for rule in CATALOGUE if rule.ruleset == "anomaly")
 
 
 @dataclass(frozen=True)

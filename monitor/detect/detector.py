@@ -18,6 +18,7 @@ from collections import deque
 import numpy as np
 
 from ..events import Alert, ConnectionEvent
+from ..rules import repeat_alert
 from .baseline import Baseline
 from .batch import BatchEngine, cooldown_source, remap_cooldown_key
 from .config import DetectConfig, rate_threshold
@@ -54,14 +55,17 @@ class SlotWindow:
 class Detector:
     """Anomaly detection over the live connection stream (event time)."""
 
-    def __init__(self, config: DetectConfig, baseline: Baseline | None = None) -> None:
+    def __init__(self, config: DetectConfig, baseline: Baseline | None = None, repeats=()) -> None:
+        """`repeats`: rules whose crossings inside the cooldown come back as `repeat_alert`s
+        (for the decision stage: the rules it may block on)."""
         self.config = config
         self._base = baseline if baseline is not None else Baseline.for_config(config)
         self._base.check_config(config, "baseline")
         self._ips = IpTable(config)
         self._rules = frozenset(config.rules)
+        self._repeats = frozenset(repeats)
         self._engine = BatchEngine(config, self._base, self._ips,
-                                   {r for r in (LISTENER_RATE, SCAN) if r in self._rules})
+                                   {r for r in (LISTENER_RATE, SCAN) if r in self._rules}, self._repeats)
         self._res = config.resolution_ns
         self._cd = int(round(config.cooldown_s * 1e9))
         self._short_ns = int(round(config.scan_short_s * 1e9))
@@ -177,16 +181,18 @@ class Detector:
         self._cooldowns[key] = t
         return True
 
+    def _repeat(self, rule: str, t: int, ip: str) -> list[Alert]:
+        return [repeat_alert(rule, t, ip)] if rule in self._repeats else []
+
     def _new_source(self, event: ConnectionEvent, t: int, lst: int, src: int, learning: bool) -> list[Alert]:
         prefix = self._ips.prefixes[src]
         if not self._base.add_seen(lst, prefix, t) or learning:
             return []
         ip = self._ips.ips[src]
         return [build_alert(
-            self.config, NEW_SOURCE, t, f"{ip} ({prefix}) was never seen on listener {lst} during learning",
+            NEW_SOURCE, t, f"{ip} ({prefix}) was never seen on listener {lst} during learning",
             source_ip=ip, listener_port=lst, listener_ip=event.destination_ip, observed=1.0, threshold=None,
             baseline=None, window_s=None, trigger_id=event.id,
-            block_target=prefix if self._ips.is_range(ip) else ip,
         )]
 
     def _source_rate(self, event: ConnectionEvent, t: int, slot: int, lst: int, src: int,
@@ -205,10 +211,12 @@ class Detector:
             return []
         learned = self._base.source_rate_baseline(lst, ip, self.config.peer_quantile)
         threshold = rate_threshold(self.config.source_rate_min, self.config.source_rate_factor, learned)
-        if count < threshold or not self._cooled((SOURCE_RATE, (lst << 32) | src), t):
+        if count < threshold:
             return []
+        if not self._cooled((SOURCE_RATE, (lst << 32) | src), t):
+            return self._repeat(SOURCE_RATE, t, ip)
         return [build_alert(
-            self.config, SOURCE_RATE, t,
+            SOURCE_RATE, t,
             describe_rate(f"{ip} on listener {lst}", count, self.config.source_rate_window_s, threshold, learned),
             source_ip=ip, listener_port=lst, listener_ip=event.destination_ip, observed=count,
             threshold=threshold, baseline=learned, window_s=self.config.source_rate_window_s, trigger_id=event.id,
@@ -220,11 +228,13 @@ class Detector:
         if window is None:
             window = self._refused[src] = SlotWindow(self._k_refused)
         count = window.add(slot)
-        if learning or count < self.config.refused_min or not self._cooled((REFUSED_BURST, src), t):
+        if learning or count < self.config.refused_min:
             return []
         ip = self._ips.ips[src]
+        if not self._cooled((REFUSED_BURST, src), t):
+            return self._repeat(REFUSED_BURST, t, ip)
         return [build_alert(
-            self.config, REFUSED_BURST, t,
+            REFUSED_BURST, t,
             f"{ip}: {count} connections refused by socat in {self.config.refused_window_s:g}s "
             f"(threshold {self.config.refused_min})",
             source_ip=ip, listener_port=lst, listener_ip=event.destination_ip, observed=count,

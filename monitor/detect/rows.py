@@ -68,9 +68,6 @@ class IpTable:
     def _prefix(self, ip: str) -> str:
         return network_of(ip, self._v6 if ":" in ip else self._v4)
 
-    def is_range(self, ip: str) -> bool:
-        return (self._v6 < 128) if ":" in ip else (self._v4 < 32)
-
 
 @dataclass
 class Rows:

@@ -1,13 +1,14 @@
-"""What each anomaly rule is called, how severe it is, and how its alert is built.
+"""How an anomaly alert is built (names and severities: the rule catalogue, `monitor.rules`).
 
 Both the live fast path and the batch engine build alerts here, so an alert
-looks the same whichever path raised it.
+looks the same whichever path raised it. Whether it blocks is the decision
+stage's call (`monitor.decide`).
 """
 
 from __future__ import annotations
 
-from ..events import Alert, Listener, Severity
-from .config import DetectConfig
+from ..events import Alert, Listener
+from ..rules import new_alert
 
 NEW_SOURCE = "anomaly.new_source"
 SOURCE_RATE = "anomaly.source_rate"
@@ -15,17 +16,8 @@ LISTENER_RATE = "anomaly.listener_rate"
 SCAN = "anomaly.scan"
 REFUSED_BURST = "anomaly.refused_burst"
 
-_META = {
-    NEW_SOURCE: ("New source", Severity.LOW),
-    SOURCE_RATE: ("Source connection rate", Severity.HIGH),
-    LISTENER_RATE: ("Listener connection rate", Severity.HIGH),
-    SCAN: ("Scan", Severity.MEDIUM),
-    REFUSED_BURST: ("Refused connection burst", Severity.MEDIUM),
-}
-
 
 def build_alert(
-    config: DetectConfig,
     rule: str,
     t_ns: int,
     description: str,
@@ -39,19 +31,13 @@ def build_alert(
     window_s: float | None,
     trigger_id: str | None,
     top_sources: tuple[str, ...] = (),
-    block_target: str | None = None,
 ) -> Alert:
-    name, severity = _META[rule]
-    block = rule in config.block_rules and (block_target or source_ip) is not None and rule != LISTENER_RATE
     score = None
     if threshold:
         score = round(observed / threshold, 3)
-    return Alert(
-        rule_id=rule,
-        rule_name=name,
+    return new_alert(
+        rule,
         description=description,
-        ruleset="anomaly",
-        severity=severity,
         timestamp_ns=t_ns,
         source_ip=source_ip,
         listener=Listener(ip=listener_ip, port=listener_port),
@@ -62,8 +48,6 @@ def build_alert(
         score=score,
         window_s=window_s,
         top_sources=top_sources,
-        block=block,
-        block_target=(block_target or source_ip) if block else None,
     )
 
 

@@ -25,9 +25,10 @@ from typing import Sequence
 from .. import BPF_DIR
 from ..addresses import packed_text, parse_target
 from ..errors import EnvironmentProblem
-from ..events import Alert, Listener, Outcome, PipelineError, ProcessInfo, Severity
+from ..events import Alert, Listener, Outcome, PipelineError, ProcessInfo
 from ..host import processes
 from ..host.mounts import CGROUP2, ensure_mounts
+from ..rules import new_alert
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +162,11 @@ class EgressGuard:
         ip = packed_text(raw[:4] if d.family == 4 else raw)
         rule = self._rules.get(d.listener)
         allowed = ", ".join(f"{t}:{p}" if p else t for t, p in rule.allowed) if rule else "?"
-        self._pending.append(Alert(
-            rule_id=RULE, rule_name="Backend not allowed",
+        self._pending.append(new_alert(
+            RULE,
             description=f"socat relay (pid {d.pid}) of listener :{d.listener} tried to connect to "
                         f"{ip}:{d.port}; refused in the kernel (allowed: {allowed})",
-            ruleset="policy", severity=Severity.HIGH, timestamp_ns=self._offset_ns + d.ktime_ns,
+            timestamp_ns=self._offset_ns + d.ktime_ns,
             listener=Listener(rule.listener_ip or "0.0.0.0", d.listener, rule.name) if rule else None,
             process=ProcessInfo(pid=d.pid, comm=processes.comm(d.pid) or "socat"),
             destination_ip=ip, destination_port=d.port, outcome=Outcome.FAILURE))

@@ -21,13 +21,14 @@ from typing import Iterable
 
 from ..addresses import Network, parse_target, target_text
 from ..errors import EnvironmentProblem, InputError
-from ..events import Action, Alert, BlockEvent, Outcome, PipelineError, Severity
+from ..events import Action, Alert, BlockEvent, Outcome, PipelineError
 from ..host import facts as hostfacts
 from ..metrics import Sample
 from ..settings import setting
 from .netns import NetnsWorker, require_cap_net_admin
 from .nft import SCOPES, KernelElement, Listing, NftTable, Ownership, check_table_name
 from .safety import CircuitBreaker, SafetyRules
+from ..rules import new_alert
 from .sessions import MODES, end_sessions
 from .state import ActiveBlock, StateFile
 
@@ -404,6 +405,21 @@ class Enforcer:
         return [BlockEvent(Action.UNBLOCKED, b.expires_ns, b.target, ttl_s=b.ttl_s, rule_id=b.rule_id,
                            alert_id=b.alert_id, reason="ttl expired") for b in done]
 
+    def is_blocked(self, target: str, now_ns: int) -> bool:
+        """Whether `target` is blocked now, as the kernel says: a block removed by someone
+        else (`socat-monitor blocks remove`) is not, and is forgotten here."""
+        net = parse_target(target)
+        text = target_text(net)
+        with self._lock:
+            current = self._active.get(text)
+        if current is None or current.expires_ns <= now_ns:
+            return False
+        if self._table.holds(net):
+            return True
+        with self._lock:
+            self._active.pop(text, None)
+        return False
+
     def active(self) -> list[ActiveBlock]:
         with self._lock:
             return sorted(self._active.values(), key=lambda b: b.expires_ns)
@@ -416,11 +432,11 @@ class Enforcer:
 
     def _breaker_alert(self, target: str, now_ns: int) -> Alert:
         limit = self.config.max_blocks_per_minute
-        return Alert(rule_id="enforce.circuit_breaker", rule_name="Block circuit breaker tripped",
-                     description=f"more than {limit} new blocks in 60s: further blocks refused until it calms down "
-                                 f"(first refused: {target})",
-                     ruleset="enforce", severity=Severity.HIGH, timestamp_ns=now_ns, source_ip=None,
-                     observed=float(limit + 1), threshold=float(limit), window_s=60.0, outcome=Outcome.FAILURE)
+        return new_alert("enforce.circuit_breaker",
+                         description=f"more than {limit} new blocks in 60s: further blocks refused until it calms "
+                                     f"down (first refused: {target})",
+                         timestamp_ns=now_ns, observed=float(limit + 1), threshold=float(limit), window_s=60.0,
+                         outcome=Outcome.FAILURE)
 
 
 __all__ = ["EnforceConfig", "Enforcer", "ActiveBlock"]

@@ -350,6 +350,13 @@ class NftTable:
     def list_elements(self) -> list[KernelElement]:
         return self.listing().elements
 
+    def holds(self, net: Network) -> bool:
+        """Whether the kernel holds a block element for `net` now (one `get element`)."""
+        def go() -> bool:
+            rc, _, _ = self._ctx.cmd(f"get element inet {self.table} {block_set(net)} {{ {target_text(net)} }}")
+            return rc == 0
+        return self._worker.call(go, self.timeout_s, "nftables get")
+
     def add(self, items: Sequence[tuple[Network, float]], *, set_name: str | None = None) -> None:
         """Add (or refresh) block elements with their timeouts, in one netlink transaction."""
         self._batch([("add", _per_set(items, set_name))])

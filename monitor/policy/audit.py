@@ -8,7 +8,7 @@ offending token, a message and a fix. `audit_process(pid)` and
 `monitor.host.processes` reads from /proc; `finding_to_alert` turns a
 finding into an `Alert` (ruleset `audit`) for the agent's sinks.
 
-Finding ids: see `FINDINGS` (id -> title). Extras beyond the required ones:
+Finding ids: the `audit.*` rules of `monitor.rules` (`FINDINGS`: id -> title). Extras beyond the required ones:
 `audit.invalid_address` / `audit.invalid_option` (socat would refuse to
 start), `audit.duplicate_option`, `audit.udp_fork_no_timeout`,
 `audit.traffic_dump`, `audit.unreadable_process`, `audit.tcpwrap_fails_open`.
@@ -34,30 +34,12 @@ from ..errors import InputError
 from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
 from ..host.processes import ProcessFacts, read_process, socat_processes
 from ..socat.build import SocatBuild, builtin_build, path_build, process_build
+from ..rules import CATALOGUE, new_alert
 from ..socat.grammar import AddressOption, SocatAddress, SocatCommand, parse_command_line
 from ..socat.tables import BUILTIN, address_feature, option_feature
 from .model import ListenerPolicy, Policy
 
-FINDINGS: dict[str, str] = {
-    "audit.no_source_restriction": "Listener accepts any source",
-    "audit.exec_address": "Command execution address",
-    "audit.unbounded_fork": "fork without max-children",
-    "audit.tls_no_verify": "TLS peer not verified",
-    "audit.runs_as_root": "socat runs as root",
-    "audit.sloppy_mode": "Sloppy mode ignores an option",
-    "audit.all_interfaces": "Listener on all addresses",
-    "audit.risky_environment": "Risky environment variable",
-    "audit.vulnerable_version": "socat version with a known CVE",
-    "audit.policy_mismatch": "Command line contradicts the policy",
-    "audit.invalid_address": "socat would refuse this address",
-    "audit.invalid_option": "socat would refuse this option",
-    "audit.duplicate_option": "Option given twice",
-    "audit.udp_fork_no_timeout": "UDP fork children never exit",
-    "audit.traffic_dump": "Relayed data written to logs",
-    "audit.unreadable_process": "socat process could not be audited",
-    "audit.tcpwrap_fails_open": "tcpwrap without hosts.allow/hosts.deny",
-    "audit.findings_truncated": "More findings than are listed",
-}
+FINDINGS: dict[str, str] = {r.id: r.name for r in CATALOGUE if r.ruleset == "audit"}   # id -> title
 # Per rule and command line: a hostile argv with thousands of bad options gives five findings and a
 # count, and cannot crowd out a finding of another rule (an EXEC: behind them is still reported).
 MAX_PER_RULE = 5
@@ -604,16 +586,5 @@ def audit_running(policy: Policy | None) -> list[Finding]:
 
 def finding_to_alert(f: Finding, timestamp_ns: int, process: ProcessInfo | None) -> Alert:
     """An audit finding as an Alert (ruleset "audit") for the sinks."""
-    return Alert(
-        rule_id=f.id,
-        rule_name=f.title,
-        description=f.message,
-        ruleset="audit",
-        severity=f.severity,
-        timestamp_ns=timestamp_ns,
-        listener=f.listener,
-        process=process,
-        token=f.token,
-        fix=f.fix,
-        outcome=Outcome.UNKNOWN,
-    )
+    return new_alert(f.id, description=f.message, severity=f.severity, timestamp_ns=timestamp_ns,
+                     listener=f.listener, process=process, token=f.token, fix=f.fix, outcome=Outcome.UNKNOWN)

@@ -21,10 +21,12 @@ Deduplication: at most one alert per (rule, listener, source) per dedup window
 (`dedup_window_s`, default 60 s of event time); for `policy.unknown_listener`
 the key is (rule, listener port) and for `policy.backend_denied` it is
 (rule, listener, client, backend). Later violations inside the window are
-counted in `suppressed`, not alerted.
+counted in `suppressed`, not alerted: each comes back as a `deduplicated`
+alert (which the decision stage sees but nobody writes), and the next alert of
+the key says how many there were (`Alert.suppressed`).
 
-When the listener's action is `block`, alerts about a known source carry
-`block=True` and `block_target` (the source address).
+Alerts carry the listener's `action` (`listener_action`); whether to block is
+the decision stage's call (`monitor.decide`).
 
 Counting (`connections.py`): every accepted connection counts toward the
 rate, whatever its 4-tuple; only a repeated record of one already counted
@@ -54,21 +56,13 @@ from ..events import (
     Direction,
     Listener,
     Outcome,
-    Severity,
 )
 from ..settings import setting
 from .connections import Counted, Forgotten, SourceCounter
+from ..rules import new_alert, repeat_alert
 from .model import ListenerPolicy, Policy
 
 NS = 1_000_000_000
-
-RULES: dict[str, tuple[str, Severity]] = {
-    "policy.unknown_listener": ("Connection to a listener not in the policy", Severity.LOW),
-    "policy.source_denied": ("Source not allowed by policy", Severity.HIGH),
-    "policy.backend_denied": ("Backend not allowed by policy", Severity.HIGH),
-    "policy.rate_exceeded": ("Declared per-source rate exceeded", Severity.MEDIUM),
-    "policy.concurrency_exceeded": ("Declared per-source concurrency exceeded", Severity.MEDIUM),
-}
 
 _MAX_TRIGGERS = 20
 _SOURCE_CACHE = 65_536   # remembered (listener, source) decisions; cleared when full
@@ -110,6 +104,7 @@ class PolicyEngine:
         self.suppressed = 0
         self._last_alert: dict[tuple, int] = {}
         self._counter = SourceCounter(int(config.open_idle_timeout_s * NS), config.max_open)
+        self._held: dict[tuple, int] = {}        # key -> repeats suppressed since its last alert
         self._session_client: OrderedDict[str, str] = OrderedDict()
         self._last_prune_ns = 0
         self._source_cache: dict[tuple[str, str], bool] = {}
@@ -239,6 +234,7 @@ class PolicyEngine:
         if now_ns - self._last_prune_ns < max(self.dedup_window_ns, NS):
             return
         self._last_prune_ns = now_ns
+        self._held = {k: n for k, n in self._held.items() if now_ns - self._last_alert.get(k, 0) < 2 * self.dedup_window_ns}
         self._last_alert = {k: t for k, t in self._last_alert.items() if now_ns - t < self.dedup_window_ns}
         self._counter.drop_idle_windows(now_ns)
 
@@ -247,24 +243,21 @@ class PolicyEngine:
               observed: float | None = None, threshold: float | None = None,
               window_s: float | None = None) -> list[Alert]:
         last = self._last_alert.get(key)
+        rule_id = key[0]
         if last is not None and ev.timestamp_ns - last < self.dedup_window_ns:
             self.suppressed += 1
-            return []
+            self._held[key] = self._held.get(key, 0) + 1
+            return [repeat_alert(rule_id, ev.timestamp_ns, _blamed(rule_id, ev, source),
+                                 entry.action if entry is not None else None)]
         self._last_alert[key] = ev.timestamp_ns
-        rule_id = key[0]
-        name, severity = RULES[rule_id]
-        if entry is not None and entry.severity is not None:
-            severity = entry.severity
-        block = bool(entry is not None and entry.blocks and source)
+        severity = entry.severity if entry is not None else None
         refused = ev.refused or ev.action is Action.DENIED
-        return [Alert(
-            rule_id=rule_id,
-            rule_name=name,
+        return [new_alert(
+            rule_id,
             description=description,
-            ruleset="policy",
             severity=severity,
             timestamp_ns=ev.timestamp_ns,
-            source_ip=source if source is not None else (ev.source_ip if rule_id == "policy.unknown_listener" else None),
+            source_ip=_blamed(rule_id, ev, source),
             listener=Listener(ip=ip, port=port, name=entry.name if entry else None),
             process=ev.process,
             trigger_event_ids=(triggers or (ev.id,))[-_MAX_TRIGGERS:],
@@ -272,9 +265,16 @@ class PolicyEngine:
             threshold=threshold,
             window_s=window_s,
             outcome=Outcome.FAILURE if refused else Outcome.SUCCESS,
-            block=block,
-            block_target=source if block else None,
+            listener_action=entry.action if entry is not None else None,
+            suppressed=self._held.pop(key, 0),
         )]
+
+
+def _blamed(rule_id: str, ev: ConnectionEvent, source: str | None) -> str | None:
+    """The source an alert names: the one given, or for an unknown listener the connecting client."""
+    if source is None and rule_id == "policy.unknown_listener":
+        return ev.source_ip
+    return source
 
 
 def listening_socket(ev: ConnectionEvent) -> tuple[int, str]:

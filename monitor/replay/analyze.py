@@ -4,7 +4,9 @@
 (`monitor.replay.reader`), runs the declared policy on each event when one
 is given, and runs all anomaly rules vectorised (`monitor.detect.BatchEngine`)
 in event-time order, with the same crossing rules the live `Detector` uses,
-so replaying a day of events gives the alerts the agent would have raised.
+then the same decision stage (`monitor.decide.Decider`, without an enforcer),
+so replaying a day of events gives the alerts and blocks the agent would have
+raised.
 Memory stays bounded by the detection windows and the number of distinct
 sources, not by the size of the files.
 """
@@ -19,7 +21,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from ..decide import DecideConfig, Decider
 from ..detect import Baseline, BatchEngine, DetectConfig, IpTable, Rows
+from ..enforce.enforcer import EnforceConfig
 from ..errors import EXIT_FINDINGS, EXIT_OK
 from ..events import Action, Alert
 from .fields import CODE
@@ -138,27 +142,34 @@ def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
 
 
 def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectConfig,
-            baseline: Baseline | None = None, top_sources: int = 20, engine_config: Any = None) -> AnalysisResult:
-    """Replay event files through policy (if given, with the policy engine's `engine_config`) and the
-    anomaly detectors."""
+            baseline: Baseline | None = None, top_sources: int = 20, engine_config: Any = None,
+            decider: Decider | None = None) -> AnalysisResult:
+    """Replay event files through policy (if given, with the policy engine's `engine_config`), the
+    anomaly detectors and the decision stage (`decider`, default: the default `decide` and
+    `enforce.default_ttl` settings)."""
+    if decider is None:
+        decider = Decider(DecideConfig(), default_ttl_s=EnforceConfig.default_ttl_s, block_rules=config.block_rules)
     began = time.perf_counter()
     files = [str(p) for p in order_by_time(paths)]      # read_chunks names a missing one
     base = baseline if baseline is not None else Baseline.for_config(config)
     base.check_config(config, "baseline")
     ips = IpTable(config)
-    engine = BatchEngine(config, base, ips, config.rules)
+    engine = BatchEngine(config, base, ips, config.rules, [r for r in config.rules if decider.may_block(r)])
     checker = _policy_engine(policy, engine_config)
     stats = ReadStats()
     tally = _Tally()
     short_ns = int(round(config.scan_short_s * 1e9))
     alerts: list[Alert] = []
     for chunk in prefetch(read_chunks(files, stats, full=checker is not None)):
+        raised: list[Alert] = []
         if checker is not None:
             for i in np.argsort(chunk.t, kind="stable"):
-                alerts.extend(checker.check(chunk.event(int(i))))
+                raised.extend(checker.check(chunk.event(int(i))))
         rows = to_rows(chunk, ips, short_ns)
         tally.add(rows)
-        alerts.extend(engine.process(rows))
+        raised.extend(engine.process(rows))
+        raised.sort(key=lambda a: a.timestamp_ns)
+        alerts.extend(r for r in decider.decide(raised) if isinstance(r, Alert))
     alerts.sort(key=lambda a: (a.timestamp_ns, a.rule_id, a.source_ip or ""))
     listeners, sources = _summaries(tally.total(), alerts, ips, top_sources)
     by_rule: dict[str, int] = {}

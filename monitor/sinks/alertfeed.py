@@ -12,9 +12,10 @@ oldest is dropped), and a new `FILE` starts, so `tail -F FILE` follows it.
 A syslog message is
 `<PRI>1 TIMESTAMP HOST socat-monitor PID RULE_ID [socat@32473 ...] JSON`:
 the severity maps critical->crit, high->err, medium->warning, low->notice
-(blocks are notice), the structured data carries rule, severity, source and
-event id, and the message is the ECS document, so a collector gets both a
-readable header and every field. `write()` only enqueues; a thread writes
+(blocks are notice), the structured data carries rule, severity, source,
+event id and the rule's ATT&CK technique (from the catalogue,
+`monitor.rules`), and the message is the ECS document, so a collector gets
+both a readable header and every field. `write()` only enqueues; a thread writes
 the file and sends the datagrams; a full queue or a failed send is counted
 and reported, never raised.
 """
@@ -36,6 +37,7 @@ from ..ecs import HostInfo, render
 from ..events import Action, Alert, BlockEvent, Record, Severity
 from ..files import GROUP_READABLE, open_append
 from ..settings import setting
+from ..rules import RULES
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
@@ -97,6 +99,9 @@ def syslog_message(record: Alert | BlockEvent, doc: dict[str, Any], host: HostIn
         severity, msgid = _NOTICE, record.action.value
         params = {"rule": record.rule_id or "", "action": record.action.value,
                   "target": record.target, "id": record.id}
+    entry = RULES.get(record.rule_id or "")
+    if entry is not None and entry.technique is not None:
+        params["technique"] = entry.technique.id
     sd = "[" + SD_ID + "".join(f' {k}="{_sd_escape(v)}"' for k, v in params.items() if v) + "]"
     header = (f"<{facility * 8 + severity}>1 {doc['@timestamp']} {_header_token(host.name, 255)} "
               f"socat-monitor {os.getpid()} {_header_token(msgid, 32)} {sd} ")

@@ -18,7 +18,8 @@ import pytest
 
 from monitor.enforce import EnforceConfig, Enforcer
 from monitor.events import Action
-from tests.lab import PYTHON, ROOT, Namespaces, Processes, free_port, require, socat_monitor, wait_listening
+from tests.lab import (PYTHON, ROOT, AgentProcess, Namespaces, Processes, free_port, require, socat_monitor,
+                       wait_for, wait_listening)
 
 pytestmark = pytest.mark.integration
 
@@ -292,3 +293,54 @@ def test_missing_cap_net_admin_is_a_clear_error_not_a_hang(lab: Lab) -> None:
     out = subprocess.run([*setpriv, PYTHON, "-c", snippet], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 3 and "EnvironmentProblem" in out.stdout, (out.stdout, out.stderr)
     assert time.monotonic() - t0 < 20
+
+
+def test_reoffence_after_blocks_remove_is_blocked_again_at_once(lab: Lab, tmp_path: Path) -> None:
+    """A real agent, a policy `action: block`, a disallowed client: blocked; the operator removes
+    the block; the client's next connection is let in once and blocked again at once, although
+    its alert is still deduplicated (issue 15)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nlisteners:\n  - name: lab-relay\n    port: {lab.port}\n"
+                      f"    allow_sources: [{GOOD4}, {GOOD6}]\n    action: block\n"
+                      "defaults:\n  unknown_listener: ignore\n")
+    agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", lab.server, "--duration", "120")
+    state = ["--state-file", str(tmp_path / "state" / "blocks.json"), "--netns", lab.server]
+    try:
+        agent.wait_ready()
+        assert lab.reach(BAD4), "the offender's first connection gets through: it is what raises the alert"
+        wait_for(lambda: not lab.reach(BAD4, timeout=0.3), timeout=10, interval=0.1)
+        assert lab.reach(GOOD4)
+        removed = socat_monitor("blocks", "remove", BAD4, *state)
+        assert removed.returncode == 0, removed.stderr
+        assert lab.reach(BAD4), "after `blocks remove` the source gets in again (its re-offence)"
+        reoffended = time.monotonic()
+        wait_for(lambda: not lab.reach(BAD4, timeout=0.3), timeout=10, interval=0.05)
+        blocked_again_s = time.monotonic() - reoffended
+        assert lab.reach(GOOD4)
+    finally:
+        agent.stop()
+    docs = agent.documents()
+    alerts = [d for d in docs if d["event"]["kind"] == "alert" and d.get("source", {}).get("ip") == BAD4]
+    blocks = [d for d in docs if d["event"].get("action") == "address_blocked" and d["socat"]["block"]["target"] == BAD4]
+    assert [a["rule"]["id"] for a in alerts] == ["policy.source_denied"], "the alert stays deduplicated"
+    assert alerts[0]["socat"]["block"]["target"] == BAD4
+    assert len(blocks) == 2 and blocks[1]["event"]["reason"].startswith("re-offence"), blocks
+    assert blocks[1]["socat"]["block"]["ttl_s"] == 4 * blocks[0]["socat"]["block"]["ttl_s"]   # a repeat offender
+    assert blocked_again_s < 2.0, f"blocked again {blocked_again_s:.2f}s after the re-offence"
+
+
+def test_is_blocked_asks_the_kernel(lab: Lab) -> None:
+    """The decision stage's view of "blocked now": a block removed behind the agent's back is gone."""
+    enforcer = _started(lab)
+    now = time.time_ns()
+    for target in (BAD4, BAD6, NET_RANGE, "fd79::/64"):
+        assert enforcer.block(target, ttl_s=30, rule_id=None, alert_id=None, now_ns=now).action is Action.BLOCKED
+    assert all(enforcer.is_blocked(t, time.time_ns()) for t in (BAD4, BAD6, NET_RANGE, "fd79::/64"))
+    assert not enforcer.is_blocked(GOOD4, time.time_ns())
+    lab.netns.run(lab.server, "nft", "delete", "element", "inet", "socat_monitor", "block4_net", f"{{ {NET_RANGE} }}")
+    lab.netns.run(lab.server, "nft", "delete", "element", "inet", "socat_monitor", "block6", f"{{ {BAD6} }}")
+    assert not enforcer.is_blocked(NET_RANGE, time.time_ns()) and not enforcer.is_blocked(BAD6, time.time_ns())
+    assert enforcer.is_blocked(BAD4, time.time_ns()) and enforcer.is_blocked("fd79::/64", time.time_ns())
+    assert {b.target for b in enforcer.active()} == {BAD4, "fd79::/64"}
+    assert not enforcer.is_blocked(BAD4, now + 31 * 10**9)       # past its TTL
+    enforcer.close()
