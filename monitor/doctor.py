@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 from .dependencies import DEPENDENCIES
 from .errors import MonitorError
-from .host.mounts import mounted
+from .host.mounts import CGROUP2, cgroup2_root, mounted
 from .host.processes import Status, parse_status
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -91,10 +91,10 @@ def check_mounts(env: DoctorEnv) -> list[Check]:
         else:
             out.append(Check(f"mount {fstype}", WARN, f"{fstype} is not mounted at {path}: {why}",
                              f"mount -t {fstype} none {path}"))
-    cg2 = [p for p, t in mounts.items() if t == "cgroup2"]
-    out.append(Check("mount cgroup2", OK, f"cgroup2 at {cg2[0]}") if cg2 else Check(
+    root = cgroup2_root(env.mounts)
+    out.append(Check("mount cgroup2", OK, f"cgroup2 at {root} (the egress guard attaches there)") if root else Check(
         "mount cgroup2", WARN, "no cgroup2 mount (needed only for in-kernel connect filtering)",
-        "mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified"))
+        f"mkdir -p {CGROUP2} && mount -t cgroup2 none {CGROUP2}"))
     return out
 
 
@@ -189,7 +189,7 @@ def check_nftables() -> Check:
         table = nft.NftTable("socat_monitor_doctor", ns)
         try:
             table.create(scope="host", ports=())
-            created = table.exists()
+            created = table.ownership().ours
         finally:
             table.close()
     except MonitorError as exc:
@@ -198,7 +198,7 @@ def check_nftables() -> Check:
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
     if not created:
-        return Check("nftables", FAIL, "a table was created but is not listed", "check `nft list tables` by hand")
+        return Check("nftables", FAIL, "a table was created but is not listed as ours", "check `nft list tables` by hand")
     return Check("nftables", OK, "a table was created and deleted in a throwaway network namespace")
 
 

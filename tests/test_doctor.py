@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monitor.host.mounts import cgroup2_root
 from monitor.doctor import FAIL, OK, WARN, DoctorEnv, check_privileges, check_tracepoints
 
 ALL_CAPS = "000001ffffffffff"
@@ -72,3 +73,14 @@ def test_privileges_without_bpf_or_root_fail(tmp_path):
     check = check_privileges(status_env(tmp_path, caps(2, 12, 19, 38)))
     assert check.status == FAIL and "CAP_BPF" in check.detail
     assert check_privileges(status_env(tmp_path, ALL_CAPS, uid=1000)).status == FAIL
+
+
+def test_cgroup2_is_found_where_the_host_mounts_it(tmp_path):
+    """A hybrid host keeps cgroup2 at /sys/fs/cgroup/unified; a unified one (systemd, Debian 12) at /sys/fs/cgroup."""
+    table = tmp_path / "mounts"
+    table.write_text("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n")
+    assert cgroup2_root(str(table)) == "/sys/fs/cgroup"
+    table.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
+    assert cgroup2_root(str(table)) == "/sys/fs/cgroup/unified"
+    table.write_text("proc /proc proc rw 0 0\n")
+    assert cgroup2_root(str(table)) is None

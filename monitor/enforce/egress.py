@@ -1,7 +1,8 @@
 """In-kernel egress guard: socat relays may dial only their allowed backends.
 
 Loads `bpf/egress.c` with bcc, attaches its connect4/connect6 programs to a
-cgroup2 directory (the root of /sys/fs/cgroup/unified by default) through
+cgroup2 directory (the root of the host's cgroup2 tree by default: /sys/fs/cgroup/unified on a
+hybrid host, /sys/fs/cgroup on a unified one) through
 BPF links, which run beside anybody else's programs and are detached by the
 kernel when their last fd closes: when the agent stops or dies, so programs
 never stack up across restarts. It fills the maps: which listeners are guarded, which backends each may reach, and which
@@ -27,7 +28,7 @@ from ..addresses import packed_text, parse_target
 from ..errors import EnvironmentProblem
 from ..events import Alert, Listener, Outcome, PipelineError, ProcessInfo
 from ..host import processes
-from ..host.mounts import CGROUP2, ensure_mounts
+from ..host.mounts import CGROUP2, cgroup2_root, ensure_mounts
 from ..rules import new_alert
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,11 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
 
 
 class EgressGuard:
-    def __init__(self, rules: Sequence[EgressRule], cgroup: str = CGROUP2) -> None:
+    def __init__(self, rules: Sequence[EgressRule], cgroup: str | None = None) -> None:
+        cgroup = cgroup or cgroup2_root()
+        if cgroup is None:
+            raise EnvironmentProblem("egress", "no cgroup2 tree is mounted: the egress guard attaches there",
+                                     f"mount -t cgroup2 none {CGROUP2}")
         try:
             import bcc
         except ImportError:

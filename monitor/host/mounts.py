@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 TRACING = "/sys/kernel/tracing"
 DEBUGFS = "/sys/kernel/debug"
-CGROUP2 = "/sys/fs/cgroup/unified"
+CGROUP2 = "/sys/fs/cgroup/unified"     # cgroup2 on a hybrid (v1 + v2) host
+CGROUP2_ONLY = "/sys/fs/cgroup"        # cgroup2 on a unified host (systemd's default, Debian 12)
 MOUNTS_TABLE = "/proc/self/mounts"
 TRACING_MOUNTS = ((TRACING, "tracefs"), (DEBUGFS, "debugfs"))
 
@@ -33,6 +34,15 @@ def mounted(table: str = MOUNTS_TABLE) -> dict[str, str]:
     except OSError:
         pass
     return out
+
+
+def cgroup2_root(table: str = MOUNTS_TABLE) -> str | None:
+    """Where the cgroup2 tree is mounted: the hybrid place, else the unified one, else any; None if nowhere."""
+    found = [point for point, fstype in mounted(table).items() if fstype == "cgroup2"]
+    for preferred in (CGROUP2, CGROUP2_ONLY):
+        if preferred in found:
+            return preferred
+    return found[0] if found else None
 
 
 def ensure_mounts(where: str, mounts: Iterable[tuple[str, str]] = TRACING_MOUNTS) -> None:
