@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from monitor.host.mounts import cgroup2_root
 from monitor.doctor import FAIL, OK, WARN, DoctorEnv, check_privileges, check_tracepoints
+from monitor.host.mounts import cgroup2_root
 
 ALL_CAPS = "000001ffffffffff"
 NO_SYS_ADMIN = f"{int(ALL_CAPS, 16) & ~(1 << 21):016x}"

@@ -103,6 +103,10 @@ class Enforcer:
         self._ports = tuple(sorted(set(listener_ports)))
         now = time.time_ns()
         wanted = {b.target: b for b in self._state.load(now)}
+        if self._state.bad_lines:
+            self._error(f"{self._state.bad_lines} unreadable line(s) of {self.config.state_file} set aside in "
+                        f"{self.config.state_file}.bad (a write torn by a crash, or damage); the other blocks are "
+                        "restored", count=self._state.bad_lines)
         if self._table.require_ours().exists:
             for elem in self._table.list_elements():
                 if elem.set.startswith("block") and elem.expires_s is not None:

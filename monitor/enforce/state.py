@@ -1,9 +1,12 @@
 """The block state file: which blocks should be active, and until when.
 
 It lets a restarted agent (or a rebuilt table) re-apply blocks that have
-not expired yet. Every change is appended under a lock, so the agent and
-`socat-monitor blocks` can both record changes without losing each other's;
-the agent compacts it at start. Times are wall-clock nanoseconds.
+not expired yet. Every change is appended under a lock and synced to disk,
+so the agent and `socat-monitor blocks` can both record changes without
+losing each other's; the agent compacts it at start. A line that cannot be
+read (torn by a crash mid-write, or damaged) never stops the agent: it is
+moved to `<file>.bad` with its line number and counted in `bad_lines`, and
+the other blocks are restored. Times are wall-clock nanoseconds.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
-from ..errors import InputError
 
 @dataclass(frozen=True, slots=True)
 class ActiveBlock:
@@ -32,6 +34,17 @@ class ActiveBlock:
         return max((self.expires_ns - now_ns) / 1e9, 0.0)
 
 
+def _apply(entry: dict, blocks: dict[str, ActiveBlock]) -> None:
+    """One journal entry applied to the blocks it builds up; ValueError/TypeError when it is not one."""
+    if "add" in entry:
+        block = ActiveBlock(**entry["add"])
+        blocks[block.target] = block
+    elif "remove" in entry:
+        blocks.pop(entry["remove"], None)
+    else:
+        raise ValueError("neither 'add' nor 'remove'")
+
+
 class StateFile:
     """A journal of JSON lines (`{"add": {...}}` / `{"remove": "target"}`), appended
     under a lock (O(1) per block), compacted to the live entries on `replace`."""
@@ -40,6 +53,7 @@ class StateFile:
         self.path = path
         self._lock_fh = None
         self._append_fh = None
+        self.bad_lines = 0   # unreadable lines set aside (since start)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -54,8 +68,9 @@ class StateFile:
 
     def _read(self) -> dict[str, ActiveBlock]:
         out: dict[str, ActiveBlock] = {}
+        bad: list[str] = []
         try:
-            fh = open(self.path, encoding="utf-8")
+            fh = open(self.path, encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return out
         with fh:
@@ -63,17 +78,18 @@ class StateFile:
                 if not line.strip():
                     continue
                 try:
-                    entry = json.loads(line)
-                    if "add" in entry:
-                        block = ActiveBlock(**entry["add"])
-                        out[block.target] = block
-                    elif "remove" in entry:
-                        out.pop(entry["remove"], None)
-                    else:
-                        raise ValueError("neither 'add' nor 'remove'")
-                except (ValueError, TypeError) as exc:
-                    raise InputError(f"{self.path}:{lineno}", f"bad block state entry ({exc})") from None
+                    _apply(json.loads(line), out)
+                except (ValueError, TypeError, AttributeError) as exc:
+                    bad.append(f"{lineno}\t{exc}\t{line.rstrip()}\n")
+        if bad:
+            self._set_aside(bad)
         return out
+
+    def _set_aside(self, lines: list[str]) -> None:
+        """Keep unreadable lines for a look in `<file>.bad` (the agent's compaction at start drops them)."""
+        with open(f"{self.path}.bad", "a", encoding="utf-8") as fh:
+            fh.write("".join(lines))
+        self.bad_lines += len(lines)
 
     def _append(self, entries: list[dict]) -> None:
         """Append to the journal, reopening it if it was compacted (replaced) since."""
@@ -84,6 +100,7 @@ class StateFile:
             fh = self._append_fh = open(self.path, "a", encoding="utf-8")
         fh.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries))
         fh.flush()
+        os.fdatasync(fh.fileno())   # a block the kernel holds is on disk before the agent goes on
 
     def close(self) -> None:
         for fh in (self._append_fh, self._lock_fh):

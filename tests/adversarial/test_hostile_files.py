@@ -12,6 +12,7 @@ import stat
 import time
 
 from monitor.ecs import HostInfo
+from monitor.enforce.state import ActiveBlock, StateFile
 from monitor.events import Alert, Severity, now_ns
 from monitor.sinks import AlertFeed, AlertFeedConfig, NdjsonConfig, NdjsonSink
 from tests.lab import socat_monitor
@@ -122,3 +123,22 @@ def test_ndjson_retention_deletes_oldest_closed_files(tmp_path):
     assert not old.exists() and sink.retired.files >= 1
     assert sum(p.stat().st_size for p in files) <= 20_000 + 4096
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o640 for p in files)
+
+
+def test_torn_block_journal_is_set_aside_not_fatal(tmp_path):
+    """A crash mid-append leaves half a line at the end of the block journal: the good blocks come
+    back, the torn line is kept in <file>.bad and counted; nothing refuses to start."""
+    journal = tmp_path / "blocks.json"
+    state = StateFile(str(journal))
+    now = time.time_ns()
+    good = ActiveBlock("192.0.2.7", now + 600 * 10**9, 600.0, now, "policy.source_denied")
+    state.upsert([good])
+    state.close()
+    with open(journal, "a", encoding="utf-8") as fh:
+        fh.write('{"add":{"target":"198.51.100.9","expires_ns":17')   # torn: no end, no newline
+    state = StateFile(str(journal))
+    assert state.load(now) == [good] and state.bad_lines == 1
+    assert '198.51.100.9' in (tmp_path / "blocks.json.bad").read_text()
+    state.replace(state.load(now))
+    state.close()
+    assert StateFile(str(journal)).load(now) == [good]
