@@ -38,6 +38,7 @@ from .fields import ACTIONS, CODE, CODE_OF_VALUE, FULL_SCHEMA, SCHEMA, Columns
 from .scan import FileScan
 
 BLOCK_BYTES = 16 << 20      # bytes handed to pyarrow at once
+MAX_LINE_BYTES = 1 << 20    # a longer line is reported and skipped, never held whole (documents are ~1 KB)
 PARSE_BLOCK = 2 << 20       # pyarrow's own block size: its threads parse these in parallel
 _OTHER_KINDS = {"alert", "metric", "pipeline_error", "state", "signal"}
 _BOM = b"\xef\xbb\xbf"
@@ -134,12 +135,15 @@ def _open(path: Path):
     return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
-def _blocks(fh: BinaryIO, size: int, line: int = 1) -> Iterator[tuple[int, int, memoryview]]:
+def _blocks(fh: BinaryIO, size: int, line: int = 1,
+            too_long: Callable[[int], None] = lambda line: None) -> Iterator[tuple[int, int, memoryview]]:
     """(first line number, line count, whole lines) blocks of an open file, from where it stands
     (at line `line`).
 
     Each block is read into a buffer of its own behind the previous block's
-    unfinished line (no copy of the block; a reader thread may still hold the last)."""
+    unfinished line (no copy of the block; a reader thread may still hold the last).
+    An unfinished line that grows past MAX_LINE_BYTES is read past, not kept: `too_long`
+    gets its number."""
     rest = b""
     while True:
         buffer = bytearray(len(rest) + size)
@@ -151,6 +155,10 @@ def _blocks(fh: BinaryIO, size: int, line: int = 1) -> Iterator[tuple[int, int, 
         cut = buffer.rfind(b"\n", 0, end)
         if cut < 0:
             rest = bytes(buffer[:end])
+            if len(rest) > MAX_LINE_BYTES:
+                too_long(line)
+                rest = _past_line(fh, size)
+                line += 1
             continue
         rest = bytes(buffer[cut + 1: end])
         block = memoryview(buffer)[: cut + 1]
@@ -159,6 +167,15 @@ def _blocks(fh: BinaryIO, size: int, line: int = 1) -> Iterator[tuple[int, int, 
         line += count
     if rest.strip():
         yield line, 1, memoryview(rest + b"\n")
+
+
+def _past_line(fh: BinaryIO, size: int) -> bytes:
+    """Read past the end of the current line; what follows it (empty at the end of the file)."""
+    while True:
+        data = fh.read(size)
+        newline = data.find(b"\n")
+        if not data or newline >= 0:
+            return data[newline + 1:] if data else b""
 
 
 def read_chunks(paths: Iterable[str | Path], stats: ReadStats | None = None,
@@ -212,7 +229,10 @@ def _checked(path: Path, stats: ReadStats, canonical: dict[str, str], full: bool
     with _open(path) as fh:
         line = _skip_documents(fh, documents)
         stats.hand_over(str(path), line, reason)
-        for first, count, block in _blocks(fh, block_bytes, line):
+
+        def too_long(number: int) -> None:
+            stats.bad(str(path), number, f"line longer than {MAX_LINE_BYTES:,} bytes: skipped")
+        for first, count, block in _blocks(fh, block_bytes, line, too_long):
             chunk = _fast(block, count, stats, str(path), canonical, full)
             if chunk is None:
                 stats.slow_blocks += 1
@@ -425,6 +445,9 @@ def _slow(view: memoryview, first_line: int, stats: ReadStats, path: str) -> Eve
         number = first_line + offset
         stats.lines += 1
         if not line.strip():
+            continue
+        if len(line) > MAX_LINE_BYTES:
+            stats.bad(path, number, f"line longer than {MAX_LINE_BYTES:,} bytes: skipped")
             continue
         try:
             doc = orjson.loads(line)

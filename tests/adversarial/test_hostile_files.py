@@ -7,9 +7,13 @@ of CPU, gigabytes of memory, or a write somewhere it must not go.
 
 from __future__ import annotations
 
+import gzip
 import os
+import resource
 import stat
 import time
+
+import orjson
 
 from monitor.ecs import HostInfo
 from monitor.enforce.state import ActiveBlock, StateFile
@@ -142,3 +146,26 @@ def test_torn_block_journal_is_set_aside_not_fatal(tmp_path):
     state.replace(state.load(now))
     state.close()
     assert StateFile(str(journal)).load(now) == [good]
+
+
+def test_analyze_skips_a_huge_line_without_holding_it(tmp_path):
+    """A 130 KB gzip holding one 128 MiB line (and real events around it): the line is reported and
+    skipped, the events are read, and memory stays far below the line's size."""
+    good = orjson.dumps({"@timestamp": "2026-12-03T10:00:00Z", "event": {"action": "connection_accepted"},
+                         "source": {"ip": "192.0.2.7", "port": 40000},
+                         "destination": {"ip": "127.0.0.1", "port": 8443}}) + b"\n"
+    path = tmp_path / "huge.ndjson.gz"
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(good * 3)
+        chunk = b"x" * (1 << 20)
+        for _ in range(128):
+            fh.write(chunk)
+        fh.write(b"\n" + good * 2)
+    assert path.stat().st_size < 1 << 20
+    done = socat_monitor("analyze", str(path), "--format", "json", timeout=300)
+    used_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert done.returncode == 0, done.stderr
+    assert f"{path}:4: line longer than 1,048,576 bytes: skipped" in done.stderr
+    summary = orjson.loads(done.stdout.splitlines()[-1])["summary"]
+    assert summary["connection_events"] == 5
+    assert used_mb < 700, f"analyze peaked at {used_mb:.0f} MB"
