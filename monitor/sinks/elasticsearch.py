@@ -52,6 +52,7 @@ from .template import TEMPLATE_VERSION, index_template, ingest_pipeline
 log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
+REFUSED_BATCH = frozenset({400, 413})   # the whole request refused for what it holds: split it, dead-letter the culprit
 
 
 def check_urls(urls: list[str]) -> None:
@@ -397,7 +398,12 @@ class ElasticsearchSink:
         Raises Unavailable when the whole request fails; the batch stays in the
         spool and is sent again (duplicates then come back as 409).
         """
-        todo = self._not_yet_delivered(batch)
+        self._send(self._not_yet_delivered(batch))
+
+    def _send(self, todo: list[bytes]) -> None:
+        """Bulk-send lines until each is settled. A request refused whole for what it holds (400,
+        413) is split in two and each half sent on its own, so one bad or huge document is
+        dead-lettered alone instead of holding up everything behind it."""
         backoff = 0.0
         while todo:
             if backoff:
@@ -408,7 +414,13 @@ class ElasticsearchSink:
                 return
             pairs = [self._action(line) for line in todo]
             body = b"".join(a + b"\n" + d + b"\n" for a, d in pairs)
-            results = self._client.bulk(body)
+            try:
+                results = self._client.bulk(body)
+            except Unavailable as exc:
+                if exc.status not in REFUSED_BATCH:
+                    raise
+                self._split(todo, exc)
+                return
             if len(results) != len(todo):
                 raise Unavailable(f"bulk answered {len(results)} items for {len(todo)} sent")
             retry = self._settle(todo, pairs, results)
@@ -417,6 +429,14 @@ class ElasticsearchSink:
                     self._stats.retried += len(retry)
                 backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
             todo = retry
+
+    def _split(self, todo: list[bytes], exc: Unavailable) -> None:
+        if len(todo) == 1:
+            self._dead_letter([(todo[0], ItemResult(exc.status or 0, f"request refused whole: {exc}"))])
+            return
+        half = len(todo) // 2
+        self._send(todo[:half])
+        self._send(todo[half:])
 
     def _not_yet_delivered(self, batch: SpoolBatch) -> list[bytes]:
         """The batch's lines, without those already in an index behind their alias.
