@@ -74,6 +74,25 @@ class BlockRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgottenCounts:
+    """Open connections the policy engine forgot without their close, by why."""
+
+    idle: int = 0
+    reused: int = 0
+    full: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyCounts:
+    """What the policy engine counted besides alerts (`monitor.policy.engine.EngineCounts`)."""
+
+    open: int = 0
+    repeated_records: int = 0
+    suppressed: int = 0
+    open_forgotten: ForgottenCounts = field(default_factory=ForgottenCounts)
+
+
+@dataclass(frozen=True, slots=True)
 class Counters:
     events: dict[str, int] = field(default_factory=dict)
     alerts: dict[str, int] = field(default_factory=dict)
@@ -84,6 +103,7 @@ class Counters:
     es_spool_bytes: int = 0
     es_lag_s: float = 0.0
     rss_bytes: int = 0
+    policy: PolicyCounts | None = None        # None: no policy in force
 
     @property
     def accepted(self) -> int:
@@ -128,6 +148,7 @@ class RunSummary:
     kernel_lost: int
     user_lost: int
     output: str
+    policy: PolicyCounts | None = None
 
 
 def to_json(value: Any) -> Any:

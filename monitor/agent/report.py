@@ -14,7 +14,7 @@ from .. import __version__
 from ..config import Config
 from ..metrics import Sample, process_samples
 from ..policy.engine import EngineCounts, PolicyEngine
-from ..status import BlockRow, Counters, RunSummary, Status
+from ..status import BlockRow, Counters, ForgottenCounts, PolicyCounts, RunSummary, Status
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -32,7 +32,16 @@ def counters(agent: Agent) -> Counters:
         blocks_active=len(agent.enforcer.active()) if agent.enforcer is not None else 0,
         es_spool_bytes=sink.spool_bytes,
         es_lag_s=sink.lag_s,
+        policy=_policy_counts(agent),
     )
+
+
+def _policy_counts(agent: Agent) -> PolicyCounts | None:
+    if agent.pipeline.policy is None:
+        return None
+    counts = agent.pipeline.policy.counts()
+    f = counts.forgotten
+    return PolicyCounts(counts.open, counts.repeated, counts.suppressed, ForgottenCounts(f.expired, f.reused, f.evicted))
 
 
 def snapshot(agent: Agent) -> Status:
@@ -116,4 +125,5 @@ class ForgottenReport:
 
 def summary(agent: Agent) -> RunSummary:
     kernel_lost = agent.capture.stats.kernel_lost if agent.capture is not None else 0
-    return agent.status.summary(kernel_lost, agent.handoff.lost, agent.config.agent.output)
+    done = agent.status.summary(kernel_lost, agent.handoff.lost, agent.config.agent.output)
+    return dataclasses.replace(done, policy=_policy_counts(agent))
