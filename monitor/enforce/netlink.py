@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Iterable
+from typing import Iterable, Iterator
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -97,22 +97,33 @@ class ElementSocket:
         if error:
             raise OSError(error, os.strerror(error))
 
-    def _acks(self, begin: int, waiting: set[int]) -> int:
-        """Read acks until every message is answered; the first error (positive errno) or 0."""
-        error = 0
-        while waiting:
+    def _received(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """(kind, sequence number, error code or 0, the whole message) of every message the socket
+        receives next, one recv at a time (the caller stops when it has what it waits for)."""
+        while True:
             data = self._sock.recv(1 << 16)
             offset = 0
             while offset + _HEADER.size <= len(data):
                 length, kind, _, seq, _ = _HEADER.unpack_from(data, offset)
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
-                    if seq == begin and code:   # the whole batch refused
-                        return code
-                    if seq in waiting:
-                        waiting.discard(seq)
-                        error = error or code
+                code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0] if kind == NLMSG_ERROR else 0
+                yield kind, seq, code, data[offset:offset + length]
                 offset += (length + 3) & ~3 if length else len(data)
+
+    def _acks(self, begin: int, waiting: set[int]) -> int:
+        """Read acks until every message is answered; the first error (positive errno) or 0."""
+        error = 0
+        if not waiting:
+            return error
+        for kind, seq, code, _ in self._received():
+            if kind != NLMSG_ERROR:
+                continue
+            if seq == begin and code:   # the whole batch refused
+                return code
+            if seq in waiting:
+                waiting.discard(seq)
+                error = error or code
+                if not waiting:
+                    return error
         return error
 
     def _request(self, msg_type: int, flags: int, attrs: bytes) -> list[dict[int, bytes]]:
@@ -121,21 +132,15 @@ class ElementSocket:
         kind = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
         self._sock.send(_message(kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq, NFPROTO_INET, 0, attrs))
         answers: list[dict[int, bytes]] = []
-        while True:
-            data = self._sock.recv(1 << 16)
-            offset = 0
-            while offset + _HEADER.size <= len(data):
-                length, kind, _, got, _ = _HEADER.unpack_from(data, offset)
-                if got == seq:
-                    if kind == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
-                        if code:
-                            raise OSError(code, os.strerror(code))
-                        return answers
-                    if kind == NLMSG_DONE:
-                        return answers
-                    answers.append(attributes(data[offset:offset + length], _HEADER.size + _NFGEN.size))
-                offset += (length + 3) & ~3 if length else len(data)
+        for kind, got, code, message in self._received():
+            if got != seq:
+                continue
+            if code:
+                raise OSError(code, os.strerror(code))
+            if kind in (NLMSG_ERROR, NLMSG_DONE):
+                return answers
+            answers.append(attributes(message, _HEADER.size + _NFGEN.size))
+        return answers
 
     def table_shape(self, table: str, chain: str) -> tuple[int, int, bytes, tuple[int, ...]] | None:
         """(handle, use count, user data, rule handles of `chain`) of a table; None if there is none.
