@@ -6,7 +6,8 @@
 - `loops`: the capture thread, the bounded hand-off queue and the main loop's
   periodic tasks;
 - `reload`: applying a new config and policy while running;
-- `report`: the typed `status` answer, the metrics samples and the exit summary.
+- `report`: the typed `status` answer, the metrics samples and the exit summary;
+- `auditing`: the runtime audit of exec'd socat processes, on its own thread.
 
 Signals: SIGINT/SIGTERM stop cleanly with everything flushed; SIGHUP (or
 `socat-monitor reload`) reloads the config file with the command-line
