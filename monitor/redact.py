@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 HIDDEN = "***"
-SECRET_KEYS = frozenset({"password", "api_key", "token", "secret"})
+SECRET_KEYS = frozenset({"password", "api_key", "token", "secret", "authorization"})
 
 
 def redact_url(url: str) -> str:

@@ -51,6 +51,7 @@ class Setting:
     expect: str | None = None                   # "what is expected" in messages
     at_least: str | None = None                 # another field of the section this one may not be below
     excludes: str | None = None                 # another field that may not be set together with this one
+    required: bool = False                      # the section, when present, must give it
     live: bool = True                           # False: a reload cannot change it (needs a restart)
 
 
@@ -214,6 +215,8 @@ def relation_problems(section: Any) -> list[tuple[str, str]]:
             out.append((f.name, f"must be at least {other.removesuffix('_s')} ({getattr(section, other):g})"))
         if spec.excludes is not None and value and getattr(section, spec.excludes):
             out.append((f.name, f"give either {f.name} or {spec.excludes}, not both"))
+        if spec.required and not value:
+            out.append((f.name, "required in this section"))
     return out
 
 

@@ -20,6 +20,7 @@ count does not drift up.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import types
 import typing
@@ -238,8 +239,18 @@ class LiveStatus:
         self.sources: OrderedDict[str, _SourceState] = OrderedDict()
         self.recent_alerts: deque = deque(maxlen=RECENT_ALERTS)
         self.open = OpenConnections(int(open_idle_s * 1e9), MAX_OPEN)
+        self._lock = threading.Lock()   # the main thread observes; the control and metrics threads read
 
     def observe(self, record: Record) -> None:
+        with self._lock:
+            self._observe(record)
+
+    def totals(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        """Copies of (events by action, alerts by rule, losses by stage), safe from any thread."""
+        with self._lock:
+            return dict(self.events), dict(self.alerts), dict(self.pipeline_lost)
+
+    def _observe(self, record: Record) -> None:
         if isinstance(record, ConnectionEvent):
             self._connection(record)
         elif isinstance(record, Alert):
@@ -292,7 +303,12 @@ class LiveStatus:
 
     def snapshot(self, *, version: str, pid: int, host: str, counters: Counters, blocks: tuple[BlockRow, ...],
                  last_reload: ReloadResult | None) -> Status:
-        """The `status` answer of the control socket (see `monitor.control`)."""
+        """The `status` answer of the control socket (see `monitor.control`), from any thread."""
+        with self._lock:
+            return self._snapshot(version, pid, host, counters, blocks, last_reload)
+
+    def _snapshot(self, version: str, pid: int, host: str, counters: Counters, blocks: tuple[BlockRow, ...],
+                  last_reload: ReloadResult | None) -> Status:
         now = self.clock()
         listeners = []
         for state in sorted(self.listeners.values(), key=lambda s: s.port):

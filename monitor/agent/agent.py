@@ -250,6 +250,7 @@ class Agent:
         self.policy = policy
         self.audits.forget()
         self.pipeline.replace_policy(engine(policy, config, self.pipeline.policy))
+        self.status.open.idle_ns = int(config.policy_engine.open_idle_timeout_s * 1e9)
         if self.egress is not None:
             self.egress.set_rules(egress_rules(policy))
         elif self.capture is not None:

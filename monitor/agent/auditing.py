@@ -71,8 +71,10 @@ class AuditWorker:
                 self._seen.popitem(last=False)
         try:
             self._todo.put_nowait(event)
-        except queue.Full:
+        except queue.Full:   # not audited: not remembered either, so its next exec is audited
             self.dropped += 1
+            with self._lock:
+                self._seen.pop(key, None)
         return []
 
     def alerts(self) -> list[Alert]:

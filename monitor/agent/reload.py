@@ -92,7 +92,10 @@ def _new_detector(agent: Agent, new: Config) -> None:
 
 
 def _policy(agent: Agent, old: Config, new: Config, policy: Policy | None) -> str | None:
-    agent.set_policy(policy, new)
+    try:
+        agent.set_policy(policy, new)
+    except (MonitorError, OSError) as exc:   # the policy is in force; its egress guard is not
+        return f"policy in force, but its egress guard could not start: {exc}"
     return None
 
 
@@ -132,7 +135,7 @@ def _section(change: Change) -> str:
 
 def _with_sections(new: Config, old: Config, failed: list[str]) -> Config:
     """`new`, with the sections whose step failed at their old values."""
-    names = [n for n in failed if n != "sinks"] + (list(_SINK_SECTIONS) if "sinks" in failed else [])
+    names = [n for n in failed if n not in ("sinks", "policy")] + (list(_SINK_SECTIONS) if "sinks" in failed else [])
     return dataclasses.replace(new, **{n: getattr(old, n) for n in names})
 
 

@@ -14,6 +14,7 @@ from .. import __version__
 from ..config import Config
 from ..metrics import Sample, process_samples
 from ..policy.engine import EngineCounts, PolicyEngine
+from ..sinks import NdjsonSink, SinkStats
 from ..status import BlockRow, Counters, ForgottenCounts, PolicyCounts, RunSummary, Status
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def counters(agent: Agent) -> Counters:
     """The health counters (the event and alert counts are the status's own)."""
-    sink = agent.sinks.stats
+    sink = agent.sinks.stats_by_sink().get("ElasticsearchSink", SinkStats())   # the es_* figures are its own
     return Counters(
         kernel_lost=agent.capture.stats.kernel_lost if agent.capture is not None else 0,
         user_lost=agent.handoff.lost,
@@ -56,29 +57,43 @@ def snapshot(agent: Agent) -> Status:
 
 def samples(agent: Agent) -> list[Sample]:
     c = counters(agent)
-    live = agent.status
+    events, alerts, lost = agent.status.totals()
     out = [Sample("events_total", "counter", "Records written, by event.action.", v, (("action", k),))
-           for k, v in sorted(live.events.items())]
+           for k, v in sorted(events.items())]
     out += [Sample("alerts_total", "counter", "Alerts raised, by rule.", v, (("rule", k),))
-            for k, v in sorted(live.alerts.items())]
+            for k, v in sorted(alerts.items())]
     out += [
         Sample("kernel_lost_events_total", "counter", "Events the kernel could not deliver.", c.kernel_lost),
         Sample("user_lost_events_total", "counter", "Events dropped in the agent (queue full).", c.user_lost),
         Sample("queue_depth", "gauge", "Records waiting between capture and pipeline.", c.queue_depth),
         Sample("blocks_active", "gauge", "Sources blocked now.", c.blocks_active),
         Sample("audit_dropped_total", "counter", "Execs not audited: the audit queue was full.", agent.audits.dropped),
+        Sample("decide_reoffences_total", "counter", "Sources blocked again on a repeat while their alert was "
+               "deduplicated.", agent.decider.reoffences),
+        Sample("egress_lost_denials_total", "counter", "Refused backend connects the kernel could not report.",
+               agent.egress.lost() if agent.egress is not None else 0),
+        *_retention_samples(agent),
         Sample("audit_repeats_total", "counter", "Execs not audited again: same executable, user and argv.",
                agent.audits.repeats),
         Sample("elasticsearch_spool_bytes", "gauge", "Bytes spooled for Elasticsearch.", c.es_spool_bytes),
         Sample("elasticsearch_lag_seconds", "gauge", "Age of the oldest unacknowledged event.", c.es_lag_s),
     ]
     out += [Sample("sink_lost_events_total", "counter", "Events lost by a sink, by stage.", v, (("stage", k),))
-            for k, v in sorted(live.pipeline_lost.items())]
+            for k, v in sorted(lost.items())]
     if agent.pipeline.policy is not None:
         out += policy_samples(agent.pipeline.policy.counts())
     if agent.enforcing():
         out += agent.enforcer.samples()   # per-set drops, table rebuilds, netlink retries
     return out + process_samples()
+
+
+def _retention_samples(agent: Agent) -> list[Sample]:
+    files = [s for s in agent.sinks.sinks if isinstance(s, NdjsonSink)]
+    retired = files[0].retired if files else None
+    return [Sample("ndjson_retired_files_total", "counter", "NDJSON files deleted by retention.",
+                   retired.files if retired else 0),
+            Sample("ndjson_retired_bytes_total", "counter", "Bytes of NDJSON files deleted by retention.",
+                   retired.bytes if retired else 0)]
 
 
 def exported_samples(agent: Agent) -> list[Sample]:

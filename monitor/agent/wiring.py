@@ -60,7 +60,7 @@ def make_sinks(config: Config, host: HostInfo, on_error: ErrorCallback) -> Fanou
         sinks.append(AlertFeed(config.alert_feed, host, on_error=on_error))
     if config.webhook is not None:
         sinks.append(WebhookSink(config.webhook, host, on_error=on_error))
-    return Fanout(sinks)
+    return Fanout(sinks, on_error)
 
 
 def sink_settings(config: Config) -> tuple:

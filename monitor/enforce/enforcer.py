@@ -185,10 +185,18 @@ class Enforcer:
             self._error(f"table inet {self.config.table} was {how} by someone else: rebuilt with "
                         f"{len(self._active)} active blocks", count=max(len(self._active), 1))
 
+    def _journal(self, change, items: list) -> None:
+        """Record a change in the block journal; a disk fault is reported, never fatal (the kernel holds it)."""
+        try:
+            change(items)
+        except OSError as exc:
+            self._error(f"cannot write the block journal {self.config.state_file}: {exc.strerror or exc} "
+                        "(the kernel holds the change; a restart would not restore it)")
+
     def _error(self, message: str, count: int = 1) -> None:
         log.error("enforce: %s", message)
-        self.errors += 1
         with self._lock:
+            self.errors += 1
             self._errors.append(PipelineError("enforce", message, time.time_ns(), count=count))
 
     def drain_errors(self) -> list[PipelineError]:
@@ -350,7 +358,7 @@ class Enforcer:
             if problem:
                 self._error(f"block of {text} not applied: {problem}")
                 return refused(text, f"nftables: {problem}")
-        self._state.upsert([block])
+        self._journal(self._state.upsert, [block])
         event = BlockEvent(Action.BLOCKED, now_ns, text, ttl_s=ttl, rule_id=rule_id, alert_id=alert_id,
                            reason=None if is_new else "refreshed")
         if self.config.kill_established != "none":
@@ -395,7 +403,7 @@ class Enforcer:
         with self._lock:
             present = self.config.dry_run or self._table.delete([net])
             self._active.pop(text, None)
-        self._state.remove([text])
+        self._journal(self._state.remove, [text])
         return BlockEvent(Action.UNBLOCKED, now_ns, text, reason=reason if present else f"{reason} (it had already expired)")
 
     def expire(self, now_ns: int) -> list[BlockEvent]:
@@ -405,7 +413,7 @@ class Enforcer:
             for b in done:
                 del self._active[b.target]
         if done:
-            self._state.remove([b.target for b in done])
+            self._journal(self._state.remove, [b.target for b in done])
         return [BlockEvent(Action.UNBLOCKED, b.expires_ns, b.target, ttl_s=b.ttl_s, rule_id=b.rule_id,
                            alert_id=b.alert_id, reason="ttl expired") for b in done]
 
@@ -418,7 +426,11 @@ class Enforcer:
             current = self._active.get(text)
         if current is None or current.expires_ns <= now_ns:
             return False
-        if self._table.holds(net):
+        try:
+            if self._table.holds(net):
+                return True
+        except (EnvironmentProblem, OSError) as exc:   # cannot ask the kernel now: assume it holds
+            self._error(f"cannot tell whether {text} is still blocked: {exc}")
             return True
         with self._lock:
             self._active.pop(text, None)

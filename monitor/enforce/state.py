@@ -18,6 +18,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
+from ..files import open_append
+
 
 @dataclass(frozen=True, slots=True)
 class ActiveBlock:
@@ -87,8 +89,8 @@ class StateFile:
 
     def _set_aside(self, lines: list[str]) -> None:
         """Keep unreadable lines for a look in `<file>.bad` (the agent's compaction at start drops them)."""
-        with open(f"{self.path}.bad", "a", encoding="utf-8") as fh:
-            fh.write("".join(lines))
+        with open_append(f"{self.path}.bad") as fh:
+            fh.write("".join(lines).encode())
         self.bad_lines += len(lines)
 
     def _append(self, entries: list[dict]) -> None:

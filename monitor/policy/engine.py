@@ -124,9 +124,15 @@ class PolicyEngine:
                             forgotten=Forgotten(f.expired, f.reused, f.evicted))
 
     def carry_over(self, previous: "PolicyEngine") -> None:
-        """Keep the connections a previous engine (the policy before a reload) holds open, and its counts."""
-        self._counter.open = previous._counter.open
+        """Keep what a previous engine (the policy before a reload) counted: open connections (under this
+        engine's idle time and size), rate windows, dedup state and counts, so a reload neither forgets
+        a flood in progress nor repeats alerts already raised."""
+        open_now = previous._counter.open
+        open_now.idle_ns, open_now.max_open = self._counter.open.idle_ns, self._counter.open.max_open
+        self._counter.open = open_now
+        self._counter.windows = previous._counter.windows
         self._counter.repeated = previous._counter.repeated
+        self._last_alert, self._held = previous._last_alert, previous._held
         self.suppressed = previous.suppressed
 
     def listener_name(self, port: int) -> str | None:

@@ -32,7 +32,9 @@ from pathlib import Path
 import orjson
 
 from ..ecs import HostInfo, render
-from ..events import Alert, BlockEvent, Record
+from ..events import Action, Alert, BlockEvent, Record
+from ..files import open_append
+from ..redact import cleartext_credentials, redact_url
 from ..settings import setting
 from .base import ErrorCallback, ErrorReporter, SinkStats, check_url
 from .spool import DiskSpool
@@ -44,7 +46,7 @@ RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 @dataclass(slots=True)
 class WebhookConfig:
-    url: str = setting("", check=check_url)
+    url: str = setting("", check=check_url, required=True)
     authorization: str | None = None      # the Authorization header, e.g. "Bearer <token>"
     ca_file: str | None = None
     verify_certs: bool = True
@@ -69,6 +71,8 @@ class WebhookSink:
         self.config = config
         self.host = host
         self._errors = ErrorReporter("sinks.webhook", on_error)
+        if cleartext_credentials(config.url, config.authorization is not None):
+            log.warning("webhook %s: credentials would be sent without TLS; use https://", redact_url(config.url))
         self._spool = DiskSpool(config.spool_dir, config.spool_max_bytes, 4 * 1024 * 1024)
         self._tls = self._tls_context()
         self._lock = threading.Lock()
@@ -91,8 +95,9 @@ class WebhookSink:
     # -- caller side --------------------------------------------------------
 
     def write(self, record: Record) -> None:
-        if not isinstance(record, (Alert, BlockEvent)):
-            return
+        if not (isinstance(record, Alert) or (isinstance(record, BlockEvent)
+                                              and record.action is not Action.BLOCK_COUNTERS)):
+            return   # alerts and block changes; a block's periodic counters are metrics, not alerts
         try:
             line = record.id.encode() + b"\t" + orjson.dumps(render(record, self.host),
                                                              option=orjson.OPT_APPEND_NEWLINE)
@@ -148,12 +153,14 @@ class WebhookSink:
                 continue
             try:
                 self._deliver(batch.lines[0])
-            except _Retry as exc:
+            except Exception as exc:   # _Retry, or anything else: the sender thread never dies
                 self._spool.rewind()
                 with self._lock:
                     self._stats.retried += 1
                 backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
-                self._errors.add(f"webhook {self.config.url}: {exc}; retrying", 0)
+                if not isinstance(exc, _Retry):
+                    log.exception("webhook sink: delivery failed")
+                self._errors.add(f"webhook {redact_url(self.config.url)}: {exc}; retrying", 0)
                 self._stop.wait(backoff)
                 continue
             backoff = 0.0
@@ -195,18 +202,17 @@ class WebhookSink:
             document = orjson.loads(doc)
         except orjson.JSONDecodeError:
             document = doc.decode(errors="replace")
-        entry = orjson.dumps({"reason": f"HTTP {status}", "status": status, "url": self.config.url, "id": key,
+        url = redact_url(self.config.url)
+        entry = orjson.dumps({"reason": f"HTTP {status}", "status": status, "url": url, "id": key,
                               "document": document}, option=orjson.OPT_APPEND_NEWLINE)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as fh:
+            with open_append(path) as fh:
                 fh.write(entry)
         except OSError as exc:
             with self._lock:
                 self._stats.failed += 1
-            self._errors.add(f"refused by {self.config.url} (HTTP {status}) and cannot write {path}: "
-                             f"{exc.strerror or exc}")
+            self._errors.add(f"refused by {url} (HTTP {status}) and cannot write {path}: {exc.strerror or exc}")
             return
         with self._lock:
             self._stats.dead_lettered += 1
-        self._errors.add(f"refused by {self.config.url} (HTTP {status}), kept in {path}")
+        self._errors.add(f"refused by {url} (HTTP {status}), kept in {path}")
