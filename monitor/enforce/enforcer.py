@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..addresses import Network, parse_target, target_text
 from ..errors import EnvironmentProblem, InputError
@@ -26,7 +26,7 @@ from ..host import facts as hostfacts
 from ..metrics import Sample
 from ..settings import setting
 from .netns import NetnsWorker, require_cap_net_admin
-from .nft import SCOPES, KernelElement, Listing, NftTable, Ownership, check_table_name
+from .nft import SCOPES, DropListener, KernelElement, Listing, NftTable, Ownership, check_table_name
 from .safety import CircuitBreaker, SafetyRules
 from ..rules import new_alert
 from .sessions import MODES, end_sessions
@@ -75,6 +75,7 @@ class Enforcer:
         self._breaker = CircuitBreaker(config.max_blocks_per_minute)
         self._active: dict[str, ActiveBlock] = {}
         self._ports: tuple[int, ...] = ()
+        self._drops: tuple[DropListener, ...] = ()
         self._alerts: list[Alert] = []
         self._errors: list[PipelineError] = []
         self._lock = threading.RLock()
@@ -97,10 +98,11 @@ class Enforcer:
                                          gateways=facts.gateways, ssh_peers=facts.ssh_peers)
         self._facts_at = time.monotonic()
 
-    def start(self, listener_ports: Iterable[int]) -> list[BlockEvent]:
+    def start(self, listener_ports: Iterable[int], drops: Sequence[DropListener] = ()) -> list[BlockEvent]:
         """Create our table in one transaction, re-applying blocks still due (state file and kernel)."""
         self.refresh_safety()
         self._ports = tuple(sorted(set(listener_ports)))
+        self._drops = tuple(drops)
         now = time.time_ns()
         wanted = {b.target: b for b in self._state.load(now)}
         if self._state.bad_lines:
@@ -147,7 +149,8 @@ class Enforcer:
         blocks = [(parse_target(b.target), b.remaining_s(now_ns)) for b in self._active.values()
                   if b.expires_ns > now_ns]
         self._owner = self._table.create(scope=self.config.scope, ports=self._ports, blocks=blocks,
-                                         allow=[parse_target(t) for t in self.config.never_block])
+                                         allow=[parse_target(t) for t in self.config.never_block],
+                                         drops=self._drops)
 
     # -- self-healing -----------------------------------------------------------------
 
@@ -278,6 +281,22 @@ class Enforcer:
                 self._table.set_ports(new)
             except EnvironmentProblem as exc:
                 self._error(f"listener ports not updated (the table check will rebuild it): {exc}")
+
+    def set_drops(self, drops: Sequence[DropListener]) -> None:
+        """Put the policy's drop listeners in force: the same listeners get new allow sets in one transaction,
+        other changes rebuild the table (one transaction too, blocks kept)."""
+        new = tuple(drops)
+        with self._lock:
+            old, self._drops = self._drops, new
+            if new == old or self.config.dry_run or not self.config.enabled or self._owner is None:
+                return
+            try:
+                if [(d.name, d.port, d.address) for d in new] == [(d.name, d.port, d.address) for d in old]:
+                    self._table.set_drop_sources(new)
+                else:
+                    self._create(time.time_ns())
+            except EnvironmentProblem as exc:
+                self._error(f"drop listeners not updated, the previous ones stay in force: {exc}")
 
     @property
     def retries(self) -> int:

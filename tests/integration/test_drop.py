@@ -1,0 +1,58 @@
+"""`action: drop` in the kernel: a listener's allowlist enforced before the handshake.
+
+Uses test_enforce's lab (a real socat relay in a "server" namespace, clients
+on a veth); the Enforcer acts only in the server namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from monitor.enforce import Enforcer
+from monitor.enforce.nft import DropListener
+from tests.integration.test_enforce import BAD4, BAD6, GOOD4, GOOD6, Lab, lab  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+
+
+def _listener(lab: Lab, *sources: str) -> DropListener:
+    return DropListener("web", lab.port, None, tuple(ipaddress.ip_network(s) for s in sources))
+
+
+def test_disallowed_sources_get_no_syn_ack_and_a_reload_lets_them_in(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32", f"{GOOD6}/128")])
+    assert not lab.reach(BAD4, timeout=0.5), "the first connect from a disallowed v4 source must time out"
+    assert not lab.reach(BAD6, timeout=0.5), "the same for IPv6"
+    assert lab.reach(GOOD4) and lab.reach(GOOD6)
+    counted = [int(line.split("packets ")[1].split()[0]) for line in lab.table().splitlines() if "drop web" in line]
+    assert len(counted) == 2 and all(n > 0 for n in counted), "each rule (v4, v6) counts what it dropped"
+    enforcer.set_drops([_listener(lab, f"{GOOD4}/32", f"{GOOD6}/128", f"{BAD4}/32")])
+    assert lab.reach(BAD4), "a reload adding the address lets it connect at once"
+    assert not lab.reach(BAD6, timeout=0.5)
+    enforcer.set_drops([])
+    assert lab.reach(BAD6) and "drop web" not in lab.table()
+    enforcer.close()
+
+
+def test_empty_list_drops_everyone_but_loopback(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [DropListener("nobody", lab.port, "::", ())])
+    assert not lab.reach(GOOD4, timeout=0.5) and not lab.reach(GOOD6, timeout=0.5)
+    out = lab.netns.run(lab.server, "python3", "-c",
+                        f"import socket; socket.create_connection(('127.0.0.1', {lab.port}), 2).close(); print('ok')",
+                        check=False)
+    assert out.stdout.strip() == "ok", "loopback clients are never dropped"
+    enforcer.close()
+
+
+def test_the_table_check_rebuilds_the_drop_rule(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32")])
+    lab.netns.run(lab.server, "nft", "flush", "ruleset")
+    assert lab.reach(BAD4)
+    assert enforcer.heal()
+    assert not lab.reach(BAD4, timeout=0.5) and lab.reach(GOOD4)
+    enforcer.close()
