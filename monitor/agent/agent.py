@@ -27,6 +27,7 @@ from ..events import Action, Alert, ConnectionEvent, Heartbeat, Listener, Pipeli
 from ..metrics import MetricsServer
 from ..pipeline import Pipeline
 from ..policy import Policy, audit_running, finding_to_alert
+from ..policy.engine import dropped_alert
 from ..status import LiveStatus, ReloadResult, RunSummary, to_json
 from . import report
 from .report import ForgottenReport
@@ -38,6 +39,7 @@ from .wiring import drop_listeners, egress_rules, engine, make_decider, make_det
 log = logging.getLogger(__name__)
 
 LISTENER_REFRESH_S = 5.0
+DROP_READ_S = 1.0            # the drop listeners' dropped sources are read this often (reported within 2 s)
 BASELINE_SAVE_S = 600.0
 RELOAD_ANSWER_S = 10.0
 
@@ -120,7 +122,20 @@ class Agent:
             Periodic(lambda: self.config.agent.heartbeat_interval_s, self._heartbeat),
             Periodic(lambda: LISTENER_REFRESH_S, self.refresh_listeners),
             Periodic(lambda: BASELINE_SAVE_S, self._save_baseline),
+            Periodic(lambda: DROP_READ_S, self._drops),
         ]
+
+    def _drops(self) -> None:
+        """What the drop listeners' kernel rules dropped: new sources get an event and an alert, the
+        others a running count."""
+        if self.enforcer is None:
+            return
+        events = self.enforcer.drop_events(now_ns())
+        for event in events:
+            self.emit(event)
+        first = [dropped_alert(e) for e in events if e.action is Action.CONNECTION_DROPPED]
+        for record in self.pipeline.alerts(first):
+            self.emit(record)
 
     def _heartbeat(self) -> None:
         self.emit(Heartbeat(now_ns(), tuple((s.key, s.value) for s in report.samples(self))))

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 from ..addresses import Network, parse_target, target_text
 from ..errors import EnvironmentProblem, InputError
-from ..events import Action, Alert, BlockEvent, Outcome, PipelineError
+from ..events import Action, Alert, BlockEvent, DropEvent, Listener, Outcome, PipelineError
 from ..host import facts as hostfacts
 from ..metrics import Sample
 from ..settings import setting
@@ -76,6 +76,7 @@ class Enforcer:
         self._active: dict[str, ActiveBlock] = {}
         self._ports: tuple[int, ...] = ()
         self._drops: tuple[DropListener, ...] = ()
+        self._dropped: dict[tuple[str, str], int] = {}   # (listener name, source) -> packets last reported
         self._alerts: list[Alert] = []
         self._errors: list[PipelineError] = []
         self._lock = threading.RLock()
@@ -263,6 +264,33 @@ class Enforcer:
             out.append(BlockEvent(Action.BLOCK_COUNTERS, now_ns, e.target, ttl_s=block.ttl_s, rule_id=block.rule_id,
                                   alert_id=block.alert_id, dropped_packets=e.packets, dropped_bytes=e.bytes))
         self._reported = {t: n for t, n in self._reported.items() if t in active}
+        return out
+
+    def drop_events(self, now_ns: int) -> list[DropEvent]:
+        """CONNECTION_DROPPED for each source a drop rule dropped for the first time, DROP_COUNTERS for one that
+        was dropped again since the last call (read each second: one listing of the dropped sets)."""
+        with self._lock:
+            drops = self._drops
+        if not drops or not self.config.enabled or self._owner is None:
+            return []
+        try:
+            remembered = self._table.dropped(drops)
+        except EnvironmentProblem as exc:
+            self._error(f"dropped sources not read (the table check rebuilds a table that is gone): {exc}")
+            return []
+        out = []
+        seen: dict[tuple[str, str], int] = {}
+        for index, source, packets in remembered:
+            listener = drops[index]
+            key = (listener.name, source)
+            seen[key] = packets
+            last = self._dropped.get(key)
+            if last == packets:
+                continue
+            out.append(DropEvent(Action.CONNECTION_DROPPED if last is None else Action.DROP_COUNTERS, now_ns,
+                                 source, Listener(listener.address or "::", listener.port, listener.name),
+                                 packets, dry_run=self.config.dry_run))
+        self._dropped = seen
         return out
 
     def block_samples(self) -> list[Sample]:

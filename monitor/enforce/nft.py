@@ -52,6 +52,8 @@ ALLOW_SETS = {4: "allow4", 6: "allow6"}
 SCOPES = ("listeners", "host")
 # tables other software owns: socat-monitor deletes and recreates its own table, so it must never be one of these
 FOREIGN_TABLES = ("filter", "nat", "mangle", "raw", "security", "firewalld")
+DROPPED_TTL = "1h"                # a source that stopped knocking leaves the dropped sets after this
+DROPPED_SIZE = 65536              # sources remembered per drop listener and IP version (more are dropped, uncounted)
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -129,6 +131,11 @@ def drop_set(index: int, version: int) -> str:
     return f"dropallow{index}_{version}"
 
 
+def dropped_set(index: int, version: int) -> str:
+    """The dynamic set the drop rule fills: one element per dropped source, counting its packets."""
+    return f"dropped{index}_{version}"
+
+
 def _drop_rules(drops: Sequence[DropListener], count_only: bool) -> list[str]:
     """One rule per drop listener and IP version: a SYN from outside the set, not on loopback, is dropped."""
     rules = []
@@ -140,7 +147,8 @@ def _drop_rules(drops: Sequence[DropListener], count_only: bool) -> list[str]:
                 daddr = f"{family} daddr {unmapped_network(ipaddress.ip_network(listener.address)).network_address} "
             verdict = "" if count_only else " drop"
             rules.append(f"    iif != \"lo\" tcp dport {listener.port} {daddr}tcp flags & (syn | ack) == syn "
-                         f"{family} saddr != @{drop_set(index, version)} counter{verdict} "
+                         f"{family} saddr != @{drop_set(index, version)} "
+                         f"update @{dropped_set(index, version)} {{ {family} saddr counter }} counter{verdict} "
                          f"comment \"drop {listener.name}\"")
     return rules
 
@@ -191,6 +199,8 @@ def skeleton_script(table: str, *, scope: str, ports: Iterable[int],
         f"  set {PROBE_SET} {{ type ipv4_addr; flags timeout; }}",
         *(f"  set {drop_set(i, v)} {{ type ipv{v}_addr; flags interval; auto-merge; }}"
           for i in range(len(drops)) for v in (4, 6)),
+        *(f"  set {dropped_set(i, v)} {{ type ipv{v}_addr; flags dynamic, timeout; timeout {DROPPED_TTL}; "
+          f"size {DROPPED_SIZE}; }}" for i in range(len(drops)) for v in (4, 6)),
         "  chain input {",
         "    type filter hook input priority filter - 10; policy accept;",
         "    ip saddr @allow4 accept",
@@ -400,6 +410,21 @@ class NftTable:
         """Replace the allow sets of the same drop listeners in one transaction (no moment with an empty set)."""
         script = "".join(f"flush set inet {self.table} {drop_set(i, v)}\n" for i in range(len(drops)) for v in (4, 6))
         self._run(script + "".join(line + "\n" for line in drop_elements(self.table, drops)), "nftables drop sources")
+
+    def dropped(self, drops: Sequence[DropListener]) -> list[tuple[int, str, int]]:
+        """(drop listener index, source, packets dropped so far) for every source the drop rules remember;
+        only the dropped sets are read, never the block sets."""
+        names = [(i, dropped_set(i, v)) for i in range(len(drops)) for v in (4, 6)]
+
+        def go() -> list[tuple[int, str, int]]:
+            out = []
+            for index, name in names:
+                rc, text, err = self._ctx.cmd(f"list set inet {self.table} {name}")
+                if rc != 0:
+                    raise EnvironmentProblem("nftables", f"cannot list set {name}: {err.strip()}")
+                out += [(index, e.target, e.packets or 0) for e in parse_listing(json.loads(text))]
+            return out
+        return self._worker.call(go, self.timeout_s, "nftables list")
 
     def listing(self) -> Listing:
         """Every element (with its counters) and the per-set drop counters: a full dump."""

@@ -7,11 +7,13 @@ on a veth); the Enforcer acts only in the server namespace.
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import pytest
 
 from monitor.enforce import Enforcer
 from monitor.enforce.nft import DropListener
+from monitor.events import Action
 from tests.integration.test_enforce import BAD4, BAD6, GOOD4, GOOD6, Lab, lab  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -27,6 +29,15 @@ def test_disallowed_sources_get_no_syn_ack_and_a_reload_lets_them_in(lab: Lab) -
     assert not lab.reach(BAD4, timeout=0.5), "the first connect from a disallowed v4 source must time out"
     assert not lab.reach(BAD6, timeout=0.5), "the same for IPv6"
     assert lab.reach(GOOD4) and lab.reach(GOOD6)
+    first = {e.source_ip: e for e in enforcer.drop_events(time.time_ns())}
+    assert set(first) == {BAD4, BAD6}
+    assert all(e.action is Action.CONNECTION_DROPPED and e.dropped_packets >= 1 and e.listener.name == "web"
+               and e.listener.port == lab.port for e in first.values())
+    assert enforcer.drop_events(time.time_ns()) == [], "nothing new dropped: nothing reported"
+    assert not lab.reach(BAD4, timeout=0.5)
+    [again] = enforcer.drop_events(time.time_ns())
+    assert again.action is Action.DROP_COUNTERS and again.source_ip == BAD4
+    assert again.dropped_packets > first[BAD4].dropped_packets, "later drops are counted, one update per read"
     counted = [int(line.split("packets ")[1].split()[0]) for line in lab.table().splitlines() if "drop web" in line]
     assert len(counted) == 2 and all(n > 0 for n in counted), "each rule (v4, v6) counts what it dropped"
     enforcer.set_drops([_listener(lab, f"{GOOD4}/32", f"{GOOD6}/128", f"{BAD4}/32")])
