@@ -7,13 +7,18 @@ on a veth); the Enforcer acts only in the server namespace.
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import time
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from monitor.enforce import Enforcer
 from monitor.enforce.nft import DropListener
 from monitor.events import Action
+from tests.lab import AgentProcess, wait_for
 from tests.integration.test_enforce import BAD4, BAD6, GOOD4, GOOD6, Lab, lab  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -67,3 +72,42 @@ def test_the_table_check_rebuilds_the_drop_rule(lab: Lab) -> None:
     assert enforcer.heal()
     assert not lab.reach(BAD4, timeout=0.5) and lab.reach(GOOD4)
     enforcer.close()
+
+
+def test_agent_reports_each_dropped_source_within_2s_and_a_reload_lets_it_in(lab: Lab, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    text = (f"version: 1\nlisteners:\n  - name: lab-relay\n    port: {lab.port}\n"
+            "    allow_sources: [{sources}]\n    action: drop\ndefaults:\n  unknown_listener: ignore\n")
+    policy.write_text(text.format(sources=f"{GOOD4}, {GOOD6}"))
+    agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", lab.server, "--duration", "120")
+    try:
+        agent.wait_ready()
+        assert lab.reach(GOOD4) and lab.reach(GOOD6)
+        first_drop_ns = time.time_ns()
+        assert not lab.reach(BAD4, timeout=0.5), "the very first connect from a disallowed source gets no SYN-ACK"
+        assert not lab.reach(BAD6, timeout=0.5)
+        assert lab.reach(GOOD4), "allowed clients connect normally meanwhile"
+        time.sleep(2.5)
+        policy.write_text(text.format(sources=f"{GOOD4}, {GOOD6}, {BAD4}"))
+        os.kill(agent.proc.pid, signal.SIGHUP)
+        wait_for(lambda: lab.reach(BAD4, timeout=0.3), timeout=10, interval=0.1)
+        assert not lab.reach(BAD6, timeout=0.5) and lab.reach(GOOD6)
+    finally:
+        agent.stop()
+    docs = agent.documents()
+    dropped = {d["source"]["ip"]: d for d in docs if d["event"].get("action") == "connection_dropped"}
+    assert set(dropped) == {BAD4, BAD6}, dropped
+    for doc in dropped.values():
+        assert doc["destination"]["port"] == lab.port and doc["socat"]["listener"]["name"] == "lab-relay"
+        assert doc["socat"]["drop"]["packets"] >= 1
+        assert _ns(doc["@timestamp"]) - first_drop_ns < 3e9, "reported within 2 s of the drop (+ the 0.5 s connect)"
+    alerts = [d for d in docs if d["event"]["kind"] == "alert" and d["rule"]["id"] == "policy.source_denied"]
+    assert {a["source"]["ip"] for a in alerts} >= {BAD4, BAD6}
+    assert all(a["event"]["outcome"] == "failure" for a in alerts)
+    accepted = [d for d in docs if d["event"].get("action") == "connection_accepted"
+                and d["source"]["ip"] == BAD6]
+    assert accepted == [], "socat never accepted the dropped source"
+
+
+def _ns(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1e9)
