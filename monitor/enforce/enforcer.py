@@ -129,6 +129,8 @@ class Enforcer:
                                          reason=f"not restored: {refusal}", alert_id=block.alert_id))
                 continue
             keep.append((net, block))
+        if self.config.dry_run and self.config.enabled and self._drops:
+            self._start_counting(keep, now)
         if self.config.dry_run or not self.config.enabled:
             return events
         with self._lock:
@@ -145,13 +147,26 @@ class Enforcer:
                                      rule_id=b.rule_id, alert_id=b.alert_id, reason="restored at start"))
         return events
 
+    def _start_counting(self, keep: list[tuple[Network, ActiveBlock]], now_ns: int) -> None:
+        """--dry-run with drop listeners: the table is made with their rules count-only ("would drop"),
+        and the blocks it already held are kept as they were; nothing new is blocked."""
+        try:
+            with self._lock:
+                self._active = {b.target: b for _, b in keep}
+                self._create(now_ns)
+        except EnvironmentProblem as exc:
+            self._error(f"--dry-run: the drop listeners' count-only rules were not installed: {exc}")
+            return
+        self._watchdog = threading.Thread(target=self._watch, name="enforce-watchdog", daemon=True)
+        self._watchdog.start()
+
     def _create(self, now_ns: int) -> None:
         """(Re)make our table with every active block and its remaining TTL, in one transaction."""
         blocks = [(parse_target(b.target), b.remaining_s(now_ns)) for b in self._active.values()
                   if b.expires_ns > now_ns]
         self._owner = self._table.create(scope=self.config.scope, ports=self._ports, blocks=blocks,
                                          allow=[parse_target(t) for t in self.config.never_block],
-                                         drops=self._drops)
+                                         drops=self._drops, count_only=self.config.dry_run)
 
     # -- self-healing -----------------------------------------------------------------
 
@@ -316,7 +331,7 @@ class Enforcer:
         new = tuple(drops)
         with self._lock:
             old, self._drops = self._drops, new
-            if new == old or self.config.dry_run or not self.config.enabled or self._owner is None:
+            if new == old or not self.config.enabled or self._owner is None:
                 return
             try:
                 if [(d.name, d.port, d.address) for d in new] == [(d.name, d.port, d.address) for d in old]:

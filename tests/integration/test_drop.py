@@ -111,3 +111,14 @@ def test_agent_reports_each_dropped_source_within_2s_and_a_reload_lets_it_in(lab
 
 def _ns(stamp: str) -> int:
     return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1e9)
+
+
+def test_dry_run_counts_what_it_would_drop_and_lets_it_in(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config(dry_run=True))
+    enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32")])
+    assert lab.reach(BAD4), "--dry-run drops nothing"
+    rule = [line for line in lab.table().splitlines() if "drop web" in line]
+    assert rule and all(" drop comment" not in line and "counter packets" in line for line in rule), rule
+    [would] = enforcer.drop_events(time.time_ns())
+    assert (would.action, would.source_ip, would.dry_run) == (Action.CONNECTION_DROPPED, BAD4, True)
+    enforcer.close()
