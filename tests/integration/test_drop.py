@@ -18,7 +18,7 @@ import pytest
 from monitor.enforce import Enforcer
 from monitor.enforce.nft import DropListener
 from monitor.events import Action
-from tests.lab import AgentProcess, wait_for
+from tests.lab import PYTHON, ROOT, AgentProcess, Processes, free_port, wait_for, wait_listening
 from tests.integration.test_enforce import BAD4, BAD6, GOOD4, GOOD6, Lab, lab  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -121,4 +121,19 @@ def test_dry_run_counts_what_it_would_drop_and_lets_it_in(lab: Lab) -> None:
     assert rule and all(" drop comment" not in line and "counter packets" in line for line in rule), rule
     [would] = enforcer.drop_events(time.time_ns())
     assert (would.action, would.source_ip, would.dry_run) == (Action.CONNECTION_DROPPED, BAD4, True)
+    enforcer.close()
+
+
+def test_a_relay_that_listens_after_the_agent_started_is_covered(lab: Lab, procs: Processes) -> None:
+    late, backend = free_port(), free_port()
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [DropListener("late", late, None, (ipaddress.ip_network(f"{GOOD4}/32"),))])
+    procs.start([PYTHON, "-m", "tests.echo", str(backend)], netns=lab.server, cwd=ROOT)
+    wait_listening(backend, netns=lab.server)
+    procs.socat(f"TCP6-LISTEN:{late},fork,reuseaddr,ipv6only=0", f"TCP:127.0.0.1:{backend}", netns=lab.server)
+    wait_listening(late, netns=lab.server)
+    probe = Lab(lab.server, lab.clients, late, lab.netns, lab.state_file)
+    assert probe.reach(GOOD4)
+    assert not probe.reach(BAD4, timeout=0.5), "an IPv4 client of a dual-stack (IPv4-mapped) listener is dropped"
+    assert not probe.reach(BAD6, timeout=0.5)
     enforcer.close()
