@@ -19,7 +19,7 @@ from monitor.enforce import Enforcer
 from monitor.enforce.nft import DropListener
 from monitor.events import Action
 from tests.lab import PYTHON, ROOT, AgentProcess, Processes, free_port, wait_for, wait_listening
-from tests.integration.test_enforce import BAD4, BAD6, GOOD4, GOOD6, Lab, lab  # noqa: F401 (fixture)
+from tests.integration.test_enforce import BAD4, BAD6, GOOD4, GOOD6, SERVER4, Lab, lab  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -136,4 +136,32 @@ def test_a_relay_that_listens_after_the_agent_started_is_covered(lab: Lab, procs
     assert probe.reach(GOOD4)
     assert not probe.reach(BAD4, timeout=0.5), "an IPv4 client of a dual-stack (IPv4-mapped) listener is dropped"
     assert not probe.reach(BAD6, timeout=0.5)
+    enforcer.close()
+
+
+FLOOD = """
+import socket, sys, time
+src, dst, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+socks = []
+for _ in range(n):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((src, 0))
+    s.setblocking(False)
+    s.connect_ex((dst, port))
+    socks.append(s)
+time.sleep(0.3)   # under the 1 s SYN retransmission: one SYN each
+for s in socks:
+    s.close()
+"""
+
+
+def test_the_drop_count_matches_a_flood_of_connects(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32")])
+    sent = 300
+    lab.netns.run(lab.clients, PYTHON, "-c", FLOOD, BAD4, SERVER4, str(lab.port), str(sent))
+    assert lab.reach(GOOD4)
+    [flood] = enforcer.drop_events(time.time_ns())
+    assert (flood.source_ip, flood.dropped_packets) == (BAD4, sent)
     enforcer.close()
