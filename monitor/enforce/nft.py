@@ -7,6 +7,8 @@ Our table carries `OWNER_COMMENT`; a table of the same name without it is
 never touched (`ownership`), and a replaced table is deleted by its handle,
 so a table someone else made in between makes the transaction fail instead
 of being wiped. Block sets count per element and per set (`drops_<set>`).
+A policy's drop listeners (`DropListener`) get allow sets and a SYN drop rule
+each, which fills a dynamic `dropped` set counting every dropped source.
 
 At run time only set elements change, through netlink batches on raw
 sockets (`netlink`; never a process per block), opened in the table's
