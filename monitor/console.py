@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from .events import Alert, BlockEvent, ConnectionEvent, Direction, Heartbeat, PipelineError, ProcessEvent, Record
+from .events import Alert, BlockEvent, ConnectionEvent, Direction, DropEvent, Heartbeat, PipelineError, ProcessEvent, Record
 from .terminal import safe_text
 
 _SHORT = {
@@ -23,6 +23,8 @@ _SHORT = {
     "block_refused": "NO-BLOCK",
     "block_dry_run": "DRY-BLOCK",
     "block_counters": "DROPS",
+    "connection_dropped": "DROPPED",
+    "drop_counters": "DROPPED",
 }
 
 
@@ -63,6 +65,10 @@ def format_record(record: Record) -> str | None:
         why = f" ({record.reason})" if record.reason else ""
         drops = f" dropped={record.dropped_packets}p/{record.dropped_bytes}B" if record.dropped_packets is not None else ""
         body = f"{_SHORT[record.action.value]:<9}{record.target}{ttl}{drops} rule={record.rule_id}{why}"
+    elif isinstance(record, DropEvent):
+        would = " (dry run: would drop)" if record.dry_run else ""
+        body = (f"{_SHORT[record.action.value]:<9}{record.source_ip} -> {record.listener.name} port "
+                f"{record.listener.port} packets={record.dropped_packets}{would}")
     elif isinstance(record, PipelineError):
         body = f"LOSS     {record.stage}: {record.count} lost: {record.message}"
     elif isinstance(record, Heartbeat):

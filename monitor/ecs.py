@@ -28,6 +28,7 @@ from .events import (
     Action,
     Alert,
     BlockEvent,
+    DropEvent,
     ConnectionEvent,
     Direction,
     Heartbeat,
@@ -420,6 +421,20 @@ def _render_block(ev: BlockEvent, host: HostInfo) -> dict[str, Any]:
     return doc
 
 
+def _render_drop(ev: DropEvent, host: HostInfo) -> dict[str, Any]:
+    counters = ev.action is Action.DROP_COUNTERS
+    doc = _base(ev.id, ev.timestamp_ns, host, "metric" if counters else "event", DATASET_ENFORCE)
+    doc["event"].update(category=["network"], type=["connection", "denied"], action=ev.action.value,
+                        outcome=Outcome.FAILURE.value)
+    doc["source"] = {"ip": ev.source_ip}
+    doc["destination"] = {"port": ev.listener.port}
+    doc["related"] = {"ip": [ev.source_ip]}
+    doc["network"] = {"transport": "tcp"}
+    doc["socat"] = {"listener": {"ip": ev.listener.ip, "port": ev.listener.port, "name": ev.listener.name},
+                    "drop": {"packets": ev.dropped_packets, "dry_run": ev.dry_run}}
+    return doc
+
+
 def _render_pipeline_error(ev: PipelineError, host: HostInfo) -> dict[str, Any]:
     doc = _base(ev.id, ev.timestamp_ns, host, "pipeline_error", DATASET_AGENT)
     doc["event"].update(action="events_lost", reason=ev.message)
@@ -441,6 +456,7 @@ _RENDERERS = {
     ProcessEvent: _render_process,
     Alert: _render_alert,
     BlockEvent: _render_block,
+    DropEvent: _render_drop,
     PipelineError: _render_pipeline_error,
     Heartbeat: _render_heartbeat,
 }

@@ -34,6 +34,8 @@ class Action(str, enum.Enum):
     BLOCK_REFUSED = "block_refused"       # a block the safety rules refused
     BLOCK_DRY_RUN = "block_dry_run"       # a block --dry-run would have made
     BLOCK_COUNTERS = "block_counters"     # periodic: what an active block dropped (event.kind metric)
+    CONNECTION_DROPPED = "connection_dropped"   # a drop listener's rule dropped a new source's SYN
+    DROP_COUNTERS = "drop_counters"       # periodic: a dropped source's running count (event.kind metric)
 
 
 class Direction(str, enum.Enum):
@@ -241,6 +243,19 @@ class BlockEvent:
 
 
 @dataclass(slots=True)
+class DropEvent:
+    """New connections a drop listener's kernel rule dropped before the handshake, from one source."""
+
+    action: Action                   # CONNECTION_DROPPED (first seen), DROP_COUNTERS (it dropped more since)
+    timestamp_ns: int
+    source_ip: str
+    listener: Listener               # the listener's declared address (or ::), port and policy name
+    dropped_packets: int             # SYNs dropped from this source so far
+    dry_run: bool = False            # the rule only counted: it would have dropped them
+    id: str = field(default_factory=new_event_id)
+
+
+@dataclass(slots=True)
 class PipelineError:
     """The monitor's own losses and faults, never silent."""
 
@@ -260,7 +275,7 @@ class Heartbeat:
     id: str = field(default_factory=new_event_id)
 
 
-Record = ConnectionEvent | ProcessEvent | Alert | BlockEvent | PipelineError | Heartbeat
+Record = ConnectionEvent | ProcessEvent | Alert | BlockEvent | DropEvent | PipelineError | Heartbeat
 
 
 def now_ns() -> int:

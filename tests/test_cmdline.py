@@ -502,3 +502,12 @@ def test_a_binary_others_may_write_is_not_run(tmp_path):
     build = binary_build(str(fake))
     assert build.path is None and "not run: writable by group or others" in build.label
     assert build.keywords is BUILTIN
+
+
+def test_a_drop_listener_is_source_restricted_in_the_kernel():
+    policy = parse_policy(POLICY.replace("action: block", "action: drop"))
+    assert policy.listener(8443).drops
+    no_range = parse_command_line(["socat", "TCP-LISTEN:8443,bind=10.1.1.1", "TCP:10.0.0.5:443"])
+    finding = one(audit_command(no_range, policy=policy), "audit.no_source_restriction")
+    assert finding.severity is Severity.LOW
+    assert "restricts its sources in the kernel" in finding.message and "already applied" in finding.message

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from monitor.ecs import ECS_VERSION, HostInfo, HostOs, community_id, iso_timestamp, render, set_severity
-from monitor.events import Action, BlockEvent
+from monitor.events import Action, BlockEvent, DropEvent, Listener
+from monitor.policy.engine import dropped_alert
 from monitor.sinks.template import FIELDS
 from tests import ecs_reference as ecs_ref
 from tests import sample_records as S
@@ -48,7 +49,11 @@ def _records() -> list:
     return [*S.every_kind(),
             BlockEvent(action=Action.UNBLOCKED, timestamp_ns=1, target="198.51.100.7", reason="expired"),
             BlockEvent(action=Action.BLOCK_REFUSED, timestamp_ns=1, target="127.0.0.1", reason="loopback"),
-            BlockEvent(action=Action.BLOCK_DRY_RUN, timestamp_ns=1, target="198.51.100.8")]
+            BlockEvent(action=Action.BLOCK_DRY_RUN, timestamp_ns=1, target="198.51.100.8"),
+            DropEvent(action=Action.CONNECTION_DROPPED, timestamp_ns=1, source_ip="198.51.100.9",
+                      listener=Listener("::", 8443, "web"), dropped_packets=1),
+            DropEvent(action=Action.DROP_COUNTERS, timestamp_ns=1, source_ip="198.51.100.9",
+                      listener=Listener("::", 8443, "web"), dropped_packets=7)]
 
 
 def _leaves(doc: dict, prefix: str = "") -> dict:
@@ -134,3 +139,15 @@ def test_identity_and_times():
 def test_host_detection_reads_this_machine():
     host = HostInfo.detect()
     assert host.id and host.os.kernel and all(not ip.startswith("127.") for ip in host.ip)
+
+
+def test_a_dropped_source_is_a_denied_connection_and_its_alert_a_failure():
+    ev = DropEvent(action=Action.CONNECTION_DROPPED, timestamp_ns=1, source_ip="198.51.100.9",
+                   listener=Listener("10.0.0.1", 8443, "web"), dropped_packets=1)
+    doc = render(ev, HOST)
+    assert doc["event"]["type"] == ["connection", "denied"] and doc["event"]["outcome"] == "failure"
+    assert (doc["source"]["ip"], doc["destination"]["port"], doc["socat"]["listener"]["name"],
+            doc["socat"]["drop"]["packets"]) == ("198.51.100.9", 8443, "web", 1)
+    alert = render(dropped_alert(ev), HOST)
+    assert alert["rule"]["id"] == "policy.source_denied" and alert["event"]["outcome"] == "failure"
+    assert alert["source"]["ip"] == "198.51.100.9"

@@ -60,8 +60,8 @@ BROKEN = [
      ":5: listeners[0].max_rate_per_source", "at least 1"),
     ("version: 1\nlisteners:\n  - name: a\n    port: 80\n    max_concurrent_per_source: 0\n",
      ":5: listeners[0].max_concurrent_per_source", "whole number >= 1"),
-    ("version: 1\nlisteners:\n  - name: a\n    port: 80\n    action: drop\n", ":5: listeners[0].action",
-     "one of alert, block"),
+    ("version: 1\nlisteners:\n  - name: a\n    port: 80\n    action: deny\n", ":5: listeners[0].action",
+     "one of alert, block, drop"),
     ("version: 1\nlisteners:\n  - name: a\n    port: 80\n    address: 10.0.0.300\n", ":5: listeners[0].address",
      "does not appear to be an IPv4 or IPv6 address"),
     ("version: 1\nlisteners:\n  - name: a\n    port: 80\n  - name: a\n    port: 81\n", ":5: listeners[1].name",
@@ -103,7 +103,7 @@ def test_broken_policy_names_file_line_and_key(broken_results, index):
 
 def test_all_problems_of_a_file_are_listed(tmp_path):
     path = tmp_path / "many.yaml"
-    path.write_text("version: 1\nlisteners:\n  - name: a\n    port: 0\n    action: drop\n  - port: 9\n")
+    path.write_text("version: 1\nlisteners:\n  - name: a\n    port: 0\n    action: deny\n  - port: 9\n")
     result = socat_monitor("policy", "check", str(path), "--format", "json")
     assert result.returncode == 2
     errors = json.loads(result.stdout)["errors"]
@@ -463,3 +463,16 @@ def test_suggest_cli_from_recorded_events(tmp_path):
     policy = load_policy(out)
     assert {lp.port for lp in policy.listeners} == {8443, 9000}
     assert [str(n) for n in policy.listener(8443).allow_sources] == ["192.0.2.0/24"]
+
+
+def test_drop_needs_allow_sources_to_enforce_anything(tmp_path):
+    path = tmp_path / "drop.yaml"
+    path.write_text("version: 1\nlisteners:\n  - name: web\n    port: 8443\n    action: drop\n"
+                    "  - name: none\n    port: 8444\n    action: drop\n    allow_sources: []\n")
+    policy = load_policy(path)
+    assert [(lp.name, lp.drops, lp.allow_sources) for lp in policy.listeners] == [("web", False, None),
+                                                                                 ("none", True, ())]
+    result = socat_monitor("policy", "check", str(path), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    [note] = json.loads(result.stdout)["notes"]
+    assert "'web'" in note and "drop has nothing to enforce" in note

@@ -27,17 +27,19 @@ from ..events import Action, Alert, ConnectionEvent, Heartbeat, Listener, Pipeli
 from ..metrics import MetricsServer
 from ..pipeline import Pipeline
 from ..policy import Policy, audit_running, finding_to_alert
+from ..policy.engine import dropped_alert
 from ..status import LiveStatus, ReloadResult, RunSummary, to_json
 from . import report
 from .report import ForgottenReport
 from .auditing import AuditWorker
 from .loops import CaptureReader, Handoff, Periodic, main_loop
 from .reload import reload
-from .wiring import egress_rules, engine, make_decider, make_detector, make_enforcer, make_sinks, read_policy
+from .wiring import drop_listeners, egress_rules, engine, make_decider, make_detector, make_enforcer, make_sinks, read_policy
 
 log = logging.getLogger(__name__)
 
 LISTENER_REFRESH_S = 5.0
+DROP_READ_S = 1.0            # the drop listeners' dropped sources are read this often (reported within 2 s)
 BASELINE_SAVE_S = 600.0
 RELOAD_ANSWER_S = 10.0
 
@@ -87,7 +89,7 @@ class Agent:
         self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
         listeners = self.capture.listeners()
         if self.enforcer is not None:
-            for event in self.enforcer.start(self._listener_ports(listeners)):
+            for event in self.enforcer.start(self._listener_ports(listeners), drop_listeners(self.policy)):
                 self.emit(event)
         self._start_egress()
         for record in self.pipeline.alerts(self._audit_running()):
@@ -120,7 +122,20 @@ class Agent:
             Periodic(lambda: self.config.agent.heartbeat_interval_s, self._heartbeat),
             Periodic(lambda: LISTENER_REFRESH_S, self.refresh_listeners),
             Periodic(lambda: BASELINE_SAVE_S, self._save_baseline),
+            Periodic(lambda: DROP_READ_S, self._drops),
         ]
+
+    def _drops(self) -> None:
+        """What the drop listeners' kernel rules dropped: new sources get an event and an alert, the
+        others a running count."""
+        if self.enforcer is None:
+            return
+        events = self.enforcer.drop_events(now_ns())
+        for event in events:
+            self.emit(event)
+        first = [dropped_alert(e) for e in events if e.action is Action.CONNECTION_DROPPED]
+        for record in self.pipeline.alerts(first):
+            self.emit(record)
 
     def _heartbeat(self) -> None:
         self.emit(Heartbeat(now_ns(), tuple((s.key, s.value) for s in report.samples(self))))
@@ -245,12 +260,14 @@ class Agent:
                     self.egress.track(listener.pid, listener.port)
 
     def set_policy(self, policy: Policy | None, config: Config) -> None:
-        """Put `policy` in force (reload, with the new `config`'s policy_engine): the engine, then the
-        egress guard's rules."""
+        """Put `policy` in force (reload, with the new `config`'s policy_engine): the engine, the drop
+        listeners' kernel sets, then the egress guard's rules."""
         self.policy = policy
         self.audits.forget()
         self.pipeline.replace_policy(engine(policy, config, self.pipeline.policy))
         self.status.open.idle_ns = int(config.policy_engine.open_idle_timeout_s * 1e9)
+        if self.enforcer is not None:
+            self.enforcer.set_drops(drop_listeners(policy))
         if self.egress is not None:
             self.egress.set_rules(egress_rules(policy))
         elif self.capture is not None:

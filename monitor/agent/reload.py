@@ -94,8 +94,8 @@ def _new_detector(agent: Agent, new: Config) -> None:
 def _policy(agent: Agent, old: Config, new: Config, policy: Policy | None) -> str | None:
     try:
         agent.set_policy(policy, new)
-    except (MonitorError, OSError) as exc:   # the policy is in force; its egress guard is not
-        return f"policy in force, but its egress guard could not start: {exc}"
+    except (MonitorError, OSError) as exc:   # the policy is in force; its kernel part (drop sets, egress) is not
+        return f"policy in force, but its kernel rules (drop sets, egress guard) could not be applied: {exc}"
     return None
 
 

@@ -10,6 +10,7 @@ from ..decide import Decider
 from ..detect import Baseline, Detector
 from ..ecs import HostInfo
 from ..enforce import EgressRule, Enforcer
+from ..enforce.nft import DropListener
 from ..policy import Policy, PolicyEngine, load_policy
 from ..sinks import AlertFeed, ElasticsearchSink, ErrorCallback, Fanout, NdjsonSink, WebhookSink
 
@@ -50,6 +51,13 @@ def egress_rules(policy: Policy | None) -> list[EgressRule]:
     if policy is None:
         return []
     return [EgressRule.from_policy(lp) for lp in policy.listeners if lp.allow_backends and lp.action == "block"]
+
+
+def drop_listeners(policy: Policy | None) -> list[DropListener]:
+    """The policy's listeners whose disallowed sources the kernel drops before the handshake."""
+    if policy is None:
+        return []
+    return [DropListener(lp.name, lp.port, lp.address, lp.allow_sources) for lp in policy.listeners if lp.drops]
 
 
 def make_sinks(config: Config, host: HostInfo, on_error: ErrorCallback) -> Fanout:

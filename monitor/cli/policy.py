@@ -19,7 +19,7 @@ def command() -> None:
 @command.command(name="check")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="json: {\"ok\": bool, \"errors\": [{\"where\", \"message\"}], \"listeners\": N}.")
+              help="json: {\"ok\": bool, \"errors\": [{\"where\", \"message\"}], \"listeners\": N, \"notes\": [...]}.")
 def check(file: Path, fmt: str) -> None:
     """Validate a policy FILE: every problem is printed as FILE:LINE: key: what is expected.
 
@@ -41,8 +41,11 @@ def check(file: Path, fmt: str) -> None:
             click.echo(f"{file}: {len(problems)} problem(s)", err=True)
         sys.exit(EXIT_USAGE)
     if fmt == "json":
-        click.echo(json.dumps({"ok": True, "errors": [], "listeners": len(policy.listeners)}))
+        click.echo(json.dumps({"ok": True, "errors": [], "listeners": len(policy.listeners),
+                               "notes": policy.notes()}))
     else:
+        for note in policy.notes():
+            click.echo(f"{file}: note: {note}")
         click.echo(f"{file}: ok ({len(policy.listeners)} listener(s))")
     sys.exit(EXIT_OK)
 

@@ -17,16 +17,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..addresses import Network, parse_target, target_text
 from ..errors import EnvironmentProblem, InputError
-from ..events import Action, Alert, BlockEvent, Outcome, PipelineError
+from ..events import Action, Alert, BlockEvent, DropEvent, Listener, Outcome, PipelineError
 from ..host import facts as hostfacts
 from ..metrics import Sample
 from ..settings import setting
 from .netns import NetnsWorker, require_cap_net_admin
-from .nft import SCOPES, KernelElement, Listing, NftTable, Ownership, check_table_name
+from .nft import SCOPES, DropListener, KernelElement, Listing, NftTable, Ownership, check_table_name
 from .safety import CircuitBreaker, SafetyRules
 from ..rules import new_alert
 from .sessions import MODES, end_sessions
@@ -75,6 +75,8 @@ class Enforcer:
         self._breaker = CircuitBreaker(config.max_blocks_per_minute)
         self._active: dict[str, ActiveBlock] = {}
         self._ports: tuple[int, ...] = ()
+        self._drops: tuple[DropListener, ...] = ()
+        self._dropped: dict[tuple[str, str], int] = {}   # (listener name, source) -> packets last reported
         self._alerts: list[Alert] = []
         self._errors: list[PipelineError] = []
         self._lock = threading.RLock()
@@ -97,10 +99,11 @@ class Enforcer:
                                          gateways=facts.gateways, ssh_peers=facts.ssh_peers)
         self._facts_at = time.monotonic()
 
-    def start(self, listener_ports: Iterable[int]) -> list[BlockEvent]:
+    def start(self, listener_ports: Iterable[int], drops: Sequence[DropListener] = ()) -> list[BlockEvent]:
         """Create our table in one transaction, re-applying blocks still due (state file and kernel)."""
         self.refresh_safety()
         self._ports = tuple(sorted(set(listener_ports)))
+        self._drops = tuple(drops)
         now = time.time_ns()
         wanted = {b.target: b for b in self._state.load(now)}
         if self._state.bad_lines:
@@ -126,6 +129,8 @@ class Enforcer:
                                          reason=f"not restored: {refusal}", alert_id=block.alert_id))
                 continue
             keep.append((net, block))
+        if self.config.dry_run and self.config.enabled and self._drops:
+            self._start_counting(keep, now)
         if self.config.dry_run or not self.config.enabled:
             return events
         with self._lock:
@@ -142,12 +147,26 @@ class Enforcer:
                                      rule_id=b.rule_id, alert_id=b.alert_id, reason="restored at start"))
         return events
 
+    def _start_counting(self, keep: list[tuple[Network, ActiveBlock]], now_ns: int) -> None:
+        """--dry-run with drop listeners: the table is made with their rules count-only ("would drop"),
+        and the blocks it already held are kept as they were; nothing new is blocked."""
+        try:
+            with self._lock:
+                self._active = {b.target: b for _, b in keep}
+                self._create(now_ns)
+        except EnvironmentProblem as exc:
+            self._error(f"--dry-run: the drop listeners' count-only rules were not installed: {exc}")
+            return
+        self._watchdog = threading.Thread(target=self._watch, name="enforce-watchdog", daemon=True)
+        self._watchdog.start()
+
     def _create(self, now_ns: int) -> None:
         """(Re)make our table with every active block and its remaining TTL, in one transaction."""
         blocks = [(parse_target(b.target), b.remaining_s(now_ns)) for b in self._active.values()
                   if b.expires_ns > now_ns]
         self._owner = self._table.create(scope=self.config.scope, ports=self._ports, blocks=blocks,
-                                         allow=[parse_target(t) for t in self.config.never_block])
+                                         allow=[parse_target(t) for t in self.config.never_block],
+                                         drops=self._drops, count_only=self.config.dry_run)
 
     # -- self-healing -----------------------------------------------------------------
 
@@ -270,6 +289,33 @@ class Enforcer:
         self._reported = {t: n for t, n in self._reported.items() if t in active}
         return out
 
+    def drop_events(self, now_ns: int) -> list[DropEvent]:
+        """CONNECTION_DROPPED for each source a drop rule dropped for the first time, DROP_COUNTERS for one that
+        was dropped again since the last call (read each second: one listing of the dropped sets)."""
+        with self._lock:
+            drops = self._drops
+        if not drops or not self.config.enabled or self._owner is None:
+            return []
+        try:
+            remembered = self._table.dropped(drops)
+        except EnvironmentProblem as exc:
+            self._error(f"dropped sources not read (the table check rebuilds a table that is gone): {exc}")
+            return []
+        out = []
+        seen: dict[tuple[str, str], int] = {}
+        for index, source, packets in remembered:
+            listener = drops[index]
+            key = (listener.name, source)
+            seen[key] = packets
+            last = self._dropped.get(key)
+            if last == packets:
+                continue
+            out.append(DropEvent(Action.CONNECTION_DROPPED if last is None else Action.DROP_COUNTERS, now_ns,
+                                 source, Listener(listener.address or "::", listener.port, listener.name),
+                                 packets, dry_run=self.config.dry_run))
+        self._dropped = seen
+        return out
+
     def block_samples(self) -> list[Sample]:
         """Packets and bytes dropped by each active block (one series per target: Prometheus, not the heartbeat)."""
         elements = [e for e in self.listing().elements if e.set.startswith("block") and e.packets is not None]
@@ -286,6 +332,22 @@ class Enforcer:
                 self._table.set_ports(new)
             except EnvironmentProblem as exc:
                 self._error(f"listener ports not updated (the table check will rebuild it): {exc}")
+
+    def set_drops(self, drops: Sequence[DropListener]) -> None:
+        """Put the policy's drop listeners in force: the same listeners get new allow sets in one transaction,
+        other changes rebuild the table (one transaction too, blocks kept)."""
+        new = tuple(drops)
+        with self._lock:
+            old, self._drops = self._drops, new
+            if new == old or not self.config.enabled or self._owner is None:
+                return
+            try:
+                if [(d.name, d.port, d.address) for d in new] == [(d.name, d.port, d.address) for d in old]:
+                    self._table.set_drop_sources(new)
+                else:
+                    self._create(time.time_ns())
+            except EnvironmentProblem as exc:
+                self._error(f"drop listeners not updated, the previous ones stay in force: {exc}")
 
     @property
     def retries(self) -> int:

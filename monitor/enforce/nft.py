@@ -7,6 +7,8 @@ Our table carries `OWNER_COMMENT`; a table of the same name without it is
 never touched (`ownership`), and a replaced table is deleted by its handle,
 so a table someone else made in between makes the transaction fail instead
 of being wiped. Block sets count per element and per set (`drops_<set>`).
+A policy's drop listeners (`DropListener`) get allow sets and a SYN drop rule
+each, which fills a dynamic `dropped` set counting every dropped source.
 
 At run time only set elements change, through netlink batches on raw
 sockets (`netlink`; never a process per block), opened in the table's
@@ -29,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..addresses import Network, is_host, target_text
+from ..addresses import Network, is_host, target_text, unmapped_network
 from ..errors import EnvironmentProblem, InputError
 from .netlink import ElementSocket, nla
 from .netns import NetnsWorker
@@ -52,6 +54,8 @@ ALLOW_SETS = {4: "allow4", 6: "allow6"}
 SCOPES = ("listeners", "host")
 # tables other software owns: socat-monitor deletes and recreates its own table, so it must never be one of these
 FOREIGN_TABLES = ("filter", "nat", "mangle", "raw", "security", "firewalld")
+DROPPED_TTL = "1h"                # a source that stopped knocking leaves the dropped sets after this
+DROPPED_SIZE = 65536              # sources remembered per drop listener and IP version (more are dropped, uncounted)
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -105,15 +109,75 @@ class Ownership:
     shape: tuple = ()
 
 
+@dataclass(frozen=True, slots=True)
+class DropListener:
+    """A policy listener with `action: drop`: new TCP connections to it from outside `sources` are dropped."""
+
+    name: str
+    port: int
+    address: str | None          # None or unspecified: every local address
+    sources: tuple[Network, ...]
+
+    def versions(self) -> tuple[int, ...]:
+        """The IP versions the rule matches: the declared address's, or both (IPv4-mapped counts as IPv4)."""
+        if self.address is None or ipaddress.ip_address(self.address).is_unspecified:
+            return (4, 6)
+        return (unmapped_network(ipaddress.ip_network(self.address)).version,)
+
+    def elements(self, version: int) -> list[str]:
+        """The allowlist of one IP version; IPv4-mapped networks arrive as IPv4 packets, so they join the v4 set."""
+        return [target_text(n) for n in map(unmapped_network, self.sources) if n.version == version]
+
+
+def drop_set(index: int, version: int) -> str:
+    return f"dropallow{index}_{version}"
+
+
+def dropped_set(index: int, version: int) -> str:
+    """The dynamic set the drop rule fills: one element per dropped source, counting its packets."""
+    return f"dropped{index}_{version}"
+
+
+def _drop_rules(drops: Sequence[DropListener], count_only: bool) -> list[str]:
+    """One rule per drop listener and IP version: a SYN from outside the set, not on loopback, is dropped."""
+    rules = []
+    for index, listener in enumerate(drops):
+        for version in listener.versions():
+            family = "ip" if version == 4 else "ip6"
+            daddr = ""
+            if listener.address is not None and not ipaddress.ip_address(listener.address).is_unspecified:
+                daddr = f"{family} daddr {unmapped_network(ipaddress.ip_network(listener.address)).network_address} "
+            verdict = "" if count_only else " drop"
+            rules.append(f"    iif != \"lo\" tcp dport {listener.port} {daddr}tcp flags & (syn | ack) == syn "
+                         f"{family} saddr != @{drop_set(index, version)} "
+                         f"update @{dropped_set(index, version)} {{ {family} saddr counter }} counter{verdict} "
+                         f"comment \"drop {listener.name}\"")
+    return rules
+
+
+def drop_elements(table: str, drops: Sequence[DropListener]) -> list[str]:
+    """The nft commands that fill every drop listener's allow sets."""
+    lines = []
+    for index, listener in enumerate(drops):
+        for version in (4, 6):
+            elems = listener.elements(version)
+            if elems:
+                lines.append(f"add element inet {table} {drop_set(index, version)} {{ {', '.join(elems)} }}")
+    return lines
+
+
 def _ttl(seconds: float) -> str:
     return f"{max(int(seconds * 1000), 1)}ms"
 
 
 def skeleton_script(table: str, *, scope: str, ports: Iterable[int],
                     blocks: Sequence[tuple[Network, float]] = (),
-                    allow: Iterable[Network] = (), replace_handle: int | None = None) -> str:
+                    allow: Iterable[Network] = (), replace_handle: int | None = None,
+                    drops: Sequence[DropListener] = (), count_only: bool = False) -> str:
     """The nft script that (re)creates our table atomically (pure, for tests and review).
 
+    `drops`: the policy's drop listeners, each with its allow sets and rule
+    (after the never_block accepts); `count_only`: their rules count, never drop.
     `replace_handle`: the handle of our table to delete first; None when there
     is none, and then the script fails if a table of that name appears meanwhile."""
     if scope not in SCOPES:
@@ -135,14 +199,20 @@ def skeleton_script(table: str, *, scope: str, ports: Iterable[int],
         *(f"  counter drops_{name} {{}}" for name in BLOCK_SETS.values()),
         "  set ports { type inet_service; }",
         f"  set {PROBE_SET} {{ type ipv4_addr; flags timeout; }}",
+        *(f"  set {drop_set(i, v)} {{ type ipv{v}_addr; flags interval; auto-merge; }}"
+          for i in range(len(drops)) for v in (4, 6)),
+        *(f"  set {dropped_set(i, v)} {{ type ipv{v}_addr; flags dynamic, timeout; timeout {DROPPED_TTL}; "
+          f"size {DROPPED_SIZE}; }}" for i in range(len(drops)) for v in (4, 6)),
         "  chain input {",
         "    type filter hook input priority filter - 10; policy accept;",
         "    ip saddr @allow4 accept",
         "    ip6 saddr @allow6 accept",
         *drop_rules,
+        *_drop_rules(drops, count_only),
         "  }",
         "}",
     ]
+    lines += drop_elements(table, drops)
     port_list = sorted({int(p) for p in ports})
     if port_list:
         lines.append(f"add element inet {table} ports {{ {', '.join(map(str, port_list))} }}")
@@ -295,11 +365,13 @@ class NftTable:
         return owner
 
     def create(self, *, scope: str, ports: Iterable[int], blocks: Sequence[tuple[Network, float]] = (),
-               allow: Iterable[Network] = ()) -> Ownership:
+               allow: Iterable[Network] = (), drops: Sequence[DropListener] = (),
+               count_only: bool = False) -> Ownership:
         """Delete and recreate our table (only ours) with its elements, in one transaction; its new ownership."""
         owner = self.require_ours()
         self._run(skeleton_script(self.table, scope=scope, ports=ports, blocks=blocks, allow=allow,
-                                  replace_handle=owner.handle if owner.exists else None), "nftables skeleton")
+                                  replace_handle=owner.handle if owner.exists else None, drops=drops,
+                                  count_only=count_only), "nftables skeleton")
         return self.ownership()
 
     def refresh_in_place(self) -> bool:
@@ -335,6 +407,26 @@ class NftTable:
             if nets:
                 script += f"add element inet {self.table} {name} {{ {', '.join(nets)} }}\n"
         self._run(script, "nftables never_block")
+
+    def set_drop_sources(self, drops: Sequence[DropListener]) -> None:
+        """Replace the allow sets of the same drop listeners in one transaction (no moment with an empty set)."""
+        script = "".join(f"flush set inet {self.table} {drop_set(i, v)}\n" for i in range(len(drops)) for v in (4, 6))
+        self._run(script + "".join(line + "\n" for line in drop_elements(self.table, drops)), "nftables drop sources")
+
+    def dropped(self, drops: Sequence[DropListener]) -> list[tuple[int, str, int]]:
+        """(drop listener index, source, packets dropped so far) for every source the drop rules remember;
+        only the dropped sets are read, never the block sets."""
+        names = [(i, dropped_set(i, v)) for i in range(len(drops)) for v in (4, 6)]
+
+        def go() -> list[tuple[int, str, int]]:
+            out = []
+            for index, name in names:
+                rc, text, err = self._ctx.cmd(f"list set inet {self.table} {name}")
+                if rc != 0:
+                    raise EnvironmentProblem("nftables", f"cannot list set {name}: {err.strip()}")
+                out += [(index, e.target, e.packets or 0) for e in parse_listing(json.loads(text))]
+            return out
+        return self._worker.call(go, self.timeout_s, "nftables list")
 
     def listing(self) -> Listing:
         """Every element (with its counters) and the per-set drop counters: a full dump."""

@@ -291,12 +291,18 @@ class _Auditor:
         if declared is not None and not _restricts_nothing(declared.value):
             return
         entry = self._entry(address)
-        restricted = entry is not None and entry.allow_sources is not None
-        severity = Severity.HIGH if restricted else Severity.LOW if _is_loopback(address.bind_address) \
-            else Severity.MEDIUM
         what = address.keyword.upper() + (f" (IP protocol {address.protocol})" if address.protocol is not None else "")
         problem = (f"{what} has neither range= nor tcpwrap" if declared is None
                    else f"{declared.text} on {what} restricts nothing (a /0 prefix matches every address)")
+        if entry is not None and entry.drops and "TCP" in address.groups:
+            self.add("audit.no_source_restriction", Severity.LOW, address.text if declared is None else declared.text,
+                     f"{problem}, but the policy's action drop restricts its sources in the kernel to "
+                     f"{', '.join(map(str, entry.allow_sources)) or 'nobody'} (already applied)",
+                     "nothing needed while the agent runs; add range= too as a second layer", address, entry)
+            return
+        restricted = entry is not None and entry.allow_sources is not None
+        severity = Severity.HIGH if restricted else Severity.LOW if _is_loopback(address.bind_address) \
+            else Severity.MEDIUM
         self.add("audit.no_source_restriction", severity, address.text if declared is None else declared.text,
                  f"{problem}: any address can reach it"
                  + (f" although the policy allows only {', '.join(map(str, entry.allow_sources))}" if restricted else ""),

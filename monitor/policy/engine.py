@@ -54,6 +54,7 @@ from ..events import (
     Alert,
     ConnectionEvent,
     Direction,
+    DropEvent,
     Listener,
     Outcome,
 )
@@ -274,6 +275,16 @@ class PolicyEngine:
             listener_action=entry.action if entry is not None else None,
             suppressed=self._held.pop(key, 0),
         )]
+
+
+def dropped_alert(ev: DropEvent) -> Alert:
+    """The `policy.source_denied` alert of a source a drop listener's kernel rule dropped for the first time."""
+    would = "would have dropped (dry run)" if ev.dry_run else "dropped"
+    return new_alert("policy.source_denied", timestamp_ns=ev.timestamp_ns, source_ip=ev.source_ip,
+                     listener=ev.listener, listener_action="drop", outcome=Outcome.FAILURE,
+                     trigger_event_ids=(ev.id,),
+                     description=f"{ev.source_ip} is not in allow_sources of {ev.listener.name} (port "
+                                 f"{ev.listener.port}): the kernel {would} its connection before the handshake")
 
 
 def _blamed(rule_id: str, ev: ConnectionEvent, source: str | None) -> str | None:

@@ -23,7 +23,7 @@ from ..events import Severity
 from ..yamlfile import InputErrors, Locator, load_yaml, parse_yaml, validate
 
 
-ACTIONS = ("alert", "block")
+ACTIONS = ("alert", "block", "drop")
 UNKNOWN_LISTENER_ACTIONS = ("alert", "ignore")
 
 _RATE_UNITS = {
@@ -101,7 +101,9 @@ POLICY_SCHEMA: dict[str, Any] = {
                     },
                     "action": {
                         "enum": list(ACTIONS), "default": "alert",
-                        "description": "alert: report violations; block: also ask enforce to drop the source.",
+                        "description": "alert: report violations; block: also ask enforce to drop the source; "
+                                       "drop: the kernel drops new connections from sources outside "
+                                       "allow_sources before the handshake.",
                         "examples": ["block"],
                     },
                     "severity": {
@@ -216,6 +218,11 @@ class ListenerPolicy:
     def blocks(self) -> bool:
         return self.action == "block"
 
+    @property
+    def drops(self) -> bool:
+        """Sources outside allow_sources are dropped in the kernel (a missing list leaves nothing to drop)."""
+        return self.action == "drop" and self.allow_sources is not None
+
     def source_allowed(self, address: Address) -> bool:
         if self.allow_sources is None:
             return True
@@ -256,6 +263,12 @@ class Policy:
             if unbound:
                 return unbound[0]
         return candidates[0] if candidates else None
+
+    def notes(self) -> list[str]:
+        """What `policy check` tells about a valid policy: settings that do nothing."""
+        return [f"listeners[{i}] {entry.name!r}: action drop without allow_sources: drop has nothing to enforce "
+                "(every source may connect); list the allowed sources, or [] for nobody"
+                for i, entry in enumerate(self.listeners) if entry.action == "drop" and entry.allow_sources is None]
 
 
 def _listener(raw: dict[str, Any], index: int, defaults: Defaults, locator: Locator,

@@ -51,6 +51,7 @@ _F: dict[str, str] = {
     "socat.audit.token": KW, "socat.audit.fix": KW,
     "socat.block.target": KW, "socat.block.ttl_s": "double", "socat.block.alert_id": KW,
     "socat.block.dropped_packets": "long", "socat.block.dropped_bytes": "long",
+    "socat.drop.packets": "long", "socat.drop.dry_run": "boolean",
     "socat.pipeline.stage": KW, "socat.pipeline.lost": "long",
 }
 # heartbeat counters (`monitor.agent` samples; labelled ones as name.label): mapped, so the

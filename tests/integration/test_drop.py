@@ -1,0 +1,167 @@
+"""`action: drop` in the kernel: a listener's allowlist enforced before the handshake.
+
+Uses test_enforce's lab (a real socat relay in a "server" namespace, clients
+on a veth); the Enforcer acts only in the server namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from monitor.enforce import Enforcer
+from monitor.enforce.nft import DropListener
+from monitor.events import Action
+from tests.lab import PYTHON, ROOT, AgentProcess, Processes, free_port, wait_for, wait_listening
+from tests.integration.test_enforce import BAD4, BAD6, GOOD4, GOOD6, SERVER4, Lab, lab  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+
+
+def _listener(lab: Lab, *sources: str) -> DropListener:
+    return DropListener("web", lab.port, None, tuple(ipaddress.ip_network(s) for s in sources))
+
+
+def test_disallowed_sources_get_no_syn_ack_and_a_reload_lets_them_in(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32", f"{GOOD6}/128")])
+    assert not lab.reach(BAD4, timeout=0.5), "the first connect from a disallowed v4 source must time out"
+    assert not lab.reach(BAD6, timeout=0.5), "the same for IPv6"
+    assert lab.reach(GOOD4) and lab.reach(GOOD6)
+    first = {e.source_ip: e for e in enforcer.drop_events(time.time_ns())}
+    assert set(first) == {BAD4, BAD6}
+    assert all(e.action is Action.CONNECTION_DROPPED and e.dropped_packets >= 1 and e.listener.name == "web"
+               and e.listener.port == lab.port for e in first.values())
+    assert enforcer.drop_events(time.time_ns()) == [], "nothing new dropped: nothing reported"
+    assert not lab.reach(BAD4, timeout=0.5)
+    [again] = enforcer.drop_events(time.time_ns())
+    assert again.action is Action.DROP_COUNTERS and again.source_ip == BAD4
+    assert again.dropped_packets > first[BAD4].dropped_packets, "later drops are counted, one update per read"
+    counted = [int(line.split("packets ")[1].split()[0]) for line in lab.table().splitlines() if "drop web" in line]
+    assert len(counted) == 2 and all(n > 0 for n in counted), "each rule (v4, v6) counts what it dropped"
+    enforcer.set_drops([_listener(lab, f"{GOOD4}/32", f"{GOOD6}/128", f"{BAD4}/32")])
+    assert lab.reach(BAD4), "a reload adding the address lets it connect at once"
+    assert not lab.reach(BAD6, timeout=0.5)
+    enforcer.set_drops([])
+    assert lab.reach(BAD6) and "drop web" not in lab.table()
+    enforcer.close()
+
+
+def test_empty_list_drops_everyone_but_loopback(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [DropListener("nobody", lab.port, "::", ())])
+    assert not lab.reach(GOOD4, timeout=0.5) and not lab.reach(GOOD6, timeout=0.5)
+    out = lab.netns.run(lab.server, "python3", "-c",
+                        f"import socket; socket.create_connection(('127.0.0.1', {lab.port}), 2).close(); print('ok')",
+                        check=False)
+    assert out.stdout.strip() == "ok", "loopback clients are never dropped"
+    enforcer.close()
+
+
+def test_the_table_check_rebuilds_the_drop_rule(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32")])
+    lab.netns.run(lab.server, "nft", "flush", "ruleset")
+    assert lab.reach(BAD4)
+    assert enforcer.heal()
+    assert not lab.reach(BAD4, timeout=0.5) and lab.reach(GOOD4)
+    enforcer.close()
+
+
+def test_agent_reports_each_dropped_source_within_2s_and_a_reload_lets_it_in(lab: Lab, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    text = (f"version: 1\nlisteners:\n  - name: lab-relay\n    port: {lab.port}\n"
+            "    allow_sources: [{sources}]\n    action: drop\ndefaults:\n  unknown_listener: ignore\n")
+    policy.write_text(text.format(sources=f"{GOOD4}, {GOOD6}"))
+    agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", lab.server, "--duration", "120")
+    try:
+        agent.wait_ready()
+        assert lab.reach(GOOD4) and lab.reach(GOOD6)
+        first_drop_ns = time.time_ns()
+        assert not lab.reach(BAD4, timeout=0.5), "the very first connect from a disallowed source gets no SYN-ACK"
+        assert not lab.reach(BAD6, timeout=0.5)
+        assert lab.reach(GOOD4), "allowed clients connect normally meanwhile"
+        time.sleep(2.5)
+        policy.write_text(text.format(sources=f"{GOOD4}, {GOOD6}, {BAD4}"))
+        os.kill(agent.proc.pid, signal.SIGHUP)
+        wait_for(lambda: lab.reach(BAD4, timeout=0.3), timeout=10, interval=0.1)
+        assert not lab.reach(BAD6, timeout=0.5) and lab.reach(GOOD6)
+    finally:
+        agent.stop()
+    docs = agent.documents()
+    dropped = {d["source"]["ip"]: d for d in docs if d["event"].get("action") == "connection_dropped"}
+    assert set(dropped) == {BAD4, BAD6}, dropped
+    for doc in dropped.values():
+        assert doc["destination"]["port"] == lab.port and doc["socat"]["listener"]["name"] == "lab-relay"
+        assert doc["socat"]["drop"]["packets"] >= 1
+        assert _ns(doc["@timestamp"]) - first_drop_ns < 3e9, "reported within 2 s of the drop (+ the 0.5 s connect)"
+    alerts = [d for d in docs if d["event"]["kind"] == "alert" and d["rule"]["id"] == "policy.source_denied"]
+    assert {a["source"]["ip"] for a in alerts} >= {BAD4, BAD6}
+    assert all(a["event"]["outcome"] == "failure" for a in alerts)
+    accepted = [d for d in docs if d["event"].get("action") == "connection_accepted"
+                and d["source"]["ip"] == BAD6]
+    assert accepted == [], "socat never accepted the dropped source"
+
+
+def _ns(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1e9)
+
+
+def test_dry_run_counts_what_it_would_drop_and_lets_it_in(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config(dry_run=True))
+    enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32")])
+    assert lab.reach(BAD4), "--dry-run drops nothing"
+    rule = [line for line in lab.table().splitlines() if "drop web" in line]
+    assert rule and all(" drop comment" not in line and "counter packets" in line for line in rule), rule
+    [would] = enforcer.drop_events(time.time_ns())
+    assert (would.action, would.source_ip, would.dry_run) == (Action.CONNECTION_DROPPED, BAD4, True)
+    enforcer.close()
+
+
+def test_a_relay_that_listens_after_the_agent_started_is_covered(lab: Lab, procs: Processes) -> None:
+    late, backend = free_port(), free_port()
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [DropListener("late", late, None, (ipaddress.ip_network(f"{GOOD4}/32"),))])
+    procs.start([PYTHON, "-m", "tests.echo", str(backend)], netns=lab.server, cwd=ROOT)
+    wait_listening(backend, netns=lab.server)
+    procs.socat(f"TCP6-LISTEN:{late},fork,reuseaddr,ipv6only=0", f"TCP:127.0.0.1:{backend}", netns=lab.server)
+    wait_listening(late, netns=lab.server)
+    probe = Lab(lab.server, lab.clients, late, lab.netns, lab.state_file)
+    assert probe.reach(GOOD4)
+    assert not probe.reach(BAD4, timeout=0.5), "an IPv4 client of a dual-stack (IPv4-mapped) listener is dropped"
+    assert not probe.reach(BAD6, timeout=0.5)
+    enforcer.close()
+
+
+FLOOD = """
+import socket, sys, time
+src, dst, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+socks = []
+for _ in range(n):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((src, 0))
+    s.setblocking(False)
+    s.connect_ex((dst, port))
+    socks.append(s)
+time.sleep(0.3)   # under the 1 s SYN retransmission: one SYN each
+for s in socks:
+    s.close()
+"""
+
+
+def test_the_drop_count_matches_a_flood_of_connects(lab: Lab) -> None:
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32")])
+    sent = 300
+    lab.netns.run(lab.clients, PYTHON, "-c", FLOOD, BAD4, SERVER4, str(lab.port), str(sent))
+    assert lab.reach(GOOD4)
+    [flood] = enforcer.drop_events(time.time_ns())
+    assert (flood.source_ip, flood.dropped_packets) == (BAD4, sent)
+    enforcer.close()
