@@ -2,7 +2,8 @@
 
 `ProcessTable` keeps what is known of each watched process, by pid, in a
 bounded LRU: argv from the kernel's exec record, else /proc read once at a
-new pid (executable, command line, start time, parent: `monitor.host.processes`). A fork child of a
+new pid (executable, command line, start time, parent, network namespace and
+the owner of its user namespace: `monitor.host.processes`). A fork child of a
 known process inherits its parent's facts without touching /proc (fork
 keeps argv and executable), so a child that exits at once is still
 complete. `Enricher` turns `RawEvent`s into `ConnectionEvent`/`ProcessEvent`
@@ -97,7 +98,8 @@ class ProcessTable:
         info = ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
             user_name=self.user_name(raw.uid), executable=exe, args=raw.argv or self._read_proc(raw).args,
-            start_ns=raw.ktime_ns + self.offset_ns,
+            start_ns=raw.ktime_ns + self.offset_ns, netns=processes.netns_inode(raw.pid, self.proc),
+            userns_owner=processes.userns_owner(raw.pid, self.proc),
         )
         self._put(raw.pid, _Known(info, True))
         return info
@@ -138,7 +140,8 @@ class ProcessTable:
         return ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
             user_name=self.user_name(raw.uid), executable=processes.executable(raw.pid, self.proc), args=args,
-            start_ns=self._start_ns(raw.pid),
+            start_ns=self._start_ns(raw.pid), netns=processes.netns_inode(raw.pid, self.proc),
+            userns_owner=processes.userns_owner(raw.pid, self.proc),
         )
 
     def _status_ppid(self, pid: int) -> int | None:

@@ -1,0 +1,148 @@
+"""Who may cause a block (issue 16): relays of unprivileged users, and of other network namespaces,
+are alerted on but never change the enforced namespace's table; each namespace has its own journal.
+
+The agent enforces in a test namespace (--netns), never in the host's table. The unprivileged
+"relay" is a Python interpreter named socat, run as nobody inside its own user + network namespace
+(`unshare -Urn`), where nobody can give itself any address it likes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_enforce import BAD4, GOOD4, GOOD6, Lab
+from tests.integration.test_enforce import lab as lab  # noqa: F401  (the fixture)
+from tests.lab import PYTHON, AgentProcess, Processes, require, wait_for
+
+pytestmark = pytest.mark.integration
+
+NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
+
+# Listens on PORT, connects to itself COUNT times from ADDRESS (configured inside by the caller), then waits.
+SELF_CONNECT = """
+import socket, sys, time
+port, source, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", port))
+server.listen(16)
+for _ in range(count):
+    client = socket.socket()
+    client.bind((source, 0))
+    client.connect((source, port))
+    conn, _ = server.accept()
+    conn.close()
+    client.close()
+    time.sleep(0.3)
+print("done", flush=True)
+time.sleep(30)
+"""
+
+
+# An echo server on PORT (what tests.netprobe expects of a relay), one thread per client.
+ECHO = """
+import socket, sys, threading
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", int(sys.argv[1])))
+server.listen(16)
+def echo(conn):
+    with conn:
+        data = conn.recv(64)
+        if data:
+            conn.sendall(data)
+while True:
+    threading.Thread(target=echo, args=(server.accept()[0],), daemon=True).start()
+"""
+
+
+@pytest.fixture
+def nobody_socat():
+    """A Python interpreter named socat that the user nobody can run (the test's tmp_path is root-only)."""
+    directory = tempfile.mkdtemp(prefix="smt-socat-")
+    os.chmod(directory, 0o755)
+    link = Path(directory) / "socat"
+    link.symlink_to(os.path.realpath(PYTHON))
+    yield str(link)
+    link.unlink()
+    os.rmdir(directory)
+
+
+def _policy(tmp_path: Path, port: int) -> Path:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nlisteners:\n  - name: lab-relay\n    port: {port}\n"
+                      f"    allow_sources: [{GOOD4}, {GOOD6}]\n    action: block\n"
+                      "defaults:\n  unknown_listener: ignore\n")
+    return policy
+
+
+def test_an_unprivileged_relay_in_its_own_namespaces_blocks_nothing(lab: Lab, procs: Processes, tmp_path: Path,
+                                                                   nobody_socat: str) -> None:
+    """nobody, in its own user + network namespace, runs "socat" on the port the policy declares
+    `action: block` and connects to it from BAD4: the agent alerts and says why it did not block;
+    BAD4 stays out of the enforced namespace's table (a connection of BAD4 to the real relay there
+    would be an offence of its own, so the table is read instead)."""
+    agent = AgentProcess(tmp_path, "--policy", str(_policy(tmp_path, lab.port)), "--netns", lab.server,
+                         "--duration", "120")
+    try:
+        agent.wait_ready()
+        inside = (f"ip link set lo up && ip addr add {BAD4}/32 dev lo && "
+                  f'exec {nobody_socat} -c "$0" {lab.port} {BAD4} 5')
+        forged = procs.start([require("setpriv"), *NOBODY, require("unshare"), "-Urn", "sh", "-c", inside,
+                              SELF_CONNECT], stdout=subprocess.PIPE, text=True)
+        assert forged.stdout.readline().strip() == "done", forged.stderr.read()
+
+        def denied():
+            return [d for d in agent.documents() if d["event"]["kind"] == "alert"
+                    and d.get("source", {}).get("ip") == BAD4 and d["rule"]["id"] == "policy.source_denied"]
+        [alert] = wait_for(denied, timeout=30)
+        time.sleep(1.0)   # the repeats (deduplicated) are decided too: give them the time to reach the decider
+        assert BAD4 not in lab.table(), "the forged source must not be blocked in the enforced namespace"
+        assert lab.reach(GOOD4)
+    finally:
+        agent.stop()
+    docs = agent.documents()
+    assert not [d for d in docs if d["event"].get("action") in ("address_blocked", "block_refused")], docs
+    assert alert["user"]["id"] == "65534" and alert["process"]["name"] == "socat"
+    skipped = alert["socat"]["block"]["skipped"]
+    assert "network namespace" in skipped and "where this agent enforces" in skipped, skipped
+
+
+def test_a_relay_of_a_non_root_user_in_the_enforced_namespace_blocks_only_when_trusted(
+        lab: Lab, procs: Processes, tmp_path: Path, nobody_socat: str) -> None:
+    """nobody runs "socat" in the enforced namespace itself, on a second declared `action: block`
+    port, and a disallowed client connects from the clients namespace: not blocked (it runs as a
+    non-root user); with `trust_unprivileged: true` on the listener, blocked."""
+    port = lab.port + 1 if lab.port < 65000 else lab.port - 1
+    for trusted in (False, True):
+        work = tmp_path / ("trusted" if trusted else "untrusted")
+        work.mkdir()
+        policy = _policy(work, port)
+        if trusted:
+            policy.write_text(policy.read_text().replace("    action: block\n",
+                                                         "    action: block\n    trust_unprivileged: true\n"))
+        agent = AgentProcess(work, "--policy", str(policy), "--netns", lab.server, "--duration", "120")
+        try:
+            agent.wait_ready()
+            relay = procs.start(["ip", "netns", "exec", lab.server, require("setpriv"), *NOBODY, nobody_socat,
+                                 "-c", ECHO, str(port)], cwd=tempfile.gettempdir())
+            probe = Lab(lab.server, lab.clients, port, lab.netns, lab.state_file)
+            wait_for(lambda: probe.reach(GOOD4), timeout=20, interval=0.2)
+            assert probe.reach(BAD4), "the offender's first connection gets through: it is what raises the alert"
+            if trusted:
+                wait_for(lambda: not probe.reach(BAD4, timeout=0.3), timeout=15, interval=0.1)
+            else:
+                [alert] = wait_for(lambda: [d for d in agent.documents() if d["event"]["kind"] == "alert"
+                                            and d.get("source", {}).get("ip") == BAD4], timeout=30)
+                time.sleep(1.0)
+                assert probe.reach(BAD4) and BAD4 not in lab.table()
+                assert "runs as uid 65534, not root" in alert["socat"]["block"]["skipped"]
+        finally:
+            agent.stop()
+            procs.stop(relay)
