@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.test_enforce import BAD4, GOOD4, GOOD6, Lab
 from tests.integration.test_enforce import lab as lab  # noqa: F401  (the fixture)
-from tests.lab import PYTHON, AgentProcess, Processes, require, wait_for
+from tests.lab import PYTHON, AgentProcess, Processes, require, socat_monitor, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -146,3 +146,25 @@ def test_a_relay_of_a_non_root_user_in_the_enforced_namespace_blocks_only_when_t
         finally:
             agent.stop()
             procs.stop(relay)
+
+
+def test_a_journal_made_in_one_namespace_is_never_restored_into_another(lab: Lab, netns, tmp_path: Path) -> None:
+    """A block made (and journalled) in another namespace, with the same state directory, and the same
+    journal left as the host's: an agent enforcing in the lab's namespace restores neither."""
+    other, state = netns.add("other"), tmp_path / "state"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {state}\n")
+    added = socat_monitor("blocks", "add", BAD4, "--ttl", "10m", "--netns", other, "--config", str(config))
+    assert added.returncode == 0, added.stderr
+    journal = state / f"blocks-{other}.json"
+    assert BAD4 in journal.read_text()
+    (state / "blocks-host.json").write_text(journal.read_text())
+    agent = AgentProcess(tmp_path, "--netns", lab.server, "--duration", "60")
+    try:
+        agent.wait_ready()
+        assert BAD4 not in lab.table() and lab.reach(BAD4)
+    finally:
+        agent.stop()
+    assert not [d for d in agent.documents() if d.get("socat", {}).get("block", {}).get("target") == BAD4]
+    assert BAD4 in netns.run(other, "nft", "list", "table", "inet", "socat_monitor").stdout, "kept where it was made"
+    assert BAD4 in journal.read_text() and not (state / f"blocks-{lab.server}.json").read_text().strip()
