@@ -114,6 +114,7 @@ class ProcessInfo:
     executable: str | None = None
     args: tuple[str, ...] = ()
     start_ns: int | None = None   # process start (wall clock), part of entity_id
+    started_uid: int | None = None   # the uid it was exec'd as (socat's su= drops uid later, not this)
     netns: int | None = None      # inode of its network namespace (None: unknown)
     userns_owner: int | None = None   # uid owning its user namespace (0: the host's or root's; None: unknown)
 

@@ -216,7 +216,7 @@ def trusting(blocker=None) -> Decider:
 
 
 @pytest.mark.parametrize("relay, why", [
-    (ProcessInfo(pid=11, comm="socat", uid=1000, netns=HERE, userns_owner=0), "runs as uid 1000, not root"),
+    (ProcessInfo(pid=11, comm="socat", uid=1000, netns=HERE, userns_owner=0), "started by uid 1000, not root"),
     (ProcessInfo(pid=11, comm="socat", uid=0, netns=HERE, userns_owner=1000),
      "user namespace owned by uid 1000, not root"),
     (ProcessInfo(pid=11, comm="socat", uid=0, netns=4026532999, userns_owner=0),
@@ -239,6 +239,15 @@ def test_a_root_relay_in_the_enforced_namespace_blocks():
     assert [type(r) for r in out] == [Alert, BlockEvent] and out[0].block and out[0].block_skipped is None
 
 
+def test_a_relay_root_started_that_dropped_to_su_nobody_still_blocks():
+    dropped = ProcessInfo(pid=13, comm="socat", uid=65534, started_uid=0, netns=HERE, userns_owner=0)
+    out = _run(trusting(), PolicyEngine(POLICY, EngineConfig()), [accept("203.0.113.9", 8443, 0, 40000, dropped)])
+    assert out[0].block
+    forged = dataclasses.replace(dropped, started_uid=65534)
+    out = _run(trusting(), PolicyEngine(POLICY, EngineConfig()), [accept("203.0.113.9", 8443, 0, 40000, forged)])
+    assert not out[0].block and "started by uid 65534" in out[0].block_skipped
+
+
 def test_trust_unprivileged_lets_a_non_root_relay_block_but_never_across_namespaces():
     policy = parse_policy(POLICY_TEXT.replace("    action: block\n", "    action: block\n    trust_unprivileged: true\n"))
     service_user = ProcessInfo(pid=12, comm="socat", uid=1000, netns=HERE, userns_owner=0)
@@ -256,7 +265,7 @@ def test_anomaly_alerts_carry_their_relay_so_an_untrusted_flood_blocks_nothing()
                    repeats=["anomaly.source_rate"])
     out = [r for ev in _detector_stream() for r in d.decide(det.observe(dataclasses.replace(ev, process=USER_RELAY)))]
     assert [a.rule_id for a in out] == ["anomaly.source_rate"] and blocker.calls == []
-    assert "runs as uid 65534" in out[0].block_skipped or "network namespace" in out[0].block_skipped
+    assert "started by uid 65534" in out[0].block_skipped or "network namespace" in out[0].block_skipped
 
 
 # -- detectors: repeats inside the cooldown ---------------------------------------------------------

@@ -3,7 +3,10 @@
 `ProcessTable` keeps what is known of each watched process, by pid, in a
 bounded LRU: argv from the kernel's exec record, else /proc read once at a
 new pid (executable, command line, start time, parent, network namespace and
-the owner of its user namespace: `monitor.host.processes`). A fork child of a
+the owner of its user namespace: `monitor.host.processes`). The uid a process
+was exec'd as is kept (`started_uid`): socat's `su=` drops the uid after the
+exec, and a relay root started stays root's; a process first seen through
+/proc counts as started by the uid it has then. A fork child of a
 known process inherits its parent's facts without touching /proc (fork
 keeps argv and executable), so a child that exits at once is still
 complete. `Enricher` turns `RawEvent`s into `ConnectionEvent`/`ProcessEvent`
@@ -98,7 +101,7 @@ class ProcessTable:
         info = ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
             user_name=self.user_name(raw.uid), executable=exe, args=raw.argv or self._read_proc(raw).args,
-            start_ns=raw.ktime_ns + self.offset_ns, netns=processes.netns_inode(raw.pid, self.proc),
+            start_ns=raw.ktime_ns + self.offset_ns, started_uid=raw.uid, netns=processes.netns_inode(raw.pid, self.proc),
             userns_owner=processes.userns_owner(raw.pid, self.proc),
         )
         self._put(raw.pid, _Known(info, True))
@@ -140,7 +143,7 @@ class ProcessTable:
         return ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
             user_name=self.user_name(raw.uid), executable=processes.executable(raw.pid, self.proc), args=args,
-            start_ns=self._start_ns(raw.pid), netns=processes.netns_inode(raw.pid, self.proc),
+            start_ns=self._start_ns(raw.pid), started_uid=raw.uid, netns=processes.netns_inode(raw.pid, self.proc),
             userns_owner=processes.userns_owner(raw.pid, self.proc),
         )
 

@@ -12,7 +12,8 @@ Trust: an alert caused by a relay the agent may not act for is alerted on but
 never blocked (`Alert.block_skipped` says why): a relay in another network
 namespace than the one enforced in (its blocks would land in the wrong
 table), and, unless the policy listener sets `trust_unprivileged`, a relay
-owned by a non-root user or living in a user namespace a non-root user owns
+started by a non-root user (the uid it was exec'd as: a root relay that drops
+to `su=nobody` stays root's) or living in a user namespace a non-root user owns
 (any local user can start a process named socat and connect to it from an
 address of their choosing). An alert whose relay is unknown is judged as before.
 
@@ -90,8 +91,9 @@ def distrust(process: ProcessInfo | None, enforce_netns: int | None, trust_unpri
     if trust_unprivileged:
         return None
     unless = "and its policy listener does not set trust_unprivileged"
-    if process.uid not in (None, 0):
-        return f"{relay} runs as uid {process.uid}, not root, {unless}"
+    started = process.started_uid if process.started_uid is not None else process.uid
+    if started not in (None, 0):
+        return f"{relay} was started by uid {started}, not root, {unless}"
     if process.userns_owner not in (None, 0):
         return f"{relay} lives in a user namespace owned by uid {process.userns_owner}, not root, {unless}"
     return None

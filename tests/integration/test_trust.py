@@ -142,7 +142,7 @@ def test_a_relay_of_a_non_root_user_in_the_enforced_namespace_blocks_only_when_t
                                             and d.get("source", {}).get("ip") == BAD4], timeout=30)
                 time.sleep(1.0)
                 assert probe.reach(BAD4) and BAD4 not in lab.table()
-                assert "runs as uid 65534, not root" in alert["socat"]["block"]["skipped"]
+                assert "started by uid 65534, not root" in alert["socat"]["block"]["skipped"]
         finally:
             agent.stop()
             procs.stop(relay)
@@ -168,3 +168,21 @@ def test_a_journal_made_in_one_namespace_is_never_restored_into_another(lab: Lab
     assert not [d for d in agent.documents() if d.get("socat", {}).get("block", {}).get("target") == BAD4]
     assert BAD4 in netns.run(other, "nft", "list", "table", "inet", "socat_monitor").stdout, "kept where it was made"
     assert BAD4 in journal.read_text() and not (state / f"blocks-{lab.server}.json").read_text().strip()
+
+
+def test_a_root_relay_that_drops_to_su_nobody_still_blocks(lab: Lab, procs: Processes, tmp_path: Path) -> None:
+    """What the audit recommends (`su=nobody`) keeps enforcement: the relay was started by root (socat
+    1.7 still accepts as root and drops in the child; the decider judges the uid it was exec'd as anyway)."""
+    port = lab.port + 2 if lab.port < 65000 else lab.port - 2
+    agent = AgentProcess(tmp_path, "--policy", str(_policy(tmp_path, port)), "--netns", lab.server, "--duration", "120")
+    try:
+        agent.wait_ready()
+        procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr,su=nobody", "EXEC:cat", netns=lab.server)
+        probe = Lab(lab.server, lab.clients, port, lab.netns, lab.state_file)
+        wait_for(lambda: probe.reach(GOOD4), timeout=20, interval=0.2)
+        assert probe.reach(BAD4), "the offender's first connection gets through: it is what raises the alert"
+        wait_for(lambda: not probe.reach(BAD4, timeout=0.3), timeout=15, interval=0.1)
+    finally:
+        agent.stop()
+    [alert] = [d for d in agent.documents() if d["event"]["kind"] == "alert" and d["rule"]["id"] == "policy.source_denied"]
+    assert alert["socat"]["block"]["target"] == BAD4 and alert["process"]["name"] == "socat"
