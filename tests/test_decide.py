@@ -255,6 +255,9 @@ def test_trust_unprivileged_lets_a_non_root_relay_block_but_never_across_namespa
     assert out[0].block
     out = _run(trusting(), PolicyEngine(policy, EngineConfig()), [accept("203.0.113.9", 8443, 0, 40000, USER_RELAY)])
     assert not out[0].block and "network namespace" in out[0].block_skipped
+    gone = dataclasses.replace(service_user, netns=None)    # exited before its namespace was read again
+    out = _run(trusting(), PolicyEngine(policy, EngineConfig()), [accept("203.0.113.9", 8443, 0, 40000, gone)])
+    assert not out[0].block and "network namespace is unknown" in out[0].block_skipped
 
 
 def test_anomaly_alerts_carry_their_relay_so_an_untrusted_flood_blocks_nothing():

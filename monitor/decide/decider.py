@@ -88,10 +88,12 @@ def distrust(process: ProcessInfo | None, enforce_netns: int | None, trust_unpri
     if enforce_netns is not None and process.netns is not None and process.netns != enforce_netns:
         return (f"{relay} is in network namespace net:[{process.netns}], not net:[{enforce_netns}] "
                 "where this agent enforces")
+    started = process.started_uid if process.started_uid is not None else process.uid
     if trust_unprivileged:
+        if started and enforce_netns is not None and process.netns is None:
+            return f"{relay} was started by uid {started} and its network namespace is unknown (gone)"
         return None
     unless = "and its policy listener does not set trust_unprivileged"
-    started = process.started_uid if process.started_uid is not None else process.uid
     if started not in (None, 0):
         return f"{relay} was started by uid {started}, not root, {unless}"
     if process.userns_owner not in (None, 0):

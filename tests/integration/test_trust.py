@@ -62,6 +62,21 @@ while True:
 """
 
 
+# Moves itself into a user + network namespace of its own after its exec, then runs SELF_CONNECT there.
+UNSHARE_THEN_SELF_CONNECT = """
+import ctypes, os, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000 | 0x40000000) == 0, os.strerror(ctypes.get_errno())   # CLONE_NEWUSER | CLONE_NEWNET
+uid = sys.argv[4]
+open("/proc/self/setgroups", "w").write("deny")
+open("/proc/self/uid_map", "w").write(f"0 {uid} 1")
+open("/proc/self/gid_map", "w").write(f"0 {uid} 1")
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "addr", "add", sys.argv[2] + "/32", "dev", "lo"], check=True)
+exec(sys.argv[5])
+"""
+
+
 @pytest.fixture
 def nobody_socat():
     """A Python interpreter named socat that the user nobody can run (the test's tmp_path is root-only)."""
@@ -186,3 +201,26 @@ def test_a_root_relay_that_drops_to_su_nobody_still_blocks(lab: Lab, procs: Proc
         agent.stop()
     [alert] = [d for d in agent.documents() if d["event"]["kind"] == "alert" and d["rule"]["id"] == "policy.source_denied"]
     assert alert["socat"]["block"]["target"] == BAD4 and alert["process"]["name"] == "socat"
+
+
+def test_a_trusted_unprivileged_relay_that_moves_to_namespaces_of_its_own_blocks_nothing(
+        lab: Lab, procs: Processes, tmp_path: Path, nobody_socat: str) -> None:
+    """trust_unprivileged on the listener; nobody's "socat" is exec'd in the enforced namespace, then
+    unshares a user + network namespace of its own and forges connections from BAD4 there: its
+    namespaces are read again at each event, so nothing is blocked."""
+    policy = _policy(tmp_path, lab.port)
+    policy.write_text(policy.read_text().replace("    action: block\n", "    action: block\n    trust_unprivileged: true\n"))
+    agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", lab.server, "--duration", "120")
+    try:
+        agent.wait_ready()
+        forged = procs.start(["ip", "netns", "exec", lab.server, require("setpriv"), *NOBODY, nobody_socat, "-c",
+                              UNSHARE_THEN_SELF_CONNECT, str(lab.port), BAD4, "5", "65534", SELF_CONNECT],
+                             stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
+        assert forged.stdout.readline().strip() == "done", forged.stderr.read()
+        [alert] = wait_for(lambda: [d for d in agent.documents() if d["event"]["kind"] == "alert"
+                                    and d.get("source", {}).get("ip") == BAD4], timeout=30)
+        time.sleep(1.0)
+        assert BAD4 not in lab.table()
+    finally:
+        agent.stop()
+    assert "network namespace" in alert["socat"]["block"]["skipped"]
