@@ -209,13 +209,20 @@ def _default(cls: type, name: str) -> Any:
     return next(f.default for f in fields(cls) if f.name == name)
 
 
+def journal_name(netns: str | None) -> str:
+    """The default block journal's file name: one per enforced namespace, so one namespace's blocks are
+    never restored into another's."""
+    return f"blocks-{netns or 'host'}.json"
+
+
 def place_state(config: Config) -> Config:
-    """Put every state file left at its default under `agent.state_dir`."""
+    """Put every state file left at its default under `agent.state_dir` (the block journal named for
+    the namespace enforced in)."""
     state = Path(config.agent.state_dir)
     agent = dataclasses.replace(config.agent, baseline=config.agent.baseline or str(state / "baseline.json"))
     enforce = config.enforce
     if enforce.state_file == _default(EnforceConfig, "state_file"):
-        enforce = dataclasses.replace(enforce, state_file=str(state / "blocks.json"))
+        enforce = dataclasses.replace(enforce, state_file=str(state / journal_name(enforce.netns)))
     es = config.elasticsearch
     if es is not None and Path(es.spool_dir) == Path(_default(ElasticsearchConfig, "spool_dir")):
         derived = Path(es.dead_letter_path) == Path(es.spool_dir) / "dead-letter.ndjson"

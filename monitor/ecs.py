@@ -366,6 +366,8 @@ def _render_alert(alert: Alert, host: HostInfo) -> dict[str, Any]:
         socat["block"] = {"target": alert.block_target or alert.source_ip}
         if alert.block_ttl_s is not None:
             socat["block"]["ttl_s"] = alert.block_ttl_s
+    elif alert.block_skipped:
+        socat["block"] = {"skipped": alert.block_skipped}
     doc["socat"] = socat
     threat = _threat(alert.rule_id)
     if threat:

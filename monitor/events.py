@@ -116,6 +116,9 @@ class ProcessInfo:
     executable: str | None = None
     args: tuple[str, ...] = ()
     start_ns: int | None = None   # process start (wall clock), part of entity_id
+    started_uid: int | None = None   # the uid it was exec'd as (socat's su= drops uid later, not this)
+    netns: int | None = None      # inode of its network namespace (None: unknown)
+    userns_owner: int | None = None   # uid owning its user namespace (0: the host's or root's; None: unknown)
 
     @property
     def command_line(self) -> str:
@@ -215,11 +218,13 @@ class Alert:
     fix: str | None = None           # audit: how to fix it
     outcome: Outcome = Outcome.UNKNOWN
     listener_action: str | None = None   # the policy's action for the listener (alert | block): a decision input
+    listener_trusts_unprivileged: bool = False   # the listener's `trust_unprivileged`: a decision input
     deduplicated: bool = False
     suppressed: int = 0              # repeats held back by the dedup window since the previous alert
     block: bool = False              # the decision: drop block_target for block_ttl_s
     block_target: str | None = None  # an address or CIDR to block
     block_ttl_s: float | None = None
+    block_skipped: str | None = None     # why a block the action asked for was not made (an untrusted relay)
     destination_ip: str | None = None    # egress alerts: the backend socat dialled
     destination_port: int | None = None
     id: str = field(default_factory=new_event_id)

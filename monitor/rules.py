@@ -121,12 +121,13 @@ def new_alert(rule_id: str, *, description: str, timestamp_ns: int, severity: Se
                  severity=entry.severity if severity is None else severity, timestamp_ns=timestamp_ns, **fields)
 
 
-def repeat_alert(rule_id: str, timestamp_ns: int, source_ip: str | None,
-                 listener_action: str | None = None) -> Alert:
+def repeat_alert(rule_id: str, timestamp_ns: int, source_ip: str | None, listener_action: str | None = None,
+                 **decision_inputs: Any) -> Alert:
     """A repeat that a producer's dedup window or cooldown holds back: never written, so it carries
-    only what the decision stage reads (no name, no description, no id)."""
+    only what the decision stage reads (no name, no description, no id; `decision_inputs`: the relay
+    `process`, `listener_trusts_unprivileged`)."""
     return Alert(rule_id, "", "", rule(rule_id).ruleset, Severity.LOW, timestamp_ns, source_ip=source_ip,
-                 listener_action=listener_action, deduplicated=True, id="")
+                 listener_action=listener_action, deduplicated=True, id="", **decision_inputs)
 
 
 def markdown_table() -> str:

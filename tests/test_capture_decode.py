@@ -149,6 +149,7 @@ def test_unknown_process_read_from_proc_and_pid_reuse(enricher, tmp_path):
     ev = enricher(d.decode(accept(pid=300, ppid=0)))
     assert ev.process.args == ("socat", "TCP-LISTEN:1", "STDOUT")
     assert ev.process.ppid == 42 and ev.process.executable == "/usr/bin/socat"
+    assert ev.process.started_uid == ev.process.uid and ev.process.netns is None   # first seen now; no ns files
     assert enricher.processes.proc_reads == 1
     enricher(d.decode(accept(pid=300, ppid=0)))
     assert enricher.processes.proc_reads == 1                    # cached

@@ -142,3 +142,11 @@ def _socat_processes_with_an_environment(host):
 def test_parse_status_reads_the_effective_uid_and_capabilities():
     status = parse_status("Name:\tsocat\nPPid:\t1\nUid:\t1000\t0\t0\t0\nCapEff:\t0000000000001000\n")
     assert (status.name, status.ppid, status.uid, status.cap_eff >> 12 & 1) == ("socat", 1, 0, 1)
+
+
+def test_namespace_facts_of_a_process(host):
+    """This process's network namespace and the owner of its user namespace (root, the initial one);
+    a fake /proc tree has no namespace files: unknown, not an error."""
+    assert processes.netns_inode("self") == os.stat("/proc/self/ns/net").st_ino
+    assert processes.userns_owner("self") == 0
+    assert processes.netns_inode(200, host) is None and processes.userns_owner(200, host) is None

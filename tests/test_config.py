@@ -45,7 +45,7 @@ def test_good_file_maps_every_section(tmp_path):
     assert config.elasticsearch.batch_interval_s == 0.5
     assert str(config.alert_feed.path) == "/tmp/alerts.jsonl"
     assert str(config.ndjson.directory) == "/tmp/out"
-    assert config.enforce.state_file == "/var/lib/socat-monitor/blocks.json"
+    assert config.enforce.state_file == "/var/lib/socat-monitor/blocks-host.json"
 
 
 def test_defaults_without_a_file():
@@ -61,7 +61,7 @@ def test_flags_override_the_file_and_state_follows_state_dir(tmp_path):
                             ndjson={"directory": "/tmp/other"}, enforce={"dry_run": None, "netns": "lab"})
     assert config.agent.output == "/tmp/other" and str(config.ndjson.directory) == "/tmp/other"
     assert config.enforce.dry_run is True and config.enforce.netns == "lab"
-    assert config.enforce.state_file == str(tmp_path / "blocks.json")
+    assert config.enforce.state_file == str(tmp_path / "blocks-lab.json")   # one journal per namespace
     assert config.agent.baseline == str(tmp_path / "baseline.json")
     assert str(config.elasticsearch.spool_dir) == str(tmp_path / "spool")
     assert str(config.elasticsearch.dead_letter_path) == str(tmp_path / "spool" / "dead-letter.ndjson")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 
@@ -10,14 +12,14 @@ from monitor.decide.config import rule_settings
 from monitor.decide.decider import REOFFENCE
 from monitor.detect import DetectConfig, Detector
 from monitor.ecs import HostInfo, render
-from monitor.events import Action, Alert, BlockEvent, ConnectionEvent, Listener
+from monitor.events import Action, Alert, BlockEvent, ConnectionEvent, Listener, ProcessInfo
 from monitor.policy import EngineConfig, PolicyEngine, parse_policy
 from monitor.replay.analyze import analyze
 from monitor.rules import new_alert
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
-POLICY = parse_policy("""
+POLICY_TEXT = """
 version: 1
 listeners:
   - name: web
@@ -27,7 +29,8 @@ listeners:
   - name: db
     port: 5432
     allow_sources: [192.0.2.0/24]
-""")
+"""
+POLICY = parse_policy(POLICY_TEXT)
 
 
 class FakeBlocker:
@@ -60,9 +63,9 @@ def decider(blocker=None, block_rules=(), **settings) -> Decider:
     return Decider(DecideConfig(**settings), default_ttl_s=60, block_rules=block_rules, blocker=blocker)
 
 
-def accept(source: str, port: int, t: float, sport: int) -> ConnectionEvent:
+def accept(source: str, port: int, t: float, sport: int, process: ProcessInfo | None = None) -> ConnectionEvent:
     return ConnectionEvent(Action.ACCEPTED, T0 + int(t * S), source, sport, "10.0.0.1", port,
-                           listener=Listener("10.0.0.1", port))
+                           listener=Listener("10.0.0.1", port), process=process)
 
 
 # -- action -----------------------------------------------------------------------------------------
@@ -199,6 +202,73 @@ def test_offline_decisions_equal_live_ones():
 
     live, offline = decided(FakeBlocker()), decided(None)
     assert live == offline and live[1] > 0
+
+
+# -- trust: which relays may cause a block --------------------------------------------------------
+
+HERE = 4026531833                      # the network namespace enforced in
+ROOT_RELAY = ProcessInfo(pid=10, comm="socat", uid=0, netns=HERE, userns_owner=0)
+USER_RELAY = ProcessInfo(pid=11, comm="socat", uid=65534, netns=4026532175, userns_owner=65534)
+
+
+def trusting(blocker=None) -> Decider:
+    return Decider(DecideConfig(), default_ttl_s=60, blocker=blocker, enforce_netns=HERE)
+
+
+@pytest.mark.parametrize("relay, why", [
+    (ProcessInfo(pid=11, comm="socat", uid=1000, netns=HERE, userns_owner=0), "started by uid 1000, not root"),
+    (ProcessInfo(pid=11, comm="socat", uid=0, netns=HERE, userns_owner=1000),
+     "user namespace owned by uid 1000, not root"),
+    (ProcessInfo(pid=11, comm="socat", uid=0, netns=4026532999, userns_owner=0),
+     "network namespace net:[4026532999], not net:[4026531833]"),
+    (USER_RELAY, "network namespace net:[4026532175]"),
+])
+def test_an_untrusted_relay_is_alerted_on_never_blocked_and_the_alert_says_why(relay, why):
+    blocker = FakeBlocker()
+    d, engine = trusting(blocker), PolicyEngine(POLICY, EngineConfig(dedup_window_s=60))
+    out = _run(d, engine, [accept("203.0.113.9", 8443, t, 40000 + t, relay) for t in range(5)])
+    [written] = out                                        # one alert; no block, not even on the repeats
+    assert written.rule_id == "policy.source_denied" and not written.block and blocker.calls == []
+    assert why in written.block_skipped
+    assert render(written, HostInfo("h", "0" * 32))["socat"]["block"] == {"skipped": written.block_skipped}
+
+
+def test_a_root_relay_in_the_enforced_namespace_blocks():
+    out = _run(trusting(FakeBlocker()), PolicyEngine(POLICY, EngineConfig()),
+               [accept("203.0.113.9", 8443, 0, 40000, ROOT_RELAY)])
+    assert [type(r) for r in out] == [Alert, BlockEvent] and out[0].block and out[0].block_skipped is None
+
+
+def test_a_relay_root_started_that_dropped_to_su_nobody_still_blocks():
+    dropped = ProcessInfo(pid=13, comm="socat", uid=65534, started_uid=0, netns=HERE, userns_owner=0)
+    out = _run(trusting(), PolicyEngine(POLICY, EngineConfig()), [accept("203.0.113.9", 8443, 0, 40000, dropped)])
+    assert out[0].block
+    forged = dataclasses.replace(dropped, started_uid=65534)
+    out = _run(trusting(), PolicyEngine(POLICY, EngineConfig()), [accept("203.0.113.9", 8443, 0, 40000, forged)])
+    assert not out[0].block and "started by uid 65534" in out[0].block_skipped
+
+
+def test_trust_unprivileged_lets_a_non_root_relay_block_but_never_across_namespaces():
+    policy = parse_policy(POLICY_TEXT.replace("    action: block\n", "    action: block\n    trust_unprivileged: true\n"))
+    service_user = ProcessInfo(pid=12, comm="socat", uid=1000, netns=HERE, userns_owner=0)
+    out = _run(trusting(), PolicyEngine(policy, EngineConfig()), [accept("203.0.113.9", 8443, 0, 40000, service_user)])
+    assert out[0].block
+    out = _run(trusting(), PolicyEngine(policy, EngineConfig()), [accept("203.0.113.9", 8443, 0, 40000, USER_RELAY)])
+    assert not out[0].block and "network namespace" in out[0].block_skipped
+    gone = dataclasses.replace(service_user, netns=None)    # exited before its namespace was read again
+    out = _run(trusting(), PolicyEngine(policy, EngineConfig()), [accept("203.0.113.9", 8443, 0, 40000, gone)])
+    assert not out[0].block and "network namespace is unknown" in out[0].block_skipped
+
+
+def test_anomaly_alerts_carry_their_relay_so_an_untrusted_flood_blocks_nothing():
+    blocker = FakeBlocker()
+    d = Decider(DecideConfig(), default_ttl_s=60, block_rules=("anomaly.source_rate",), blocker=blocker,
+                enforce_netns=HERE)
+    det = Detector(DetectConfig(learning_period_s=5, cooldown_s=300, rules=("anomaly.source_rate",)),
+                   repeats=["anomaly.source_rate"])
+    out = [r for ev in _detector_stream() for r in d.decide(det.observe(dataclasses.replace(ev, process=USER_RELAY)))]
+    assert [a.rule_id for a in out] == ["anomaly.source_rate"] and blocker.calls == []
+    assert "started by uid 65534" in out[0].block_skipped or "network namespace" in out[0].block_skipped
 
 
 # -- detectors: repeats inside the cooldown ---------------------------------------------------------

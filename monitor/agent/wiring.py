@@ -11,6 +11,7 @@ from ..detect import Baseline, Detector
 from ..ecs import HostInfo
 from ..enforce import EgressRule, Enforcer
 from ..enforce.nft import DropListener
+from ..enforce.netns import netns_inode
 from ..policy import Policy, PolicyEngine, load_policy
 from ..sinks import AlertFeed, ElasticsearchSink, ErrorCallback, Fanout, NdjsonSink, WebhookSink
 
@@ -30,8 +31,10 @@ def engine(policy: Policy | None, config: Config, previous: PolicyEngine | None 
 
 
 def make_decider(config: Config, enforcer: Enforcer | None) -> Decider:
+    """The decider; relays outside the namespace enforcement acts in (`enforce.netns`, else ours) never block."""
     return Decider(config.decide, default_ttl_s=config.enforce.default_ttl_s,
-                   block_rules=config.detect.block_rules, blocker=enforcer)
+                   block_rules=config.detect.block_rules, blocker=enforcer,
+                   enforce_netns=netns_inode(config.enforce.netns))
 
 
 def make_detector(config: Config, decider: Decider, baseline: Baseline | None = None) -> Detector:

@@ -2,7 +2,12 @@
 
 `ProcessTable` keeps what is known of each watched process, by pid, in a
 bounded LRU: argv from the kernel's exec record, else /proc read once at a
-new pid (executable, command line, start time, parent: `monitor.host.processes`). A fork child of a
+new pid (executable, command line, start time, parent, network namespace and
+the owner of its user namespace: `monitor.host.processes`). The uid a process
+was exec'd as is kept (`started_uid`): socat's `su=` drops the uid after the
+exec, and a relay root started stays root's; a process first seen through
+/proc counts as started by the uid it has then. The namespaces of a process a
+non-root user started are read again at each of its events. A fork child of a
 known process inherits its parent's facts without touching /proc (fork
 keeps argv and executable), so a child that exits at once is still
 complete. `Enricher` turns `RawEvent`s into `ConnectionEvent`/`ProcessEvent`
@@ -97,7 +102,8 @@ class ProcessTable:
         info = ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
             user_name=self.user_name(raw.uid), executable=exe, args=raw.argv or self._read_proc(raw).args,
-            start_ns=raw.ktime_ns + self.offset_ns,
+            start_ns=raw.ktime_ns + self.offset_ns, started_uid=raw.uid, netns=processes.netns_inode(raw.pid, self.proc),
+            userns_owner=processes.userns_owner(raw.pid, self.proc),
         )
         self._put(raw.pid, _Known(info, True))
         return info
@@ -109,12 +115,21 @@ class ProcessTable:
             known = self._learn(raw)   # new pid, or a reused one (another parent)
         else:
             self._known.move_to_end(raw.pid)
+        if known.info.started_uid:
+            self._look_again(raw.pid, known)
         info = known.info
         if info.tid != raw.tid or info.uid != raw.uid or info.gid != raw.gid or (raw.ppid and info.ppid is None):
             info = replace(info, tid=raw.tid, uid=raw.uid, gid=raw.gid, user_name=self.user_name(raw.uid),
                            ppid=raw.ppid or info.ppid)
             known.info = info
         return info
+
+    def _look_again(self, pid: int, known: _Known) -> None:
+        """A process a non-root user started can move into namespaces of its own at any time (unshare):
+        its namespaces are read again at each event (None when it is gone: unknown, so not trusted)."""
+        netns, owner = processes.netns_inode(pid, self.proc), processes.userns_owner(pid, self.proc)
+        if (netns, owner) != (known.info.netns, known.info.userns_owner):
+            known.info = replace(known.info, netns=netns, userns_owner=owner)
 
     def _learn(self, raw: RawEvent) -> _Known:
         parent = self._known.get(raw.ppid) if raw.ppid else None
@@ -138,7 +153,8 @@ class ProcessTable:
         return ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
             user_name=self.user_name(raw.uid), executable=processes.executable(raw.pid, self.proc), args=args,
-            start_ns=self._start_ns(raw.pid),
+            start_ns=self._start_ns(raw.pid), started_uid=raw.uid, netns=processes.netns_inode(raw.pid, self.proc),
+            userns_owner=processes.userns_owner(raw.pid, self.proc),
         )
 
     def _status_ppid(self, pid: int) -> int | None:

@@ -8,6 +8,15 @@ blocks. The target is the source address, or its network (`scope: network`,
 /24 or /64). The TTL is the rule's, else `decide.ttl`, else
 `enforce.default_ttl`.
 
+Trust: an alert caused by a relay the agent may not act for is alerted on but
+never blocked (`Alert.block_skipped` says why): a relay in another network
+namespace than the one enforced in (its blocks would land in the wrong
+table), and, unless the policy listener sets `trust_unprivileged`, a relay
+started by a non-root user (the uid it was exec'd as: a root relay that drops
+to `su=nobody` stays root's) or living in a user namespace a non-root user owns
+(any local user can start a process named socat and connect to it from an
+address of their choosing). An alert whose relay is unknown is judged as before.
+
 Escalation: a source blocked again within `repeat_window` after its previous
 block ended (or while an operator had removed it) gets `repeat_factor` times
 the previous TTL, up to `max_ttl`. A block refreshed while it holds keeps its
@@ -30,7 +39,7 @@ from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 from ..detect.rows import network_of
-from ..events import Action, Alert, BlockEvent, Record
+from ..events import Action, Alert, BlockEvent, ProcessInfo, Record
 from ..rules import RULES
 from .config import DecideConfig, RuleSetting, rule_settings
 
@@ -50,11 +59,13 @@ class Blocker(BlockState, Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What to do about one alert: block `target` for `ttl_s` (before escalation), or only alert."""
+    """What to do about one alert: block `target` for `ttl_s` (before escalation), or only alert
+    (`skipped`: why a block the action asked for is not made)."""
 
     block: bool
     target: str | None = None
     ttl_s: float | None = None
+    skipped: str | None = None
 
 
 _ALERT_ONLY = Decision(False)
@@ -69,12 +80,35 @@ class _Record:
     enforced: bool       # the enforcer holds it (False: refused, dry run)
 
 
+def distrust(process: ProcessInfo | None, enforce_netns: int | None, trust_unprivileged: bool) -> str | None:
+    """Why the relay `process` may not cause a block in the namespace `enforce_netns` (None: it may)."""
+    if process is None:
+        return None
+    relay = f"relay pid {process.pid}"
+    if enforce_netns is not None and process.netns is not None and process.netns != enforce_netns:
+        return (f"{relay} is in network namespace net:[{process.netns}], not net:[{enforce_netns}] "
+                "where this agent enforces")
+    started = process.started_uid if process.started_uid is not None else process.uid
+    if trust_unprivileged:
+        if started and enforce_netns is not None and process.netns is None:
+            return f"{relay} was started by uid {started} and its network namespace is unknown (gone)"
+        return None
+    unless = "and its policy listener does not set trust_unprivileged"
+    if started not in (None, 0):
+        return f"{relay} was started by uid {started}, not root, {unless}"
+    if process.userns_owner not in (None, 0):
+        return f"{relay} lives in a user namespace owned by uid {process.userns_owner}, not root, {unless}"
+    return None
+
+
 class Decider:
     """Decisions for one agent (or one offline analysis)."""
 
     def __init__(self, config: DecideConfig, *, default_ttl_s: float, block_rules: Iterable[str] = (),
-                 blocker: Blocker | None = None) -> None:
+                 blocker: Blocker | None = None, enforce_netns: int | None = None) -> None:
+        """`enforce_netns`: the inode of the network namespace blocks land in (None: offline, not checked)."""
         self.blocker = blocker
+        self.enforce_netns = enforce_netns
         self._history: dict[str, _Record] = {}
         self.reoffences = 0
         self.reconfigure(config, default_ttl_s=default_ttl_s, block_rules=block_rules)
@@ -97,6 +131,9 @@ class Decider:
             or ("block" if entry.id in self.block_rules else entry.action)
         if action != "block":
             return _ALERT_ONLY
+        skipped = distrust(alert.process, self.enforce_netns, alert.listener_trusts_unprivileged)
+        if skipped:
+            return Decision(False, skipped=skipped)
         scope = own.scope or group.scope or entry.scope
         ttl = own.ttl_s or group.ttl_s or self.config.ttl_s or self.default_ttl_s
         return Decision(True, self._target(alert.source_ip, scope), ttl)
@@ -122,6 +159,7 @@ class Decider:
                     out.extend(self._block(alert, decision, alert_id=None, reason=REOFFENCE))
                 continue
             out.append(alert)
+            alert.block_skipped = decision.skipped
             if decision.block:
                 out.extend(self._block(alert, decision, alert_id=alert.id, reason=None))
         return out

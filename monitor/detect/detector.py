@@ -111,19 +111,22 @@ class Detector:
         learning = t < base.start_listener(lst, t, self.config)     # this listener's own learning period
         src = self._ips.code(event.source_ip)
         dst = self._ips.code(event.destination_ip)
+        own: list[Alert] = []
         if flags.start:
             if learning:
                 ip = self._ips.ips[src]
                 base.source_last_ns[ip] = max(base.source_last_ns.get(ip, 0), t)
             if NEW_SOURCE in self._rules:
-                alerts += self._new_source(event, t, lst, src, learning)
+                own += self._new_source(event, t, lst, src, learning)
             if SOURCE_RATE in self._rules:
-                alerts += self._source_rate(event, t, slot, lst, src, learning)
+                own += self._source_rate(event, t, slot, lst, src, learning)
         if flags.refused and REFUSED_BURST in self._rules:
-            alerts += self._refused_burst(event, t, slot, lst, src, learning or not base.complete)
+            own += self._refused_burst(event, t, slot, lst, src, learning or not base.complete)
+        for alert in own:
+            alert.process = event.process   # the relay: whether it may cause a block is decided by it
         self._buffer.append((t, lst, src, dst, flags.start, flags.refused, flags.short))
         self._buffer_ids.append(event.id)
-        return alerts
+        return alerts + own
 
     def tick(self, now_ns: int) -> list[Alert]:
         """Micro-batch work on what was observed since the last tick (listener rate, scan)."""

@@ -35,6 +35,11 @@ def netns_path(name: str) -> str:
     return path
 
 
+def netns_inode(name: str | None) -> int:
+    """The inode of namespace `name`, or of this process's own when None (what a relay's is compared with)."""
+    return os.stat(netns_path(name) if name is not None else "/proc/self/ns/net").st_ino
+
+
 def enter_netns(name: str) -> None:
     """Move the calling thread into namespace `name` (it must exist: never created here)."""
     fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)

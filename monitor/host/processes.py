@@ -8,7 +8,9 @@ returns None (or nothing) for a process that is gone or unreadable, except
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ MAX_CMDLINE_BYTES = 8192       # a command line copied into events is cut here (
 AUDIT_CMDLINE_BYTES = 65536    # the audit reads this much (socat.grammar refuses more), so padding hides nothing
 MAX_ENVIRON_BYTES = 65536
 TRUNCATED = "[...cut]"
+NS_GET_OWNER_UID = 0xB704      # ioctl on a user namespace file: the uid that created it (<linux/nsfs.h>)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,29 @@ def executable(pid: int | str, proc: str = PROC) -> str | None:
         return os.readlink(f"{proc}/{pid}/exe")
     except OSError:
         return None
+
+
+def netns_inode(pid: int | str, proc: str = PROC) -> int | None:
+    """The inode of PID's network namespace (what `ip netns identify` compares), None when unreadable."""
+    try:
+        return os.stat(f"{proc}/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def userns_owner(pid: int | str, proc: str = PROC) -> int | None:
+    """The uid that owns PID's user namespace, as this process sees it (0 for the initial one, and
+    for one root made); None when unreadable."""
+    try:
+        fd = os.open(f"{proc}/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return struct.unpack("I", fcntl.ioctl(fd, NS_GET_OWNER_UID, bytes(4)))[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _stat_fields(pid: int | str, proc: str) -> list[str] | None:

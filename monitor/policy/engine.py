@@ -255,7 +255,8 @@ class PolicyEngine:
             self.suppressed += 1
             self._held[key] = self._held.get(key, 0) + 1
             return [repeat_alert(rule_id, ev.timestamp_ns, _blamed(rule_id, ev, source),
-                                 entry.action if entry is not None else None)]
+                                 entry.action if entry is not None else None, process=ev.process,
+                                 listener_trusts_unprivileged=entry is not None and entry.trust_unprivileged)]
         self._last_alert[key] = ev.timestamp_ns
         severity = entry.severity if entry is not None else None
         refused = ev.refused or ev.action is Action.DENIED
@@ -273,6 +274,7 @@ class PolicyEngine:
             window_s=window_s,
             outcome=Outcome.FAILURE if refused else Outcome.SUCCESS,
             listener_action=entry.action if entry is not None else None,
+            listener_trusts_unprivileged=entry is not None and entry.trust_unprivileged,
             suppressed=self._held.pop(key, 0),
         )]
 

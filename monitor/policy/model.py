@@ -106,6 +106,13 @@ POLICY_SCHEMA: dict[str, Any] = {
                                        "allow_sources before the handshake.",
                         "examples": ["block"],
                     },
+                    "trust_unprivileged": {
+                        "type": "boolean", "default": False,
+                        "description": "Let a relay on this port that runs as a non-root user, or in a user "
+                                       "namespace a non-root user owns, cause blocks (action: block). Default: "
+                                       "such relays are alerted on, never blocked (any local user can start one).",
+                        "examples": [True],
+                    },
                     "severity": {
                         "enum": ["low", "medium", "high", "critical"],
                         "description": "Overrides the severity of this listener's violations. "
@@ -213,6 +220,7 @@ class ListenerPolicy:
     action: str = "alert"
     severity: Severity | None = None
     description: str | None = None
+    trust_unprivileged: bool = False      # a non-root relay may cause blocks
 
     @property
     def blocks(self) -> bool:
@@ -310,6 +318,7 @@ def _listener(raw: dict[str, Any], index: int, defaults: Defaults, locator: Loca
         action=raw.get("action", defaults.action),
         severity=Severity.parse(raw["severity"]) if "severity" in raw else None,
         description=raw.get("description"),
+        trust_unprivileged=raw.get("trust_unprivileged", False),
     )
     rate = listener.max_rate_per_source
     if rate is not None and rate.count < 1:

@@ -49,7 +49,7 @@ _F: dict[str, str] = {
     "socat.detection.observed": "double", "socat.detection.baseline": "double",
     "socat.detection.threshold": "double", "socat.detection.score": "double", "socat.detection.window_s": "double",
     "socat.audit.token": KW, "socat.audit.fix": KW,
-    "socat.block.target": KW, "socat.block.ttl_s": "double", "socat.block.alert_id": KW,
+    "socat.block.target": KW, "socat.block.ttl_s": "double", "socat.block.alert_id": KW, "socat.block.skipped": KW,
     "socat.block.dropped_packets": "long", "socat.block.dropped_bytes": "long",
     "socat.drop.packets": "long", "socat.drop.dry_run": "boolean",
     "socat.pipeline.stage": KW, "socat.pipeline.lost": "long",

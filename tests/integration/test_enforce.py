@@ -304,7 +304,7 @@ def test_reoffence_after_blocks_remove_is_blocked_again_at_once(lab: Lab, tmp_pa
                       f"    allow_sources: [{GOOD4}, {GOOD6}]\n    action: block\n"
                       "defaults:\n  unknown_listener: ignore\n")
     agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", lab.server, "--duration", "120")
-    state = ["--state-file", str(tmp_path / "state" / "blocks.json"), "--netns", lab.server]
+    state = ["--state-file", str(tmp_path / "state" / f"blocks-{lab.server}.json"), "--netns", lab.server]
     try:
         agent.wait_ready()
         assert lab.reach(BAD4), "the offender's first connection gets through: it is what raises the alert"
