@@ -11,8 +11,6 @@ so the agent stays a thin loop around it.
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
 from .decide import Decider
@@ -41,14 +39,6 @@ class AnomalyDetector(Protocol):
 Auditor = Callable[[ProcessEvent], list[Alert]]
 
 
-@dataclass
-class PipelineStats:
-    records: Counter = field(default_factory=Counter)      # by event.action / record type
-    alerts: Counter = field(default_factory=Counter)       # by rule id
-    blocked: list[str] = field(default_factory=list)       # targets blocked, in order
-    refused_blocks: int = 0
-
-
 class Pipeline:
     """Policy, detection, audit and enforcement decisions for one agent."""
 
@@ -64,7 +54,6 @@ class Pipeline:
         self.detector = detector
         self.auditor = auditor
         self.decider = decider
-        self.stats = PipelineStats()
 
     def replace_policy(self, policy: PolicyChecker | None) -> None:
         """Swap the policy in force (reload); detector state is kept."""
@@ -80,17 +69,12 @@ class Pipeline:
         alerts: list[Alert] = []
         if isinstance(record, ConnectionEvent):
             record = self._name_listener(record)
-            self.stats.records[record.action.value] += 1
             if self.policy is not None:
                 alerts.extend(self.policy.check(record))
             if self.detector is not None:
                 alerts.extend(self.detector.observe(record))
-        elif isinstance(record, ProcessEvent):
-            self.stats.records[record.action.value] += 1
-            if record.action is Action.PROCESS_STARTED and self.auditor is not None:
-                alerts.extend(self.auditor(record))
-        else:
-            self.stats.records[type(record).__name__] += 1
+        elif isinstance(record, ProcessEvent) and record.action is Action.PROCESS_STARTED and self.auditor is not None:
+            alerts.extend(self.auditor(record))
         out.append(record)
         out.extend(self._decide(alerts))
         return out
@@ -117,12 +101,4 @@ class Pipeline:
         return event
 
     def _decide(self, alerts: list[Alert]) -> list[Record]:
-        out = self.decider.decide(alerts)
-        for record in out:
-            if isinstance(record, Alert):
-                self.stats.alerts[record.rule_id] += 1
-            elif record.action is Action.BLOCKED:
-                self.stats.blocked.append(record.target)
-            elif record.action is Action.BLOCK_REFUSED:
-                self.stats.refused_blocks += 1
-        return out
+        return self.decider.decide(alerts)

@@ -99,12 +99,6 @@ class Capture:
         self._lock = threading.Lock()             # listeners() may run in another thread than poll()
         self.listeners()
 
-    def set_comms(self, comms: tuple[str, ...]) -> None:
-        """Watch another set of process names from now on (e.g. on reload)."""
-        self.config.comms = tuple(comms)
-        self._kernel.set_comms(self.config.comms)
-        self.listeners()
-
     def listeners(self) -> list[Listener]:
         """Listening sockets held by watched processes now (with the holder's pid).
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
-from ..detect.rows import network_of
+from ..addresses import network_of
 from ..events import Action, Alert, BlockEvent, ProcessInfo, Record
 from ..rules import RULES
 from .config import DecideConfig, RuleSetting, rule_settings
