@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 from .dependencies import DEPENDENCIES
 from .errors import MonitorError
-from .host.mounts import CGROUP2, cgroup2_root, mounted
+from .host.mounts import CGROUP2, DEBUGFS, MOUNTS_TABLE, TRACING, cgroup2_root, mounted
 from .host.processes import Status, parse_status
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -47,12 +47,12 @@ CAP_SYS_ADMIN = 21
 class DoctorEnv:
     """Where the checks look; defaults are this host."""
 
-    tracing: str = "/sys/kernel/tracing"
-    debugfs: str = "/sys/kernel/debug"
+    tracing: str = TRACING
+    debugfs: str = DEBUGFS
     bpffs: str = "/sys/fs/bpf"
     btf: str = "/sys/kernel/btf/vmlinux"
     modules: str = f"/lib/modules/{os.uname().release}"
-    mounts: str = "/proc/self/mounts"
+    mounts: str = MOUNTS_TABLE
     status: str = "/proc/self/status"
     filesystems: str = "/proc/filesystems"
     path: str | None = None   # PATH for socat/nft; None = the current PATH

@@ -147,6 +147,17 @@ def summary(values: list[float]) -> dict[str, float]:
             "max": max(values)} if values else {"n": 0}
 
 
+def relay_and_enforcer(lab: Lab, n: int, state_file: str, listen_options: str = "") -> Enforcer:
+    """A socat relay in the lab's server namespace, and an enforcer started on its port there."""
+    lab.start(["socat", f"TCP-LISTEN:{PORT},fork,reuseaddr{listen_options}", "PIPE"], lab.server,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(lab.server, PORT)
+    enforcer = Enforcer(EnforceConfig(netns=lab.server, state_file=state_file,
+                                      max_blocks_per_minute=10 * n, default_ttl_s=600))
+    enforcer.start([PORT])
+    return enforcer
+
+
 def quiet_latency(n: int, state_dir: str) -> dict[str, dict[str, float]]:
     """One offender at a time, nothing else running: the agent's reader loop blocks each on its accept."""
     lab = Lab(n)
@@ -154,12 +165,7 @@ def quiet_latency(n: int, state_dir: str) -> dict[str, dict[str, float]]:
     stop = threading.Event()
     kernel_ms: dict[str, float] = {}
     try:
-        lab.start(["socat", f"TCP-LISTEN:{PORT},fork,reuseaddr", "PIPE"], lab.server,
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_listening(lab.server, PORT)
-        enforcer = Enforcer(EnforceConfig(netns=lab.server, state_file=f"{state_dir}/quiet.json",
-                                          max_blocks_per_minute=10 * n, default_ttl_s=600))
-        enforcer.start([PORT])
+        enforcer = relay_and_enforcer(lab, n, f"{state_dir}/quiet.json")
         wanted = set(lab.addrs)
 
         def reader() -> None:   # Agent._capture_loop and the pipeline's block, in one thread
@@ -199,12 +205,7 @@ def block_latency(n: int, gap_ms: float, state_dir: str) -> dict[str, dict[str, 
     lab = Lab(n)
     capture = Capture(CaptureConfig())
     try:
-        lab.start(["socat", f"TCP-LISTEN:{PORT},fork,reuseaddr,backlog=128", "PIPE"], lab.server,
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_listening(lab.server, PORT)
-        enforcer = Enforcer(EnforceConfig(netns=lab.server, state_file=f"{state_dir}/blocks.json",
-                                          max_blocks_per_minute=10 * n, default_ttl_s=600))
-        enforcer.start([PORT])
+        enforcer = relay_and_enforcer(lab, n, f"{state_dir}/blocks.json", ",backlog=128")
         client = lab.start([sys.executable, "-c", CLIENT, SERVER, str(PORT), str(gap_ms / 1000), *lab.addrs], lab.clients,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wanted = set(lab.addrs)

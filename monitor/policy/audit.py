@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..addresses import Network
+from ..addresses import Network, same_address
 from ..errors import InputError
 from ..events import Alert, Listener, Outcome, ProcessInfo, Severity
 from ..host.processes import ProcessFacts, read_process, socat_processes
@@ -407,7 +407,7 @@ class _Auditor:
             self.add("audit.all_interfaces", Severity.HIGH, address.text,
                      f"listens on all addresses; the policy says {entry.name} binds to {entry.address}",
                      f"add bind={entry.address}", address, entry)
-        elif not _same_host(bind, entry.address):
+        elif bind != entry.address and not same_address(bind or "", entry.address or ""):
             self.add("audit.policy_mismatch", Severity.HIGH, address.option("bind").text,
                      f"binds to {bind}; the policy says {entry.name} binds to {entry.address}",
                      f"use bind={entry.address} or correct the policy", address, entry)
@@ -479,13 +479,6 @@ def _fork_exposure(address: SocatAddress) -> str:
         who = (f"{kind.upper()} with fork connects again as soon as a connection is made and hands each to a "
                "child, so the peer decides how many children run")
     return f"{who}; fork without max-children forks without limit"
-
-
-def _same_host(a: str | None, b: str | None) -> bool:
-    try:
-        return ipaddress.ip_address((a or "").strip("[]")) == ipaddress.ip_address((b or "").strip("[]"))
-    except ValueError:
-        return a == b
 
 
 def version_findings(socat_version: str, pid: int | None = None, socat: str | None = None) -> list[Finding]:
