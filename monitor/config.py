@@ -24,7 +24,7 @@ from .decide import DecideConfig
 from .detect import DetectConfig
 from .enforce import EnforceConfig
 from .metrics import DEFAULT_LISTEN, check_listen
-from .settings import FORMATS, build_section, relation_problems, restart_only, section_schema, setting, spec_of
+from .settings import FORMATS, build_section, restart_only, section_schema, setting, spec_of
 from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig, WebhookConfig
 from .yamlfile import FlagLocator, InputErrors, load_yaml, validate
 from .policy.engine import EngineConfig
@@ -91,12 +91,16 @@ def _at(name: str) -> tuple[str, ...]:
     return () if name == "agent" else (name,)
 
 
-def section_from_flags(cls: type, values: dict[str, Any], flag: str, base: Any = None) -> Any:
+def section_from_flags(cls: type, values: dict[str, Any], flag: str, at: tuple[str, ...] = (),
+                       base: Any = None) -> Any:
     """A section dataclass from settings given as flags (on top of `base`), checked as the config file's is."""
     locator = FlagLocator(flag)
-    validate(values, section_schema(cls), locator, formats=FORMATS)
+    data, schema = _plain(values), section_schema(cls)
+    for key in reversed(at):
+        data, schema = {key: data}, {"type": "object", "properties": {key: schema}}
+    validate(data, schema, locator, formats=FORMATS)
     start = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)} if base is not None else {}
-    return build_section(cls, values, locator, **start)
+    return build_section(cls, _plain(values), locator, at, **start)
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -134,22 +138,11 @@ def _plain(value: Any) -> Any:
 def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
     """A copy with flag values applied (None means 'flag not given'), checked as the file's values are."""
     updated = {}
-    locator = FlagLocator("command line")
     for name, values in sections.items():
         given = {k: v for k, v in values.items() if v is not None}
-        if not given:
-            continue
-        cls = ALL_SECTIONS[name]
-        data, schema = _plain(given), section_schema(cls)
-        for key in _at(name):
-            data, schema = {key: data}, {"type": "object", "properties": {key: schema}}
-        validate(data, schema, locator, formats=FORMATS)
-        current = getattr(config, name)
-        section = cls(**given) if current is None else dataclasses.replace(current, **given)
-        problems = [locator.error(_at(name) + (key,), problem) for key, problem in relation_problems(section)]
-        if problems:
-            raise InputErrors(problems)
-        updated[name] = section
+        if given:
+            updated[name] = section_from_flags(ALL_SECTIONS[name], given, "command line", _at(name),
+                                               base=getattr(config, name))
     return place_state(dataclasses.replace(config, **updated))
 
 
