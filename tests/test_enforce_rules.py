@@ -114,8 +114,12 @@ def test_drop_listener_rules_sets_and_counters() -> None:
     assert "tcp dport 9000 ip daddr 10.0.0.1 " in script and "dropallow1_6 " not in script.split("chain")[1]
     assert "dropallow1" not in "".join(line for line in script.splitlines() if line.startswith("add element")), \
         "an empty list: no element, everyone dropped"
+    assert ('iif != "lo" tcp dport 8443 tcp flags & (syn | ack) == syn ip saddr != @dropallow0_4 '
+            'counter name "listener_drops0_4" drop comment "drop web (dropped map full)"') in script
     counting = skeleton_script("t", scope="listeners", ports=[], drops=[web], count_only=True)
-    assert 'counter name "listener_drops0_4" comment "drop web"' in counting and " drop comment" not in counting
+    assert 'counter name "listener_drops0_4" accept comment "drop web"' in counting
+    assert 'counter name "listener_drops0_4" comment "drop web (dropped map full)"' in counting
+    assert " drop comment" not in counting
 
 
 def test_parse_dropped_map() -> None:

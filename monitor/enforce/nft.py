@@ -57,7 +57,8 @@ SCOPES = ("listeners", "host")
 # tables other software owns: socat-monitor deletes and recreates its own table, so it must never be one of these
 FOREIGN_TABLES = ("filter", "nat", "mangle", "raw", "security", "firewalld")
 DROPPED_TTL = "1h"                # a source that stopped knocking leaves the dropped sets after this
-DROPPED_SIZE = 65536              # sources remembered per drop listener and IP version (more are dropped, uncounted)
+DROPPED_SIZE = 65536              # sources remembered per drop listener and IP version (more are dropped
+                                  # and counted, not remembered)
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -164,7 +165,13 @@ class DropReading:
 
 
 def _drop_rules(drops: Sequence[DropListener], count_only: bool) -> list[str]:
-    """One rule per drop listener and IP version: a SYN from outside the set, not on loopback, is dropped."""
+    """Two rules per drop listener and IP version: a SYN from outside the set, not on loopback, is dropped.
+
+    The first also remembers the source in the dropped map; when the map is
+    full the kernel ends that rule at the `update`, so the second drops (and
+    counts) without remembering: a flood of new sources never gets in.
+    `count_only` (dry run): the first accepts what it counted (this chain
+    only: other tables still decide), the second counts and lets it go on."""
     rules = []
     for index, listener in enumerate(drops):
         for version in listener.versions():
@@ -172,12 +179,13 @@ def _drop_rules(drops: Sequence[DropListener], count_only: bool) -> list[str]:
             daddr = ""
             if listener.address is not None and not ipaddress.ip_address(listener.address).is_unspecified:
                 daddr = f"{family} daddr {unmapped_network(ipaddress.ip_network(listener.address)).network_address} "
-            verdict = "" if count_only else " drop"
-            rules.append(f"    iif != \"lo\" tcp dport {listener.port} {daddr}tcp flags & (syn | ack) == syn "
-                         f"{family} saddr != @{drop_set(index, version)} "
-                         f"update @{dropped_set(index, version)} {{ {family} saddr counter : tcp sport }} "
-                         f"counter name \"{drop_counter(index, version)}\"{verdict} "
-                         f"comment \"drop {listener.name}\"")
+            match = (f"    iif != \"lo\" tcp dport {listener.port} {daddr}tcp flags & (syn | ack) == syn "
+                     f"{family} saddr != @{drop_set(index, version)} ")
+            count = f"counter name \"{drop_counter(index, version)}\""
+            rules.append(f"{match}update @{dropped_set(index, version)} {{ {family} saddr counter : tcp sport }} "
+                         f"{count} {'accept' if count_only else 'drop'} comment \"drop {listener.name}\"")
+            rules.append(f"{match}{count}{'' if count_only else ' drop'} "
+                         f"comment \"drop {listener.name} (dropped map full)\"")
     return rules
 
 

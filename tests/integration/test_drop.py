@@ -10,16 +10,20 @@ import ipaddress
 import os
 import signal
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from monitor.control import request
 from monitor.enforce import Enforcer
+from monitor.enforce import nft
 from monitor.enforce.nft import DropListener
 from monitor.events import Action
+from monitor.status import parse_status
 from tests.lab import PYTHON, ROOT, AgentProcess, Processes, free_port, wait_for, wait_listening
-from tests.integration.test_enforce import BAD4, BAD6, GOOD4, GOOD6, SERVER4, SERVER6, Lab, lab  # noqa: F401 (fixture)
+from tests.integration.test_enforce import BAD4, BAD6, GOOD4, GOOD6, NET_CLIENT, SERVER4, SERVER6, Lab, lab  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +73,19 @@ def test_empty_list_drops_everyone_but_the_host_itself(lab: Lab) -> None:
     enforcer.close()
 
 
+def test_sources_beyond_a_full_dropped_map_are_dropped_and_counted(lab: Lab, monkeypatch) -> None:
+    monkeypatch.setattr(nft, "DROPPED_SIZE", 1)
+    enforcer = Enforcer(lab.config())
+    enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32")])
+    assert not lab.reach(BAD4, timeout=0.5), "remembered in the map"
+    assert not lab.reach(NET_CLIENT, timeout=0.5), "the map is full: the second rule drops it all the same"
+    assert lab.reach(GOOD4)
+    assert [e.source_ip for e in enforcer.drop_events(time.time_ns())] == [BAD4]
+    [total] = enforcer.drop_totals()
+    assert (total.packets, total.sources) == (2, 1), "counted, not remembered"
+    enforcer.close()
+
+
 def test_the_table_check_rebuilds_the_drop_rule(lab: Lab) -> None:
     enforcer = Enforcer(lab.config())
     enforcer.start([lab.port], [_listener(lab, f"{GOOD4}/32")])
@@ -84,7 +101,9 @@ def test_agent_reports_each_dropped_source_within_2s_and_a_reload_lets_it_in(lab
     text = (f"version: 1\nlisteners:\n  - name: lab-relay\n    port: {lab.port}\n"
             "    allow_sources: [{sources}]\n    action: drop\ndefaults:\n  unknown_listener: ignore\n")
     policy.write_text(text.format(sources=f"{GOOD4}, {GOOD6}"))
-    agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", lab.server, "--duration", "120")
+    metrics = free_port()
+    agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", lab.server, "--duration", "120",
+                         "--metrics", f"127.0.0.1:{metrics}")
     try:
         agent.wait_ready()
         assert lab.reach(GOOD4) and lab.reach(GOOD6)
@@ -93,6 +112,13 @@ def test_agent_reports_each_dropped_source_within_2s_and_a_reload_lets_it_in(lab
         assert not lab.reach(BAD6, timeout=0.5)
         assert lab.reach(GOOD4), "allowed clients connect normally meanwhile"
         time.sleep(2.5)
+        [row] = parse_status(request(str(agent.socket), "status")).drops
+        assert (row.listener, row.port, row.sources, row.dry_run) == ("lab-relay", lab.port, 2, False)
+        assert row.packets >= 2, "the status counts the dropped SYNs"
+        exported = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+        assert f'socat_monitor_enforce_listener_dropped_packets_total{{listener="lab-relay"}} {row.packets:.1f}' \
+               in exported, exported
+        assert 'socat_monitor_enforce_listener_dropped_sources{listener="lab-relay"} 2.0' in exported, exported
         policy.write_text(text.format(sources=f"{GOOD4}, {GOOD6}, {BAD4}"))
         os.kill(agent.proc.pid, signal.SIGHUP)
         wait_for(lambda: lab.reach(BAD4, timeout=0.3), timeout=10, interval=0.1)
