@@ -6,13 +6,13 @@ listener that allows one client address; in a "clients" namespace one
 allowed client connects, echoes and closes in a loop while flooders send
 connects (one SYN each: non-blocking, closed before the 1 s retransmission)
 from disallowed addresses as fast as one process can. Phases of the same
-run, side by side: no flood, flood, again no flood and flood, then a flood
+run, side by side: no flood then flood, `--rounds` times, then a flood
 with the drop rule removed (what `block`-style reaction or socat's `range=`
 would face). For each phase it prints the allowed client's connections per
 second, the SYNs the flood sent and the rule's counter, the forks and the
 accepts socat logged for the flood's sources.
 
-Usage (root): .venv/bin/python scripts/bench_drop.py [--seconds 5] [--flooders 4]
+Usage (root): .venv/bin/python scripts/bench_drop.py [--seconds 5] [--flooders 4] [--rounds 3]
 Traffic stays inside the namespaces; nftables changes only there.
 """
 
@@ -122,8 +122,10 @@ def print_phases(phases: list[Phase]) -> None:
     quiet = [p.allowed_per_s for p in phases if not p.flood_sent]
     flooded = [p.allowed_per_s for p in phases if p.flood_sent and p.rule_counted is not None]
     if quiet and flooded:
+        rounds = " ".join(f"{f / q:.2f}" for q, f in zip(quiet, flooded) if q)
         print(f"allowed client under the flood / without it: {sum(flooded) / len(flooded):.1f} / "
-              f"{sum(quiet) / len(quiet):.1f} conn/s = {sum(flooded) / sum(quiet) * len(quiet) / len(flooded):.2f}")
+              f"{sum(quiet) / len(quiet):.1f} conn/s = {sum(flooded) / sum(quiet) * len(quiet) / len(flooded):.2f} "
+              f"(by round: {rounds})")
     matched = all(p.rule_counted == p.flood_sent for p in phases if p.flood_sent and p.rule_counted is not None)
     print(f"drop counts equal the SYNs the flood sent: {'yes' if matched else 'NO'}")
 
@@ -132,6 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each phase")
     parser.add_argument("--flooders", type=int, default=4, help="disallowed source addresses of the flood")
+    parser.add_argument("--rounds", type=int, default=3, help="pairs of phases without and with the flood")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (namespaces, nftables)")
@@ -148,7 +151,7 @@ def main() -> None:
             listener = DropListener("bench", PORT, None, (ipaddress.ip_network(f"{allowed}/32"),))
             enforcer.start([PORT], [listener])
             phases = []
-            for round_ in (1, 2):
+            for round_ in range(1, args.rounds + 1):
                 phases.append(run_phase(lab, enforcer, log, f"no flood ({round_})", allowed, [], args.seconds, True))
                 phases.append(run_phase(lab, enforcer, log, f"flood, drop rule ({round_})", allowed, flooders,
                                         args.seconds, True))
