@@ -6,9 +6,11 @@ listener that allows one client address; in a "clients" namespace one
 allowed client connects, echoes and closes in a loop while flooders send
 connects (one SYN each: non-blocking, closed before the 1 s retransmission)
 from disallowed addresses as fast as one process can. Phases of the same
-run, side by side: no flood then flood, `--rounds` times, then a flood
-with the drop rule removed (what `block`-style reaction or socat's `range=`
-would face). For each phase it prints the allowed client's connections per
+run, side by side, `--rounds` times: no flood; the flood stopped as it
+leaves the clients' namespace (a control: only the flooder's own CPU
+competes with the client, on the same host); the flood reaching the drop
+rule. Then once the flood with the drop rule removed (what a `block`-style
+reaction or socat's `range=` would face). For each phase it prints the allowed client's connections per
 second, the SYNs the flood sent and the rule's counter, the forks and the
 accepts socat logged for the flood's sources.
 
@@ -71,9 +73,20 @@ print(sent)
 ACCEPT = re.compile(r"accepting connection from AF=\d+ \[?([0-9a-f.:]+?)\]?:\d+ ")
 
 
+CONTROL = """table inet bench_control {{
+  chain out {{ type filter hook output priority filter; policy accept;
+    ip saddr {{ {sources} }} tcp dport {port} drop
+  }}
+}}
+"""
+KINDS = {"quiet": "no flood", "control": "flood, stopped at the clients", "drop": "flood, drop rule",
+         "open": "flood, no drop rule"}
+
+
 @dataclass
 class Phase:
-    name: str
+    kind: str                         # a key of KINDS
+    round: int
     seconds: float
     allowed_per_s: float
     allowed_failed: int
@@ -95,8 +108,14 @@ def counted(enforcer: Enforcer) -> int:
     return sum(t.packets for t in enforcer.drop_totals())
 
 
-def run_phase(lab: Lab, enforcer: Enforcer, log: Path, name: str, allowed: str, flooders: list[str],
-              seconds: float, dropping: bool) -> Phase:
+def run_phase(lab: Lab, enforcer: Enforcer, log: Path, kind: str, round_: int, allowed: str, flooders: list[str],
+              seconds: float) -> Phase:
+    """One phase; `control`: the flood's SYNs are dropped as they leave the clients' namespace, so only the
+    flooder's own CPU competes with the allowed client (the baseline of what the flood costs the relay's host)."""
+    flooders = [] if kind == "quiet" else flooders
+    if kind == "control":
+        subprocess.run(["ip", "netns", "exec", lab.clients, "nft", "-f", "-"], check=True, text=True,
+                       input=CONTROL.format(sources=", ".join(flooders), port=PORT))
     log_at = log.stat().st_size
     before = counted(enforcer)
     client = lab.start([sys.executable, "-c", ALLOWED, allowed, SERVER, str(PORT), str(seconds)], lab.clients,
@@ -106,27 +125,29 @@ def run_phase(lab: Lab, enforcer: Enforcer, log: Path, name: str, allowed: str, 
     done, failed = map(int, client.communicate(timeout=seconds + 30)[0].split())
     sent = int(flooder.communicate(timeout=seconds + 30)[0]) if flooder else 0
     time.sleep(0.5)   # the relay logs its last children
+    if kind == "control":
+        subprocess.run(["ip", "netns", "exec", lab.clients, "nft", "delete", "table", "inet", "bench_control"],
+                       check=True)
     text = log.read_bytes()[log_at:].decode(errors="replace")
-    return Phase(name, seconds, done / seconds, failed, sent, sent / seconds,
-                 counted(enforcer) - before if dropping else None, text.count("forked off child process"),
+    return Phase(kind, round_, seconds, done / seconds, failed, sent, sent / seconds,
+                 None if kind == "open" else counted(enforcer) - before, text.count("forked off child process"),
                  sum(1 for m in ACCEPT.finditer(text) if m.group(1) in set(flooders)))
 
 
 def print_phases(phases: list[Phase]) -> None:
-    print(f"{'phase':<30} {'allowed conn/s':>14} {'failed':>6} {'flood SYNs':>10} {'SYN/s':>8} "
+    print(f"{'phase':<34} {'allowed conn/s':>14} {'failed':>6} {'flood SYNs':>10} {'SYN/s':>8} "
           f"{'rule counted':>12} {'relay forks':>11} {'for the flood':>13} {'flood accepts':>13}")
     for p in phases:
         rule = "-" if p.rule_counted is None else str(p.rule_counted)
-        print(f"{p.name:<30} {p.allowed_per_s:>14.1f} {p.allowed_failed:>6} {p.flood_sent:>10} "
+        print(f"{KINDS[p.kind] + (f' ({p.round})' if p.round else ''):<34} {p.allowed_per_s:>14.1f} {p.allowed_failed:>6} {p.flood_sent:>10} "
               f"{p.flood_per_s:>8.0f} {rule:>12} {p.forks:>11} {p.flood_forks:>13} {p.flood_accepts:>13}")
-    quiet = [p.allowed_per_s for p in phases if not p.flood_sent]
-    flooded = [p.allowed_per_s for p in phases if p.flood_sent and p.rule_counted is not None]
-    if quiet and flooded:
-        rounds = " ".join(f"{f / q:.2f}" for q, f in zip(quiet, flooded) if q)
-        print(f"allowed client under the flood / without it: {sum(flooded) / len(flooded):.1f} / "
-              f"{sum(quiet) / len(quiet):.1f} conn/s = {sum(flooded) / sum(quiet) * len(quiet) / len(flooded):.2f} "
-              f"(by round: {rounds})")
-    matched = all(p.rule_counted == p.flood_sent for p in phases if p.flood_sent and p.rule_counted is not None)
+    rates = {kind: [p.allowed_per_s for p in phases if p.kind == kind] for kind in KINDS}
+    for under, base in (("drop", "quiet"), ("drop", "control")):
+        if rates[under] and rates[base] and all(rates[base]):
+            ratios = [u / b for u, b in zip(rates[under], rates[base])]
+            print(f"allowed conn/s, {KINDS[under]} / {KINDS[base]}: {sum(ratios) / len(ratios):.2f} "
+                  f"(by round: {' '.join(f'{r:.2f}' for r in ratios)})")
+    matched = all(p.rule_counted == p.flood_sent for p in phases if p.kind == "drop")
     print(f"drop counts equal the SYNs the flood sent: {'yes' if matched else 'NO'}")
 
 
@@ -150,13 +171,10 @@ def main() -> None:
             enforcer = Enforcer(EnforceConfig(netns=lab.server, state_file=f"{tmp}/blocks.json"))
             listener = DropListener("bench", PORT, None, (ipaddress.ip_network(f"{allowed}/32"),))
             enforcer.start([PORT], [listener])
-            phases = []
-            for round_ in range(1, args.rounds + 1):
-                phases.append(run_phase(lab, enforcer, log, f"no flood ({round_})", allowed, [], args.seconds, True))
-                phases.append(run_phase(lab, enforcer, log, f"flood, drop rule ({round_})", allowed, flooders,
-                                        args.seconds, True))
+            phases = [run_phase(lab, enforcer, log, kind, round_, allowed, flooders, args.seconds)
+                      for round_ in range(1, args.rounds + 1) for kind in ("quiet", "control", "drop")]
             enforcer.set_drops([])
-            phases.append(run_phase(lab, enforcer, log, "flood, no drop rule", allowed, flooders, args.seconds, False))
+            phases.append(run_phase(lab, enforcer, log, "open", 0, allowed, flooders, args.seconds))
             enforcer.close()
         finally:
             lab.close()
