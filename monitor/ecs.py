@@ -428,7 +428,7 @@ def _render_drop(ev: DropEvent, host: HostInfo) -> dict[str, Any]:
     doc = _base(ev.id, ev.timestamp_ns, host, "metric" if counters else "event", DATASET_ENFORCE)
     doc["event"].update(category=["network"], type=["connection", "denied"], action=ev.action.value,
                         outcome=Outcome.FAILURE.value)
-    doc["source"] = {"ip": ev.source_ip}
+    doc["source"] = {"ip": ev.source_ip} if ev.source_port is None else {"ip": ev.source_ip, "port": ev.source_port}
     doc["destination"] = {"port": ev.listener.port}
     doc["related"] = {"ip": [ev.source_ip]}
     doc["network"] = {"transport": "tcp"}

@@ -257,6 +257,7 @@ class DropEvent:
     listener: Listener               # the listener's declared address (or ::), port and policy name
     dropped_packets: int             # SYNs dropped from this source so far
     dry_run: bool = False            # the rule only counted: it would have dropped them
+    source_port: int | None = None   # the port of its first dropped SYN
     id: str = field(default_factory=new_event_id)
 
 

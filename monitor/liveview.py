@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from .status import AlertRow, BlockRow, ListenerRow, SourceRow, Status
+from .status import AlertRow, BlockRow, DropRow, ListenerRow, SourceRow, Status
 from .terminal import safe_text
 
 
@@ -35,6 +35,7 @@ def render(status: Status, width: int, height: int, previous: Status | None = No
         ("TOP SOURCES", _source_table(status.top_sources)),
         ("RECENT ALERTS", _alert_table(status.recent_alerts)),
         ("ACTIVE BLOCKS", _block_table(status.blocks)),
+        *([("DROPPED BEFORE THE HANDSHAKE", _drop_table(status.drops))] if status.drops else []),
     ]
     budget = height - len(head) - 1
     body = _fit_sections(sections, budget)
@@ -51,9 +52,14 @@ def _header(status: Status, previous: Status | None) -> list[str]:
     line1 = (f"socat-monitor {status.version}  host {status.host}  pid {status.pid}  "
              f"up {_duration(status.uptime_s)}  rss {_bytes(c.rss_bytes)}")
     line2 = (f"conn/s {connection_rate(status, previous):.1f}  events {total}  alerts {alerts}  "
-             f"blocks {c.blocks_active}  lost kernel {c.kernel_lost} user {c.user_lost}  "
+             f"blocks {c.blocks_active}{_dropped(status.drops)}  lost kernel {c.kernel_lost} user {c.user_lost}  "
              f"queue {c.queue_depth}  es spool {_bytes(c.es_spool_bytes)} lag {c.es_lag_s:.1f}s")
     return [line1, line2, ""]
+
+
+def _dropped(rows: tuple[DropRow, ...]) -> str:
+    """The header's drop figure: SYNs the drop listeners dropped, when there are any."""
+    return f"  dropped {sum(r.packets for r in rows)}" if rows else ""
 
 
 def _fit_sections(sections: list[tuple[str, list[str]]], budget: int) -> list[str]:
@@ -122,6 +128,16 @@ def _block_table(rows: tuple[BlockRow, ...]) -> list[str]:
     for r in rows:
         expires = "never" if r.expires_in_s is None else _duration(r.expires_in_s)
         out.append(f"  {_cell(r.target, 43)} {expires:>9}  {r.rule_id or '-'}")
+    return out
+
+
+def _drop_table(rows: tuple[DropRow, ...]) -> list[str]:
+    if not rows:
+        return []
+    out = [f"  {'LISTENER':<28} {'PORT':>5} {'SYNS':>10} {'SOURCES':>8}"]
+    for r in rows:
+        note = "  (dry run: would drop)" if r.dry_run else ""
+        out.append(f"  {_cell(r.listener, 28)} {r.port:>5} {r.packets:>10} {r.sources:>8}{note}")
     return out
 
 

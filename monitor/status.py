@@ -75,6 +75,17 @@ class BlockRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DropRow:
+    """A drop listener: SYNs its kernel rules dropped (dry run: counted) and the sources they remember."""
+
+    listener: str
+    port: int
+    packets: int = 0
+    sources: int = 0
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ForgottenCounts:
     """Open connections the policy engine forgot without their close, by why."""
 
@@ -136,6 +147,7 @@ class Status:
     recent_alerts: tuple[AlertRow, ...] = ()
     blocks: tuple[BlockRow, ...] = ()
     last_reload: ReloadResult | None = None
+    drops: tuple[DropRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,10 +314,11 @@ class LiveStatus:
         return self.events[Action.ACCEPTED.value]
 
     def snapshot(self, *, version: str, pid: int, host: str, counters: Counters, blocks: tuple[BlockRow, ...],
-                 last_reload: ReloadResult | None) -> Status:
+                 last_reload: ReloadResult | None, drops: tuple[DropRow, ...] = ()) -> Status:
         """The `status` answer of the control socket (see `monitor.control`), from any thread."""
         with self._lock:
-            return self._snapshot(version, pid, host, counters, blocks, last_reload)
+            return dataclasses.replace(self._snapshot(version, pid, host, counters, blocks, last_reload),
+                                       drops=drops)
 
     def _snapshot(self, version: str, pid: int, host: str, counters: Counters, blocks: tuple[BlockRow, ...],
                   last_reload: ReloadResult | None) -> Status:

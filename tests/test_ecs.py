@@ -51,7 +51,7 @@ def _records() -> list:
             BlockEvent(action=Action.BLOCK_REFUSED, timestamp_ns=1, target="127.0.0.1", reason="loopback"),
             BlockEvent(action=Action.BLOCK_DRY_RUN, timestamp_ns=1, target="198.51.100.8"),
             DropEvent(action=Action.CONNECTION_DROPPED, timestamp_ns=1, source_ip="198.51.100.9",
-                      listener=Listener("::", 8443, "web"), dropped_packets=1),
+                      listener=Listener("::", 8443, "web"), dropped_packets=1, source_port=40123),
             DropEvent(action=Action.DROP_COUNTERS, timestamp_ns=1, source_ip="198.51.100.9",
                       listener=Listener("::", 8443, "web"), dropped_packets=7)]
 
@@ -143,11 +143,12 @@ def test_host_detection_reads_this_machine():
 
 def test_a_dropped_source_is_a_denied_connection_and_its_alert_a_failure():
     ev = DropEvent(action=Action.CONNECTION_DROPPED, timestamp_ns=1, source_ip="198.51.100.9",
-                   listener=Listener("10.0.0.1", 8443, "web"), dropped_packets=1)
+                   listener=Listener("10.0.0.1", 8443, "web"), dropped_packets=1, source_port=40123)
     doc = render(ev, HOST)
     assert doc["event"]["type"] == ["connection", "denied"] and doc["event"]["outcome"] == "failure"
     assert (doc["source"]["ip"], doc["destination"]["port"], doc["socat"]["listener"]["name"],
             doc["socat"]["drop"]["packets"]) == ("198.51.100.9", 8443, "web", 1)
+    assert doc["source"]["port"] == 40123, "the port of the first dropped SYN"
     alert = render(dropped_alert(ev), HOST)
     assert alert["rule"]["id"] == "policy.source_denied" and alert["event"]["outcome"] == "failure"
     assert alert["source"]["ip"] == "198.51.100.9"

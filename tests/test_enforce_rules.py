@@ -10,7 +10,8 @@ import pytest
 from monitor.addresses import parse_target, target_text
 from monitor.durations import parse_duration
 from monitor.enforce.netlink import attributes, nla
-from monitor.enforce.nft import OWNER_COMMENT, netlink_elements, parse_counters, parse_listing, skeleton_script
+from monitor.enforce.nft import (OWNER_COMMENT, DropListener, DroppedSource, netlink_elements, parse_counters,
+                                 parse_dropped, parse_listing, skeleton_script)
 from monitor.enforce.safety import CircuitBreaker, SafetyRules
 from monitor.enforce.state import ActiveBlock, StateFile
 from monitor.errors import InputError
@@ -95,6 +96,37 @@ def test_skeleton_scopes_and_elements() -> None:
     assert "@ports ip" not in host and 'ip saddr @block4 counter name "drops_block4" drop' in host
     with pytest.raises(InputError):
         skeleton_script("t", scope="everything", ports=[])
+
+
+def test_drop_listener_rules_sets_and_counters() -> None:
+    web = DropListener("web", 8443, None, (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("::ffff:198.51.100.7/128"),
+                                          ipaddress.ip_network("2001:db8::/32")))
+    lone = DropListener("lone", 9000, "::ffff:10.0.0.1", ())
+    script = skeleton_script("t", scope="listeners", ports=[], drops=[web, lone])
+    assert ('iif != "lo" tcp dport 8443 tcp flags & (syn | ack) == syn ip saddr != @dropallow0_4 '
+            'update @dropped0_4 { ip saddr counter : tcp sport } counter name "listener_drops0_4" drop '
+            'comment "drop web"') in script
+    assert "ip6 saddr != @dropallow0_6 update @dropped0_6 { ip6 saddr counter : tcp sport }" in script
+    assert "map dropped0_4 { type ipv4_addr : inet_service; flags dynamic, timeout; timeout 1h; size 65536; }" in script
+    assert "counter listener_drops1_4 {}" in script
+    assert "add element inet t dropallow0_4 { 192.0.2.0/24, 198.51.100.7 }" in script, "IPv4-mapped: the v4 set"
+    assert "add element inet t dropallow0_6 { 2001:db8::/32 }" in script
+    assert "tcp dport 9000 ip daddr 10.0.0.1 " in script and "dropallow1_6 " not in script.split("chain")[1]
+    assert "dropallow1" not in "".join(line for line in script.splitlines() if line.startswith("add element")), \
+        "an empty list: no element, everyone dropped"
+    assert ('iif != "lo" tcp dport 8443 tcp flags & (syn | ack) == syn ip saddr != @dropallow0_4 '
+            'counter name "listener_drops0_4" drop comment "drop web (dropped map full)"') in script
+    counting = skeleton_script("t", scope="listeners", ports=[], drops=[web], count_only=True)
+    assert 'counter name "listener_drops0_4" accept comment "drop web"' in counting
+    assert 'counter name "listener_drops0_4" comment "drop web (dropped map full)"' in counting
+    assert " drop comment" not in counting
+
+
+def test_parse_dropped_map() -> None:
+    doc = {"nftables": [{"metainfo": {}}, {"map": {"name": "dropped0_4", "elem": [
+        [{"elem": {"val": "192.0.2.9", "expires": 3599, "counter": {"packets": 3, "bytes": 180}}}, 59360],
+        ["192.0.2.10", 41000]]}}]}
+    assert parse_dropped(doc, 2) == [DroppedSource(2, "192.0.2.9", 59360, 3), DroppedSource(2, "192.0.2.10", 41000, 0)]
 
 
 def test_interval_elements() -> None:

@@ -24,6 +24,7 @@ SAMPLE = {
                        "severity": "high", "source_ip": "203.0.113.9", "listener_port": 8443,
                        "description": "source not in allow_sources"}],
     "blocks": [{"target": "203.0.113.9", "expires_in_s": 590.0, "rule_id": "policy.source_denied"}],
+    "drops": [{"listener": "web-relay", "port": 8443, "packets": 300, "sources": 2, "dry_run": False}],
 }
 
 
@@ -37,6 +38,7 @@ def test_parse_status_reads_every_section():
     assert status.top_sources[0].connections == 40
     assert status.recent_alerts[0].source_ip == "203.0.113.9"
     assert status.blocks[0].expires_in_s == 590.0
+    assert status.drops[0].packets == 300 and status.drops[0].sources == 2
 
 
 def test_parse_status_tolerates_missing_and_unknown_keys():
@@ -75,7 +77,7 @@ def test_render_shows_every_section():
     for text in ("host vm", "pid 123", "rss 49.6 MiB", "events 37", "lost kernel 0 user 2",
                  "web-relay", "0.0.0.0:8443", "[::]:8444", "4243,4244",
                  "198.51.100.7", "22:30:01", "policy.source_denied", "203.0.113.9", "9:50",
-                 "source not in allow_sources", "q quit"):
+                 "source not in allow_sources", "dropped 300", "DROPPED BEFORE THE HANDSHAKE", "q quit"):
         assert text in screen, text
 
 
@@ -91,7 +93,7 @@ def test_render_keeps_every_section_on_a_short_terminal():
     lines = render(parse_status(data), 100, 16)
     screen = "\n".join(lines)
     assert len(lines) == 16
-    for title in ("LISTENERS", "TOP SOURCES", "RECENT ALERTS", "ACTIVE BLOCKS"):
+    for title in ("LISTENERS", "TOP SOURCES", "RECENT ALERTS", "ACTIVE BLOCKS", "DROPPED BEFORE THE HANDSHAKE"):
         assert title in screen, screen
     assert "more)" in screen
     assert lines[-1].startswith("q quit")

@@ -15,7 +15,7 @@ from ..config import Config
 from ..metrics import Sample, process_samples
 from ..policy.engine import EngineCounts, PolicyEngine
 from ..sinks import NdjsonSink, SinkStats
-from ..status import BlockRow, Counters, ForgottenCounts, PolicyCounts, RunSummary, Status
+from ..status import BlockRow, Counters, DropRow, ForgottenCounts, PolicyCounts, RunSummary, Status
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -47,12 +47,15 @@ def _policy_counts(agent: Agent) -> PolicyCounts | None:
 
 def snapshot(agent: Agent) -> Status:
     blocks: tuple[BlockRow, ...] = ()
+    drops: tuple[DropRow, ...] = ()
     if agent.enforcer is not None:
         stamp = time.time_ns()
         blocks = tuple(BlockRow(b.target, round(b.remaining_s(stamp), 1), b.rule_id) for b in agent.enforcer.active())
+        drops = tuple(DropRow(t.listener, t.port, t.packets, t.sources, t.dry_run)
+                      for t in agent.enforcer.drop_totals())
     health = dataclasses.replace(counters(agent), rss_bytes=process_samples()[0].value)
     return agent.status.snapshot(version=__version__, pid=os.getpid(), host=agent.host.name, counters=health,
-                                 blocks=blocks, last_reload=agent.last_reload)
+                                 blocks=blocks, last_reload=agent.last_reload, drops=drops)
 
 
 def samples(agent: Agent) -> list[Sample]:
@@ -84,6 +87,8 @@ def samples(agent: Agent) -> list[Sample]:
         out += policy_samples(agent.pipeline.policy.counts())
     if agent.enforcing():
         out += agent.enforcer.samples()   # per-set drops, table rebuilds, netlink retries
+    if agent.enforcer is not None:
+        out += agent.enforcer.drop_samples()   # per drop listener, dry run included (what it would drop)
     return out + process_samples()
 
 

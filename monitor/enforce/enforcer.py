@@ -26,7 +26,7 @@ from ..host import facts as hostfacts
 from ..metrics import Sample
 from ..settings import setting
 from .netns import NetnsWorker, require_cap_net_admin
-from .nft import SCOPES, DropListener, KernelElement, Listing, NftTable, Ownership, check_table_name
+from .nft import SCOPES, DropListener, DropReading, KernelElement, Listing, NftTable, Ownership, check_table_name
 from .safety import CircuitBreaker, SafetyRules
 from ..rules import new_alert
 from .sessions import MODES, end_sessions
@@ -63,6 +63,18 @@ class EnforceConfig:
     table: str = setting("socat_monitor", check=check_table_name, live=False)
 
 
+@dataclass(frozen=True, slots=True)
+class DropTotal:
+    """What one drop listener's rules dropped (or, dry run, counted) since the table was made, and from
+    how many sources its map remembers now."""
+
+    listener: str
+    port: int
+    packets: int
+    sources: int
+    dry_run: bool
+
+
 class Enforcer:
     def __init__(self, config: EnforceConfig) -> None:
         self.config = config
@@ -77,6 +89,7 @@ class Enforcer:
         self._ports: tuple[int, ...] = ()
         self._drops: tuple[DropListener, ...] = ()
         self._dropped: dict[tuple[str, str], int] = {}   # (listener name, source) -> packets last reported
+        self._drop_totals: tuple[DropTotal, ...] = ()   # as of the last read of the dropped maps
         self._alerts: list[Alert] = []
         self._errors: list[PipelineError] = []
         self._lock = threading.RLock()
@@ -105,11 +118,32 @@ class Enforcer:
         self._ports = tuple(sorted(set(listener_ports)))
         self._drops = tuple(drops)
         now = time.time_ns()
-        wanted = {b.target: b for b in self._state.load(now)}
+        events, keep = self._restorable(now)
         if self._state.bad_lines:
             self._error(f"{self._state.bad_lines} unreadable line(s) of {self.config.state_file} set aside in "
                         f"{self.config.state_file}.bad (a write torn by a crash, or damage); the other blocks are "
                         "restored", count=self._state.bad_lines)
+        if self.config.dry_run and self.config.enabled and self._drops:
+            self._start_counting(keep, now)
+        if self.config.dry_run or not self.config.enabled:
+            return events
+        with self._lock:
+            self._active = {b.target: b for _, b in keep}
+            self._create(now)
+            self._state.replace(list(self._active.values()))
+        self._refresh_in_place = self._table.refresh_in_place()
+        log.info("enforce: re-adding an element %s its timeout on this kernel",
+                 "resets" if self._refresh_in_place else "does not reset (refreshes delete and re-add)")
+        self._watchdog = threading.Thread(target=self._watch, name="enforce-watchdog", daemon=True)
+        self._watchdog.start()
+        for _, b in keep:
+            events.append(BlockEvent(Action.BLOCKED, now, b.target, ttl_s=round(b.remaining_s(now), 3),
+                                     rule_id=b.rule_id, alert_id=b.alert_id, reason="restored at start"))
+        return events
+
+    def _restorable(self, now: int) -> tuple[list[BlockEvent], list[tuple[Network, ActiveBlock]]]:
+        """The blocks still due (journal and kernel) the safety rules allow, and a refusal for each other."""
+        wanted = {b.target: b for b in self._state.load(now)}
         if self._table.require_ours().exists:
             for elem in self._table.list_elements():
                 if elem.set.startswith("block") and elem.expires_s is not None:
@@ -129,23 +163,7 @@ class Enforcer:
                                          reason=f"not restored: {refusal}", alert_id=block.alert_id))
                 continue
             keep.append((net, block))
-        if self.config.dry_run and self.config.enabled and self._drops:
-            self._start_counting(keep, now)
-        if self.config.dry_run or not self.config.enabled:
-            return events
-        with self._lock:
-            self._active = {b.target: b for _, b in keep}
-            self._create(now)
-            self._state.replace(list(self._active.values()))
-        self._refresh_in_place = self._table.refresh_in_place()
-        log.info("enforce: re-adding an element %s its timeout on this kernel",
-                 "resets" if self._refresh_in_place else "does not reset (refreshes delete and re-add)")
-        self._watchdog = threading.Thread(target=self._watch, name="enforce-watchdog", daemon=True)
-        self._watchdog.start()
-        for _, b in keep:
-            events.append(BlockEvent(Action.BLOCKED, now, b.target, ttl_s=round(b.remaining_s(now), 3),
-                                     rule_id=b.rule_id, alert_id=b.alert_id, reason="restored at start"))
-        return events
+        return events, keep
 
     def _start_counting(self, keep: list[tuple[Network, ActiveBlock]], now_ns: int) -> None:
         """--dry-run with drop listeners: the table is made with their rules count-only ("would drop"),
@@ -297,24 +315,46 @@ class Enforcer:
         if not drops or not self.config.enabled or self._owner is None:
             return []
         try:
-            remembered = self._table.dropped(drops)
+            reading = self._table.dropped(drops)
         except EnvironmentProblem as exc:
             self._error(f"dropped sources not read (the table check rebuilds a table that is gone): {exc}")
             return []
+        self._drop_totals = self._totals(drops, reading)
         out = []
         seen: dict[tuple[str, str], int] = {}
-        for index, source, packets in remembered:
-            listener = drops[index]
-            key = (listener.name, source)
-            seen[key] = packets
+        for dropped in reading.sources:
+            listener = drops[dropped.index]
+            key = (listener.name, dropped.source)
+            seen[key] = dropped.packets
             last = self._dropped.get(key)
-            if last == packets:
+            if last == dropped.packets:
                 continue
             out.append(DropEvent(Action.CONNECTION_DROPPED if last is None else Action.DROP_COUNTERS, now_ns,
-                                 source, Listener(listener.address or "::", listener.port, listener.name),
-                                 packets, dry_run=self.config.dry_run))
+                                 dropped.source, Listener(listener.address or "::", listener.port, listener.name),
+                                 dropped.packets, dry_run=self.config.dry_run, source_port=dropped.port))
         self._dropped = seen
         return out
+
+    def _totals(self, drops: Sequence[DropListener], reading: DropReading) -> tuple[DropTotal, ...]:
+        sources = [0] * len(drops)
+        for dropped in reading.sources:
+            sources[dropped.index] += 1
+        return tuple(DropTotal(d.name, d.port, reading.packets.get(i, 0), sources[i], self.config.dry_run)
+                     for i, d in enumerate(drops))
+
+    def drop_totals(self) -> tuple[DropTotal, ...]:
+        """Each drop listener's counts as of the last `drop_events` (read every second by the agent)."""
+        return self._drop_totals
+
+    def drop_samples(self) -> list[Sample]:
+        """Per drop listener: SYNs its rules dropped (counted, dry run) and the sources it remembers."""
+        totals = self._drop_totals
+        return [Sample("enforce_listener_dropped_packets_total", "counter", "New connections (SYNs) a drop "
+                       "listener's kernel rule dropped (dry run: would have dropped), by listener.", t.packets,
+                       (("listener", t.listener),)) for t in totals] + \
+               [Sample("enforce_listener_dropped_sources", "gauge", "Sources a drop listener's rule dropped in "
+                       "the last hour (its dropped map), by listener.", t.sources, (("listener", t.listener),))
+                for t in totals]
 
     def block_samples(self) -> list[Sample]:
         """Packets and bytes dropped by each active block (one series per target: Prometheus, not the heartbeat)."""
@@ -339,6 +379,11 @@ class Enforcer:
         new = tuple(drops)
         with self._lock:
             old, self._drops = self._drops, new
+            if not new:
+                self._drop_totals = ()
+            if new and self.config.dry_run and self.config.enabled and self._owner is None:
+                self._count_from_now()
+                return
             if new == old or not self.config.enabled or self._owner is None:
                 return
             try:
@@ -348,6 +393,16 @@ class Enforcer:
                     self._create(time.time_ns())
             except EnvironmentProblem as exc:
                 self._error(f"drop listeners not updated, the previous ones stay in force: {exc}")
+
+    def _count_from_now(self) -> None:
+        """--dry-run, a reload brought the first drop listener: its count-only rules are installed now."""
+        now = time.time_ns()
+        try:
+            keep = self._restorable(now)[1]
+        except (EnvironmentProblem, InputError) as exc:
+            self._error(f"--dry-run: the drop listeners' count-only rules were not installed: {exc}")
+            return
+        self._start_counting(keep, now)
 
     @property
     def retries(self) -> int:

@@ -8,7 +8,9 @@ never touched (`ownership`), and a replaced table is deleted by its handle,
 so a table someone else made in between makes the transaction fail instead
 of being wiped. Block sets count per element and per set (`drops_<set>`).
 A policy's drop listeners (`DropListener`) get allow sets and a SYN drop rule
-each, which fills a dynamic `dropped` set counting every dropped source.
+each (with a named counter, `listener_drops<i>_<v>`), which fills a dynamic
+`dropped` map: every dropped source, the port of its first dropped SYN and a
+counter of its packets.
 
 At run time only set elements change, through netlink batches on raw
 sockets (`netlink`; never a process per block), opened in the table's
@@ -55,7 +57,8 @@ SCOPES = ("listeners", "host")
 # tables other software owns: socat-monitor deletes and recreates its own table, so it must never be one of these
 FOREIGN_TABLES = ("filter", "nat", "mangle", "raw", "security", "firewalld")
 DROPPED_TTL = "1h"                # a source that stopped knocking leaves the dropped sets after this
-DROPPED_SIZE = 65536              # sources remembered per drop listener and IP version (more are dropped, uncounted)
+DROPPED_SIZE = 65536              # sources remembered per drop listener and IP version (more are dropped
+                                  # and counted, not remembered)
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -134,12 +137,41 @@ def drop_set(index: int, version: int) -> str:
 
 
 def dropped_set(index: int, version: int) -> str:
-    """The dynamic set the drop rule fills: one element per dropped source, counting its packets."""
+    """The dynamic map the drop rule fills: source -> port of its first dropped SYN, counting its packets."""
     return f"dropped{index}_{version}"
 
 
+def drop_counter(index: int, version: int) -> str:
+    """The named counter of one drop rule: every SYN it dropped (or counted, dry run) since the table was made."""
+    return f"listener_drops{index}_{version}"
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedSource:
+    """One source a drop rule remembers: which listener (index), its first dropped port, its packets so far."""
+
+    index: int
+    source: str
+    port: int | None
+    packets: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropReading:
+    """One read of every drop listener: the sources remembered, and each rule's counter (index -> packets)."""
+
+    sources: list[DroppedSource]
+    packets: dict[int, int]
+
+
 def _drop_rules(drops: Sequence[DropListener], count_only: bool) -> list[str]:
-    """One rule per drop listener and IP version: a SYN from outside the set, not on loopback, is dropped."""
+    """Two rules per drop listener and IP version: a SYN from outside the set, not on loopback, is dropped.
+
+    The first also remembers the source in the dropped map; when the map is
+    full the kernel ends that rule at the `update`, so the second drops (and
+    counts) without remembering: a flood of new sources never gets in.
+    `count_only` (dry run): the first accepts what it counted (this chain
+    only: other tables still decide), the second counts and lets it go on."""
     rules = []
     for index, listener in enumerate(drops):
         for version in listener.versions():
@@ -147,11 +179,13 @@ def _drop_rules(drops: Sequence[DropListener], count_only: bool) -> list[str]:
             daddr = ""
             if listener.address is not None and not ipaddress.ip_address(listener.address).is_unspecified:
                 daddr = f"{family} daddr {unmapped_network(ipaddress.ip_network(listener.address)).network_address} "
-            verdict = "" if count_only else " drop"
-            rules.append(f"    iif != \"lo\" tcp dport {listener.port} {daddr}tcp flags & (syn | ack) == syn "
-                         f"{family} saddr != @{drop_set(index, version)} "
-                         f"update @{dropped_set(index, version)} {{ {family} saddr counter }} counter{verdict} "
-                         f"comment \"drop {listener.name}\"")
+            match = (f"    iif != \"lo\" tcp dport {listener.port} {daddr}tcp flags & (syn | ack) == syn "
+                     f"{family} saddr != @{drop_set(index, version)} ")
+            count = f"counter name \"{drop_counter(index, version)}\""
+            rules.append(f"{match}update @{dropped_set(index, version)} {{ {family} saddr counter : tcp sport }} "
+                         f"{count} {'accept' if count_only else 'drop'} comment \"drop {listener.name}\"")
+            rules.append(f"{match}{count}{'' if count_only else ' drop'} "
+                         f"comment \"drop {listener.name} (dropped map full)\"")
     return rules
 
 
@@ -201,8 +235,9 @@ def skeleton_script(table: str, *, scope: str, ports: Iterable[int],
         f"  set {PROBE_SET} {{ type ipv4_addr; flags timeout; }}",
         *(f"  set {drop_set(i, v)} {{ type ipv{v}_addr; flags interval; auto-merge; }}"
           for i in range(len(drops)) for v in (4, 6)),
-        *(f"  set {dropped_set(i, v)} {{ type ipv{v}_addr; flags dynamic, timeout; timeout {DROPPED_TTL}; "
-          f"size {DROPPED_SIZE}; }}" for i in range(len(drops)) for v in (4, 6)),
+        *(f"  map {dropped_set(i, v)} {{ type ipv{v}_addr : inet_service; flags dynamic, timeout; "
+          f"timeout {DROPPED_TTL}; size {DROPPED_SIZE}; }}" for i in range(len(drops)) for v in (4, 6)),
+        *(f"  counter {drop_counter(i, v)} {{}}" for i in range(len(drops)) for v in (4, 6)),
         "  chain input {",
         "    type filter hook input priority filter - 10; policy accept;",
         "    ip saddr @allow4 accept",
@@ -279,6 +314,18 @@ def parse_listing(doc: dict) -> list[KernelElement]:
                                          counter.get("packets"), counter.get("bytes")))
             else:
                 out.append(KernelElement(s["name"], parse_value(elem), None, None))
+    return out
+
+
+def parse_dropped(doc: dict, index: int) -> list[DroppedSource]:
+    """The elements of one listing of a dropped map: source, first dropped port, packets."""
+    out = []
+    for item in doc.get("nftables", []):
+        for raw in (item.get("map") or {}).get("elem", []):
+            key, port = raw if isinstance(raw, list) else (raw, None)
+            elem = key["elem"] if isinstance(key, dict) and "elem" in key else {"val": key}
+            out.append(DroppedSource(index, parse_value(elem["val"]), port if isinstance(port, int) else None,
+                                     (elem.get("counter") or {}).get("packets", 0)))
     return out
 
 
@@ -413,30 +460,42 @@ class NftTable:
         script = "".join(f"flush set inet {self.table} {drop_set(i, v)}\n" for i in range(len(drops)) for v in (4, 6))
         self._run(script + "".join(line + "\n" for line in drop_elements(self.table, drops)), "nftables drop sources")
 
-    def dropped(self, drops: Sequence[DropListener]) -> list[tuple[int, str, int]]:
-        """(drop listener index, source, packets dropped so far) for every source the drop rules remember;
-        only the dropped sets are read, never the block sets."""
-        names = [(i, dropped_set(i, v)) for i in range(len(drops)) for v in (4, 6)]
+    def dropped(self, drops: Sequence[DropListener]) -> DropReading:
+        """Every source the drop rules remember and each rule's counter; only the drop listeners'
+        maps and counters are read, never the block sets."""
+        pairs = [(i, v) for i in range(len(drops)) for v in (4, 6)]
 
-        def go() -> list[tuple[int, str, int]]:
-            out = []
-            for index, name in names:
-                rc, text, err = self._ctx.cmd(f"list set inet {self.table} {name}")
-                if rc != 0:
-                    raise EnvironmentProblem("nftables", f"cannot list set {name}: {err.strip()}")
-                out += [(index, e.target, e.packets or 0) for e in parse_listing(json.loads(text))]
-            return out
+        def listed(what: str) -> dict:
+            rc, text, err = self._ctx.cmd(f"list {what}")
+            if rc != 0:
+                raise EnvironmentProblem("nftables", f"cannot list {what}: {err.strip()}")
+            return json.loads(text)
+
+        def go() -> DropReading:
+            sources: list[DroppedSource] = []
+            packets: dict[int, int] = {}
+            for index, version in pairs:
+                sources += parse_dropped(listed(f"map inet {self.table} {dropped_set(index, version)}"), index)
+                doc = listed(f"counter inet {self.table} {drop_counter(index, version)}")
+                packets[index] = packets.get(index, 0) + sum(
+                    item["counter"].get("packets", 0) for item in doc.get("nftables", []) if "counter" in item)
+            return DropReading(sources, packets)
         return self._worker.call(go, self.timeout_s, "nftables list")
 
     def listing(self) -> Listing:
-        """Every element (with its counters) and the per-set drop counters: a full dump."""
+        """Every set element (with its counters) and the per-set drop counters: a full dump.
+
+        Sets and counters are listed, not the table: libnftables 1.0.6 cannot
+        write the drop rules' map update as JSON and warns on stderr at each try."""
         def go() -> Listing:
-            rc, out, err = self._ctx.cmd(f"list table inet {self.table}")
-            if rc != 0:
-                raise EnvironmentProblem("nftables", f"cannot list table inet {self.table}: {err.strip()}",
-                                         "start the agent (or `socat-monitor blocks add`) to create it")
-            doc = json.loads(out)
-            return Listing(parse_listing(doc), parse_counters(doc))
+            docs = []
+            for what in ("sets", "counters"):
+                rc, out, err = self._ctx.cmd(f"list {what} table inet {self.table}")
+                if rc != 0:
+                    raise EnvironmentProblem("nftables", f"cannot list table inet {self.table}: {err.strip()}",
+                                             "start the agent (or `socat-monitor blocks add`) to create it")
+                docs.append(json.loads(out))
+            return Listing(parse_listing(docs[0]), parse_counters(docs[1]))
         return self._worker.call(go, self.timeout_s, "nftables list")
 
     def list_elements(self) -> list[KernelElement]:
