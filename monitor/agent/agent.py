@@ -34,7 +34,7 @@ from .report import ForgottenReport
 from .auditing import AuditWorker
 from .loops import CaptureReader, Handoff, Periodic, main_loop
 from .reload import reload
-from .wiring import drop_listeners, egress_rules, engine, make_decider, make_detector, make_enforcer, make_sinks, read_policy
+from .wiring import egress_rules, engine, make_decider, make_detector, make_enforcer, make_sinks, read_policy
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Agent:
         self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
         listeners = self.capture.listeners()
         if self.enforcer is not None:
-            for event in self.enforcer.start(self._listener_ports(listeners), drop_listeners(self.policy)):
+            for event in self.enforcer.start(self._listener_ports(listeners), self.policy):
                 self.emit(event)
         self._start_egress()
         for record in self.pipeline.alerts(self._audit_running()):
@@ -267,7 +267,7 @@ class Agent:
         self.pipeline.replace_policy(engine(policy, config, self.pipeline.policy))
         self.status.open.idle_ns = int(config.policy_engine.open_idle_timeout_s * 1e9)
         if self.enforcer is not None:
-            self.enforcer.set_drops(drop_listeners(policy))
+            self.enforcer.set_drops(policy)
         if self.egress is not None:
             self.egress.set_rules(egress_rules(policy))
         elif self.capture is not None:

@@ -25,6 +25,12 @@ counted in `suppressed`, not alerted: each comes back as a `deduplicated`
 alert (which the decision stage sees but nobody writes), and the next alert of
 the key says how many there were (`Alert.suppressed`).
 
+Which entry judges an event: the one on its listener's port that means its
+relay (`Policy.listener`: the relay's network namespace, container, cgroup
+and user against the entry's `Selector`; an entry naming none of them means
+the relays of `home`, the namespaces enforced in). A relay no entry means is
+an unknown listener.
+
 Alerts carry the listener's `action` (`listener_action`); whether to block is
 the decision stage's call (`monitor.decide`).
 
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..addresses import Address, unmapped
@@ -57,6 +64,7 @@ from ..events import (
     DropEvent,
     Listener,
     Outcome,
+    ProcessInfo,
 )
 from ..settings import setting
 from .connections import Counted, Forgotten, SourceCounter
@@ -97,9 +105,13 @@ class EngineCounts:
 class PolicyEngine:
     """Applies a Policy to live or replayed ConnectionEvents (see module docstring for the rules)."""
 
-    def __init__(self, policy: Policy, config: EngineConfig | None = None) -> None:
+    def __init__(self, policy: Policy, config: EngineConfig | None = None,
+                 home: Collection[int] | None = None) -> None:
+        """`home`: the inodes of the namespaces enforced in, which entries naming no relay identity mean
+        (None: offline, every relay on the port)."""
         config = config if config is not None else EngineConfig()
         self.policy = policy
+        self.home = frozenset(home) if home is not None else None
         self.config = config
         self.dedup_window_ns = int(config.dedup_window_s * NS)
         self.suppressed = 0
@@ -136,8 +148,8 @@ class PolicyEngine:
         self._last_alert, self._held = previous._last_alert, previous._held
         self.suppressed = previous.suppressed
 
-    def listener_name(self, port: int) -> str | None:
-        entry = self.policy.listener(port)
+    def listener_name(self, port: int, process: ProcessInfo | None = None) -> str | None:
+        entry = self.policy.listener(port, process=process, home=self.home)
         return entry.name if entry else None
 
     def check(self, event: ConnectionEvent) -> list[Alert]:
@@ -146,7 +158,7 @@ class PolicyEngine:
         if event.direction is Direction.EGRESS:
             return self._check_egress(event)
         port, ip = listening_socket(event)
-        entry = self.policy.listener(port, ip)
+        entry = self.policy.listener(port, ip, event.process, self.home)
         if event.action is Action.CLOSED:
             self._counter.close(event)
             return []
@@ -213,7 +225,7 @@ class PolicyEngine:
     def _check_egress(self, ev: ConnectionEvent) -> list[Alert]:
         if ev.action is not Action.ATTEMPTED or ev.listener is None:
             return []
-        entry = self.policy.listener(ev.listener.port, ev.listener.ip)
+        entry = self.policy.listener(ev.listener.port, ev.listener.ip, ev.process, self.home)
         if entry is None or entry.allow_backends is None:
             return []
         if entry.backend_allowed(_address(ev.destination_ip), ev.destination_port):
