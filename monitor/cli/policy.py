@@ -76,6 +76,7 @@ def suggest(event_files, processes, headroom, min_rate, v4_prefix, v6_prefix, in
     from ..host.processes import socat_processes
     from ..socat.grammar import parse_command_line
     from ..policy.suggest import suggest_policy
+    from ..enforce.netns import netns_inode
 
     commands = []
     if processes:
@@ -87,7 +88,7 @@ def suggest(event_files, processes, headroom, min_rate, v4_prefix, v6_prefix, in
     stats = ReadStats()
     events = read_events(event_files, stats) if event_files else iter(())
     text = suggest_policy(commands, events, headroom=headroom, min_rate=min_rate, v4_prefix=v4_prefix,
-                          v6_prefix=v6_prefix, include_refused=include_refused)
+                          v6_prefix=v6_prefix, include_refused=include_refused, home=netns_inode(None))
     for bad in stats.bad_lines[:20]:
         click.echo(f"socat-monitor: malformed: {bad}", err=True)
     if output:
