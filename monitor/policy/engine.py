@@ -7,7 +7,9 @@ It does no I/O and reads no clock: every window is measured in event time
 Rules (rule id: when it fires):
 
 - `policy.unknown_listener`: a client reached a listener port the policy does
-  not name (only if `defaults.unknown_listener` is `alert`).
+  not name (only if `defaults.unknown_listener` is `alert`), or a relay no
+  entry of its port means (another namespace, container, cgroup or user than
+  they name: always).
 - `policy.source_denied`: a client outside the listener's `allow_sources`
   connected (accepted or refused by socat; a refusal gives outcome failure).
 - `policy.backend_denied`: a listener's child connected to a backend outside
@@ -165,10 +167,7 @@ class PolicyEngine:
         if event.action not in _STARTS:
             return []
         if entry is None:
-            if self.policy.defaults.unknown_listener != "alert" or event.action is not Action.ACCEPTED:
-                return []
-            return self._emit(("policy.unknown_listener", port), event, None, port, ip,
-                              f"connection from {event.source_ip} to port {port}, which the policy does not name")
+            return self._unknown(event, port, ip)
         rate = entry.max_rate_per_source
         counted = self._counter.start(event, (entry.name, event.source_ip), rate.count if rate else None,
                                       int(rate.period_s * NS) if rate else None)
@@ -184,6 +183,22 @@ class PolicyEngine:
         return alerts
 
     # -- rules -------------------------------------------------------------------------------------
+
+    def _unknown(self, ev: ConnectionEvent, port: int, ip: str) -> list[Alert]:
+        """A relay no entry means: alerted when the defaults say so, and always when the port is declared
+        for other relays (one elsewhere on a declared port is what a forged relay looks like)."""
+        if ev.action is not Action.ACCEPTED:
+            return []
+        others = [entry.name for entry in self.policy.listeners if entry.port == port]
+        if others:
+            where = describe_relay(ev.process)
+            return self._emit(("policy.unknown_listener", port, where), ev, None, port, ip,
+                              f"connection from {ev.source_ip} to port {port} of {where}: the policy declares "
+                              f"port {port} only for other relays ({', '.join(others)})")
+        if self.policy.defaults.unknown_listener != "alert":
+            return []
+        return self._emit(("policy.unknown_listener", port), ev, None, port, ip,
+                          f"connection from {ev.source_ip} to port {port}, which the policy does not name")
 
     def _check_source(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str) -> list[Alert]:
         if entry.allow_sources is None:
@@ -299,6 +314,20 @@ def dropped_alert(ev: DropEvent) -> Alert:
                      trigger_event_ids=(ev.id,),
                      description=f"{ev.source_ip} is not in allow_sources of {ev.listener.name} (port "
                                  f"{ev.listener.port}): the kernel {would} its connection before the handshake")
+
+
+def describe_relay(process: ProcessInfo | None) -> str:
+    """`relay pid N (uid U) in network namespace NAME` and its container, as far as known."""
+    if process is None:
+        return "a relay of unknown identity"
+    started = process.started_uid if process.started_uid is not None else process.uid
+    parts = [f"relay pid {process.pid}" + (f" (started by uid {started})" if started is not None else "")]
+    if process.netns is not None:
+        named = f" ({process.netns_name})" if process.netns_name else ""
+        parts.append(f"in network namespace net:[{process.netns}]{named}")
+    if process.container is not None:
+        parts.append(f"in container {process.container.name or process.container.id[:12]}")
+    return " ".join(parts)
 
 
 def _blamed(rule_id: str, ev: ConnectionEvent, source: str | None) -> str | None:
