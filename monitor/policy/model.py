@@ -299,10 +299,11 @@ class Policy:
     def listener(self, port: int, ip: str | None = None, process: ProcessInfo | None = None,
                  home: Collection[int] | None = None) -> ListenerPolicy | None:
         """The declared listener on port that means the relay `process` (`Selector.matches`, `home`: the
-        namespaces enforced in): the one naming more identity keys, then the one naming ip, if several do."""
+        namespaces enforced in): the one naming more identity keys (fewer for a relay of unknown identity),
+        then the one naming ip, if several do."""
+        named = (lambda entry: -entry.selector.named) if process is not None else (lambda entry: entry.selector.named)
         candidates = sorted((entry for entry in self.listeners
-                             if entry.port == port and entry.selector.matches(process, home)),
-                            key=lambda entry: -entry.selector.named)
+                             if entry.port == port and entry.selector.matches(process, home)), key=named)
         candidates = [entry for entry in candidates if entry.selector.named == candidates[0].selector.named] \
             if candidates else []
         if len(candidates) > 1 and ip is not None:
