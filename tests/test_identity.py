@@ -188,3 +188,34 @@ def test_a_relay_outside_every_enforced_namespace_never_blocks():
 def test_the_agent_reads_its_own_identity():
     own = identity.cgroup_path(os.getpid())
     assert own is None or own.startswith("/")
+
+
+# -- several namespaces: one journal each, drop listeners where their entry means ----------------------
+
+def test_each_enforced_namespace_gets_its_own_journal():
+    from monitor.agent.scopes import enforced_namespaces, member_config
+    from monitor.enforce import EnforceConfig
+
+    several = EnforceConfig(namespaces=("lab-a", "lab-b"), state_file="/var/lib/sm/blocks-lab-a.json")
+    assert enforced_namespaces(several) == ("lab-a", "lab-b")
+    assert [member_config(several, ns).state_file for ns in ("lab-a", "lab-b")] == \
+        ["/var/lib/sm/blocks-lab-a.json", "/var/lib/sm/blocks-lab-b.json"]
+    assert member_config(several, "lab-b").netns == "lab-b" and member_config(several, "lab-b").namespaces == ()
+    chosen = EnforceConfig(namespaces=("lab-a", "lab-b"), state_file="/srv/journal.json")
+    assert member_config(chosen, "lab-b").state_file == "/srv/journal-lab-b.json"
+    one = EnforceConfig(netns="lab-a", state_file="/srv/journal.json")
+    assert enforced_namespaces(one) == ("lab-a",) and member_config(one, "lab-a") == one
+
+
+def test_drop_listeners_go_to_the_namespaces_their_entry_means():
+    from monitor.agent.scopes import drop_listeners
+
+    policy = parse_policy(f"""
+version: 1
+listeners:
+  - {{name: every, port: 80, allow_sources: [192.0.2.1], action: drop}}
+  - {{name: only-a, port: 81, netns: lab-a, allow_sources: [192.0.2.1], action: drop}}
+  - {{name: only-b, port: 82, netns: "net:[{B}]", allow_sources: [192.0.2.1], action: drop}}
+""")
+    assert [d.name for d in drop_listeners(policy, "lab-a", A)] == ["every", "only-a"]
+    assert [d.name for d in drop_listeners(policy, "lab-b", B)] == ["every", "only-b"]
