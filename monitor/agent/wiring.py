@@ -9,6 +9,7 @@ from ..config import Config
 from ..decide import Decider
 from ..detect import Baseline, Detector
 from ..ecs import HostInfo
+from ..events import Listener, ProcessInfo
 from ..enforce import EgressRule
 from ..enforce.netns import netns_inode
 from ..policy import Policy, PolicyEngine, load_policy
@@ -59,9 +60,24 @@ def make_enforcer(config: Config) -> Enforcers | None:
 
 
 def egress_rules(policy: Policy | None) -> list[EgressRule]:
+    """The kernel's backend rules: one per port (the guard keys them by port), from the first entry of the
+    port with `allow_backends` and `action: block`; `guards` says which relays it may be applied to."""
     if policy is None:
         return []
-    return [EgressRule.from_policy(lp) for lp in policy.listeners if lp.allow_backends and lp.action == "block"]
+    first: dict[int, EgressRule] = {}
+    for lp in policy.listeners:
+        if lp.allow_backends and lp.action == "block":
+            first.setdefault(lp.port, EgressRule.from_policy(lp))
+    return list(first.values())
+
+
+def guards(policy: Policy | None, listener: Listener, relay: ProcessInfo, home: frozenset[int]) -> bool:
+    """Whether the egress rule of `listener`'s port is the one of the entry that means `relay`: a relay
+    another entry means (another namespace, container, user) is never held to that entry's backends."""
+    if policy is None:
+        return False
+    entry = policy.listener(listener.port, listener.ip, relay, home)
+    return entry is not None and any(rule.name == entry.name for rule in egress_rules(policy))
 
 
 def make_sinks(config: Config, host: HostInfo, on_error: ErrorCallback) -> Fanout:

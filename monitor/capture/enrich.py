@@ -133,11 +133,7 @@ class ProcessTable:
             known.info = self._identified(known.info)
 
     def _identified(self, info: ProcessInfo) -> ProcessInfo:
-        """`info` with who the process is read now: namespaces, their name, cgroup and container."""
-        netns, cgroup = processes.netns_inode(info.pid, self.proc), identity.cgroup_path(info.pid, self.proc)
-        return replace(info, netns=netns, userns_owner=processes.userns_owner(info.pid, self.proc),
-                       netns_name=self.identities.netns_name(netns), cgroup=cgroup,
-                       container=self.identities.container(cgroup))
+        return self.identities.of(info, self.proc)
 
     def _learn(self, raw: RawEvent) -> _Known:
         parent = self._known.get(raw.ppid) if raw.ppid else None

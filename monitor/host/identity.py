@@ -14,8 +14,9 @@ import json
 import os
 import re
 import time
+from dataclasses import replace
 
-from ..events import Container
+from ..events import Container, ProcessInfo
 from . import processes, tcp
 
 NETNS_DIR = "/run/netns"
@@ -117,6 +118,13 @@ class Identities:
             self._names = netns_names(self.netns_dir)
             self._names_at = time.monotonic()
         return self._names.get(inode)
+
+    def of(self, info: ProcessInfo, proc: str = processes.PROC) -> ProcessInfo:
+        """`info` with who its process is, read now: namespaces, the network namespace's name, cgroup and
+        container."""
+        netns, cgroup = processes.netns_inode(info.pid, proc), cgroup_path(info.pid, proc)
+        return replace(info, netns=netns, userns_owner=processes.userns_owner(info.pid, proc),
+                       netns_name=self.netns_name(netns), cgroup=cgroup, container=self.container(cgroup))
 
     def container(self, cgroup: str | None) -> Container | None:
         """The container of a cgroup path, named where its runtime's state says the name."""
