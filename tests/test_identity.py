@@ -219,3 +219,11 @@ listeners:
 """)
     assert [d.name for d in drop_listeners(policy, "lab-a", A)] == ["every", "only-a"]
     assert [d.name for d in drop_listeners(policy, "lab-b", B)] == ["every", "only-b"]
+
+
+def test_policy_check_notes_a_namespace_that_does_not_exist_now():
+    policy = parse_policy(f"version: 1\nlisteners:\n  - {{name: a, port: 80, netns: lab-z}}\n"
+                          f"  - {{name: b, port: 80, netns: lab-a}}\n  - {{name: c, port: 80, netns: 'net:[{A}]'}}\n")
+    [note] = policy.notes({"lab-a"})
+    assert note.startswith("listeners[0] 'a': netns 'lab-z' is not a namespace")
+    assert policy.notes() == []

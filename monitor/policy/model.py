@@ -315,11 +315,19 @@ class Policy:
                 return unbound[0]
         return candidates[0] if candidates else None
 
-    def notes(self) -> list[str]:
-        """What `policy check` tells about a valid policy: settings that do nothing."""
-        return [f"listeners[{i}] {entry.name!r}: action drop without allow_sources: drop has nothing to enforce "
-                "(every source may connect); list the allowed sources, or [] for nobody"
-                for i, entry in enumerate(self.listeners) if entry.action == "drop" and entry.allow_sources is None]
+    def notes(self, known_netns: Collection[str] | None = None) -> list[str]:
+        """What `policy check` tells about a valid policy: settings that do nothing, and (given the names
+        `ip netns` knows, `known_netns`) entries naming a namespace that does not exist now."""
+        out = [f"listeners[{i}] {entry.name!r}: action drop without allow_sources: drop has nothing to enforce "
+               "(every source may connect); list the allowed sources, or [] for nobody"
+               for i, entry in enumerate(self.listeners) if entry.action == "drop" and entry.allow_sources is None]
+        if known_netns is not None:
+            out += [f"listeners[{i}] {entry.name!r}: netns {entry.selector.netns!r} is not a namespace `ip netns` "
+                    "knows now: the entry means no relay until it exists"
+                    for i, entry in enumerate(self.listeners)
+                    if entry.selector.netns and not entry.selector.netns.startswith("net:[")
+                    and entry.selector.netns not in known_netns]
+        return out
 
 
 def _listener(raw: dict[str, Any], index: int, defaults: Defaults, locator: Locator,
