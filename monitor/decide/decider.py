@@ -125,7 +125,6 @@ class Decider:
         else:
             self.blockers = {enforce_netns: blocker} if blocker is not None else {}
             self.home = frozenset((enforce_netns,)) if enforce_netns is not None else None
-        self.blocker = next(iter(self.blockers.values()), None)   # where a relay of unknown namespace blocks
         self._history: dict[tuple[int | None, str], _Record] = {}
         self.reoffences = 0
         self.reconfigure(config, default_ttl_s=default_ttl_s, block_rules=block_rules)
