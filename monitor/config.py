@@ -208,6 +208,15 @@ def journal_name(netns: str | None) -> str:
     return f"blocks-{netns or 'host'}.json"
 
 
+def member_journal(enforce: EnforceConfig, netns: str | None) -> str:
+    """The journal of namespace `netns` when `enforce` names several: beside `state_file`, named for it."""
+    path = Path(enforce.state_file)
+    first = enforce.namespaces[0] if enforce.namespaces else enforce.netns
+    if path.name == journal_name(first):
+        return str(path.with_name(journal_name(netns)))
+    return str(path.with_name(f"{path.stem}-{netns or 'host'}{path.suffix}"))
+
+
 def place_state(config: Config) -> Config:
     """Put every state file left at its default under `agent.state_dir` (the block journal named for
     the namespace enforced in)."""
@@ -215,7 +224,8 @@ def place_state(config: Config) -> Config:
     agent = dataclasses.replace(config.agent, baseline=config.agent.baseline or str(state / "baseline.json"))
     enforce = config.enforce
     if enforce.state_file == _default(EnforceConfig, "state_file"):
-        enforce = dataclasses.replace(enforce, state_file=str(state / journal_name(enforce.netns)))
+        first = enforce.namespaces[0] if enforce.namespaces else enforce.netns
+        enforce = dataclasses.replace(enforce, state_file=str(state / journal_name(first)))
     es = config.elasticsearch
     if es is not None and Path(es.spool_dir) == Path(_default(ElasticsearchConfig, "spool_dir")):
         derived = Path(es.dead_letter_path) == Path(es.spool_dir) / "dead-letter.ndjson"

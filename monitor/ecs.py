@@ -28,6 +28,7 @@ from .events import (
     Action,
     Alert,
     BlockEvent,
+    Container,
     DropEvent,
     ConnectionEvent,
     Direction,
@@ -240,6 +241,19 @@ def _add_process(doc: dict[str, Any], proc: ProcessInfo | None, host: HostInfo) 
     user = _user(proc)
     if user:
         doc["user"] = user
+    if proc.container is not None:
+        doc["container"] = {key: value for key, value in (("id", proc.container.id), ("name", proc.container.name),
+                                                          ("runtime", proc.container.runtime)) if value}
+    identity = {key: value for key, value in (("netns", _netns(proc)), ("cgroup", proc.cgroup)) if value}
+    if identity:
+        doc.setdefault("socat", {}).update(identity)
+
+
+def _netns(proc: ProcessInfo) -> dict[str, Any] | None:
+    """`socat.netns`: the relay's network namespace, its inode and `ip netns` name."""
+    if proc.netns is None:
+        return None
+    return {"inode": proc.netns, "name": proc.netns_name} if proc.netns_name else {"inode": proc.netns}
 
 
 def _listener(listener: Listener) -> dict[str, Any]:
@@ -282,7 +296,7 @@ def _render_connection(ev: ConnectionEvent, host: HostInfo) -> dict[str, Any]:
     }
     doc["related"] = {"ip": sorted({ev.source_ip, ev.destination_ip})}
     _add_process(doc, ev.process, host)
-    socat: dict[str, Any] = {}
+    socat: dict[str, Any] = doc.get("socat", {})
     if ev.listener is not None:
         socat["listener"] = _listener(ev.listener)
     if ev.session_id:
@@ -558,6 +572,11 @@ def _parse_process(doc: dict[str, Any]) -> ProcessInfo | None:
         user_name=_field(doc, "user.name"),
         executable=_field(doc, "process.executable"),
         args=tuple(args),
+        netns=_optional_whole(doc, "socat.netns.inode"),
+        netns_name=_field(doc, "socat.netns.name"),
+        cgroup=_field(doc, "socat.cgroup"),
+        container=Container(str(container), _field(doc, "container.name"), _field(doc, "container.runtime"))
+        if (container := _field(doc, "container.id")) else None,
     )
 
 

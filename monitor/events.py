@@ -103,6 +103,15 @@ def has_recorded_id(event: "ConnectionEvent") -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Container:
+    """The container a process runs in, from its cgroup path (`monitor.host.identity`)."""
+
+    id: str                       # the runtime's id (an nspawn machine's name)
+    name: str | None = None       # where the runtime's state names it
+    runtime: str | None = None    # docker, containerd, cri-o, podman, systemd-nspawn
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessInfo:
     """What is known of the socat process behind an event."""
 
@@ -119,6 +128,9 @@ class ProcessInfo:
     started_uid: int | None = None   # the uid it was exec'd as (socat's su= drops uid later, not this)
     netns: int | None = None      # inode of its network namespace (None: unknown)
     userns_owner: int | None = None   # uid owning its user namespace (0: the host's or root's; None: unknown)
+    netns_name: str | None = None     # its network namespace's `ip netns` name (None: unnamed or unknown)
+    cgroup: str | None = None         # its cgroup path (v2, else systemd's v1)
+    container: Container | None = None
 
     @property
     def command_line(self) -> str:

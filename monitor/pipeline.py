@@ -20,6 +20,7 @@ from .events import (
     ConnectionEvent,
     Listener,
     ProcessEvent,
+    ProcessInfo,
     Record,
 )
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 class PolicyChecker(Protocol):
     def check(self, event: ConnectionEvent) -> list[Alert]: ...
-    def listener_name(self, port: int) -> str | None: ...
+    def listener_name(self, port: int, process: ProcessInfo | None = None) -> str | None: ...
 
 
 class AnomalyDetector(Protocol):
@@ -84,8 +85,8 @@ class Pipeline:
         out: list[Record] = []
         if self.detector is not None:
             out.extend(self._decide(self.detector.tick(now_ns)))
-        if self.decider.blocker is not None:
-            out.extend(self.decider.blocker.expire(now_ns))
+        for blocker in self.decider.blockers.values():
+            out.extend(blocker.expire(now_ns))
         return out
 
     def alerts(self, alerts: Iterable[Alert]) -> list[Record]:
@@ -95,7 +96,7 @@ class Pipeline:
     def _name_listener(self, event: ConnectionEvent) -> ConnectionEvent:
         if self.policy is None or event.listener is None or event.listener.name:
             return event
-        name = self.policy.listener_name(event.listener.port)
+        name = self.policy.listener_name(event.listener.port, event.process)
         if name:
             event.listener = Listener(event.listener.ip, event.listener.port, name)
         return event

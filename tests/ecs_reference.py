@@ -35,6 +35,7 @@ FIELDS = {
     "threat.framework": KW, "threat.tactic.id": KW, "threat.tactic.name": KW, "threat.technique.id": KW,
     "threat.technique.name": KW,
     "user.id": KW, "user.name": KW,
+    "container.id": KW, "container.name": KW, "container.runtime": KW,
 }
 
 EVENT_KIND = {"alert", "asset", "enrichment", "event", "metric", "state", "pipeline_error", "signal"}

@@ -23,7 +23,10 @@ from ..console import format_record
 from ..control import ControlServer
 from ..ecs import HostInfo
 from ..enforce import EgressGuard
-from ..events import Action, Alert, ConnectionEvent, Heartbeat, Listener, PipelineError, ProcessEvent, Record, now_ns
+from ..events import (Action, Alert, ConnectionEvent, Heartbeat, Listener, PipelineError, ProcessEvent, ProcessInfo,
+                      Record, now_ns)
+from ..host import processes
+from ..host.identity import Identities
 from ..metrics import MetricsServer
 from ..pipeline import Pipeline
 from ..policy import Policy, audit_running, finding_to_alert
@@ -34,7 +37,7 @@ from .report import ForgottenReport
 from .auditing import AuditWorker
 from .loops import CaptureReader, Handoff, Periodic, main_loop
 from .reload import reload
-from .wiring import drop_listeners, egress_rules, engine, make_decider, make_detector, make_enforcer, make_sinks, read_policy
+from .wiring import egress_rules, engine, guards, home, make_decider, make_detector, make_enforcer, make_sinks, read_policy
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ class Agent:
         self.handoff = Handoff(config.agent.queue_size)
         self.last_reload: ReloadResult | None = None
         self.policy = read_policy(config.agent.policy)
+        self.home = home(config)
+        self.identities = Identities()
         self.enforcer = make_enforcer(config)
         self.decider = make_decider(config, self.enforcer)
         self.detector = make_detector(config, self.decider)
@@ -89,7 +94,7 @@ class Agent:
         self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
         listeners = self.capture.listeners()
         if self.enforcer is not None:
-            for event in self.enforcer.start(self._listener_ports(listeners), drop_listeners(self.policy)):
+            for event in self.enforcer.start(self._listener_ports(listeners), self.policy):
                 self.emit(event)
         self._start_egress()
         for record in self.pipeline.alerts(self._audit_running()):
@@ -256,8 +261,14 @@ class Agent:
             self.enforcer.set_ports(ports)
         if self.egress is not None:
             for listener in listeners:
-                if listener.pid is not None:
+                if listener.pid is not None and guards(self.policy, listener, self._relay(listener.pid), self.home):
                     self.egress.track(listener.pid, listener.port)
+
+    def _relay(self, pid: int) -> ProcessInfo:
+        """Who the relay holding a listener is (for the policy entry that means it)."""
+        status = processes.status(pid)
+        return self.identities.of(ProcessInfo(pid=pid, comm=status.name if status else "",
+                                              started_uid=status.uid if status else None))
 
     def set_policy(self, policy: Policy | None, config: Config) -> None:
         """Put `policy` in force (reload, with the new `config`'s policy_engine): the engine, the drop
@@ -267,7 +278,7 @@ class Agent:
         self.pipeline.replace_policy(engine(policy, config, self.pipeline.policy))
         self.status.open.idle_ns = int(config.policy_engine.open_idle_timeout_s * 1e9)
         if self.enforcer is not None:
-            self.enforcer.set_drops(drop_listeners(policy))
+            self.enforcer.set_drops(policy)
         if self.egress is not None:
             self.egress.set_rules(egress_rules(policy))
         elif self.capture is not None:

@@ -9,10 +9,11 @@ from ..config import Config
 from ..decide import Decider
 from ..detect import Baseline, Detector
 from ..ecs import HostInfo
-from ..enforce import EgressRule, Enforcer
-from ..enforce.nft import DropListener
+from ..events import Listener, ProcessInfo
+from ..enforce import EgressRule
 from ..enforce.netns import netns_inode
 from ..policy import Policy, PolicyEngine, load_policy
+from .scopes import Enforcers, enforced_namespaces
 from ..sinks import AlertFeed, ElasticsearchSink, ErrorCallback, Fanout, NdjsonSink, WebhookSink
 
 
@@ -20,21 +21,29 @@ def read_policy(path: str | None) -> Policy | None:
     return load_policy(path) if path else None
 
 
+def home(config: Config) -> frozenset[int]:
+    """The inodes of the namespaces enforced in: the relays there are the ones policy entries naming no
+    identity mean, and the only ones whose offences may block."""
+    return frozenset(netns_inode(netns) for netns in enforced_namespaces(config.enforce))
+
+
 def engine(policy: Policy | None, config: Config, previous: PolicyEngine | None = None) -> PolicyEngine | None:
     """The policy engine of `policy`; a reload carries the open connections and counts of `previous` over."""
     if policy is None:
         return None
-    new = PolicyEngine(policy, config.policy_engine)
+    new = PolicyEngine(policy, config.policy_engine, home(config))
     if previous is not None:
         new.carry_over(previous)
     return new
 
 
-def make_decider(config: Config, enforcer: Enforcer | None) -> Decider:
-    """The decider; relays outside the namespace enforcement acts in (`enforce.netns`, else ours) never block."""
-    return Decider(config.decide, default_ttl_s=config.enforce.default_ttl_s,
-                   block_rules=config.detect.block_rules, blocker=enforcer,
-                   enforce_netns=netns_inode(config.enforce.netns))
+def make_decider(config: Config, enforcers: Enforcers | None) -> Decider:
+    """The decider; a relay's blocks land in its own namespace's table, and relays outside the namespaces
+    enforced in (`enforce.netns` / `enforce.namespaces`, else ours) never block."""
+    settings = dict(default_ttl_s=config.enforce.default_ttl_s, block_rules=config.detect.block_rules)
+    if enforcers is not None:
+        return Decider(config.decide, blockers=enforcers.by_inode(), **settings)
+    return Decider(config.decide, enforce_netns=netns_inode(enforced_namespaces(config.enforce)[0]), **settings)
 
 
 def make_detector(config: Config, decider: Decider, baseline: Baseline | None = None) -> Detector:
@@ -46,21 +55,29 @@ def make_detector(config: Config, decider: Decider, baseline: Baseline | None = 
     return Detector(config.detect, baseline, [r for r in config.detect.rules if decider.may_block(r)])
 
 
-def make_enforcer(config: Config) -> Enforcer | None:
-    return Enforcer(config.enforce) if config.enforce.enabled else None
+def make_enforcer(config: Config) -> Enforcers | None:
+    return Enforcers(config.enforce) if config.enforce.enabled else None
 
 
 def egress_rules(policy: Policy | None) -> list[EgressRule]:
+    """The kernel's backend rules: one per port (the guard keys them by port), from the first entry of the
+    port with `allow_backends` and `action: block`; `guards` says which relays it may be applied to."""
     if policy is None:
         return []
-    return [EgressRule.from_policy(lp) for lp in policy.listeners if lp.allow_backends and lp.action == "block"]
+    first: dict[int, EgressRule] = {}
+    for lp in policy.listeners:
+        if lp.allow_backends and lp.action == "block":
+            first.setdefault(lp.port, EgressRule.from_policy(lp))
+    return list(first.values())
 
 
-def drop_listeners(policy: Policy | None) -> list[DropListener]:
-    """The policy's listeners whose disallowed sources the kernel drops before the handshake."""
+def guards(policy: Policy | None, listener: Listener, relay: ProcessInfo, home: frozenset[int]) -> bool:
+    """Whether the egress rule of `listener`'s port is the one of the entry that means `relay`: a relay
+    another entry means (another namespace, container, user) is never held to that entry's backends."""
     if policy is None:
-        return []
-    return [DropListener(lp.name, lp.port, lp.address, lp.allow_sources) for lp in policy.listeners if lp.drops]
+        return False
+    entry = policy.listener(listener.port, listener.ip, relay, home)
+    return entry is not None and any(rule.name == entry.name for rule in egress_rules(policy))
 
 
 def make_sinks(config: Config, host: HostInfo, on_error: ErrorCallback) -> Fanout:

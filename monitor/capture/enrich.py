@@ -3,7 +3,8 @@
 `ProcessTable` keeps what is known of each watched process, by pid, in a
 bounded LRU: argv from the kernel's exec record, else /proc read once at a
 new pid (executable, command line, start time, parent, network namespace and
-the owner of its user namespace: `monitor.host.processes`). The uid a process
+the owner of its user namespace: `monitor.host.processes`; the namespace's
+`ip netns` name, cgroup and container: `monitor.host.identity`, cached). The uid a process
 was exec'd as is kept (`started_uid`): socat's `su=` drops the uid after the
 exec, and a relay root started stays root's; a process first seen through
 /proc counts as started by the uid it has then. The namespaces of a process a
@@ -25,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessEvent, ProcessInfo
-from ..host import processes
+from ..host import identity, processes
 from .decode import (
     EV_ACCEPT,
     EV_CLOSE,
@@ -73,6 +74,7 @@ class ProcessTable:
         self._known: OrderedDict[int, _Known] = OrderedDict()
         self._users: dict[int, str | None] = {}
         self._boot_ns: int | None = None
+        self.identities = identity.Identities()
         self.proc_reads = 0
 
     def __len__(self) -> int:
@@ -99,12 +101,11 @@ class ProcessTable:
         """A new program: argv from the kernel (from /proc when the kernel had none), the rest from /proc."""
         exe = processes.executable(raw.pid, self.proc)
         ppid = raw.ppid or self._status_ppid(raw.pid)
-        info = ProcessInfo(
+        info = self._identified(ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
-            user_name=self.user_name(raw.uid), executable=exe, args=raw.argv or self._read_proc(raw).args,
-            start_ns=raw.ktime_ns + self.offset_ns, started_uid=raw.uid, netns=processes.netns_inode(raw.pid, self.proc),
-            userns_owner=processes.userns_owner(raw.pid, self.proc),
-        )
+            user_name=self.user_name(raw.uid), executable=exe, args=raw.argv or self._args(raw.pid),
+            start_ns=raw.ktime_ns + self.offset_ns, started_uid=raw.uid,
+        ))
         self._put(raw.pid, _Known(info, True))
         return info
 
@@ -129,7 +130,10 @@ class ProcessTable:
         its namespaces are read again at each event (None when it is gone: unknown, so not trusted)."""
         netns, owner = processes.netns_inode(pid, self.proc), processes.userns_owner(pid, self.proc)
         if (netns, owner) != (known.info.netns, known.info.userns_owner):
-            known.info = replace(known.info, netns=netns, userns_owner=owner)
+            known.info = self._identified(known.info)
+
+    def _identified(self, info: ProcessInfo) -> ProcessInfo:
+        return self.identities.of(info, self.proc)
 
     def _learn(self, raw: RawEvent) -> _Known:
         parent = self._known.get(raw.ppid) if raw.ppid else None
@@ -145,17 +149,19 @@ class ProcessTable:
 
     def _read_proc(self, raw: RawEvent) -> ProcessInfo:
         self.proc_reads += 1
-        try:
-            args = processes.cmdline(raw.pid, self.proc)
-        except OSError:
-            args = ()
+        args = self._args(raw.pid)
         ppid = raw.ppid or self._status_ppid(raw.pid)
-        return ProcessInfo(
+        return self._identified(ProcessInfo(
             pid=raw.pid, comm=raw.comm, ppid=ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
             user_name=self.user_name(raw.uid), executable=processes.executable(raw.pid, self.proc), args=args,
-            start_ns=self._start_ns(raw.pid), started_uid=raw.uid, netns=processes.netns_inode(raw.pid, self.proc),
-            userns_owner=processes.userns_owner(raw.pid, self.proc),
-        )
+            start_ns=self._start_ns(raw.pid), started_uid=raw.uid,
+        ))
+
+    def _args(self, pid: int) -> tuple[str, ...]:
+        try:
+            return processes.cmdline(pid, self.proc)
+        except OSError:
+            return ()
 
     def _status_ppid(self, pid: int) -> int | None:
         status = processes.status(pid, self.proc)

@@ -25,6 +25,7 @@ def check(file: Path, fmt: str) -> None:
 
     Exit status: 0 valid, 2 invalid or unreadable.
     """
+    from ..host.identity import netns_names
     from ..policy import load_policy
     from ..yamlfile import InputErrors
 
@@ -40,11 +41,11 @@ def check(file: Path, fmt: str) -> None:
                 click.echo(f"{problem}", err=True)
             click.echo(f"{file}: {len(problems)} problem(s)", err=True)
         sys.exit(EXIT_USAGE)
+    notes = policy.notes(set(netns_names().values()))
     if fmt == "json":
-        click.echo(json.dumps({"ok": True, "errors": [], "listeners": len(policy.listeners),
-                               "notes": policy.notes()}))
+        click.echo(json.dumps({"ok": True, "errors": [], "listeners": len(policy.listeners), "notes": notes}))
     else:
-        for note in policy.notes():
+        for note in notes:
             click.echo(f"{file}: note: {note}")
         click.echo(f"{file}: ok ({len(policy.listeners)} listener(s))")
     sys.exit(EXIT_OK)
@@ -76,6 +77,7 @@ def suggest(event_files, processes, headroom, min_rate, v4_prefix, v6_prefix, in
     from ..host.processes import socat_processes
     from ..socat.grammar import parse_command_line
     from ..policy.suggest import suggest_policy
+    from ..enforce.netns import netns_inode
 
     commands = []
     if processes:
@@ -87,7 +89,7 @@ def suggest(event_files, processes, headroom, min_rate, v4_prefix, v6_prefix, in
     stats = ReadStats()
     events = read_events(event_files, stats) if event_files else iter(())
     text = suggest_policy(commands, events, headroom=headroom, min_rate=min_rate, v4_prefix=v4_prefix,
-                          v6_prefix=v6_prefix, include_refused=include_refused)
+                          v6_prefix=v6_prefix, include_refused=include_refused, home=netns_inode(None))
     for bad in stats.bad_lines[:20]:
         click.echo(f"socat-monitor: malformed: {bad}", err=True)
     if output:

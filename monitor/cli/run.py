@@ -35,7 +35,8 @@ def _summary_text(summary: RunSummary) -> str:
 @click.option("--baseline", type=click.Path(dir_okay=False), help="Baseline file (learned state) to load and save.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Home of baseline, block state and spool.")
 @click.option("--comm", "comms", multiple=True, help="Process names to watch (default socat); repeatable.")
-@click.option("--netns", help="Enforce in this network namespace (ip netns name).")
+@click.option("--netns", "namespaces", multiple=True,
+              help="Enforce in this network namespace (ip netns name); repeatable: one table and journal each.")
 @click.option("--dry-run", is_flag=True, default=None, help="Log blocks it would make; change nothing.")
 @click.option("--no-enforce", is_flag=True, help="Never touch the firewall.")
 @click.option("--elasticsearch", "es_urls", multiple=True, help="Elasticsearch URL; repeatable.")
@@ -44,7 +45,7 @@ def _summary_text(summary: RunSummary) -> str:
 @click.option("--control-socket", type=click.Path(), help="Unix socket for top/reload.")
 @click.option("--follow", "-f", is_flag=True, help="Print one line per event on the console.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", help="Summary format at exit.")
-def command(config_path, output, policy, duration, learning_period, baseline, state_dir, comms, netns, dry_run, no_enforce,
+def command(config_path, output, policy, duration, learning_period, baseline, state_dir, comms, namespaces, dry_run, no_enforce,
             es_urls, alert_feed, metrics, control_socket, follow, fmt):
     """Run the agent: capture every socat connection, check it against the
     policy, flag anomalies, block offenders, and write ECS events and alerts.
@@ -61,7 +62,8 @@ def command(config_path, output, policy, duration, learning_period, baseline, st
         ndjson={"directory": output},
         capture={"comms": tuple(comms) or None},
         detect={"learning_period_s": parse_duration(learning_period, "--learning-period") if learning_period else None},
-        enforce={"netns": netns, "dry_run": dry_run, "enabled": False if no_enforce else None},
+        enforce={"netns": namespaces[0] if len(namespaces) == 1 else None,
+                 "namespaces": namespaces if len(namespaces) > 1 else None, "dry_run": dry_run, "enabled": False if no_enforce else None},
         elasticsearch={"urls": tuple(es_urls) or None},
         alert_feed={"path": alert_feed},
     )

@@ -8,10 +8,14 @@ blocks. The target is the source address, or its network (`scope: network`,
 /24 or /64). The TTL is the rule's, else `decide.ttl`, else
 `enforce.default_ttl`.
 
+Scope: the agent may enforce in several network namespaces, one blocker
+each; a block lands in the namespace of the relay that caused it (a relay
+of unknown namespace: the first one's), and the block history is kept per
+namespace.
+
 Trust: an alert caused by a relay the agent may not act for is alerted on but
-never blocked (`Alert.block_skipped` says why): a relay in another network
-namespace than the one enforced in (its blocks would land in the wrong
-table), and, unless the policy listener sets `trust_unprivileged`, a relay
+never blocked (`Alert.block_skipped` says why): a relay in a network
+namespace not enforced in (its blocks would land in the wrong table), and, unless the policy listener sets `trust_unprivileged`, a relay
 started by a non-root user (the uid it was exec'd as: a root relay that drops
 to `su=nobody` stays root's) or living in a user namespace a non-root user owns
 (any local user can start a process named socat and connect to it from an
@@ -36,7 +40,8 @@ same; they are only not carried out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from collections.abc import Collection, Iterable, Mapping
+from typing import Protocol
 
 from ..addresses import network_of
 from ..events import Action, Alert, BlockEvent, ProcessInfo, Record
@@ -80,17 +85,17 @@ class _Record:
     enforced: bool       # the enforcer holds it (False: refused, dry run)
 
 
-def distrust(process: ProcessInfo | None, enforce_netns: int | None, trust_unprivileged: bool) -> str | None:
-    """Why the relay `process` may not cause a block in the namespace `enforce_netns` (None: it may)."""
+def distrust(process: ProcessInfo | None, home: Collection[int] | None, trust_unprivileged: bool) -> str | None:
+    """Why the relay `process` may not cause a block in the namespaces `home` (inodes) enforced in (None: it may)."""
     if process is None:
         return None
     relay = f"relay pid {process.pid}"
-    if enforce_netns is not None and process.netns is not None and process.netns != enforce_netns:
-        return (f"{relay} is in network namespace net:[{process.netns}], not net:[{enforce_netns}] "
-                "where this agent enforces")
+    if home is not None and process.netns is not None and process.netns not in home:
+        where = ", ".join(f"net:[{inode}]" for inode in sorted(home))
+        return f"{relay} is in network namespace {_netns_text(process)}, not {where} where this agent enforces"
     started = process.started_uid if process.started_uid is not None else process.uid
     if trust_unprivileged:
-        if started and enforce_netns is not None and process.netns is None:
+        if started and home is not None and process.netns is None:
             return f"{relay} was started by uid {started} and its network namespace is unknown (gone)"
         return None
     unless = "and its policy listener does not set trust_unprivileged"
@@ -101,15 +106,26 @@ def distrust(process: ProcessInfo | None, enforce_netns: int | None, trust_unpri
     return None
 
 
+def _netns_text(process: ProcessInfo) -> str:
+    named = f" ({process.netns_name})" if process.netns_name else ""
+    return f"net:[{process.netns}]{named}"
+
+
 class Decider:
     """Decisions for one agent (or one offline analysis)."""
 
     def __init__(self, config: DecideConfig, *, default_ttl_s: float, block_rules: Iterable[str] = (),
-                 blocker: Blocker | None = None, enforce_netns: int | None = None) -> None:
-        """`enforce_netns`: the inode of the network namespace blocks land in (None: offline, not checked)."""
-        self.blocker = blocker
-        self.enforce_netns = enforce_netns
-        self._history: dict[str, _Record] = {}
+                 blocker: Blocker | None = None, enforce_netns: int | None = None,
+                 blockers: Mapping[int, Blocker] | None = None) -> None:
+        """`enforce_netns`: the inode of the network namespace `blocker` acts in (None: offline, not checked);
+        or `blockers`, one per namespace enforced in (inode -> blocker): a relay's block goes to its own."""
+        if blockers:
+            self.blockers: dict[int | None, Blocker] = dict(blockers)
+            self.home: frozenset[int] | None = frozenset(blockers)
+        else:
+            self.blockers = {enforce_netns: blocker} if blocker is not None else {}
+            self.home = frozenset((enforce_netns,)) if enforce_netns is not None else None
+        self._history: dict[tuple[int | None, str], _Record] = {}
         self.reoffences = 0
         self.reconfigure(config, default_ttl_s=default_ttl_s, block_rules=block_rules)
 
@@ -131,7 +147,7 @@ class Decider:
             or ("block" if entry.id in self.block_rules else entry.action)
         if action != "block":
             return _ALERT_ONLY
-        skipped = distrust(alert.process, self.enforce_netns, alert.listener_trusts_unprivileged)
+        skipped = distrust(alert.process, self.home, alert.listener_trusts_unprivileged)
         if skipped:
             return Decision(False, skipped=skipped)
         scope = own.scope or group.scope or entry.scope
@@ -154,7 +170,7 @@ class Decider:
         for alert in alerts:
             decision = self.decision(alert)
             if alert.deduplicated:
-                if decision.block and not self._holds(decision.target, alert.timestamp_ns):
+                if decision.block and not self._holds(self._scope(alert), decision.target, alert.timestamp_ns):
                     self.reoffences += 1
                     out.extend(self._block(alert, decision, alert_id=None, reason=REOFFENCE))
                 continue
@@ -170,21 +186,28 @@ class Decider:
             return network_of(source, bits)
         return source
 
-    def _holds(self, target: str, now_ns: int) -> bool:
-        """Whether `target` is blocked now: decided and not expired, and (when enforced) still in the kernel."""
-        last = self._history.get(target)
+    def _scope(self, alert: Alert) -> int | None:
+        """The namespace (its blocker's key) a block for `alert` lands in: its relay's, else the first."""
+        netns = alert.process.netns if alert.process is not None else None
+        return netns if netns in self.blockers else next(iter(self.blockers), None)
+
+    def _holds(self, scope: int | None, target: str, now_ns: int) -> bool:
+        """Whether `target` is blocked now in `scope`: decided and not expired, and (when enforced) still in
+        the kernel."""
+        last = self._history.get((scope, target))
         if last is None or last.expires_ns <= now_ns:
             return False
-        if not last.enforced or self.blocker is None:
+        blocker = self.blockers.get(scope)
+        if not last.enforced or blocker is None:
             return True
-        return self.blocker.is_blocked(target, now_ns)
+        return blocker.is_blocked(target, now_ns)
 
-    def _ttl(self, target: str, base_s: float, now_ns: int) -> tuple[float, int]:
-        """(TTL, escalation level) of a block of `target` decided at `now_ns`."""
-        last = self._history.get(target)
+    def _ttl(self, scope: int | None, target: str, base_s: float, now_ns: int) -> tuple[float, int]:
+        """(TTL, escalation level) of a block of `target` in `scope` decided at `now_ns`."""
+        last = self._history.get((scope, target))
         if last is None:
             level = 0
-        elif self._holds(target, now_ns):
+        elif self._holds(scope, target, now_ns):
             level = last.level
         elif now_ns - last.expires_ns < self.config.repeat_window_s * NS:
             level = last.level + 1
@@ -197,26 +220,27 @@ class Decider:
     def _block(self, alert: Alert, decision: Decision, *, alert_id: str | None,
                reason: str | None) -> list[BlockEvent]:
         now = alert.timestamp_ns
-        target = decision.target
-        ttl, level = self._ttl(target, decision.ttl_s, now)
+        target, scope = decision.target, self._scope(alert)
+        ttl, level = self._ttl(scope, target, decision.ttl_s, now)
         if not alert.deduplicated:
             alert.block, alert.block_target, alert.block_ttl_s = True, target, ttl
         events: list[BlockEvent] = []
         enforced = True
-        if self.blocker is not None:
-            event = self.blocker.block(target, ttl_s=ttl, rule_id=alert.rule_id, alert_id=alert_id, now_ns=now)
+        blocker = self.blockers.get(scope)
+        if blocker is not None:
+            event = blocker.block(target, ttl_s=ttl, rule_id=alert.rule_id, alert_id=alert_id, now_ns=now)
             if reason and event.reason is None:
                 event.reason = reason
             enforced = event.action is Action.BLOCKED
             events.append(event)
-        self._remember(target, _Record(level, now + int(ttl * NS), enforced), now)
+        self._remember((scope, target), _Record(level, now + int(ttl * NS), enforced), now)
         return events
 
-    def _remember(self, target: str, record: _Record, now_ns: int) -> None:
-        self._history.pop(target, None)
-        self._history[target] = record
+    def _remember(self, key: tuple[int | None, str], record: _Record, now_ns: int) -> None:
+        self._history.pop(key, None)
+        self._history[key] = record
         if len(self._history) > self.config.max_tracked:
             horizon = now_ns - int(self.config.repeat_window_s * NS)
-            self._history = {t: r for t, r in self._history.items() if r.expires_ns > horizon}
+            self._history = {k: r for k, r in self._history.items() if r.expires_ns > horizon}
             while len(self._history) > self.config.max_tracked:
                 del self._history[next(iter(self._history))]

@@ -60,6 +60,7 @@ class EnforceConfig:
     kill_established: str = setting("none", choices=MODES)
     state_file: str = setting("/var/lib/socat-monitor/blocks.json", live=False)
     netns: str | None = setting(None, live=False)
+    namespaces: tuple[str, ...] = setting((), live=False, excludes="netns")   # several, one table and journal each
     table: str = setting("socat_monitor", check=check_table_name, live=False)
 
 

@@ -1,6 +1,8 @@
 """Facts about the host that the safety rules protect: its own addresses,
-its default gateways and the peers of its SSH sessions, read in the network
-namespace the enforcer acts in (call these on that namespace's worker thread).
+its default gateways and the peers of its SSH sessions (to the ports the
+host's sshd listens on, `identity.sshd_ports`, not only 22), read in the
+network namespace the enforcer acts in (call these on that namespace's
+worker thread).
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ import socket
 from dataclasses import dataclass
 
 from . import tcp
-
-SSH_PORTS = (22,)
+from .identity import sshd_ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,7 @@ class HostFacts:
     ssh_peers: tuple[str, ...]
 
 
-def ssh_peers(ports: tuple[int, ...] = SSH_PORTS) -> list[str]:
+def ssh_peers(ports: tuple[int, ...]) -> list[str]:
     """Remote ends of established TCP sessions to the SSH port(s), this thread's namespace."""
     peers = []
     for cols in tcp.rows("/proc/thread-self/net"):
@@ -40,4 +41,4 @@ def gather() -> HostFacts:
                 gw = route.get_attr("RTA_GATEWAY")
                 if gw and route["dst_len"] == 0:
                     gateways.append(gw)
-    return HostFacts(tuple(sorted({a.split("%")[0] for a in own if a})), tuple(sorted(set(gateways))), tuple(ssh_peers()))
+    return HostFacts(tuple(sorted({a.split("%")[0] for a in own if a})), tuple(sorted(set(gateways))), tuple(ssh_peers(sshd_ports())))

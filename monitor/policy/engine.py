@@ -7,7 +7,9 @@ It does no I/O and reads no clock: every window is measured in event time
 Rules (rule id: when it fires):
 
 - `policy.unknown_listener`: a client reached a listener port the policy does
-  not name (only if `defaults.unknown_listener` is `alert`).
+  not name (only if `defaults.unknown_listener` is `alert`), or a relay no
+  entry of its port means (another namespace, container, cgroup or user than
+  they name: always).
 - `policy.source_denied`: a client outside the listener's `allow_sources`
   connected (accepted or refused by socat; a refusal gives outcome failure).
 - `policy.backend_denied`: a listener's child connected to a backend outside
@@ -24,6 +26,12 @@ the key is (rule, listener port) and for `policy.backend_denied` it is
 counted in `suppressed`, not alerted: each comes back as a `deduplicated`
 alert (which the decision stage sees but nobody writes), and the next alert of
 the key says how many there were (`Alert.suppressed`).
+
+Which entry judges an event: the one on its listener's port that means its
+relay (`Policy.listener`: the relay's network namespace, container, cgroup
+and user against the entry's `Selector`; an entry naming none of them means
+the relays of `home`, the namespaces enforced in). A relay no entry means is
+an unknown listener.
 
 Alerts carry the listener's `action` (`listener_action`); whether to block is
 the decision stage's call (`monitor.decide`).
@@ -46,6 +54,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..addresses import Address, unmapped
@@ -57,6 +66,7 @@ from ..events import (
     DropEvent,
     Listener,
     Outcome,
+    ProcessInfo,
 )
 from ..settings import setting
 from .connections import Counted, Forgotten, SourceCounter
@@ -97,9 +107,13 @@ class EngineCounts:
 class PolicyEngine:
     """Applies a Policy to live or replayed ConnectionEvents (see module docstring for the rules)."""
 
-    def __init__(self, policy: Policy, config: EngineConfig | None = None) -> None:
+    def __init__(self, policy: Policy, config: EngineConfig | None = None,
+                 home: Collection[int] | None = None) -> None:
+        """`home`: the inodes of the namespaces enforced in, which entries naming no relay identity mean
+        (None: offline, every relay on the port)."""
         config = config if config is not None else EngineConfig()
         self.policy = policy
+        self.home = frozenset(home) if home is not None else None
         self.config = config
         self.dedup_window_ns = int(config.dedup_window_s * NS)
         self.suppressed = 0
@@ -136,8 +150,8 @@ class PolicyEngine:
         self._last_alert, self._held = previous._last_alert, previous._held
         self.suppressed = previous.suppressed
 
-    def listener_name(self, port: int) -> str | None:
-        entry = self.policy.listener(port)
+    def listener_name(self, port: int, process: ProcessInfo | None = None) -> str | None:
+        entry = self.policy.listener(port, process=process, home=self.home)
         return entry.name if entry else None
 
     def check(self, event: ConnectionEvent) -> list[Alert]:
@@ -146,17 +160,14 @@ class PolicyEngine:
         if event.direction is Direction.EGRESS:
             return self._check_egress(event)
         port, ip = listening_socket(event)
-        entry = self.policy.listener(port, ip)
+        entry = self.policy.listener(port, ip, event.process, self.home)
         if event.action is Action.CLOSED:
             self._counter.close(event)
             return []
         if event.action not in _STARTS:
             return []
         if entry is None:
-            if self.policy.defaults.unknown_listener != "alert" or event.action is not Action.ACCEPTED:
-                return []
-            return self._emit(("policy.unknown_listener", port), event, None, port, ip,
-                              f"connection from {event.source_ip} to port {port}, which the policy does not name")
+            return self._unknown(event, port, ip)
         rate = entry.max_rate_per_source
         counted = self._counter.start(event, (entry.name, event.source_ip), rate.count if rate else None,
                                       int(rate.period_s * NS) if rate else None)
@@ -172,6 +183,22 @@ class PolicyEngine:
         return alerts
 
     # -- rules -------------------------------------------------------------------------------------
+
+    def _unknown(self, ev: ConnectionEvent, port: int, ip: str) -> list[Alert]:
+        """A relay no entry means: alerted when the defaults say so, and always when the port is declared
+        for other relays (one elsewhere on a declared port is what a forged relay looks like)."""
+        if ev.action is not Action.ACCEPTED:
+            return []
+        others = [entry.name for entry in self.policy.listeners if entry.port == port]
+        if others:
+            where = describe_relay(ev.process)
+            return self._emit(("policy.unknown_listener", port, where), ev, None, port, ip,
+                              f"connection from {ev.source_ip} to port {port} of {where}: the policy declares "
+                              f"port {port} only for other relays ({', '.join(others)})")
+        if self.policy.defaults.unknown_listener != "alert":
+            return []
+        return self._emit(("policy.unknown_listener", port), ev, None, port, ip,
+                          f"connection from {ev.source_ip} to port {port}, which the policy does not name")
 
     def _check_source(self, ev: ConnectionEvent, entry: ListenerPolicy, port: int, ip: str) -> list[Alert]:
         if entry.allow_sources is None:
@@ -213,7 +240,7 @@ class PolicyEngine:
     def _check_egress(self, ev: ConnectionEvent) -> list[Alert]:
         if ev.action is not Action.ATTEMPTED or ev.listener is None:
             return []
-        entry = self.policy.listener(ev.listener.port, ev.listener.ip)
+        entry = self.policy.listener(ev.listener.port, ev.listener.ip, ev.process, self.home)
         if entry is None or entry.allow_backends is None:
             return []
         if entry.backend_allowed(_address(ev.destination_ip), ev.destination_port):
@@ -287,6 +314,20 @@ def dropped_alert(ev: DropEvent) -> Alert:
                      trigger_event_ids=(ev.id,),
                      description=f"{ev.source_ip} is not in allow_sources of {ev.listener.name} (port "
                                  f"{ev.listener.port}): the kernel {would} its connection before the handshake")
+
+
+def describe_relay(process: ProcessInfo | None) -> str:
+    """`relay pid N (uid U) in network namespace NAME` and its container, as far as known."""
+    if process is None:
+        return "a relay of unknown identity"
+    started = process.started_uid if process.started_uid is not None else process.uid
+    parts = [f"relay pid {process.pid}" + (f" (started by uid {started})" if started is not None else "")]
+    if process.netns is not None:
+        named = f" ({process.netns_name})" if process.netns_name else ""
+        parts.append(f"in network namespace net:[{process.netns}]{named}")
+    if process.container is not None:
+        parts.append(f"in container {process.container.name or process.container.id[:12]}")
+    return " ".join(parts)
 
 
 def _blamed(rule_id: str, ev: ConnectionEvent, source: str | None) -> str | None:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..addresses import Address, Network, parse_network, same_address
 from ..errors import InputError
-from ..events import Severity
+from ..events import ProcessInfo, Severity
+from .selector import Selector, parse_user
 from ..yamlfile import InputErrors, Locator, load_yaml, parse_yaml, validate
 
 
@@ -33,6 +35,9 @@ _RATE_UNITS = {
 }
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(" + "|".join(_RATE_UNITS) + r")\s*$", re.IGNORECASE)
 RATE_PATTERN = r"^\s*[0-9]+\s*/\s*(?i:second|sec|s|minute|min|m|hour|h)\s*$"
+NETNS_PATTERN = r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*|net:\[[0-9]+\])$"
+CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+CGROUP_PATTERN = r"^/[^\s]*$"
 
 POLICY_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -105,6 +110,36 @@ POLICY_SCHEMA: dict[str, Any] = {
                                        "drop: the kernel drops new connections from sources outside "
                                        "allow_sources before the handshake.",
                         "examples": ["block"],
+                    },
+                    "netns": {
+                        "type": "string", "pattern": NETNS_PATTERN,
+                        "x-expect": "a network namespace name as `ip netns` lists it, or net:[INODE]",
+                        "description": "Only the relay in this network namespace (its `ip netns` name, or "
+                                       "net:[INODE]). With no netns, container, cgroup or user named: only relays "
+                                       "in the namespace(s) the agent enforces in.",
+                        "examples": ["lab-a"],
+                    },
+                    "container": {
+                        "type": "string", "pattern": CONTAINER_PATTERN,
+                        "x-expect": "a container name, or its id (12 or more hex digits)",
+                        "description": "Only the relay in this container (docker, containerd, CRI-O, podman or "
+                                       "systemd-nspawn, found from its cgroup): its name, or its id or an id "
+                                       "prefix of 12 or more digits.",
+                        "examples": ["web-proxy"],
+                    },
+                    "cgroup": {
+                        "type": "string", "pattern": CGROUP_PATTERN,
+                        "x-expect": "a cgroup path starting with /",
+                        "description": "Only a relay whose cgroup path is this one or below it "
+                                       "(/proc/PID/cgroup).",
+                        "examples": ["/system.slice/relay.service"],
+                    },
+                    "user": {
+                        "type": ["string", "integer"],
+                        "x-expect": "a user name or uid",
+                        "description": "Only a relay started by this user (name or uid; the uid it was exec'd "
+                                       "as, so socat's su= does not change it).",
+                        "examples": ["root"],
                     },
                     "trust_unprivileged": {
                         "type": "boolean", "default": False,
@@ -221,6 +256,7 @@ class ListenerPolicy:
     severity: Severity | None = None
     description: str | None = None
     trust_unprivileged: bool = False      # a non-root relay may cause blocks
+    selector: Selector = field(default_factory=Selector)   # which relays on the port it means
 
     @property
     def blocks(self) -> bool:
@@ -260,9 +296,16 @@ class Policy:
     defaults: Defaults = field(default_factory=Defaults)
     path: str | None = None
 
-    def listener(self, port: int, ip: str | None = None) -> ListenerPolicy | None:
-        """The declared listener on port: the one naming ip if several share the port."""
-        candidates = [entry for entry in self.listeners if entry.port == port]
+    def listener(self, port: int, ip: str | None = None, process: ProcessInfo | None = None,
+                 home: Collection[int] | None = None) -> ListenerPolicy | None:
+        """The declared listener on port that means the relay `process` (`Selector.matches`, `home`: the
+        namespaces enforced in): the one naming more identity keys (fewer for a relay of unknown identity),
+        then the one naming ip, if several do."""
+        named = (lambda entry: -entry.selector.named) if process is not None else (lambda entry: entry.selector.named)
+        candidates = sorted((entry for entry in self.listeners
+                             if entry.port == port and entry.selector.matches(process, home)), key=named)
+        candidates = [entry for entry in candidates if entry.selector.named == candidates[0].selector.named] \
+            if candidates else []
         if len(candidates) > 1 and ip is not None:
             for entry in candidates:
                 if entry.address is not None and same_address(entry.address, ip):
@@ -272,11 +315,19 @@ class Policy:
                 return unbound[0]
         return candidates[0] if candidates else None
 
-    def notes(self) -> list[str]:
-        """What `policy check` tells about a valid policy: settings that do nothing."""
-        return [f"listeners[{i}] {entry.name!r}: action drop without allow_sources: drop has nothing to enforce "
-                "(every source may connect); list the allowed sources, or [] for nobody"
-                for i, entry in enumerate(self.listeners) if entry.action == "drop" and entry.allow_sources is None]
+    def notes(self, known_netns: Collection[str] | None = None) -> list[str]:
+        """What `policy check` tells about a valid policy: settings that do nothing, and (given the names
+        `ip netns` knows, `known_netns`) entries naming a namespace that does not exist now."""
+        out = [f"listeners[{i}] {entry.name!r}: action drop without allow_sources: drop has nothing to enforce "
+               "(every source may connect); list the allowed sources, or [] for nobody"
+               for i, entry in enumerate(self.listeners) if entry.action == "drop" and entry.allow_sources is None]
+        if known_netns is not None:
+            out += [f"listeners[{i}] {entry.name!r}: netns {entry.selector.netns!r} is not a namespace `ip netns` "
+                    "knows now: the entry means no relay until it exists"
+                    for i, entry in enumerate(self.listeners)
+                    if entry.selector.netns and not entry.selector.netns.startswith("net:[")
+                    and entry.selector.netns not in known_netns]
+        return out
 
 
 def _listener(raw: dict[str, Any], index: int, defaults: Defaults, locator: Locator,
@@ -319,11 +370,24 @@ def _listener(raw: dict[str, Any], index: int, defaults: Defaults, locator: Loca
         severity=Severity.parse(raw["severity"]) if "severity" in raw else None,
         description=raw.get("description"),
         trust_unprivileged=raw.get("trust_unprivileged", False),
+        selector=_selector(raw, at, locator, problems),
     )
     rate = listener.max_rate_per_source
     if rate is not None and rate.count < 1:
         problems.append(locator.error(at + ("max_rate_per_source",), f"expected at least 1 per period, got {rate.text!r}"))
     return listener if len(problems) == before else None
+
+
+def _selector(raw: dict[str, Any], at: tuple, locator: Locator, problems: list[InputError]) -> Selector:
+    """The entry's identity keys (their syntax the schema checked; a user is looked up here)."""
+    user, uid = None, None
+    if "user" in raw:
+        try:
+            user, uid = parse_user(raw["user"])
+        except ValueError as exc:
+            problems.append(locator.error(at + ("user",), str(exc)))
+    return Selector(netns=raw.get("netns"), container=raw.get("container"), cgroup=raw.get("cgroup"),
+                    user=user, uid=uid)
 
 
 def policy_from_data(data: Any, locator: Locator) -> Policy:
@@ -347,10 +411,14 @@ def policy_from_data(data: Any, locator: Locator) -> Policy:
         listener = _listener(raw, index, defaults, locator, problems)
         if listener is None:
             continue
-        binding = (listener.port, str(ipaddress.ip_address(listener.address)) if listener.address else None)
+        selector = listener.selector
+        binding = (listener.port, str(ipaddress.ip_address(listener.address)) if listener.address else None,
+                   selector.netns, selector.container, selector.cgroup, selector.uid)
         if binding in bindings:
+            same = " for the same relays (netns, container, cgroup, user)" if selector.named else ""
             problems.append(locator.error(("listeners", index, "port"),
-                                          f"port {listener.port} already declared by listeners[{bindings[binding]}]"))
+                                          f"port {listener.port} already declared by listeners[{bindings[binding]}]"
+                                          f"{same}"))
         bindings.setdefault(binding, index)
         listeners.append(listener)
     if problems:

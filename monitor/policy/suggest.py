@@ -9,6 +9,10 @@ connected to. Rates and concurrency are measured exactly as `PolicyEngine`
 measures them (sliding window per source, accepts minus closes) and written
 with `headroom` (x2 by default, at least `min_rate` per minute), so the
 suggestion, applied to the traffic it learned from, raises no alerts.
+A relay of another network namespace than `home` (the one suggest runs in)
+or in a container gets an entry of its own naming it (`netns`: its `ip
+netns` name, else net:[INODE]; `container`: its name, else its id's first
+12 digits), so two relays on one port in two namespaces get one each.
 Connections socat itself refused (`range=`, tcpwrap) are not learned as
 allowed unless `include_refused` is set; the output says how many there were.
 """
@@ -22,13 +26,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..events import Action, ConnectionEvent, Direction
+from ..events import Action, ConnectionEvent, Direction, ProcessInfo
 from .audit import parse_range
 from ..socat.grammar import SocatCommand
 from .connections import SourceCounter
 from .engine import NS, EngineConfig, listening_socket
+from .selector import MIN_ID_PREFIX
 
 RATE_PERIOD_S = 60.0
+Key = tuple[int, str | None, str | None]   # port, netns, container of a learned listener
 
 
 @dataclass
@@ -36,6 +42,8 @@ class _Learned:
     """Everything learned about one listener port."""
 
     port: int
+    netns: str | None = None
+    container: str | None = None
     name: str | None = None
     address: str | None = None
     sources: set[str] = field(default_factory=set)
@@ -53,12 +61,29 @@ def _backend_text(host: str, port: int | None) -> str:
     return f"{where}:{port}" if port is not None else host
 
 
-def _from_command(cmd: SocatCommand, learned: dict[int, _Learned]) -> None:
+def _identity(process: ProcessInfo | None, home: int | None) -> tuple[str | None, str | None]:
+    """(netns, container) selector values of a relay: None where it is the home namespace or no container."""
+    if process is None:
+        return None, None
+    netns = None
+    if process.netns is not None and process.netns != home:
+        netns = process.netns_name or f"net:[{process.netns}]"
+    found = process.container
+    container = (found.name or found.id[:MIN_ID_PREFIX]) if found is not None else None
+    return netns, container
+
+
+def _learned(learned: dict[Key, _Learned], port: int, process: ProcessInfo | None, home: int | None) -> _Learned:
+    key = (port, *_identity(process, home))
+    return learned.setdefault(key, _Learned(*key))
+
+
+def _from_command(cmd: SocatCommand, learned: dict[Key, _Learned]) -> None:
     for address in cmd.listeners():
         port = address.listen_port
         if port is None:
             continue
-        entry = learned.setdefault(port, _Learned(port))
+        entry = _learned(learned, port, None, None)
         entry.name = entry.name or f"{(address.kind or 'listener').split('-')[0]}-{port}"
         bind = address.bind_address
         if bind and entry.address is None:
@@ -88,9 +113,10 @@ class _Meter:
     def __init__(self) -> None:
         self.counter = SourceCounter(int(EngineConfig.open_idle_timeout_s * NS), EngineConfig.max_open)
 
-    def start(self, ev: ConnectionEvent, port: int, entry: _Learned) -> None:
+    def start(self, ev: ConnectionEvent, entry: _Learned) -> None:
         self.counter.expire(ev.timestamp_ns)
-        counted = self.counter.start(ev, (str(port), ev.source_ip), None, int(RATE_PERIOD_S * NS))
+        counted = self.counter.start(ev, (str((entry.port, entry.netns, entry.container)), ev.source_ip), None,
+                                     int(RATE_PERIOD_S * NS))
         if counted is not None and counted.rate is not None:
             entry.max_rate = max(entry.max_rate, len(counted.rate.starts))
         if counted is not None and counted.open is not None:
@@ -101,14 +127,15 @@ class _Meter:
         self.counter.close(ev)
 
 
-def _from_events(events: Iterable[ConnectionEvent], learned: dict[int, _Learned], include_refused: bool) -> int:
+def _from_events(events: Iterable[ConnectionEvent], learned: dict[Key, _Learned], include_refused: bool,
+                 home: int | None) -> int:
     meter = _Meter()
     count = 0
     for ev in events:
         count += 1
         if ev.direction is Direction.EGRESS:
             if ev.action is Action.ATTEMPTED and ev.listener is not None:
-                entry = learned.setdefault(ev.listener.port, _Learned(ev.listener.port))
+                entry = _learned(learned, ev.listener.port, ev.process, home)
                 entry.backends.add(_backend_text(ev.destination_ip, ev.destination_port))
             continue
         port, _ = listening_socket(ev)
@@ -117,14 +144,14 @@ def _from_events(events: Iterable[ConnectionEvent], learned: dict[int, _Learned]
             continue
         if ev.action not in (Action.ACCEPTED, Action.DENIED):
             continue
-        entry = learned.setdefault(port, _Learned(port))
+        entry = _learned(learned, port, ev.process, home)
         entry.events += 1
         refused = ev.refused or ev.action is Action.DENIED
         if refused and not include_refused:
             entry.refused += 1
         else:
             entry.sources.add(ev.source_ip)
-        meter.start(ev, port, entry)
+        meter.start(ev, entry)
     return count
 
 
@@ -157,6 +184,9 @@ def _scaled(observed: int, headroom: float, floor: int) -> int:
 
 def _render(entry: _Learned, headroom: float, min_rate: int, v4_prefix: int, v6_prefix: int) -> list[str]:
     lines = [f"  - name: {entry.name or f'listener-{entry.port}'}", f"    port: {entry.port}"]
+    for key, value in (("netns", entry.netns), ("container", entry.container)):
+        if value:
+            lines.append(f"    {key}: {json.dumps(value)}")
     if entry.address:
         lines.append(f"    address: {json.dumps(entry.address)}")
     networks = aggregate_sources(entry.sources, v4_prefix, v6_prefix, extra=entry.ranges)
@@ -181,19 +211,25 @@ def _render(entry: _Learned, headroom: float, min_rate: int, v4_prefix: int, v6_
     return lines
 
 
+def _order(entry: _Learned) -> tuple[int, str, str]:
+    return entry.port, entry.netns or "", entry.container or ""
+
+
 def suggest_policy(commands: Sequence[SocatCommand], events: Iterable[ConnectionEvent], *,
                    headroom: float = 2.0, min_rate: int = 10, v4_prefix: int = 24, v6_prefix: int = 64,
-                   include_refused: bool = False) -> str:
-    """Policy YAML text learned from command lines and events; it passes `policy check`."""
+                   include_refused: bool = False, home: int | None = None) -> str:
+    """Policy YAML text learned from command lines and events; it passes `policy check`. `home`: the inode
+    of the namespace the agent will enforce in (its relays' entries name no namespace)."""
     if headroom < 1.0:
         raise ValueError("headroom must be >= 1 (the suggestion must cover what was observed)")
-    learned: dict[int, _Learned] = {}
+    learned: dict[Key, _Learned] = {}
     for cmd in commands:
         _from_command(cmd, learned)
-    seen = _from_events(events, learned, include_refused)
+    seen = _from_events(events, learned, include_refused, home)
     names: set[str] = set()
-    for entry in sorted(learned.values(), key=lambda e: e.port):
-        base = entry.name or f"listener-{entry.port}"
+    for entry in sorted(learned.values(), key=_order):
+        base = entry.name or "-".join(part for part in (f"listener-{entry.port}", entry.netns, entry.container)
+                                      if part and not part.startswith("net:"))
         entry.name = base
         suffix = 2
         while entry.name in names:
@@ -207,7 +243,7 @@ def suggest_policy(commands: Sequence[SocatCommand], events: Iterable[Connection
         "version: 1",
         "listeners:" if learned else "listeners: []",
     ]
-    for entry in sorted(learned.values(), key=lambda e: e.port):
+    for entry in sorted(learned.values(), key=_order):
         out.extend(_render(entry, headroom, min_rate, v4_prefix, v6_prefix))
     out += ["defaults:", "  unknown_listener: alert"]
     return "\n".join(out) + "\n"

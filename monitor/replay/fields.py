@@ -47,6 +47,10 @@ FIELDS = (
     Field("socat.session.id", pa.string(), extra="session"),
     Field("process.pid", pa.int64(), extra="pid"),
     Field("process.name", pa.string(), extra="comm"),
+    Field("socat.netns.inode", pa.int64(), extra="netns"),
+    Field("socat.netns.name", pa.string(), extra="netns_name"),
+    Field("container.id", pa.string(), extra="container_id"),
+    Field("container.name", pa.string(), extra="container_name"),
 )
 
 ACTIONS = (Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED)

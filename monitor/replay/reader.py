@@ -33,7 +33,7 @@ import pyarrow.json as pj
 from ..ecs import DATASET_CONNECTION, DocumentError, _field, parse_connection, parse_timestamp
 from ..errors import InputError
 from ..addresses import normalize_ip
-from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessInfo, unrecorded_id
+from ..events import Action, ConnectionEvent, Container, Direction, Listener, Outcome, ProcessInfo, unrecorded_id
 from .fields import ACTIONS, CODE, CODE_OF_VALUE, FULL_SCHEMA, SCHEMA, Columns
 from .scan import FileScan
 
@@ -110,7 +110,10 @@ class EventChunk:
         listener_ip = extra.get("listener_ip") or self.dst_values[self.dst[i]]
         process = None
         if extra.get("pid") is not None:
-            process = ProcessInfo(pid=extra["pid"], comm=extra.get("comm") or "")
+            container = extra.get("container_id")
+            process = ProcessInfo(pid=extra["pid"], comm=extra.get("comm") or "", netns=extra.get("netns"),
+                                  netns_name=extra.get("netns_name"),
+                                  container=Container(container, extra.get("container_name")) if container else None)
         return ConnectionEvent(
             id=self.event_id(i) or unrecorded_id(int(self.t[i])),     # as parse_connection names one without an id
             action=action, timestamp_ns=int(self.t[i]),

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_enforce import BAD4, GOOD4, GOOD6, Lab
+from tests.integration.test_enforce import BAD4, GOOD4, GOOD6, SERVER4, Lab
 from tests.integration.test_enforce import lab as lab  # noqa: F401  (the fixture)
-from tests.lab import PYTHON, AgentProcess, Processes, require, socat_monitor, wait_for
+from tests.lab import PYTHON, ROOT, AgentProcess, Processes, free_port, require, socat_monitor, wait_for, wait_listening
 
 pytestmark = pytest.mark.integration
 
@@ -100,9 +100,10 @@ def _policy(tmp_path: Path, port: int) -> Path:
 def test_an_unprivileged_relay_in_its_own_namespaces_blocks_nothing(lab: Lab, procs: Processes, tmp_path: Path,
                                                                    nobody_socat: str) -> None:
     """nobody, in its own user + network namespace, runs "socat" on the port the policy declares
-    `action: block` and connects to it from BAD4: the agent alerts and says why it did not block;
-    BAD4 stays out of the enforced namespace's table (a connection of BAD4 to the real relay there
-    would be an offence of its own, so the table is read instead)."""
+    `action: block` and connects to it from BAD4: the policy's entry (naming no namespace) means only
+    the relays of the enforced namespace, so the agent alerts that a relay elsewhere listens on the
+    declared port, and blocks nothing: BAD4 stays out of the enforced namespace's table (a connection
+    of BAD4 to the real relay there would be an offence of its own, so the table is read instead)."""
     agent = AgentProcess(tmp_path, "--policy", str(_policy(tmp_path, lab.port)), "--netns", lab.server,
                          "--duration", "120")
     try:
@@ -115,7 +116,7 @@ def test_an_unprivileged_relay_in_its_own_namespaces_blocks_nothing(lab: Lab, pr
 
         def denied():
             return [d for d in agent.documents() if d["event"]["kind"] == "alert"
-                    and d.get("source", {}).get("ip") == BAD4 and d["rule"]["id"] == "policy.source_denied"]
+                    and d.get("source", {}).get("ip") == BAD4 and d["rule"]["id"] == "policy.unknown_listener"]
         [alert] = wait_for(denied, timeout=30)
         time.sleep(1.0)   # the repeats (deduplicated) are decided too: give them the time to reach the decider
         assert BAD4 not in lab.table(), "the forged source must not be blocked in the enforced namespace"
@@ -125,8 +126,10 @@ def test_an_unprivileged_relay_in_its_own_namespaces_blocks_nothing(lab: Lab, pr
     docs = agent.documents()
     assert not [d for d in docs if d["event"].get("action") in ("address_blocked", "block_refused")], docs
     assert alert["user"]["id"] == "65534" and alert["process"]["name"] == "socat"
-    skipped = alert["socat"]["block"]["skipped"]
-    assert "network namespace" in skipped and "where this agent enforces" in skipped, skipped
+    said = alert["rule"]["description"]
+    assert "started by uid 65534" in said and "network namespace" in said, said
+    assert "declares port" in said and "only for other relays (lab-relay)" in said, said
+    assert alert["socat"]["netns"]["inode"] != os.stat(f"/run/netns/{lab.server}").st_ino
 
 
 def test_a_relay_of_a_non_root_user_in_the_enforced_namespace_blocks_only_when_trusted(
@@ -207,7 +210,8 @@ def test_a_trusted_unprivileged_relay_that_moves_to_namespaces_of_its_own_blocks
         lab: Lab, procs: Processes, tmp_path: Path, nobody_socat: str) -> None:
     """trust_unprivileged on the listener; nobody's "socat" is exec'd in the enforced namespace, then
     unshares a user + network namespace of its own and forges connections from BAD4 there: its
-    namespaces are read again at each event, so nothing is blocked."""
+    namespaces are read again at each event, so the entry (meaning the enforced namespace's relays) no
+    longer judges it: an alert says a relay elsewhere listens on the declared port, nothing is blocked."""
     policy = _policy(tmp_path, lab.port)
     policy.write_text(policy.read_text().replace("    action: block\n", "    action: block\n    trust_unprivileged: true\n"))
     agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", lab.server, "--duration", "120")
@@ -223,4 +227,72 @@ def test_a_trusted_unprivileged_relay_that_moves_to_namespaces_of_its_own_blocks
         assert BAD4 not in lab.table()
     finally:
         agent.stop()
-    assert "network namespace" in alert["socat"]["block"]["skipped"]
+    assert alert["rule"]["id"] == "policy.unknown_listener" and "network namespace" in alert["rule"]["description"]
+
+
+OTHER4 = "10.77.0.4"   # allowed by the first namespace's entry, not by the second's
+
+
+def _site(netns, procs: Processes, port: int) -> Lab:
+    """A server namespace with a socat relay on `port` (to an echo backend) and a clients namespace."""
+    server, clients = netns.add("site"), netns.add("siteclients")
+    netns.link(server, [f"{SERVER4}/24"], clients, [f"{GOOD4}/24", f"{BAD4}/24", f"{OTHER4}/24"])
+    backend = free_port()
+    procs.start([PYTHON, "-m", "tests.echo", str(backend)], netns=server, cwd=ROOT)
+    wait_listening(backend, netns=server)
+    procs.socat(f"TCP-LISTEN:{port},fork,reuseaddr", f"TCP:127.0.0.1:{backend}", netns=server)
+    wait_listening(port, netns=server)
+    site = Lab(server, clients, port, netns, "")
+    assert site.reach(GOOD4) and site.reach(BAD4) and site.reach(OTHER4)
+    return site
+
+
+def test_two_namespaces_each_relay_judged_by_its_own_entry_and_blocked_only_in_its_own_table(
+        netns, procs: Processes, tmp_path: Path) -> None:
+    """One agent enforces in two namespaces (--netns twice), each with a relay on the same port and an
+    entry of its own (`netns:`): a source only the first entry refuses is blocked in the first table only,
+    one only the second refuses in the second only; each journal holds its own; a restart enforcing in the
+    first alone restores only the first's block, and the second's table is left as it was."""
+    require("nft")
+    port = free_port()
+    a, b = _site(netns, procs, port), _site(netns, procs, port)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nlisteners:\n"
+        f"  - {{name: relay-a, port: {port}, netns: {a.server}, allow_sources: [{GOOD4}, {OTHER4}], action: block}}\n"
+        f"  - {{name: relay-b, port: {port}, netns: {b.server}, allow_sources: [{GOOD4}, {BAD4}], action: block}}\n"
+        "defaults:\n  unknown_listener: alert\n")
+    agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", a.server, "--netns", b.server,
+                         "--duration", "120")
+    try:
+        agent.wait_ready()
+        assert a.reach(BAD4) and b.reach(OTHER4), "each offender's first connection gets through"
+        assert a.reach(OTHER4) and b.reach(BAD4), "allowed by the entry of its own namespace"
+        wait_for(lambda: not a.reach(BAD4, timeout=0.3), timeout=20, interval=0.2)
+        wait_for(lambda: not b.reach(OTHER4, timeout=0.3), timeout=20, interval=0.2)
+        assert a.reach(OTHER4) and b.reach(BAD4) and a.reach(GOOD4) and b.reach(GOOD4)
+        assert BAD4 in a.table() and OTHER4 not in a.table()
+        assert OTHER4 in b.table() and BAD4 not in b.table()
+    finally:
+        agent.stop()
+    alerts = {(d["source"]["ip"], d["socat"]["listener"]["name"]) for d in agent.documents()
+              if d["event"]["kind"] == "alert" and d["rule"]["id"] == "policy.source_denied"
+              and d["socat"]["listener"]["port"] == port}
+    assert alerts == {(BAD4, "relay-a"), (OTHER4, "relay-b")}, alerts
+    accepted = [d for d in agent.documents() if d["event"].get("action") == "connection_accepted"
+                and d["socat"]["listener"]["port"] == port and d["process"]["name"] == "socat"]
+    assert {d["socat"]["netns"]["name"] for d in accepted} == {a.server, b.server}
+    state = tmp_path / "state"
+    assert BAD4 in (state / f"blocks-{a.server}.json").read_text()
+    assert OTHER4 in (state / f"blocks-{b.server}.json").read_text()
+    assert BAD4 not in (state / f"blocks-{b.server}.json").read_text()
+
+    netns.run(a.server, "nft", "delete", "table", "inet", "socat_monitor")
+    again = AgentProcess(tmp_path, "--netns", a.server, "--duration", "60")
+    try:
+        again.wait_ready()
+        wait_for(lambda: BAD4 in a.table(), timeout=20, interval=0.2)
+        assert OTHER4 not in a.table() and a.reach(OTHER4)
+    finally:
+        again.stop()
+    assert OTHER4 in b.table() and BAD4 not in b.table(), "a namespace not enforced in is left as it was"

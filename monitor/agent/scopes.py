@@ -1,0 +1,123 @@
+"""`Enforcers`: one `Enforcer` per network namespace the agent enforces in
+(`enforce.netns`, or the list `enforce.namespaces`, `--netns` repeated), each
+with its own table and block journal, used by the agent as one.
+
+Blocks are routed by the decider (`Decider(blockers=...)`, by namespace
+inode) to the namespace of the relay that caused them; drop listeners go to
+the namespaces their policy entry means (its `netns`, else every one
+enforced); everything else (ports, counters, alerts, errors, settings,
+closing) is done for each and gathered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from ..config import member_journal
+from ..enforce import Enforcer
+from ..enforce.enforcer import EnforceConfig
+from ..enforce.netns import netns_inode
+from ..enforce.nft import DropListener
+from ..events import Alert, BlockEvent, DropEvent, PipelineError
+from ..metrics import Sample
+from ..policy import Policy
+from ..policy.selector import netns_inode_of
+from ..enforce.state import ActiveBlock
+
+
+def enforced_namespaces(config: EnforceConfig) -> tuple[str | None, ...]:
+    """The namespaces enforced in, by name (None: the agent's own)."""
+    return config.namespaces or (config.netns,)
+
+
+def member_config(config: EnforceConfig, netns: str | None) -> EnforceConfig:
+    """The settings of the enforcer of `netns`: its namespace and (when there are several) its own journal."""
+    if not config.namespaces:
+        return config
+    return dataclasses.replace(config, netns=netns, namespaces=(), state_file=member_journal(config, netns))
+
+
+def drop_listeners(policy: Policy | None, netns: str | None = None, inode: int | None = None) -> list[DropListener]:
+    """The listeners of `policy` whose disallowed sources the kernel drops before the handshake, in the
+    namespace `netns` (inode `inode`): those naming it, or naming no namespace."""
+    if policy is None:
+        return []
+    return [DropListener(lp.name, lp.port, lp.address, lp.allow_sources) for lp in policy.listeners
+            if lp.drops and _means(lp.selector.netns, netns, inode)]
+
+
+def _means(wanted: str | None, netns: str | None, inode: int | None) -> bool:
+    if wanted is None:
+        return True
+    by_inode = netns_inode_of(wanted)
+    return by_inode == inode if by_inode is not None else wanted == netns
+
+
+class Enforcers:
+    """The enforcers of every namespace enforced in, as one."""
+
+    def __init__(self, config: EnforceConfig) -> None:
+        self.members: dict[str | None, Enforcer] = {}
+        self.inodes: dict[str | None, int] = {}
+        try:
+            for netns in enforced_namespaces(config):
+                self.inodes[netns] = netns_inode(netns)
+                self.members[netns] = Enforcer(member_config(config, netns))
+        except BaseException:
+            self.close()
+            raise
+
+    def by_inode(self) -> dict[int, Enforcer]:
+        """inode -> enforcer: where the decider sends a relay's blocks."""
+        return {self.inodes[netns]: enforcer for netns, enforcer in self.members.items()}
+
+    def start(self, ports: Iterable[int], policy: Policy | None) -> list[BlockEvent]:
+        ports = tuple(ports)
+        return [event for netns, enforcer in self.members.items()
+                for event in enforcer.start(ports, drop_listeners(policy, netns, self.inodes[netns]))]
+
+    def set_ports(self, ports: Iterable[int]) -> None:
+        ports = tuple(ports)
+        for enforcer in self.members.values():
+            enforcer.set_ports(ports)
+
+    def set_drops(self, policy: Policy | None) -> None:
+        for netns, enforcer in self.members.items():
+            enforcer.set_drops(drop_listeners(policy, netns, self.inodes[netns]))
+
+    def reconfigure(self, config: EnforceConfig, now_ns: int) -> list[BlockEvent]:
+        return [event for netns, enforcer in self.members.items()
+                for event in enforcer.reconfigure(member_config(config, netns), now_ns)]
+
+    def drop_events(self, now_ns: int) -> list[DropEvent]:
+        return [event for enforcer in self.members.values() for event in enforcer.drop_events(now_ns)]
+
+    def counter_events(self, now_ns: int) -> list[BlockEvent]:
+        return [event for enforcer in self.members.values() for event in enforcer.counter_events(now_ns)]
+
+    def drain_alerts(self) -> list[Alert]:
+        return [alert for enforcer in self.members.values() for alert in enforcer.drain_alerts()]
+
+    def drain_errors(self) -> list[PipelineError]:
+        return [error for enforcer in self.members.values() for error in enforcer.drain_errors()]
+
+    def active(self) -> list[ActiveBlock]:
+        return [block for enforcer in self.members.values() for block in enforcer.active()]
+
+    def samples(self) -> list[Sample]:
+        return self._labelled(lambda enforcer: enforcer.samples())
+
+    def block_samples(self) -> list[Sample]:
+        return self._labelled(lambda enforcer: enforcer.block_samples())
+
+    def _labelled(self, read) -> list[Sample]:
+        """Each enforcer's samples; labelled with their namespace when there are several."""
+        if len(self.members) == 1:
+            return read(next(iter(self.members.values())))
+        return [dataclasses.replace(sample, labels=(*sample.labels, ("netns", netns or "host")))
+                for netns, enforcer in self.members.items() for sample in read(enforcer)]
+
+    def close(self) -> None:
+        for enforcer in self.members.values():
+            enforcer.close()
