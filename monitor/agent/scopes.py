@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from ..config import member_journal
 from ..enforce import Enforcer
-from ..enforce.enforcer import EnforceConfig
+from ..enforce.enforcer import DropTotal, EnforceConfig
 from ..enforce.netns import netns_inode
 from ..enforce.nft import DropListener
 from ..events import Alert, BlockEvent, DropEvent, PipelineError
@@ -93,6 +93,9 @@ class Enforcers:
     def drop_events(self, now_ns: int) -> list[DropEvent]:
         return [event for enforcer in self.members.values() for event in enforcer.drop_events(now_ns)]
 
+    def drop_totals(self) -> tuple[DropTotal, ...]:
+        return tuple(total for enforcer in self.members.values() for total in enforcer.drop_totals())
+
     def counter_events(self, now_ns: int) -> list[BlockEvent]:
         return [event for enforcer in self.members.values() for event in enforcer.counter_events(now_ns)]
 
@@ -110,6 +113,9 @@ class Enforcers:
 
     def block_samples(self) -> list[Sample]:
         return self._labelled(lambda enforcer: enforcer.block_samples())
+
+    def drop_samples(self) -> list[Sample]:
+        return self._labelled(lambda enforcer: enforcer.drop_samples())
 
     def _labelled(self, read) -> list[Sample]:
         """Each enforcer's samples; labelled with their namespace when there are several."""
