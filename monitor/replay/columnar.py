@@ -282,7 +282,7 @@ def main(argv: list[str]) -> int:
     except (OSError, InputError, pa.ArrowException) as exc:
         print(f"{source}: cannot write its segment: {_first_line(exc)}", file=sys.stderr)
         return 2
-    print(json.dumps({"connections": counts.connections, "malformed": counts.malformed}))
+    print(json.dumps({"connections": counts.connections, "malformed": counts.malformed}), flush=True)
     return 0
 
 
