@@ -64,7 +64,8 @@ class ReadStats:
     scanned: int = 0              # documents the DuckDB scan delivered
     slow_blocks: int = 0          # blocks read line by line
     bad_lines: list[Malformed] = field(default_factory=list)   # the first `keep` of them
-    handovers: list[str] = field(default_factory=list)         # files the scan left, part or whole, and why
+    handovers: list[str] = field(default_factory=list)         # files the scan left, part or whole, and why;
+                                                               # segments not used, and why (replay.sources)
     keep: int = 1000
 
     def bad(self, path: str, line: int, message: str) -> None:
@@ -73,7 +74,8 @@ class ReadStats:
             self.bad_lines.append(Malformed(path, line, message))
 
     def hand_over(self, path: str, line: int, reason: str) -> None:
-        self.handovers.append(f"{path}: read by the line-checking reader from line {line:,} ({reason})")
+        self.handovers.append(f"{path}: read by the line-checking reader from line {line:,} ({reason}; "
+                              "slower, names every bad line)")
 
 
 @dataclass
