@@ -136,7 +136,7 @@ def test_a_file_that_cannot_be_converted_is_named_once_and_the_others_go_on(tmp_
         time.sleep(3)                                     # another pass: the failed file is not tried again
     finally:
         sink.close()
-    assert len(errors) == 1 and errors[0].count == 1
+    assert len(errors) == 1 and errors[0].count == 1 and sink.converted.failed == 1
     assert str(unreadable) in errors[0].message and "\n" not in errors[0].message
     stats = ReadStats()
     events = events_of(read_sources(plan([good, junk, current]), stats))

@@ -55,6 +55,7 @@ class Converted:
     """What the sink made and removed since start."""
 
     segments: int = 0
+    failed: int = 0         # conversions that failed (their events stay in the NDJSON file)
     retired: int = 0
 
 
@@ -177,8 +178,7 @@ class ColumnarSink:
     def _failure(self, path: Path, info: os.stat_result | None, message: str) -> bool:
         if info is not None:
             self._failed[path.name] = (info.st_size, info.st_mtime_ns)
-        with self._lock:
-            self._stats.failed += 1
+        self.converted.failed += 1
         self._errors.add(message)
         return False
 
