@@ -4,6 +4,7 @@ is replaced, and a file that cannot be converted is named once while the others 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from monitor.config import load_config
+from monitor.agent.wiring import make_sinks
+from monitor.config import Config, load_config
 from monitor.ecs import render
 from monitor.replay.periods import segment_of, stem
 from monitor.replay.reader import ReadStats, read_chunks
@@ -155,3 +157,17 @@ def test_the_columnar_section_is_checked_by_name(tmp_path):
     loaded = load_config(config)
     assert loaded.columnar == ColumnarConfig(enabled=False, convert_timeout_s=300.0)
     assert load_config(None).columnar.enabled is True
+
+
+def test_the_agent_builds_it_beside_the_ndjson_sink_unless_turned_off(tmp_path):
+    config = Config(ndjson=NdjsonConfig(tmp_path))
+    on = make_sinks(config, HOST, on_error=lambda error: None)
+    off = make_sinks(dataclasses.replace(config, columnar=ColumnarConfig(enabled=False)), HOST,
+                     on_error=lambda error: None)
+    try:
+        assert [type(s).__name__ for s in on.sinks] == ["NdjsonSink", "ColumnarSink"]
+        assert on.sinks[1].directory == tmp_path
+        assert [type(s).__name__ for s in off.sinks] == ["NdjsonSink"]
+    finally:
+        on.close()
+        off.close()
