@@ -49,7 +49,9 @@ def counts(result) -> tuple:
 
 @pytest.mark.parametrize("full", [False, True])
 def test_a_segment_reads_back_as_its_twin(period, stream, full):
+    period.chmod(0o640)
     write_segment(period)
+    assert segment_of(period).stat().st_mode & 0o777 == 0o640
     twin, segment = ReadStats(), ReadStats()
     expected = events_of(read_chunks([period], twin, full=full))
     got = events_of(segment_chunks(segment_of(period), segment, full=full))

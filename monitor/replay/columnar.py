@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,8 @@ class Counts:
 # --- writing -------------------------------------------------------------------------------------------
 
 def write_segment(ndjson: Path, level: int = COMPRESSION_LEVEL) -> Counts:
-    """Write `ndjson`'s segment (tmp, fsync, rename); the counts it keeps. OSError and InputError pass."""
+    """Write `ndjson`'s segment (tmp, fsync, rename; the twin's permissions); the counts it keeps.
+    OSError and InputError pass."""
     source_bytes = ndjson.stat().st_size
     target = segment_of(ndjson)
     tmp = temporary_of(target)
@@ -121,6 +123,7 @@ def write_segment(ndjson: Path, level: int = COMPRESSION_LEVEL) -> Counts:
             counts = Counts(ndjson.name, source_bytes, first_time(ndjson), stats.lines, stats.connections, stats.other_documents, stats.malformed,
                             tuple((bad.line, bad.message) for bad in stats.bad_lines))
             writer.add_key_value_metadata(counts.metadata())
+        os.chmod(tmp, stat.S_IMODE(ndjson.stat().st_mode))      # readable by whom the twin is
         _fsync(tmp)
         os.replace(tmp, target)
         _fsync(target.parent)
