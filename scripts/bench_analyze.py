@@ -217,8 +217,8 @@ def main() -> int:
         print()
         live = bench_live(200_000)
         print(f"live Detector.observe: {live['observe_per_s']:,.0f} events/s; tick every 0.5 s of event time: "
-              f"{live['tick_ms']:.1f} ms per tick ({live['events_per_tick']:.0f} events per tick, {live['ticks']} ticks)"
-              f" (load average {_load()})")
+              f"{live['tick_ms']:.1f} ms per tick ({live['events_per_tick']:.0f} events per tick, "
+              f"{live['ticks']} ticks) (load average {_load()})")
         return 1 if mismatch else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

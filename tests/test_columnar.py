@@ -149,3 +149,19 @@ def test_a_row_group_failing_its_checksum_hands_the_rest_to_the_twin(period, mon
     result = analyze([period], config=CONFIG)
     assert signature(result) == signature(reference) and counts(result) == counts(reference)
     assert [note for note in result.handovers if "row group 2" in note and "chunk 3" in note]
+
+
+def test_a_parquet_file_of_another_shape_is_not_a_segment(period, tmp_path):
+    counts = write_segment(period)
+    table = pq.read_table(segment_of(period))
+    other = table.set_column(0, "@timestamp", table.column("@timestamp").cast("string"))
+    path = tmp_path / "events-20260101T000000Z-8.parquet"
+    with pq.ParquetWriter(path, other.schema) as writer:
+        writer.write_table(other)
+        writer.add_key_value_metadata(counts.metadata())
+    with pytest.raises(BadSegment, match="column @timestamp is string"):
+        open_segment(path)
+    plain = tmp_path / "events-20260101T000000Z-9.parquet"
+    pq.write_table(table, plain)
+    with pytest.raises(BadSegment, match="not a socat-monitor segment"):
+        open_segment(plain)

@@ -88,9 +88,9 @@ class Counts:
 
     def metadata(self) -> dict[str, str]:
         return {"socat.format": FORMAT, "socat.counts": json.dumps(
-            {"source": self.source, "source_bytes": self.source_bytes, "first_time": self.first_time, "lines": self.lines, "connections": self.connections,
-             "other_documents": self.other_documents, "malformed": self.malformed,
-             "bad_lines": [list(b) for b in self.bad_lines]})}
+            {"source": self.source, "source_bytes": self.source_bytes, "first_time": self.first_time,
+             "lines": self.lines, "connections": self.connections, "other_documents": self.other_documents,
+             "malformed": self.malformed, "bad_lines": [list(b) for b in self.bad_lines]})}
 
     @classmethod
     def of(cls, metadata: dict[bytes, bytes] | None) -> Counts:
@@ -99,8 +99,8 @@ class Counts:
         try:
             raw = json.loads(metadata[b"socat.counts"])
             first = raw["first_time"]
-            return cls(str(raw["source"]), int(raw["source_bytes"]), None if first is None else int(first), int(raw["lines"]), int(raw["connections"]),
-                       int(raw["other_documents"]), int(raw["malformed"]),
+            return cls(str(raw["source"]), int(raw["source_bytes"]), None if first is None else int(first),
+                       int(raw["lines"]), int(raw["connections"]), int(raw["other_documents"]), int(raw["malformed"]),
                        tuple((int(n), str(m)) for n, m in raw["bad_lines"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise BadSegment(f"unreadable socat.counts metadata ({exc})") from None
@@ -120,7 +120,8 @@ def write_segment(ndjson: Path, level: int = COMPRESSION_LEVEL) -> Counts:
                               use_dictionary=_DICTIONARIES, write_page_checksum=True) as writer:
             for chunk in read_chunks([ndjson], stats, full=True):
                 writer.write_table(segment_table(chunk))
-            counts = Counts(ndjson.name, source_bytes, first_time(ndjson), stats.lines, stats.connections, stats.other_documents, stats.malformed,
+            counts = Counts(ndjson.name, source_bytes, first_time(ndjson), stats.lines, stats.connections,
+                            stats.other_documents, stats.malformed,
                             tuple((bad.line, bad.message) for bad in stats.bad_lines))
             writer.add_key_value_metadata(counts.metadata())
         os.chmod(tmp, stat.S_IMODE(ndjson.stat().st_mode))      # readable by whom the twin is
@@ -201,9 +202,12 @@ def open_segment(path: Path) -> tuple[pq.ParquetFile, Counts]:
     except (pa.ArrowException, OSError) as exc:
         raise BadSegment(f"not a readable Parquet file ({_first_line(exc)})") from None
     counts = Counts.of(file.metadata.metadata)
-    missing = [f.name for f in SEGMENT_SCHEMA if file.schema_arrow.get_field_index(f.name) < 0]
-    if missing:
-        raise BadSegment(f"missing column(s) {', '.join(missing)}")
+    schema = file.schema_arrow
+    for expected in SEGMENT_SCHEMA:
+        if schema.get_field_index(expected.name) < 0:
+            raise BadSegment(f"no column {expected.name}")
+        if schema.field(expected.name).type != expected.type:
+            raise BadSegment(f"column {expected.name} is {schema.field(expected.name).type}, not {expected.type}")
     return file, counts
 
 
@@ -235,7 +239,10 @@ def _chunk(table: pa.Table, file: pq.ParquetFile, group: int, source: str, full:
         if name != "event.duration" and column[name].null_count:
             raise BadSegment(f"row group {group}: {name} has nulls")
     action = column["event.action"]
-    codes = np.array([CODE[Action(value)] for value in action.dictionary.to_pylist()], dtype=np.int8)
+    try:
+        codes = np.array([CODE[Action(value)] for value in action.dictionary.to_pylist()], dtype=np.int8)
+    except (KeyError, ValueError) as exc:
+        raise BadSegment(f"row group {group}: event.action {exc} is not a connection's") from None
     direction = column["network.direction"]
     egress = np.array([value == Direction.EGRESS.value for value in direction.dictionary.to_pylist()], dtype=bool)
     src, dst = column["source.ip"], column["destination.ip"]
