@@ -289,7 +289,10 @@ def main(argv: list[str]) -> int:
     source = Path(argv[0])
     try:
         counts = write_segment(source, int(argv[1]) if len(argv) > 1 else COMPRESSION_LEVEL)
-    except (OSError, InputError, pa.ArrowException) as exc:
+    except InputError as exc:
+        print(f"{source}: cannot write its segment: {exc.message}", file=sys.stderr)
+        return 2
+    except (OSError, pa.ArrowException) as exc:
         print(f"{source}: cannot write its segment: {_first_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps({"connections": counts.connections, "malformed": counts.malformed}), flush=True)

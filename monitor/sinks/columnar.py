@@ -155,6 +155,8 @@ class ColumnarSink:
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT,
                                                                                os.environ.get("PYTHONPATH")]))))
+            if self._stop.is_set():             # close() came after its check of the child
+                self._child.terminate()
             out, err = self._child.communicate(timeout=self.config.convert_timeout_s)
         except subprocess.TimeoutExpired:
             self._child.kill()
