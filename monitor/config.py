@@ -25,7 +25,7 @@ from .detect import DetectConfig
 from .enforce import EnforceConfig
 from .metrics import DEFAULT_LISTEN, check_listen
 from .settings import FORMATS, build_section, restart_only, section_schema, setting, spec_of
-from .sinks import AlertFeedConfig, ElasticsearchConfig, NdjsonConfig, WebhookConfig
+from .sinks import AlertFeedConfig, ColumnarConfig, ElasticsearchConfig, NdjsonConfig, WebhookConfig
 from .yamlfile import FlagLocator, InputErrors, load_yaml, validate
 from .policy.engine import EngineConfig
 
@@ -56,6 +56,7 @@ class Config:
     decide: DecideConfig = field(default_factory=DecideConfig)
     enforce: EnforceConfig = field(default_factory=EnforceConfig)
     ndjson: NdjsonConfig = field(default_factory=lambda: NdjsonConfig(directory=AgentConfig.output))
+    columnar: ColumnarConfig = field(default_factory=ColumnarConfig)
     elasticsearch: ElasticsearchConfig | None = None
     alert_feed: AlertFeedConfig | None = None
     webhook: WebhookConfig | None = None
@@ -69,6 +70,7 @@ SECTIONS: dict[str, type] = {
     "decide": DecideConfig,
     "enforce": EnforceConfig,
     "ndjson": NdjsonConfig,
+    "columnar": ColumnarConfig,
     "elasticsearch": ElasticsearchConfig,
     "alert_feed": AlertFeedConfig,
     "webhook": WebhookConfig,

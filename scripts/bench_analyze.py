@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
-"""Benchmark of offline `analyze` and of the live detector.
+"""Benchmark of offline `analyze`, NDJSON and columnar side by side, and of the live detector.
 
-Generates NDJSON files in the agent's own ECS format (1M and 2M connection
+Generates an NDJSON file in the agent's own ECS format (`--events` connection
 events: real `ConnectionEvent`s, accepts and closes, rendered by
-`monitor.ecs.render`; plus a 2M-event file with only the minimal fields another
-tool would write), then, each in a fresh process, times `monitor.replay.analyze.analyze` and
-records its peak RSS, next to its reader alone (the DuckDB scan: the ceiling)
-and pyarrow's JSON reader alone (the reader it replaced, and the one that
-still reads a file from its first bad line on). Then times the live
-`Detector.observe` / `tick` path.
+`monitor.ecs.render`) and its Parquet segment (`monitor.replay.columnar`, as
+the agent's columnar sink writes it), then, each in a fresh process and
+alternating, times `monitor.replay.analyze.analyze` on the NDJSON file and on
+the segment, with the peak RSS of each, and the segment's reader alone.
+It checks that both give the same alerts (rule, time, source, listener,
+decision, event ids) and exits 1 if they do not. Then times the live
+`Detector.observe` / `tick` path. The load average is printed beside every
+figure: the machine may be shared.
 
-    .venv/bin/python scripts/bench_analyze.py [--events 2000000] [--dir /tmp]
+    .venv/bin/python scripts/bench_analyze.py [--events 2000000] [--repeat 3] [--dir /tmp]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import resource
@@ -27,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, os.environ.get("BENCH_TREE", str(ROOT)))      # --against: another tree's monitor package
+sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
@@ -36,11 +40,11 @@ T0 = 1_767_225_600 * 10**9
 LISTENERS = (8080, 8443, 5432)
 
 
-def generate(path: Path, n: int, minimal: bool = False, seed: int = 1) -> int:
+def generate(path: Path, n: int, seed: int = 1) -> int:
     """n connection events (accepts and closes) from 5000 sources over ~6 hours on 3 listeners, with a
-    few floods, each a real `ConnectionEvent` rendered by `monitor.ecs.render` as the agent writes it
-    (or, `minimal`, only the fields another tool would have); bytes written."""
-    from monitor.ecs import HostInfo, iso_timestamp, render
+    few floods, each a real `ConnectionEvent` rendered by `monitor.ecs.render` as the agent writes it;
+    bytes written."""
+    from monitor.ecs import HostInfo, render
     from monitor.events import Action, ConnectionEvent, Listener, ProcessInfo
 
     rng = np.random.default_rng(seed)
@@ -74,12 +78,7 @@ def generate(path: Path, n: int, minimal: bool = False, seed: int = 1) -> int:
                     Action.CLOSED if kind[i] else Action.ACCEPTED, int(t[i]), ips[source[c]], int(ports[c]),
                     "127.0.0.1", lst, listener=Listener("127.0.0.1", lst), session_id=f"s{c}", process=proc,
                     duration_ns=int(duration[c]) if kind[i] else None, ktime_ns=int(t[i]) - T0, id=f"e{i}")
-                if minimal:
-                    doc = {"@timestamp": iso_timestamp(ev.timestamp_ns), "event": {"action": ev.action.value},
-                           "source": {"ip": ev.source_ip, "port": ev.source_port},
-                           "destination": {"ip": ev.destination_ip, "port": ev.destination_port}}
-                else:
-                    doc = render(ev, host)
+                doc = render(ev, host)
                 out.append(orjson.dumps(doc))
             block = b"\n".join(out) + b"\n"
             written += len(block)
@@ -95,54 +94,38 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_analyze(path: str) -> None:
-    """Run in a fresh process: analyze one file, print figures as JSON."""
+def child_analyze(path: str, columnar: bool) -> None:
+    """Run in a fresh process: analyze one file, print figures and the alerts' digest as JSON."""
     from monitor.replay.analyze import analyze
     from monitor.detect import DetectConfig
 
     began = time.perf_counter()
-    result = analyze([path], config=DetectConfig())
+    result = analyze([path], config=DetectConfig(), columnar=columnar)
     seconds = time.perf_counter() - began
     peak_mb = _peak_rss_mb()
+    alerts = [dataclasses.replace(alert, id="") for alert in result.alerts]     # an alert's own id is random
+    digest = hashlib.sha256(repr(alerts).encode()).hexdigest()
     print(json.dumps({"events": result.connection_events, "seconds": seconds, "alerts": len(result.alerts),
-                      "malformed": result.malformed, "peak_rss_mb": peak_mb}))
+                      "digest": digest, "files": result.files, "malformed": result.malformed,
+                      "peak_rss_mb": peak_mb}))
 
 
-def child_arrow(path: str) -> None:
-    """Run in a fresh process: the same blocks through pyarrow's JSON reader alone (the reader's ceiling)."""
-    import pyarrow as pa
-    import pyarrow.json as pj
-
-    from monitor.replay.fields import SCHEMA
-    from monitor.replay.reader import BLOCK_BYTES, PARSE_BLOCK, _blocks
+def child_read(path: str) -> None:
+    """Run in a fresh process: the segment's reader alone (the ceiling of the columnar path)."""
+    from monitor.replay.columnar import segment_chunks
+    from monitor.replay.reader import ReadStats
 
     began = time.perf_counter()
-    rows = 0
-    with open(path, "rb") as fh:
-        for _first, _count, block in _blocks(fh, BLOCK_BYTES):
-            rows += pj.read_json(pa.BufferReader(pa.py_buffer(block)),
-                                 read_options=pj.ReadOptions(block_size=PARSE_BLOCK, use_threads=True),
-                                 parse_options=pj.ParseOptions(explicit_schema=SCHEMA,
-                                                               unexpected_field_behavior="ignore")).num_rows
-    print(json.dumps({"events": rows, "seconds": time.perf_counter() - began}))
+    rows = sum(len(chunk) for chunk in segment_chunks(Path(path), ReadStats()))
+    print(json.dumps({"events": rows, "seconds": time.perf_counter() - began, "peak_rss_mb": _peak_rss_mb()}))
 
 
-def child_scan(path: str) -> None:
-    """Run in a fresh process: the DuckDB scan alone, as `analyze` reads (its ceiling)."""
-    from monitor.replay.fields import SCHEMA
-    from monitor.replay.scan import FileScan
-
-    began = time.perf_counter()
-    rows = sum(table.num_rows for table in FileScan(Path(path), SCHEMA, compressed=False).tables())
-    print(json.dumps({"events": rows, "seconds": time.perf_counter() - began}))
-
-
-def run_child(kind: str, path: Path, tree: Path = ROOT) -> dict:
-    """A measurement in a fresh process, with the `monitor` package of `tree` (this checkout by default)."""
-    env = dict(os.environ, BENCH_TREE=str(tree))
+def run_child(kind: str, path: Path) -> dict:
+    """A measurement in a fresh process, with the 1-minute load average when it started."""
+    load = os.getloadavg()[0]
     out = subprocess.run([sys.executable, __file__, f"--child-{kind}", str(path)], capture_output=True, text=True,
-                         check=True, timeout=1800, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+                         check=True, timeout=1800)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]), load=load)
 
 
 def bench_live(n: int) -> dict:
@@ -174,68 +157,91 @@ def bench_live(n: int) -> dict:
             "events_per_tick": n / max(ticks, 1)}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--dir", default=None, help="where to write the generated files (removed afterwards)")
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="runs of each measurement, alternating; the best is printed (the machine may be shared)")
-    parser.add_argument("--against", type=Path, default=None,
-                        help="a source tree with another version's monitor package (e.g. from "
-                             "`git archive <rev> monitor | tar -x -C DIR`), timed side by side with this one")
-    parser.add_argument("--child-analyze")
-    parser.add_argument("--child-arrow")
-    parser.add_argument("--child-scan")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each measurement, alternating; each is printed, then the range")
+    parser.add_argument("--child-ndjson")
+    parser.add_argument("--child-columnar")
+    parser.add_argument("--child-read")
     args = parser.parse_args()
-    if args.child_analyze:
-        return child_analyze(args.child_analyze)
-    if args.child_arrow:
-        return child_arrow(args.child_arrow)
-    if args.child_scan:
-        return child_scan(args.child_scan)
+    if args.child_ndjson:
+        return child_analyze(args.child_ndjson, columnar=False)
+    if args.child_columnar:
+        return child_analyze(args.child_columnar, columnar=True)
+    if args.child_read:
+        return child_read(args.child_read)
+    from monitor.replay.columnar import write_segment
+    from monitor.replay.periods import segment_of
+
     work = Path(tempfile.mkdtemp(prefix="bench-analyze-", dir=args.dir))
     try:
-        print(f"bench_analyze: {os.cpu_count()} CPUs, files in {work}")
-        sizes = sorted({args.events // 2, args.events})
-        files = {}
-        for n in sizes:
-            path = work / f"agent-{n}.ndjson"
-            began = time.perf_counter()
-            size = generate(path, n)
-            files[n] = path
-            print(f"generated {n:>9,} agent-format events: {size / 1e6:7.0f} MB "
-                  f"({size / n:.0f} B/event) in {time.perf_counter() - began:.0f}s")
-        minimal = work / f"minimal-{args.events}.ndjson"
-        size = generate(minimal, args.events, minimal=True)
-        print(f"generated {args.events:>9,} minimal events:      {size / 1e6:7.0f} MB ({size / args.events:.0f} B/event)")
+        print(f"bench_analyze: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
+              f"load average {_load()}, files in {work}")
+        ndjson = work / "events-20260101T000000Z-1.ndjson"
+        began = time.perf_counter()
+        size = generate(ndjson, args.events)
+        print(f"generated {args.events:,} agent-format events: {size / 1e6:,.0f} MB ({size / args.events:.0f} B/event) "
+              f"in {time.perf_counter() - began:.0f}s")
+        began = time.perf_counter()
+        write_segment(ndjson)
+        segment = segment_of(ndjson)
+        print(f"segment: {segment.stat().st_size / 1e6:,.1f} MB ({segment.stat().st_size / args.events:.1f} B/event), "
+              f"written in {time.perf_counter() - began:.1f}s (load average {_load()})")
         print()
-        print(f"best of {max(1, args.repeat)} alternating runs each; load average now "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(f"{'file':22}{'events':>11}{'analyze ev/s':>14}{'scan-only ev/s':>16}{'ratio':>7}"
-              f"{'pyarrow-only ev/s':>19}{'x pyarrow':>10}{'MB/s':>7}{'peak RSS MB':>13}{'alerts':>8}"
-              + (f"{'--against ev/s':>16}" if args.against else ""))
-        for label, path in [(f"agent {n:,}", files[n]) for n in sizes] + [(f"minimal {args.events:,}", minimal)]:
-            runs: dict[str, list[dict]] = {"scan": [], "arrow": [], "analyze": [], "against": []}
-            for _ in range(max(1, args.repeat)):
-                for kind in ("scan", "arrow", "analyze"):
-                    runs[kind].append(run_child(kind, path))
-                if args.against:
-                    runs["against"].append(run_child("analyze", path, args.against))
-            rate = {kind: max(r["events"] / r["seconds"] for r in found) for kind, found in runs.items() if found}
-            result = min(runs["analyze"], key=lambda r: r["seconds"])
-            peak = max(r["peak_rss_mb"] for r in runs["analyze"])
-            mbps = path.stat().st_size / 1e6 / result["seconds"]
-            against = f"{rate['against']:>16,.0f}" if args.against else ""
-            print(f"{label:22}{result['events']:>11,}{rate['analyze']:>14,.0f}{rate['scan']:>16,.0f}"
-                  f"{rate['analyze'] / rate['scan']:>7.2f}{rate['arrow']:>19,.0f}{rate['analyze'] / rate['arrow']:>10.2f}"
-                  f"{mbps:>7.0f}{peak:>13.0f}{result['alerts']:>8}" + against)
+        print(f"{'run':>4}{'NDJSON ev/s':>14}{'peak MB':>9}{'columnar ev/s':>15}{'peak MB':>9}"
+              f"{'x':>6}{'segment read ev/s':>19}{'alerts':>8}{'load':>6}")
+        runs: list[dict[str, dict]] = []
+        for number in range(1, max(1, args.repeat) + 1):
+            run = {kind: run_child(kind, segment if kind != "ndjson" else ndjson)
+                   for kind in ("ndjson", "columnar", "read")}
+            runs.append(run)
+            rate = {kind: r["events"] / r["seconds"] for kind, r in run.items()}
+            print(f"{number:>4}{rate['ndjson']:>14,.0f}{run['ndjson']['peak_rss_mb']:>9.0f}"
+                  f"{rate['columnar']:>15,.0f}{run['columnar']['peak_rss_mb']:>9.0f}"
+                  f"{rate['columnar'] / rate['ndjson']:>6.1f}{rate['read']:>19,.0f}{run['columnar']['alerts']:>8}"
+                  f"{max(r['load'] for r in run.values()):>6.1f}")
+        print()
+        for kind, label in (("ndjson", "NDJSON analyze"), ("columnar", "columnar analyze"), ("read", "segment read")):
+            rates = [r[kind]["events"] / r[kind]["seconds"] for r in runs]
+            peaks = [r[kind]["peak_rss_mb"] for r in runs]
+            print(f"{label:18} {min(rates):>12,.0f} - {max(rates):>10,.0f} events/s, peak RSS "
+                  f"{min(peaks):.0f}-{max(peaks):.0f} MB")
+        loads = [r[kind]["load"] for r in runs for kind in r]
+        print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")
+        mismatch = _mismatch(runs, args.events)
+        print(f"alerts identical NDJSON / columnar: {'no: ' + mismatch if mismatch else 'yes'} "
+              f"({runs[0]['ndjson']['alerts']} alerts, {runs[0]['ndjson']['events']:,} events each)")
         print()
         live = bench_live(200_000)
         print(f"live Detector.observe: {live['observe_per_s']:,.0f} events/s; tick every 0.5 s of event time: "
-              f"{live['tick_ms']:.1f} ms per tick ({live['events_per_tick']:.0f} events per tick, {live['ticks']} ticks)")
+              f"{live['tick_ms']:.1f} ms per tick ({live['events_per_tick']:.0f} events per tick, "
+              f"{live['ticks']} ticks) (load average {_load()})")
+        return 1 if mismatch else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _load() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def _mismatch(runs: list[dict[str, dict]], events: int) -> str:
+    """What differs between the NDJSON and the columnar runs (empty when nothing does)."""
+    first = runs[0]["ndjson"]
+    for run in runs:
+        for kind in ("ndjson", "columnar"):
+            if run[kind]["events"] != events:
+                return f"{kind} read {run[kind]['events']:,} events of {events:,}"
+            if (run[kind]["digest"], run[kind]["alerts"]) != (first["digest"], first["alerts"]):
+                return f"{kind} raised {run[kind]['alerts']} alerts (digest {run[kind]['digest'][:12]}), " \
+                       f"NDJSON {first['alerts']} (digest {first['digest'][:12]})"
+        if not run["columnar"]["files"][0].endswith(".parquet"):
+            return f"the columnar run read {run['columnar']['files']}"
+    return ""
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

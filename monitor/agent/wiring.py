@@ -14,7 +14,7 @@ from ..enforce import EgressRule
 from ..enforce.netns import netns_inode
 from ..policy import Policy, PolicyEngine, load_policy
 from .scopes import Enforcers, enforced_namespaces
-from ..sinks import AlertFeed, ElasticsearchSink, ErrorCallback, Fanout, NdjsonSink, WebhookSink
+from ..sinks import AlertFeed, ColumnarSink, ElasticsearchSink, ErrorCallback, Fanout, NdjsonSink, WebhookSink
 
 
 def read_policy(path: str | None) -> Policy | None:
@@ -82,6 +82,8 @@ def guards(policy: Policy | None, listener: Listener, relay: ProcessInfo, home: 
 
 def make_sinks(config: Config, host: HostInfo, on_error: ErrorCallback) -> Fanout:
     sinks = [NdjsonSink(config.ndjson, host, on_error=on_error)]
+    if config.columnar.enabled:
+        sinks.append(ColumnarSink(config.columnar, config.ndjson.directory, on_error=on_error))
     if config.elasticsearch is not None and config.elasticsearch.urls:
         sinks.append(ElasticsearchSink(config.elasticsearch, host, on_error=on_error))
     if config.alert_feed is not None:
@@ -93,4 +95,4 @@ def make_sinks(config: Config, host: HostInfo, on_error: ErrorCallback) -> Fanou
 
 def sink_settings(config: Config) -> tuple:
     """What the sinks are built from: a change in any of it rebuilds them."""
-    return config.ndjson, config.elasticsearch, config.alert_feed, config.webhook
+    return config.ndjson, config.columnar, config.elasticsearch, config.alert_feed, config.webhook

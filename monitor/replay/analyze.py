@@ -27,7 +27,8 @@ from ..enforce.enforcer import EnforceConfig
 from ..errors import EXIT_FINDINGS, EXIT_OK
 from ..events import Action, Alert
 from .fields import CODE
-from .reader import EventChunk, Malformed, ReadStats, order_by_time, prefetch, read_chunks
+from .reader import EventChunk, Malformed, ReadStats, prefetch
+from .sources import plan, read_sources
 
 
 @dataclass
@@ -143,14 +144,16 @@ def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
 
 def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectConfig,
             baseline: Baseline | None = None, top_sources: int = 20, engine_config: Any = None,
-            decider: Decider | None = None) -> AnalysisResult:
+            decider: Decider | None = None, columnar: bool = True) -> AnalysisResult:
     """Replay event files through policy (if given, with the policy engine's `engine_config`), the
     anomaly detectors and the decision stage (`decider`, default: the default `decide` and
-    `enforce.default_ttl` settings)."""
+    `enforce.default_ttl` settings). A period with a Parquet segment is read from it unless
+    `columnar` is False (`monitor.replay.sources`)."""
     if decider is None:
         decider = Decider(DecideConfig(), default_ttl_s=EnforceConfig.default_ttl_s, block_rules=config.block_rules)
     began = time.perf_counter()
-    files = [str(p) for p in order_by_time(paths)]      # read_chunks names a missing one
+    sources = plan(paths, columnar)                     # names a missing file
+    files = [str(source.path) for source in sources]
     base = baseline if baseline is not None else Baseline.for_config(config)
     base.check_config(config, "baseline")
     ips = IpTable(config)
@@ -160,7 +163,7 @@ def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectCo
     tally = _Tally()
     short_ns = int(round(config.scan_short_s * 1e9))
     alerts: list[Alert] = []
-    for chunk in prefetch(read_chunks(files, stats, full=checker is not None)):
+    for chunk in prefetch(read_sources(sources, stats, full=checker is not None)):
         raised: list[Alert] = []
         if checker is not None:
             for i in np.argsort(chunk.t, kind="stable"):

@@ -64,7 +64,8 @@ class ReadStats:
     scanned: int = 0              # documents the DuckDB scan delivered
     slow_blocks: int = 0          # blocks read line by line
     bad_lines: list[Malformed] = field(default_factory=list)   # the first `keep` of them
-    handovers: list[str] = field(default_factory=list)         # files the scan left, part or whole, and why
+    handovers: list[str] = field(default_factory=list)         # files the scan left, part or whole, and why;
+                                                               # segments not used, and why (replay.sources)
     keep: int = 1000
 
     def bad(self, path: str, line: int, message: str) -> None:
@@ -73,7 +74,8 @@ class ReadStats:
             self.bad_lines.append(Malformed(path, line, message))
 
     def hand_over(self, path: str, line: int, reason: str) -> None:
-        self.handovers.append(f"{path}: read by the line-checking reader from line {line:,} ({reason})")
+        self.handovers.append(f"{path}: read by the line-checking reader from line {line:,} ({reason}; "
+                              "slower, names every bad line)")
 
 
 @dataclass
@@ -96,6 +98,7 @@ class EventChunk:
     source: str = ""              # file the chunk came from
     extra: dict[str, pa.Array] | None = None       # full reads: listener ip/name, session id, process
     events: list[ConnectionEvent] | None = None    # the line-by-line path keeps the parsed events
+    id_column: pa.Array | None = None              # event.id of each row, where the reader has it as a column
 
     def __len__(self) -> int:
         return len(self.t)
@@ -257,18 +260,8 @@ def _skip_documents(fh: BinaryIO, documents: int) -> int:
     return line + 1
 
 
-def order_by_time(paths: Iterable[str | Path]) -> list[Path]:
-    """Files sorted by the time of their first document (rotated files in any order on the
-    command line replay oldest first); files without a readable first time keep their place last."""
-    keyed = []
-    for index, raw in enumerate(paths):
-        path = Path(raw)
-        keyed.append((_first_time(path), index, path))
-    keyed.sort(key=lambda k: (k[0] is None, k[0] or 0, k[1]))
-    return [path for _t, _i, path in keyed]
-
-
-def _first_time(path: Path) -> int | None:
+def first_time(path: Path) -> int | None:
+    """The time of a file's first readable document (rotated files replay oldest first); None without one."""
     try:
         with _open(path) as fh:
             head = fh.read(1 << 20)
@@ -395,7 +388,7 @@ def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, canon
         src=src_enc.indices.to_numpy(), src_values=src_values, src_port=src_port.to_numpy().astype(np.int64),
         dst=dst_enc.indices.to_numpy(), dst_values=dst_values, dst_port=dst_port.to_numpy().astype(np.int64),
         listener=lport, refused=refused, duration=duration,
-        event_id=lambda i: ids[i].as_py(), source=path, extra=cols.extra() if full else None,
+        event_id=lambda i: ids[i].as_py(), source=path, extra=cols.extra() if full else None, id_column=ids,
     )
 
 

@@ -1,0 +1,207 @@
+"""The columnar sink: a Parquet segment of each NDJSON events file once it is closed.
+
+When the NDJSON sink rotates `events-<start>-<n>.ndjson`, this sink writes
+`events-<start>-<n>.parquet` beside it (`monitor.replay.columnar`: the
+connection events, zstd, flat ECS-named columns) for `analyze` and for
+analysts' DuckDB or pandas queries. It converts closed files rather than
+writing a second copy of each event as it comes:
+
+- the NDJSON file stays the one source of truth, so a crash or kill loses
+  nothing NDJSON keeps: a segment is written to `.NAME.tmp`, fsync'd and
+  renamed, so it is whole or absent; a leftover `.tmp` is deleted and every
+  closed file without a segment is converted at the next start;
+- the agent's per-event path does no extra work, and the conversion runs in a
+  short-lived child process at nice 10 (`python -m monitor.replay.columnar`),
+  so its DuckDB scan never adds to the agent's memory;
+- a segment holds exactly what `analyze` reads from its twin, so alerts from
+  either are the same.
+
+The files of the directory are looked at every `CHECK_EVERY_S` (and at
+`flush()`): every `events-*.ndjson` but the current one (the target of the
+`events.ndjson` symlink) without a segment at least as new gets one. A file
+that cannot be converted is reported once, in one line naming it, and
+tried again only when it changes; the other files go on. Retention is the
+NDJSON sink's: a segment goes when its twin is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..events import Record
+from ..replay.periods import is_ndjson, segment_of, twin_of
+from ..settings import setting
+from .base import ErrorCallback, ErrorReporter, SinkStats
+
+CHECK_EVERY_S = 2.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+@dataclass(slots=True)
+class ColumnarConfig:
+    enabled: bool = True
+    compression_level: int = setting(3, minimum=1, maximum=22)          # zstd level of the segments
+    convert_timeout_s: float = setting(600.0, above=0)                  # a conversion running longer is stopped
+
+
+@dataclass(slots=True)
+class Converted:
+    """What the sink made and removed since start."""
+
+    segments: int = 0
+    failed: int = 0         # conversions that failed (their events stay in the NDJSON file)
+    retired: int = 0
+
+
+class ColumnarSink:
+    """Parquet segments of the closed NDJSON events files of `directory`."""
+
+    def __init__(self, config: ColumnarConfig, directory: Path, on_error: ErrorCallback | None = None):
+        self.config = config
+        self.directory = Path(directory)
+        self.converted = Converted()
+        self._errors = ErrorReporter("sinks.columnar", on_error)
+        self._stats = SinkStats()
+        self._lock = threading.Lock()
+        self._failed: dict[str, tuple[int, int]] = {}     # file name -> (size, mtime_ns) it failed at
+        self._child: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sink-columnar", daemon=True)
+        self._thread.start()
+
+    def write(self, record: Record) -> None:
+        """Nothing: segments are made from the NDJSON files once closed."""
+
+    def flush(self) -> None:
+        """Look for closed files now (the conversion itself runs in the sink's thread)."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop the thread; a conversion under way is stopped (its file is converted at the next start)."""
+        self._stop.set()
+        self._wake.set()
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+        self._thread.join(timeout=10)
+        self._errors.emit_due(force=True)
+
+    @property
+    def stats(self) -> SinkStats:
+        with self._lock:
+            return SinkStats(**self._stats.as_dict())
+
+    def _run(self) -> None:
+        self.remove_leftovers()
+        while not self._stop.is_set():
+            self.convert_closed()
+            self.prune()
+            self._errors.emit_due()
+            self._wake.wait(CHECK_EVERY_S)
+            self._wake.clear()
+
+    def remove_leftovers(self) -> None:
+        """Delete the `.tmp` segments a crash or kill left half-written."""
+        for tmp in self.directory.glob(".events-*.parquet.tmp"):
+            try:
+                tmp.unlink()
+            except OSError as exc:
+                self._errors.add(f"cannot delete {tmp}: {exc.strerror or exc}")
+
+    def pending(self) -> list[Path]:
+        """Closed events files without an up-to-date segment, oldest name first."""
+        current = self._current()
+        found = []
+        for path in sorted(self.directory.glob("events-*")):
+            if not is_ndjson(path) or path.name == current:
+                continue
+            try:
+                info = path.stat()
+                segment = segment_of(path).stat().st_mtime_ns if segment_of(path).exists() else None
+            except OSError:
+                continue
+            if segment is not None and segment >= info.st_mtime_ns:
+                continue
+            if self._failed.get(path.name) == (info.st_size, info.st_mtime_ns):
+                continue
+            found.append(path)
+        return found
+
+    def _current(self) -> str | None:
+        try:
+            return os.readlink(self.directory / "events.ndjson")
+        except OSError:
+            return None
+
+    def convert_closed(self) -> None:
+        for path in self.pending():
+            if self._stop.is_set():
+                return
+            self.convert(path)
+
+    def convert(self, path: Path) -> bool:
+        """Write `path`'s segment in a child process; a failure is reported in one line naming the file."""
+        try:
+            info = path.stat()
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "monitor.replay.columnar", str(path), str(self.config.compression_level)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT,
+                                                                               os.environ.get("PYTHONPATH")]))))
+            if self._stop.is_set():             # close() came after its check of the child
+                self._child.terminate()
+            out, err = self._child.communicate(timeout=self.config.convert_timeout_s)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.communicate()
+            return self._failure(path, info, f"{path}: conversion stopped after {self.config.convert_timeout_s:g}s")
+        except OSError as exc:
+            return self._failure(path, None, f"{path}: cannot convert: {exc.strerror or exc}")
+        connections = _connections(out)        # printed once the segment is in place
+        if connections is None:
+            if self._stop.is_set():
+                return False
+            lines = err.strip().splitlines()
+            return self._failure(path, info, lines[-1] if lines else f"{path}: conversion exited "
+                                 f"{self._child.returncode}")
+        self._failed.pop(path.name, None)
+        with self._lock:
+            self._stats.written += connections
+        self.converted.segments += 1
+        return True
+
+    def _failure(self, path: Path, info: os.stat_result | None, message: str) -> bool:
+        if info is not None:
+            self._failed[path.name] = (info.st_size, info.st_mtime_ns)
+        self.converted.failed += 1
+        self._errors.add(message)
+        return False
+
+    def prune(self) -> None:
+        """Delete the segments whose NDJSON twin retention (or anyone) deleted."""
+        for segment in self.directory.glob("events-*.parquet"):
+            if twin_of(segment) is not None:
+                continue
+            try:
+                segment.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self._errors.add(f"retention cannot delete {segment}: {exc.strerror or exc}")
+                continue
+            self.converted.retired += 1
+
+
+def _connections(out: str) -> int | None:
+    """The connection count the child printed (its last line: {"connections": N, ...}); None if it did not."""
+    try:
+        return int(json.loads(out.strip().splitlines()[-1])["connections"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
