@@ -2,8 +2,9 @@
 
 bcc compiles with the clang and LLVM libraries linked into libbcc: importing
 it maps about 60 MiB and a compile leaves about 60 MiB more in the process
-for good. So the agent starts a Python child once (`child_main`): the child compiles and loads the programs, attaches them, hands every
-BPF fd it holds (maps, programs, tracepoint perf events, links) back over a
+for good. So the agent starts a Python child once (`child_main`): the
+child compiles and loads the programs, attaches them, hands every BPF fd it
+holds (maps, programs, tracepoint perf events, links) back over a
 Unix socket and exits without detaching. The kernel objects live as long as
 the agent holds those fds (`LoadedObject`), and the agent never maps bcc.
 """
@@ -24,7 +25,8 @@ from .maps import KernelMap
 
 LOAD_TIMEOUT_S = 120.0
 MAX_FDS = 250                     # one message carries at most SCM_MAX_FD (253)
-MAP, ATTACHMENT, PROGRAM = "anon_inode:bpf-map", ("anon_inode:[perf_event]", "anon_inode:bpf_link"), "anon_inode:bpf-prog"
+MAP, PROGRAM = "anon_inode:bpf-map", "anon_inode:bpf-prog"
+ATTACHMENT = ("anon_inode:[perf_event]", "anon_inode:bpf_link")
 CHILD = "import sys; from monitor.capture.loader import child_main; child_main(sys.argv[1:])"
 RECOMPILE_FIX = "run `socat-monitor doctor` to see which kernel feature or mount is missing"
 
