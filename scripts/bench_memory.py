@@ -19,6 +19,7 @@ Four parts, each measured in fresh processes, on loopback only:
    tracing itself costs memory), by top-level package.
 
 Run as root: sudo .venv/bin/python scripts/bench_memory.py [--runs 3] [--format json]
+`--tree DIR` measures another checkout's `monitor` package (the tree before a change) with this venv.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-SOCAT_MONITOR = str(Path(PYTHON).parent / "socat-monitor")
+TREE = ROOT          # whose `monitor` package is measured (--tree)
+CLI = "from monitor.cli import main; main()"
 HEAVY = ("numpy", "pyarrow", "pandas", "duckdb", "elasticsearch", "pyroute2", "nftables", "prometheus_client",
          "orjson", "yaml", "jsonschema", "bcc")
 MIB = 1024 * 1024
@@ -91,35 +93,47 @@ print(json.dumps({"steps": steps, "child_peak_rss": peak}))
 
 HEAP = """
 import json, sys, threading, time, tracemalloc
-tracemalloc.start()
+tracemalloc.start(25)
+import monitor.agent, monitor.cli
+after_imports = tracemalloc.get_traced_memory()[0]
 out, at = sys.argv[1], float(sys.argv[2])
+
+def owner(traceback):
+    for frame in reversed(traceback):   # the most recent frame in the agent or a library
+        parts = frame.filename.split("/")
+        if "monitor" in parts:
+            return "monitor"
+        for marker in ("site-packages", "dist-packages"):
+            if marker in parts and parts.index(marker) + 1 < len(parts):
+                return parts[parts.index(marker) + 1].removesuffix(".py")
+    return "python (stdlib)"
 
 def snapshot():
     time.sleep(at)
-    snap = tracemalloc.take_snapshot()
     by_package = {}
-    for stat in snap.statistics("filename"):
-        name = stat.traceback[0].filename
-        key = "monitor" if "/monitor/" in name else next(
-            (part for part in name.split("/") if part in HEAVY), "python (stdlib, other)")
+    for stat in tracemalloc.take_snapshot().statistics("traceback"):
+        key = owner(stat.traceback)
         by_package[key] = by_package.get(key, 0) + stat.size
     current, peak = tracemalloc.get_traced_memory()
     with open(out, "w") as f:
-        json.dump({"current": current, "peak": peak, "by_package": by_package}, f)
+        json.dump({"after_imports": after_imports, "current": current, "peak": peak, "by_package": by_package}, f)
 
 threading.Thread(target=snapshot, daemon=True).start()
-from monitor.cli import main
 sys.argv = ["socat-monitor"] + sys.argv[3:]
-main()
+monitor.cli.main()
 """
 
 
 def python(code: str, *args: str, timeout: float = 300) -> dict:
-    done = subprocess.run([PYTHON, "-c", f"HEAVY = {HEAVY!r}\n{code}", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run([PYTHON, "-c", f"HEAVY = {HEAVY!r}\n{code}", *args], cwd=TREE, env=tree_env(),
+                          capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise SystemExit(f"bench_memory: measuring step failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def tree_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(TREE)}
 
 
 def rollup(pid: int) -> dict:
@@ -233,8 +247,8 @@ def measure_agent(lab: Lab, connections: int, seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp_name:
         tmp = Path(tmp_name)
         started = time.monotonic()
-        agent = subprocess.Popen([SOCAT_MONITOR, *agent_args(tmp, lab, seconds)], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
+        agent = subprocess.Popen([PYTHON, "-c", CLI, *agent_args(tmp, lab, seconds)], cwd=TREE, env=tree_env(),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             wait_for(lambda: (tmp / "control.sock").exists() or agent.poll() is not None, 120, "the agent's start")
             if agent.poll() is not None:
@@ -257,7 +271,7 @@ def measure_heap(lab: Lab, connections: int, seconds: float) -> dict:
         tmp = Path(tmp_name)
         out = tmp / "heap.json"
         agent = subprocess.Popen([PYTHON, "-c", f"HEAVY = {HEAVY!r}\n{HEAP}", str(out), str(seconds - 2),
-                                  *agent_args(tmp, lab, seconds)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  *agent_args(tmp, lab, seconds)], cwd=TREE, env=tree_env(), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda: (tmp / "control.sock").exists() or agent.poll() is not None, 120, "the agent's start")
@@ -280,7 +294,7 @@ def print_memory(label: str, m: dict, base: dict | None = None) -> None:
 
 
 def report(result: dict) -> None:
-    print(f"bench_memory {result['date']}  load average {result['load']}  (MiB)")
+    print(f"bench_memory {result['date']}  load average {result['load']}  tree {result['tree']}  (MiB)")
     print("1. imports, each in a fresh interpreter:")
     base = result["imports"][0]["memory"]
     for row in result["imports"]:
@@ -291,7 +305,7 @@ def report(result: dict) -> None:
     steps = list(result["in_process"].items())
     for (label, m), (_, prev) in zip(steps, [steps[0]] + steps[:-1]):
         print_memory("  " + label, m, None if label == steps[0][0] else prev)
-    print("  in a loader child (the agent's way):")
+    print("  by the agent's KernelProbe (in a loader child):")
     child = result["in_child"]
     steps = list(child["steps"].items())
     for (label, m), (_, prev) in zip(steps, [steps[0]] + steps[:-1]):
@@ -309,7 +323,8 @@ def report(result: dict) -> None:
     rss = [run["at_end"]["rss"] for run in result["agent"]]
     print(f"  RSS at the end over {len(rss)} runs: {min(rss) / MIB:.1f}-{max(rss) / MIB:.1f} MiB")
     heap = result["heap"]
-    print(f"4. Python heap of the running agent (tracemalloc): {mib(heap['current'])} now, {mib(heap['peak'])} peak")
+    print(f"4. Python heap of the running agent (tracemalloc): {mib(heap['after_imports'])} after its imports, "
+          f"{mib(heap['current'])} running, {mib(heap['peak'])} peak; by who allocated it:")
     for name, size in sorted(heap["by_package"].items(), key=lambda kv: -kv[1])[:10]:
         print(f"  {name:<48} {mib(size)}")
 
@@ -320,12 +335,17 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=2000, help="connections per agent run (default 2000)")
     ap.add_argument("--seconds", type=float, default=40.0, help="each agent run's duration (default 40)")
     ap.add_argument("--format", choices=["text", "json"], default="text")
+    ap.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose monitor package to measure")
     args = ap.parse_args()
+    global TREE
+    TREE = args.tree.resolve()
+    if not (TREE / "monitor" / "agent").is_dir():
+        raise SystemExit(f"bench_memory: --tree {TREE} has no monitor/agent package")
     if not 1 <= args.runs <= 10 or not 1 <= args.connections <= 100_000 or not 20 <= args.seconds <= 600:
         raise SystemExit("bench_memory: --runs 1..10, --connections 1..100000, --seconds 20..600")
     if os.geteuid() != 0 or not shutil.which("socat"):
         raise SystemExit("bench_memory: run as root, with socat installed")
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tree": str(TREE),
               "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
               "imports": measure_imports(), "in_process": python(COMPILE_IN_PROCESS),
               "in_child": python(COMPILE_IN_CHILD)}

@@ -45,19 +45,12 @@ class KernelProbe:
         if importlib.util.find_spec("bcc") is None:
             raise EnvironmentProblem(WHERE, "the bcc Python module is not importable", fix_for("bcc"))
         cflags = [f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"] + ([] if byte_counts else ["-DNO_BYTES"])
-        self.bpf = loader.load(WHERE, source, cflags)
+        self.bpf = loader.load(WHERE, source, cflags, {"comms": list(comms)})
         self._maps = self.bpf.maps
-        self.set_comms(comms)
         self._ring = RingReader(self._maps["events"].fd, ringbuf_pages * mmap.PAGESIZE)
         self._lost_total = 0
         self._closed = False
         self.ports_unwatched = 0   # listener ports the full `ports` map could not take
-
-    def set_comms(self, comms: Iterable[str]) -> None:
-        table = self._maps["comms"]
-        table.clear()
-        for name in comms:
-            table.update(name.encode()[:15], b"\x01")   # the key is char[16], zero-padded
 
     def watch_ports(self, ports: Iterable[int]) -> None:
         if self._closed:

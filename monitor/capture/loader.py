@@ -45,10 +45,14 @@ class LoadedObject:
         self.maps.clear()
 
 
-def load(where: str, source: Path, cflags: list[str]) -> LoadedObject:
-    """Compile, load and attach `source` in a child; its fds. Failures are `EnvironmentProblem`s."""
+def load(where: str, source: Path, cflags: list[str], flags: dict[str, list[str]]) -> LoadedObject:
+    """Compile, load and attach `source` in a child; its fds. Failures are `EnvironmentProblem`s.
+
+    `flags`: hash maps whose keys (zero-padded strings) the child sets to 1 the moment the programs
+    are attached, as the in-process load did (the comm filter: no event of a watched process is lost
+    while the fds travel)."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    request = json.dumps({"source": str(source), "cflags": cflags})
+    request = json.dumps({"source": str(source), "cflags": cflags, "flags": flags})
     with parent:
         try:
             proc = subprocess.Popen([sys.executable, "-c", CHILD, str(child.fileno()), request],
@@ -112,11 +116,15 @@ def _child(answer: socket.socket, request: dict) -> None:
                                 "fix": "reinstall socat-monitor"}).encode())
         return
     try:
-        bcc.BPF(text=text.encode(), cflags=request["cflags"])
+        bpf = bcc.BPF(text=text.encode(), cflags=request["cflags"])
     except Exception as exc:  # bcc raises bare Exception on compile/attach failures
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         answer.send(json.dumps({"error": f"loading {source.name} failed: {first}", "fix": RECOMPILE_FIX}).encode())
         return
+    for name, keys in request["flags"].items():
+        bpf_map = KernelMap(bpf[name.encode()].get_fd())
+        for key in keys:
+            bpf_map.update(key.encode()[:bpf_map.spec.key_size - 1], b"\x01")   # NUL-terminated
     socket.send_fds(answer, [b'{"ok": true}'], _bpf_fds())
 
 

@@ -2,8 +2,8 @@
 
 The programs are compiled and loaded by a short-lived child (`loader`), so
 the agent itself never maps bcc and LLVM: it keeps only the fds. `KernelMap`
-does the four element operations the agent needs on them. Per-CPU maps hold
-one value per possible CPU, each padded to 8 bytes, as the kernel lays them out.
+reads and writes their elements. Per-CPU maps hold one value per possible
+CPU, each padded to 8 bytes, as the kernel lays them out.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SYS_BPF = 321                   # x86-64
-MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
+MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM = 1, 2
 OBJ_GET_INFO_BY_FD = 15
 PERCPU_TYPES = frozenset({5, 6, 10})   # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
 POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
@@ -64,7 +64,7 @@ class MapSpec:
 
 
 class KernelMap:
-    """One BPF map by fd: lookup, update, delete and its keys, on raw bytes."""
+    """One BPF map by fd: lookup and update, on raw bytes."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -82,34 +82,17 @@ class KernelMap:
     def update(self, key: bytes, value: bytes) -> None:
         self._call(MAP_UPDATE_ELEM, key, ctypes.create_string_buffer(value, len(value)))
 
-    def delete(self, key: bytes) -> None:
-        self._call(MAP_DELETE_ELEM, key, None, missing_ok=True)
-
-    def keys(self) -> list[bytes]:
-        out: list[bytes] = []
-        found = ctypes.create_string_buffer(self.spec.key_size)
-        key = None
-        while self._call(MAP_GET_NEXT_KEY, key, found, missing_ok=True) is not None:
-            key = found.raw
-            out.append(key)
-        return out
-
-    def clear(self) -> None:
-        for key in self.keys():
-            self.delete(key)
-
     def sum_u64(self, key: bytes) -> int:
         """The sum of a per-CPU u64 counter over every CPU."""
         raw = self.lookup(key) or b""
         return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
 
-    def _call(self, command: int, key: bytes | None, value, missing_ok: bool = False) -> int | None:
-        key_buf = None if key is None else ctypes.create_string_buffer(key, self.spec.key_size)
-        attr = _ElemAttr(self.fd, 0, ctypes.addressof(key_buf) if key_buf is not None else 0,
-                         ctypes.addressof(value) if value is not None else 0, 0)
+    def _call(self, command: int, key: bytes, value, missing_ok: bool = False) -> int | None:
+        key_buf = ctypes.create_string_buffer(key, self.spec.key_size)
+        attr = _ElemAttr(self.fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value), 0)
         if _libc.syscall(SYS_BPF, command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
             return 0
         err = ctypes.get_errno()
-        if missing_ok and err == 2:   # ENOENT: no such key (or no next key)
+        if missing_ok and err == 2:   # ENOENT: no such key
             return None
         raise OSError(err, f"bpf map {self.spec.name}: {os.strerror(err)}")
