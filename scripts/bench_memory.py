@@ -44,6 +44,7 @@ CLI = "from monitor.cli import main; main()"
 HEAVY = ("numpy", "pyarrow", "pandas", "duckdb", "elasticsearch", "pyroute2", "nftables", "prometheus_client",
          "orjson", "yaml", "jsonschema", "bcc")
 MIB = 1024 * 1024
+HEAP_WAIT_S = 300    # tracing every allocation makes that run much slower
 
 ROLLUP = """
 def rollup(pid="self"):
@@ -92,8 +93,8 @@ print(json.dumps({"steps": steps, "child_peak_rss": peak}))
 """
 
 HEAP = """
-import json, sys, threading, time, tracemalloc
-tracemalloc.start(25)
+import json, os, signal, sys, threading, time, tracemalloc
+tracemalloc.start(10)
 import monitor.agent, monitor.cli
 after_imports = tracemalloc.get_traced_memory()[0]
 out, at = sys.argv[1], float(sys.argv[2])
@@ -115,8 +116,10 @@ def snapshot():
         key = owner(stat.traceback)
         by_package[key] = by_package.get(key, 0) + stat.size
     current, peak = tracemalloc.get_traced_memory()
-    with open(out, "w") as f:
+    with open(out + ".part", "w") as f:
         json.dump({"after_imports": after_imports, "current": current, "peak": peak, "by_package": by_package}, f)
+    os.rename(out + ".part", out)
+    os.kill(os.getpid(), signal.SIGTERM)   # the agent stops cleanly
 
 threading.Thread(target=snapshot, daemon=True).start()
 sys.argv = ["socat-monitor"] + sys.argv[3:]
@@ -270,13 +273,13 @@ def measure_heap(lab: Lab, connections: int, seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp_name:
         tmp = Path(tmp_name)
         out = tmp / "heap.json"
-        agent = subprocess.Popen([PYTHON, "-c", f"HEAVY = {HEAVY!r}\n{HEAP}", str(out), str(seconds - 2),
-                                  *agent_args(tmp, lab, seconds)], cwd=TREE, env=tree_env(), stdout=subprocess.DEVNULL,
+        agent = subprocess.Popen([PYTHON, "-c", f"HEAVY = {HEAVY!r}\n{HEAP}", str(out), str(seconds),
+                                  *agent_args(tmp, lab, seconds + HEAP_WAIT_S)], cwd=TREE, env=tree_env(), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda: (tmp / "control.sock").exists() or agent.poll() is not None, 120, "the agent's start")
             drive(lab.port, connections, max(seconds - 12, 1))
-            wait_for(out.exists, seconds + 30, "the heap snapshot")
+            wait_for(out.exists, seconds + HEAP_WAIT_S, "the heap snapshot")
         finally:
             agent.terminate()
             agent.wait(30)
