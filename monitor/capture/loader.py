@@ -100,27 +100,26 @@ def _bpf_fds() -> list[int]:
     return out
 
 
+def _refuse(answer: socket.socket, error: str, fix: str | None) -> None:
+    answer.send(json.dumps({"error": error, "fix": fix}).encode())
+
+
 def _child(answer: socket.socket, request: dict) -> None:
     """Compile and load as asked; answer with the fds, or with the error and its fix."""
     source = Path(request["source"])
     try:
         import bcc  # noqa: PLC0415 (the point of this process: the agent itself never imports bcc)
     except ImportError as exc:
-        reply = {"error": f"the bcc Python module is not importable ({exc})", "fix": fix_for("bcc")}
-        answer.send(json.dumps(reply).encode())
-        return
+        return _refuse(answer, f"the bcc Python module is not importable ({exc})", fix_for("bcc"))
     try:
         text = source.read_text()
     except OSError as exc:
-        answer.send(json.dumps({"error": f"cannot read the BPF program {source}: {exc.strerror}",
-                                "fix": "reinstall socat-monitor"}).encode())
-        return
+        return _refuse(answer, f"cannot read the BPF program {source}: {exc.strerror}", "reinstall socat-monitor")
     try:
         bpf = bcc.BPF(text=text.encode(), cflags=request["cflags"])
     except Exception as exc:  # bcc raises bare Exception on compile/attach failures
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        answer.send(json.dumps({"error": f"loading {source.name} failed: {first}", "fix": RECOMPILE_FIX}).encode())
-        return
+        return _refuse(answer, f"loading {source.name} failed: {first}", RECOMPILE_FIX)
     for name, keys in request["flags"].items():
         bpf_map = KernelMap(bpf[name.encode()].get_fd())
         for key in keys:
