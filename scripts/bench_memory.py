@@ -291,7 +291,7 @@ def mib(n: int) -> str:
 
 
 def print_memory(label: str, m: dict, base: dict | None = None) -> None:
-    delta = f"  (+{(m['rss'] - base['rss']) / MIB:.1f})" if base else ""
+    delta = f"  ({(m['rss'] - base['rss']) / MIB:+.1f})" if base else ""
     print(f"  {label:<48} RSS {mib(m['rss'])}  PSS {mib(m['pss'])}  anon {mib(m['anon'])}  "
           f"file {mib(m['file'])}{delta}")
 
