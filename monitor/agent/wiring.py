@@ -14,7 +14,8 @@ from ..enforce import EgressRule
 from ..enforce.netns import netns_inode
 from ..policy import Policy, PolicyEngine, load_policy
 from .scopes import Enforcers, enforced_namespaces
-from ..sinks import AlertFeed, ColumnarSink, ElasticsearchSink, ErrorCallback, Fanout, NdjsonSink, WebhookSink
+from .. import sinks as sink_kinds
+from ..sinks import AlertFeed, ColumnarSink, ErrorCallback, Fanout, NdjsonSink, WebhookSink
 
 
 def read_policy(path: str | None) -> Policy | None:
@@ -85,7 +86,8 @@ def make_sinks(config: Config, host: HostInfo, on_error: ErrorCallback) -> Fanou
     if config.columnar.enabled:
         sinks.append(ColumnarSink(config.columnar, config.ndjson.directory, on_error=on_error))
     if config.elasticsearch is not None and config.elasticsearch.urls:
-        sinks.append(ElasticsearchSink(config.elasticsearch, host, on_error=on_error))
+        # looked up only here: the sink's module and client load only for an agent that ships there
+        sinks.append(sink_kinds.ElasticsearchSink(config.elasticsearch, host, on_error=on_error))
     if config.alert_feed is not None:
         sinks.append(AlertFeed(config.alert_feed, host, on_error=on_error))
     if config.webhook is not None:

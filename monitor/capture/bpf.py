@@ -1,14 +1,15 @@
-"""Loading `bpf/capture.c` into the kernel with bcc, and its maps.
+"""Loading `bpf/capture.c` into the kernel, and its maps.
 
-`KernelProbe` compiles and attaches the tracepoint programs, fills the comm
-filter and the listener-port filter, reads the ring buffer (`ring`) and the
-in-kernel loss counter. Everything the host lacks becomes an
-`EnvironmentProblem` carrying the exact command that fixes it.
+`KernelProbe` has the tracepoint programs compiled and attached (by bcc, in
+a short-lived child: `loader`), fills the comm filter and the listener-port
+filter, reads the ring buffer (`ring`) and the in-kernel loss counter.
+Everything the host lacks becomes an `EnvironmentProblem` carrying the exact
+command that fixes it.
 """
 
 from __future__ import annotations
 
-import ctypes
+import importlib.util
 import mmap
 import os
 from collections.abc import Iterable
@@ -18,18 +19,13 @@ from .. import BPF_DIR
 from ..dependencies import fix_for
 from ..errors import EnvironmentProblem
 from ..host.mounts import ensure_mounts
+from . import loader
 from .ring import RingReader
 
 
 SOURCE = BPF_DIR / "capture.c"
 WHERE = "capture"
-
-def _import_bcc():
-    try:
-        import bcc  # noqa: PLC0415 (bcc is heavy: import only when capturing)
-    except ImportError as exc:
-        raise EnvironmentProblem(WHERE, f"the bcc Python module is not importable ({exc})", fix_for("bcc")) from None
-    return bcc
+ZERO = (0).to_bytes(4, "little")
 
 
 class KernelProbe:
@@ -46,43 +42,22 @@ class KernelProbe:
                 WHERE, f"no kernel headers at /lib/modules/{os.uname().release}/build (bcc compiles against them)",
                 "apt-get install -y linux-headers-amd64 and link them: scripts/setup.sh does it",
             )
-        bcc = _import_bcc()
-        try:
-            text = source.read_text()
-        except OSError as exc:
-            raise EnvironmentProblem(WHERE, f"cannot read the BPF program {source}: {exc.strerror}",
-                                     "reinstall socat-monitor") from None
-        try:
-            cflags = [f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"] + ([] if byte_counts else ["-DNO_BYTES"])
-            self.bpf = bcc.BPF(text=text.encode(), cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception on compile/attach failures
-            raise EnvironmentProblem(
-                WHERE, f"loading {source.name} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                "run `socat-monitor doctor` to see which kernel feature or mount is missing",
-            ) from None
-        self._comm_type = self.bpf[b"comms"].Key
-        self.set_comms(comms)
-        self._lost = self.bpf[b"lost"]
-        self._ring = RingReader(self.bpf[b"events"].get_fd(), ringbuf_pages * mmap.PAGESIZE)
+        if importlib.util.find_spec("bcc") is None:
+            raise EnvironmentProblem(WHERE, "the bcc Python module is not importable", fix_for("bcc"))
+        cflags = [f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"] + ([] if byte_counts else ["-DNO_BYTES"])
+        self.bpf = loader.load(WHERE, source, cflags, {"comms": list(comms)})
+        self._maps = self.bpf.maps
+        self._ring = RingReader(self._maps["events"].fd, ringbuf_pages * mmap.PAGESIZE)
         self._lost_total = 0
         self._closed = False
         self.ports_unwatched = 0   # listener ports the full `ports` map could not take
 
-    def set_comms(self, comms: Iterable[str]) -> None:
-        table = self.bpf[b"comms"]
-        table.clear()
-        for name in comms:
-            raw = name.encode()[:15]
-            key = self._comm_type()
-            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
-            table[key] = ctypes.c_uint8(1)
-
     def watch_ports(self, ports: Iterable[int]) -> None:
         if self._closed:
             return
-        table = self.bpf[b"ports"]   # an array over every port: it cannot fill up
+        table = self._maps["ports"]   # an array over every port: it cannot fill up
         for port in ports:
-            table[ctypes.c_int(port)] = ctypes.c_uint8(1)
+            table.update(port.to_bytes(4, "little"), b"\x01")
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Records in the ring buffer, waiting up to timeout_ms for a wakeup.
@@ -100,16 +75,16 @@ class KernelProbe:
     def lost(self) -> int:
         """Records the kernel could not deliver (the last value once closed)."""
         if not self._closed:
-            self._lost_total = int(sum(self._lost[ctypes.c_int(0)]))
+            self._lost_total = self._maps["lost"].sum_u64(ZERO)
         return self._lost_total
 
     def exec_missed(self) -> int:
         """Execs of watched processes whose argv the kernel side no longer had (0 once closed)."""
-        return 0 if self._closed else int(sum(self.bpf[b"exec_missed"][ctypes.c_int(0)]))
+        return 0 if self._closed else self._maps["exec_missed"].sum_u64(ZERO)
 
     def close(self) -> None:
         if not self._closed:
             self.lost()
             self._closed = True
             self._ring.close()
-            self.bpf.cleanup()
+            self.bpf.close()

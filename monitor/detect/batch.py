@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 
 from ..events import Alert
 from ..rules import repeat_alert
 from .baseline import Baseline
 from .config import DetectConfig, rate_threshold
+from .groups import factorize, first_of_pairs, group_max, group_sum
 from .rows import IpTable, Rows
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE, build_alert, describe_rate
 
@@ -77,7 +77,7 @@ class _Counts:
 
 def window_counts(frame: _Frame, mask: np.ndarray, key: np.ndarray, slots: int) -> _Counts:
     index = np.flatnonzero(mask)
-    group, keys = pd.factorize(key[index], sort=False)
+    group, keys = factorize(key[index])
     order = np.argsort(group, kind="stable")
     index, group = index[order], group[order].astype(np.int64)
     slot = frame.slot[index]
@@ -109,8 +109,7 @@ def keep_peaks(table: dict, keys: np.ndarray, counts: np.ndarray, name_of: Calla
     """Learn peaks: `table[name_of(key)]` becomes the highest count seen for the key, if higher."""
     if len(keys) == 0:
         return
-    peaks = pd.Series(counts).groupby(keys).max()
-    for key, peak in zip(peaks.index.to_numpy(), peaks.to_numpy()):
+    for key, peak in zip(*group_max(keys, counts)):
         name = name_of(int(key))
         table[name] = max(table.get(name, 0), int(peak))
 
@@ -275,10 +274,9 @@ class BatchEngine:
         mask = frame.new & frame.start & frame.learn
         if not mask.any():
             return
-        last = pd.Series(frame.t[mask]).groupby(frame.src[mask]).max()
         seen = self.baseline.source_last_ns
         ips = self.ips.ips
-        for code, t in zip(last.index.to_numpy(), last.to_numpy()):
+        for code, t in zip(*group_max(frame.src[mask], frame.t[mask])):
             seen[ips[code]] = max(seen.get(ips[code], 0), int(t))
 
     def _new_source(self, frame: _Frame, rows: Rows) -> list[Alert]:
@@ -299,12 +297,10 @@ class BatchEngine:
                 codes = pcode[at]
                 inside = codes < len(known)
                 unknown[at[inside]] = ~known[codes[inside]]
-        pairs = pd.DataFrame({"lst": lst_of[unknown], "p": pcode[unknown], "src": frame.src[index[unknown]],
-                              "i": index[unknown]})
-        firsts = pairs.drop_duplicates(["lst", "p"], keep="first")
+        pick = np.flatnonzero(unknown)
+        pick = pick[first_of_pairs(lst_of[pick], pcode[pick])]   # the first row of each (listener, prefix)
         out: list[Alert] = []
-        for lst, code, src, i in zip(firsts["lst"].to_numpy(), firsts["p"].to_numpy(), firsts["src"].to_numpy(),
-                                     firsts["i"].to_numpy()):
+        for lst, code, src, i in zip(lst_of[pick], pcode[pick], frame.src[index[pick]], index[pick]):
             prefix = prefix_of[src]
             added = base.add_seen(int(lst), prefix, int(frame.t[i]))
             self._remember_seen(int(lst), int(code))
@@ -429,8 +425,7 @@ class BatchEngine:
         return out
 
     def _top_sources(self, src: np.ndarray, w: np.ndarray) -> tuple[str, ...]:
-        sums = pd.Series(w).groupby(src).sum()
-        ranked = sorted(((-int(n), self.ips.ips[int(code)]) for code, n in sums.items()))
+        ranked = sorted(((-int(n), self.ips.ips[int(code)]) for code, n in zip(*group_sum(src, w))))
         return tuple(ip for _n, ip in ranked[: self.config.top_sources])
 
     def _distinct_listeners(self, frame: _Frame) -> tuple[np.ndarray, np.ndarray]:

@@ -33,8 +33,6 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 
@@ -42,10 +40,10 @@ from ..ecs import HostInfo, parse_timestamp, render
 from ..events import Alert, Record
 from ..files import open_append
 from ..redact import cleartext_credentials, redact_url
-from ..settings import setting
-from .base import ErrorCallback, ErrorReporter, SinkStats, check_url
+from .base import ErrorCallback, ErrorReporter, SinkStats
 from .es_client import EsClient, ItemResult, Unavailable
-from .lifecycle import RolloverConfig, check_rollover, expired, ilm_policy
+from .es_config import ElasticsearchConfig
+from .lifecycle import expired, ilm_policy
 from .spool import DiskSpool, SpoolBatch
 from .template import TEMPLATE_VERSION, index_template, ingest_pipeline
 
@@ -53,53 +51,6 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 REFUSED_BATCH = frozenset({400, 413})   # the whole request refused for what it holds: split it, dead-letter the culprit
-
-
-def check_urls(urls: list[str]) -> None:
-    if not urls:
-        raise ValueError("at least one URL is needed")
-    for url in urls:
-        check_url(url)
-
-
-@dataclass(slots=True)
-class ElasticsearchConfig:
-    urls: list[str] = setting(default_factory=lambda: ["http://127.0.0.1:9200"], check=check_urls)
-    username: str | None = None
-    password: str | None = None
-    api_key: str | None = setting(None, excludes="username")   # base64 "id:key" as Kibana shows it
-    ca_file: str | None = None
-    verify_certs: bool = True
-    events_index: str = "socat-monitor-events"   # write alias; first index <alias>-000001
-    alerts_index: str = "socat-monitor-alerts"
-    template_name: str = "socat-monitor"
-    spool_dir: Path = Path("/var/lib/socat-monitor/spool")
-    spool_max_bytes: int = setting(1024 * 1024 * 1024, minimum=1024 * 1024)
-    segment_bytes: int = 16 * 1024 * 1024
-    batch_size: int = setting(2000, minimum=1)
-    batch_bytes: int = 8 * 1024 * 1024
-    batch_interval_s: float = setting(1.0, above=0)
-    max_in_flight: int = setting(2, minimum=1)   # bulk requests at once (acked in order)
-    request_timeout_s: float = 10.0
-    backoff_max_s: float = 10.0
-    sync_interval_s: float = 1.0
-    close_timeout_s: float = 5.0
-    dead_letter_path: Path | None = None  # default: <spool_dir>/dead-letter.ndjson
-    rollover: RolloverConfig | None = setting(default_factory=RolloverConfig, check=check_rollover)   # None: never
-    retention_s: float | None = setting(None, above=0)      # delete indices older than this (None: keep)
-
-    def __post_init__(self) -> None:
-        self.spool_dir = Path(self.spool_dir)
-        if isinstance(self.rollover, dict):
-            self.rollover = RolloverConfig.from_yaml(self.rollover)
-        if isinstance(self.urls, str):
-            self.urls = [self.urls]
-        if self.dead_letter_path is None:
-            self.dead_letter_path = self.spool_dir / "dead-letter.ndjson"
-        self.dead_letter_path = Path(self.dead_letter_path)
-
-    def first_index(self, alias: str) -> str:
-        return f"{alias}-000001"
 
 
 def spool_line(record: Record, host: HostInfo) -> bytes:

@@ -1,0 +1,98 @@
+"""A BPF map the agent holds by fd, read and written with the bpf(2) syscall.
+
+The programs are compiled and loaded by a short-lived child (`loader`), so
+the agent itself never maps bcc and LLVM: it keeps only the fds. `KernelMap`
+reads and writes their elements. Per-CPU maps hold one value per possible
+CPU, each padded to 8 bytes, as the kernel lays them out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+SYS_BPF = 321                   # x86-64
+MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM = 1, 2
+OBJ_GET_INFO_BY_FD = 15
+PERCPU_TYPES = frozenset({5, 6, 10})   # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
+POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _ElemAttr(ctypes.Structure):
+    """`union bpf_attr` as the element commands read it."""
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def possible_cpus(text: str | None = None) -> int:
+    """How many CPUs the kernel may run (the per-CPU value count): `0-1` -> 2, `0,2-3` -> 3."""
+    text = POSSIBLE_CPUS.read_text() if text is None else text
+    count = 0
+    for part in text.strip().split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+@dataclass(frozen=True, slots=True)
+class MapSpec:
+    """One map's name and layout, as the kernel tells them (`struct bpf_map_info`)."""
+
+    name: str
+    map_type: int
+    key_size: int
+    value_size: int
+
+    @classmethod
+    def of(cls, fd: int) -> "MapSpec":
+        info = ctypes.create_string_buffer(88)
+        attr = _InfoAttr(fd, len(info), ctypes.addressof(info))
+        if _libc.syscall(SYS_BPF, OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"bpf map fd {fd}: {os.strerror(err)}")
+        map_type, _id, key_size, value_size = struct.unpack_from("<4I", info.raw, 0)
+        return cls(info.raw[24:40].split(b"\0")[0].decode(), map_type, key_size, value_size)
+
+
+class KernelMap:
+    """One BPF map by fd: lookup and update, on raw bytes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.spec = spec = MapSpec.of(fd)
+        per_cpu = possible_cpus() if spec.map_type in PERCPU_TYPES else 0
+        self._value_bytes = ((spec.value_size + 7) // 8 * 8) * per_cpu if per_cpu else spec.value_size
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value at `key` (per CPU: every CPU's, 8-byte aligned), None if absent."""
+        value = ctypes.create_string_buffer(self._value_bytes)
+        if self._call(MAP_LOOKUP_ELEM, key, value, missing_ok=True) is None:
+            return None
+        return value.raw
+
+    def update(self, key: bytes, value: bytes) -> None:
+        self._call(MAP_UPDATE_ELEM, key, ctypes.create_string_buffer(value, len(value)))
+
+    def sum_u64(self, key: bytes) -> int:
+        """The sum of a per-CPU u64 counter over every CPU."""
+        raw = self.lookup(key) or b""
+        return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
+
+    def _call(self, command: int, key: bytes, value, missing_ok: bool = False) -> int | None:
+        key_buf = ctypes.create_string_buffer(key, self.spec.key_size)
+        attr = _ElemAttr(self.fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value), 0)
+        if _libc.syscall(SYS_BPF, command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+            return 0
+        err = ctypes.get_errno()
+        if missing_ok and err == 2:   # ENOENT: no such key
+            return None
+        raise OSError(err, f"bpf map {self.spec.name}: {os.strerror(err)}")
