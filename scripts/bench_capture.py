@@ -6,20 +6,25 @@ Side by side in one run, on loopback only: an asyncio echo backend, a
 client keeping `--concurrency` (<= 4) connections in flight, each sending one
 byte and reading the echo until EOF. Phases alternate off, on, off, ...,
 off: `off` has no BPF loaded, `on` has a separate consumer process running
-`Capture` and polling, as the agent would. Every phase is bounded by
-`--seconds`; the ratio is mean(on rates) / mean(off rates).
+the agent's per-record path: `Capture.poll`, the `Pipeline` (default config:
+detector and decider, no policy), the live status, ECS rendering and the
+NDJSON sink. Every phase is bounded by `--seconds`.
 
-Prints per phase the connection rate and the relay's CPU time per
-connection (BPF programs run inside its syscalls, so their cost lands there;
-a figure other load on the host distorts far less than rates), and for `on`
-phases completeness: connections the client completed vs ACCEPTED events
-captured for the relay's port, kernel-side losses and the consumer's CPU.
-Then the rate ratio on/off (target >= 0.95) and the CPU-bound ratio
-relay / (relay + consumer). `--control` runs an idle consumer without BPF
+Prints the date and the host's load average (other work shares the cores:
+only side-by-side ratios mean something), per phase the connection rate and
+the relay's CPU time per connection (BPF programs run inside its syscalls,
+so their cost lands there), and for `on` phases completeness: connections
+the client completed vs ACCEPTED events captured for the relay's port,
+kernel-side losses, records written. Then each on phase's rate ratio against
+the two off phases around it (target >= 0.95 each), the relay's CPU ratio
+(target <= x1.03), and the cost per connection: kernel (relay CPU with -
+without) and the consumer's CPU (target <= 30 us) split into read (ring
+drain and loss counters), decode, enrich, pipeline, render and write (buffer
+and the flusher thread). `--control` runs an idle consumer without BPF
 (the method's noise), `--comm other` attaches programs that match nothing,
-`--no-bytes` compiles out byte counting.
+`--no-bytes` compiles out byte counting (the agent's default).
 
-Run as root: sudo .venv/bin/python scripts/bench_capture.py [--rounds 5]
+Run as root: sudo .venv/bin/python scripts/bench_capture.py --no-bytes --rounds 3 --seconds 10
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,12 +83,37 @@ def run_backend(port: int) -> None:
     asyncio.run(main())
 
 
-def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None:
-    """Load Capture, poll until SIGTERM, print a JSON summary of what was seen for `port`.
+class Stages:
+    """Time the consumer spent in each stage of the agent's per-record path, in ns."""
 
-    `control`: load nothing, just idle (measures the method's own noise)."""
+    def __init__(self) -> None:
+        self.pipeline = self.render = self.write = 0
+
+
+def thread_cpu_s(name: str) -> float:
+    """CPU time of this process's thread called `name` (0 if there is none)."""
+    for thread in threading.enumerate():
+        if thread.name == name and thread.native_id is not None:
+            with open(f"/proc/self/task/{thread.native_id}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None:
+    """Run the agent's per-record path until SIGTERM; print a JSON summary of what was seen for `port`.
+
+    The path is the agent's: `Capture.poll` (ring drain, decode, enrich), the `Pipeline` with the default
+    config (detector and decider, no policy), the live status, ECS rendering and the NDJSON sink (to a
+    temporary directory). `control`: load nothing, just idle (measures the method's own noise)."""
+    from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture import Capture, CaptureConfig
-    from monitor.events import Action, ConnectionEvent, PipelineError
+    from monitor.config import Config
+    from monitor.ecs import HostInfo
+    from monitor.events import Action, ConnectionEvent, PipelineError, now_ns
+    from monitor.pipeline import Pipeline
+    from monitor.sinks.ndjson import NdjsonConfig, NdjsonSink, encode, stream_of
+    from monitor.status import LiveStatus
 
     stop = False
 
@@ -94,29 +126,68 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
         print("ready", flush=True)
         while not stop:
             time.sleep(0.1)
-        print(json.dumps({"accepted": 0, "events": 0, "pipeline_errors": 0, "kernel_lost": 0, "decode_errors": 0,
-                          "consumer_cpu_s": 0.0}), flush=True)
+        print(json.dumps({"accepted": 0, "events": 0, "written": 0, "pipeline_errors": 0, "kernel_lost": 0,
+                          "decode_errors": 0, "consumer_cpu_s": 0.0}), flush=True)
         return
+    config = Config()
+    decider = make_decider(config, None)
+    pipeline = Pipeline(detector=make_detector(config, decider), decider=decider)
+    status = LiveStatus(open_idle_s=config.policy_engine.open_idle_timeout_s)
+    host = HostInfo.detect()
+    out_dir = tempfile.mkdtemp(prefix="bench-capture-")
+    sink = NdjsonSink(NdjsonConfig(directory=Path(out_dir)), host)
     capture = Capture(CaptureConfig(comms=(comm,), byte_counts=byte_counts))
     print("ready", flush=True)
-    accepted = events = errors = 0
-    cpu0 = time.process_time()
-    while not stop:
-        for rec in capture.poll(100):
+    accepted = events = errors = polls = 0
+    stages = Stages()
+    next_tick = time.monotonic() + config.agent.tick_interval_s
+    clock = time.perf_counter_ns
+    cpu0, sink_cpu0 = time.process_time(), thread_cpu_s("sink-ndjson")
+
+    def consume(batch: list) -> None:
+        nonlocal accepted, events, errors
+        t0 = clock()
+        records = []
+        for rec in batch:
+            records.extend(pipeline.process(rec))
+        for rec in records:
+            status.observe(rec)
+        t1 = clock()
+        lines = [(stream_of(rec), encode(rec, host)) for rec in records]
+        t2 = clock()
+        for stream, line in lines:
+            sink.append(stream, line)
+        stages.pipeline += t1 - t0
+        stages.render += t2 - t1
+        stages.write += clock() - t2
+        for rec in records:
             events += 1
-            if isinstance(rec, PipelineError):
+            if rec.__class__ is PipelineError:
                 errors += rec.count
-            elif isinstance(rec, ConnectionEvent) and rec.action is Action.ACCEPTED and rec.destination_port == port:
+            elif rec.__class__ is ConnectionEvent and rec.action is Action.ACCEPTED and rec.destination_port == port:
                 accepted += 1
-    for rec in capture.poll(0):   # whatever is left
-        events += 1
-        if isinstance(rec, ConnectionEvent) and rec.action is Action.ACCEPTED and rec.destination_port == port:
-            accepted += 1
+
+    while not stop:
+        consume(capture.poll(100))
+        polls += 1
+        if time.monotonic() >= next_tick:
+            next_tick = time.monotonic() + config.agent.tick_interval_s
+            consume(pipeline.tick(now_ns()))
+    consume(capture.poll(0))   # whatever is left
+    sink.flush()
+    cpu = time.process_time() - cpu0
+    sink_cpu = thread_cpu_s("sink-ndjson") - sink_cpu0
     stats = capture.stats
     capture.close()
-    print(json.dumps({"accepted": accepted, "events": events, "pipeline_errors": errors,
+    sink.close()
+    written = sink.stats.written
+    shutil.rmtree(out_dir, ignore_errors=True)
+    print(json.dumps({"accepted": accepted, "events": events, "written": written, "pipeline_errors": errors,
                       "kernel_lost": stats.kernel_lost, "decode_errors": stats.decode_errors,
-                      "consumer_cpu_s": round(time.process_time() - cpu0, 2)}), flush=True)
+                      "consumer_cpu_s": round(cpu, 3), "polls": polls, "read_s": stats.read_ns / 1e9,
+                      "decode_s": stats.decode_ns / 1e9, "enrich_s": stats.enrich_ns / 1e9,
+                      "pipeline_s": stages.pipeline / 1e9, "render_s": stages.render / 1e9,
+                      "write_s": stages.write / 1e9 + sink_cpu}), flush=True)
 
 
 # ---- the client -------------------------------------------------------------
@@ -206,6 +277,7 @@ def main() -> None:
         raise SystemExit("bench: run as root (BPF)")
     socat = shutil.which("socat") or sys.exit("bench: socat is not installed")
 
+    started, load_before = time.time(), load_average()
     bport, rport = free_port(), free_port()
     backend = subprocess.Popen([sys.executable, __file__, "--role", "backend", "--port", str(bport)])
     relay = None
@@ -226,34 +298,59 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(10)
 
+    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, load average {load_before} at "
+          f"start, {load_average()} at the end (other work on the host shares its cores)")
+    report(results, args)
+
+
+def load_average() -> str:
+    with open("/proc/loadavg", encoding="ascii") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+STAGES = ("read", "decode", "enrich", "pipeline", "render", "write")
+
+
+def report(results: list[dict], args) -> None:
+    """The phase table, the ratio of each on phase to the off phases around it, completeness, CPU split."""
     print(f"{'phase':5} {'conns':>7} {'failed':>6} {'conn/s':>8} {'relay_us/conn':>13} {'accepted':>8} {'lost':>5} "
-          f"{'events':>7} {'consumer_cpu_s':>14}")
+          f"{'events':>7} {'written':>7} {'consumer_us/conn':>16}")
     for r in results:
+        consumer = f"{r['consumer_cpu_s'] * 1e6 / max(r['connections'], 1):.1f}" if "consumer_cpu_s" in r else ""
         print(f"{r['phase']:5} {r['connections']:7d} {r['failed']:6d} {r['rate']:8.0f} {r['relay_us']:13.0f} "
               f"{r.get('accepted', ''):>8} {r.get('kernel_lost', ''):>5} {r.get('events', ''):>7} "
-              f"{r.get('consumer_cpu_s', ''):>14}")
+              f"{r.get('written', ''):>7} {consumer:>16}")
     off = [r for r in results if r["phase"] == "off"]
     on = [r for r in results if r["phase"] == "on"]
-    ratio = (sum(r["rate"] for r in on) / len(on)) / (sum(r["rate"] for r in off) / len(off))
+    ratios = [r["rate"] / ((before["rate"] + after["rate"]) / 2) for before, r, after in zip(off, on, off[1:])]
+    cpu_ratios = [r["relay_us"] / ((before["relay_us"] + after["relay_us"]) / 2)
+                  for before, r, after in zip(off, on, off[1:])]
+    print(f"rate ratio with capture / without, each on phase against the off phases around it: "
+          f"{', '.join(f'{x:.3f}' for x in ratios)} (range {min(ratios):.3f}-{max(ratios):.3f}; target >= 0.95 each)")
+    print(f"relay CPU per connection with / without (kernel programs): "
+          f"{', '.join(f'x{x:.3f}' for x in cpu_ratios)} (target <= x1.03)")
+    if args.control:
+        print("control run: no capture was loaded; the ratios above are the measurement noise")
+        return
+    if args.comm != "socat":
+        print(f"capture watched {args.comm!r}, not socat: the ratios above are the cost of attached, idle programs")
+        return
+    conns = sum(r["connections"] for r in on)
     made = sum(r["connections"] + r["failed"] for r in on)
     seen = sum(r["accepted"] for r in on)
     lost = sum(r["kernel_lost"] + r["decode_errors"] for r in on)
-    print(f"rate ratio with capture / without: {ratio:.3f} (target >= 0.95)")
-    cpu_off = sum(r["relay_us"] for r in off) / len(off)
-    cpu_on = sum(r["relay_us"] for r in on) / len(on)
-    conns_on = sum(r["connections"] for r in on)
-    consumer_us = sum(r.get("consumer_cpu_s", 0.0) for r in on) * 1e6 / max(conns_on, 1)
-    print(f"relay CPU per connection (kernel programs included): {cpu_off:.0f} us without capture, "
-          f"{cpu_on:.0f} us with (x{cpu_on / cpu_off:.3f}); consumer {consumer_us:.0f} us per connection")
-    print(f"CPU-bound rate ratio (relay alone / relay + consumer): {cpu_off / (cpu_on + consumer_us):.3f}")
-    if args.control:
-        print("control run: no capture was loaded; the ratio above is the measurement noise")
-        return
-    if args.comm != "socat":
-        print(f"capture watched {args.comm!r}, not socat: the ratio above is the cost of attached, idle programs")
-        return
+    unwritten = sum(r["events"] - r["written"] for r in on)
     print(f"completeness with capture: {seen} accepted events for {made} client connections "
-          f"({seen / made:.4f}), kernel lost {lost}")
+          f"({seen / made:.4f}), kernel lost {lost}, records not written {unwritten}")
+    cpu_off = sum(r["relay_us"] for r in off) / len(off)
+    kernel = sum(r["relay_us"] * r["connections"] for r in on) / conns - cpu_off
+    split = {name: sum(r[f"{name}_s"] for r in on) * 1e6 / conns for name in STAGES}
+    consumer = sum(r["consumer_cpu_s"] for r in on) * 1e6 / conns
+    print(f"per connection ({sum(r['events'] for r in on) / conns:.1f} records): kernel {kernel:.1f} us "
+          f"(relay CPU with - without); consumer CPU {consumer:.1f} us (target <= 30), of which "
+          + ", ".join(f"{name} {split[name]:.1f}" for name in STAGES)
+          + f", other (wakeups, loop) {consumer - sum(split.values()):.1f}; "
+          f"{sum(r['events'] for r in on) / max(sum(r['polls'] for r in on), 1):.1f} records per poll")
 
 
 if __name__ == "__main__":

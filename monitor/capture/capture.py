@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEv
 from ..host.listeners import accepted_addresses, discover
 from ..host.processes import boot_id
 from .bpf import KernelProbe
-from .decode import DecodeError, decode
+from .decode import DecodeError, RawEvent, decode
 from .enrich import Enricher, ProcessTable, monotonic_offset_ns
 from ..settings import setting
 
@@ -73,6 +74,9 @@ class CaptureStats:
     processes_cached: int = 0
     incomplete: int = 0          # accepts whose handshake the kernel side missed (listener filled from /proc)
     uninspectable: int = 0       # watched processes whose /proc/PID/fd the agent cannot read
+    read_ns: int = 0             # time spent draining the ring buffer (not waiting for it)
+    decode_ns: int = 0           # ... decoding records
+    enrich_ns: int = 0           # ... turning them into typed events
 
 
 class Capture:
@@ -92,6 +96,7 @@ class Capture:
         self._lost_seen = 0
         self._exec_missed_seen = 0
         self._incomplete = 0
+        self._read_ns = self._decode_ns = self._enrich_ns = 0
         self._by_pid: dict[int, list[Listener]] = {}
         self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
         self._rescanned: set[int] = set()         # pids rescanned for an incomplete accept
@@ -157,24 +162,24 @@ class Capture:
                 event.destination_ip, event.source_ip = seen
                 event.listener = Listener(ip=seen[0] if lst.ip in ("0.0.0.0", "::") else lst.ip, port=lst.port)
 
-    def poll(self, timeout_ms: int) -> list[CaptureRecord]:
-        """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order."""
-        raw = self._kernel.poll(timeout_ms)
-        out: list[CaptureRecord] = []
-        append = out.append
-        enrich = self._enrich
-        if self._pending:
-            with self._lock:
-                out.extend(self._pending)
-                self._pending = []
+    def _decode(self, raw: list[bytes], out: list[CaptureRecord]) -> list[RawEvent]:
+        """The records of one ring drain, decoded; an undecodable one becomes a PipelineError in `out`."""
+        decoded: list[RawEvent] = []
+        append = decoded.append
         for data in raw:
             try:
-                record = decode(data)
+                append(decode(data))
             except DecodeError as exc:
                 self._decode_errors += 1
                 log.warning("capture: undecodable ring-buffer record: %s", exc)
-                append(PipelineError(stage="capture", message=f"undecodable record: {exc}", timestamp_ns=now_ns()))
-                continue
+                out.append(PipelineError(stage="capture", message=f"undecodable record: {exc}",
+                                         timestamp_ns=now_ns()))
+        return decoded
+
+    def _enrich_all(self, decoded: list[RawEvent], out: list[CaptureRecord]) -> None:
+        append = out.append
+        enrich = self._enrich
+        for record in decoded:
             try:
                 event = enrich(record)
             except (OSError, ValueError) as exc:
@@ -189,7 +194,30 @@ class Capture:
                 self._complete(event)
             self._by_action[event.action.value] += 1
             append(event)
+
+    def poll(self, timeout_ms: int) -> list[CaptureRecord]:
+        """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order."""
+        raw = self._kernel.poll(timeout_ms)
+        started = time.perf_counter_ns()
+        out: list[CaptureRecord] = []
+        if self._pending:
+            with self._lock:
+                out.extend(self._pending)
+                self._pending = []
+        decoded = self._decode(raw, out)
+        enriching = time.perf_counter_ns()
+        self._enrich_all(decoded, out)
+        self._decode_ns += enriching - started
+        enriched = time.perf_counter_ns()
+        self._enrich_ns += enriched - enriching
         self._records += len(raw)
+        self._check_losses(out)
+        self._read_ns += time.perf_counter_ns() - enriched   # the loss counters are read from the kernel's maps are read from the kernel's maps
+        return out
+
+    def _check_losses(self, out: list[CaptureRecord]) -> None:
+        """Kernel-side losses and execs without argv since the last poll, as PipelineErrors in `out`."""
+        append = out.append
         lost = self._kernel.lost()
         if lost > self._lost_seen:
             grew = lost - self._lost_seen
@@ -204,7 +232,6 @@ class Capture:
                                  message=f"{grew} exec(s) of watched processes arrived without their kernel argv "
                                          "(the kernel table evicted it under a flood of execs): "
                                          "their command lines were read from /proc"))
-        return out
 
     @property
     def stats(self) -> CaptureStats:
@@ -213,6 +240,7 @@ class Capture:
             decode_errors=self._decode_errors, enrich_errors=self._enrich_errors, duplicates=self._duplicates,
             proc_reads=self._processes.proc_reads, processes_cached=len(self._processes),
             incomplete=self._incomplete, uninspectable=len(self._blind),
+            read_ns=self._kernel.read_ns + self._read_ns, decode_ns=self._decode_ns, enrich_ns=self._enrich_ns,
         )
 
     def close(self) -> None:

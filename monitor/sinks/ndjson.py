@@ -194,7 +194,10 @@ class NdjsonSink:
                 self._stats.failed += 1
             self._errors.add(f"cannot render {type(record).__name__}: {exc}")
             return
-        stream = stream_of(record)
+        self.append(stream_of(record), line)
+
+    def append(self, stream: str, line: bytes) -> None:
+        """Buffer one encoded line (`encode`) of `stream` ("events" or "alerts")."""
         with self._lock:
             buf = self._buffers[stream]
             buf.append(line)
