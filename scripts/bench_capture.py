@@ -2,7 +2,9 @@
 """Benchmark: socat fork-relay connection rate without and with live capture.
 
 Side by side in one run, on loopback only: an asyncio echo backend, a
-`socat TCP-LISTEN:P,fork,backlog=64 TCP:127.0.0.1:B` relay, and an asyncio
+`socat TCP-LISTEN:P,fork,backlog=64 TCP:127.0.0.1:B` relay (a copy of
+socat named `socat-bench`, the one name the capture watches: other socat
+processes on the host stay out of the figures), and an asyncio
 client keeping `--concurrency` (<= 4) connections in flight, each sending one
 byte and reading the echo until EOF. Phases alternate off, on, off, ...,
 off: `off` has no BPF loaded, `on` has a separate consumer process running
@@ -19,8 +21,9 @@ kernel-side losses, records written. Then each on phase's rate ratio against
 the two off phases around it (target >= 0.95 each), the relay's CPU ratio
 (target <= x1.03), and the cost per connection: kernel (relay CPU with -
 without) and the consumer's CPU (target <= 30 us) split into read (ring
-drain and loss counters), decode, enrich, pipeline, render and write (buffer
-and the flusher thread). `--control` runs an idle consumer without BPF
+drain, loss counters and the wakeup), decode, enrich (these three share the
+poll's CPU by the time each took), pipeline, render and write (buffer and
+the flusher thread). `--control` runs an idle consumer without BPF
 (the method's noise), `--comm other` attaches programs that match nothing,
 `--no-bytes` compiles out byte counting (the agent's default).
 
@@ -45,6 +48,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+# The relay is socat run under its own name, so the capture sees it and not the socat processes
+# other work on the host runs at the same time.
+RELAY_COMM = "socat-bench"
 
 
 def free_port() -> int:
@@ -84,10 +92,19 @@ def run_backend(port: int) -> None:
 
 
 class Stages:
-    """Time the consumer spent in each stage of the agent's per-record path, in ns."""
+    """CPU time the consumer spent in each stage of the agent's per-record path, in ns (thread CPU clock)."""
 
     def __init__(self) -> None:
-        self.pipeline = self.render = self.write = 0
+        self.capture = self.pipeline = self.render = self.write = 0
+        self.clock_calls = 0
+
+
+def clock_cost_ns() -> float:
+    """What one read of the thread CPU clock costs here (a system call on this VM)."""
+    start = time.thread_time_ns()
+    for _ in range(1000):
+        time.thread_time_ns()
+    return (time.thread_time_ns() - start) / 1001
 
 
 def thread_cpu_s(name: str) -> float:
@@ -141,8 +158,15 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
     accepted = events = errors = polls = 0
     stages = Stages()
     next_tick = time.monotonic() + config.agent.tick_interval_s
-    clock = time.perf_counter_ns
+    clock = time.thread_time_ns
     cpu0, sink_cpu0 = time.process_time(), thread_cpu_s("sink-ndjson")
+
+    def poll(timeout_ms: int) -> list:
+        t0 = clock()
+        batch = capture.poll(timeout_ms)
+        stages.capture += clock() - t0
+        stages.clock_calls += 2
+        return batch
 
     def consume(batch: list) -> None:
         nonlocal accepted, events, errors
@@ -160,6 +184,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
         stages.pipeline += t1 - t0
         stages.render += t2 - t1
         stages.write += clock() - t2
+        stages.clock_calls += 4
         for rec in records:
             events += 1
             if rec.__class__ is PipelineError:
@@ -168,24 +193,29 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
                 accepted += 1
 
     while not stop:
-        consume(capture.poll(100))
+        consume(poll(100))
         polls += 1
         if time.monotonic() >= next_tick:
             next_tick = time.monotonic() + config.agent.tick_interval_s
             consume(pipeline.tick(now_ns()))
-    consume(capture.poll(0))   # whatever is left
+    consume(poll(0))   # whatever is left
     sink.flush()
     cpu = time.process_time() - cpu0
     sink_cpu = thread_cpu_s("sink-ndjson") - sink_cpu0
     stats = capture.stats
     capture.close()
+    # the poll's CPU (wakeup included) divided between its stages by the time each took
+    timed = max(stats.read_ns + stats.decode_ns + stats.enrich_ns, 1)
+    share = {name: stages.capture * ns / timed
+             for name, ns in (("read", stats.read_ns), ("decode", stats.decode_ns), ("enrich", stats.enrich_ns))}
     sink.close()
     written = sink.stats.written
     shutil.rmtree(out_dir, ignore_errors=True)
     print(json.dumps({"accepted": accepted, "events": events, "written": written, "pipeline_errors": errors,
                       "kernel_lost": stats.kernel_lost, "decode_errors": stats.decode_errors,
-                      "consumer_cpu_s": round(cpu, 3), "polls": polls, "read_s": stats.read_ns / 1e9,
-                      "decode_s": stats.decode_ns / 1e9, "enrich_s": stats.enrich_ns / 1e9,
+                      "consumer_cpu_s": round(cpu, 3), "polls": polls, "read_s": share["read"] / 1e9,
+                      "decode_s": share["decode"] / 1e9, "enrich_s": share["enrich"] / 1e9,
+                      "clocks_s": stages.clock_calls * clock_cost_ns() / 1e9,
                       "pipeline_s": stages.pipeline / 1e9, "render_s": stages.render / 1e9,
                       "write_s": stages.write / 1e9 + sink_cpu}), flush=True)
 
@@ -261,7 +291,7 @@ def main() -> None:
     ap.add_argument("--no-bytes", action="store_true", help="capture without byte counting (no read/write probes)")
     ap.add_argument("--control", action="store_true",
                     help="on phases run an idle consumer without BPF: the ratio then shows the method's noise")
-    ap.add_argument("--comm", default="socat",
+    ap.add_argument("--comm", default=RELAY_COMM,
                     help="process name the capture watches; another name measures programs whose filter matches nothing")
     ap.add_argument("--role", choices=["main", "backend", "consumer"], default="main", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -276,6 +306,8 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (BPF)")
     socat = shutil.which("socat") or sys.exit("bench: socat is not installed")
+    relay_dir = tempfile.mkdtemp(prefix="bench-capture-relay-")
+    relay_exe = shutil.copy(socat, os.path.join(relay_dir, RELAY_COMM))
 
     started, load_before = time.time(), load_average()
     bport, rport = free_port(), free_port()
@@ -284,7 +316,7 @@ def main() -> None:
     results = []
     try:
         wait_listening(bport)
-        relay = subprocess.Popen([socat, f"TCP-LISTEN:{rport},fork,reuseaddr,backlog=64",
+        relay = subprocess.Popen([relay_exe, f"TCP-LISTEN:{rport},fork,reuseaddr,backlog=64",
                                   f"TCP:127.0.0.1:{bport}"], stderr=subprocess.DEVNULL)
         wait_listening(rport)
         asyncio.run(client(rport, 1.0, args.concurrency))   # warm up
@@ -297,6 +329,7 @@ def main() -> None:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
+        shutil.rmtree(relay_dir, ignore_errors=True)
 
     print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, load average {load_before} at "
           f"start, {load_average()} at the end (other work on the host shares its cores)")
@@ -332,8 +365,8 @@ def report(results: list[dict], args) -> None:
     if args.control:
         print("control run: no capture was loaded; the ratios above are the measurement noise")
         return
-    if args.comm != "socat":
-        print(f"capture watched {args.comm!r}, not socat: the ratios above are the cost of attached, idle programs")
+    if args.comm != RELAY_COMM:
+        print(f"capture watched {args.comm!r}, not the relay: the ratios above are the cost of attached, idle programs")
         return
     conns = sum(r["connections"] for r in on)
     made = sum(r["connections"] + r["failed"] for r in on)
@@ -346,10 +379,11 @@ def report(results: list[dict], args) -> None:
     kernel = sum(r["relay_us"] * r["connections"] for r in on) / conns - cpu_off
     split = {name: sum(r[f"{name}_s"] for r in on) * 1e6 / conns for name in STAGES}
     consumer = sum(r["consumer_cpu_s"] for r in on) * 1e6 / conns
+    clocks = sum(r["clocks_s"] for r in on) * 1e6 / conns
     print(f"per connection ({sum(r['events'] for r in on) / conns:.1f} records): kernel {kernel:.1f} us "
           f"(relay CPU with - without); consumer CPU {consumer:.1f} us (target <= 30), of which "
           + ", ".join(f"{name} {split[name]:.1f}" for name in STAGES)
-          + f", other (wakeups, loop) {consumer - sum(split.values()):.1f}; "
+          + f", CPU clock reads of this bench {clocks:.1f}, other (loop, ticks) {consumer - sum(split.values()) - clocks:.1f}; "
           f"{sum(r['events'] for r in on) / max(sum(r['polls'] for r in on), 1):.1f} records per poll")
 
 
