@@ -126,10 +126,10 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
     from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture import Capture, CaptureConfig
     from monitor.config import Config
-    from monitor.ecs import HostInfo
+    from monitor.ecs import HostInfo, encode
     from monitor.events import Action, ConnectionEvent, PipelineError, now_ns
     from monitor.pipeline import Pipeline
-    from monitor.sinks.ndjson import NdjsonConfig, NdjsonSink, encode, stream_of
+    from monitor.sinks.ndjson import NdjsonConfig, NdjsonSink, stream_of
     from monitor.status import LiveStatus
 
     stop = False

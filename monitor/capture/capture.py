@@ -25,6 +25,7 @@ from ..settings import setting
 log = logging.getLogger(__name__)
 
 CaptureRecord = ConnectionEvent | ProcessEvent | PipelineError
+LOSS_CHECK_NS = 100_000_000   # the kernel's loss counters are read this often (a map read is a system call)
 
 
 def check_power_of_two(pages: int) -> None:
@@ -97,6 +98,7 @@ class Capture:
         self._exec_missed_seen = 0
         self._incomplete = 0
         self._read_ns = self._decode_ns = self._enrich_ns = 0
+        self._next_loss_check = 0
         self._by_pid: dict[int, list[Listener]] = {}
         self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
         self._rescanned: set[int] = set()         # pids rescanned for an incomplete accept
@@ -196,7 +198,8 @@ class Capture:
             append(event)
 
     def poll(self, timeout_ms: int) -> list[CaptureRecord]:
-        """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order."""
+        """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order, and
+        (every LOSS_CHECK_NS, and at every poll(0)) a PipelineError for what the kernel lost meanwhile."""
         raw = self._kernel.poll(timeout_ms)
         started = time.perf_counter_ns()
         out: list[CaptureRecord] = []
@@ -211,8 +214,10 @@ class Capture:
         enriched = time.perf_counter_ns()
         self._enrich_ns += enriched - enriching
         self._records += len(raw)
-        self._check_losses(out)
-        self._read_ns += time.perf_counter_ns() - enriched   # the loss counters are read from the kernel's maps are read from the kernel's maps
+        if timeout_ms <= 0 or enriched >= self._next_loss_check:   # a poll(0) (the last one) always looks
+            self._next_loss_check = enriched + LOSS_CHECK_NS
+            self._check_losses(out)
+            self._read_ns += time.perf_counter_ns() - enriched
         return out
 
     def _check_losses(self, out: list[CaptureRecord]) -> None:
