@@ -123,6 +123,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
     The path is the agent's: `Capture.poll` (ring drain, decode, enrich), the `Pipeline` with the default
     config (detector and decider, no policy), the live status, ECS rendering and the NDJSON sink (to a
     temporary directory). `control`: load nothing, just idle (measures the method's own noise)."""
+    from monitor.agent.loops import settle_heap
     from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture import Capture, CaptureConfig
     from monitor.config import Config
@@ -154,6 +155,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
     out_dir = tempfile.mkdtemp(prefix="bench-capture-")
     sink = NdjsonSink(NdjsonConfig(directory=Path(out_dir)), host)
     capture = Capture(CaptureConfig(comms=(comm,), byte_counts=byte_counts))
+    settle_heap()   # as the agent does once started
     print("ready", flush=True)
     accepted = events = errors = polls = 0
     stages = Stages()
@@ -168,10 +170,10 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
         stages.clock_calls += 2
         return batch
 
-    def consume(batch: list) -> None:
+    def consume(batch: list, tick: bool = False) -> None:
         nonlocal accepted, events, errors
         t0 = clock()
-        records = []
+        records = pipeline.tick(now_ns()) if tick else []
         for rec in batch:
             records.extend(pipeline.process(rec))
         for rec in records:
@@ -197,7 +199,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
         polls += 1
         if time.monotonic() >= next_tick:
             next_tick = time.monotonic() + config.agent.tick_interval_s
-            consume(pipeline.tick(now_ns()))
+            consume([], tick=True)
     consume(poll(0))   # whatever is left
     sink.flush()
     cpu = time.process_time() - cpu0
@@ -383,7 +385,7 @@ def report(results: list[dict], args) -> None:
     print(f"per connection ({sum(r['events'] for r in on) / conns:.1f} records): kernel {kernel:.1f} us "
           f"(relay CPU with - without); consumer CPU {consumer:.1f} us (target <= 30), of which "
           + ", ".join(f"{name} {split[name]:.1f}" for name in STAGES)
-          + f", CPU clock reads of this bench {clocks:.1f}, other (loop, ticks) {consumer - sum(split.values()) - clocks:.1f}; "
+          + f", CPU clock reads of this bench {clocks:.1f}, other (loop, wakeups) {consumer - sum(split.values()) - clocks:.1f}; "
           f"{sum(r['events'] for r in on) / max(sum(r['polls'] for r in on), 1):.1f} records per poll")
 
 
