@@ -25,7 +25,9 @@ drain, loss counters and the wakeup), decode, enrich (these three share the
 poll's CPU by the time each took), pipeline, render and write (buffer and
 the flusher thread). `--control` runs an idle consumer without BPF
 (the method's noise), `--comm other` attaches programs that match nothing,
-`--no-bytes` compiles out byte counting (the agent's default).
+`--no-bytes` compiles out byte counting (the agent's default). `--hot-loop N`
+times the same per-record path over N made-up relay connections in a loop,
+without BPF: the cost on warm caches, which other load distorts far less.
 
 Run as root: sudo .venv/bin/python scripts/bench_capture.py --no-bytes --rounds 3 --seconds 10
 """
@@ -222,6 +224,72 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
                       "write_s": stages.write / 1e9 + sink_cpu}), flush=True)
 
 
+def relay_records(connections: int, relay_pid: int) -> list[bytes]:
+    """Ring-buffer records (the layout of `bpf/capture.c`) of a fork relay's connections on
+    loopback: the accept in the relay, the child's connect, both closes; one child in 50 exits
+    with a status (a clean child's exit is not reported)."""
+    from monitor.capture import decode as d
+
+    lo = bytes([127, 0, 0, 1]).ljust(16, b"\0")
+    comm = RELAY_COMM.encode().ljust(16, b"\0")
+
+    def rec(etype: int, flags: int, pid: int, ppid: int, ts: int, cookie: int, sport: int, dport: int,
+            family: int = d.AF_INET, err: int = 0) -> bytes:
+        return d.HEADER.pack(etype, family, flags, pid, pid, ppid, 0, 0, ts, cookie, 100 if etype == d.EV_CLOSE else 0,
+                             err, sport, dport, lo, lo, 9000, d.AF_INET, 0, lo, comm, 0, 0)
+
+    out = []
+    for i in range(connections):
+        child, ts = 1_000_000 + i, 1_000_000 + i * 1000
+        client, local = 20000 + i % 40000, 30000 + i % 30000
+        out += [rec(d.EV_ACCEPT, d.F_INGRESS, relay_pid, 1, ts, ts, client, 9000),
+                rec(d.EV_CONNECT, 0, child, relay_pid, ts + 100, ts, local, 9001),
+                rec(d.EV_CLOSE, d.F_INGRESS, child, relay_pid, ts + 200, ts, client, 9000),
+                rec(d.EV_CLOSE, 0, child, relay_pid, ts + 300, ts, local, 9001)]
+        if i % 50 == 0:
+            out.append(rec(d.EV_EXIT, d.F_EXITED, child, relay_pid, ts + 400, ts, 0, 0, family=0, err=1))
+    return out
+
+
+def hot_loop(connections: int, rounds: int) -> None:
+    """The consumer's per-record path over made-up relay records, in a loop: its CPU cost without
+    BPF, wakeups or other processes (what the live split costs on warm caches)."""
+    from monitor.agent.wiring import make_decider, make_detector
+    from monitor.capture.decode import decode
+    from monitor.capture.enrich import Enricher, ProcessTable, monotonic_offset_ns
+    from monitor.config import Config
+    from monitor.ecs import HostInfo, encode
+    from monitor.pipeline import Pipeline
+    from monitor.status import LiveStatus
+
+    raws, host, offset = relay_records(connections, os.getpid()), HostInfo.detect(), monotonic_offset_ns()
+    spent = dict.fromkeys(("decode", "enrich", "pipeline", "render"), 0.0)
+    for _ in range(rounds):
+        config = Config()
+        decider = make_decider(config, None)
+        pipeline = Pipeline(detector=make_detector(config, decider), decider=decider)
+        status, enrich = LiveStatus(open_idle_s=60), Enricher(ProcessTable(4096, offset), offset, "bench")
+        for start in range(0, len(raws), 8):   # drains of 8 records, as the live bench sees
+            t0 = time.process_time()
+            decoded = [decode(raw) for raw in raws[start:start + 8]]
+            t1 = time.process_time()
+            events = [e for e in map(enrich, decoded) if e is not None]
+            t2 = time.process_time()
+            records = [out for e in events for out in pipeline.process(e)]
+            for rec in records:
+                status.observe(rec)
+            t3 = time.process_time()
+            for rec in records:
+                encode(rec, host)
+            t4 = time.process_time()
+            for name, took in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                spent[name] += took
+    per = {name: took * 1e6 / (connections * rounds) for name, took in spent.items()}
+    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load_average()}")
+    print(f"hot loop, {connections} connections x {rounds}: {sum(per.values()):.1f} us CPU per connection: "
+          + ", ".join(f"{name} {value:.1f}" for name, value in per.items()))
+
+
 # ---- the client -------------------------------------------------------------
 
 async def client(port: int, seconds: float, concurrency: int) -> tuple[int, int, float]:
@@ -295,6 +363,8 @@ def main() -> None:
                     help="on phases run an idle consumer without BPF: the ratio then shows the method's noise")
     ap.add_argument("--comm", default=RELAY_COMM,
                     help="process name the capture watches; another name measures programs whose filter matches nothing")
+    ap.add_argument("--hot-loop", type=int, default=0, metavar="N",
+                    help="instead: time the consumer's path over N made-up relay connections in a loop (no BPF, no root)")
     ap.add_argument("--role", choices=["main", "backend", "consumer"], default="main", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -302,6 +372,8 @@ def main() -> None:
         return run_backend(args.port)
     if args.role == "consumer":
         return run_consumer(args.port, not args.no_bytes, args.control, args.comm)
+    if args.hot_loop:
+        return hot_loop(min(max(args.hot_loop, 100), 100_000), args.rounds)
     args.seconds = min(max(args.seconds, 1.0), 60.0)
     args.rounds = min(max(args.rounds, 1), 5)
     args.concurrency = min(max(args.concurrency, 1), 4)
