@@ -50,9 +50,9 @@ class CaptureConfig:
     ring buffer size in 4 KiB pages, a power of two (256 = 1 MiB, about 7,000
     connection events). `proc_cache_size`: processes kept in the /proc cache.
     `byte_counts`: count bytes per connection. Off by default: it runs a
-    program on every read/write syscall of the host, which cost socat relays
-    4-7% of their connection rate in `scripts/bench_capture.py`; on, close
-    events carry `source.bytes`/`destination.bytes`.
+    program on every read/write syscall of the host (`scripts/bench_capture.py`
+    without `--no-bytes` measures its cost); on, close events carry
+    `source.bytes`/`destination.bytes`.
     """
 
     comms: tuple[str, ...] = setting(("socat",), check=check_comms, live=False)
