@@ -110,7 +110,12 @@ BPF_TABLE("lru_hash", u64, struct conn, conns, 65536);        // sock address ->
 BPF_TABLE("lru_hash", u32, struct pstate, pstates, 4096);     // tgid -> last accept, fork/connect count
 BPF_TABLE("lru_hash", u32, struct fork_val, forks, 16384);    // child tgid -> parent
 BPF_TABLE("lru_hash", u32, struct exit_val, exits, 4096);
-BPF_TABLE("lru_hash", struct io_key, struct io_val, sockio, 65536);  // (tgid, fd) of a tracked socket -> bytes
+#ifdef NO_BYTES
+#define SOCKIO_SIZE 1       // unused: no byte counts
+#else
+#define SOCKIO_SIZE 65536
+#endif
+BPF_TABLE("lru_hash", struct io_key, struct io_val, sockio, SOCKIO_SIZE);  // (tgid, fd) of a tracked socket -> bytes
 BPF_TABLE("lru_hash", u32, struct io_pending, iopending, 4096);    // tid -> read/write in progress
 
 static __always_inline int watched(void) {
@@ -154,6 +159,16 @@ static __always_inline void fill_task(struct event *ev) {
     struct fork_val *f = forks.lookup(&tgid);
     ev->ppid = f ? f->ppid : 0;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+}
+
+// Start counting the bytes of a tracked socket (tgid, fd): compiled out with
+// -DNO_BYTES, when nothing reads the counts.
+static __always_inline void count_bytes(u32 tgid, u32 fd) {
+#ifndef NO_BYTES
+    struct io_key ik = {.tgid = tgid, .fd = fd};
+    struct io_val zero_io = {};
+    sockio.update(&ik, &zero_io);
+#endif
 }
 
 static __always_inline void bump_activity(u32 tgid) {
@@ -257,9 +272,7 @@ static __always_inline int accept_exit(long ret) {
     if (sk) {
         c.fd = ret;
         conns.update(&sk, &c);
-        struct io_key ik = {.tgid = tgid, .fd = ret};
-        struct io_val zero_io = {};
-        sockio.update(&ik, &zero_io);
+        count_bytes(tgid, ret);
     }
     return 0;
 }
@@ -326,6 +339,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
 // A tracked socket's close, with the bytes its holder moved on it.
 static __always_inline void emit_close(u64 sk, struct conn *c) {
     c->ev.type = EV_CLOSE;
+#ifndef NO_BYTES
     struct io_key ik = {.tgid = c->ev.pid, .fd = c->fd};
     struct io_val *io = sockio.lookup(&ik);
     if (io) {
@@ -333,12 +347,14 @@ static __always_inline void emit_close(u64 sk, struct conn *c) {
         c->ev.bytes_out = io->wr;
         sockio.delete(&ik);
     }
+#endif
     emit(&c->ev, sizeof(c->ev));
     conns.delete(&sk);
 }
 
 // ---- bytes: read()/write() on the tracked sockets' (tgid, fd) ----------------
-// (compiled out with -DNO_BYTES: then no program runs on read/write at all)
+// (compiled out with -DNO_BYTES: then no program runs on read/write at all, and
+// the `sockio` table is never touched)
 
 #ifndef NO_BYTES
 static __always_inline int io_enter(u32 fd, u32 write) {
@@ -384,10 +400,8 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
         struct pstate *p = pstates.lookup(&parent);
         if (p) {
             __sync_fetch_and_add(&p->activity, 1);
-            struct io_key ik = {.tgid = child, .fd = p->fd};
-            struct io_val zero_io = {};
             if (p->cookie)
-                sockio.update(&ik, &zero_io);
+                count_bytes(child, p->fd);
             f.cookie = p->cookie;
             f.in_sk = p->sk;
             f.lport = p->lport;
@@ -601,9 +615,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         }
         c.fd = a->fd;
         conns.update(&sk, &c);
-        struct io_key ik = {.tgid = tgid, .fd = a->fd};
-        struct io_val zero_io = {};
-        sockio.update(&ik, &zero_io);
+        count_bytes(tgid, a->fd);
         return 0;
     }
 

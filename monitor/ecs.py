@@ -1,7 +1,11 @@
 """ECS rendering: the single place where typed records become documents.
 
 `render(record, host)` turns any `monitor.events` record into a nested ECS
-dict; `parse_connection(doc)` turns an ECS document (ours, or another
+dict and `encode(record, host)` into its JSON line. A connection event (most
+of what the agent writes) is encoded from pieces: what changes per event,
+and what is the same for many events (the host and agent identity, once per
+host; the process and user, once per process) encoded once and reused.
+`parse_connection(doc)` turns an ECS document (ours, or another
 tool's with the minimal fields) back into a `ConnectionEvent`, so replay and
 offline analysis see exactly what the live agent saw.
 """
@@ -21,6 +25,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from . import __version__
 from .addresses import normalize_ip, packed
@@ -194,16 +200,29 @@ def set_severity(doc: dict[str, Any], word: str) -> None:
     doc.setdefault("socat", {})["severity"] = word
 
 
-def _base(record_id: str, timestamp_ns: int, host: HostInfo, kind: str, dataset: str) -> dict[str, Any]:
+def _head(record_id: str, timestamp_ns: int, kind: str, dataset: str) -> dict[str, Any]:
+    """`@timestamp` and `event`: the part of every document that changes with the record."""
     return {
         "@timestamp": iso_timestamp(timestamp_ns),
-        "ecs": {"version": ECS_VERSION},
         "event": {"id": record_id, "kind": kind, "dataset": dataset, "module": "socat",
                   "created": iso_timestamp(time.time_ns())},
+    }
+
+
+def _identity(host: HostInfo) -> dict[str, Any]:
+    """`ecs`, `host`, `agent` and `observer`: the same in every document of one host."""
+    return {
+        "ecs": {"version": ECS_VERSION},
         "host": host.ecs(),
         "agent": {"id": host.agent_id, "name": "socat-monitor", "type": "socat-monitor", "version": __version__},
         "observer": {"hostname": host.name, "type": "monitor", "vendor": "socat-monitor"},
     }
+
+
+def _base(record_id: str, timestamp_ns: int, host: HostInfo, kind: str, dataset: str) -> dict[str, Any]:
+    doc = _head(record_id, timestamp_ns, kind, dataset)
+    doc.update(_identity(host))
+    return doc
 
 
 def _process(proc: ProcessInfo, host: HostInfo) -> dict[str, Any]:
@@ -234,26 +253,34 @@ def _user(proc: ProcessInfo) -> dict[str, Any] | None:
     return user
 
 
-def _add_process(doc: dict[str, Any], proc: ProcessInfo | None, host: HostInfo) -> None:
-    if proc is None:
-        return
-    doc["process"] = _process(proc, host)
+def _process_fields(proc: ProcessInfo, host: HostInfo) -> dict[str, Any]:
+    """`process` and, when the uid is known, `user`."""
+    out = {"process": _process(proc, host)}
     user = _user(proc)
     if user:
-        doc["user"] = user
+        out["user"] = user
     if proc.container is not None:
-        doc["container"] = {key: value for key, value in (("id", proc.container.id), ("name", proc.container.name),
+        out["container"] = {key: value for key, value in (("id", proc.container.id), ("name", proc.container.name),
                                                           ("runtime", proc.container.runtime)) if value}
-    identity = {key: value for key, value in (("netns", _netns(proc)), ("cgroup", proc.cgroup)) if value}
-    if identity:
-        doc.setdefault("socat", {}).update(identity)
+    return out
 
 
-def _netns(proc: ProcessInfo) -> dict[str, Any] | None:
-    """`socat.netns`: the relay's network namespace, its inode and `ip netns` name."""
-    if proc.netns is None:
-        return None
-    return {"inode": proc.netns, "name": proc.netns_name} if proc.netns_name else {"inode": proc.netns}
+def _process_identity(proc: ProcessInfo | None) -> dict[str, Any]:
+    """The relay's identity under `socat`: its network namespace (inode, `ip netns` name) and cgroup."""
+    if proc is None:
+        return {}
+    netns = None
+    if proc.netns is not None:
+        netns = {"inode": proc.netns, "name": proc.netns_name} if proc.netns_name else {"inode": proc.netns}
+    return {key: value for key, value in (("netns", netns), ("cgroup", proc.cgroup)) if value}
+
+
+def _add_process(doc: dict[str, Any], proc: ProcessInfo | None, host: HostInfo) -> None:
+    if proc is not None:
+        doc.update(_process_fields(proc, host))
+        identity = _process_identity(proc)
+        if identity:
+            doc.setdefault("socat", {}).update(identity)
 
 
 def _listener(listener: Listener) -> dict[str, Any]:
@@ -271,32 +298,39 @@ _CONNECTION_TYPES = {
 }
 
 
-def _render_connection(ev: ConnectionEvent, host: HostInfo) -> dict[str, Any]:
-    doc = _base(ev.id, ev.timestamp_ns, host, "event", DATASET_CONNECTION)
-    doc["event"].update(
-        category=["network"],
-        type=list(_CONNECTION_TYPES[ev.action]),
-        action=ev.action.value,
-        outcome=ev.outcome.value,
-    )
+_COMMUNITY_IDS: dict[tuple[str, int, str, int], str] = {}
+
+
+def _community_id(ev: ConnectionEvent) -> str:
+    """`community_id` of the event's 4-tuple; a connection's events share it, so it is computed once."""
+    key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port)
+    found = _COMMUNITY_IDS.get(key)
+    if found is None:
+        if len(_COMMUNITY_IDS) >= 4096:
+            _COMMUNITY_IDS.clear()
+        found = _COMMUNITY_IDS[key] = community_id(*key)
+    return found
+
+
+def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
+    """Everything of a connection document but the host identity and the process."""
+    doc = _head(ev.id, ev.timestamp_ns, "event", DATASET_CONNECTION)
+    event = doc["event"]
+    event.update(category=["network"], type=list(_CONNECTION_TYPES[ev.action]), action=ev.action.value,
+                 outcome=ev.outcome.value)
     if ev.ktime_ns is not None:
-        doc["event"]["sequence"] = ev.ktime_ns
+        event["sequence"] = ev.ktime_ns
     if ev.duration_ns is not None:
-        doc["event"]["duration"] = ev.duration_ns
+        event["duration"] = ev.duration_ns
     doc["source"] = {"ip": ev.source_ip, "port": ev.source_port}
     doc["destination"] = {"ip": ev.destination_ip, "port": ev.destination_port}
     if ev.bytes_in is not None:
         doc["source"]["bytes"] = ev.bytes_in if ev.direction is Direction.INGRESS else ev.bytes_out
         doc["destination"]["bytes"] = ev.bytes_out if ev.direction is Direction.INGRESS else ev.bytes_in
-    doc["network"] = {
-        "transport": "tcp",
-        "type": ev.network_type,
-        "direction": ev.direction.value,
-        "community_id": community_id(ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port),
-    }
+    doc["network"] = {"transport": "tcp", "type": ev.network_type, "direction": ev.direction.value,
+                      "community_id": _community_id(ev)}
     doc["related"] = {"ip": sorted({ev.source_ip, ev.destination_ip})}
-    _add_process(doc, ev.process, host)
-    socat: dict[str, Any] = doc.get("socat", {})
+    socat: dict[str, Any] = _process_identity(ev.process)
     if ev.listener is not None:
         socat["listener"] = _listener(ev.listener)
     if ev.session_id:
@@ -308,6 +342,61 @@ def _render_connection(ev: ConnectionEvent, host: HostInfo) -> dict[str, Any]:
     if socat:
         doc["socat"] = socat
     return doc
+
+
+def _render_connection(ev: ConnectionEvent, host: HostInfo) -> dict[str, Any]:
+    doc = _connection_fields(ev)
+    doc.update(_identity(host))
+    if ev.process is not None:
+        doc.update(_process_fields(ev.process, host))   # its identity under `socat` is in the fields already
+    return doc
+
+
+class _Pieces:
+    """Encoded JSON members (`,"key":value,...`) reused across documents: the host identity of the
+    last host, and the process and user of recently seen processes (by object: the enricher hands
+    out one `ProcessInfo` per process state, so an object seen before encodes the same)."""
+
+    MAX_PROCESSES = 4096
+
+    def __init__(self) -> None:
+        self.identity: tuple[HostInfo | None, bytes] = (None, b"")   # one tuple: swapped whole
+        self.processes: dict[int, tuple[ProcessInfo, HostInfo, bytes]] = {}
+
+    @staticmethod
+    def members(fields: dict[str, Any]) -> bytes:
+        return b"," + orjson.dumps(fields)[1:-1]
+
+    def of_host(self, host: HostInfo) -> bytes:
+        known, encoded = self.identity
+        if known is not host:
+            encoded = self.members(_identity(host))
+            self.identity = (host, encoded)
+        return encoded
+
+    def of_process(self, proc: ProcessInfo | None, host: HostInfo) -> bytes:
+        if proc is None:
+            return b""
+        known = self.processes.get(id(proc))
+        if known is not None and known[0] is proc and known[1] is host:
+            return known[2]
+        if len(self.processes) >= self.MAX_PROCESSES:
+            self.processes.clear()
+        encoded = self.members(_process_fields(proc, host))
+        self.processes[id(proc)] = (proc, host, encoded)   # holds proc: its id is not reused meanwhile
+        return encoded
+
+
+_PIECES = _Pieces()
+
+
+def encode(record: Record, host: HostInfo) -> bytes:
+    """The ECS document of any record as one JSON line (with the newline); the same document as
+    `render`, built from reused pieces for connection events."""
+    if record.__class__ is ConnectionEvent:
+        head = orjson.dumps(_connection_fields(record))
+        return b"".join((head[:-1], _PIECES.of_host(host), _PIECES.of_process(record.process, host), b"}\n"))
+    return orjson.dumps(render(record, host), option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _render_process(ev: ProcessEvent, host: HostInfo) -> dict[str, Any]:

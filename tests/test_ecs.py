@@ -3,12 +3,14 @@ categorisation value against a pinned copy of the ECS reference; severity; ident
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
+import orjson
 import pytest
 
-from monitor.ecs import ECS_VERSION, HostInfo, HostOs, community_id, iso_timestamp, render, set_severity
-from monitor.events import Action, BlockEvent, DropEvent, Listener
+from monitor.ecs import ECS_VERSION, HostInfo, HostOs, community_id, encode, iso_timestamp, render, set_severity
+from monitor.events import Action, BlockEvent, Container, DropEvent, Listener
 from monitor.policy.engine import dropped_alert
 from monitor.sinks.template import FIELDS
 from tests import ecs_reference as ecs_ref
@@ -152,3 +154,31 @@ def test_a_dropped_source_is_a_denied_connection_and_its_alert_a_failure():
     alert = render(dropped_alert(ev), HOST)
     assert alert["rule"]["id"] == "policy.source_denied" and alert["event"]["outcome"] == "failure"
     assert alert["source"]["ip"] == "198.51.100.9"
+
+
+def _without_created(doc: dict) -> dict:
+    doc["event"].pop("created")
+    return doc
+
+
+def test_encoded_line_is_the_rendered_document_for_every_record():
+    """`encode` builds connection lines from reused pieces: the same document as `render`, one line."""
+    contained = dataclasses.replace(S.connection(9).process, netns=4026531840, netns_name="lab", cgroup="/docker/ab12",
+                                    container=Container(id="ab12" * 16, name="web", runtime="docker"))
+    in_container = dataclasses.replace(S.connection(9), process=contained)
+    for record in _records() + [S.closed(7), S.egress(8), in_container]:
+        line = encode(record, HOST)
+        assert line.endswith(b"}\n") and line.count(b"\n") == 1
+        assert _without_created(orjson.loads(line)) == _without_created(render(record, HOST)), type(record)
+
+
+def test_encoded_pieces_follow_a_changed_process_and_host():
+    """A new ProcessInfo (another uid after su=, say) or another host is encoded anew, never reused."""
+    first = S.connection(1)
+    su = dataclasses.replace(first.process, uid=65534, user_name="nobody")
+    second = dataclasses.replace(S.connection(2), process=su)
+    other_host = dataclasses.replace(HOST, name="other")
+    assert orjson.loads(encode(first, HOST))["user"]["id"] == "1000"
+    assert orjson.loads(encode(second, HOST))["user"] == {"id": "65534", "name": "nobody"}
+    assert orjson.loads(encode(second, other_host))["host"]["name"] == "other"
+    assert orjson.loads(encode(second, HOST))["host"]["name"] == HOST.name

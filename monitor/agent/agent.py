@@ -35,7 +35,7 @@ from ..status import LiveStatus, ReloadResult, RunSummary, to_json
 from . import report
 from .report import ForgottenReport
 from .auditing import AuditWorker
-from .loops import CaptureReader, Handoff, Periodic, main_loop
+from .loops import CaptureReader, Handoff, Periodic, main_loop, settle_heap
 from .reload import reload
 from .wiring import egress_rules, engine, guards, home, make_decider, make_detector, make_enforcer, make_sinks, read_policy
 
@@ -109,6 +109,7 @@ class Agent:
         """Run until stopped or the duration is over; return the summary."""
         try:
             self.start()
+            settle_heap()
             self.reader.thread.start()
             main_loop(self.handoff, self._process, self._periodic(), self._reload_if_asked, self.stop_event,
                       self.options.duration_s)

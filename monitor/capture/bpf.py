@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import mmap
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class KernelProbe:
         self._lost_total = 0
         self._closed = False
         self.ports_unwatched = 0   # listener ports the full `ports` map could not take
+        self.read_ns = 0           # time spent draining the ring (not waiting for it)
 
     def watch_ports(self, ports: Iterable[int]) -> None:
         if self._closed:
@@ -69,7 +71,9 @@ class KernelProbe:
         if self._closed:
             return out
         self._ring.wait(timeout_ms)   # batches: returns at once only if the kernel woke us
+        started = time.perf_counter_ns()
         self._ring.drain(out)
+        self.read_ns += time.perf_counter_ns() - started
         return out
 
     def lost(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,13 +18,14 @@ from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEv
 from ..host.listeners import accepted_addresses, discover
 from ..host.processes import boot_id
 from .bpf import KernelProbe
-from .decode import DecodeError, decode
+from .decode import DecodeError, RawEvent, decode
 from .enrich import Enricher, ProcessTable, monotonic_offset_ns
 from ..settings import setting
 
 log = logging.getLogger(__name__)
 
 CaptureRecord = ConnectionEvent | ProcessEvent | PipelineError
+LOSS_CHECK_NS = 100_000_000   # the kernel's loss counters are read this often (a map read is a system call)
 
 
 def check_power_of_two(pages: int) -> None:
@@ -48,9 +50,9 @@ class CaptureConfig:
     ring buffer size in 4 KiB pages, a power of two (256 = 1 MiB, about 7,000
     connection events). `proc_cache_size`: processes kept in the /proc cache.
     `byte_counts`: count bytes per connection. Off by default: it runs a
-    program on every read/write syscall of the host, which cost socat relays
-    4-7% of their connection rate in `scripts/bench_capture.py`; on, close
-    events carry `source.bytes`/`destination.bytes`.
+    program on every read/write syscall of the host (`scripts/bench_capture.py`
+    without `--no-bytes` measures its cost); on, close events carry
+    `source.bytes`/`destination.bytes`.
     """
 
     comms: tuple[str, ...] = setting(("socat",), check=check_comms, live=False)
@@ -73,6 +75,9 @@ class CaptureStats:
     processes_cached: int = 0
     incomplete: int = 0          # accepts whose handshake the kernel side missed (listener filled from /proc)
     uninspectable: int = 0       # watched processes whose /proc/PID/fd the agent cannot read
+    read_ns: int = 0             # time spent draining the ring buffer (not waiting for it)
+    decode_ns: int = 0           # ... decoding records
+    enrich_ns: int = 0           # ... turning them into typed events
 
 
 class Capture:
@@ -92,6 +97,8 @@ class Capture:
         self._lost_seen = 0
         self._exec_missed_seen = 0
         self._incomplete = 0
+        self._read_ns = self._decode_ns = self._enrich_ns = 0
+        self._next_loss_check = 0
         self._by_pid: dict[int, list[Listener]] = {}
         self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
         self._rescanned: set[int] = set()         # pids rescanned for an incomplete accept
@@ -157,24 +164,24 @@ class Capture:
                 event.destination_ip, event.source_ip = seen
                 event.listener = Listener(ip=seen[0] if lst.ip in ("0.0.0.0", "::") else lst.ip, port=lst.port)
 
-    def poll(self, timeout_ms: int) -> list[CaptureRecord]:
-        """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order."""
-        raw = self._kernel.poll(timeout_ms)
-        out: list[CaptureRecord] = []
-        append = out.append
-        enrich = self._enrich
-        if self._pending:
-            with self._lock:
-                out.extend(self._pending)
-                self._pending = []
+    def _decode(self, raw: list[bytes], out: list[CaptureRecord]) -> list[RawEvent]:
+        """The records of one ring drain, decoded; an undecodable one becomes a PipelineError in `out`."""
+        decoded: list[RawEvent] = []
+        append = decoded.append
         for data in raw:
             try:
-                record = decode(data)
+                append(decode(data))
             except DecodeError as exc:
                 self._decode_errors += 1
                 log.warning("capture: undecodable ring-buffer record: %s", exc)
-                append(PipelineError(stage="capture", message=f"undecodable record: {exc}", timestamp_ns=now_ns()))
-                continue
+                out.append(PipelineError(stage="capture", message=f"undecodable record: {exc}",
+                                         timestamp_ns=now_ns()))
+        return decoded
+
+    def _enrich_all(self, decoded: list[RawEvent], out: list[CaptureRecord]) -> None:
+        append = out.append
+        enrich = self._enrich
+        for record in decoded:
             try:
                 event = enrich(record)
             except (OSError, ValueError) as exc:
@@ -189,7 +196,33 @@ class Capture:
                 self._complete(event)
             self._by_action[event.action.value] += 1
             append(event)
+
+    def poll(self, timeout_ms: int) -> list[CaptureRecord]:
+        """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order, and
+        (every LOSS_CHECK_NS, and at every poll(0)) a PipelineError for what the kernel lost meanwhile."""
+        raw = self._kernel.poll(timeout_ms)
+        started = time.perf_counter_ns()
+        out: list[CaptureRecord] = []
+        if self._pending:
+            with self._lock:
+                out.extend(self._pending)
+                self._pending = []
+        decoded = self._decode(raw, out)
+        enriching = time.perf_counter_ns()
+        self._enrich_all(decoded, out)
+        self._decode_ns += enriching - started
+        enriched = time.perf_counter_ns()
+        self._enrich_ns += enriched - enriching
         self._records += len(raw)
+        if timeout_ms <= 0 or enriched >= self._next_loss_check:   # a poll(0) (the last one) always looks
+            self._next_loss_check = enriched + LOSS_CHECK_NS
+            self._check_losses(out)
+            self._read_ns += time.perf_counter_ns() - enriched
+        return out
+
+    def _check_losses(self, out: list[CaptureRecord]) -> None:
+        """Kernel-side losses and execs without argv since the last poll, as PipelineErrors in `out`."""
+        append = out.append
         lost = self._kernel.lost()
         if lost > self._lost_seen:
             grew = lost - self._lost_seen
@@ -204,7 +237,6 @@ class Capture:
                                  message=f"{grew} exec(s) of watched processes arrived without their kernel argv "
                                          "(the kernel table evicted it under a flood of execs): "
                                          "their command lines were read from /proc"))
-        return out
 
     @property
     def stats(self) -> CaptureStats:
@@ -213,6 +245,7 @@ class Capture:
             decode_errors=self._decode_errors, enrich_errors=self._enrich_errors, duplicates=self._duplicates,
             proc_reads=self._processes.proc_reads, processes_cached=len(self._processes),
             incomplete=self._incomplete, uninspectable=len(self._blind),
+            read_ns=self._kernel.read_ns + self._read_ns, decode_ns=self._decode_ns, enrich_ns=self._enrich_ns,
         )
 
     def close(self) -> None:

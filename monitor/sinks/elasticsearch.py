@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import orjson
 
-from ..ecs import HostInfo, parse_timestamp, render
+from ..ecs import HostInfo, encode, parse_timestamp
 from ..events import Alert, Record
 from ..files import open_append
 from ..redact import cleartext_credentials, redact_url
@@ -56,7 +56,7 @@ REFUSED_BATCH = frozenset({400, 413})   # the whole request refused for what it 
 def spool_line(record: Record, host: HostInfo) -> bytes:
     """The spool line of a record: stream marker, id, tab, ECS JSON, newline."""
     marker = b"a" if isinstance(record, Alert) else b"e"
-    return marker + record.id.encode() + b"\t" + orjson.dumps(render(record, host), option=orjson.OPT_APPEND_NEWLINE)
+    return marker + record.id.encode() + b"\t" + encode(record, host)
 
 
 class ElasticsearchSink:

@@ -15,7 +15,7 @@ files while the directory's files together pass `retention_bytes`, are
 deleted (at start, after each rotation and every minute; 0 turns a bound
 off). What was deleted is logged and counted in `NdjsonSink.retired`.
 
-`write()` renders with orjson and appends to an in-memory buffer (bounded by
+`write()` encodes the record (`ecs.encode`) and appends to an in-memory buffer (bounded by
 `max_buffer_bytes`; beyond it the oldest lines are dropped and reported). A
 flusher thread writes buffered lines every `flush_interval_s`, fsyncs on
 rotation and close. A disk fault never crashes the agent: the failed lines
@@ -33,9 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 
-from ..ecs import HostInfo, render
+from ..ecs import HostInfo, encode
 from ..events import Alert, Record
 from ..files import GROUP_READABLE, open_append_fd
 from ..settings import setting
@@ -66,11 +65,6 @@ class NdjsonConfig:
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
-
-
-def encode(record: Record, host: HostInfo) -> bytes:
-    """One NDJSON line (with the newline) of a record's ECS document."""
-    return orjson.dumps(render(record, host), option=orjson.OPT_APPEND_NEWLINE)
 
 
 def stream_of(record: Record) -> str:
@@ -194,7 +188,10 @@ class NdjsonSink:
                 self._stats.failed += 1
             self._errors.add(f"cannot render {type(record).__name__}: {exc}")
             return
-        stream = stream_of(record)
+        self.append(stream_of(record), line)
+
+    def append(self, stream: str, line: bytes) -> None:
+        """Buffer one encoded line (`encode`) of `stream` ("events" or "alerts")."""
         with self._lock:
             buf = self._buffers[stream]
             buf.append(line)
