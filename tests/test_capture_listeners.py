@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from monitor.host import listeners, processes
-from monitor.host.listeners import accepted_addresses, discover
+from monitor.host.listeners import OpenConnections, discover
 from monitor.host.processes import parse_status
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
@@ -99,12 +99,25 @@ def test_accepted_addresses_complete_a_truncated_ipv6_peer(tmp_path):
     (net / "tcp6").write_text(HEADER
                               + "   0: 000077FD000000000000000001000000:1F91 000077FD000000000000000002000000:9C40 01 0 0 0 0 0 0 0 3 1\n"
                               + "   1: 0000000000000000FFFF00000100007F:1F91 0000000000000000FFFF00000900007F:9C41 01 0 0 0 0 0 0 0 4 1\n")
-    proc = str(tmp_path)
-    assert accepted_addresses(7, 8080, "127.0.0.5", 54321, proc) == ("127.0.0.2", "127.0.0.5")
-    assert accepted_addresses(7, 8081, "fd77::", 40000, proc) == ("fd77::1", "fd77::2")   # 8 bytes known
-    assert accepted_addresses(7, 8081, "::", 40001, proc) == ("127.0.0.1", "127.0.0.9")
-    assert accepted_addresses(7, 8081, "fd78::", 40000, proc) is None     # another peer
-    assert accepted_addresses(8, 8080, "127.0.0.5", 54321, proc) is None  # gone
+    open_now = OpenConnections(str(tmp_path))
+    assert open_now.accepted_addresses(7, None, 8080, "127.0.0.5", 54321) == ("127.0.0.2", "127.0.0.5")
+    assert open_now.accepted_addresses(7, None, 8081, "fd77::", 40000) == ("fd77::1", "fd77::2")   # 8 bytes known
+    assert open_now.accepted_addresses(7, None, 8081, "::", 40001) == ("127.0.0.1", "127.0.0.9")
+    assert open_now.accepted_addresses(7, None, 8081, "fd78::", 40000) is None     # another peer
+    assert open_now.accepted_addresses(8, None, 8080, "127.0.0.5", 54321) is None  # gone
+
+
+def test_open_connections_read_once_per_namespace_until_forgotten(tmp_path):
+    """A flood of incomplete accepts costs one table read per ring drain: later connections show after forget()."""
+    net = tmp_path / "7" / "net"
+    net.mkdir(parents=True)
+    (net / "tcp").write_text(HEADER + "   1: 0200007F:1F90 0500007F:D431 01 0 0 0 0 0 0 0 2 1\n")
+    open_now = OpenConnections(str(tmp_path))
+    assert open_now.accepted_addresses(7, 4026531840, 8080, "127.0.0.5", 54321) == ("127.0.0.2", "127.0.0.5")
+    (net / "tcp").write_text(HEADER + "   1: 0200007F:1F90 0600007F:D432 01 0 0 0 0 0 0 0 2 1\n")
+    assert open_now.accepted_addresses(7, 4026531840, 8080, "127.0.0.6", 54322) is None   # this drain's snapshot
+    open_now.forget()
+    assert open_now.accepted_addresses(7, 4026531840, 8080, "127.0.0.6", 54322) == ("127.0.0.2", "127.0.0.6")
 
 
 @pytest.mark.parametrize("argv, ports", [

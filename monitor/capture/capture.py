@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
-from ..host.listeners import accepted_addresses, discover
+from ..host.listeners import OpenConnections, discover
 from ..host.processes import boot_id
 from .bpf import KernelProbe
 from .decode import DecodeError, RawEvent, decode
@@ -102,6 +102,7 @@ class Capture:
         self._by_pid: dict[int, list[Listener]] = {}
         self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
         self._rescanned: set[int] = set()         # pids rescanned for an incomplete accept
+        self._open = OpenConnections()             # completes those accepts, one /proc read per drain
         self._pending: list[PipelineError] = []   # reported by the next poll()
         self._lock = threading.Lock()             # listeners() may run in another thread than poll()
         self.listeners()
@@ -159,7 +160,8 @@ class Capture:
             event.destination_port = lst.port
             if lst.ip not in ("0.0.0.0", "::"):
                 event.destination_ip = lst.ip
-            seen = accepted_addresses(proc.pid, lst.port, event.source_ip, event.source_port)
+            seen = self._open.accepted_addresses(proc.pid, proc.netns, lst.port, event.source_ip,
+                                                 event.source_port)
             if seen is not None:   # still open: the local address and the whole (IPv6) peer
                 event.destination_ip, event.source_ip = seen
                 event.listener = Listener(ip=seen[0] if lst.ip in ("0.0.0.0", "::") else lst.ip, port=lst.port)
@@ -208,6 +210,7 @@ class Capture:
                 out.extend(self._pending)
                 self._pending = []
         decoded = self._decode(raw, out)
+        self._open.forget()
         enriching = time.perf_counter_ns()
         self._enrich_all(decoded, out)
         self._decode_ns += enriching - started

@@ -142,29 +142,55 @@ def discover(comms: tuple[str, ...], proc: str = processes.PROC) -> Discovery:
     return out
 
 
-def accepted_addresses(pid: int, lport: int, peer_ip: str, peer_port: int,
-                       proc: str = processes.PROC) -> tuple[str, str] | None:
-    """(local ip, full peer ip) of the open connection peer_port -> lport in PID's namespace.
+class OpenConnections:
+    """The open TCP connections of relays' namespaces, by (local port, peer port), read from /proc at most
+    once per namespace between two `forget()` calls (the capture forgets at each ring drain). An accept
+    whose handshake the kernel side did not see is completed from here; in a flood of them (the agent
+    started under attack) one table read then serves a whole drain, not one read per accept."""
 
-    Completes an accept whose handshake the kernel side did not see: it then
-    knows the whole IPv4 peer but only the first 8 bytes of an IPv6 one
-    (socat's accept buffer is 16 bytes) and not the local address. None when
-    the connection is gone or ambiguous.
-    """
-    try:
-        want = packed(peer_ip)
-    except ValueError:
-        return None
-    found: set[tuple[str, str]] = set()
-    for cols in tcp.rows(f"{proc}/{pid}/net"):
-        if len(cols) < 4 or cols[3] == tcp.LISTEN:
-            continue
-        local, port = tcp.hex_raw(cols[1])
-        remote, rport = tcp.hex_raw(cols[2])
-        if port != lport or rport != peer_port:
-            continue
-        if remote == want or (len(want) == 16 and len(remote) == 16 and remote[:8] == want[:8]) or (
-                len(want) == 4 and remote == V4_MAPPED_PREFIX + want):
-            found.add((packed_text(local), packed_text(remote)))
-    return found.pop() if len(found) == 1 else None
+    def __init__(self, proc: str = processes.PROC) -> None:
+        self._proc = proc
+        self._tables: dict[object, dict[tuple[int, int], list[tuple[str, str]]]] = {}
+
+    def forget(self) -> None:
+        self._tables.clear()
+
+    def accepted_addresses(self, pid: int, netns: int | None, lport: int, peer_ip: str,
+                           peer_port: int) -> tuple[str, str] | None:
+        """(local ip, full peer ip) of the open connection peer_port -> lport in PID's namespace (inode
+        `netns`, None: unknown).
+
+        The kernel side then knows the whole IPv4 peer but only the first 8 bytes of an IPv6 one
+        (socat's accept buffer is 16 bytes) and not the local address. None when the connection is
+        gone or ambiguous.
+        """
+        try:
+            want = packed(peer_ip)
+        except ValueError:
+            return None
+        found = set()
+        for local_hex, remote_hex in self._table(pid, netns).get((lport, peer_port), ()):
+            remote = tcp.hex_raw(remote_hex)[0]
+            if _same_peer(remote, want):
+                found.add((packed_text(tcp.hex_raw(local_hex)[0]), packed_text(remote)))
+        return found.pop() if len(found) == 1 else None
+
+    def _table(self, pid: int, netns: int | None) -> dict[tuple[int, int], list[tuple[str, str]]]:
+        """(local port, peer port) -> the hex (local, peer) addresses of PID's namespace's connections;
+        only ports are parsed here, addresses only for the rows an accept asks about."""
+        key = ("netns", netns) if netns is not None else ("pid", pid)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = {}
+            for cols in tcp.rows(f"{self._proc}/{pid}/net"):
+                if len(cols) >= 4 and cols[3] != tcp.LISTEN:
+                    ports = (int(cols[1][-4:], 16), int(cols[2][-4:], 16))
+                    table.setdefault(ports, []).append((cols[1], cols[2]))
+        return table
+
+
+def _same_peer(remote: bytes, want: bytes) -> bool:
+    """Whether `remote` (from /proc) is the peer `want` the kernel side saw (8 bytes of an IPv6 one)."""
+    return remote == want or (len(want) == 16 and len(remote) == 16 and remote[:8] == want[:8]) or (
+        len(want) == 4 and remote == V4_MAPPED_PREFIX + want)
 
