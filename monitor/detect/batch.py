@@ -420,7 +420,8 @@ class BatchEngine:
         out: list[Alert] = []
         if rule in self.repeats and len(chosen) < len(keys):
             alerted = set(chosen)
-            out += [repeat_alert(rule, int(times[p]), **self._source_fields(frame, int(index[p])))
+            out += [repeat_alert(rule, int(times[p]), trigger_event_ids=self._triggers(frame, rows, int(index[p])),
+                                 **self._source_fields(frame, int(index[p])))
                     for p in range(len(keys)) if p not in alerted]
         build = {SOURCE_RATE: self._source_rate_alert, LISTENER_RATE: self._listener_rate_alert,
                  SCAN: self._scan_alert, REFUSED_BURST: self._refused_alert}[rule]
@@ -445,6 +446,11 @@ class BatchEngine:
 
     def _trigger(self, frame: _Frame, rows: Rows, i: int) -> str | None:
         return rows.event_id(int(frame.row[i]))
+
+    def _triggers(self, frame: _Frame, rows: Rows, i: int) -> tuple[str, ...]:
+        """A repeat's trigger (the live detector finds its relay by it)."""
+        found = self._trigger(frame, rows, i)
+        return (found,) if found else ()
 
     # ---- the rules -------------------------------------------------------------------------
 
