@@ -123,3 +123,23 @@ def test_a_source_the_policy_flagged_is_not_learned():
     learned = det.baseline().source_rate
     assert learned.get((8080, "10.0.0.1")) == 20 and (8080, "10.0.0.66") not in learned
     assert det.baseline().listener_learning[8080] == (T0, T0 + 60 * S)
+
+
+def test_a_short_learning_period_does_not_make_a_busy_client_a_scanner():
+    """`--learning-period 20s` saw a third of a scan window: a client's short requests at 2/s (120 a
+    minute) are judged against its peak scaled to the window, not against 3 x 40."""
+    from monitor.detect import Detector
+    from monitor.events import Action, ConnectionEvent, Listener
+
+    config = DetectConfig(learning_period_s=20)
+    det = Detector(config)
+    det.watch(8001, T0)
+    alerts = []
+    for k in range(2 * 180):
+        t = T0 + k * S // 2
+        for action, at, duration in ((Action.ACCEPTED, t, None), (Action.CLOSED, t + S // 20, S // 20)):
+            alerts += det.observe(ConnectionEvent(action, at, BENIGN, 40000 + k, "127.0.0.1", 8001,
+                                                  listener=Listener("127.0.0.1", 8001), duration_ns=duration))
+        if k % 10 == 0:
+            alerts += det.tick(t)
+    assert alerts == []

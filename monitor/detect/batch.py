@@ -194,8 +194,10 @@ class BatchEngine:
         return rate_threshold(cfg.listener_rate_min, cfg.listener_rate_factor, learned), learned
 
     def short_threshold(self, key: str) -> tuple[float, float]:
+        """A learning period shorter than the scan window saw part of a window: its peak is scaled up to one."""
         cfg = self.config
-        learned = float(self.baseline.source_short.get(key, 0))
+        scale = max(1.0, cfg.scan_window_s / cfg.learning_period_s) if cfg.learning_period_s > 0 else 1.0
+        learned = float(self.baseline.source_short.get(key, 0)) * scale
         return rate_threshold(cfg.scan_short_min, cfg.scan_short_factor, learned), learned
 
     def cooling(self, rule: str, key: int, t_ns: int) -> bool:
