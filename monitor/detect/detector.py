@@ -90,6 +90,7 @@ class Detector:
         self._buffer: list[tuple[int, int, int, int, bool, bool, bool]] = []
         self._events: list[ConnectionEvent] = []
         self._watermark: int | None = None
+        self._pruned_slot = 0
         self.observed = 0
         self.address_table_cap = 4 * config.max_tracked   # compact the address table beyond this
 
@@ -151,7 +152,8 @@ class Detector:
         name = self._ips.ips[key]
         hit = False
         if flags.start:
-            learning = t < base.start_listener(lst, self.config)
+            span = base.listener_learning.get(lst)
+            learning = t < (span[1] if span is not None else base.start_listener(lst, self.config))
             if SOURCE_RATE in rules:
                 count = _window(self._rate, (lst, key), self._k[SOURCE_RATE]).add(slot)
                 if count >= self.config.source_rate_min:
@@ -159,12 +161,14 @@ class Detector:
                         and self._due(SOURCE_RATE, (lst << 32) | key, t)
             if LISTENER_RATE in rules:
                 count = _window(self._listener, lst, self._k[LISTENER_RATE]).add(slot)
-                hit |= count >= engine.listener_rate_threshold(lst, learning)[0] and self._due(LISTENER_RATE, lst, t)
+                if count >= self.config.listener_rate_min:
+                    hit |= count >= engine.listener_rate_threshold(lst, learning)[0] and self._due(LISTENER_RATE, lst, t)
             if SCAN in rules:
                 touched = self._touched.setdefault(key, {})
                 touched[lst] = slot
-                recent = sum(1 for last in touched.values() if last > slot - self._k[SCAN])
-                hit |= recent >= self.config.scan_min_listeners and self._due(SCAN, key, t)
+                if len(touched) >= self.config.scan_min_listeners:
+                    recent = sum(1 for last in touched.values() if last > slot - self._k[SCAN])
+                    hit |= recent >= self.config.scan_min_listeners and self._due(SCAN, key, t)
             if NEW_SOURCE in rules and not learning:
                 hit |= self._ips.prefixes[src] not in base.seen.get(lst, ())
         if flags.short and SCAN in rules:
@@ -216,6 +220,16 @@ class Detector:
         """Drop trigger windows that have emptied; compact the address table when it grew too big."""
         slot = max(now_ns, self._watermark or 0) // self._res
         k = self._k
+        if slot - self._pruned_slot >= k[SOURCE_RATE]:   # empty windows go every source window, not every tick
+            self._pruned_slot = slot
+            self._prune_windows(slot)
+        if self._base.over(self.config.max_tracked):
+            self._base.prune(self.config.max_tracked)
+        if len(self._ips) > self.address_table_cap:
+            self._compact_ips()
+
+    def _prune_windows(self, slot: int) -> None:
+        k = self._k
         self._rate = {key: w for key, w in self._rate.items() if w.last_slot > slot - k[SOURCE_RATE]}
         self._listener = {key: w for key, w in self._listener.items() if w.last_slot > slot - k[LISTENER_RATE]}
         self._short = {key: w for key, w in self._short.items() if w.last_slot > slot - k[SCAN]}
@@ -224,10 +238,6 @@ class Detector:
                          for key, seen in self._touched.items() if max(seen.values()) > slot - k[SCAN]}
         self._repeat_runs = {key: last for key, last in self._repeat_runs.items()
                              if last > slot * self._res - REPEAT_RUN_NS}
-        if self._base.over(self.config.max_tracked):
-            self._base.prune(self.config.max_tracked)
-        if len(self._ips) > self.address_table_cap:
-            self._compact_ips()
 
     def _compact_ips(self) -> None:
         """Forget the addresses no window, cooldown or context refers to any more."""
