@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitor.detect.groups import factorize, first_of_pairs, group_max, group_sum
+from monitor.detect.groups import factorize, first_of_pairs, group_max, group_min, group_sum
 
 
 def arrays(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,9 +23,10 @@ def test_factorize_is_pandas_factorize_unsorted(seed, n):
 
 
 @pytest.mark.parametrize("seed, n", [(1, 0), (2, 1), (3, 7), (4, 1000), (5, 20000)])
-def test_group_max_and_sum_are_pandas_groupby(seed, n):
+def test_group_max_min_and_sum_are_pandas_groupby(seed, n):
     keys, values = arrays(seed, n)
     for ours, theirs in ((group_max(keys, values), pd.Series(values).groupby(keys).max()),
+                         (group_min(keys, values), pd.Series(values).groupby(keys).min()),
                          (group_sum(keys, values), pd.Series(values).groupby(keys).sum())):
         assert ours[0].tolist() == theirs.index.tolist() and ours[1].tolist() == theirs.tolist()
 
