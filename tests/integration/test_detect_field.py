@@ -1,0 +1,247 @@
+"""Issue 14 as a user meets it: a real port scanner and a real HTTP load tool against idle socat relays.
+
+A server namespace holds ten socat relays (dual-stack, fork) to one HTTP backend
+(tests.httpd), idle but for relay 0, where a benign client trickles two requests
+a second throughout. Each client role has a namespace and a veth of its own: the
+scanner runs `nmap -sT` over the ten relay ports, the flooder runs `ab` (thousands
+of requests) through relay 5, and an IPv6 attacker rotates its source through a
+hundred addresses of one /64 (tests.netprobe rotate). The agent runs with
+`--policy` declaring the ten listeners and `--learning-period 20s`; it enforces
+only in the server namespace and writes NDJSON in tmp_path.
+
+Flagged means an anomaly alert of the scan rule (the scanner) or the source rate
+rule (the flooder) naming the source: its address, or its /64 for the rotating
+attacker. Each must be made (`event.created`, the moment the agent wrote it)
+within 2 s of its attack starting, or of the agent starting to watch when the
+attack was already under way; no alert may ever name the benign client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from monitor.ecs import parse_timestamp
+from tests.lab import PYTHON, ROOT, AgentProcess, Namespaces, Processes, free_port, require, wait_for, wait_listening
+
+pytestmark = pytest.mark.integration
+
+LEARNING_S = 20
+FLAG_WITHIN_S = 2.0
+RELAYS = 10
+FLOODED = 5                                          # the relay ab goes through (idle before)
+# Documentation ranges, only ever inside this test's namespaces: (the server's end, the client's end) per role.
+BENIGN = ("192.0.2.1", "192.0.2.141")
+SCANNER = ("198.51.100.1", "198.51.100.143")
+FLOODER = ("203.0.113.1", "203.0.113.147")
+ROTATOR_SERVER, ROTATOR_NET = "2001:db8:14::1", "2001:db8:14::/64"
+ROTATOR_SCAN, ROTATOR_FLOOD = "2001:db8:14::1:0", "2001:db8:14::2:0"   # first of 10 and of 100 addresses
+ROTATOR_FLOOD_ADDRESSES, ROTATOR_FLOOD_CONNECTIONS = 100, 800   # 8 each: no address alone reaches a rate floor
+
+
+@dataclass
+class Field:
+    netns: Namespaces
+    procs: Processes
+    tmp: Path
+    server: str
+    clients: dict[str, str]          # role -> namespace
+    ports: list[int]
+
+    def agent(self) -> AgentProcess:
+        listeners = "".join(f"  - name: relay-{i}\n    port: {port}\n" for i, port in enumerate(self.ports))
+        policy = self.tmp / "policy.yaml"
+        policy.write_text(f"version: 1\nlisteners:\n{listeners}defaults:\n  unknown_listener: ignore\n")
+        return AgentProcess(self.tmp, "--policy", str(policy), "--learning-period", f"{LEARNING_S}s",
+                            "--netns", self.server, "--duration", "150")
+
+    def trickle(self) -> subprocess.Popen:
+        """The benign client: two requests a second to relay 0 until stopped (150 s at most)."""
+        return self.procs.start([PYTHON, "-m", "tests.netprobe", "trickle", BENIGN[1], BENIGN[0], str(self.ports[0]),
+                                 "150", "2"], netns=self.clients["benign"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+
+    def nmap(self) -> list[str]:
+        return [require("nmap"), "-sT", "-Pn", "-n", "-T4", "--max-retries", "1", "-oG", "-",
+                "-p", ",".join(map(str, self.ports)), SCANNER[0]]
+
+    def ab(self, seconds: int, requests: int) -> list[str]:
+        # -t before -n: -t alone implies 50000 requests, -n after it sets the bound
+        return [require("ab"), "-q", "-r", "-c", "10", "-s", "5", "-t", str(seconds), "-n", str(requests),
+                f"http://{FLOODER[0]}:{self.ports[FLOODED]}/"]
+
+    def run(self, role: str, argv: list[str], timeout: float) -> str:
+        done = subprocess.run(["ip", "netns", "exec", self.clients[role], *argv], cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout)
+        assert done.returncode == 0, f"{argv[0]} exit {done.returncode}: {done.stdout[-1000:]} {done.stderr[-1000:]}"
+        return done.stdout
+
+    def scan(self) -> None:
+        out = self.run("scanner", self.nmap(), 60)
+        assert out.count("/open/") == RELAYS, f"nmap must find the {RELAYS} relays open: {out}"
+
+    def flood(self) -> None:
+        out = self.run("flooder", self.ab(60, 3000), 90)
+        done = int(re.search(r"Complete requests:\s+(\d+)", out).group(1))
+        assert done >= 2000, f"ab must get thousands of answers through the relay: {out}"
+
+    def rotate(self, base: str, count: int, ports: list[int], connections: int) -> None:
+        out = self.run("rotator", [PYTHON, "-m", "tests.netprobe", "rotate", base, str(count), ROTATOR_SERVER,
+                                   ",".join(map(str, ports)), str(connections)], 90)
+        assert out.strip() == f"ok {connections} failed 0", out
+
+
+@pytest.fixture
+def field(netns: Namespaces, procs: Processes, tmp_path: Path) -> Field:
+    require("socat"), require("nft"), require("nmap"), require("ab")
+    server = netns.add("server")
+    clients = {role: netns.add(role) for role in ("benign", "scanner", "flooder", "rotator")}
+    for role, (server_end, client_end) in (("benign", BENIGN), ("scanner", SCANNER), ("flooder", FLOODER)):
+        netns.link(server, [f"{server_end}/24"], clients[role], [f"{client_end}/24"])
+    rotating = [f"{ipaddress.ip_address(ROTATOR_SCAN) + i}/64" for i in range(RELAYS)]
+    rotating += [f"{ipaddress.ip_address(ROTATOR_FLOOD) + i}/64" for i in range(ROTATOR_FLOOD_ADDRESSES)]
+    netns.link(server, [f"{ROTATOR_SERVER}/64"], clients["rotator"], rotating)
+    backend = free_port()
+    procs.start([PYTHON, "-m", "tests.httpd", str(backend)], netns=server, cwd=ROOT)
+    wait_listening(backend, netns=server)
+    ports = [free_port() for _ in range(RELAYS)]
+    for port in ports:
+        procs.socat(f"TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0", f"TCP:127.0.0.1:{backend}", port=port,
+                    netns=server)
+    return Field(netns, procs, tmp_path, server, clients, ports)
+
+
+# ---- what the agent wrote -----------------------------------------------------------------
+
+def _named(alert: dict) -> set:
+    """The addresses and networks an alert names as its source: source.ip, the block target,
+    the top sources, and any written in its message."""
+    words = [alert.get("source", {}).get("ip"), alert.get("socat", {}).get("block", {}).get("target"),
+             *alert.get("socat", {}).get("top_sources", []), *re.split(r"[\s,()\[\]]+", alert.get("message", ""))]
+    named = set()
+    for word in filter(None, words):
+        try:
+            named.add(ipaddress.ip_network(word.rstrip(":;."), strict=False))
+        except ValueError:
+            continue
+    return named
+
+
+def _alerts(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["event"]["kind"] == "alert"]
+
+
+def _flagging(docs: list[dict], rule: str, source: str) -> list[dict]:
+    """The alerts of `rule` naming `source` (an address, or a network named as such), first made first."""
+    wanted = ipaddress.ip_network(source)
+    found = [a for a in _alerts(docs) if a["rule"]["id"] == rule and wanted in _named(a)]
+    return sorted(found, key=lambda a: a["event"]["created"])
+
+
+def _seconds(stamp: str) -> float:
+    return parse_timestamp(stamp) / 1e9
+
+
+def _summary(docs: list[dict]) -> str:
+    """Every alert but the audit's, a line each: what to look at when an assertion fails."""
+    return "\n".join(f"  {a['event']['created']} (@timestamp {a['@timestamp']}) {a['rule']['id']}: {a['message']}"
+                     for a in _alerts(docs) if a["rule"]["ruleset"] != "audit") or "  (none)"
+
+
+def assert_flagged(docs: list[dict], rule: str, source: str, started: float) -> None:
+    found = _flagging(docs, rule, source)
+    assert found, f"no {rule} alert names {source}; the alerts (audit ones left out):\n{_summary(docs)}"
+    lag = _seconds(found[0]["event"]["created"]) - started
+    assert lag <= FLAG_WITHIN_S, (f"{source} flagged by {rule} {lag:.2f}s after its attack started "
+                                  f"(at most {FLAG_WITHIN_S}s):\n{_summary(docs)}")
+
+
+def assert_never_flagged(docs: list[dict], address: str, trickle: subprocess.Popen, procs: Processes) -> None:
+    procs.stop(trickle)
+    said = trickle.stdout.read().split()
+    assert said[:1] == ["ok"] and int(said[1]) >= 2 * LEARNING_S, f"the benign client must have kept going: {said}"
+    assert int(said[3]) == 0, f"the benign client's requests must all be answered: {said}"
+    benign = ipaddress.ip_address(address)
+    wrong = [a for a in _alerts(docs) if any(benign in net for net in _named(a))]
+    assert not wrong, f"the benign client {address} was flagged: {json.dumps(wrong, indent=1)[:3000]}"
+
+
+def _wait_flagged(agent: AgentProcess, wanted: list[tuple[str, str]], timeout: float) -> None:
+    """Until each (rule, source) is flagged, or `timeout` (the assertions then say what is missing)."""
+    try:
+        wait_for(lambda: all(_flagging(agent.documents(), *w) for w in wanted), timeout=timeout, interval=0.2)
+    except AssertionError:
+        pass
+
+
+# ---- the tests ------------------------------------------------------------------------------
+
+def test_a_scan_then_a_flood_after_learning_are_each_flagged_within_2s_the_benign_client_never(field: Field) -> None:
+    trickle = field.trickle()
+    agent = field.agent()
+    try:
+        agent.wait_ready()
+        time.sleep(LEARNING_S + 2)
+        scan_started = time.time()
+        field.scan()
+        flood_started = time.time()
+        field.flood()
+        _wait_flagged(agent, [("anomaly.scan", SCANNER[1]), ("anomaly.source_rate", FLOODER[1])], 5)
+    finally:
+        agent.stop()
+    docs = agent.documents()
+    assert_flagged(docs, "anomaly.scan", SCANNER[1], scan_started)
+    assert_flagged(docs, "anomaly.source_rate", FLOODER[1], flood_started)
+    assert_never_flagged(docs, BENIGN[1], trickle, field.procs)
+
+
+def test_an_agent_started_during_the_attack_flags_it_within_2s_of_watching(field: Field) -> None:
+    """Every relay but relay 0 is first seen under attack: a scan every half second and an ab flood
+    are under way when the agent starts, and go on for 8 s after it watches."""
+    trickle = field.trickle()
+    scans = field.procs.start(["bash", "-c", f'for i in $(seq 150); do "$@" >/dev/null; sleep 0.5; done',
+                               "scans", *field.nmap()], netns=field.clients["scanner"])
+    flood = field.procs.start(field.ab(120, 200_000), netns=field.clients["flooder"])
+    time.sleep(3)
+    assert scans.poll() is None and flood.poll() is None, "the attack must be under way before the agent starts"
+    agent = field.agent()
+    try:
+        agent.wait_ready(timeout=120)
+        watching = agent.socket.stat().st_mtime   # capture is attached before the control socket is made
+        _wait_flagged(agent, [("anomaly.scan", SCANNER[1]), ("anomaly.source_rate", FLOODER[1])], 8)
+        assert flood.poll() is None, "the flood must still be under way"
+    finally:
+        field.procs.stop(scans)
+        field.procs.stop(flood)
+        agent.stop()
+    docs = agent.documents()
+    assert_flagged(docs, "anomaly.scan", SCANNER[1], watching)
+    assert_flagged(docs, "anomaly.source_rate", FLOODER[1], watching)
+    assert_never_flagged(docs, BENIGN[1], trickle, field.procs)
+
+
+def test_an_ipv6_attacker_rotating_addresses_in_one_64_is_flagged_as_the_64(field: Field) -> None:
+    """A scan of the ten relays, each port from another address, then 800 requests through relay 5
+    from a hundred addresses (8 each, under every per-address floor): both are flagged, naming the /64."""
+    trickle = field.trickle()
+    agent = field.agent()
+    try:
+        agent.wait_ready()
+        time.sleep(LEARNING_S + 2)
+        scan_started = time.time()
+        field.rotate(ROTATOR_SCAN, RELAYS, field.ports, RELAYS)
+        flood_started = time.time()
+        field.rotate(ROTATOR_FLOOD, ROTATOR_FLOOD_ADDRESSES, [field.ports[FLOODED]], ROTATOR_FLOOD_CONNECTIONS)
+        _wait_flagged(agent, [("anomaly.scan", ROTATOR_NET), ("anomaly.source_rate", ROTATOR_NET)], 5)
+    finally:
+        agent.stop()
+    docs = agent.documents()
+    assert_flagged(docs, "anomaly.scan", ROTATOR_NET, scan_started)
+    assert_flagged(docs, "anomaly.source_rate", ROTATOR_NET, flood_started)
+    assert_never_flagged(docs, BENIGN[1], trickle, field.procs)
