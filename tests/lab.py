@@ -204,9 +204,15 @@ class AgentProcess:
         raise AssertionError(f"agent not ready after {timeout}s: {self.log.read_text()[-2000:]}")
 
     def stop(self, timeout: float = 30.0) -> tuple[int, str]:
+        """SIGTERM, then its exit code and stdout; one still running after `timeout` is killed (a failure)."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=timeout)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the agent did not stop within {timeout}s of SIGTERM (killed): "
+                                 f"{self.log.read_text()[-2000:]}") from None
         self.log_fh.close()
         return self.proc.returncode, out
 

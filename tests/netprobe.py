@@ -87,7 +87,7 @@ def _trickle(src: str, dst: str, port: int, seconds: float, per_second: float) -
     try:
         for k in range(int(seconds * per_second)):
             time.sleep(max(0.0, started + k / per_second - time.monotonic()))
-            results.append(_get(src, dst, port, 1.0))
+            results.append(_get(src, dst, port, 3.0))
     except SystemExit:
         pass
     return _tally(results)
