@@ -121,10 +121,11 @@ def field(netns: Namespaces, procs: Processes, tmp_path: Path) -> Field:
 # ---- what the agent wrote -----------------------------------------------------------------
 
 def _named(alert: dict) -> set:
-    """The addresses and networks an alert names as its source: source.ip, the block target,
-    the top sources, and any written in its message."""
-    words = [alert.get("source", {}).get("ip"), alert.get("socat", {}).get("block", {}).get("target"),
-             *alert.get("socat", {}).get("top_sources", []), *re.split(r"[\s,()\[\]]+", alert.get("message", ""))]
+    """The addresses and networks an alert names as its source: source.ip, socat.source_network,
+    the block target, the top sources, and any written in its message."""
+    socat = alert.get("socat", {})
+    words = [alert.get("source", {}).get("ip"), socat.get("source_network"), socat.get("block", {}).get("target"),
+             *socat.get("top_sources", []), *re.split(r"[\s,()\[\]]+", alert.get("message", ""))]
     named = set()
     for word in filter(None, words):
         try:
