@@ -358,6 +358,8 @@ def _render_alert(alert: Alert, host: HostInfo) -> dict[str, Any]:
         socat["detection"] = detection
     if alert.top_sources:
         socat["top_sources"] = list(alert.top_sources)
+    if alert.source_network:
+        socat["source_network"] = alert.source_network
     if alert.token is not None:
         socat["audit"] = {"token": alert.token, "fix": alert.fix}
     if alert.suppressed:

@@ -205,6 +205,7 @@ class Alert:
     severity: Severity
     timestamp_ns: int
     source_ip: str | None = None
+    source_network: str | None = None    # anomaly: the IPv6 /64 the rule counted as one source (source_ip is in it)
     listener: Listener | None = None
     process: ProcessInfo | None = None
     trigger_event_ids: tuple[str, ...] = ()

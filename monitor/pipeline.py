@@ -32,7 +32,8 @@ class PolicyChecker(Protocol):
 
 
 class AnomalyDetector(Protocol):
-    def observe(self, event: ConnectionEvent) -> list[Alert]: ...
+    def watch(self, port: int, t_ns: int) -> None: ...
+    def observe(self, event: ConnectionEvent, flagged: bool = False) -> list[Alert]: ...
     def tick(self, now_ns: int) -> list[Alert]: ...
 
 
@@ -72,12 +73,18 @@ class Pipeline:
             if self.policy is not None:
                 alerts.extend(self.policy.check(record))
             if self.detector is not None:
-                alerts.extend(self.detector.observe(record))
+                alerts.extend(self.detector.observe(record, flagged=bool(alerts)))
         elif isinstance(record, ProcessEvent) and record.action is Action.PROCESS_STARTED and self.auditor is not None:
             alerts.extend(self.auditor(record))
         out.append(record)
         out.extend(self._decide(alerts))
         return out
+
+    def watch(self, ports: Iterable[int], now_ns: int) -> None:
+        """The agent watches these listeners from `now_ns` (those it already watched keep their start)."""
+        if self.detector is not None:
+            for port in ports:
+                self.detector.watch(port, now_ns)
 
     def tick(self, now_ns: int) -> list[Record]:
         """Periodic work: micro-batch detection and block expiry."""

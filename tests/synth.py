@@ -3,7 +3,8 @@
 Normal traffic: many sources with their own rates and a day-like sine
 variation, connecting to a few listeners (accept, then close after a
 log-normal duration), and a listener that only starts after the learning
-period (it learns on its own). Injected incidents after the learning period:
+period (watched from the stream's start, it has learned "idle": its first
+clients are new sources, an alert that is right but not required). Injected incidents after the learning period:
 floods, slow ramps, scans (many listeners and short sessions), new sources,
 distributed floods and refused bursts (a refused connection is ACCEPTED then
 DENIED, as capture reports it), each labelled with the rule that should flag it.
@@ -162,7 +163,11 @@ def _late_listener(b: _Builder, rng, found: list[Incident], start: int, learn_s:
     regulars = [(f"10.2.{i % 8}.{10 + i // 8}", float(np.clip(rng.lognormal(np.log(1 / 30), 1.0), 1 / 300, 1.0)))
                 for i in range(40)]
     for ip, rate in regulars:
-        b.connections(poisson_times(rng, rate, start, end), ip, LATE_LISTENER)
+        times = poisson_times(rng, rate, start, end)
+        b.connections(times, ip, LATE_LISTENER)
+        if len(times):   # replayed, it learned "idle" from the stream's start: its first clients are new
+            found.append(Incident("anomaly.new_source", f"{LATE_LISTENER}:{ip.rsplit('.', 1)[0]}.0/24",
+                                  int(times[0]), int(times[0]) + S, required=False))
     learned = start + int(learn_s * S)
     if not incidents or learned + 60 * S >= end:
         return
@@ -246,3 +251,79 @@ def _inject(b: _Builder, rng, found: list[Incident], start: int, end: int, regul
         b.connections(at + np.sort(rng.uniform(0, 40, 25) * S).astype(np.int64), ip, uses[0], denied=True)
         found.append(Incident("anomaly.refused_burst", ip, at, at + 41 * S))
     assert span > 0
+
+
+IDLE_LISTENERS = tuple(range(8001, 8011))   # ten relays; only 8001 has a (benign) client
+BENIGN = "10.0.0.5"
+SCANNER = "198.51.100.7"
+FLOODER = "203.0.113.9"
+ROTATING = "2001:db8:bad:1::/64"
+
+
+def attack_stream(scenario: str, learn_s: float = 300.0, seed: int = 5) -> Stream:
+    """Ten relays watched from T0, idle but one a benign client trickles to (2/s), and attacks:
+
+    - `idle`: after learning, a connect scan of all ten relays, then a flood through an idle one;
+    - `early`: the same in the agent's first minute (relays first seen under attack);
+    - `poison`: attackers present from the start of learning, ramping: one crosses the floor while
+      learning, one stays just under it until learning ends and then climbs to a flood;
+    - `rotate`: the scan and the flood from an IPv6 /64, every connection from another address.
+    """
+    rng = np.random.default_rng(seed)
+    b = _Builder(seed)
+    learn_end = T0 + int(learn_s * S)
+    end = learn_end + 600 * S
+    b.connections(T0 + np.arange(0, (end - T0) // (S // 2)) * (S // 2), BENIGN, IDLE_LISTENERS[0],
+                  durations_s=np.full((end - T0) // (S // 2), 0.05))    # short requests: no scan
+    found: list[Incident] = []
+    if scenario == "poison":
+        _poisoners(b, rng, found, learn_end, end)
+        return b.build(found)
+    at = T0 + 20 * S if scenario == "early" else learn_end + 60 * S
+    if scenario == "rotate":
+        hosts = [f"2001:db8:bad:1:{rng.integers(1, 65535):x}::{rng.integers(1, 65535):x}" for _ in range(2010)]
+        key, scanner, flooder = ROTATING, hosts[:10], hosts[10:]
+    else:
+        key, scanner, flooder = None, [SCANNER] * 10, [FLOODER] * 2000
+    for k, port in enumerate(IDLE_LISTENERS):     # nmap -sT: one short connection per port, 10 ms apart
+        b.connections(np.array([at + k * S // 100]), scanner[k], port, durations_s=np.array([0.001]))
+    found.append(Incident("anomaly.scan", key or SCANNER, at, at + 2 * S))
+    flood_at = at + 30 * S
+    times = flood_at + np.arange(2000) * (S // 100)        # ab: 100 connections/s for 20 s
+    for k in range(2000):
+        b.connections(times[k: k + 1], flooder[k], IDLE_LISTENERS[3], durations_s=np.array([0.005]))
+    found.append(Incident("anomaly.source_rate", key or FLOODER, flood_at, flood_at + 2 * S))
+    found.append(Incident("anomaly.listener_rate", f"listener:{IDLE_LISTENERS[3]}", flood_at, flood_at + 20 * S,
+                          required=False))
+    found.append(Incident("anomaly.scan", key or FLOODER, flood_at, flood_at + 20 * S, required=False))  # short sessions
+    if scenario != "early":     # after learning, an idle relay's every client is new
+        for ip, port, t in [(scanner[k], port, at) for k, port in enumerate(IDLE_LISTENERS)] + \
+                           [(flooder[0], IDLE_LISTENERS[3], flood_at)]:
+            found.append(Incident("anomaly.new_source", f"{port}:{_prefix(ip)}", t, t + 20 * S,
+                                  required=ip == flooder[0]))
+    return b.build(found)
+
+
+def _poisoners(b: _Builder, rng, found: list[Incident], learn_end: int, end: int) -> None:
+    """From T0, two sources on relay 8002 whose rate climbs linearly: 'fast' from 0.2/s to 20/s over
+    the learning period (it reaches the floor of 3/s while learning); 'slow' from 0.2/s to 2.5/s at
+    the end of learning (under the floor), then on to 20/s within five minutes."""
+    for ip, top_s, top_rate in (("192.0.2.50", (learn_end - T0) / S, 20.0),
+                                ("192.0.2.60", (learn_end - T0) / S, 2.5)):
+        span = top_s
+        t, rate = 0.0, 0.2
+        times = []
+        while T0 + t * S < end:
+            times.append(T0 + int(t * S))
+            rate = 0.2 + (top_rate - 0.2) * min(t / span, 1.0) if t < span else \
+                min(20.0, top_rate + (20.0 - top_rate) * (t - span) / 300.0)
+            t += 1.0 / rate
+        b.connections(np.array(times, dtype=np.int64), ip, IDLE_LISTENERS[1], durations_s=np.full(len(times), 2.0))
+    found.append(Incident("anomaly.source_rate", "192.0.2.50", T0, end))
+    found.append(Incident("anomaly.source_rate", "192.0.2.60", learn_end, end))
+    found.append(Incident("anomaly.listener_rate", f"listener:{IDLE_LISTENERS[1]}", T0, end, required=False))
+
+
+def _prefix(ip: str) -> str:
+    import ipaddress
+    return str(ipaddress.ip_network(f"{ip}/{64 if ':' in ip else 24}", strict=False))

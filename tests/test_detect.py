@@ -23,9 +23,12 @@ RULES = ("anomaly.new_source", "anomaly.source_rate", "anomaly.listener_rate", "
          "anomaly.refused_burst")
 
 
-def run_live(events, config: DetectConfig, tick_s: float, baseline: Baseline | None = None):
-    """Feed events as the agent does: observe each, tick every tick_s of event time."""
+def run_live(events, config: DetectConfig, tick_s: float, baseline: Baseline | None = None, watch=()):
+    """Feed events as the agent does: observe each, tick every tick_s of event time; `watch`:
+    (port, ns) moments the agent starts watching a listener."""
     det = Detector(config, baseline)
+    for port, at in watch:
+        det.watch(port, at)
     alerts, fast = [], []
     step = int(tick_s * S)
     next_tick = None
@@ -50,8 +53,9 @@ def incident_key(alert) -> str:
     if alert.rule_id == "anomaly.listener_rate":
         return f"listener:{alert.listener.port}"
     if alert.rule_id == "anomaly.new_source":
-        return f"{alert.listener.port}:{ipaddress.ip_network(alert.source_ip + '/24', strict=False)}"
-    return alert.source_ip
+        bits = 64 if ":" in alert.source_ip else 24
+        return f"{alert.listener.port}:{ipaddress.ip_network(f'{alert.source_ip}/{bits}', strict=False)}"
+    return alert.source_network or alert.source_ip
 
 
 def score(stream: Stream, alerts) -> dict[str, tuple[float, float, int, int]]:
@@ -157,14 +161,21 @@ def test_offline_chunking_does_not_change_alerts(day, monkeypatch):
     assert signature(small.alerts) == signature(offline.alerts)
 
 
-def test_learning_period_suppresses_everything(day):
+def test_while_learning_only_floors_and_scans_raise(day):
+    """All three hours inside the learning period: no new source, rates judged against their floors
+    only, scans and refused bursts as ever; every alert is an injected incident."""
     stream, path, _offline, _live, _det = day
     config = DetectConfig(learning_period_s=4 * 3600)
     result = analyze([path], config=config)
-    assert result.alerts == []
     assert not result.baseline.complete
+    assert not [a for a in result.alerts if a.rule_id == "anomaly.new_source"]
+    rates = [a for a in result.alerts if a.rule_id == "anomaly.source_rate"]
+    assert rates and all(a.threshold == config.source_rate_min for a in rates)
+    for rule, (precision, _recall, _n, _i) in score(stream, result.alerts).items():
+        assert precision == 1.0, rule
+    assert {a.rule_id for a in result.alerts} >= {"anomaly.scan", "anomaly.refused_burst", "anomaly.source_rate"}
     det = Detector(config)
-    assert all(det.observe(ev) == [] for ev in stream.events()[:50_000])
+    assert all(det.observe(ev) == [] for ev in stream.events()[:50_000])   # the first, benign, hour
     assert det.tick(int(stream.t[50_000])) == []
     assert det.learning
 
@@ -232,7 +243,8 @@ def test_baseline_survives_a_restart(tmp_path, day):
     within_hour = events[cut].timestamp_ns + 3000 * S
     assert any(a.timestamp_ns < within_hour for a in after)
     _fresh, forgot, _f3 = run_live(events[cut:], config, tick_s=60.0)
-    assert not any(a.timestamp_ns < within_hour for a in forgot)   # one that forgot learns again first
+    assert not any(a.timestamp_ns < within_hour for a in forgot       # one that forgot learns again first
+                   if a.rule_id == "anomaly.new_source")
     continuous = [a for a in day[3] if a.timestamp_ns >= events[cut].timestamp_ns + 60 * S]
     assert signature([a for a in after if a.timestamp_ns >= events[cut].timestamp_ns + 60 * S]) == signature(continuous)
 
@@ -343,7 +355,7 @@ def test_v4_mapped_clients_are_one_source(tmp_path):
     path.write_bytes(b"".join(orjson.dumps(render(ev, host)) + b"\n" for ev in events))
     result = analyze([path], config=config)
     rate = [a for a in result.alerts if a.rule_id == "anomaly.source_rate"]
-    assert [a.source_ip for a in rate] == ["10.9.0.1"] and rate[0].observed == 20
+    assert [a.source_ip for a in rate] == ["10.9.0.1"] and rate[0].observed == config.source_rate_min
     _det, live, _fast = run_live(events, config, tick_s=0.5)
     assert signature(live) == signature(result.alerts)
 
@@ -362,9 +374,9 @@ def _offline(tmp_path, events, config: DetectConfig, name: str = "events.ndjson"
 
 
 def test_a_listener_started_after_learning_learns_on_its_own(tmp_path):
-    """A relay started after the learning period: its clients are no new sources while it learns;
-    afterwards new prefixes and floods on it are flagged against what it learned. Live == offline,
-    and a restart in the middle of its learning resumes it."""
+    """A relay the agent starts watching after the learning period: its clients are no new sources
+    while it learns; afterwards new prefixes and floods on it are flagged against what it learned.
+    A restart in the middle of its learning resumes it."""
     config = DetectConfig(learning_period_s=60)
     late = T0 + 300 * S
     clients = [f"10.{50 + k}.0.1" for k in range(30)]
@@ -374,7 +386,8 @@ def test_a_listener_started_after_learning_learns_on_its_own(tmp_path):
     events += _accepts(["192.0.2.9", clients[4]], 9090, late + 100 * S, S)  # after: one new /24, one known
     events += _flood(clients[0], late + 120 * S, 1.0, 40, port=9090)
     events.sort(key=lambda e: e.timestamp_ns)
-    det, live, _fast = run_live(events, config, tick_s=0.5)
+    watch = [(8080, T0), (9090, late)]
+    det, live, _fast = run_live(events, config, tick_s=0.5, watch=watch)
     on_late = [a for a in live if a.listener.port == 9090]
     assert not [a for a in on_late if a.timestamp_ns < late + 60 * S]
     assert [(a.rule_id, a.source_ip) for a in on_late if a.rule_id == "anomaly.new_source"] == [
@@ -382,13 +395,14 @@ def test_a_listener_started_after_learning_learns_on_its_own(tmp_path):
     rate = [a for a in on_late if a.rule_id == "anomaly.source_rate"]
     assert [a.source_ip for a in rate] == [clients[0]] and rate[0].baseline == 1.0   # what it learned
     assert det.baseline().listener_learning[9090] == (late, late + 60 * S)
-    assert signature(_offline(tmp_path, events, config)) == signature(live)
     cut = next(i for i, ev in enumerate(events) if ev.timestamp_ns >= late + 40 * S)
-    first, before, _f = run_live(events[:cut], config, tick_s=0.5)
+    first, before, _f = run_live(events[:cut], config, tick_s=0.5, watch=watch)
     saved = tmp_path / "baseline.json"
     first.baseline().save(saved)
     _again, after, _f = run_live(events[cut:], config, tick_s=0.5, baseline=Baseline.load(saved))
     assert signature(before + after) == signature(live)
+    replayed = _offline(tmp_path, events, config)     # no watch start recorded: 9090 learned "idle" from T0
+    assert {a.source_ip for a in replayed if a.rule_id == "anomaly.new_source"} == set(clients) | {"192.0.2.9"}
 
 
 def _refused(ip: str, port: int, start_ns: int, n: int, step_ns: int) -> list[ConnectionEvent]:
@@ -406,7 +420,7 @@ def _refused(ip: str, port: int, start_ns: int, n: int, step_ns: int) -> list[Co
 
 def test_a_refused_connection_counts_once(tmp_path):
     """ACCEPTED + DENIED of one refused connection: one connection for the rate rules, one refusal."""
-    config = DetectConfig(learning_period_s=5, listener_rate_min=26)
+    config = DetectConfig(learning_period_s=5, source_rate_min=20, listener_rate_min=26)
     start = T0 + 20 * S
     events = _quiet(T0, 10) + _refused("10.9.0.7", 8080, start, 25, S // 10)
     for alerts in (run_live(events, config, tick_s=0.5)[1], _offline(tmp_path, events, config)):

@@ -88,6 +88,7 @@ class Agent:
         self.capture = Capture(self.config.capture)
         self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
         listeners = self.capture.listeners()
+        self.pipeline.watch(self._listener_ports(listeners), now_ns())   # idle relays learn "idle" from now
         if self.enforcer is not None:
             for event in self.enforcer.start(self._listener_ports(listeners), drop_listeners(self.policy)):
                 self.emit(event)
@@ -251,6 +252,7 @@ class Agent:
     def refresh_listeners(self) -> None:
         listeners = self.capture.listeners()
         ports = self._listener_ports(listeners)
+        self.pipeline.watch(ports - self._known_ports, now_ns())   # a relay seen listening learns from now
         self._known_ports |= ports
         if self.enforcer is not None:
             self.enforcer.set_ports(ports)

@@ -4,7 +4,8 @@ For each alert, the action comes from the first of: `decide.rules` for the
 rule id, then for its ruleset; the policy listener's `action` (alerts of the
 policy engine carry it); `detect.block_rules`; the catalogue's default. A
 rule that names no single offender, or an alert without a source, never
-blocks. The target is the source address, or its network (`scope: network`,
+blocks. The target is the source address (the /64 a rule counted as one
+IPv6 source, `Alert.source_network`), or its network (`scope: network`,
 /24 or /64). The TTL is the rule's, else `decide.ttl`, else
 `enforce.default_ttl`.
 
@@ -136,7 +137,7 @@ class Decider:
             return Decision(False, skipped=skipped)
         scope = own.scope or group.scope or entry.scope
         ttl = own.ttl_s or group.ttl_s or self.config.ttl_s or self.default_ttl_s
-        return Decision(True, self._target(alert.source_ip, scope), ttl)
+        return Decision(True, self._target(alert.source_network or alert.source_ip, scope), ttl)
 
     def may_block(self, rule_id: str) -> bool:
         """Whether some alert of `rule_id` may be decided to block (its producer then reports repeats)."""
@@ -165,10 +166,14 @@ class Decider:
         return out
 
     def _target(self, source: str, scope: str) -> str:
-        if scope == "network":
-            bits = self.config.network_v6_prefix if ":" in source else self.config.network_v4_prefix
-            return network_of(source, bits)
-        return source
+        """The source (an address, or the IPv6 /64 a rule counted as one source), or its network."""
+        if scope != "network":
+            return source
+        address, _, counted = source.partition("/")
+        bits = self.config.network_v6_prefix if ":" in address else self.config.network_v4_prefix
+        if counted and int(counted) <= bits:
+            return source
+        return network_of(address, bits)
 
     def _holds(self, target: str, now_ns: int) -> bool:
         """Whether `target` is blocked now: decided and not expired, and (when enforced) still in the kernel."""

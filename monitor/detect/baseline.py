@@ -1,13 +1,15 @@
 """The learned state of the detectors: `Baseline`, persisted as compact JSON.
 
-Each listener learns for its own learning period, from its own first event
-(`start_listener`): its sources' peak connection counts per window, its own
-peak, and the source prefixes seen on it; once that period is over its peer
-peak (a quantile over its sources) is computed (`source_rate_baseline`). The
-first learning period (from the first event at all) also learns each
-source's peak of distinct listeners and of short sessions; `finish_learning`
-ends it and caps the size (`max_tracked`, least recently seen out). It is
-saved atomically so a restarted agent does not learn again.
+Each listener learns for its own learning period from the moment the agent
+started watching it (`watch`; a listener never watched explicitly learns
+from the watch start, `learning_start_ns`): its sources' peak connection
+counts per window, its own peak, and the source prefixes seen on it; once
+that period is over its peer peak (a quantile over its sources) is computed
+(`source_rate_baseline`). The first learning period (from the watch start)
+also learns each source's peak of short sessions; `finish_learning` ends it
+and caps the size (`max_tracked`, least recently seen out). Sources flagged
+(`taint`) are forgotten and never learned again. It is saved atomically so a
+restarted agent does not learn again.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Baseline:
     seen: dict[int, dict[str, int]] = field(default_factory=dict)           # listener -> prefix -> first ns
     listener_learning: dict[int, tuple[int, int]] = field(default_factory=dict)   # listener -> (start, end) ns
     listener_done: set[int] = field(default_factory=set)                    # listeners whose peer peak is set
+    tainted: dict[str, int] = field(default_factory=dict)                   # source key -> flagged since (ns)
     path: str | None = field(default=None, compare=False)                   # the file it was loaded from
     generation: int = field(default=0, compare=False)                       # counts prunes (for caches)
 
@@ -68,25 +71,50 @@ class Baseline:
         self.prune(config.max_tracked)
         self.complete = True
 
-    def start_listener(self, listener: int, first_ns: int, config: DetectConfig) -> int:
-        """Start a listener's own learning period at its first event (once); the end of it, ns."""
+    def watch(self, listener: int, start_ns: int, config: DetectConfig) -> None:
+        """The agent watches `listener` from `start_ns`: its learning period starts then (once)."""
+        self.start_learning(start_ns, config)
+        if listener not in self.listener_learning:
+            self.listener_learning[listener] = (start_ns, start_ns + config.learning_period_ns)
+
+    def start_listener(self, listener: int, config: DetectConfig) -> int:
+        """A listener never watched explicitly learns from the watch start; the end of its learning, ns."""
         span = self.listener_learning.get(listener)
         if span is None:
-            span = self.listener_learning[listener] = (first_ns, first_ns + config.learning_period_ns)
+            start = self.learning_start_ns
+            span = self.listener_learning[listener] = (start, start + config.learning_period_ns)
         return span[1]
+
+    def taint(self, key: str, t_ns: int) -> bool:
+        """A flagged source (key): forget what was learned of it where learning is still going on (what
+        a finished period learned stays fixed), learn nothing of it from now. True if new."""
+        if key in self.tainted:
+            return False
+        self.tainted[key] = t_ns
+        if self.learning_end_ns is None or t_ns < self.learning_end_ns:
+            self.source_short.pop(key, None)
+        for entry in [k for k in self.source_rate if k[1] == key]:   # a baseline learned before stays fixed
+            span = self.listener_learning.get(entry[0])
+            if span is None or t_ns < span[1]:
+                del self.source_rate[entry]
+        return True
 
     def listener_learning_end(self, listener: int) -> int | None:
         span = self.listener_learning.get(listener)
         return None if span is None else span[1]
 
-    def source_rate_baseline(self, listener: int, ip: str, peer_quantile: float) -> float:
-        """A source's learned peak on a listener that has finished learning: its own, or its peers'."""
+    def source_rate_baseline(self, listener: int, ip: str, peer_quantile: float, peek: bool = False) -> float:
+        """A source's learned peak on a listener that has finished learning: its own, or its peers'.
+        The peer peak is fixed at the first call (`peek`: computed, not fixed)."""
+        peer = self.peer_rate.get(listener, 0.0)
         if listener not in self.listener_done:
             peaks = [peak for (lst, _ip), peak in self.source_rate.items() if lst == listener]
-            if peaks:
-                self.peer_rate[listener] = float(np.quantile(np.asarray(peaks, dtype=np.float64), peer_quantile))
-            self.listener_done.add(listener)
-        return float(max(self.source_rate.get((listener, ip), 0), self.peer_rate.get(listener, 0.0)))
+            peer = float(np.quantile(np.asarray(peaks, dtype=np.float64), peer_quantile)) if peaks else 0.0
+            if not peek:
+                if peaks:
+                    self.peer_rate[listener] = peer
+                self.listener_done.add(listener)
+        return float(max(self.source_rate.get((listener, ip), 0), peer))
 
     def add_seen(self, listener: int, prefix: str, t_ns: int) -> bool:
         """Record a prefix on a listener; True if it was new."""
@@ -108,6 +136,8 @@ class Baseline:
             self.source_rate = {k: v for k, v in self.source_rate.items() if k[1] in keep}
             self.source_distinct = {k: v for k, v in self.source_distinct.items() if k in keep}
             self.source_short = {k: v for k, v in self.source_short.items() if k in keep}
+        if len(self.tainted) > cap:
+            self.tainted = dict(sorted(self.tainted.items(), key=lambda kv: -kv[1])[:cap])
         total = sum(len(p) for p in self.seen.values())
         if total > cap:
             self.generation += 1
@@ -147,6 +177,7 @@ class Baseline:
                          "complete": self.complete},
             "listeners": listeners,
             "sources": sources,
+            "tainted": self.tainted,
         })
 
     def save(self, path: str | os.PathLike) -> None:
@@ -224,6 +255,7 @@ class Baseline:
                 base.source_distinct[ip] = int(entry["distinct"])
             if "short" in entry:
                 base.source_short[ip] = int(entry["short"])
+        base.tainted = {str(key): int(t) for key, t in data.get("tainted", {}).items()}
         return base
 
 

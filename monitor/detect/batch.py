@@ -1,14 +1,23 @@
-"""The vectorised detector engine: sliding-window counts over columnar rows.
+"""The detector engine: each anomaly rule, written once, over columnar rows.
 
 `BatchEngine.process(rows)` takes connection rows in arrival order (a file
-chunk offline, the last micro-batch live), counts every key's events in its
-sliding window with numpy (count of the key's rows whose time slot lies in
-`[slot - K + 1, slot]`, up to and including the row), learns peaks while the
-row's listener is learning (each listener has its own learning period, from
-its first row) and, afterwards, raises an alert at the first row whose count
-reaches the threshold, once per rule and key per cooldown. The
-live fast path (`detector.py`) applies the very same crossing rule per event,
-so both raise the same alerts.
+chunk offline; live, what `Detector` observed since it last flushed) and
+runs every rule over them: it counts every key's events in its sliding
+window with numpy (count of the key's rows whose time slot lies in
+`[slot - K + 1, slot]`, up to and including the row) and raises an alert at
+the first row whose count reaches the rule's threshold, once per rule and key
+per cooldown. `run` (through `Detector`) and `analyze` execute this same code;
+the live detector only decides when to run it early.
+
+Each row is judged in two phases:
+
+1. the rules that need no baseline (scan's distinct listeners,
+   refused_burst), and the rate rules on rows whose listener still learns
+   (their floor is the threshold). A key reaching its threshold is *flagged*
+   (`Baseline.taint`): what was learned of it is forgotten and nothing more is.
+2. learning from the unflagged rows that stayed below the floor, then the
+   rate rules on the rows of listeners that have learned (their learned peak
+   times the factor, never below the floor).
 
 Between batches it keeps a compressed context: the rows of the longest
 window (summed per key and slot), so a window spanning two batches counts
@@ -30,7 +39,9 @@ from .config import DetectConfig, rate_threshold
 from .rows import IpTable, Rows
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE, build_alert, describe_rate
 
-_COLS = ("t", "slot", "lst", "src", "dst", "start", "refused", "short", "w", "new", "row", "learn")
+_COLS = ("t", "slot", "lst", "src", "key", "dst", "start", "refused", "short", "w", "new", "row", "learn", "first")
+_NEVER = np.iinfo(np.int64).max
+_LOW32 = 0xFFFFFFFF
 
 
 @dataclass
@@ -40,7 +51,8 @@ class _Frame:
     t: np.ndarray
     slot: np.ndarray
     lst: np.ndarray
-    src: np.ndarray
+    src: np.ndarray     # address code
+    key: np.ndarray     # source key code (the address, or its IPv6 /64)
     dst: np.ndarray
     start: np.ndarray
     refused: np.ndarray
@@ -48,13 +60,14 @@ class _Frame:
     w: np.ndarray       # weight: 1, or the number of context rows summed into this one
     new: np.ndarray     # bool: a row of this batch (context rows raise nothing)
     row: np.ndarray     # index in the batch, -1 for context
-    learn: np.ndarray   # bool: its listener is still learning (raises nothing, feeds the baseline)
+    learn: np.ndarray   # bool: its listener is still learning (its floor is the threshold)
+    first: np.ndarray   # bool: in the first learning period (per-source short-session peaks)
 
     @classmethod
     def empty(cls) -> "_Frame":
         i = np.empty(0, dtype=np.int64)
         b = np.empty(0, dtype=bool)
-        return cls(i, i, i, i, i, b, b, b, i, b, i, b)
+        return cls(i, i, i, i, i, i, b, b, b, i, b, i, b, b)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -75,6 +88,30 @@ class _Counts:
     keys: np.ndarray    # group id -> key value
 
 
+@dataclass
+class _Candidates:
+    """Rows whose count reached their threshold, for one rule (parallel arrays)."""
+
+    key: np.ndarray        # cooldown key
+    index: np.ndarray      # frame index
+    count: np.ndarray
+    threshold: np.ndarray
+    learned: np.ndarray
+    kind: np.ndarray       # scan: 0 distinct listeners, 1 short sessions
+
+    @classmethod
+    def of(cls, key, index, count, threshold, learned, kind: int = 0) -> "_Candidates":
+        n = len(index)
+        return cls(np.asarray(key, dtype=np.int64), np.asarray(index, dtype=np.int64),
+                   np.asarray(count, dtype=np.int64), np.broadcast_to(np.asarray(threshold, dtype=np.float64), (n,)),
+                   np.broadcast_to(np.asarray(learned, dtype=np.float64), (n,)), np.full(n, kind, dtype=np.int8))
+
+    @classmethod
+    def join(cls, parts: list["_Candidates"]) -> "_Candidates":
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) if parts else np.empty(0)
+                     for f in ("key", "index", "count", "threshold", "learned", "kind")))
+
+
 def window_counts(frame: _Frame, mask: np.ndarray, key: np.ndarray, slots: int) -> _Counts:
     index = np.flatnonzero(mask)
     group, keys = pd.factorize(key[index], sort=False)
@@ -93,7 +130,7 @@ def cooldown_source(rule: str, key: int) -> int:
     """The address code a cooldown key holds (-1: none)."""
     if rule == LISTENER_RATE:
         return -1
-    return key & 0xFFFFFFFF if rule == SOURCE_RATE else key
+    return key & _LOW32 if rule == SOURCE_RATE else key
 
 
 def remap_cooldown_key(rule: str, key: int, remap: np.ndarray) -> int:
@@ -101,7 +138,7 @@ def remap_cooldown_key(rule: str, key: int, remap: np.ndarray) -> int:
     if rule == LISTENER_RATE:
         return key
     if rule == SOURCE_RATE:
-        return ((key >> 32) << 32) | int(remap[key & 0xFFFFFFFF])
+        return ((key >> 32) << 32) | int(remap[key & _LOW32])
     return int(remap[key])
 
 
@@ -116,7 +153,7 @@ def keep_peaks(table: dict, keys: np.ndarray, counts: np.ndarray, name_of: Calla
 
 
 class BatchEngine:
-    """Vectorised detectors with their carried context and cooldowns."""
+    """The anomaly rules with their carried context and cooldowns."""
 
     def __init__(self, config: DetectConfig, baseline: Baseline, ips: IpTable, rules, repeats=()) -> None:
         self.config = config
@@ -140,6 +177,37 @@ class BatchEngine:
         self._known: dict[int, np.ndarray] = {}     # listener -> prefix code -> known seen there (a cache)
         self._known_generation = baseline.generation
 
+    # ---- thresholds (the engine's rules and the live trigger read these) -----------------
+
+    def source_rate_threshold(self, listener: int, key: str, learning: bool, peek: bool = False) -> tuple[float, float]:
+        """(threshold, learned peak) of a source on a listener: the floor while the listener learns.
+        `peek` (the live trigger): fixes nothing in the baseline, whose learning rows may still be buffered."""
+        cfg = self.config
+        if learning:
+            return float(cfg.source_rate_min), 0.0
+        learned = self.baseline.source_rate_baseline(listener, key, cfg.peer_quantile, peek)
+        return rate_threshold(cfg.source_rate_min, cfg.source_rate_factor, learned), learned
+
+    def listener_rate_threshold(self, listener: int, learning: bool) -> tuple[float, float]:
+        cfg = self.config
+        learned = 0.0 if learning else float(self.baseline.listener_rate.get(listener, 0))
+        return rate_threshold(cfg.listener_rate_min, cfg.listener_rate_factor, learned), learned
+
+    def short_threshold(self, key: str) -> tuple[float, float]:
+        cfg = self.config
+        learned = float(self.baseline.source_short.get(key, 0))
+        return rate_threshold(cfg.scan_short_min, cfg.scan_short_factor, learned), learned
+
+    def cooling(self, rule: str, key: int, t_ns: int) -> bool:
+        """Whether an alert of `rule` for `key` at `t_ns` would be held back by the cooldown."""
+        last = self.cooldowns.get((rule, key))
+        return last is not None and t_ns < last + self._cd
+
+    def taint(self, ip: str, t_ns: int) -> None:
+        """A source flagged outside the detectors (a policy alert): not learned from `t_ns` on."""
+        code = self.ips.key_codes[self.ips.code(ip)]
+        self.baseline.taint(self.ips.ips[code], t_ns)
+
     # ---- driving -------------------------------------------------------------------------
 
     def process(self, rows: Rows) -> list[Alert]:
@@ -153,50 +221,67 @@ class BatchEngine:
         base = self.baseline
         base.start_learning(int(t[0]), self.config)
         learn = self._listeners_learning(rows.lst, t)
-        split = 0 if base.complete else int(np.searchsorted(t, base.learning_end_ns, side="left"))
-        alerts: list[Alert] = []
-        if split > 0:
-            self._run(rows, t, learn, 0, split, learning=True)
-        if split < len(rows):
-            if not base.complete:
-                base.finish_learning(self.config)
-            alerts = self._run(rows, t, learn, split, len(rows), learning=False)
+        first = t < base.learning_end_ns if not base.complete else np.zeros(len(t), dtype=bool)
+        n = len(rows)
+        part = _Frame(
+            t=t, slot=t // self._res, lst=rows.lst, src=rows.src, key=self.ips.source_keys(rows.src), dst=rows.dst,
+            start=rows.start, refused=rows.refused, short=rows.short, w=np.ones(n, dtype=np.int64),
+            new=np.ones(n, dtype=bool), row=np.arange(n, dtype=np.int64), learn=learn, first=first,
+        )
+        alerts = self._run(_Frame.concat(self._context, part), rows)
+        if not base.complete and int(t[-1]) >= base.learning_end_ns:
+            base.finish_learning(self.config)
         self._forget_cooldowns()
         return alerts
 
     def _listeners_learning(self, lst: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Per row: is its listener still in its own learning period (started at its first row)?"""
-        ports, first = np.unique(lst, return_index=True)
-        ends = np.array([self.baseline.start_listener(int(port), int(t[i]), self.config)
-                         for port, i in zip(ports, first)], dtype=np.int64)
-        return t < ends[np.searchsorted(ports, lst)]
+        """Per row: is its listener still in its own learning period (from its watch start)?"""
+        return t < self._learning_ends(lst)
 
-    def _run(self, rows: Rows, t: np.ndarray, learn: np.ndarray, a: int, b: int, learning: bool) -> list[Alert]:
-        """Rows a..b; `learning`: the first learning period (per-source peaks), `learn`: per listener."""
-        part = _Frame(
-            t=t[a:b], slot=t[a:b] // self._res, lst=rows.lst[a:b], src=rows.src[a:b], dst=rows.dst[a:b],
-            start=rows.start[a:b], refused=rows.refused[a:b], short=rows.short[a:b],
-            w=np.ones(b - a, dtype=np.int64), new=np.ones(b - a, dtype=bool), row=np.arange(a, b, dtype=np.int64),
-            learn=learn[a:b],
-        )
-        frame = _Frame.concat(self._context, part)
-        found: list[Alert] = []
-        self._learn_last_seen(frame)
-        if NEW_SOURCE in self.rules:
-            found += self._new_source(frame, rows)
-        if SOURCE_RATE in self.rules:
-            found += self._source_rate(frame, rows)
-        if REFUSED_BURST in self.rules and not learning:
-            found += self._refused(frame, rows)
-        if LISTENER_RATE in self.rules:
-            found += self._listener_rate(frame, rows)
-        if SCAN in self.rules:
-            found += self._scan(frame, rows, learning)
+    def _learning_ends(self, lst: np.ndarray) -> np.ndarray:
+        """Per row: when its listener's learning period ends."""
+        ports = np.unique(lst)
+        ends = np.array([self.baseline.start_listener(int(port), self.config) for port in ports], dtype=np.int64)
+        return ends[np.searchsorted(ports, lst)]
+
+    def _run(self, frame: _Frame, rows: Rows) -> list[Alert]:
+        rules = self.rules
+        base = self.baseline
+        found: dict[str, list[_Candidates]] = {rule: [] for rule in rules}
+        source = window_counts(frame, frame.start, (frame.lst << 32) | frame.key, self._k_source) \
+            if SOURCE_RATE in rules else None
+        listener = window_counts(frame, frame.start, frame.lst, self._k_listener) if LISTENER_RATE in rules else None
+        short = window_counts(frame, frame.short, frame.key, self._k_scan) if SCAN in rules else None
+        # phase 1: no baseline needed
+        if SCAN in rules:
+            found[SCAN].append(self._scan_listeners(frame))
+        if REFUSED_BURST in rules:
+            found[REFUSED_BURST].append(self._refused(frame))
+        if source is not None:
+            found[SOURCE_RATE].append(self._source_rate(frame, source, learning=True))
+        if listener is not None:
+            found[LISTENER_RATE].append(self._listener_rate(frame, listener, learning=True))
+        self._taint(frame, found)
+        # phase 2: learn from what was not flagged, then judge against it
+        since = self._taint_times(frame)
+        self._learn(frame, source, listener, short, since)
+        alerts: list[Alert] = []
+        if NEW_SOURCE in rules:
+            alerts += self._new_source(frame, rows, frame.t >= since)
+        if source is not None:
+            found[SOURCE_RATE].append(self._source_rate(frame, source, learning=False))
+        if listener is not None:
+            found[LISTENER_RATE].append(self._listener_rate(frame, listener, learning=False))
+        if SCAN in rules:
+            found[SCAN].append(self._short(frame, short))
+        self._taint(frame, found)
+        for rule, parts in found.items():
+            alerts += self._raise(rule, _Candidates.join(parts), frame, rows)
         self._context = self._compress(frame)
-        if self.baseline.over(self.config.max_tracked):
-            self.baseline.prune(self.config.max_tracked)
-        found.sort(key=lambda al: al.timestamp_ns)
-        return found
+        if base.over(self.config.max_tracked):
+            base.prune(self.config.max_tracked)
+        alerts.sort(key=lambda al: al.timestamp_ns)
+        return alerts
 
     def _compress(self, frame: _Frame) -> _Frame:
         """The rows the next batch's windows can reach, summed per (slot, listener, source, kind)."""
@@ -208,21 +293,23 @@ class BatchEngine:
                 | (frame.short[keep].astype(np.int64) << 2))
         order = np.lexsort((kind, src, lst, slot))
         slot, lst, src, kind, w = slot[order], lst[order], src[order], kind[order], frame.w[keep][order]
+        key = frame.key[keep][order]
         change = np.ones(len(order), dtype=bool)
         change[1:] = (slot[1:] != slot[:-1]) | (lst[1:] != lst[:-1]) | (src[1:] != src[:-1]) | (kind[1:] != kind[:-1])
         first = np.flatnonzero(change)
         n = len(first)
         slot, kind = slot[first], kind[first]
         return _Frame(
-            t=slot * self._res, slot=slot, lst=lst[first], src=src[first], dst=np.full(n, -1, dtype=np.int64),
+            t=slot * self._res, slot=slot, lst=lst[first], src=src[first], key=key[first],
+            dst=np.full(n, -1, dtype=np.int64),
             start=(kind & 1).astype(bool), refused=(kind & 2).astype(bool), short=(kind & 4).astype(bool),
             w=np.add.reduceat(w, first) if n else w[:0], new=np.zeros(n, dtype=bool),
-            row=np.full(n, -1, dtype=np.int64), learn=np.zeros(n, dtype=bool),
+            row=np.full(n, -1, dtype=np.int64), learn=np.zeros(n, dtype=bool), first=np.zeros(n, dtype=bool),
         )
 
     def codes_in_use(self) -> np.ndarray:
         """Address codes the engine still refers to (context and cooldowns)."""
-        keys = [self._context.src, self._context.dst]
+        keys = [self._context.src, self._context.key, self._context.dst]
         keys.append(np.array([cooldown_source(rule, key) for rule, key in self.cooldowns], dtype=np.int64))
         return np.concatenate(keys)
 
@@ -232,6 +319,7 @@ class BatchEngine:
         self._known = {}
         ctx = self._context
         ctx.src = remap[ctx.src]
+        ctx.key = remap[ctx.key]
         ctx.dst = np.where(ctx.dst >= 0, remap[np.maximum(ctx.dst, 0)], -1)
         self.cooldowns = {(rule, remap_cooldown_key(rule, key, remap)): t for (rule, key), t in self.cooldowns.items()}
 
@@ -239,6 +327,65 @@ class BatchEngine:
         if self.watermark is not None and len(self.cooldowns) > 1024:
             horizon = self.watermark - self._cd
             self.cooldowns = {k: v for k, v in self.cooldowns.items() if v > horizon}
+
+    # ---- flagging and learning -----------------------------------------------------------
+
+    def _taint(self, frame: _Frame, found: dict[str, list[_Candidates]]) -> None:
+        """Every source key that reached a threshold is flagged from its first crossing on."""
+        for rule, parts in found.items():
+            if rule == LISTENER_RATE:
+                continue
+            for part in parts:
+                if len(part.index) == 0:
+                    continue
+                codes = part.key & _LOW32 if rule == SOURCE_RATE else part.key
+                firsts = pd.Series(frame.t[part.index]).groupby(codes).min()
+                for code, t in zip(firsts.index.to_numpy(), firsts.to_numpy()):
+                    self.baseline.taint(self.ips.ips[int(code)], int(t))
+
+    def _taint_times(self, frame: _Frame) -> np.ndarray:
+        """Per row: since when its source is flagged (`_NEVER`: it is not)."""
+        tainted = self.baseline.tainted
+        if not tainted:
+            return np.full(len(frame), _NEVER, dtype=np.int64)
+        since = np.full(len(self.ips), _NEVER, dtype=np.int64)
+        codes = self.ips.code_of
+        for key, t in tainted.items():
+            code = codes(key)
+            if code is not None:
+                since[code] = t
+        return since[frame.key]
+
+    def _learn(self, frame: _Frame, source: _Counts | None, listener: _Counts | None, short: _Counts | None,
+               since: np.ndarray) -> None:
+        """Peaks of the rows that stayed below the floor, while their listener (or the first period) learns.
+
+        A source flagged before a learning period ended has no peak of its own in it (`Baseline.taint`
+        forgot the earlier ones, so the result does not depend on where batches begin); its rows from
+        the moment it was flagged count in no listener's peak and add no seen prefix."""
+        cfg, base, ips = self.config, self.baseline, self.ips.ips
+        if source is not None:
+            clean = frame.new & frame.learn & (since >= self._learning_ends(frame.lst))
+            mask = clean[source.index] & (source.count < cfg.source_rate_min)
+            keep_peaks(base.source_rate, source.group[mask], source.count[mask],
+                       lambda g: (int(source.keys[g]) >> 32, ips[int(source.keys[g]) & _LOW32]))
+        if short is not None:
+            clean = frame.new & frame.first & (since >= (base.learning_end_ns or 0))
+            mask = clean[short.index]      # no floor while it learns: short sessions alone are no flood
+            keep_peaks(base.source_short, frame.key[short.index[mask]], short.count[mask], lambda code: ips[code])
+        before = frame.t < since
+        if listener is not None:
+            own = listener if before.all() else window_counts(frame, frame.start & before, frame.lst, self._k_listener)
+            mask = (frame.new & frame.learn)[own.index] & (own.count < cfg.listener_rate_min)
+            keep_peaks(base.listener_rate, own.group[mask], own.count[mask], lambda g: int(own.keys[g]))
+        seen = frame.new & before & frame.start & frame.learn
+        if seen.any():
+            last = pd.Series(frame.t[seen]).groupby(frame.key[seen]).max()
+            known = base.source_last_ns
+            for code, t in zip(last.index.to_numpy(), last.to_numpy()):
+                known[ips[code]] = max(known.get(ips[code], 0), int(t))
+
+    # ---- alerting ------------------------------------------------------------------------
 
     def _select(self, rule: str, keys: list, t: np.ndarray) -> list[int]:
         """Positions (into parallel candidate arrays sorted by key then time) that alert:
@@ -261,28 +408,199 @@ class BatchEngine:
                 self.cooldowns[cooldown_key] = last
         return chosen
 
-    def _repeats(self, rule: str, chosen: list[int], n: int, t_of: Callable[[int], int],
-                 ip_of: Callable[[int], str]) -> list[Alert]:
-        """The candidates `_select` held back (cooldown), as repeats for the decision stage, if asked for."""
-        if rule not in self.repeats or len(chosen) == n:
+    def _raise(self, rule: str, cand: _Candidates, frame: _Frame, rows: Rows) -> list[Alert]:
+        """The alerts (and, for rules that may block, the repeats the cooldown holds back) of a rule's candidates."""
+        if len(cand.index) == 0:
             return []
-        alerted = set(chosen)
-        return [repeat_alert(rule, t_of(p), ip_of(p)) for p in range(n) if p not in alerted]
+        order = np.lexsort((cand.index, frame.t[cand.index], cand.key))
+        keys = cand.key[order].tolist()
+        index = cand.index[order]
+        times = frame.t[index]
+        chosen = self._select(rule, keys, times)
+        out: list[Alert] = []
+        if rule in self.repeats and len(chosen) < len(keys):
+            alerted = set(chosen)
+            out += [repeat_alert(rule, int(times[p]), **self._source_fields(frame, int(index[p])))
+                    for p in range(len(keys)) if p not in alerted]
+        build = {SOURCE_RATE: self._source_rate_alert, LISTENER_RATE: self._listener_rate_alert,
+                 SCAN: self._scan_alert, REFUSED_BURST: self._refused_alert}[rule]
+        for p in chosen:
+            k = order[p]
+            out.append(build(frame, rows, int(index[p]), int(cand.count[k]), float(cand.threshold[k]),
+                             float(cand.learned[k]), int(cand.kind[k]), keys[p]))
+        return out
 
-    # ---- rules ---------------------------------------------------------------------------
+    def _source_fields(self, frame: _Frame, i: int) -> dict[str, Any]:
+        """Who an alert names: the address of its row, and the /64 counted as the source."""
+        key = int(frame.key[i])
+        network = self.ips.ips[key] if self.ips.is_network(key) else None
+        return {"source_ip": self.ips.ips[int(frame.src[i])], "source_network": network}
 
-    def _learn_last_seen(self, frame: _Frame) -> None:
-        mask = frame.new & frame.start & frame.learn
-        if not mask.any():
-            return
-        last = pd.Series(frame.t[mask]).groupby(frame.src[mask]).max()
-        seen = self.baseline.source_last_ns
+    def _who(self, frame: _Frame, i: int) -> str:
+        return self.ips.ips[int(frame.key[i])]
+
+    def _dst(self, frame: _Frame, i: int) -> str:
+        code = int(frame.dst[i])
+        return self.ips.ips[code] if code >= 0 else ""
+
+    def _trigger(self, frame: _Frame, rows: Rows, i: int) -> str | None:
+        return rows.event_id(int(frame.row[i]))
+
+    # ---- the rules -------------------------------------------------------------------------
+
+    def _source_rate(self, frame: _Frame, c: _Counts, learning: bool) -> _Candidates:
+        """anomaly.source_rate: connections of one source on one listener in the window."""
+        rows = frame.new[c.index] & (frame.learn[c.index] == learning) & (c.count >= self.config.source_rate_min)
+        cand = np.flatnonzero(rows)
+        if len(cand) == 0:
+            return _Candidates.of([], [], [], [], [])
         ips = self.ips.ips
-        for code, t in zip(last.index.to_numpy(), last.to_numpy()):
-            seen[ips[code]] = max(seen.get(ips[code], 0), int(t))
+        groups = np.unique(c.group[cand])
+        limits = [self.source_rate_threshold(int(c.keys[g]) >> 32, ips[int(c.keys[g]) & _LOW32], learning)
+                  for g in groups]
+        threshold = np.zeros(len(c.keys), dtype=np.float64)
+        learned = np.zeros(len(c.keys), dtype=np.float64)
+        threshold[groups] = [limit for limit, _ in limits]
+        learned[groups] = [peak for _, peak in limits]
+        g = c.group[cand]
+        cand = cand[c.count[cand] >= threshold[g]]
+        g = c.group[cand]
+        return _Candidates.of(c.keys[g], c.index[cand], c.count[cand], threshold[g], learned[g])
 
-    def _new_source(self, frame: _Frame, rows: Rows) -> list[Alert]:
-        index = np.flatnonzero(frame.new & frame.start)
+    def _source_rate_alert(self, frame, rows, i, count, threshold, learned, _kind, key) -> Alert:
+        lst = key >> 32
+        return build_alert(
+            SOURCE_RATE, int(frame.t[i]),
+            describe_rate(f"{self._who(frame, i)} on listener {lst}", count, self.config.source_rate_window_s,
+                          threshold, learned),
+            listener_port=lst, listener_ip=self._dst(frame, i), observed=count, threshold=threshold,
+            baseline=learned, window_s=self.config.source_rate_window_s, trigger_id=self._trigger(frame, rows, i),
+            **self._source_fields(frame, i),
+        )
+
+    def _listener_rate(self, frame: _Frame, c: _Counts, learning: bool) -> _Candidates:
+        """anomaly.listener_rate: all connections of one listener in the window."""
+        rows = frame.new[c.index] & (frame.learn[c.index] == learning) & (c.count >= self.config.listener_rate_min)
+        cand = np.flatnonzero(rows)
+        if len(cand) == 0:
+            return _Candidates.of([], [], [], [], [])
+        groups = np.unique(c.group[cand])
+        limits = [self.listener_rate_threshold(int(c.keys[g]), learning) for g in groups]
+        threshold = np.zeros(len(c.keys), dtype=np.float64)
+        learned = np.zeros(len(c.keys), dtype=np.float64)
+        threshold[groups] = [limit for limit, _ in limits]
+        learned[groups] = [peak for _, peak in limits]
+        g = c.group[cand]
+        cand = cand[c.count[cand] >= threshold[g]]
+        g = c.group[cand]
+        return _Candidates.of(c.keys[g], c.index[cand], c.count[cand], threshold[g], learned[g])
+
+    def _listener_rate_alert(self, frame, rows, i, count, threshold, learned, _kind, key) -> Alert:
+        floor = frame.slot[i] - self._k_listener + 1
+        window = np.flatnonzero(frame.start[: i + 1] & (frame.lst[: i + 1] == key) & (frame.slot[: i + 1] >= floor))
+        top = self._top_sources(frame.key[window], frame.w[window])
+        return build_alert(
+            LISTENER_RATE, int(frame.t[i]),
+            describe_rate(f"listener {key}", count, self.config.listener_rate_window_s, threshold, learned)
+            + f"; top sources {', '.join(top)}",
+            source_ip=None, listener_port=key, listener_ip=self._dst(frame, i), observed=count,
+            threshold=threshold, baseline=learned, window_s=self.config.listener_rate_window_s,
+            trigger_id=self._trigger(frame, rows, i), top_sources=top,
+        )
+
+    def _scan_listeners(self, frame: _Frame) -> _Candidates:
+        """anomaly.scan: distinct listeners one source touches in the window (no baseline)."""
+        index, count = self._distinct_listeners(frame)
+        over = frame.new[index] & (count >= self.config.scan_min_listeners)
+        index, count = index[over], count[over]
+        return _Candidates.of(frame.key[index], index, count, float(self.config.scan_min_listeners), 0.0, kind=0)
+
+    def _short(self, frame: _Frame, c: _Counts) -> _Candidates:
+        """anomaly.scan: connections closed within scan_short_s, per source, against the peak it learned in
+        the first learning period (nothing before it ends: a busy client's short requests are no scan)."""
+        rows = frame.new[c.index] & ~frame.first[c.index] & (c.count >= self.config.scan_short_min)
+        cand = np.flatnonzero(rows)
+        if len(cand) == 0:
+            return _Candidates.of([], [], [], [], [], kind=1)
+        ips = self.ips.ips
+        groups = np.unique(c.group[cand])
+        limits = [self.short_threshold(ips[int(c.keys[g])]) for g in groups]
+        threshold = np.zeros(len(c.keys), dtype=np.float64)
+        learned = np.zeros(len(c.keys), dtype=np.float64)
+        threshold[groups] = [limit for limit, _ in limits]
+        learned[groups] = [peak for _, peak in limits]
+        g = c.group[cand]
+        cand = cand[c.count[cand] >= threshold[g]]
+        g = c.group[cand]
+        return _Candidates.of(c.keys[g], c.index[cand], c.count[cand], threshold[g], learned[g], kind=1)
+
+    def _scan_alert(self, frame, rows, i, count, threshold, learned, kind, _key) -> Alert:
+        cfg = self.config
+        who = self._who(frame, i)
+        if kind == 0:
+            text = f"{who} touched {count} listeners within {cfg.scan_window_s:g}s (threshold {threshold:g})"
+        else:
+            text = (f"{who}: {count} connections closed within {cfg.scan_short_s:g}s of opening in "
+                    f"{cfg.scan_window_s:g}s (threshold {threshold:g}, learned peak {learned:g})")
+        return build_alert(
+            SCAN, int(frame.t[i]), text, listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i),
+            observed=count, threshold=threshold, baseline=learned, window_s=cfg.scan_window_s,
+            trigger_id=self._trigger(frame, rows, i), **self._source_fields(frame, i),
+        )
+
+    def _refused(self, frame: _Frame) -> _Candidates:
+        """anomaly.refused_burst: connections socat refused, per source (no baseline)."""
+        c = window_counts(frame, frame.refused, frame.key, self._k_refused)
+        cand = np.flatnonzero(frame.new[c.index] & (c.count >= self.config.refused_min))
+        return _Candidates.of(c.keys[c.group[cand]], c.index[cand], c.count[cand], float(self.config.refused_min), 0.0)
+
+    def _refused_alert(self, frame, rows, i, count, threshold, _learned, _kind, _key) -> Alert:
+        cfg = self.config
+        return build_alert(
+            REFUSED_BURST, int(frame.t[i]),
+            f"{self._who(frame, i)}: {count} connections refused by socat in {cfg.refused_window_s:g}s "
+            f"(threshold {cfg.refused_min})",
+            listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i), observed=count,
+            threshold=threshold, baseline=0.0, window_s=cfg.refused_window_s,
+            trigger_id=self._trigger(frame, rows, i), **self._source_fields(frame, i),
+        )
+
+    def _top_sources(self, src: np.ndarray, w: np.ndarray) -> tuple[str, ...]:
+        sums = pd.Series(w).groupby(src).sum()
+        ranked = sorted(((-int(n), self.ips.ips[int(code)]) for code, n in sums.items()))
+        return tuple(ip for _n, ip in ranked[: self.config.top_sources])
+
+    def _distinct_listeners(self, frame: _Frame) -> tuple[np.ndarray, np.ndarray]:
+        """At every row where a source starts touching a listener it had not touched
+        within the scan window: (frame index, distinct listeners it touches now)."""
+        k = self._k_scan
+        index = np.flatnonzero(frame.start)
+        if len(index) == 0:
+            return index, index
+        pair = (frame.key[index] << 16) | frame.lst[index]
+        order = np.argsort(pair, kind="stable")
+        index, pair = index[order], pair[order]
+        slot = frame.slot[index]
+        same = np.concatenate([[False], pair[1:] == pair[:-1]])
+        gap = np.concatenate([[0], slot[1:] - slot[:-1]])
+        seg_start = ~same | (gap >= k)
+        starts = np.flatnonzero(seg_start)
+        ends = np.concatenate([starts[1:], [len(index)]]) - 1
+        src = frame.key[index]
+        n = len(starts)
+        ev_src = np.concatenate([src[starts], src[starts]])
+        ev_slot = np.concatenate([slot[starts], slot[ends] + k])
+        ev_prio = np.concatenate([np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)])
+        ev_ord = np.concatenate([index[starts], np.zeros(n, dtype=np.int64)])
+        delta = np.concatenate([np.ones(n, dtype=np.int64), -np.ones(n, dtype=np.int64)])
+        order = np.lexsort((ev_ord, ev_prio, ev_slot, ev_src))
+        active = np.cumsum(delta[order])
+        plus = ev_prio[order] == 1
+        return ev_ord[order][plus], active[plus]
+
+    def _new_source(self, frame: _Frame, rows: Rows, tainted: np.ndarray) -> list[Alert]:
+        """anomaly.new_source: a prefix never seen on the listener while it learned (a flagged source's are not learned)."""
+        index = np.flatnonzero(frame.new & frame.start & ~(frame.learn & tainted))
         if len(index) == 0:
             return []
         prefix_of = self.ips.prefixes
@@ -332,180 +650,3 @@ class BatchEngine:
         code = int(frame.dst[i])
         return self.ips.ips[code] if code >= 0 else ""
 
-    def _source_rate(self, frame: _Frame, rows: Rows) -> list[Alert]:
-        key = (frame.lst << 32) | frame.src
-        c = window_counts(frame, frame.start, key, self._k_source)
-        new = frame.new[c.index]
-        learn = new & frame.learn[c.index]
-        base = self.baseline
-        ips = self.ips.ips
-        keep_peaks(base.source_rate, c.group[learn], c.count[learn],
-                   lambda g: (int(c.keys[g]) >> 32, ips[int(c.keys[g]) & 0xFFFFFFFF]))
-        cand = np.flatnonzero(new & ~learn & (c.count >= self.config.source_rate_min))
-        if len(cand) == 0:
-            return []
-        thresholds: dict[int, tuple[float, float]] = {}
-        by_group = np.zeros(len(c.keys), dtype=np.float64)
-        for g in np.unique(c.group[cand]):
-            k = int(c.keys[g])
-            learned = base.source_rate_baseline(k >> 32, ips[k & 0xFFFFFFFF], self.config.peer_quantile)
-            thresholds[int(g)] = (rate_threshold(self.config.source_rate_min, self.config.source_rate_factor, learned), learned)
-            by_group[g] = thresholds[int(g)][0]
-        cand = cand[c.count[cand] >= by_group[c.group[cand]]]
-        keys = c.keys[c.group[cand]].astype(np.int64).tolist()
-        chosen = self._select(SOURCE_RATE, keys, frame.t[c.index[cand]])
-        out = self._repeats(SOURCE_RATE, chosen, len(keys), lambda p: int(frame.t[c.index[cand[p]]]),
-                            lambda p: ips[keys[p] & 0xFFFFFFFF])
-        for p in chosen:
-            pos = cand[p]
-            i = int(c.index[pos])
-            threshold, learned = thresholds[int(c.group[pos])]
-            ip, lst = ips[keys[p] & 0xFFFFFFFF], keys[p] >> 32
-            count = int(c.count[pos])
-            out.append(build_alert(
-                SOURCE_RATE, int(frame.t[i]),
-                describe_rate(f"{ip} on listener {lst}", count, self.config.source_rate_window_s, threshold, learned),
-                source_ip=ip, listener_port=lst, listener_ip=self._dst(frame, i), observed=count,
-                threshold=threshold, baseline=learned, window_s=self.config.source_rate_window_s,
-                trigger_id=rows.event_id(int(frame.row[i])),
-            ))
-        return out
-
-    def _refused(self, frame: _Frame, rows: Rows) -> list[Alert]:
-        c = window_counts(frame, frame.refused, frame.src, self._k_refused)
-        cand = np.flatnonzero(frame.new[c.index] & ~frame.learn[c.index] & (c.count >= self.config.refused_min))
-        keys = c.keys[c.group[cand]].astype(np.int64).tolist()
-        chosen = self._select(REFUSED_BURST, keys, frame.t[c.index[cand]])
-        out = self._repeats(REFUSED_BURST, chosen, len(keys), lambda p: int(frame.t[c.index[cand[p]]]),
-                            lambda p: self.ips.ips[keys[p]])
-        for p in chosen:
-            pos = cand[p]
-            i = int(c.index[pos])
-            ip = self.ips.ips[keys[p]]
-            count = int(c.count[pos])
-            out.append(build_alert(
-                REFUSED_BURST, int(frame.t[i]),
-                f"{ip}: {count} connections refused by socat in {self.config.refused_window_s:g}s "
-                f"(threshold {self.config.refused_min})",
-                source_ip=ip, listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i), observed=count,
-                threshold=float(self.config.refused_min), baseline=0.0, window_s=self.config.refused_window_s,
-                trigger_id=rows.event_id(int(frame.row[i])),
-            ))
-        return out
-
-    def _listener_rate(self, frame: _Frame, rows: Rows) -> list[Alert]:
-        c = window_counts(frame, frame.start, frame.lst, self._k_listener)
-        new = frame.new[c.index]
-        learn = new & frame.learn[c.index]
-        base = self.baseline
-        keep_peaks(base.listener_rate, c.group[learn], c.count[learn], lambda g: int(c.keys[g]))
-        cand = np.flatnonzero(new & ~learn & (c.count >= self.config.listener_rate_min))
-        if len(cand) == 0:
-            return []
-        learned = {int(g): float(base.listener_rate.get(int(c.keys[g]), 0)) for g in np.unique(c.group[cand])}
-        thr_of = {g: rate_threshold(self.config.listener_rate_min, self.config.listener_rate_factor, v)
-                  for g, v in learned.items()}
-        by_group = np.zeros(len(c.keys), dtype=np.float64)
-        for g, threshold in thr_of.items():
-            by_group[g] = threshold
-        cand = cand[c.count[cand] >= by_group[c.group[cand]]]
-        keys = c.keys[c.group[cand]].astype(np.int64).tolist()
-        out = []
-        for p in self._select(LISTENER_RATE, keys, frame.t[c.index[cand]]):
-            pos = cand[p]
-            i = int(c.index[pos])
-            g = int(c.group[pos])
-            count = int(c.count[pos])
-            window = c.index[c.low[pos]: pos + 1]
-            top = self._top_sources(frame.src[window], frame.w[window])
-            out.append(build_alert(
-                LISTENER_RATE, int(frame.t[i]),
-                describe_rate(f"listener {keys[p]}", count, self.config.listener_rate_window_s, thr_of[g], learned[g])
-                + f"; top sources {', '.join(top)}",
-                source_ip=None, listener_port=keys[p], listener_ip=self._dst(frame, i), observed=count,
-                threshold=thr_of[g], baseline=learned[g], window_s=self.config.listener_rate_window_s,
-                trigger_id=rows.event_id(int(frame.row[i])), top_sources=top,
-            ))
-        return out
-
-    def _top_sources(self, src: np.ndarray, w: np.ndarray) -> tuple[str, ...]:
-        sums = pd.Series(w).groupby(src).sum()
-        ranked = sorted(((-int(n), self.ips.ips[int(code)]) for code, n in sums.items()))
-        return tuple(ip for _n, ip in ranked[: self.config.top_sources])
-
-    def _distinct_listeners(self, frame: _Frame) -> tuple[np.ndarray, np.ndarray]:
-        """At every row where a source starts touching a listener it had not touched
-        within the scan window: (frame index, distinct listeners it touches now)."""
-        k = self._k_scan
-        index = np.flatnonzero(frame.start)
-        if len(index) == 0:
-            return index, index
-        pair = (frame.src[index] << 16) | frame.lst[index]
-        order = np.argsort(pair, kind="stable")
-        index, pair = index[order], pair[order]
-        slot = frame.slot[index]
-        same = np.concatenate([[False], pair[1:] == pair[:-1]])
-        gap = np.concatenate([[0], slot[1:] - slot[:-1]])
-        seg_start = ~same | (gap >= k)
-        starts = np.flatnonzero(seg_start)
-        ends = np.concatenate([starts[1:], [len(index)]]) - 1
-        src = frame.src[index]
-        n = len(starts)
-        ev_src = np.concatenate([src[starts], src[starts]])
-        ev_slot = np.concatenate([slot[starts], slot[ends] + k])
-        ev_prio = np.concatenate([np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)])
-        ev_ord = np.concatenate([index[starts], np.zeros(n, dtype=np.int64)])
-        delta = np.concatenate([np.ones(n, dtype=np.int64), -np.ones(n, dtype=np.int64)])
-        order = np.lexsort((ev_ord, ev_prio, ev_slot, ev_src))
-        active = np.cumsum(delta[order])
-        plus = ev_prio[order] == 1
-        return ev_ord[order][plus], active[plus]
-
-    def _scan_candidates(self, frame: _Frame, index: np.ndarray, count: np.ndarray, learned_of: dict[str, int],
-                         threshold_of: Callable[[float], float], kind: str) -> list[tuple]:
-        """Rows whose count reaches their source's threshold (computed once per source)."""
-        if len(index) == 0:
-            return []
-        sources, which = np.unique(frame.src[index], return_inverse=True)
-        learned = np.array([float(learned_of.get(self.ips.ips[int(code)], 0)) for code in sources])
-        threshold = np.array([threshold_of(value) for value in learned])
-        hit = np.flatnonzero(count >= threshold[which])
-        return [(int(frame.src[index[k]]), int(frame.t[index[k]]), int(index[k]), int(count[k]),
-                 float(threshold[which[k]]), float(learned[which[k]]), kind) for k in hit]
-
-    def _scan(self, frame: _Frame, rows: Rows, learning: bool) -> list[Alert]:
-        cfg, base, ips = self.config, self.baseline, self.ips.ips
-        d_index, d_count = self._distinct_listeners(frame)
-        d_new = frame.new[d_index]
-        s = window_counts(frame, frame.short, frame.src, self._k_scan)
-        s_new = frame.new[s.index]
-        if learning:
-            keep_peaks(base.source_distinct, frame.src[d_index[d_new]], d_count[d_new], lambda code: ips[code])
-            keep_peaks(base.source_short, frame.src[s.index[s_new]], s.count[s_new], lambda code: ips[code])
-            return []
-        cands: list[tuple[int, int, int, int, float, float, str]] = []   # (src, t, frame index, count, thr, base, kind)
-        over = d_new & ~frame.learn[d_index] & (d_count >= cfg.scan_min_listeners)
-        cands += self._scan_candidates(frame, d_index[over], d_count[over], base.source_distinct,
-                                       lambda learned: float(max(cfg.scan_min_listeners, learned + 1)), "listeners")
-        over = s_new & ~frame.learn[s.index] & (s.count >= cfg.scan_short_min)
-        cands += self._scan_candidates(frame, s.index[over], s.count[over], base.source_short,
-                                       lambda learned: rate_threshold(cfg.scan_short_min, cfg.scan_short_factor,
-                                                                      learned), "short")
-        cands.sort(key=lambda c: (c[0], c[1], c[2]))
-        chosen = self._select(SCAN, [c[0] for c in cands], np.array([c[1] for c in cands], dtype=np.int64))
-        out = self._repeats(SCAN, chosen, len(cands), lambda p: cands[p][1], lambda p: ips[cands[p][0]])
-        for p in chosen:
-            code, t, i, count, thr, learned, kind = cands[p]
-            ip = ips[code]
-            if kind == "listeners":
-                text = (f"{ip} touched {count} listeners within {cfg.scan_window_s:g}s "
-                        f"(threshold {thr:g}, learned peak {learned:g})")
-            else:
-                text = (f"{ip}: {count} connections closed within {cfg.scan_short_s:g}s of opening in "
-                        f"{cfg.scan_window_s:g}s (threshold {thr:g}, learned peak {learned:g})")
-            out.append(build_alert(
-                SCAN, t, text, source_ip=ip, listener_port=int(frame.lst[i]), listener_ip=self._dst(frame, i),
-                observed=count, threshold=thr, baseline=learned, window_s=cfg.scan_window_s,
-                trigger_id=rows.event_id(int(frame.row[i])),
-            ))
-        return out

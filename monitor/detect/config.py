@@ -21,32 +21,37 @@ class DetectConfig:
     """Windows (seconds), thresholds and learning settings of the detectors.
 
     Every rule counts events per key in a sliding window of event time (slots
-    of `resolution_s`) and alerts on the event whose count reaches the threshold:
+    of `resolution_s`) and alerts on the event whose count reaches the threshold.
+    A source is an IPv4 address, or an IPv6 /`source_v6_prefix` (one attacker
+    rotating addresses inside its /64 is one source):
 
-    - source_rate (per listener and source): `max(source_rate_min, source_rate_factor
-      * max(own learned peak, peer_quantile of the listener's sources' peaks))`
-    - listener_rate (per listener): `max(listener_rate_min, listener_rate_factor * learned peak)`
+    - source_rate (per listener and source): `source_rate_min` (the floor) while
+      the listener learns; after, `max(source_rate_min, source_rate_factor *
+      max(own learned peak, peer_quantile of the listener's sources' peaks))`
+    - listener_rate (per listener): `listener_rate_min` while it learns; after,
+      `max(listener_rate_min, listener_rate_factor * learned peak)`
     - scan (per source): distinct listeners in `scan_window_s` reach
-      `max(scan_min_listeners, learned peak + 1)`, or connections closed within
-      `scan_short_s` reach `max(scan_short_min, scan_short_factor * learned peak)`
-    - refused_burst (per source): `refused_min` refusals in `refused_window_s`
-    - new_source: a /`new_source_v4_prefix` (/`new_source_v6_prefix`) never seen on the listener
+      `scan_min_listeners` (no baseline: from the first event), or, once the
+      first learning period is over, connections closed within `scan_short_s`
+      reach `max(scan_short_min, scan_short_factor * learned peak)`
+    - refused_burst (per source): `refused_min` refusals in `refused_window_s` (no baseline)
+    - new_source: a /`new_source_v4_prefix` (/`new_source_v6_prefix`) never seen on
+      the listener while it learned
 
-    A learned peak is the highest count the key reached in one window during learning.
+    A learned peak is the highest count the key reached in one window while
+    learning, counting only what stayed below the floor and only sources never
+    flagged (an anomaly alert, a policy alert): a flood or a ramp that reaches
+    the floor is alerted on, not learned.
 
-    Learning: each listener learns for `learning_period_s` of event time from its
-    own first event (a relay started in the afternoon learns from then on, instead
-    of flagging every client as new): its prefixes seen (new_source), its sources'
-    peaks and its peer peak (source_rate), its own peak (listener_rate). Nothing
-    on a listener is raised while it learns. The per-source scan peaks are learned
-    in the first learning period (from the first event at all); refused_burst and
-    scan raise nothing before it is over. The learning state is part of the
-    baseline, so a restart resumes it.
+    Learning: each listener learns for `learning_period_s` of event time from
+    the moment the agent started watching it (`Detector.watch`: the agent's
+    start for relays already listening, the moment a new relay is seen
+    listening), else from the watch start (the stream's first event, offline).
+    A listener that stayed idle has learned "idle". The per-source short-session
+    peaks are learned in the first learning period (from the watch start). The
+    learning state is part of the baseline, so a restart resumes it.
 
-    Counting: capture reports a connection socat refuses as ACCEPTED, then DENIED
-    (`refused=True`). The ACCEPTED counts once in source_rate, listener_rate and
-    scan's distinct listeners; the DENIED counts only in refused_burst. Short
-    sessions (scan) are CLOSED events only: a refused connection is no scan probe.
+    Counting: `rows.counted` (one definition, live and offline).
     """
 
     learning_period_s: float = 3600.0
@@ -59,12 +64,12 @@ class DetectConfig:
 
     source_rate_window_s: float = setting(10.0, at_least="resolution_s", live=False)
     source_rate_factor: float = 3.0
-    source_rate_min: int = setting(20, minimum=1)
+    source_rate_min: int = setting(30, minimum=1)            # the floor: threshold while learning, minimum after
     peer_quantile: float = setting(0.99, above=0, maximum=1)
 
     listener_rate_window_s: float = setting(10.0, at_least="resolution_s", live=False)
     listener_rate_factor: float = 3.0
-    listener_rate_min: int = setting(100, minimum=1)
+    listener_rate_min: int = setting(300, minimum=1)         # the floor, as source_rate_min
 
     scan_window_s: float = setting(60.0, at_least="resolution_s", live=False)
     scan_min_listeners: int = setting(3, minimum=1)
@@ -77,6 +82,7 @@ class DetectConfig:
 
     new_source_v4_prefix: int = setting(24, minimum=0, maximum=32)
     new_source_v6_prefix: int = setting(64, minimum=0, maximum=128)
+    source_v6_prefix: int = setting(64, minimum=1, maximum=128)   # rate and scan rules: an IPv6 source (128: per address)
 
     def with_learning_period(self, seconds: float) -> "DetectConfig":
         return dataclasses.replace(self, learning_period_s=seconds)

@@ -1,14 +1,16 @@
 """The live detector: `Detector.observe` per event, `Detector.tick` per micro-batch.
 
-`observe` is the fast path (O(1) per event): per-key slot windows for
-`anomaly.source_rate` and `anomaly.refused_burst`, and the seen-prefix set for
-`anomaly.new_source`, so a flood is flagged on the event that crosses the
-threshold. `tick` hands the events observed since the last tick to the
-vectorised `BatchEngine` for `anomaly.listener_rate` and `anomaly.scan`. Each
-listener learns for its own learning period from its first event (see
-`DetectConfig`) and raises nothing before it has; the
-crossing rules are those of `batch.py`: offline `analyze` runs the engine
-for all rules and raises the same alerts.
+Every rule is judged by the one engine `analyze` runs (`batch.py`): the
+detector buffers the rows it observes and hands them to `BatchEngine` at
+each `tick`, or at once when `observe` sees an event that reaches a
+threshold. That trigger is the fast path (O(1) per event, no pandas): per
+key slot windows and the seen prefixes, compared with the engine's own
+thresholds, so a flood, a scan or a new source is flagged on the event that
+crosses, not at the next tick. A trigger that misses only delays an alert to
+the tick; what is raised, and when (its event's time), is the engine's.
+
+`watch(port, t)` starts a listener's learning period when the agent starts
+watching it (see `DetectConfig`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from collections import deque
 import numpy as np
 
 from ..events import Alert, ConnectionEvent
-from ..rules import repeat_alert
 from .baseline import Baseline
-from .batch import BatchEngine, cooldown_source, remap_cooldown_key
-from .config import DetectConfig, rate_threshold
+from .batch import BatchEngine
+from .config import DetectConfig
 from .rows import IpTable, Rows, classify, listener_port
-from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE, build_alert, describe_rate
+from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE
 
 
 class SlotWindow:
@@ -52,6 +53,13 @@ class SlotWindow:
         return self.total
 
 
+def _window(table: dict, key, slots: int) -> SlotWindow:
+    window = table.get(key)
+    if window is None:
+        window = table[key] = SlotWindow(slots)
+    return window
+
+
 class Detector:
     """Anomaly detection over the live connection stream (event time)."""
 
@@ -63,21 +71,20 @@ class Detector:
         self._base.check_config(config, "baseline")
         self._ips = IpTable(config)
         self._rules = frozenset(config.rules)
-        self._repeats = frozenset(repeats)
-        self._engine = BatchEngine(config, self._base, self._ips,
-                                   {r for r in (LISTENER_RATE, SCAN) if r in self._rules}, self._repeats)
+        self._engine = BatchEngine(config, self._base, self._ips, self._rules, repeats)
         self._res = config.resolution_ns
-        self._cd = int(round(config.cooldown_s * 1e9))
         self._short_ns = int(round(config.scan_short_s * 1e9))
-        self._k_source = config.slots(config.source_rate_window_s)
-        self._k_refused = config.slots(config.refused_window_s)
-        self._rate: dict[tuple[int, int], SlotWindow] = {}
-        self._refused: dict[int, SlotWindow] = {}
-        self._cooldowns: dict[tuple, int] = {}
+        self._k = {SOURCE_RATE: config.slots(config.source_rate_window_s),
+                   LISTENER_RATE: config.slots(config.listener_rate_window_s),
+                   SCAN: config.slots(config.scan_window_s), REFUSED_BURST: config.slots(config.refused_window_s)}
+        self._rate: dict[tuple[int, int], SlotWindow] = {}       # (listener, source key) -> starts
+        self._listener: dict[int, SlotWindow] = {}                # listener -> starts
+        self._short: dict[int, SlotWindow] = {}                   # source key -> short sessions
+        self._refused: dict[int, SlotWindow] = {}                 # source key -> refusals
+        self._touched: dict[int, dict[int, int]] = {}             # source key -> listener -> last slot
         self._buffer: list[tuple[int, int, int, int, bool, bool, bool]] = []
-        self._buffer_ids: list[str] = []
+        self._events: list[ConnectionEvent] = []
         self._watermark: int | None = None
-        self.late_events = 0
         self.observed = 0
         self.address_table_cap = 4 * config.max_tracked   # compact the address table beyond this
 
@@ -88,8 +95,17 @@ class Detector:
     def learning(self) -> bool:
         return not self._base.complete
 
-    def observe(self, event: ConnectionEvent) -> list[Alert]:
-        """The fast path: alerts this event raises now (source rate, refused burst, new source)."""
+    @property
+    def late_events(self) -> int:
+        return self._engine.late_events
+
+    def watch(self, port: int, t_ns: int) -> None:
+        """The agent watches listener `port` from `t_ns` (its start, or a relay seen listening): it learns from then."""
+        self._base.watch(port, t_ns, self.config)
+
+    def observe(self, event: ConnectionEvent, flagged: bool = False) -> list[Alert]:
+        """Buffer the event for the engine; the alerts it raises now, if it reaches a threshold.
+        `flagged`: the policy alerted on it, so its source is not learned from."""
         flags = classify(event, self._short_ns)
         if not flags:
             return []
@@ -97,69 +113,98 @@ class Detector:
         t = event.timestamp_ns
         if self._watermark is not None and t < self._watermark:
             t = self._watermark
-            self.late_events += 1
         self._watermark = t
-        base = self._base
-        alerts: list[Alert] = []
-        if not base.complete:
-            base.start_learning(t, self.config)
-            if t >= base.learning_end_ns:
-                alerts += self._flush()
-                base.finish_learning(self.config)
-        slot = t // self._res
+        self._base.start_learning(t, self.config)
+        ips = self._ips
+        src = ips.code(event.source_ip)
+        key = ips.key_codes[src]
+        if flagged:
+            self._base.taint(ips.ips[key], t)
         lst = listener_port(event)
-        learning = t < base.start_listener(lst, t, self.config)     # this listener's own learning period
-        src = self._ips.code(event.source_ip)
-        dst = self._ips.code(event.destination_ip)
-        own: list[Alert] = []
-        if flags.start:
-            if learning:
-                ip = self._ips.ips[src]
-                base.source_last_ns[ip] = max(base.source_last_ns.get(ip, 0), t)
-            if NEW_SOURCE in self._rules:
-                own += self._new_source(event, t, lst, src, learning)
-            if SOURCE_RATE in self._rules:
-                own += self._source_rate(event, t, slot, lst, src, learning)
-        if flags.refused and REFUSED_BURST in self._rules:
-            own += self._refused_burst(event, t, slot, lst, src, learning or not base.complete)
-        for alert in own:
-            alert.process = event.process   # the relay: whether it may cause a block is decided by it
-        self._buffer.append((t, lst, src, dst, flags.start, flags.refused, flags.short))
-        self._buffer_ids.append(event.id)
-        return alerts + own
+        self._buffer.append((event.timestamp_ns, lst, src, ips.code(event.destination_ip),
+                             flags.start, flags.refused, flags.short))
+        self._events.append(event)
+        if self._crosses(t, lst, src, key, flags):
+            return self._flush()
+        return []
 
     def tick(self, now_ns: int) -> list[Alert]:
-        """Micro-batch work on what was observed since the last tick (listener rate, scan)."""
-        base = self._base
+        """Micro-batch work: the engine judges what was observed since the last flush."""
         alerts = self._flush()
-        if not base.complete and base.learning_end_ns is not None and now_ns >= base.learning_end_ns \
-                and (self._watermark is None or self._watermark < base.learning_end_ns):
+        base = self._base
+        if not base.complete and base.learning_end_ns is not None and now_ns >= base.learning_end_ns:
             base.finish_learning(self.config)
         self._forget(now_ns)
         return alerts
+
+    # ---- the trigger ---------------------------------------------------------------------
+
+    def _crosses(self, t: int, lst: int, src: int, key: int, flags) -> bool:
+        """Whether this event reaches some rule's threshold (then the engine judges it now)."""
+        slot = t // self._res
+        rules, engine, base = self._rules, self._engine, self._base
+        name = self._ips.ips[key]
+        hit = False
+        if flags.start:
+            learning = t < base.start_listener(lst, self.config)
+            if SOURCE_RATE in rules:
+                count = _window(self._rate, (lst, key), self._k[SOURCE_RATE]).add(slot)
+                if count >= self.config.source_rate_min:
+                    hit |= count >= engine.source_rate_threshold(lst, name, learning, peek=True)[0] \
+                        and not engine.cooling(SOURCE_RATE, (lst << 32) | key, t)
+            if LISTENER_RATE in rules:
+                count = _window(self._listener, lst, self._k[LISTENER_RATE]).add(slot)
+                hit |= count >= engine.listener_rate_threshold(lst, learning)[0] \
+                    and not engine.cooling(LISTENER_RATE, lst, t)
+            if SCAN in rules:
+                touched = self._touched.setdefault(key, {})
+                touched[lst] = slot
+                recent = sum(1 for last in touched.values() if last > slot - self._k[SCAN])
+                hit |= recent >= self.config.scan_min_listeners and not engine.cooling(SCAN, key, t)
+            if NEW_SOURCE in rules and not learning:
+                hit |= self._ips.prefixes[src] not in base.seen.get(lst, ())
+        if flags.short and SCAN in rules:
+            count = _window(self._short, key, self._k[SCAN]).add(slot)
+            hit |= count >= engine.short_threshold(name)[0] and t >= base.learning_end_ns \
+                and not engine.cooling(SCAN, key, t)
+        if flags.refused and REFUSED_BURST in rules:
+            count = _window(self._refused, key, self._k[REFUSED_BURST]).add(slot)
+            hit |= count >= self.config.refused_min and not engine.cooling(REFUSED_BURST, key, t)
+        return hit
+
+    # ---- the engine ----------------------------------------------------------------------
 
     def _flush(self) -> list[Alert]:
         if not self._buffer:
             return []
         cols = list(zip(*self._buffer))
-        ids = self._buffer_ids
+        events = self._events
         rows = Rows(
             t=np.array(cols[0], dtype=np.int64), lst=np.array(cols[1], dtype=np.int64),
             src=np.array(cols[2], dtype=np.int64), dst=np.array(cols[3], dtype=np.int64),
             start=np.array(cols[4], dtype=bool), refused=np.array(cols[5], dtype=bool),
-            short=np.array(cols[6], dtype=bool), event_id=lambda i: ids[i],
+            short=np.array(cols[6], dtype=bool), event_id=lambda i: events[i].id,
         )
         self._buffer = []
-        self._buffer_ids = []
-        return self._engine.process(rows)
+        self._events = []
+        alerts = self._engine.process(rows)
+        if alerts:
+            by_id = {event.id: event for event in events}
+            for alert in alerts:   # the relay: whether it may cause a block is decided by it
+                if alert.trigger_event_ids and alert.trigger_event_ids[0] in by_id:
+                    alert.process = by_id[alert.trigger_event_ids[0]].process
+        return alerts
 
     def _forget(self, now_ns: int) -> None:
-        """Drop windows that have emptied and cooldowns that have expired."""
+        """Drop trigger windows that have emptied; compact the address table when it grew too big."""
         slot = max(now_ns, self._watermark or 0) // self._res
-        self._rate = {k: w for k, w in self._rate.items() if w.last_slot > slot - self._k_source}
-        self._refused = {k: w for k, w in self._refused.items() if w.last_slot > slot - self._k_refused}
-        horizon = max(now_ns, self._watermark or 0) - self._cd
-        self._cooldowns = {k: v for k, v in self._cooldowns.items() if v > horizon}
+        k = self._k
+        self._rate = {key: w for key, w in self._rate.items() if w.last_slot > slot - k[SOURCE_RATE]}
+        self._listener = {key: w for key, w in self._listener.items() if w.last_slot > slot - k[LISTENER_RATE]}
+        self._short = {key: w for key, w in self._short.items() if w.last_slot > slot - k[SCAN]}
+        self._refused = {key: w for key, w in self._refused.items() if w.last_slot > slot - k[REFUSED_BURST]}
+        self._touched = {key: {lst: s for lst, s in seen.items() if s > slot - k[SCAN]}
+                         for key, seen in self._touched.items() if max(seen.values()) > slot - k[SCAN]}
         if self._base.over(self.config.max_tracked):
             self._base.prune(self.config.max_tracked)
         if len(self._ips) > self.address_table_cap:
@@ -168,79 +213,12 @@ class Detector:
     def _compact_ips(self) -> None:
         """Forget the addresses no window, cooldown or context refers to any more."""
         in_use = [self._engine.codes_in_use(),
-                  np.array([src for _lst, src in self._rate] + list(self._refused), dtype=np.int64),
-                  np.array([cooldown_source(rule, key) for rule, key in self._cooldowns], dtype=np.int64)]
+                  np.array([key for _lst, key in self._rate] + list(self._short) + list(self._refused)
+                           + list(self._touched), dtype=np.int64)]
         table, remap = self._ips.compact(np.concatenate(in_use))
-        self._rate = {(lst, int(remap[src])): w for (lst, src), w in self._rate.items()}
-        self._refused = {int(remap[src]): w for src, w in self._refused.items()}
-        self._cooldowns = {(rule, remap_cooldown_key(rule, key, remap)): t for (rule, key), t in self._cooldowns.items()}
+        self._rate = {(lst, int(remap[key])): w for (lst, key), w in self._rate.items()}
+        self._short = {int(remap[key]): w for key, w in self._short.items()}
+        self._refused = {int(remap[key]): w for key, w in self._refused.items()}
+        self._touched = {int(remap[key]): seen for key, seen in self._touched.items()}
         self._engine.remap(table, remap)
         self._ips = table
-
-    def _cooled(self, key: tuple, t: int) -> bool:
-        last = self._cooldowns.get(key)
-        if last is not None and t < last + self._cd:
-            return False
-        self._cooldowns[key] = t
-        return True
-
-    def _repeat(self, rule: str, t: int, ip: str) -> list[Alert]:
-        return [repeat_alert(rule, t, ip)] if rule in self._repeats else []
-
-    def _new_source(self, event: ConnectionEvent, t: int, lst: int, src: int, learning: bool) -> list[Alert]:
-        prefix = self._ips.prefixes[src]
-        if not self._base.add_seen(lst, prefix, t) or learning:
-            return []
-        ip = self._ips.ips[src]
-        return [build_alert(
-            NEW_SOURCE, t, f"{ip} ({prefix}) was never seen on listener {lst} during learning",
-            source_ip=ip, listener_port=lst, listener_ip=event.destination_ip, observed=1.0, threshold=None,
-            baseline=None, window_s=None, trigger_id=event.id,
-        )]
-
-    def _source_rate(self, event: ConnectionEvent, t: int, slot: int, lst: int, src: int,
-                     learning: bool) -> list[Alert]:
-        window = self._rate.get((lst, src))
-        if window is None:
-            window = self._rate[(lst, src)] = SlotWindow(self._k_source)
-        count = window.add(slot)
-        ip = self._ips.ips[src]
-        if learning:
-            rates = self._base.source_rate
-            if count > rates.get((lst, ip), 0):
-                rates[(lst, ip)] = count
-            return []
-        if count < self.config.source_rate_min:
-            return []
-        learned = self._base.source_rate_baseline(lst, ip, self.config.peer_quantile)
-        threshold = rate_threshold(self.config.source_rate_min, self.config.source_rate_factor, learned)
-        if count < threshold:
-            return []
-        if not self._cooled((SOURCE_RATE, (lst << 32) | src), t):
-            return self._repeat(SOURCE_RATE, t, ip)
-        return [build_alert(
-            SOURCE_RATE, t,
-            describe_rate(f"{ip} on listener {lst}", count, self.config.source_rate_window_s, threshold, learned),
-            source_ip=ip, listener_port=lst, listener_ip=event.destination_ip, observed=count,
-            threshold=threshold, baseline=learned, window_s=self.config.source_rate_window_s, trigger_id=event.id,
-        )]
-
-    def _refused_burst(self, event: ConnectionEvent, t: int, slot: int, lst: int, src: int,
-                       learning: bool) -> list[Alert]:
-        window = self._refused.get(src)
-        if window is None:
-            window = self._refused[src] = SlotWindow(self._k_refused)
-        count = window.add(slot)
-        if learning or count < self.config.refused_min:
-            return []
-        ip = self._ips.ips[src]
-        if not self._cooled((REFUSED_BURST, src), t):
-            return self._repeat(REFUSED_BURST, t, ip)
-        return [build_alert(
-            REFUSED_BURST, t,
-            f"{ip}: {count} connections refused by socat in {self.config.refused_window_s:g}s "
-            f"(threshold {self.config.refused_min})",
-            source_ip=ip, listener_port=lst, listener_ip=event.destination_ip, observed=count,
-            threshold=float(self.config.refused_min), baseline=0.0, window_s=self.config.refused_window_s,
-            trigger_id=event.id,
-        )]

@@ -1,9 +1,13 @@
 """Columnar connection rows: what the detectors count, live and offline.
 
-`IpTable` interns addresses (normalised, with their /24 or /64 prefix) as
-integer codes, so windows are counted with numpy over int arrays. `Rows` is
-a batch of connection moments as parallel arrays; `classify` says which
-counters a `ConnectionEvent` feeds, the same way the offline reader does.
+`IpTable` interns addresses (normalised, with their /24 or /64 new-source
+prefix and their source key) as integer codes, so windows are counted with
+numpy over int arrays. A source key is what the rate and scan rules count as
+one source: the address for IPv4, its /64 (`detect.source_v6_prefix`) for
+IPv6, so an attacker rotating addresses inside one /64 is one source. `Rows`
+is a batch of connection moments as parallel arrays; `counted` says which
+counters a connection moment feeds, for one event (`classify`) and for a
+column of them (`monitor.replay.analyze.to_rows`) alike.
 """
 
 from __future__ import annotations
@@ -19,16 +23,21 @@ from .config import DetectConfig
 
 
 class IpTable:
-    """Address <-> code, plus each address's new-source prefix."""
+    """Address <-> code, plus each address's new-source prefix and source key.
+
+    A source key that is a network (an IPv6 /64) is interned in the same table,
+    so every code the engine keeps (addresses and keys) is compacted alike."""
 
     def __init__(self, config: DetectConfig) -> None:
         self._config = config
         self._v4 = config.new_source_v4_prefix
         self._v6 = config.new_source_v6_prefix
+        self._key_v6 = config.source_v6_prefix
         self._codes: dict[str, int] = {}
         self.ips: list[str] = []
         self.prefixes: list[str] = []
         self.prefix_codes: list[int] = []          # address code -> code of its prefix
+        self.key_codes: list[int] = []             # address code -> code of its source key
         self._prefix_code: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -42,21 +51,40 @@ class IpTable:
         canonical = normalize_ip(text)
         found = self._codes.get(canonical)
         if found is None:
-            found = len(self.ips)
-            self.ips.append(canonical)
-            prefix = self._prefix(canonical)
-            self.prefixes.append(prefix)
-            self.prefix_codes.append(self._prefix_code.setdefault(prefix, len(self._prefix_code)))
-            self._codes[canonical] = found
+            found = self._intern(canonical)
+            key = self._key(canonical)
+            self.key_codes[found] = found if key == canonical else self._network(key)
         self._codes[text] = found
         return found
+
+    def _intern(self, canonical: str) -> int:
+        found = len(self.ips)
+        self.ips.append(canonical)
+        prefix = self._prefix(canonical.partition("/")[0])
+        self.prefixes.append(prefix)
+        self.prefix_codes.append(self._prefix_code.setdefault(prefix, len(self._prefix_code)))
+        self.key_codes.append(found)
+        self._codes[canonical] = found
+        return found
+
+    def _network(self, key: str) -> int:
+        found = self._codes.get(key)
+        return found if found is not None else self._intern(key)
+
+    def code_of(self, text: str) -> int | None:
+        """The code of an address or source key as this table spells it (None: not in the table)."""
+        return self._codes.get(text)
+
+    def is_network(self, code: int) -> bool:
+        return "/" in self.ips[code]
 
     def compact(self, keep: np.ndarray) -> tuple["IpTable", np.ndarray]:
         """A table of only the codes in `keep`, and old code -> new code (-1: dropped)."""
         table = IpTable(self._config)
         remap = np.full(len(self.ips), -1, dtype=np.int64)
         for old in np.unique(keep[keep >= 0]):
-            remap[old] = table.code(self.ips[old])
+            text = self.ips[old]
+            remap[old] = table._network(text) if "/" in text else table.code(text)
         return table, remap
 
     def codes(self, texts) -> np.ndarray:
@@ -65,8 +93,15 @@ class IpTable:
         return np.fromiter((c if c is not None else self.code(t) for c, t in zip(found, texts)),
                            dtype=np.int64, count=len(texts))
 
+    def source_keys(self, codes: np.ndarray) -> np.ndarray:
+        """The source key code of each address code."""
+        return np.asarray(self.key_codes, dtype=np.int64)[codes]
+
     def _prefix(self, ip: str) -> str:
         return network_of(ip, self._v6 if ":" in ip else self._v4)
+
+    def _key(self, ip: str) -> str:
+        return network_of(ip, self._key_v6) if ":" in ip and self._key_v6 < 128 else ip
 
 
 @dataclass
@@ -96,19 +131,27 @@ class Flags:
         return self.start or self.refused or self.short
 
 
-def classify(ev: ConnectionEvent, short_ns: int) -> Flags:
-    """Which counters an event feeds; egress connects feed none.
+def counted(ingress, accepted, denied, closed, refused, duration, short_ns: int):
+    """Which counters connection moments feed: (start, refused, short), for one moment (bools and an
+    int duration, -1 when unknown) or for columns of them (numpy arrays) alike.
 
     Capture reports a connection socat refuses as ACCEPTED, then DENIED (its
-    close, `refused=True`): the ACCEPTED is its start (rate and scan rules),
-    the DENIED only counts as a refusal (refused_burst), so each counts once.
+    close, `refused`): the ACCEPTED is its start (rate and scan rules), the
+    DENIED only counts as a refusal (refused_burst), so each counts once.
+    Egress connects feed none; a short session (scan) is a CLOSED only.
     """
-    if ev.direction is not Direction.INGRESS:
-        return Flags(False, False, False)
-    start = ev.action is Action.ACCEPTED
-    refused = ev.action is Action.DENIED or ev.refused
-    short = ev.action is Action.CLOSED and ev.duration_ns is not None and ev.duration_ns < short_ns
-    return Flags(start, refused, short)
+    start = ingress & accepted
+    refusal = ingress & (denied | refused)
+    short = ingress & closed & (duration >= 0) & (duration < short_ns)
+    return start, refusal, short
+
+
+def classify(ev: ConnectionEvent, short_ns: int) -> Flags:
+    """Which counters an event feeds (`counted`)."""
+    action = ev.action
+    duration = ev.duration_ns if ev.duration_ns is not None else -1
+    return Flags(*counted(ev.direction is Direction.INGRESS, action is Action.ACCEPTED, action is Action.DENIED,
+                          action is Action.CLOSED, bool(ev.refused), duration, short_ns))
 
 
 def listener_port(ev: ConnectionEvent) -> int:

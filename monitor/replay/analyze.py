@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..decide import DecideConfig, Decider
 from ..detect import Baseline, BatchEngine, DetectConfig, IpTable, Rows
+from ..detect.rows import counted
 from ..enforce.enforcer import EnforceConfig
 from ..errors import EXIT_FINDINGS, EXIT_OK
 from ..events import Action, Alert
@@ -121,14 +122,12 @@ class _Tally:
 
 
 def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
-    """Detector rows of a chunk, sorted by event time (stable), egress dropped."""
+    """Detector rows of a chunk, sorted by event time (stable): the moments `counted` says count."""
     order = np.argsort(chunk.t, kind="stable")
-    ingress = ~chunk.egress[order]
     action = chunk.action[order]
-    start = ingress & (action == CODE[Action.ACCEPTED])     # a refused connection's DENIED only counts as refused
-    refused = ingress & chunk.refused[order]
-    duration = chunk.duration[order]
-    short = ingress & (action == CODE[Action.CLOSED]) & (duration >= 0) & (duration < short_ns)
+    start, refused, short = counted(~chunk.egress[order], action == CODE[Action.ACCEPTED],
+                                    action == CODE[Action.DENIED], action == CODE[Action.CLOSED],
+                                    chunk.refused[order], chunk.duration[order], short_ns)
     keep = start | refused | short
     index = order[keep]
     src_codes = ips.codes(chunk.src_values)
@@ -164,7 +163,9 @@ def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectCo
         raised: list[Alert] = []
         if checker is not None:
             for i in np.argsort(chunk.t, kind="stable"):
-                raised.extend(checker.check(chunk.event(int(i))))
+                found = checker.check(chunk.event(int(i)))
+                raised.extend(found)
+                flag_sources(engine, found)
         rows = to_rows(chunk, ips, short_ns)
         tally.add(rows)
         raised.extend(engine.process(rows))
@@ -182,6 +183,13 @@ def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectCo
         elapsed_s=time.perf_counter() - began, policy_checked=checker is not None, alerts_by_rule=by_rule,
         handovers=stats.handovers, policy_counts=checker.counts() if checker is not None else None,
     )
+
+
+def flag_sources(engine: BatchEngine, alerts: list[Alert]) -> None:
+    """Sources the policy alerted on are not learned from (as `run` passes `flagged` to the detector)."""
+    for alert in alerts:
+        if alert.source_ip:
+            engine.taint(alert.source_ip, alert.timestamp_ns)
 
 
 def _policy_engine(policy: Any, engine_config: Any):

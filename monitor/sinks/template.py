@@ -45,7 +45,7 @@ _F: dict[str, str] = {
     "error.message": "text", "error.type": KW,
     "socat.listener.ip": "ip", "socat.listener.port": "long", "socat.listener.name": KW,
     "socat.session.id": KW, "socat.refused": "boolean", "socat.error": KW, "socat.signal": "long",
-    "socat.severity": KW, "socat.trigger_event_ids": KW, "socat.top_sources": KW, "socat.suppressed": "long",
+    "socat.severity": KW, "socat.trigger_event_ids": KW, "socat.top_sources": KW, "socat.source_network": KW, "socat.suppressed": "long",
     "socat.detection.observed": "double", "socat.detection.baseline": "double",
     "socat.detection.threshold": "double", "socat.detection.score": "double", "socat.detection.window_s": "double",
     "socat.audit.token": KW, "socat.audit.fix": KW,
