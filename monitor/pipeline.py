@@ -81,7 +81,7 @@ class Pipeline:
         return out
 
     def watch(self, ports: Iterable[int], now_ns: int) -> None:
-        """The agent watches these listeners from `now_ns` (those it already watched keep their start)."""
+        """The agent watches these listening ports from `now_ns` (those it already watched keep their start)."""
         if self.detector is not None:
             for port in ports:
                 self.detector.watch(port, now_ns)

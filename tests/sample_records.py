@@ -49,6 +49,7 @@ def alert(source_ip: str = "198.51.100.9", rule_id: str = "anomaly.scan", severi
         ruleset="anomaly", severity=severity, timestamp_ns=time.time_ns(), source_ip=source_ip,
         listener=LISTENER, process=SOCAT, trigger_event_ids=("a-1", "a-2"), observed=40.0, baseline=2.0,
         threshold=10.0, score=0.97, window_s=10.0, top_sources=(source_ip,), token="EXEC:/bin/sh",
+        source_network="2001:db8:bad:1::/64",
         fix="remove EXEC", outcome=Outcome.FAILURE, block=True, block_target=source_ip,
     )
 

@@ -300,7 +300,7 @@ def attack_stream(scenario: str, learn_s: float = 300.0, seed: int = 5) -> Strea
         for ip, port, t in [(scanner[k], port, at) for k, port in enumerate(IDLE_LISTENERS)] + \
                            [(flooder[0], IDLE_LISTENERS[3], flood_at)]:
             found.append(Incident("anomaly.new_source", f"{port}:{_prefix(ip)}", t, t + 20 * S,
-                                  required=ip == flooder[0]))
+                                  required=key is None or ip != flooder[0]))   # the /64 scanned 8004 already
     return b.build(found)
 
 

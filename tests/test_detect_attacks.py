@@ -102,3 +102,44 @@ def test_rotating_ipv6_is_one_source_and_its_64_is_blocked(scenario):
 def test_scenario_names_are_the_attackers():
     idle = attack_stream("idle")
     assert {i.key for i in idle.incidents if i.required and i.rule != "anomaly.new_source"} == {SCANNER, FLOODER}
+
+
+def test_a_source_the_policy_flagged_is_not_learned():
+    """`run` passes the policy's verdict (`observe(flagged=True)`), `analyze` its policy alerts: neither
+    learns from such a source, so its later flood is judged against its peers, not itself."""
+    from monitor.detect import Detector
+    from monitor.events import Action, ConnectionEvent, Listener
+    from monitor.pipeline import Pipeline
+
+    det = Detector(DetectConfig(learning_period_s=60))
+    pipeline = Pipeline(detector=det, decider=Decider(DecideConfig(), default_ttl_s=600))
+    pipeline.watch([8080], T0)
+    for k in range(100):
+        for ip, flagged in (("10.0.0.1", False), ("10.0.0.66", True)):
+            event = ConnectionEvent(Action.ACCEPTED, T0 + k * S // 2, ip, 40000 + k, "127.0.0.1", 8080,
+                                    listener=Listener("127.0.0.1", 8080))
+            assert det.observe(event, flagged=flagged) == []
+    det.tick(T0 + 61 * S)
+    learned = det.baseline().source_rate
+    assert learned.get((8080, "10.0.0.1")) == 20 and (8080, "10.0.0.66") not in learned
+    assert det.baseline().listener_learning[8080] == (T0, T0 + 60 * S)
+
+
+def test_a_short_learning_period_does_not_make_a_busy_client_a_scanner():
+    """`--learning-period 20s` saw a third of a scan window: a client's short requests at 2/s (120 a
+    minute) are judged against its peak scaled to the window, not against 3 x 40."""
+    from monitor.detect import Detector
+    from monitor.events import Action, ConnectionEvent, Listener
+
+    config = DetectConfig(learning_period_s=20)
+    det = Detector(config)
+    det.watch(8001, T0)
+    alerts = []
+    for k in range(2 * 180):
+        t = T0 + k * S // 2
+        for action, at, duration in ((Action.ACCEPTED, t, None), (Action.CLOSED, t + S // 20, S // 20)):
+            alerts += det.observe(ConnectionEvent(action, at, BENIGN, 40000 + k, "127.0.0.1", 8001,
+                                                  listener=Listener("127.0.0.1", 8001), duration_ns=duration))
+        if k % 10 == 0:
+            alerts += det.tick(t)
+    assert alerts == []

@@ -88,7 +88,7 @@ class Agent:
         self.capture = Capture(self.config.capture)
         self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
         listeners = self.capture.listeners()
-        self.pipeline.watch(self._listener_ports(listeners), now_ns())   # idle relays learn "idle" from now
+        self.pipeline.watch({lst.port for lst in listeners}, now_ns())   # idle relays learn "idle" from now
         if self.enforcer is not None:
             for event in self.enforcer.start(self._listener_ports(listeners), drop_listeners(self.policy)):
                 self.emit(event)
@@ -189,6 +189,7 @@ class Agent:
         for record in batch:
             if isinstance(record, ConnectionEvent) and record.listener is not None \
                     and record.listener.port not in self._known_ports:
+                self.pipeline.watch((record.listener.port,), record.timestamp_ns)   # listening since then at least
                 self._known_ports.add(record.listener.port)
                 self.refresh_listeners()   # a new relay: scope blocks and guard its backends at once
             for out in self.pipeline.process(record):
@@ -252,7 +253,7 @@ class Agent:
     def refresh_listeners(self) -> None:
         listeners = self.capture.listeners()
         ports = self._listener_ports(listeners)
-        self.pipeline.watch(ports - self._known_ports, now_ns())   # a relay seen listening learns from now
+        self.pipeline.watch({lst.port for lst in listeners}, now_ns())   # a relay seen listening learns from now
         self._known_ports |= ports
         if self.enforcer is not None:
             self.enforcer.set_ports(ports)

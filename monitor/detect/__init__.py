@@ -1,8 +1,10 @@
 """Anomaly detection: learned baselines, sliding windows and the five anomaly rules.
 
-Pure over events and state (no I/O besides `Baseline.load/save`): the agent
-feeds `Detector` live, `monitor.replay.analyze` replays files through the same
-crossing rules vectorised (`BatchEngine`).
+Pure over events and state (no I/O besides `Baseline.load/save`): each rule
+is written once, in the engine (`BatchEngine`), which offline
+`monitor.replay.analyze` runs over file chunks and the live `Detector` runs
+over what it observed (at each tick, or at once when an event crosses a
+threshold).
 """
 
 from .baseline import Baseline

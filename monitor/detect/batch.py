@@ -194,8 +194,10 @@ class BatchEngine:
         return rate_threshold(cfg.listener_rate_min, cfg.listener_rate_factor, learned), learned
 
     def short_threshold(self, key: str) -> tuple[float, float]:
+        """A learning period shorter than the scan window saw part of a window: its peak is scaled up to one."""
         cfg = self.config
-        learned = float(self.baseline.source_short.get(key, 0))
+        scale = max(1.0, cfg.scan_window_s / cfg.learning_period_s) if cfg.learning_period_s > 0 else 1.0
+        learned = float(self.baseline.source_short.get(key, 0)) * scale
         return rate_threshold(cfg.scan_short_min, cfg.scan_short_factor, learned), learned
 
     def cooling(self, rule: str, key: int, t_ns: int) -> bool:
@@ -420,7 +422,8 @@ class BatchEngine:
         out: list[Alert] = []
         if rule in self.repeats and len(chosen) < len(keys):
             alerted = set(chosen)
-            out += [repeat_alert(rule, int(times[p]), **self._source_fields(frame, int(index[p])))
+            out += [repeat_alert(rule, int(times[p]), trigger_event_ids=self._triggers(frame, rows, int(index[p])),
+                                 **self._source_fields(frame, int(index[p])))
                     for p in range(len(keys)) if p not in alerted]
         build = {SOURCE_RATE: self._source_rate_alert, LISTENER_RATE: self._listener_rate_alert,
                  SCAN: self._scan_alert, REFUSED_BURST: self._refused_alert}[rule]
@@ -446,26 +449,34 @@ class BatchEngine:
     def _trigger(self, frame: _Frame, rows: Rows, i: int) -> str | None:
         return rows.event_id(int(frame.row[i]))
 
+    def _triggers(self, frame: _Frame, rows: Rows, i: int) -> tuple[str, ...]:
+        """A repeat's trigger (the live detector finds its relay by it)."""
+        found = self._trigger(frame, rows, i)
+        return (found,) if found else ()
+
     # ---- the rules -------------------------------------------------------------------------
 
     def _source_rate(self, frame: _Frame, c: _Counts, learning: bool) -> _Candidates:
         """anomaly.source_rate: connections of one source on one listener in the window."""
         rows = frame.new[c.index] & (frame.learn[c.index] == learning) & (c.count >= self.config.source_rate_min)
-        cand = np.flatnonzero(rows)
-        if len(cand) == 0:
-            return _Candidates.of([], [], [], [], [])
         ips = self.ips.ips
+        return self._reaching(c, np.flatnonzero(rows),
+                              lambda k: self.source_rate_threshold(k >> 32, ips[k & _LOW32], learning))
+
+    def _reaching(self, c: _Counts, cand: np.ndarray, limit_of: Callable[[int], tuple[float, float]],
+                  kind: int = 0) -> _Candidates:
+        """The rows of `cand` whose count reaches their key's threshold (`limit_of(key)`: threshold, learned)."""
+        if len(cand) == 0:
+            return _Candidates.of([], [], [], [], [], kind)
         groups = np.unique(c.group[cand])
-        limits = [self.source_rate_threshold(int(c.keys[g]) >> 32, ips[int(c.keys[g]) & _LOW32], learning)
-                  for g in groups]
+        limits = [limit_of(int(c.keys[g])) for g in groups]
         threshold = np.zeros(len(c.keys), dtype=np.float64)
         learned = np.zeros(len(c.keys), dtype=np.float64)
         threshold[groups] = [limit for limit, _ in limits]
         learned[groups] = [peak for _, peak in limits]
+        cand = cand[c.count[cand] >= threshold[c.group[cand]]]
         g = c.group[cand]
-        cand = cand[c.count[cand] >= threshold[g]]
-        g = c.group[cand]
-        return _Candidates.of(c.keys[g], c.index[cand], c.count[cand], threshold[g], learned[g])
+        return _Candidates.of(c.keys[g], c.index[cand], c.count[cand], threshold[g], learned[g], kind)
 
     def _source_rate_alert(self, frame, rows, i, count, threshold, learned, _kind, key) -> Alert:
         lst = key >> 32
@@ -481,19 +492,7 @@ class BatchEngine:
     def _listener_rate(self, frame: _Frame, c: _Counts, learning: bool) -> _Candidates:
         """anomaly.listener_rate: all connections of one listener in the window."""
         rows = frame.new[c.index] & (frame.learn[c.index] == learning) & (c.count >= self.config.listener_rate_min)
-        cand = np.flatnonzero(rows)
-        if len(cand) == 0:
-            return _Candidates.of([], [], [], [], [])
-        groups = np.unique(c.group[cand])
-        limits = [self.listener_rate_threshold(int(c.keys[g]), learning) for g in groups]
-        threshold = np.zeros(len(c.keys), dtype=np.float64)
-        learned = np.zeros(len(c.keys), dtype=np.float64)
-        threshold[groups] = [limit for limit, _ in limits]
-        learned[groups] = [peak for _, peak in limits]
-        g = c.group[cand]
-        cand = cand[c.count[cand] >= threshold[g]]
-        g = c.group[cand]
-        return _Candidates.of(c.keys[g], c.index[cand], c.count[cand], threshold[g], learned[g])
+        return self._reaching(c, np.flatnonzero(rows), lambda k: self.listener_rate_threshold(k, learning))
 
     def _listener_rate_alert(self, frame, rows, i, count, threshold, learned, _kind, key) -> Alert:
         floor = frame.slot[i] - self._k_listener + 1
@@ -519,20 +518,8 @@ class BatchEngine:
         """anomaly.scan: connections closed within scan_short_s, per source, against the peak it learned in
         the first learning period (nothing before it ends: a busy client's short requests are no scan)."""
         rows = frame.new[c.index] & ~frame.first[c.index] & (c.count >= self.config.scan_short_min)
-        cand = np.flatnonzero(rows)
-        if len(cand) == 0:
-            return _Candidates.of([], [], [], [], [], kind=1)
         ips = self.ips.ips
-        groups = np.unique(c.group[cand])
-        limits = [self.short_threshold(ips[int(c.keys[g])]) for g in groups]
-        threshold = np.zeros(len(c.keys), dtype=np.float64)
-        learned = np.zeros(len(c.keys), dtype=np.float64)
-        threshold[groups] = [limit for limit, _ in limits]
-        learned[groups] = [peak for _, peak in limits]
-        g = c.group[cand]
-        cand = cand[c.count[cand] >= threshold[g]]
-        g = c.group[cand]
-        return _Candidates.of(c.keys[g], c.index[cand], c.count[cand], threshold[g], learned[g], kind=1)
+        return self._reaching(c, np.flatnonzero(rows), lambda k: self.short_threshold(ips[k]), kind=1)
 
     def _scan_alert(self, frame, rows, i, count, threshold, learned, kind, _key) -> Alert:
         cfg = self.config

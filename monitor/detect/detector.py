@@ -27,6 +27,9 @@ from .rows import IpTable, Rows, classify, listener_port
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE
 
 
+REPEAT_RUN_NS = 1_000_000_000
+
+
 class SlotWindow:
     """Count of events in the last `slots` time slots: a deque of [slot, count]."""
 
@@ -72,6 +75,8 @@ class Detector:
         self._ips = IpTable(config)
         self._rules = frozenset(config.rules)
         self._engine = BatchEngine(config, self._base, self._ips, self._rules, repeats)
+        self._repeats = frozenset(repeats)
+        self._repeat_runs: dict[tuple[str, int], int] = {}        # (rule, key) -> last run for a repeat
         self._res = config.resolution_ns
         self._short_ns = int(round(config.scan_short_s * 1e9))
         self._k = {SOURCE_RATE: config.slots(config.source_rate_window_s),
@@ -151,26 +156,38 @@ class Detector:
                 count = _window(self._rate, (lst, key), self._k[SOURCE_RATE]).add(slot)
                 if count >= self.config.source_rate_min:
                     hit |= count >= engine.source_rate_threshold(lst, name, learning, peek=True)[0] \
-                        and not engine.cooling(SOURCE_RATE, (lst << 32) | key, t)
+                        and self._due(SOURCE_RATE, (lst << 32) | key, t)
             if LISTENER_RATE in rules:
                 count = _window(self._listener, lst, self._k[LISTENER_RATE]).add(slot)
-                hit |= count >= engine.listener_rate_threshold(lst, learning)[0] \
-                    and not engine.cooling(LISTENER_RATE, lst, t)
+                hit |= count >= engine.listener_rate_threshold(lst, learning)[0] and self._due(LISTENER_RATE, lst, t)
             if SCAN in rules:
                 touched = self._touched.setdefault(key, {})
                 touched[lst] = slot
                 recent = sum(1 for last in touched.values() if last > slot - self._k[SCAN])
-                hit |= recent >= self.config.scan_min_listeners and not engine.cooling(SCAN, key, t)
+                hit |= recent >= self.config.scan_min_listeners and self._due(SCAN, key, t)
             if NEW_SOURCE in rules and not learning:
                 hit |= self._ips.prefixes[src] not in base.seen.get(lst, ())
         if flags.short and SCAN in rules:
             count = _window(self._short, key, self._k[SCAN]).add(slot)
-            hit |= count >= engine.short_threshold(name)[0] and t >= base.learning_end_ns \
-                and not engine.cooling(SCAN, key, t)
+            hit |= count >= engine.short_threshold(name)[0] and t >= base.learning_end_ns and self._due(SCAN, key, t)
         if flags.refused and REFUSED_BURST in rules:
             count = _window(self._refused, key, self._k[REFUSED_BURST]).add(slot)
-            hit |= count >= self.config.refused_min and not engine.cooling(REFUSED_BURST, key, t)
+            hit |= count >= self.config.refused_min and self._due(REFUSED_BURST, key, t)
         return hit
+
+    def _due(self, rule: str, key: int, t: int) -> bool:
+        """A crossing worth running the engine for now: an alert, or (for a rule the decision stage may
+        block on) a repeat inside the cooldown, at most one run per key and second (the first repeat
+        re-blocks a source no longer blocked at once; while it stays blocked its traffic stops)."""
+        if not self._engine.cooling(rule, key, t):
+            return True
+        if rule not in self._repeats:
+            return False
+        last = self._repeat_runs.get((rule, key))
+        if last is not None and t - last < REPEAT_RUN_NS:
+            return False
+        self._repeat_runs[(rule, key)] = t
+        return True
 
     # ---- the engine ----------------------------------------------------------------------
 
@@ -205,6 +222,8 @@ class Detector:
         self._refused = {key: w for key, w in self._refused.items() if w.last_slot > slot - k[REFUSED_BURST]}
         self._touched = {key: {lst: s for lst, s in seen.items() if s > slot - k[SCAN]}
                          for key, seen in self._touched.items() if max(seen.values()) > slot - k[SCAN]}
+        self._repeat_runs = {key: last for key, last in self._repeat_runs.items()
+                             if last > slot * self._res - REPEAT_RUN_NS}
         if self._base.over(self.config.max_tracked):
             self._base.prune(self.config.max_tracked)
         if len(self._ips) > self.address_table_cap:
@@ -220,5 +239,6 @@ class Detector:
         self._short = {int(remap[key]): w for key, w in self._short.items()}
         self._refused = {int(remap[key]): w for key, w in self._refused.items()}
         self._touched = {int(remap[key]): seen for key, seen in self._touched.items()}
+        self._repeat_runs = {}
         self._engine.remap(table, remap)
         self._ips = table
