@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install everything socat-monitor needs on a Debian host and make it runnable.
 # Safe to run again: every step checks before it changes anything.
-#   apt packages (bcc, socat, nftables, kernel headers), the header links bcc
-#   needs, tracefs/debugfs/bpffs mounts, a virtualenv that sees Debian's bcc,
-#   and /usr/local/bin/socat-monitor.
+#   apt packages (bcc, socat, nftables, kernel headers, and the attack tools
+#   the tests use), the header links bcc needs, tracefs/debugfs/bpffs mounts,
+#   a virtualenv that sees Debian's bcc, and /usr/local/bin/socat-monitor.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,11 +16,14 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # the virtualenv sees them through --system-site-packages. One MODULE=PACKAGE
 # each; tests/test_imports.py reads this line to prove every import is installed.
 DEBIAN_PYTHON_MODULES=(bcc=python3-bpfcc nftables=python3-nftables)
+# Real attack tools the integration tests run against the agent (tests/integration/test_detect_field.py),
+# one COMMAND=PACKAGE each. The agent never runs them: doctor does not ask for them.
+TEST_TOOLS=(nmap=nmap ab=apache2-utils)
 
 install_packages() {
   local want=(bpfcc-tools libbpfcc socat nftables iproute2 conntrack
               linux-headers-amd64 python3-venv python3-dev procps util-linux)
-  want+=("${DEBIAN_PYTHON_MODULES[@]#*=}")
+  want+=("${DEBIAN_PYTHON_MODULES[@]#*=}" "${TEST_TOOLS[@]#*=}")
   local missing=()
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

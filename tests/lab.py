@@ -135,17 +135,17 @@ class Namespaces:
         return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=check)
 
     def link(self, ns_a: str, addrs_a: list[str], ns_b: str, addrs_b: list[str]) -> None:
-        """A veth pair between two namespaces with the given CIDR addresses on each end."""
+        """A veth pair between two namespaces with the given CIDR addresses on each end
+        (IPv6 ones `nodad`: usable at once; hundreds are fine, they go in one `ip -batch`)."""
         idx = next(_ns_counter)
         a, b = f"sma{self.tag}{idx}", f"smb{self.tag}{idx}"
         subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
         subprocess.run(["ip", "link", "set", a, "netns", ns_a], check=True)
         subprocess.run(["ip", "link", "set", b, "netns", ns_b], check=True)
         for ns, dev, addrs in ((ns_a, a, addrs_a), (ns_b, b, addrs_b)):
-            for addr in addrs:
-                extra = ["nodad"] if ":" in addr else []
-                self.run(ns, "ip", "addr", "add", addr, "dev", dev, *extra)
-            self.run(ns, "ip", "link", "set", dev, "up")
+            commands = [f"addr add {addr} dev {dev}{' nodad' if ':' in addr else ''}" for addr in addrs]
+            subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(commands + [f"link set {dev} up"]) + "\n",
+                           text=True, capture_output=True, check=True)
 
     def remove_all(self) -> None:
         for name in reversed(self.names):
@@ -204,9 +204,15 @@ class AgentProcess:
         raise AssertionError(f"agent not ready after {timeout}s: {self.log.read_text()[-2000:]}")
 
     def stop(self, timeout: float = 30.0) -> tuple[int, str]:
+        """SIGTERM, then its exit code and stdout; one still running after `timeout` is killed (a failure)."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=timeout)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the agent did not stop within {timeout}s of SIGTERM (killed): "
+                                 f"{self.log.read_text()[-2000:]}") from None
         self.log_fh.close()
         return self.proc.returncode, out
 

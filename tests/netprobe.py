@@ -1,4 +1,4 @@
-"""A TCP client for enforcement tests, run inside a client namespace.
+"""A TCP client for enforcement and detection tests, run inside a client namespace.
 
 `python -m tests.netprobe once SRC DST PORT [TIMEOUT]`: connect from SRC,
 echo one line; prints `ok` (exit 0) or `fail <reason>` (exit 1).
@@ -9,10 +9,20 @@ print `connected`, then wait for the server side to end the session; prints
 offence), then a new connection attempt every 2 ms until one gets no answer
 (its SYN dropped); prints the milliseconds from the offending connect to the
 start of that attempt (exit 0), or `never dropped` after SECONDS (exit 1).
+
+Against an HTTP backend (tests.httpd), one GET per connection:
+`python -m tests.netprobe trickle SRC DST PORT SECONDS [PER_SECOND]`: a benign
+client, PER_SECOND (default 2) requests a second for SECONDS, or until SIGTERM;
+prints `ok N failed M` (exit 0 when none failed).
+`python -m tests.netprobe rotate BASE COUNT DST PORTS CONNECTIONS`: connection k
+comes from address BASE + (k mod COUNT) and goes to port k mod len(PORTS) of the
+comma-separated PORTS (an attacker rotating addresses); prints `ok N failed M`.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import signal
 import socket
 import sys
 import time
@@ -47,8 +57,56 @@ def _offend(src: str, dst: str, port: int, limit: float) -> int:
     return 1
 
 
+def _get(src: str, dst: str, port: int, timeout: float) -> bool:
+    """One HTTP request from `src`; True when it is answered 200."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.bind((src, 0))
+            sock.connect((dst, port))
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return sock.recv(64).split(b" ", 2)[1:2] == [b"200"]
+    except OSError:
+        return False
+
+
+def _tally(results: list[bool]) -> int:
+    failed = results.count(False)
+    print(f"ok {len(results) - failed} failed {failed}", flush=True)
+    return 1 if failed else 0
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise SystemExit
+
+
+def _trickle(src: str, dst: str, port: int, seconds: float, per_second: float) -> int:
+    results: list[bool] = []
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    started = time.monotonic()
+    try:
+        for k in range(int(seconds * per_second)):
+            time.sleep(max(0.0, started + k / per_second - time.monotonic()))
+            results.append(_get(src, dst, port, 3.0))
+    except SystemExit:
+        pass
+    return _tally(results)
+
+
+def _rotate(base: str, count: int, dst: str, ports: list[int], connections: int) -> int:
+    first = ipaddress.ip_address(base)
+    sources = [str(first + i) for i in range(count)]
+    return _tally([_get(sources[k % count], dst, ports[k % len(ports)], 2.0) for k in range(connections)])
+
+
 def main() -> int:
-    mode, src, dst, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    mode = sys.argv[1]
+    if mode == "rotate":
+        base, count, dst, ports, connections = sys.argv[2:7]
+        return _rotate(base, int(count), dst, [int(p) for p in ports.split(",")], int(connections))
+    src, dst, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if mode == "trickle":
+        return _trickle(src, dst, port, float(sys.argv[5]), float(sys.argv[6]) if len(sys.argv) > 6 else 2.0)
     limit = float(sys.argv[5]) if len(sys.argv) > 5 else 1.0
     if mode == "offend":
         return _offend(src, dst, port, limit)
