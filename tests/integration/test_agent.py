@@ -5,6 +5,7 @@ and its metrics endpoint."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import urllib.request
@@ -14,12 +15,13 @@ from pathlib import Path
 from tests.lab import AgentProcess, Namespaces, connect, free_port, require, socat_monitor, start_echo, wait_for
 
 
-def _policy(path: Path, port: int, allow: str, action: str = "alert") -> Path:
+def _policy(path: Path, port: int, allow: str, action: str = "alert", netns: str | None = None) -> Path:
     path.write_text(
         "version: 1\n"
         "listeners:\n"
         "  - name: test-relay\n"
         f"    port: {port}\n"
+        + (f"    netns: {netns}\n" if netns else "") +
         f"    allow_sources: [{allow}]\n"
         f"    action: {action}\n"
         "defaults:\n"
@@ -139,7 +141,8 @@ def test_reload_keeps_the_command_line_policy_and_applies_live_settings(tmp_path
     require("nft")
     ns = netns.add("reload")
     port = free_port()
-    policy = _policy(tmp_path / "policy.yaml", port, "127.0.0.1/32")
+    host = f"net:[{os.stat('/proc/self/ns/net').st_ino}]"    # the relay runs here, the agent enforces in ns
+    policy = _policy(tmp_path / "policy.yaml", port, "127.0.0.1/32", netns=host)
     config = tmp_path / "config.yaml"
     config.write_text("metrics: null\nenforce:\n  never_block: []\n")
     agent = AgentProcess(tmp_path, "--config", str(config), "--policy", str(policy), "--netns", ns,
