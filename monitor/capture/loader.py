@@ -22,7 +22,7 @@ from pathlib import Path
 from ..children import python_child
 from ..dependencies import fix_for
 from ..errors import EnvironmentProblem
-from .maps import KernelMap
+from .maps import KernelMap, sys_bpf
 
 LOAD_TIMEOUT_S = 120.0
 MAX_FDS = 250                     # one message carries at most SCM_MAX_FD (253)
@@ -52,6 +52,7 @@ def load(where: str, source: Path, cflags: list[str], flags: dict[str, list[str]
     `flags`: hash maps whose keys (zero-padded strings) the child sets to 1 the moment the programs
     are attached, as the in-process load did (the comm filter: no event of a watched process is lost
     while the fds travel)."""
+    sys_bpf()                     # a machine the agent cannot call bpf(2) on is refused before compiling
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     request = json.dumps({"source": str(source.absolute()), "cflags": cflags, "flags": flags})
     with parent:
