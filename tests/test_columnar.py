@@ -4,11 +4,14 @@ either, reads each period once from a mix, and names a bad or stale segment with
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 
 import orjson
 import pyarrow.parquet as pq
 import pytest
 
+import monitor.replay.columnar as replay_columnar
 import monitor.replay.scan as scan
 from monitor.detect import DetectConfig
 from monitor.replay.analyze import analyze
@@ -165,3 +168,23 @@ def test_a_parquet_file_of_another_shape_is_not_a_segment(period, tmp_path):
     pq.write_table(table, plain)
     with pytest.raises(BadSegment, match="not a socat-monitor segment"):
         open_segment(plain)
+
+
+def test_the_child_writes_the_segment_private_and_gives_it_the_twins_mode_when_whole(period, monkeypatch):
+    period.chmod(0o644)
+    seen = {}
+    chmod = os.chmod
+
+    def spy(path, mode):
+        seen[str(path)] = stat.S_IMODE(os.stat(path).st_mode)      # the .tmp's mode while it was written
+        chmod(path, mode)
+
+    monkeypatch.setattr(replay_columnar.os, "chmod", spy)
+    monkeypatch.setattr(replay_columnar.os, "nice", lambda increment: 0)   # not the test process
+    umask = os.umask(0o022)
+    try:
+        assert replay_columnar.main([str(period)]) == 0
+    finally:
+        os.umask(umask)
+    assert list(seen.values()) == [0o600]
+    assert stat.S_IMODE(segment_of(period).stat().st_mode) == 0o644

@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -416,3 +417,10 @@ def test_template_mappings_build_for_both_kinds_of_server():
         command_line = props["process"]["properties"]["command_line"]
         assert command_line["type"] == ("wildcard" if wildcard else "keyword")
         assert command_line["fields"]["text"]["type"] == "text"
+
+
+def test_import_star_leaves_the_elasticsearch_sink_unloaded():
+    probe = ("import sys; from monitor.sinks import *; "
+             "print(sorted(m for m in sys.modules if m.startswith(('monitor.sinks.elasticsearch', 'elasticsearch'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -19,9 +19,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..children import python_child
 from ..dependencies import fix_for
 from ..errors import EnvironmentProblem
-from .maps import KernelMap
+from .maps import KernelMap, sys_bpf
 
 LOAD_TIMEOUT_S = 120.0
 MAX_FDS = 250                     # one message carries at most SCM_MAX_FD (253)
@@ -51,40 +52,78 @@ def load(where: str, source: Path, cflags: list[str], flags: dict[str, list[str]
     `flags`: hash maps whose keys (zero-padded strings) the child sets to 1 the moment the programs
     are attached, as the in-process load did (the comm filter: no event of a watched process is lost
     while the fds travel)."""
+    sys_bpf()                     # a machine the agent cannot call bpf(2) on is refused before compiling
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    request = json.dumps({"source": str(source), "cflags": cflags, "flags": flags})
+    request = json.dumps({"source": str(source.absolute()), "cflags": cflags, "flags": flags})
     with parent:
         try:
-            proc = subprocess.Popen([sys.executable, "-c", CHILD, str(child.fileno()), request],
-                                    pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
+            proc = python_child(["-c", CHILD, str(child.fileno()), request],
+                                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
         finally:
             child.close()
         parent.settimeout(LOAD_TIMEOUT_S)
         try:
-            message, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, MAX_FDS)
-        except TimeoutError:
+            message, fds = _receive(where, source, parent)
+        except EnvironmentProblem:
             proc.kill()
-            message, fds = b"", []
+            proc.wait()
+            raise
         code = proc.wait()
     if not message:
+        _close(fds)
         raise EnvironmentProblem(where, f"loading {source.name} failed: the loader exited with code {code} "
                                         "and no answer (its errors are above)", RECOMPILE_FIX)
     answer = json.loads(message)
     if "error" in answer:
+        _close(fds)
         raise EnvironmentProblem(where, answer["error"], answer["fix"])
-    return _adopt(fds)
+    return _adopt(where, fds)
 
 
-def _adopt(fds: list[int]) -> LoadedObject:
+def _receive(where: str, source: Path, sock: socket.socket) -> tuple[bytes, list[int]]:
+    """The loader's answer and the fds it sent; EnvironmentProblem if none came or the fds were cut off."""
+    try:
+        message, fds, flags, _addr = socket.recv_fds(sock, 1 << 16, MAX_FDS)
+    except OSError as exc:
+        raise EnvironmentProblem(where, f"loading {source.name} failed: no answer from the loader "
+                                        f"({exc.strerror or exc})", RECOMPILE_FIX) from None
+    if flags & socket.MSG_CTRUNC:
+        _close(fds)
+        raise EnvironmentProblem(where, f"loading {source.name} failed: the loader's answer carried more than "
+                                        f"{MAX_FDS} BPF fds and was cut off", "report this as a bug")
+    return message, fds
+
+
+def _adopt(where: str, fds: list[int]) -> LoadedObject:
+    """The received fds as a LoadedObject; if one cannot be adopted, every fd is closed."""
     loaded = LoadedObject()
-    kinds = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in fds}
-    for fd, kind in kinds.items():
-        if kind == MAP:
-            bpf_map = KernelMap(fd)
-            loaded.maps[bpf_map.spec.name] = bpf_map
+    try:
+        kinds = {fd: _kind(fd) for fd in fds}
+        for fd, kind in kinds.items():
+            if kind == MAP:
+                bpf_map = KernelMap(fd)
+                loaded.maps[bpf_map.spec.name] = bpf_map
+    except BaseException as exc:
+        _close(fds)
+        if isinstance(exc, OSError):
+            raise EnvironmentProblem(where, f"cannot use the loaded BPF objects: {exc}", RECOMPILE_FIX) from None
+        raise
     loaded.held = [fd for fd, kind in kinds.items() if kind in ATTACHMENT] \
         + [fd for fd, kind in kinds.items() if kind not in ATTACHMENT and kind != MAP]
     return loaded
+
+
+def _kind(fd: int) -> str:
+    """What the fd is (`anon_inode:bpf-map`...), as /proc names it."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            continue
 
 
 def _bpf_fds() -> list[int]:
@@ -92,7 +131,7 @@ def _bpf_fds() -> list[int]:
     out = []
     for name in os.listdir("/proc/self/fd"):
         try:
-            kind = os.readlink(f"/proc/self/fd/{name}")
+            kind = _kind(int(name))
         except OSError:
             continue
         if kind == MAP or kind == PROGRAM or kind in ATTACHMENT:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-SYS_BPF = 321                   # x86-64
+from ..errors import EnvironmentProblem
+
+SYS_BPF = {"x86_64": 321, "aarch64": 280}      # bpf(2)'s syscall number per machine
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM = 1, 2
 OBJ_GET_INFO_BY_FD = 15
 PERCPU_TYPES = frozenset({5, 6, 10})   # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
@@ -27,6 +30,15 @@ class _ElemAttr(ctypes.Structure):
     """`union bpf_attr` as the element commands read it."""
     _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
                 ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def sys_bpf() -> int:
+    """bpf(2)'s syscall number here; EnvironmentProblem on a machine the agent knows no number for."""
+    machine = platform.machine()
+    if machine not in SYS_BPF:
+        raise EnvironmentProblem("bpf", f"this machine is {machine or 'unknown'}: socat-monitor calls bpf(2) only "
+                                        f"on {' and '.join(SYS_BPF)}")
+    return SYS_BPF[machine]
 
 
 def possible_cpus(text: str | None = None) -> int:
@@ -56,7 +68,7 @@ class MapSpec:
     def of(cls, fd: int) -> "MapSpec":
         info = ctypes.create_string_buffer(88)
         attr = _InfoAttr(fd, len(info), ctypes.addressof(info))
-        if _libc.syscall(SYS_BPF, OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        if _libc.syscall(sys_bpf(), OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"bpf map fd {fd}: {os.strerror(err)}")
         map_type, _id, key_size, value_size = struct.unpack_from("<4I", info.raw, 0)
@@ -90,7 +102,7 @@ class KernelMap:
     def _call(self, command: int, key: bytes, value, missing_ok: bool = False) -> int | None:
         key_buf = ctypes.create_string_buffer(key, self.spec.key_size)
         attr = _ElemAttr(self.fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value), 0)
-        if _libc.syscall(SYS_BPF, command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+        if _libc.syscall(sys_bpf(), command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
             return 0
         err = ctypes.get_errno()
         if missing_ok and err == 2:   # ENOENT: no such key

@@ -25,6 +25,7 @@ from typing import Sequence
 
 from .. import BPF_DIR
 from ..addresses import packed_text, parse_target
+from ..capture.maps import sys_bpf
 from ..errors import EnvironmentProblem
 from ..events import Alert, Listener, Outcome, PipelineError, ProcessInfo
 from ..host import processes
@@ -34,7 +35,6 @@ from ..rules import new_alert
 log = logging.getLogger(__name__)
 
 SOURCE = BPF_DIR / "egress.c"
-SYS_BPF = 321                     # x86-64
 BPF_LINK_CREATE = 28
 ATTACH_INET4_CONNECT = 10
 ATTACH_INET6_CONNECT = 11
@@ -93,7 +93,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     """bpf(BPF_LINK_CREATE): attach a program to a cgroup through a link; the link's fd."""
     attr = (ctypes.c_uint32 * 12)(prog_fd, target_fd, attach_type, 0)
-    fd = _libc.syscall(SYS_BPF, BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd = _libc.syscall(sys_bpf(), BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

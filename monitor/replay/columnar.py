@@ -282,7 +282,9 @@ def _first_line(exc: Exception) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m monitor.replay.columnar NDJSON [LEVEL]`: write its segment, niced; exit 0, or 2 with one line."""
+    """`python -m monitor.replay.columnar NDJSON [LEVEL]`: write its segment, niced; exit 0, or 2 with one line.
+    The `.tmp` is private while written (umask 077; the segment gets the twin's mode when whole)."""
+    os.umask(0o077)
     os.nice(10)
     from ..errors import InputError
 

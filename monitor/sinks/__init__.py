@@ -17,8 +17,8 @@ from .es_config import ElasticsearchConfig
 from .ndjson import NdjsonConfig, NdjsonSink
 from .webhook import WebhookConfig, WebhookSink
 
-__all__ = [
-    "AlertFeed", "AlertFeedConfig", "ColumnarConfig", "ColumnarSink", "ElasticsearchConfig", "ElasticsearchSink", "ErrorCallback",
+__all__ = [      # not ElasticsearchSink: `import *` would load it
+    "AlertFeed", "AlertFeedConfig", "ColumnarConfig", "ColumnarSink", "ElasticsearchConfig", "ErrorCallback",
     "Fanout", "NdjsonConfig", "NdjsonSink", "Sink", "SinkStats", "WebhookConfig", "WebhookSink",
 ]
 

@@ -29,18 +29,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..children import python_child
 from ..events import Record
 from ..replay.periods import is_ndjson, segment_of, twin_of
 from ..settings import setting
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 CHECK_EVERY_S = 2.0
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
 
 @dataclass(slots=True)
@@ -146,43 +145,41 @@ class ColumnarSink:
                 return
             self.convert(path)
 
-    def convert(self, path: Path) -> bool:
+    def convert(self, path: Path) -> None:
         """Write `path`'s segment in a child process; a failure is reported in one line naming the file."""
         try:
             info = path.stat()
-            self._child = subprocess.Popen(
-                [sys.executable, "-m", "monitor.replay.columnar", str(path), str(self.config.compression_level)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT,
-                                                                               os.environ.get("PYTHONPATH")]))))
+            self._child = python_child(
+                ["-m", "monitor.replay.columnar", str(path.absolute()), str(self.config.compression_level)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             if self._stop.is_set():             # close() came after its check of the child
                 self._child.terminate()
             out, err = self._child.communicate(timeout=self.config.convert_timeout_s)
         except subprocess.TimeoutExpired:
             self._child.kill()
             self._child.communicate()
-            return self._failure(path, info, f"{path}: conversion stopped after {self.config.convert_timeout_s:g}s")
+            self._failure(path, info, f"{path}: conversion stopped after {self.config.convert_timeout_s:g}s")
+            return
         except OSError as exc:
-            return self._failure(path, None, f"{path}: cannot convert: {exc.strerror or exc}")
+            self._failure(path, None, f"{path}: cannot convert: {exc.strerror or exc}")
+            return
         connections = _connections(out)        # printed once the segment is in place
         if connections is None:
-            if self._stop.is_set():
-                return False
-            lines = err.strip().splitlines()
-            return self._failure(path, info, lines[-1] if lines else f"{path}: conversion exited "
-                                 f"{self._child.returncode}")
+            if not self._stop.is_set():
+                lines = err.strip().splitlines()
+                self._failure(path, info, lines[-1] if lines else f"{path}: conversion exited "
+                              f"{self._child.returncode}")
+            return
         self._failed.pop(path.name, None)
         with self._lock:
             self._stats.written += connections
         self.converted.segments += 1
-        return True
 
-    def _failure(self, path: Path, info: os.stat_result | None, message: str) -> bool:
+    def _failure(self, path: Path, info: os.stat_result | None, message: str) -> None:
         if info is not None:
             self._failed[path.name] = (info.st_size, info.st_mtime_ns)
         self.converted.failed += 1
         self._errors.add(message)
-        return False
 
     def prune(self) -> None:
         """Delete the segments whose NDJSON twin retention (or anyone) deleted."""

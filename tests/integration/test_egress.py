@@ -176,7 +176,8 @@ def _attached_programs(cgroup: Path) -> list[int]:
     """Program ids attached to the cgroup's connect hooks (BPF_PROG_QUERY)."""
     import ctypes
 
-    from monitor.enforce.egress import ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT, SYS_BPF
+    from monitor.capture.maps import sys_bpf
+    from monitor.enforce.egress import ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT
 
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
@@ -187,7 +188,7 @@ def _attached_programs(cgroup: Path) -> list[int]:
             # query: target_fd, attach_type, query_flags, attach_flags, prog_ids (u64 pointer), prog_cnt
             attr = (ctypes.c_uint32 * 16)(fd, attach, 0, 0, 0, 0, 64)
             ctypes.memmove(ctypes.byref(attr, 16), ctypes.byref(ctypes.c_uint64(ctypes.addressof(out))), 8)
-            assert libc.syscall(SYS_BPF, 16, ctypes.byref(attr), ctypes.sizeof(attr)) == 0, ctypes.get_errno()
+            assert libc.syscall(sys_bpf(), 16, ctypes.byref(attr), ctypes.sizeof(attr)) == 0, ctypes.get_errno()
             ids += list(out[:attr[6]])
     finally:
         os.close(fd)
