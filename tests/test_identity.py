@@ -173,6 +173,19 @@ def test_suggest_gives_each_namespace_and_container_an_entry_naming_it():
         assert policy.listener(8443, "10.0.0.1", ev.process, {HOST}) is not None
 
 
+def test_suggest_never_names_a_namespace_or_container_the_policy_could_not_hold():
+    odd = Container("ab" * 32, "-odd name", "docker")
+    nspawn = Container("bad name", "bad name", "systemd-nspawn")
+    events = [accept("198.51.100.9", 8443, 0, 40000, relay(A, "-odd", container=odd)),
+              accept("198.51.100.9", 8443, 1, 40001, relay(B, "b\u00e9", container=nspawn))]
+    text = suggest_policy([], events, home=HOST)
+    policy = parse_policy(text)
+    chosen = {(e.selector.netns, e.selector.container) for e in policy.listeners}
+    assert chosen == {(f"net:[{A}]", "ab" * 6), (f"net:[{B}]", None)}, text
+    for ev in events:
+        assert policy.listener(8443, "10.0.0.1", ev.process, {HOST}) is not None
+
+
 # -- blocks land in the relay's own namespace --------------------------------------------------------
 
 def test_each_relays_block_lands_in_its_own_namespace_and_history():
