@@ -260,6 +260,22 @@ listeners:
     assert "'in-z'" in warning and "'lab-z'" in warning and "no kernel rule" in warning
 
 
+def test_two_drop_entries_naming_one_namespace_by_two_names_are_warned_of():
+    from monitor.agent.scopes import drop_listeners, shared_drop_ports
+
+    policy = parse_policy(f"""
+version: 1
+listeners:
+  - {{name: by-name, port: 81, netns: lab-a, allow_sources: [192.0.2.1], action: drop}}
+  - {{name: by-inode, port: 81, netns: "net:[{A}]", allow_sources: [192.0.2.2], action: drop}}
+  - {{name: other-port, port: 82, netns: lab-a, allow_sources: [192.0.2.2], action: drop}}
+""")
+    drops = drop_listeners(policy, A, {"lab-a": A}.get)
+    [warning] = shared_drop_ports(drops, "lab-a")
+    assert "'by-name' and 'by-inode'" in warning and "port 81 in 'lab-a'" in warning
+    assert shared_drop_ports(drops[2:], None) == []
+
+
 @pytest.mark.parametrize("entry, key", [
     ("container: web-proxy", "container"), ("cgroup: /system.slice/relay.service", "cgroup"), ("user: 0", "user")])
 def test_a_drop_entry_cannot_be_scoped_by_what_the_kernel_does_not_see(entry, key):

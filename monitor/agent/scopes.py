@@ -4,8 +4,9 @@ with its own table and block journal, used by the agent as one.
 
 Blocks are routed by the decider (`Decider(blockers=...)`, by namespace
 inode) to the namespace of the relay that caused them; drop listeners go to
-the namespaces their policy entry means (its `netns`, else every one
-enforced); everything else (ports, counters, alerts, errors, settings,
+the namespaces their policy entry means (its `netns`, by inode, else every
+one enforced), and one meaning none enforced in, or sharing a port with
+another in one namespace, is logged as a warning; everything else (ports, counters, alerts, errors, settings,
 closing) is done for each and gathered.
 """
 
@@ -15,6 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Collection, Iterable
 
+from ..addresses import same_address
 from ..config import member_journal
 from ..enforce import Enforcer
 from ..enforce.enforcer import DropTotal, EnforceConfig
@@ -61,6 +63,19 @@ def unenforced_drops(policy: Policy | None, inodes: Collection[int], resolve: Re
             if lp.drops and not any(_means(lp.selector.netns, inode, resolve) for inode in inodes)]
 
 
+def shared_drop_ports(drops: Iterable[DropListener], netns: str | None) -> list[str]:
+    """A warning for each drop listener on a port an earlier one of the same namespace drops on (entries naming
+    one namespace by two names, which `policy check` cannot tell apart): a client must be in both allowlists."""
+    out, first = [], {}
+    for drop in drops:
+        for (port, address), other in first.items():
+            if port == drop.port and (address is None or drop.address is None or same_address(address, drop.address)):
+                out.append(f"policy listeners {other!r} and {drop.name!r} (action drop) both drop on port {port} in "
+                           f"{_shown(netns)}: a client is dropped unless both allow it; merge them into one entry")
+        first.setdefault((drop.port, drop.address), drop.name)
+    return out
+
+
 def _means(wanted: str | None, inode: int, resolve: Resolve) -> bool:
     if wanted is None:
         return True
@@ -103,7 +118,7 @@ class Enforcers:
         ports = tuple(ports)
         self._warn_unenforced(policy)
         return [event for netns, enforcer in self.members.items()
-                for event in enforcer.start(ports, drop_listeners(policy, self.inodes[netns]))]
+                for event in enforcer.start(ports, self._drops(policy, netns))]
 
     def set_ports(self, ports: Iterable[int]) -> None:
         ports = tuple(ports)
@@ -113,7 +128,14 @@ class Enforcers:
     def set_drops(self, policy: Policy | None) -> None:
         self._warn_unenforced(policy)
         for netns, enforcer in self.members.items():
-            enforcer.set_drops(drop_listeners(policy, self.inodes[netns]))
+            enforcer.set_drops(self._drops(policy, netns))
+
+    def _drops(self, policy: Policy | None, netns: str | None) -> list[DropListener]:
+        """The drop listeners of `netns`'s enforcer, each port shared by two of them warned of."""
+        drops = drop_listeners(policy, self.inodes[netns])
+        for warning in shared_drop_ports(drops, netns):
+            log.warning("%s", warning)
+        return drops
 
     def _warn_unenforced(self, policy: Policy | None) -> None:
         for warning in unenforced_drops(policy, self.inodes.values()):
