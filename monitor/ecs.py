@@ -539,6 +539,8 @@ def _render_drop(ev: DropEvent, host: HostInfo) -> dict[str, Any]:
     doc["network"] = {"transport": "tcp"}
     doc["socat"] = {"listener": {"ip": ev.listener.ip, "port": ev.listener.port, "name": ev.listener.name},
                     "drop": {"packets": ev.dropped_packets, "dry_run": ev.dry_run}}
+    if ev.netns is not None:
+        doc["socat"]["netns"] = {"name": ev.netns}
     return doc
 
 

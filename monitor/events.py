@@ -271,6 +271,7 @@ class DropEvent:
     dropped_packets: int             # SYNs dropped from this source so far
     dry_run: bool = False            # the rule only counted: it would have dropped them
     source_port: int | None = None   # the port of its first dropped SYN
+    netns: str | None = None         # the namespace whose rule dropped them (`ip netns` name; None: the agent's)
     id: str = field(default_factory=new_event_id)
 
 

@@ -132,12 +132,19 @@ def _block_table(rows: tuple[BlockRow, ...]) -> list[str]:
 
 
 def _drop_table(rows: tuple[DropRow, ...]) -> list[str]:
+    """The drop listeners' figures; with their namespace when they are in several."""
     if not rows:
         return []
-    out = [f"  {'LISTENER':<28} {'PORT':>5} {'SYNS':>10} {'SOURCES':>8}"]
+    several = len({r.netns for r in rows}) > 1
+
+    def netns(text: str) -> str:
+        return f" {_cell(text, 16)}" if several else ""
+
+    out = [f"  {'LISTENER':<28}{netns('NETNS')} {'PORT':>5} {'SYNS':>10} {'SOURCES':>8}"]
     for r in rows:
         note = "  (dry run: would drop)" if r.dry_run else ""
-        out.append(f"  {_cell(r.listener, 28)} {r.port:>5} {r.packets:>10} {r.sources:>8}{note}")
+        out.append(f"  {_cell(r.listener, 28)}{netns(r.netns or '(own)')} {r.port:>5} {r.packets:>10} "
+                   f"{r.sources:>8}{note}")
     return out
 
 

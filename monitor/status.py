@@ -83,6 +83,7 @@ class DropRow:
     packets: int = 0
     sources: int = 0
     dry_run: bool = False
+    netns: str | None = None     # the namespace of its rules (`ip netns` name; None: the agent's own)
 
 
 @dataclass(frozen=True, slots=True)

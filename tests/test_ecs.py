@@ -55,7 +55,7 @@ def _records() -> list:
             DropEvent(action=Action.CONNECTION_DROPPED, timestamp_ns=1, source_ip="198.51.100.9",
                       listener=Listener("::", 8443, "web"), dropped_packets=1, source_port=40123),
             DropEvent(action=Action.DROP_COUNTERS, timestamp_ns=1, source_ip="198.51.100.9",
-                      listener=Listener("::", 8443, "web"), dropped_packets=7)]
+                      listener=Listener("::", 8443, "web"), dropped_packets=7, netns="lab-a")]
 
 
 def _leaves(doc: dict, prefix: str = "") -> dict:
@@ -151,6 +151,9 @@ def test_a_dropped_source_is_a_denied_connection_and_its_alert_a_failure():
     assert (doc["source"]["ip"], doc["destination"]["port"], doc["socat"]["listener"]["name"],
             doc["socat"]["drop"]["packets"]) == ("198.51.100.9", 8443, "web", 1)
     assert doc["source"]["port"] == 40123, "the port of the first dropped SYN"
+    assert "netns" not in doc["socat"], "dropped in the agent's own namespace"
+    ev.netns = "lab-a"
+    assert render(ev, HOST)["socat"]["netns"] == {"name": "lab-a"}, "the namespace whose rule dropped it"
     alert = render(dropped_alert(ev), HOST)
     assert alert["rule"]["id"] == "policy.source_denied" and alert["event"]["outcome"] == "failure"
     assert alert["source"]["ip"] == "198.51.100.9"

@@ -43,7 +43,16 @@ def test_the_container_is_read_from_the_cgroup_path(path, runtime, cid, name):
 
 
 @pytest.mark.parametrize("path", [None, "/", "/user.slice/user-1000.slice/session-3.scope",
-                                  f"/machine.slice/libpod-conmon-{DOCKER_ID}.scope"])
+                                  f"/machine.slice/libpod-conmon-{DOCKER_ID}.scope",
+                                  # made by a local user under their own slice: no container identity
+                                  "/user.slice/user-1000.slice/user@1000.service/machine.slice/"
+                                  "machine-web\\x2dproxy.scope",
+                                  f"/user.slice/user-1000.slice/user@1000.service/docker-{DOCKER_ID}.scope",
+                                  f"/user.slice/user-1000.slice/user@1000.service/docker/{DOCKER_ID}",
+                                  f"/user.slice/user-1000.slice/user@1000.service/kubepods/{DOCKER_ID}",
+                                  f"/user.slice/user-1000.slice/user@1000.service/user.slice/"
+                                  f"libpod-{DOCKER_ID}.scope",
+                                  "/machine.slice/machine-evil\\x0aname.scope"])
 def test_no_container_outside_one(path):
     assert identity.container_of(path) is None
 
@@ -164,6 +173,19 @@ def test_suggest_gives_each_namespace_and_container_an_entry_naming_it():
         assert policy.listener(8443, "10.0.0.1", ev.process, {HOST}) is not None
 
 
+def test_suggest_never_names_a_namespace_or_container_the_policy_could_not_hold():
+    odd = Container("ab" * 32, "-odd name", "docker")
+    nspawn = Container("bad name", "bad name", "systemd-nspawn")
+    events = [accept("198.51.100.9", 8443, 0, 40000, relay(A, "-odd", container=odd)),
+              accept("198.51.100.9", 8443, 1, 40001, relay(B, "b\u00e9", container=nspawn))]
+    text = suggest_policy([], events, home=HOST)
+    policy = parse_policy(text)
+    chosen = {(e.selector.netns, e.selector.container) for e in policy.listeners}
+    assert chosen == {(f"net:[{A}]", "ab" * 6), (f"net:[{B}]", None)}, text
+    for ev in events:
+        assert policy.listener(8443, "10.0.0.1", ev.process, {HOST}) is not None
+
+
 # -- blocks land in the relay's own namespace --------------------------------------------------------
 
 def test_each_relays_block_lands_in_its_own_namespace_and_history():
@@ -217,8 +239,98 @@ listeners:
   - {{name: only-a, port: 81, netns: lab-a, allow_sources: [192.0.2.1], action: drop}}
   - {{name: only-b, port: 82, netns: "net:[{B}]", allow_sources: [192.0.2.1], action: drop}}
 """)
-    assert [d.name for d in drop_listeners(policy, "lab-a", A)] == ["every", "only-a"]
-    assert [d.name for d in drop_listeners(policy, "lab-b", B)] == ["every", "only-b"]
+    names = {"lab-a": A, "lab-b": B}.get
+    assert [d.name for d in drop_listeners(policy, A, names)] == ["every", "only-a"]
+    assert [d.name for d in drop_listeners(policy, B, names)] == ["every", "only-b"]
+
+
+def test_a_drop_entry_means_its_namespace_by_inode_and_one_not_enforced_in_is_warned_of():
+    from monitor.agent.scopes import drop_listeners, unenforced_drops
+
+    policy = parse_policy("""
+version: 1
+listeners:
+  - {name: in-a, port: 81, netns: lab-a, allow_sources: [192.0.2.1], action: drop}
+  - {name: in-z, port: 82, netns: lab-z, allow_sources: [192.0.2.1], action: drop}
+""")
+    names = {"lab-a": A, "alias-of-a": A}.get
+    # the agent runs inside lab-a (enforces in its own namespace, no name): the entry still lands there
+    assert [d.name for d in drop_listeners(policy, A, names)] == ["in-a"]
+    [warning] = unenforced_drops(policy, [A, B], names)
+    assert "'in-z'" in warning and "'lab-z'" in warning and "no kernel rule" in warning
+
+
+def test_two_drop_entries_naming_one_namespace_by_two_names_are_warned_of():
+    from monitor.agent.scopes import drop_listeners, shared_drop_ports
+
+    policy = parse_policy(f"""
+version: 1
+listeners:
+  - {{name: by-name, port: 81, netns: lab-a, allow_sources: [192.0.2.1], action: drop}}
+  - {{name: by-inode, port: 81, netns: "net:[{A}]", allow_sources: [192.0.2.2], action: drop}}
+  - {{name: other-port, port: 82, netns: lab-a, allow_sources: [192.0.2.2], action: drop}}
+""")
+    drops = drop_listeners(policy, A, {"lab-a": A}.get)
+    [warning] = shared_drop_ports(drops, "lab-a")
+    assert "'by-name' and 'by-inode'" in warning and "port 81 in 'lab-a'" in warning
+    assert shared_drop_ports(drops[2:], None) == []
+
+
+@pytest.mark.parametrize("entry, key", [
+    ("container: web-proxy", "container"), ("cgroup: /system.slice/relay.service", "cgroup"), ("user: 0", "user")])
+def test_a_drop_entry_cannot_be_scoped_by_what_the_kernel_does_not_see(entry, key):
+    text = f"version: 1\nlisteners:\n  - {{name: a, port: 80, allow_sources: [192.0.2.1], action: drop, {entry}}}\n"
+    with pytest.raises(InputErrors, match=f"<policy>:3: listeners\\[0\\].{key}: the kernel drops by port and "
+                                          "namespace only"):
+        parse_policy(text)
+    parse_policy(text.replace("action: drop", "action: block"))
+
+
+@pytest.mark.parametrize("first, second", [
+    (", netns: x", ""), ("", ", netns: x"), (", address: '::1'", ""),
+    (", address: 127.0.0.1", ", netns: x")])
+def test_two_drop_entries_on_one_port_of_one_namespace_are_refused(first, second):
+    text = (f"version: 1\nlisteners:\n  - {{name: a, port: 80, allow_sources: [192.0.2.1], action: drop {first}}}\n"
+            f"  - {{name: b, port: 80, allow_sources: [192.0.2.2], action: drop {second}, cgroup: /x}}\n")
+    with pytest.raises(InputErrors, match=r"listeners\[1\]"):
+        parse_policy(text)
+    text = text.replace(", cgroup: /x", "")
+    with pytest.raises(InputErrors, match=r"<policy>:4: listeners\[1\].port: port 80 already has a drop entry .*"
+                                          r"listeners\[0\] 'a'"):
+        parse_policy(text)
+    parse_policy(text.replace("port: 80, allow_sources: [192.0.2.2]", "port: 81, allow_sources: [192.0.2.2]"))
+
+
+def test_two_drop_entries_on_one_port_of_different_namespaces_or_addresses_are_fine():
+    parse_policy("version: 1\nlisteners:\n  - {name: a, port: 80, netns: x, allow_sources: [], action: drop}\n"
+                 "  - {name: b, port: 80, netns: y, allow_sources: [], action: drop}\n"
+                 "  - {name: c, port: 81, address: 127.0.0.1, allow_sources: [], action: drop}\n"
+                 "  - {name: d, port: 81, address: 127.0.0.2, allow_sources: [], action: drop}\n")
+
+
+class _FakeEnforcer:
+    built: list["_FakeEnforcer"] = []
+
+    def __init__(self, config) -> None:
+        self.closed = False
+        _FakeEnforcer.built.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("names", [("a", "a"), ("a", "b")])
+def test_a_namespace_enforced_in_twice_is_refused_and_nothing_is_left_open(monkeypatch, names):
+    from monitor.agent import scopes
+    from monitor.enforce import EnforceConfig
+    from monitor.errors import InputError
+
+    monkeypatch.setattr(scopes, "netns_inode", lambda name: A)
+    monkeypatch.setattr(scopes, "Enforcer", _FakeEnforcer)
+    _FakeEnforcer.built = []
+    with pytest.raises(InputError, match=f"'a' and '{names[1]}' are the same network namespace"):
+        scopes.Enforcers(EnforceConfig(namespaces=names))
+    assert len(_FakeEnforcer.built) == 1 and _FakeEnforcer.built[0].closed
 
 
 def test_policy_check_notes_a_namespace_that_does_not_exist_now():

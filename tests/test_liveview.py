@@ -81,6 +81,18 @@ def test_render_shows_every_section():
         assert text in screen, text
 
 
+def test_drops_show_their_namespace_when_they_are_in_several():
+    one = render(parse_status(SAMPLE), 132, 40)
+    assert not any("NETNS" in line for line in one), "one namespace: no column"
+    data = copy.deepcopy(SAMPLE)
+    data["drops"] = [dict(SAMPLE["drops"][0], netns="lab-a"), dict(SAMPLE["drops"][0], netns="lab-b", packets=7)]
+    status = parse_status(data)
+    assert [r.netns for r in status.drops] == ["lab-a", "lab-b"]
+    lines = render(status, 132, 40)
+    assert any("NETNS" in line for line in lines)
+    assert any("lab-a" in line and "300" in line for line in lines) and any("lab-b" in line for line in lines)
+
+
 def test_render_clips_to_a_narrow_terminal():
     lines = render(parse_status(SAMPLE), 40, 24)
     assert len(lines) == 24 and all(len(line) <= 40 for line in lines)

@@ -51,7 +51,7 @@ def snapshot(agent: Agent) -> Status:
     if agent.enforcer is not None:
         stamp = time.time_ns()
         blocks = tuple(BlockRow(b.target, round(b.remaining_s(stamp), 1), b.rule_id) for b in agent.enforcer.active())
-        drops = tuple(DropRow(t.listener, t.port, t.packets, t.sources, t.dry_run)
+        drops = tuple(DropRow(t.listener, t.port, t.packets, t.sources, t.dry_run, t.netns)
                       for t in agent.enforcer.drop_totals())
     health = dataclasses.replace(counters(agent), rss_bytes=process_samples()[0].value)
     return agent.status.snapshot(version=__version__, pid=os.getpid(), host=agent.host.name, counters=health,

@@ -4,26 +4,33 @@ with its own table and block journal, used by the agent as one.
 
 Blocks are routed by the decider (`Decider(blockers=...)`, by namespace
 inode) to the namespace of the relay that caused them; drop listeners go to
-the namespaces their policy entry means (its `netns`, else every one
-enforced); everything else (ports, counters, alerts, errors, settings,
+the namespaces their policy entry means (its `netns`, by inode, else every
+one enforced), and one meaning none enforced in, or sharing a port with
+another in one namespace, is logged as a warning; everything else (ports, counters, alerts, errors, settings,
 closing) is done for each and gathered.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Collection, Iterable
 
+from ..addresses import same_address
 from ..config import member_journal
 from ..enforce import Enforcer
 from ..enforce.enforcer import DropTotal, EnforceConfig
-from ..enforce.netns import netns_inode
+from ..enforce.netns import named_inode, netns_inode
 from ..enforce.nft import DropListener
 from ..events import Alert, BlockEvent, DropEvent, PipelineError
 from ..metrics import Sample
 from ..policy import Policy
 from ..policy.selector import netns_inode_of
 from ..enforce.state import ActiveBlock
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+Resolve = Callable[[str], "int | None"]   # an `ip netns` name -> its namespace's inode (None: none now)
 
 
 def enforced_namespaces(config: EnforceConfig) -> tuple[str | None, ...]:
@@ -38,20 +45,53 @@ def member_config(config: EnforceConfig, netns: str | None) -> EnforceConfig:
     return dataclasses.replace(config, netns=netns, namespaces=(), state_file=member_journal(config, netns))
 
 
-def drop_listeners(policy: Policy | None, netns: str | None = None, inode: int | None = None) -> list[DropListener]:
+def drop_listeners(policy: Policy | None, inode: int, resolve: Resolve = named_inode) -> list[DropListener]:
     """The listeners of `policy` whose disallowed sources the kernel drops before the handshake, in the
-    namespace `netns` (inode `inode`): those naming it, or naming no namespace."""
+    namespace of inode `inode`: those naming it (by any of its names, or net:[INODE]), or naming none."""
     if policy is None:
         return []
     return [DropListener(lp.name, lp.port, lp.address, lp.allow_sources) for lp in policy.listeners
-            if lp.drops and _means(lp.selector.netns, netns, inode)]
+            if lp.drops and _means(lp.selector.netns, inode, resolve)]
 
 
-def _means(wanted: str | None, netns: str | None, inode: int | None) -> bool:
+def unenforced_drops(policy: Policy | None, inodes: Collection[int], resolve: Resolve = named_inode) -> list[str]:
+    """A warning for each drop entry naming a namespace the agent does not enforce in (no kernel rule)."""
+    if policy is None:
+        return []
+    return [f"policy listener {lp.name!r} (action drop) names netns {lp.selector.netns!r}, which the agent does "
+            "not enforce in: no kernel rule drops its sources" for lp in policy.listeners
+            if lp.drops and not any(_means(lp.selector.netns, inode, resolve) for inode in inodes)]
+
+
+def shared_drop_ports(drops: Iterable[DropListener], netns: str | None) -> list[str]:
+    """A warning for each drop listener on a port an earlier one of the same namespace drops on (entries naming
+    one namespace by two names, which `policy check` cannot tell apart): a client must be in both allowlists."""
+    out, first = [], {}
+    for drop in drops:
+        for (port, address), other in first.items():
+            if port == drop.port and (address is None or drop.address is None or same_address(address, drop.address)):
+                out.append(f"policy listeners {other!r} and {drop.name!r} (action drop) both drop on port {port} in "
+                           f"{_shown(netns)}: a client is dropped unless both allow it; merge them into one entry")
+        first.setdefault((drop.port, drop.address), drop.name)
+    return out
+
+
+def _means(wanted: str | None, inode: int, resolve: Resolve) -> bool:
     if wanted is None:
         return True
     by_inode = netns_inode_of(wanted)
-    return by_inode == inode if by_inode is not None else wanted == netns
+    return (by_inode if by_inode is not None else resolve(wanted)) == inode
+
+
+def _refuse_alias(netns: str | None, inode: int, seen: dict[str | None, int]) -> None:
+    """InputError when namespace `netns` (inode `inode`) is one already in `seen` (repeated, or another name)."""
+    for other, known in seen.items():
+        if known == inode:
+            raise InputError("--netns", f"{_shown(other)} and {_shown(netns)} are the same network namespace")
+
+
+def _shown(netns: str | None) -> str:
+    return repr(netns) if netns is not None else "the agent's own namespace"
 
 
 class Enforcers:
@@ -62,7 +102,9 @@ class Enforcers:
         self.inodes: dict[str | None, int] = {}
         try:
             for netns in enforced_namespaces(config):
-                self.inodes[netns] = netns_inode(netns)
+                inode = netns_inode(netns)
+                _refuse_alias(netns, inode, self.inodes)
+                self.inodes[netns] = inode
                 self.members[netns] = Enforcer(member_config(config, netns))
         except BaseException:
             self.close()
@@ -74,8 +116,9 @@ class Enforcers:
 
     def start(self, ports: Iterable[int], policy: Policy | None) -> list[BlockEvent]:
         ports = tuple(ports)
+        self._warn_unenforced(policy)
         return [event for netns, enforcer in self.members.items()
-                for event in enforcer.start(ports, drop_listeners(policy, netns, self.inodes[netns]))]
+                for event in enforcer.start(ports, self._drops(policy, netns))]
 
     def set_ports(self, ports: Iterable[int]) -> None:
         ports = tuple(ports)
@@ -83,8 +126,20 @@ class Enforcers:
             enforcer.set_ports(ports)
 
     def set_drops(self, policy: Policy | None) -> None:
+        self._warn_unenforced(policy)
         for netns, enforcer in self.members.items():
-            enforcer.set_drops(drop_listeners(policy, netns, self.inodes[netns]))
+            enforcer.set_drops(self._drops(policy, netns))
+
+    def _drops(self, policy: Policy | None, netns: str | None) -> list[DropListener]:
+        """The drop listeners of `netns`'s enforcer, each port shared by two of them warned of."""
+        drops = drop_listeners(policy, self.inodes[netns])
+        for warning in shared_drop_ports(drops, netns):
+            log.warning("%s", warning)
+        return drops
+
+    def _warn_unenforced(self, policy: Policy | None) -> None:
+        for warning in unenforced_drops(policy, self.inodes.values()):
+            log.warning("%s", warning)
 
     def reconfigure(self, config: EnforceConfig, now_ns: int) -> list[BlockEvent]:
         return [event for netns, enforcer in self.members.items()

@@ -74,6 +74,7 @@ class DropTotal:
     packets: int
     sources: int
     dry_run: bool
+    netns: str | None = None     # the namespace of the rules (`ip netns` name; None: the agent's own)
 
 
 class Enforcer:
@@ -332,7 +333,8 @@ class Enforcer:
                 continue
             out.append(DropEvent(Action.CONNECTION_DROPPED if last is None else Action.DROP_COUNTERS, now_ns,
                                  dropped.source, Listener(listener.address or "::", listener.port, listener.name),
-                                 dropped.packets, dry_run=self.config.dry_run, source_port=dropped.port))
+                                 dropped.packets, dry_run=self.config.dry_run, source_port=dropped.port,
+                                 netns=self.config.netns))
         self._dropped = seen
         return out
 
@@ -340,8 +342,8 @@ class Enforcer:
         sources = [0] * len(drops)
         for dropped in reading.sources:
             sources[dropped.index] += 1
-        return tuple(DropTotal(d.name, d.port, reading.packets.get(i, 0), sources[i], self.config.dry_run)
-                     for i, d in enumerate(drops))
+        return tuple(DropTotal(d.name, d.port, reading.packets.get(i, 0), sources[i], self.config.dry_run,
+                               self.config.netns) for i, d in enumerate(drops))
 
     def drop_totals(self) -> tuple[DropTotal, ...]:
         """Each drop listener's counts as of the last `drop_events` (read every second by the agent)."""

@@ -40,6 +40,14 @@ def netns_inode(name: str | None) -> int:
     return os.stat(netns_path(name) if name is not None else "/proc/self/ns/net").st_ino
 
 
+def named_inode(name: str) -> int | None:
+    """The inode of the namespace `ip netns` calls `name` (None when there is none by that name now)."""
+    try:
+        return netns_inode(name)
+    except (InputError, OSError):
+        return None
+
+
 def enter_netns(name: str) -> None:
     """Move the calling thread into namespace `name` (it must exist: never created here)."""
     fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)

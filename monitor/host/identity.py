@@ -26,16 +26,19 @@ SSH_DEFAULT_PORTS = (22,)
 NAMES_MAX_AGE_S = 1.0     # /run/netns is read again for an unknown inode at most this often
 
 _HEX64 = r"([0-9a-f]{64})"
+# Only cgroups a local user cannot create: those under the root-owned slices the runtimes use (a path
+# under /user.slice, a rootless podman's or one a user made up, is no container identity).
+_ROOT_OWNED = r"^/(?:system\.slice|machine\.slice|kubepods[^/]*|libpod_parent)/(?:[^/]+/)*?"
 # (runtime, pattern) in the order tried; the first group is the container id
 _CGROUP_CONTAINERS = (
-    ("podman", re.compile(r"libpod-(?!conmon-)" + _HEX64)),
-    ("docker", re.compile(r"docker-" + _HEX64 + r"\.scope")),
-    ("docker", re.compile(r"/docker/" + _HEX64)),
-    ("containerd", re.compile(r"cri-containerd-" + _HEX64 + r"\.scope")),
-    ("cri-o", re.compile(r"crio-" + _HEX64 + r"\.scope")),
-    ("containerd", re.compile(r"/kubepods[^/]*/(?:[^/]+/)*?" + _HEX64 + r"(?:/|$)")),
+    ("podman", re.compile(_ROOT_OWNED + r"libpod-(?!conmon-)" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
+    ("docker", re.compile(_ROOT_OWNED + r"docker-" + _HEX64 + r"\.scope(?:/|$)")),
+    ("docker", re.compile(r"^/docker/" + _HEX64 + r"(?:/|$)")),
+    ("containerd", re.compile(_ROOT_OWNED + r"cri-containerd-" + _HEX64 + r"\.scope(?:/|$)")),
+    ("cri-o", re.compile(_ROOT_OWNED + r"crio-" + _HEX64 + r"\.scope(?:/|$)")),
+    ("containerd", re.compile(r"^/kubepods[^/]*/(?:[^/]+/)*?" + _HEX64 + r"(?:/|$)")),
 )
-_NSPAWN = re.compile(r"/machine\.slice/machine-([^/]+)\.scope")
+_NSPAWN = re.compile(r"^/machine\.slice/machine-([^/]+)\.scope(?:/|$)")
 
 
 def cgroup_path(pid: int | str, proc: str = processes.PROC) -> str | None:
@@ -58,16 +61,17 @@ def _unescape_unit(text: str) -> str:
 
 
 def container_of(cgroup: str | None) -> Container | None:
-    """The container a cgroup path belongs to (id and runtime; an nspawn machine's id is its name)."""
+    """The container a cgroup path belongs to (id and runtime; an nspawn machine's id is its name, None
+    when it has characters that do not print)."""
     if not cgroup:
         return None
     for runtime, pattern in _CGROUP_CONTAINERS:
-        match = pattern.search(cgroup)
+        match = pattern.match(cgroup)
         if match:
             return Container(id=match.group(1), runtime=runtime)
-    match = _NSPAWN.search(cgroup)
-    if match:
-        name = _unescape_unit(match.group(1))
+    match = _NSPAWN.match(cgroup)
+    name = _unescape_unit(match.group(1)) if match else ""
+    if name.isprintable() and name:
         return Container(id=name, name=name, runtime="systemd-nspawn")
     return None
 

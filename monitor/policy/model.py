@@ -108,7 +108,9 @@ POLICY_SCHEMA: dict[str, Any] = {
                         "enum": list(ACTIONS), "default": "alert",
                         "description": "alert: report violations; block: also ask enforce to drop the source; "
                                        "drop: the kernel drops new connections from sources outside "
-                                       "allow_sources before the handshake.",
+                                       "allow_sources before the handshake (by port, address and netns only: "
+                                       "not with container, cgroup or user; one drop entry per port in a "
+                                       "namespace).",
                         "examples": ["block"],
                     },
                     "netns": {
@@ -390,6 +392,36 @@ def _selector(raw: dict[str, Any], at: tuple, locator: Locator, problems: list[I
                     user=user, uid=uid)
 
 
+def _drop_problems(listener: ListenerPolicy, index: int, earlier: list[tuple[int, ListenerPolicy]],
+                   locator: Locator) -> list[InputError]:
+    """What the kernel cannot do for a drop entry: it drops by port, address and namespace only, so an entry
+    naming a container, cgroup or user, or a second drop entry on the same port in a namespace both mean
+    (no netns: every one enforced in; a client would have to be in both allowlists), would drop other
+    relays' clients."""
+    if listener.action != "drop":
+        return []
+    selector = listener.selector
+    named = [key for key, value in (("container", selector.container), ("cgroup", selector.cgroup),
+                                    ("user", selector.uid)) if value is not None]
+    if named:
+        return [locator.error(("listeners", index, named[0]),
+                              f"the kernel drops by port and namespace only: action drop cannot be scoped by "
+                              f"{', '.join(named)} (scope it by netns, or use action block)")]
+    for first, other in earlier:
+        if (other.port == listener.port and _overlap(other.selector.netns, selector.netns, str.__eq__)
+                and _overlap(other.address, listener.address, same_address)):
+            return [locator.error(("listeners", index, "port"),
+                                  f"port {listener.port} already has a drop entry in the same namespace "
+                                  f"(listeners[{first}] {other.name!r}): the kernel would drop a client unless "
+                                  "both allowed it; merge their allow_sources into one entry")]
+    return []
+
+
+def _overlap(one: str | None, other: str | None, same) -> bool:
+    """Whether two values of a key (None: any) can mean one thing (`same`: whether two named ones do)."""
+    return one is None or other is None or same(one, other)
+
+
 def policy_from_data(data: Any, locator: Locator) -> Policy:
     """A Policy from loaded YAML data; raises InputErrors listing every problem with file:line."""
     validate(data, POLICY_SCHEMA, locator)
@@ -402,6 +434,7 @@ def policy_from_data(data: Any, locator: Locator) -> Policy:
     listeners: list[ListenerPolicy] = []
     names: dict[str, int] = {}
     bindings: dict[tuple[int, str | None], int] = {}
+    drops: list[tuple[int, ListenerPolicy]] = []
     for index, raw in enumerate(data["listeners"]):
         name = raw["name"]
         if name in names:
@@ -419,7 +452,11 @@ def policy_from_data(data: Any, locator: Locator) -> Policy:
             problems.append(locator.error(("listeners", index, "port"),
                                           f"port {listener.port} already declared by listeners[{bindings[binding]}]"
                                           f"{same}"))
+        else:
+            problems.extend(_drop_problems(listener, index, drops, locator))
         bindings.setdefault(binding, index)
+        if listener.action == "drop":
+            drops.append((index, listener))
         listeners.append(listener)
     if problems:
         problems.sort(key=lambda p: int(p.where.rsplit(":", 1)[1]))

@@ -11,8 +11,9 @@ with `headroom` (x2 by default, at least `min_rate` per minute), so the
 suggestion, applied to the traffic it learned from, raises no alerts.
 A relay of another network namespace than `home` (the one suggest runs in)
 or in a container gets an entry of its own naming it (`netns`: its `ip
-netns` name, else net:[INODE]; `container`: its name, else its id's first
-12 digits), so two relays on one port in two namespaces get one each.
+netns` name, else (or when the policy could not hold that name) net:[INODE];
+`container`: its name, else its id's first 12 digits, else none), so two
+relays on one port in two namespaces get one each.
 Connections socat itself refused (`range=`, tcpwrap) are not learned as
 allowed unless `include_refused` is set; the output says how many there were.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from .audit import parse_range
 from ..socat.grammar import SocatCommand
 from .connections import SourceCounter
 from .engine import NS, EngineConfig, listening_socket
+from .model import CONTAINER_PATTERN, NETNS_PATTERN
 from .selector import MIN_ID_PREFIX
 
 RATE_PERIOD_S = 60.0
@@ -67,10 +70,17 @@ def _identity(process: ProcessInfo | None, home: int | None) -> tuple[str | None
         return None, None
     netns = None
     if process.netns is not None and process.netns != home:
-        netns = process.netns_name or f"net:[{process.netns}]"
+        netns = _valid(NETNS_PATTERN, process.netns_name) or f"net:[{process.netns}]"
     found = process.container
-    container = (found.name or found.id[:MIN_ID_PREFIX]) if found is not None else None
+    container = None
+    if found is not None:
+        container = _valid(CONTAINER_PATTERN, found.name) or _valid(CONTAINER_PATTERN, found.id[:MIN_ID_PREFIX])
     return netns, container
+
+
+def _valid(pattern: str, value: str | None) -> str | None:
+    """`value` when the policy schema's `pattern` accepts it (a name the policy could not hold is not used)."""
+    return value if value is not None and re.match(pattern, value) else None
 
 
 def _learned(learned: dict[Key, _Learned], port: int, process: ProcessInfo | None, home: int | None) -> _Learned:

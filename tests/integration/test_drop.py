@@ -43,13 +43,16 @@ def test_disallowed_sources_get_no_syn_ack_and_a_reload_lets_them_in(lab: Lab) -
     assert all(e.action is Action.CONNECTION_DROPPED and e.dropped_packets >= 1 and e.listener.name == "web"
                and e.listener.port == lab.port for e in first.values())
     assert all(e.source_port and e.source_port >= 1024 for e in first.values()), "the first dropped SYN's port"
+    assert lab.config().netns and all(e.netns == lab.config().netns for e in first.values()), \
+        "each drop says the namespace whose rule dropped it"
     assert enforcer.drop_events(time.time_ns()) == [], "nothing new dropped: nothing reported"
     assert not lab.reach(BAD4, timeout=0.5)
     [again] = enforcer.drop_events(time.time_ns())
     assert again.action is Action.DROP_COUNTERS and again.source_ip == BAD4
     assert again.dropped_packets > first[BAD4].dropped_packets, "later drops are counted, one update per read"
     [total] = enforcer.drop_totals()
-    assert (total.listener, total.sources) == ("web", 2) and total.packets >= again.dropped_packets + 1, \
+    assert (total.listener, total.sources, total.netns) == ("web", 2, lab.config().netns)
+    assert total.packets >= again.dropped_packets + 1, \
         "the rules' named counters (v4 + v6) count every SYN they dropped"
     enforcer.set_drops([_listener(lab, f"{GOOD4}/32", f"{GOOD6}/128", f"{BAD4}/32")])
     assert lab.reach(BAD4), "a reload adding the address lets it connect at once"
