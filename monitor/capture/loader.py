@@ -22,7 +22,8 @@ from pathlib import Path
 from ..children import python_child
 from ..dependencies import fix_for
 from ..errors import EnvironmentProblem
-from .maps import KernelMap, sys_bpf
+from ..host.syscalls import sys_bpf
+from .maps import KernelMap
 
 LOAD_TIMEOUT_S = 120.0
 MAX_FDS = 250                     # one message carries at most SCM_MAX_FD (253)

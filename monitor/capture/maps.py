@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EnvironmentProblem
+from ..host.syscalls import sys_bpf
 
-SYS_BPF = {"x86_64": 321, "aarch64": 280}      # bpf(2)'s syscall number per machine
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM = 1, 2
 OBJ_GET_INFO_BY_FD = 15
 PERCPU_TYPES = frozenset({5, 6, 10})   # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
@@ -30,15 +28,6 @@ class _ElemAttr(ctypes.Structure):
     """`union bpf_attr` as the element commands read it."""
     _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
                 ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
-
-
-def sys_bpf() -> int:
-    """bpf(2)'s syscall number here; EnvironmentProblem on a machine the agent knows no number for."""
-    machine = platform.machine()
-    if machine not in SYS_BPF:
-        raise EnvironmentProblem("bpf", f"this machine is {machine or 'unknown'}: socat-monitor calls bpf(2) only "
-                                        f"on {' and '.join(SYS_BPF)}")
-    return SYS_BPF[machine]
 
 
 def possible_cpus(text: str | None = None) -> int:

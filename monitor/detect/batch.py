@@ -627,7 +627,3 @@ class BatchEngine:
             known = self._known[lst] = grown
         known[code] = True
 
-    def _dst(self, frame: _Frame, i: int) -> str:
-        code = int(frame.dst[i])
-        return self.ips.ips[code] if code >= 0 else ""
-

@@ -25,7 +25,7 @@ from typing import Sequence
 
 from .. import BPF_DIR
 from ..addresses import packed_text, parse_target
-from ..capture.maps import sys_bpf
+from ..host.syscalls import sys_bpf
 from ..errors import EnvironmentProblem
 from ..events import Alert, Listener, Outcome, PipelineError, ProcessInfo
 from ..host import processes

@@ -176,7 +176,7 @@ def _attached_programs(cgroup: Path) -> list[int]:
     """Program ids attached to the cgroup's connect hooks (BPF_PROG_QUERY)."""
     import ctypes
 
-    from monitor.capture.maps import sys_bpf
+    from monitor.host.syscalls import sys_bpf
     from monitor.enforce.egress import ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT
 
     libc = ctypes.CDLL(None, use_errno=True)
