@@ -10,7 +10,7 @@ usage: scripts/soak.sh [--minutes N] [--rate R] [--output DIR]
 Builds the demo lab (scripts/demo/lab.sh: namespaces smdemo-*, removed on exit),
 starts the agent on it, and for N minutes (default 10, at most 120) drives
 steady traffic: a fourth relay (pool-relay, :8446) from a pool of 5000 distinct IPv6 sources
-(2001:db8:3::/64, so per-source caches and baselines are exercised) at about R
+(2001:db8:3::/48, one /64 each, so per-source caches and baselines are exercised) at about R
 connections/s (default 20), plus two fixed IPv4/IPv6 clients and, once a
 minute, a burst from a disallowed source. Every minute it prints the agent's
 RSS (from /proc) next to its counters; at the end the growth from minute 1
@@ -78,7 +78,7 @@ start_bg "$NS_RELAY" "$OUT/lab/pool-relay.log" socat \
 wait_listening "$NS_RELAY" 8446
 info "pool-relay :8446 for the 5000-source client pool"
 step "soak: ${MINUTES} min, about ${RATE} conn/s over 5000 sources, learning ${LEARN}s"
-start_bg "$NS_CLIENTS" "$OUT/lab/pool.json" "$PY" "$DEMO/traffic.py" steady --source 2001:db8:3::1 --sources 5000 \
+start_bg "$NS_CLIENTS" "$OUT/lab/pool.json" "$PY" "$DEMO/traffic.py" steady --source 2001:db8:3::1 --sources 5000 --one-per-64 \
   --target 2001:db8:1::1 --port 8446 --count $((SECONDS_TOTAL * RATE)) --rate "$RATE" --seconds "$SECONDS_TOTAL"
 start_bg "$NS_CLIENTS" "$OUT/lab/good-v4.json" "$PY" "$DEMO/traffic.py" steady --source 198.51.100.10 \
   --target 198.51.100.1 --port 8445 --count "$SECONDS_TOTAL" --rate 1 --seconds "$SECONDS_TOTAL"

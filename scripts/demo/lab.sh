@@ -117,12 +117,13 @@ start_relays() {
   info "web-relay :8443, v6-relay :8444 (range 2001:db8:1::/64), admin-relay :8445 (range 198.51.100.0/24)"
 }
 
-# A pool of client addresses, 2001:db8:3::/64, any of which the clients namespace can bind
-# (local route + ip_nonlocal_bind) and the relay routes back: many distinct sources.
+# A pool of client addresses, 2001:db8:3::/48, any of which the clients namespace can bind
+# (local route + ip_nonlocal_bind) and the relay routes back: many distinct sources, one /64 each
+# (the detectors count an IPv6 /64 as one source).
 add_source_pool() {
-  in_ns "$NS_CLIENTS" ip -6 route add local 2001:db8:3::/64 dev lo
+  in_ns "$NS_CLIENTS" ip -6 route add local 2001:db8:3::/48 dev lo
   in_ns "$NS_CLIENTS" sysctl -qw net.ipv6.ip_nonlocal_bind=1
-  in_ns "$NS_RELAY" ip -6 route add 2001:db8:3::/64 via 2001:db8:1::10
+  in_ns "$NS_RELAY" ip -6 route add 2001:db8:3::/48 via 2001:db8:1::10
 }
 
 # start_agent CAP_SECONDS LEARN_SECONDS [extra run flags...]: the agent on the lab, enforcing in the

@@ -41,10 +41,12 @@ def lab_address(text: str) -> str:
 
 
 def source_for(args: argparse.Namespace, i: int) -> str:
-    """The i-th connection's source: --source, or with --sources N one of N addresses counting up from it."""
+    """The i-th connection's source: --source, or with --sources N one of N addresses counting up from it
+    (with --one-per-64, one in each of N consecutive IPv6 /64s: N clients, not one rotating its address)."""
     if args.sources <= 1:
         return args.source
-    return str(ipaddress.ip_address(args.source) + i % args.sources)
+    step = 1 << 64 if args.one_per_64 else 1
+    return str(ipaddress.ip_address(args.source) + (i % args.sources) * step)
 
 
 def connect_once(source: str, target: str, port: int, timeout: float, payload: bytes | None) -> str:
@@ -135,6 +137,8 @@ def main() -> int:
     parser.add_argument("--ports", type=port_range, default=(8400, 8460))
     parser.add_argument("--sources", type=int, default=1,
                         help="rotate over this many source addresses counting up from --source (steady)")
+    parser.add_argument("--one-per-64", action="store_true",
+                        help="with --sources: each source in its own IPv6 /64 (the detectors count a /64 as one source)")
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--rate", type=float, default=2.0, help="connections per second (steady)")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel connections (flood)")
