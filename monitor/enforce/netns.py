@@ -17,10 +17,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 from ..errors import EnvironmentProblem, InputError
+from ..host.identity import NETNS_DIR
 from ..host.processes import has_capability
 
 CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/run/netns"
 CAP_NET_ADMIN = 12
 
 _libc = ctypes.CDLL(None, use_errno=True)
