@@ -26,6 +26,7 @@ from ..enforce import EgressGuard
 from ..events import (Action, Alert, ConnectionEvent, Heartbeat, Listener, PipelineError, ProcessEvent, ProcessInfo,
                       Record, now_ns)
 from ..host import processes
+from ..host.listeners import discover
 from ..host.identity import Identities
 from ..metrics import MetricsServer
 from ..pipeline import Pipeline
@@ -89,17 +90,24 @@ class Agent:
     # ---- start and stop -------------------------------------------------
 
     def start(self) -> None:
-        """Everything that can fail on a bad host, before any data flows."""
-        self.capture = Capture(self.config.capture)
-        self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
-        listeners = self.capture.listeners()
-        self.pipeline.watch({lst.port for lst in listeners}, now_ns())   # idle relays learn "idle" from now
+        """Everything that can fail on a bad host, before any data flows.
+
+        The slow parts (the firewall table, the egress guard's compile, the audit of running relays)
+        come before the capture attaches, and the capture thread drains from the moment it is
+        attached: an agent started under a flood is current at once, not behind by its own start."""
+        relays = discover(tuple(self.config.capture.comms))
         if self.enforcer is not None:
-            for event in self.enforcer.start(self._listener_ports(listeners), self.policy):
+            ports = self._listener_ports([Listener(lst.ip, lst.port) for lst, _ in relays.listeners])
+            for event in self.enforcer.start(ports, self.policy):
                 self.emit(event)
-        self._start_egress()
+        self._make_egress()
         for record in self.pipeline.alerts(self._audit_running()):
             self.emit(record)
+        settle_heap()
+        self.capture = Capture(self.config.capture)
+        self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
+        self.reader.thread.start()
+        listeners = self.refresh_listeners()   # idle relays learn "idle" from now
         self.control = ControlServer(self.config.agent.control_socket, lambda: to_json(report.snapshot(self)),
                                      self.request_reload)
         if self.config.agent.metrics:
@@ -110,8 +118,6 @@ class Agent:
         """Run until stopped or the duration is over; return the summary."""
         try:
             self.start()
-            settle_heap()
-            self.reader.thread.start()
             main_loop(self.handoff, self._process, self._periodic(), self._reload_if_asked, self.stop_event,
                       self.options.duration_s)
         finally:
@@ -256,7 +262,9 @@ class Agent:
             ports |= {lp.port for lp in self.policy.listeners}
         return ports
 
-    def refresh_listeners(self) -> None:
+    def refresh_listeners(self) -> list[Listener]:
+        """The relays listening now: the detectors watch them, blocks are scoped to them, the egress
+        guard guards their backends."""
         listeners = self.capture.listeners()
         ports = self._listener_ports(listeners)
         self.pipeline.watch({lst.port for lst in listeners}, now_ns())   # a relay seen listening learns from now
@@ -267,6 +275,7 @@ class Agent:
             for listener in listeners:
                 if listener.pid is not None and guards(self.policy, listener, self._relay(listener.pid), self.home):
                     self.egress.track(listener.pid, listener.port)
+        return listeners
 
     def _relay(self, pid: int) -> ProcessInfo:
         """Who the relay holding a listener is (for the policy entry that means it)."""
@@ -285,15 +294,16 @@ class Agent:
             self.enforcer.set_drops(policy)
         if self.egress is not None:
             self.egress.set_rules(egress_rules(policy))
-        elif self.capture is not None:
-            self._start_egress()
+        elif self.capture is not None and self._make_egress():
+            self.refresh_listeners()
 
-    def _start_egress(self) -> None:
+    def _make_egress(self) -> bool:
+        """The egress guard, when the policy declares backends and blocks are really made."""
         rules = egress_rules(self.policy)
         if not rules or self.enforcer is None or self.config.enforce.dry_run:
-            return
+            return False
         self.egress = EgressGuard(rules)
-        self.refresh_listeners()
+        return True
 
     def _audit(self, event: ProcessEvent) -> list[Alert]:
         """Exec'd socat processes are audited on the audit thread; their alerts come with the next tick."""
