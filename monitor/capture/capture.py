@@ -87,7 +87,9 @@ class Capture:
 
     def __init__(self, config: CaptureConfig) -> None:
         self.config = config
+        known = {lst.port for lst, _ in discover(tuple(config.comms)).listeners}
         self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts)
+        self._kernel.watch_ports(known)   # at once: a handshake before the port filter knows its port is missed
         offset = monotonic_offset_ns()
         self._processes = ProcessTable(config.proc_cache_size, offset)
         self._enrich = Enricher(self._processes, offset, boot_id(), config.byte_counts)
@@ -108,7 +110,7 @@ class Capture:
         self._open = OpenConnections()             # completes those accepts, one /proc read per drain
         self._pending: list[PipelineError] = []   # reported by the next poll()
         self._lock = threading.Lock()             # listeners() may run in another thread than poll()
-        watched = self.listeners()
+        watched = self.listeners()        # again: relays that started while the programs were compiled
         self._pinned = self._open.pin({lst.pid for lst in watched}, {lst.port for lst in watched})
 
     def listeners(self) -> list[Listener]:
