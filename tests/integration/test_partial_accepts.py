@@ -82,7 +82,8 @@ def test_a_backlog_queued_before_the_agent_keeps_its_ipv4_sources_or_is_marked_p
     policy.write_text(f"version: 1\nlisteners:\n{listeners}defaults:\n  unknown_listener: ignore\n")
     agent = AgentProcess(tmp_path, "--policy", str(policy), "--netns", server, "--duration", "120")
     try:
-        agent.wait_ready(timeout=120)   # the capture is attached before the control socket is made
+        agent.wait_ready(timeout=120)
+        wait_for(lambda: "agent started" in agent.text_log(), timeout=30)   # logged once the capture is attached
         _reset(queue, group_of, "late")
         time.sleep(0.5)                 # gone from the kernel's tables before any relay accepts them
         for relay in relays:
