@@ -337,6 +337,8 @@ def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
         socat["session"] = {"id": ev.session_id}
     if ev.refused:
         socat["refused"] = True
+    if ev.source_partial:
+        socat["source_partial"] = True
     if ev.error:
         socat["error"] = ev.error
     if socat:
@@ -713,5 +715,6 @@ def parse_connection(doc: dict[str, Any]) -> ConnectionEvent:
         ktime_ns=_field(doc, "event.sequence"),
         duration_ns=_optional_whole(doc, "event.duration"),
         refused=_flag(_field(doc, "socat.refused"), "socat.refused") or action is Action.DENIED,
+        source_partial=_flag(_field(doc, "socat.source_partial"), "socat.source_partial"),
         error=_field(doc, "socat.error"),
     )

@@ -174,6 +174,8 @@ class ConnectionEvent:
     bytes_out: int | None = None          # bytes socat wrote to this peer
     error: str | None = None              # errno name of a failed connect
     refused: bool = False                 # socat refused it (range=, tcpwrap)
+    source_partial: bool = False          # source_ip holds only the first 64 bits of the client (unknown for an
+                                          # IPv4 client of a dual-stack relay): an accept the capture missed
     id: str = field(default_factory=new_event_id)
 
     @property

@@ -1,7 +1,9 @@
 """The decision pipeline: one record in, the records to write out.
 
 `Pipeline.process` takes a captured record, runs the declared policy and
-the detectors over it, audits new socat processes, and hands every alert to
+the detectors over it (not over an accept whose source the capture knows only
+in part: `ConnectionEvent.source_partial`), audits new socat processes, and
+hands every alert to
 the decision stage (`monitor.decide.Decider`), which decides and carries out
 blocks through the `Enforcer` interface. It holds no threads and does no I/O
 of its own (the enforcer and the audit's /proc read are the edges it calls),
@@ -71,15 +73,19 @@ class Pipeline:
         alerts: list[Alert] = []
         if isinstance(record, ConnectionEvent):
             record = self._name_listener(record)
-            if self.policy is not None:
-                alerts.extend(self.policy.check(record))
-            if self.detector is not None:
-                alerts.extend(self.detector.observe(record, flagged=bool(alerts)))
+            if not record.source_partial:   # a source known to 64 bits at most is written, not judged
+                alerts.extend(self._judge(record))
         elif isinstance(record, ProcessEvent) and record.action is Action.PROCESS_STARTED and self.auditor is not None:
             alerts.extend(self.auditor(record))
         out.append(record)
         out.extend(self._decide(alerts))
         return out
+
+    def _judge(self, event: ConnectionEvent) -> list[Alert]:
+        alerts = list(self.policy.check(event)) if self.policy is not None else []
+        if self.detector is not None:
+            alerts.extend(self.detector.observe(event, flagged=bool(alerts)))
+        return alerts
 
     def watch(self, ports: Iterable[int], now_ns: int) -> None:
         """The agent watches these listening ports from `now_ns` (those it already watched keep their start)."""

@@ -17,13 +17,21 @@ prints `ok N failed M` (exit 0 when none failed).
 `python -m tests.netprobe rotate BASE COUNT DST PORTS CONNECTIONS`: connection k
 comes from address BASE + (k mod COUNT) and goes to port k mod len(PORTS) of the
 comma-separated PORTS (an attacker rotating addresses); prints `ok N failed M`.
+
+`python -m tests.netprobe queue SRC DST PORTS COUNT SECONDS`: COUNT connections
+to each of the comma-separated PORTS (of a relay that does not accept yet: they
+wait in its accept queue), printed in order on one line as `PORT:LOCALPORT ...`;
+then each stdin line `reset I J ...` resets those connections (SO_LINGER 0) and
+prints `reset N`. At the end of stdin, or after SECONDS, the rest are reset too.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import select
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -99,8 +107,43 @@ def _rotate(base: str, count: int, dst: str, ports: list[int], connections: int)
     return _tally([_get(sources[k % count], dst, ports[k % len(ports)], 2.0) for k in range(connections)])
 
 
+def _reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _queue(src: str, dst: str, ports: list[int], count: int, seconds: float) -> int:
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    held: list[socket.socket] = []
+    for port in ports:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(5.0)
+            sock.bind((src, 0))
+            sock.connect((dst, port))
+            held.append(sock)
+    print(" ".join(f"{sock.getpeername()[1]}:{sock.getsockname()[1]}" for sock in held), flush=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not select.select([sys.stdin], [], [], 0.2)[0]:
+            continue
+        words = sys.stdin.readline().split()
+        if words[:1] != ["reset"]:
+            break
+        for index in words[1:]:
+            _reset(held[int(index)])
+        print(f"reset {len(words) - 1}", flush=True)
+    for sock in held:
+        if sock.fileno() >= 0:
+            _reset(sock)
+    return 0
+
+
 def main() -> int:
     mode = sys.argv[1]
+    if mode == "queue":
+        src, dst, ports, count, seconds = sys.argv[2:7]
+        return _queue(src, dst, [int(p) for p in ports.split(",")], int(count), float(seconds))
     if mode == "rotate":
         base, count, dst, ports, connections = sys.argv[2:7]
         return _rotate(base, int(count), dst, [int(p) for p in ports.split(",")], int(connections))

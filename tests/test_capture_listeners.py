@@ -120,6 +120,37 @@ def test_open_connections_read_once_per_namespace_until_forgotten(tmp_path):
     assert open_now.accepted_addresses(7, 4026531840, 8080, "127.0.0.6", 54322) == ("127.0.0.2", "127.0.0.6")
 
 
+def test_connections_pinned_at_attach_complete_accepts_gone_by_their_drain(tmp_path):
+    """The accept queue when the capture attached: a connection reset before its accept was read (a port
+    scanner's) is completed from the pin; each pinned row once; only the listener ports are kept."""
+    net = tmp_path / "7" / "net"
+    net.mkdir(parents=True)
+    # a v4-mapped client of the dual-stack listener 8081 (port 40001), and a connection of another port (8090)
+    queued = "   1: 0000000000000000FFFF00000100007F:1F91 0000000000000000FFFF00000900007F:9C41 01 0 0 0 0 0 0 0 4 1\n"
+    other = "   2: 0000000000000000FFFF00000100007F:1F9A 0000000000000000FFFF00000900007F:9C42 01 0 0 0 0 0 0 0 5 1\n"
+    (net / "tcp6").write_text(HEADER + queued + other)
+    clock = [100.0]
+    open_now = OpenConnections(str(tmp_path), clock=lambda: clock[0])
+    assert open_now.pin([7], {8081}) == 1
+    (net / "tcp6").write_text(HEADER)                   # reset before the relay accepted it
+    assert open_now.accepted_addresses(7, None, 8081, "::", 40001) == ("127.0.0.1", "127.0.0.9")
+    assert open_now.accepted_addresses(7, None, 8081, "::", 40001) is None   # used once
+    assert open_now.accepted_addresses(7, None, 8090, "::", 40002) is None   # not a listener's: not pinned
+
+
+def test_the_pin_is_dropped_after_a_minute(tmp_path):
+    net = tmp_path / "7" / "net"
+    net.mkdir(parents=True)
+    (net / "tcp").write_text(HEADER + "   1: 0200007F:1F90 0500007F:D431 01 0 0 0 0 0 0 0 2 1\n")
+    clock = [100.0]
+    open_now = OpenConnections(str(tmp_path), clock=lambda: clock[0])
+    assert open_now.pin([7, 7], {8080}) == 1                    # one read per namespace
+    (net / "tcp").write_text(HEADER)
+    clock[0] += OpenConnections.PIN_S
+    open_now.forget()
+    assert open_now.accepted_addresses(7, None, 8080, "127.0.0.5", 54321) is None
+
+
 @pytest.mark.parametrize("argv, ports", [
     (("socat", "-d", "-d", "TCP-LISTEN:8080,fork,reuseaddr", "TCP:127.0.0.1:80"), {8080}),
     (("/usr/bin/socat", "tcp6-l:80", "-"), {80}),

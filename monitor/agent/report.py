@@ -67,6 +67,9 @@ def samples(agent: Agent) -> list[Sample]:
             for k, v in sorted(alerts.items())]
     out += [
         Sample("kernel_lost_events_total", "counter", "Events the kernel could not deliver.", c.kernel_lost),
+        Sample("capture_partial_sources_total", "counter", "Accepts whose handshake the capture missed and whose "
+               "source stayed known in part (written, not judged).",
+               agent.capture.stats.partial_sources if agent.capture is not None else 0),
         Sample("user_lost_events_total", "counter", "Events dropped in the agent (queue full).", c.user_lost),
         Sample("queue_depth", "gauge", "Records waiting between capture and pipeline.", c.queue_depth),
         Sample("blocks_active", "gauge", "Sources blocked now.", c.blocks_active),

@@ -74,6 +74,8 @@ class CaptureStats:
     proc_reads: int = 0          # /proc reads at new pids
     processes_cached: int = 0
     incomplete: int = 0          # accepts whose handshake the kernel side missed (listener filled from /proc)
+    pinned: int = 0              # connections to the listeners open when the capture attached (kept to complete those)
+    partial_sources: int = 0     # of the incomplete accepts, those whose IPv6 source stayed known to 64 bits only
     uninspectable: int = 0       # watched processes whose /proc/PID/fd the agent cannot read
     read_ns: int = 0             # time spent draining the ring buffer (not waiting for it)
     decode_ns: int = 0           # ... decoding records
@@ -85,7 +87,9 @@ class Capture:
 
     def __init__(self, config: CaptureConfig) -> None:
         self.config = config
+        known = {lst.port for lst, _ in discover(tuple(config.comms)).listeners}
         self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts)
+        self._kernel.watch_ports(known)   # at once: a handshake before the port filter knows its port is missed
         offset = monotonic_offset_ns()
         self._processes = ProcessTable(config.proc_cache_size, offset)
         self._enrich = Enricher(self._processes, offset, boot_id(), config.byte_counts)
@@ -97,6 +101,7 @@ class Capture:
         self._lost_seen = 0
         self._exec_missed_seen = 0
         self._incomplete = 0
+        self._partial_sources = 0
         self._read_ns = self._decode_ns = self._enrich_ns = 0
         self._next_loss_check = 0
         self._by_pid: dict[int, list[Listener]] = {}
@@ -105,7 +110,8 @@ class Capture:
         self._open = OpenConnections()             # completes those accepts, one /proc read per drain
         self._pending: list[PipelineError] = []   # reported by the next poll()
         self._lock = threading.Lock()             # listeners() may run in another thread than poll()
-        self.listeners()
+        watched = self.listeners()        # again: relays that started while the programs were compiled
+        self._pinned = self._open.pin({lst.pid for lst in watched}, {lst.port for lst in watched})
 
     def listeners(self) -> list[Listener]:
         """Listening sockets held by watched processes now (with the holder's pid).
@@ -140,7 +146,8 @@ class Capture:
                                            count=len(pids)))
 
     def _complete(self, event: ConnectionEvent) -> None:
-        """Fill the listener of an event the kernel side could not tie to one, from /proc's listeners."""
+        """Fill the listener of an event the kernel side could not tie to one, from /proc's listeners; and
+        the whole source of an accept whose handshake it missed, from the open connections."""
         proc = event.process
         incomplete = event.action is Action.ACCEPTED
         if incomplete:
@@ -153,6 +160,7 @@ class Capture:
             if incomplete:
                 log.warning("capture: accept by pid %d from %s:%d without its handshake and no known listener",
                             proc.pid, event.source_ip, event.source_port)
+                self._mark_partial(event)
             return
         lst = held[0]
         event.listener = Listener(ip=lst.ip, port=lst.port)
@@ -162,9 +170,18 @@ class Capture:
                 event.destination_ip = lst.ip
             seen = self._open.accepted_addresses(proc.pid, proc.netns, lst.port, event.source_ip,
                                                  event.source_port)
-            if seen is not None:   # still open: the local address and the whole (IPv6) peer
-                event.destination_ip, event.source_ip = seen
-                event.listener = Listener(ip=seen[0] if lst.ip in ("0.0.0.0", "::") else lst.ip, port=lst.port)
+            if seen is None:
+                self._mark_partial(event)
+                return   # gone before this drain, and not open when the capture attached
+            event.destination_ip, event.source_ip = seen   # the local address and the whole (IPv6) peer
+            event.listener = Listener(ip=seen[0] if lst.ip in ("0.0.0.0", "::") else lst.ip, port=lst.port)
+
+    def _mark_partial(self, event: ConnectionEvent) -> None:
+        """An IPv6 source of which the kernel side saw 8 bytes (none of an IPv4 client of a dual-stack
+        relay) is written as such, never taken for an address."""
+        if ":" in event.source_ip:
+            event.source_partial = True
+            self._partial_sources += 1
 
     def _decode(self, raw: list[bytes], out: list[CaptureRecord]) -> list[RawEvent]:
         """The records of one ring drain, decoded; an undecodable one becomes a PipelineError in `out`."""
@@ -247,7 +264,8 @@ class Capture:
             events=dict(self._by_action), records=self._records, kernel_lost=self._kernel.lost(),
             decode_errors=self._decode_errors, enrich_errors=self._enrich_errors, duplicates=self._duplicates,
             proc_reads=self._processes.proc_reads, processes_cached=len(self._processes),
-            incomplete=self._incomplete, uninspectable=len(self._blind),
+            incomplete=self._incomplete, pinned=self._pinned, partial_sources=self._partial_sources,
+            uninspectable=len(self._blind),
             read_ns=self._kernel.read_ns + self._read_ns, decode_ns=self._decode_ns, enrich_ns=self._enrich_ns,
         )
 

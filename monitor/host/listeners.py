@@ -19,6 +19,8 @@ holds, narrowed to the TCP ports its command line listens on (parsed by
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..addresses import V4_MAPPED_PREFIX, packed, packed_text
@@ -146,19 +148,44 @@ class OpenConnections:
     """The open TCP connections of relays' namespaces, by (local port, peer port), read from /proc at most
     once per namespace between two `forget()` calls (the capture forgets at each ring drain). An accept
     whose handshake the kernel side did not see is completed from here; in a flood of them (the agent
-    started under attack) one table read then serves a whole drain, not one read per accept."""
+    started under attack) one table read then serves a whole drain, not one read per accept.
 
-    def __init__(self, proc: str = processes.PROC) -> None:
+    `pin()` keeps, once, the connections to the listener ports at the moment the capture attached: those
+    whose handshake it could not see (waiting in the accept queue). One that is gone by the drain of its
+    accept (a port scanner resets at once) is still completed from there. The pinned table is consulted
+    first, each row used once, and dropped when empty or PIN_S after it was taken."""
+
+    PIN_S = 60.0
+
+    def __init__(self, proc: str = processes.PROC, clock: Callable[[], float] = time.monotonic) -> None:
         self._proc = proc
+        self._clock = clock
         self._tables: dict[object, dict[tuple[int, int], list[tuple[str, str]]]] = {}
+        self._pinned: dict[object, dict[tuple[int, int], list[tuple[str, str]]]] = {}
+        self._pinned_until = 0.0
+
+    def pin(self, pids: Iterable[int], ports: set[int]) -> int:
+        """Keep the open connections to `ports` in the namespaces of `pids` as they are now (one read per
+        namespace); how many were kept."""
+        self._pinned = {}
+        for pid in pids:
+            key = _namespace_key(pid, processes.netns_inode(pid, self._proc))
+            if key not in self._pinned:
+                table = self._read(pid)
+                self._pinned[key] = {ports_: rows for ports_, rows in table.items() if ports_[0] in ports}
+        self._pinned = {key: table for key, table in self._pinned.items() if table}
+        self._pinned_until = self._clock() + self.PIN_S
+        return sum(len(rows) for table in self._pinned.values() for rows in table.values())
 
     def forget(self) -> None:
         self._tables.clear()
+        if self._pinned and self._clock() >= self._pinned_until:
+            self._pinned = {}
 
     def accepted_addresses(self, pid: int, netns: int | None, lport: int, peer_ip: str,
                            peer_port: int) -> tuple[str, str] | None:
         """(local ip, full peer ip) of the open connection peer_port -> lport in PID's namespace (inode
-        `netns`, None: unknown).
+        `netns`, None: unknown): pinned at attach, else open now.
 
         The kernel side then knows the whole IPv4 peer but only the first 8 bytes of an IPv6 one
         (socat's accept buffer is 16 bytes) and not the local address. None when the connection is
@@ -168,25 +195,56 @@ class OpenConnections:
             want = packed(peer_ip)
         except ValueError:
             return None
-        found = set()
-        for local_hex, remote_hex in self._table(pid, netns).get((lport, peer_port), ()):
-            remote = tcp.hex_raw(remote_hex)[0]
-            if _same_peer(remote, want):
-                found.add((packed_text(tcp.hex_raw(local_hex)[0]), packed_text(remote)))
-        return found.pop() if len(found) == 1 else None
+        key = _namespace_key(pid, netns)
+        pinned = self._pinned.get(key)
+        if pinned is not None:
+            found = _matching(pinned.get((lport, peer_port), ()), want)
+            if len(found) == 1:
+                self._unpin(key, (lport, peer_port), found[0][0])
+                return found[0][1]
+        found = _matching(self._table(pid, netns).get((lport, peer_port), ()), want)
+        addresses = {seen for _, seen in found}
+        return addresses.pop() if len(addresses) == 1 else None
+
+    def _unpin(self, key: object, ports: tuple[int, int], row: tuple[str, str]) -> None:
+        """A pinned connection's accept was completed: it is not asked for again."""
+        table = self._pinned[key]
+        table[ports].remove(row)
+        if not table[ports]:
+            del table[ports]
+        if not table:
+            del self._pinned[key]
 
     def _table(self, pid: int, netns: int | None) -> dict[tuple[int, int], list[tuple[str, str]]]:
         """(local port, peer port) -> the hex (local, peer) addresses of PID's namespace's connections;
         only ports are parsed here, addresses only for the rows an accept asks about."""
-        key = ("netns", netns) if netns is not None else ("pid", pid)
+        key = _namespace_key(pid, netns)
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = {}
-            for cols in tcp.rows(f"{self._proc}/{pid}/net"):
-                if len(cols) >= 4 and cols[3] != tcp.LISTEN:
-                    ports = (int(cols[1][-4:], 16), int(cols[2][-4:], 16))
-                    table.setdefault(ports, []).append((cols[1], cols[2]))
+            table = self._tables[key] = self._read(pid)
         return table
+
+    def _read(self, pid: int) -> dict[tuple[int, int], list[tuple[str, str]]]:
+        table: dict[tuple[int, int], list[tuple[str, str]]] = {}
+        for cols in tcp.rows(f"{self._proc}/{pid}/net"):
+            if len(cols) >= 4 and cols[3] != tcp.LISTEN:
+                ports = (int(cols[1][-4:], 16), int(cols[2][-4:], 16))
+                table.setdefault(ports, []).append((cols[1], cols[2]))
+        return table
+
+
+def _namespace_key(pid: int, netns: int | None) -> object:
+    return ("netns", netns) if netns is not None else ("pid", pid)
+
+
+def _matching(rows: Iterable[tuple[str, str]], want: bytes) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """(row, (local ip, peer ip)) of the hex rows whose peer is `want` (as the kernel side saw it)."""
+    found = []
+    for row in rows:
+        remote = tcp.hex_raw(row[1])[0]
+        if _same_peer(remote, want):
+            found.append((row, (packed_text(tcp.hex_raw(row[0])[0]), packed_text(remote))))
+    return found
 
 
 def _same_peer(remote: bytes, want: bytes) -> bool:

@@ -3,7 +3,9 @@
 `analyze(paths, ...)` streams the files in columnar chunks
 (`monitor.replay.reader`), runs the declared policy on each event when one
 is given, and runs all anomaly rules vectorised (`monitor.detect.BatchEngine`)
-in event-time order, with the same crossing rules the live `Detector` uses,
+in event-time order, with the same crossing rules the live `Detector` uses
+(an event whose source is known only in part, `socat.source_partial`, is
+counted read but judged by neither, as live),
 then the same decision stage (`monitor.decide.Decider`, without an enforcer),
 so replaying a day of events gives the alerts and blocks the agent would have
 raised.
@@ -129,7 +131,7 @@ def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
     start, refused, short = counted(~chunk.egress[order], action == CODE[Action.ACCEPTED],
                                     action == CODE[Action.DENIED], action == CODE[Action.CLOSED],
                                     chunk.refused[order], chunk.duration[order], short_ns)
-    keep = start | refused | short
+    keep = (start | refused | short) & ~chunk.partial[order]   # a source known in part is not judged
     index = order[keep]
     src_codes = ips.codes(chunk.src_values)
     dst_codes = ips.codes(chunk.dst_values)
@@ -166,6 +168,8 @@ def analyze(paths: Iterable[str | Path], *, policy: Any = None, config: DetectCo
         raised: list[Alert] = []
         if checker is not None:
             for i in np.argsort(chunk.t, kind="stable"):
+                if chunk.partial[i]:
+                    continue   # as the live pipeline: a source known in part is not judged
                 found = checker.check(chunk.event(int(i)))
                 raised.extend(found)
                 flag_sources(engine, found)

@@ -59,9 +59,11 @@ SEGMENT_SCHEMA = pa.schema([
     ("socat.session.id", pa.string()),
     ("process.pid", pa.int64()),
     ("process.name", pa.string()),
+    ("socat.source_partial", pa.bool_()),     # the source known in part (not judged); absent in older segments
 ])
 DETECT_COLUMNS = ["@timestamp", "event.action", "event.duration", "source.ip", "source.port", "destination.ip",
                   "destination.port", "network.direction", "socat.listener.port", "socat.refused"]
+LATER_COLUMNS = {"socat.source_partial"}         # a segment written before them reads without them
 EXTRA_COLUMNS = {"listener_ip": "socat.listener.ip", "listener_name": "socat.listener.name",
                  "session": "socat.session.id", "pid": "process.pid", "comm": "process.name"}
 _DICTIONARIES = [f.name for f in SEGMENT_SCHEMA if pa.types.is_dictionary(f.type)]
@@ -157,6 +159,7 @@ def segment_table(chunk: EventChunk) -> pa.Table:
         "network.direction": pa.DictionaryArray.from_arrays(pa.array(chunk.egress.astype(np.int32)), _DIRECTIONS),
         "socat.listener.port": pa.array(chunk.listener.astype(np.int32)),
         "socat.refused": pa.array(chunk.refused),
+        "socat.source_partial": pa.array(chunk.partial),
         **{column: _extra(chunk, name, n) for name, column in EXTRA_COLUMNS.items()},
     }, schema=SEGMENT_SCHEMA)
 
@@ -205,6 +208,8 @@ def open_segment(path: Path) -> tuple[pq.ParquetFile, Counts]:
     schema = file.schema_arrow
     for expected in SEGMENT_SCHEMA:
         if schema.get_field_index(expected.name) < 0:
+            if expected.name in LATER_COLUMNS:
+                continue
             raise BadSegment(f"no column {expected.name}")
         if schema.field(expected.name).type != expected.type:
             raise BadSegment(f"column {expected.name} is {schema.field(expected.name).type}, not {expected.type}")
@@ -215,7 +220,8 @@ def segment_chunks(path: Path, stats: ReadStats, full: bool = False) -> Iterator
     """A segment's chunks, a row group at a time; its connections counted in `stats` as they go, its
     twin's other counts once all are read. BadSegment when the file or a row group cannot be read."""
     file, counts = open_segment(path)
-    columns = DETECT_COLUMNS + (list(EXTRA_COLUMNS.values()) if full else [])
+    later = [name for name in sorted(LATER_COLUMNS) if file.schema_arrow.get_field_index(name) >= 0]
+    columns = DETECT_COLUMNS + later + (list(EXTRA_COLUMNS.values()) if full else [])
     for group in range(file.num_row_groups):
         try:
             table = file.read_row_group(group, columns=columns)
@@ -246,6 +252,7 @@ def _chunk(table: pa.Table, file: pq.ParquetFile, group: int, source: str, full:
     direction = column["network.direction"]
     egress = np.array([value == Direction.EGRESS.value for value in direction.dictionary.to_pylist()], dtype=bool)
     src, dst = column["source.ip"], column["destination.ip"]
+    partial = column.get("socat.source_partial")
     ids = _LazyIds(file, group)
     return EventChunk(
         t=column["@timestamp"].cast(pa.int64()).to_numpy(),
@@ -257,6 +264,8 @@ def _chunk(table: pa.Table, file: pq.ParquetFile, group: int, source: str, full:
         dst_port=column["destination.port"].to_numpy().astype(np.int64),
         listener=column["socat.listener.port"].to_numpy().astype(np.int64),
         refused=column["socat.refused"].to_numpy(zero_copy_only=False),
+        partial=(partial.fill_null(False).to_numpy(zero_copy_only=False) if partial is not None
+                 else np.zeros(len(action), dtype=bool)),
         duration=column["event.duration"].fill_null(-1).to_numpy(),
         event_id=ids, source=source,
         extra={name: column[path] for name, path in EXTRA_COLUMNS.items()} if full else None,

@@ -44,6 +44,7 @@ FIELDS = (
     Field("socat.listener.port", pa.int64()),
     Field("socat.listener.name", pa.string(), extra="listener_name"),
     Field("socat.refused", pa.bool_()),
+    Field("socat.source_partial", pa.bool_()),
     Field("socat.session.id", pa.string(), extra="session"),
     Field("process.pid", pa.int64(), extra="pid"),
     Field("process.name", pa.string(), extra="comm"),

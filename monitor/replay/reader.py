@@ -93,6 +93,7 @@ class EventChunk:
     dst_port: np.ndarray          # int64
     listener: np.ndarray          # int64: socat.listener.port, else destination.port
     refused: np.ndarray           # bool: denied, or socat.refused
+    partial: np.ndarray           # bool: socat.source_partial (its source known in part: not judged)
     duration: np.ndarray          # int64 ns, -1 when unknown
     event_id: Callable[[int], str | None]
     source: str = ""              # file the chunk came from
@@ -127,6 +128,7 @@ class EventChunk:
             listener=Listener(ip=listener_ip, port=int(self.listener[i]), name=extra.get("listener_name")),
             duration_ns=duration if duration >= 0 else None,
             refused=bool(self.refused[i]),
+            source_partial=bool(self.partial[i]),
             session_id=extra.get("session"),
             process=process,
         )
@@ -377,6 +379,7 @@ def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, canon
                       pc.fill_null(pc.equal(direction, "egress"), False).to_numpy(zero_copy_only=False))
     refused = (pc.fill_null(cols["socat.refused"], False).to_numpy(zero_copy_only=False)
                | (action_codes == CODE[Action.DENIED]))
+    partial = pc.fill_null(cols["socat.source_partial"], False).to_numpy(zero_copy_only=False)
     duration = pc.fill_null(cols["event.duration"], -1).to_numpy().astype(np.int64)
     ids = cols["event.id"]
     stats.lines += lines
@@ -387,7 +390,7 @@ def _table_chunk(table: pa.Table, lines: int, stats: ReadStats, path: str, canon
         action=action_codes, egress=egress,
         src=src_enc.indices.to_numpy(), src_values=src_values, src_port=src_port.to_numpy().astype(np.int64),
         dst=dst_enc.indices.to_numpy(), dst_values=dst_values, dst_port=dst_port.to_numpy().astype(np.int64),
-        listener=lport, refused=refused, duration=duration,
+        listener=lport, refused=refused, partial=partial, duration=duration,
         event_id=lambda i: ids[i].as_py(), source=path, extra=cols.extra() if full else None, id_column=ids,
     )
 
@@ -494,6 +497,7 @@ def chunk_from_events(events: list[ConnectionEvent], source: str = "") -> EventC
         dst_port=np.array([e.destination_port for e in events], dtype=np.int64),
         listener=np.array([e.listener.port if e.listener else e.destination_port for e in events], dtype=np.int64),
         refused=np.array([e.refused or e.action is Action.DENIED for e in events], dtype=bool),
+        partial=np.array([e.source_partial for e in events], dtype=bool),
         duration=np.array([e.duration_ns if e.duration_ns is not None else -1 for e in events], dtype=np.int64),
         event_id=lambda i: ids[i], source=source, events=events,
     )

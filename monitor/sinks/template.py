@@ -47,6 +47,7 @@ _F: dict[str, str] = {
     "socat.listener.ip": "ip", "socat.listener.port": "long", "socat.listener.name": KW,
     "socat.netns.inode": "long", "socat.netns.name": KW, "socat.cgroup": KW,
     "socat.session.id": KW, "socat.refused": "boolean", "socat.error": KW, "socat.signal": "long",
+    "socat.source_partial": "boolean",
     "socat.severity": KW, "socat.trigger_event_ids": KW, "socat.top_sources": KW, "socat.source_network": KW, "socat.suppressed": "long",
     "socat.detection.observed": "double", "socat.detection.baseline": "double",
     "socat.detection.threshold": "double", "socat.detection.score": "double", "socat.detection.window_s": "double",

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections import defaultdict
@@ -427,6 +428,37 @@ def test_accept_whose_handshake_was_not_seen_is_counted_and_completed(procs, bac
             assert capture.stats.incomplete == 1
         finally:
             capture.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_accepts_gone_before_their_drain_are_completed_from_the_attach_or_marked_partial(procs, backend):
+    """IPv4 clients of a dual-stack relay queued before the capture attached, all reset before socat
+    accepts them (as a port scanner's): the kernel side sees none of their address. The one open when
+    the capture attached gets its whole source from the connections pinned then; the one reset before
+    keeps `::` and is marked `source_partial`."""
+    bport, _ = backend
+    proc, port = relay(procs, "TCP6-LISTEN:{port},reuseaddr,fork,ipv6only=0", f"TCP:127.0.0.1:{bport}",
+                       socket.AF_INET6)
+    os.kill(proc.pid, signal.SIGSTOP)
+    early, late = (socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2))
+    ports = {"early": early.getsockname()[1], "late": late.getsockname()[1]}
+    _reset(early)
+    capture = Capture(CaptureConfig())
+    try:
+        _reset(late)
+        time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGCONT)
+        recs = Recorder(capture).wait_for({proc.pid}, lambda r: len(conns(r, Action.ACCEPTED)) >= 2)
+        got = {acc.source_port: (acc.source_ip, acc.source_partial) for acc in conns(recs, Action.ACCEPTED)}
+        assert got == {ports["late"]: ("127.0.0.1", False), ports["early"]: ("::", True)}
+        stats = capture.stats
+        assert stats.incomplete >= 2 and stats.partial_sources >= 1 and stats.pinned >= 1   # other relays of the host too
+    finally:
+        capture.close()
 
 
 OTHER_USER_AGENT = """
