@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.host import listeners, processes
+from monitor.host import listeners, processes, tcp
 from monitor.host.listeners import OpenConnections, discover
 from monitor.host.processes import parse_status
 
@@ -194,3 +194,20 @@ def test_namespace_facts_of_a_process(host):
     assert processes.netns_inode("self") == os.stat("/proc/self/ns/net").st_ino
     assert processes.userns_owner("self") == 0
     assert processes.netns_inode(200, host) is None and processes.userns_owner(200, host) is None
+
+
+def test_table_rows_are_filtered_by_state_before_they_are_split(tmp_path):
+    """In a flooded namespace most rows are TIME_WAIT: the readers keep only the states they ask for,
+    whatever the row's width (a 5-digit slot number) and its other columns."""
+    rows = [
+        "    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 501 1 ffff 100 0 0 10 0\n",
+        "    1: 0100007F:1F90 0500007F:D431 01 00000000:00000000 02:0000000A 00000000     6        0 502 1 ffff 20 4 30 10 -1\n",
+        "12345: 0100007F:1F90 0600007F:D432 06 00000000:00000000 03:00000FA0 00000000     0        0 0 3 ffff\n",
+        "12346: 0100007F:1F90 0700007F:D433 08 00000000:00000000 00:00000000 00000000     0        0 503 1 ffff 20 4 1 10 -1\n",
+    ]
+    (tmp_path / "tcp").write_text(HEADER + "".join(rows))
+    states = lambda wanted: [cols[3] for cols in tcp.rows(str(tmp_path), wanted)]   # noqa: E731
+    assert states(None) == ["0A", "01", "06", "08"]
+    assert states((tcp.LISTEN,)) == ["0A"]
+    assert states(tcp.OPEN) == ["01", "08"]
+    assert states((tcp.ESTABLISHED,)) == ["01"]

@@ -93,8 +93,8 @@ class Agent:
         """Everything that can fail on a bad host, before any data flows.
 
         The slow parts (the firewall table, the egress guard's compile, the audit of running relays)
-        come before the capture attaches, and the capture thread drains from the moment it is
-        attached: an agent started under a flood is current at once, not behind by its own start."""
+        come before the capture attaches, and little follows it: an agent started under a flood is
+        current at once, not behind by its own start."""
         relays = discover(tuple(self.config.capture.comms))
         if self.enforcer is not None:
             ports = self._listener_ports([Listener(lst.ip, lst.port) for lst, _ in relays.listeners])
@@ -106,12 +106,12 @@ class Agent:
         settle_heap()
         self.capture = Capture(self.config.capture)
         self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
-        self.reader.thread.start()
-        listeners = self.refresh_listeners()   # idle relays learn "idle" from now
+        listeners = self.refresh_listeners(self.capture.attached_with)   # idle relays learn "idle" from now
         self.control = ControlServer(self.config.agent.control_socket, lambda: to_json(report.snapshot(self)),
                                      self.request_reload)
         if self.config.agent.metrics:
             self.metrics = MetricsServer(self.config.agent.metrics, lambda: report.exported_samples(self))
+        self.reader.thread.start()
         log.info("agent started: %d socat listeners, output %s", len(listeners), self.config.agent.output)
 
     def run(self) -> RunSummary:
@@ -262,10 +262,11 @@ class Agent:
             ports |= {lp.port for lp in self.policy.listeners}
         return ports
 
-    def refresh_listeners(self) -> list[Listener]:
-        """The relays listening now: the detectors watch them, blocks are scoped to them, the egress
-        guard guards their backends."""
-        listeners = self.capture.listeners()
+    def refresh_listeners(self, listeners: list[Listener] | None = None) -> list[Listener]:
+        """The relays listening now (`listeners` when just found): the detectors watch them, blocks are
+        scoped to them, the egress guard guards their backends."""
+        if listeners is None:
+            listeners = self.capture.listeners()
         ports = self._listener_ports(listeners)
         self.pipeline.watch({lst.port for lst in listeners}, now_ns())   # a relay seen listening learns from now
         self._known_ports |= ports

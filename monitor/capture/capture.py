@@ -110,8 +110,9 @@ class Capture:
         self._open = OpenConnections()             # completes those accepts, one /proc read per drain
         self._pending: list[PipelineError] = []   # reported by the next poll()
         self._lock = threading.Lock()             # listeners() may run in another thread than poll()
-        watched = self.listeners()        # again: relays that started while the programs were compiled
-        self._pinned = self._open.pin({lst.pid for lst in watched}, {lst.port for lst in watched})
+        self.attached_with = self.listeners()   # again: relays that started while the programs were compiled
+        self._pinned = self._open.pin({lst.pid for lst in self.attached_with},
+                                      {lst.port for lst in self.attached_with})
 
     def listeners(self) -> list[Listener]:
         """Listening sockets held by watched processes now (with the holder's pid).

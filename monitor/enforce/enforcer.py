@@ -196,6 +196,7 @@ class Enforcer:
             try:
                 self.heal()
                 if time.monotonic() - self._facts_at > FACTS_MAX_AGE_S:
+                    self._facts_at = time.monotonic()   # a read that times out is not queued again at once
                     self.refresh_safety()
                 if self._listing is None or time.monotonic() - self._listing[0] > LISTING_MAX_AGE_S:
                     self._relist()

@@ -24,7 +24,7 @@ class HostFacts:
 def ssh_peers(ports: tuple[int, ...]) -> list[str]:
     """Remote ends of established TCP sessions to the SSH port(s), this thread's namespace."""
     peers = []
-    for cols in tcp.rows("/proc/thread-self/net"):
+    for cols in tcp.rows("/proc/thread-self/net", (tcp.ESTABLISHED,)):
         if len(cols) > 3 and cols[3] == tcp.ESTABLISHED and tcp.hex_address(cols[1])[1] in ports:
             peers.append(tcp.hex_address(cols[2])[0])
     return sorted(set(peers))

@@ -159,7 +159,7 @@ def _configured_ports(path: str) -> tuple[int, ...]:
 def _listening_ports(pid: int, proc: str) -> set[int]:
     """Ports of the TCP sockets PID listens on (its fds matched with its namespace's table)."""
     listening = {}
-    for cols in tcp.rows(f"{proc}/{pid}/net"):
+    for cols in tcp.rows(f"{proc}/{pid}/net", (tcp.LISTEN,)):
         if len(cols) > 9 and cols[3] == tcp.LISTEN:
             listening[f"socket:[{cols[9]}]"] = tcp.hex_address(cols[1])[1]
     try:

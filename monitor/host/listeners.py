@@ -51,7 +51,7 @@ class Discovery:
 def namespace_sockets(proc: str = processes.PROC, pid: str | None = None) -> dict[int, Socket]:
     """inode -> Socket of every listening TCP socket in this (or PID's) network namespace."""
     out: dict[int, Socket] = {}
-    for cols in tcp.rows(f"{proc}/{pid}/net" if pid else f"{proc}/net"):
+    for cols in tcp.rows(f"{proc}/{pid}/net" if pid else f"{proc}/net", (tcp.LISTEN,)):
         if len(cols) > 9 and cols[3] == tcp.LISTEN:
             ip, port = tcp.hex_address(cols[1])
             out[int(cols[9])] = Socket(ip, port, int(cols[7]))
@@ -226,8 +226,8 @@ class OpenConnections:
 
     def _read(self, pid: int) -> dict[tuple[int, int], list[tuple[str, str]]]:
         table: dict[tuple[int, int], list[tuple[str, str]]] = {}
-        for cols in tcp.rows(f"{self._proc}/{pid}/net"):
-            if len(cols) >= 4 and cols[3] != tcp.LISTEN:
+        for cols in tcp.rows(f"{self._proc}/{pid}/net", tcp.OPEN):
+            if len(cols) >= 4 and cols[3] in tcp.OPEN:
                 ports = (int(cols[1][-4:], 16), int(cols[2][-4:], 16))
                 table.setdefault(ports, []).append((cols[1], cols[2]))
         return table
