@@ -153,16 +153,20 @@ def rollup(pid: int) -> dict:
 
 
 def bpf_memlock(pid: int) -> dict:
-    """Kernel memory of the BPF maps and programs `pid` holds (fdinfo memlock), by kind."""
+    """Kernel memory of the BPF maps and programs `pid` holds (fdinfo memlock), by kind; a map or
+    program held by several fds counts once."""
     out = {"maps": 0, "programs": 0, "map_count": 0}
+    seen = set()
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
             info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-        if "memlock" not in fields:
+        object_id = fields.get("map_id", fields.get("prog_id", "")).strip(), "map_id" in fields
+        if "memlock" not in fields or object_id in seen:
             continue
+        seen.add(object_id)
         if "map_type" in fields:
             out["maps"] += int(fields["memlock"])
             out["map_count"] += 1

@@ -54,7 +54,7 @@ class LoadedObject:
 
     maps: dict[str, KernelMap] = field(default_factory=dict)
     programs: dict[str, int] = field(default_factory=dict)
-    held: list[int] = field(default_factory=list)   # attachments first, then programs
+    held: list[int] = field(default_factory=list)   # attachments first, then programs, then maps' second fds
 
     def close(self) -> None:
         for fd in self.held + list(self.programs.values()) + [m.fd for m in self.maps.values()]:
@@ -136,7 +136,10 @@ def _adopt(where: str, fds: list[int], programs: Sequence[str] = ()) -> LoadedOb
         for fd, kind in kinds.items():
             if kind == MAP:
                 bpf_map = KernelMap(fd)
-                loaded.maps[bpf_map.spec.name] = bpf_map
+                if bpf_map.spec.name in loaded.maps:   # bcc holds some maps twice (a ring buffer's)
+                    loaded.held.append(fd)
+                else:
+                    loaded.maps[bpf_map.spec.name] = bpf_map
     except BaseException as exc:
         _close(fds)
         if isinstance(exc, OSError):
@@ -149,7 +152,7 @@ def _adopt(where: str, fds: list[int], programs: Sequence[str] = ()) -> LoadedOb
     loaded.programs = dict(zip(programs, fds))
     rest = fds[len(programs):]
     loaded.held = [fd for fd in rest if kinds[fd] in ATTACHMENT] \
-        + [fd for fd in rest if kinds[fd] not in ATTACHMENT and kinds[fd] != MAP]
+        + [fd for fd in rest if kinds[fd] not in ATTACHMENT and kinds[fd] != MAP] + loaded.held
     return loaded
 
 
