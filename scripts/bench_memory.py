@@ -298,16 +298,20 @@ def measure_heap(lab: Lab, connections: int, seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp_name:
         tmp = Path(tmp_name)
         out = tmp / "heap.json"
-        agent = subprocess.Popen([PYTHON, "-c", f"HEAVY = {HEAVY!r}\n{HEAP}", str(out), str(seconds),
-                                  *agent_args(tmp, lab, seconds + HEAP_WAIT_S)], cwd=TREE, env=tree_env(), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: (tmp / "control.sock").exists() or agent.poll() is not None, 120, "the agent's start")
-            drive(lab.port, connections, max(seconds - 12, 1))
-            wait_for(out.exists, seconds + HEAP_WAIT_S, "the heap snapshot")
-        finally:
-            agent.terminate()
-            agent.wait(30)
+        with open(tmp / "stderr", "w+") as stderr:
+            agent = subprocess.Popen([PYTHON, "-c", f"HEAVY = {HEAVY!r}\n{HEAP}", str(out), str(seconds),
+                                      *agent_args(tmp, lab, seconds + HEAP_WAIT_S)], cwd=TREE, env=tree_env(),
+                                     stdout=subprocess.DEVNULL, stderr=stderr)
+            try:
+                wait_for(lambda: (tmp / "control.sock").exists() or agent.poll() is not None, 120, "the agent's start")
+                drive(lab.port, connections, max(seconds - 12, 1))
+                wait_for(lambda: out.exists() or agent.poll() is not None, seconds + HEAP_WAIT_S, "the heap snapshot")
+            finally:
+                agent.terminate()
+                agent.wait(30)
+            if not out.exists():
+                stderr.seek(0)
+                raise SystemExit(f"bench_memory: the traced agent exited {agent.returncode}: {stderr.read()[-2000:]}")
         return json.loads(out.read_text())
 
 
