@@ -8,7 +8,8 @@ cgroup2 tree by default: /sys/fs/cgroup/unified on a hybrid host,
 /sys/fs/cgroup on a unified one) through BPF links (`monitor.ebpf.links`),
 which run beside anybody else's programs and are detached by the kernel when
 their last fd closes: when the agent stops or dies, so programs never stack
-up across restarts. It fills the maps with bpf(2) (`monitor.ebpf.maps`): which listeners are guarded, which backends each may reach, and which
+up across restarts. It fills the maps with bpf(2) (`monitor.ebpf.maps`):
+which listeners are guarded, which backends each may reach, and which
 processes belong to which listener (`track` the relay parent; the kernel
 propagates it to forked children). Refused connects get EPERM before a
 packet leaves, are read from the `denials` ring buffer (`monitor.ebpf.ring`)
@@ -174,9 +175,10 @@ class EgressGuard:
             destination_ip=ip, destination_port=d.port, outcome=Outcome.FAILURE)
 
     def poll(self) -> list[Alert]:
-        """Denials the kernel reported since the last call (never blocks)."""
+        """Denials the kernel reported since the last call (never blocks; closed: none)."""
         records: list[bytes] = []
-        self._ring.drain(records)
+        if self._ring is not None:
+            self._ring.drain(records)
         return [self._alert(record) for record in records]
 
     def lost(self) -> int:
