@@ -15,10 +15,12 @@ Four parts, each measured in fresh processes, on loopback only:
    network namespace the bench makes and removes; its RSS/PSS once started
    and at the end, and the kernel memory of its BPF maps and programs
    (`memlock` in /proc/PID/fdinfo: charged to the kernel, not in RSS);
+   `--egress` gives it a policy whose listener (the relay) has
+   `allow_backends` and `action: block`, so the egress guard is loaded too;
 4. the Python heap of the same agent, by tracemalloc (a separate run: the
    tracing itself costs memory), by top-level package.
 
-Run as root: sudo .venv/bin/python scripts/bench_memory.py [--runs 3] [--format json]
+Run as root: sudo .venv/bin/python scripts/bench_memory.py [--runs 3] [--egress] [--format json]
 `--tree DIR` measures another checkout's `monitor` package (the tree before a change) with this venv.
 """
 
@@ -151,16 +153,20 @@ def rollup(pid: int) -> dict:
 
 
 def bpf_memlock(pid: int) -> dict:
-    """Kernel memory of the BPF maps and programs `pid` holds (fdinfo memlock), by kind."""
+    """Kernel memory of the BPF maps and programs `pid` holds (fdinfo memlock), by kind; a map or
+    program held by several fds counts once."""
     out = {"maps": 0, "programs": 0, "map_count": 0}
+    seen = set()
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
             info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-        if "memlock" not in fields:
+        object_id = fields.get("map_id", fields.get("prog_id", "")).strip(), "map_id" in fields
+        if "memlock" not in fields or object_id in seen:
             continue
+        seen.add(object_id)
         if "map_type" in fields:
             out["maps"] += int(fields["memlock"])
             out["map_count"] += 1
@@ -219,10 +225,22 @@ def drive(port: int, connections: int, seconds: float) -> int:
     return done
 
 
-class Lab:
-    """An echo backend, a socat relay in front of it, and a network namespace to enforce in."""
+EGRESS_POLICY = """version: 1
+listeners:
+  - name: bench-relay
+    port: {port}
+    address: 127.0.0.1
+    allow_sources: [127.0.0.0/8]
+    allow_backends: ["127.0.0.1:{backend}"]
+    action: block
+"""
 
-    def __init__(self) -> None:
+
+class Lab:
+    """An echo backend, a socat relay in front of it, and a network namespace to enforce in; with
+    `egress`, a policy that has the agent guard the relay's backend connects."""
+
+    def __init__(self, egress: bool) -> None:
         self.backend = Echo(("127.0.0.1", 0), EchoHandler)
         threading.Thread(target=self.backend.serve_forever, daemon=True).start()
         self.port = free_port()
@@ -230,6 +248,10 @@ class Lab:
                                        f"TCP:127.0.0.1:{self.backend.server_address[1]}"])
         self.netns = f"smmem-{os.getpid()}"
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        self.policy: Path | None = None
+        if egress:
+            self.policy = Path(tempfile.mkstemp(prefix="bench-memory-", suffix=".yaml")[1])
+            self.policy.write_text(EGRESS_POLICY.format(port=self.port, backend=self.backend.server_address[1]))
         wait_for(lambda: connect_once(self.port), 10, "the relay listening")
 
     def close(self) -> None:
@@ -238,12 +260,15 @@ class Lab:
         self.backend.shutdown()
         self.backend.server_close()
         subprocess.run(["ip", "netns", "del", self.netns], check=False)
+        if self.policy is not None:
+            self.policy.unlink()
 
 
 def agent_args(tmp: Path, lab: Lab, seconds: float) -> list[str]:
+    policy = ["--policy", str(lab.policy)] if lab.policy else []
     return ["run", "--output", str(tmp / "out"), "--state-dir", str(tmp / "state"),
             "--control-socket", str(tmp / "control.sock"), "--duration", str(seconds),
-            "--netns", lab.netns, "--metrics", f"127.0.0.1:{free_port()}"]
+            "--netns", lab.netns, "--metrics", f"127.0.0.1:{free_port()}", *policy]
 
 
 def measure_agent(lab: Lab, connections: int, seconds: float) -> dict:
@@ -273,16 +298,20 @@ def measure_heap(lab: Lab, connections: int, seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp_name:
         tmp = Path(tmp_name)
         out = tmp / "heap.json"
-        agent = subprocess.Popen([PYTHON, "-c", f"HEAVY = {HEAVY!r}\n{HEAP}", str(out), str(seconds),
-                                  *agent_args(tmp, lab, seconds + HEAP_WAIT_S)], cwd=TREE, env=tree_env(), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: (tmp / "control.sock").exists() or agent.poll() is not None, 120, "the agent's start")
-            drive(lab.port, connections, max(seconds - 12, 1))
-            wait_for(out.exists, seconds + HEAP_WAIT_S, "the heap snapshot")
-        finally:
-            agent.terminate()
-            agent.wait(30)
+        with open(tmp / "stderr", "w+") as stderr:
+            agent = subprocess.Popen([PYTHON, "-c", f"HEAVY = {HEAVY!r}\n{HEAP}", str(out), str(seconds),
+                                      *agent_args(tmp, lab, seconds + HEAP_WAIT_S)], cwd=TREE, env=tree_env(),
+                                     stdout=subprocess.DEVNULL, stderr=stderr)
+            try:
+                wait_for(lambda: (tmp / "control.sock").exists() or agent.poll() is not None, 120, "the agent's start")
+                drive(lab.port, connections, max(seconds - 12, 1))
+                wait_for(lambda: out.exists() or agent.poll() is not None, seconds + HEAP_WAIT_S, "the heap snapshot")
+            finally:
+                agent.terminate()
+                agent.wait(30)
+            if not out.exists():
+                stderr.seek(0)
+                raise SystemExit(f"bench_memory: the traced agent exited {agent.returncode}: {stderr.read()[-2000:]}")
         return json.loads(out.read_text())
 
 
@@ -314,7 +343,8 @@ def report(result: dict) -> None:
     for (label, m), (_, prev) in zip(steps, [steps[0]] + steps[:-1]):
         print_memory("  " + label, m, None if label == steps[0][0] else prev)
     print(f"    the loader child's peak RSS {mib(child['child_peak_rss'])} (gone once loaded)")
-    print("3. the running agent (enforcing in a namespace, metrics on):")
+    guard = ", egress guard on" if result["egress"] else ""
+    print(f"3. the running agent (enforcing in a namespace, metrics on{guard}):")
     for i, run in enumerate(result["agent"], 1):
         print(f"  run {i}: started in {run['start_s']:.1f} s, {run['connections']} connections, "
               f"peak RSS {mib(run['peak_rss'])}")
@@ -337,6 +367,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="agent runs (default 3)")
     ap.add_argument("--connections", type=int, default=2000, help="connections per agent run (default 2000)")
     ap.add_argument("--seconds", type=float, default=40.0, help="each agent run's duration (default 40)")
+    ap.add_argument("--egress", action="store_true",
+                    help="the agent runs with a policy that loads the egress guard (allow_backends, action: block)")
     ap.add_argument("--format", choices=["text", "json"], default="text")
     ap.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose monitor package to measure")
     args = ap.parse_args()
@@ -348,11 +380,11 @@ def main() -> None:
         raise SystemExit("bench_memory: --runs 1..10, --connections 1..100000, --seconds 20..600")
     if os.geteuid() != 0 or not shutil.which("socat"):
         raise SystemExit("bench_memory: run as root, with socat installed")
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tree": str(TREE),
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tree": str(TREE), "egress": args.egress,
               "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
               "imports": measure_imports(), "in_process": python(COMPILE_IN_PROCESS),
               "in_child": python(COMPILE_IN_CHILD)}
-    lab = Lab()
+    lab = Lab(args.egress)
     try:
         result["agent"] = [measure_agent(lab, args.connections, args.seconds) for _ in range(args.runs)]
         result["heap"] = measure_heap(lab, args.connections, args.seconds)

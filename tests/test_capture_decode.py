@@ -205,7 +205,7 @@ def fake_ring(size: int, records: list[tuple[bytes, int]], start: int = 0):
     """A RingReader over plain memory laid out like the kernel's mapping (data area mapped twice)."""
     import mmap
 
-    from monitor.capture.ring import RingReader
+    from monitor.ebpf.ring import RingReader
 
     page = mmap.PAGESIZE
     data = bytearray(size)
@@ -223,7 +223,7 @@ def fake_ring(size: int, records: list[tuple[bytes, int]], start: int = 0):
 
 
 def test_ring_reader_drains_in_order_skipping_discarded_and_stops_at_busy():
-    from monitor.capture.ring import BUSY, DISCARD
+    from monitor.ebpf.ring import BUSY, DISCARD
 
     reader = fake_ring(4096, [(b"one", 0), (b"dropped", DISCARD), (b"three!!!", 0), (b"later", BUSY)])
     out: list[bytes] = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.capture import loader
+from monitor.ebpf import loader
 from monitor.children import PACKAGE_ROOT, child_environment
 from monitor.errors import EnvironmentProblem
 from monitor.replay.periods import segment_of

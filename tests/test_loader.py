@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.capture import loader
+from monitor.ebpf import loader
 from monitor.errors import EnvironmentProblem
 
 SOURCE = Path("/x/capture.c")
@@ -69,3 +69,21 @@ def test_fds_that_cannot_be_adopted_are_all_closed(monkeypatch):
     with pytest.raises(EnvironmentProblem, match="cannot use the loaded BPF objects: .*Operation not permitted"):
         loader._adopt("capture", fds)
     assert made and not any(is_open(fd) for fd in fds)
+
+
+def test_programs_asked_for_by_name_are_the_first_fds_and_must_be_programs(monkeypatch):
+    fds = list(os.pipe() + os.pipe())
+    kinds = {fds[0]: loader.PROGRAM, fds[1]: loader.PROGRAM, fds[2]: loader.ATTACHMENT[1], fds[3]: loader.PROGRAM}
+    monkeypatch.setattr(loader, "_kind", kinds.__getitem__)
+    loaded = loader._adopt("egress", fds, ["connect4", "connect6"])
+    assert loaded.programs == {"connect4": fds[0], "connect6": fds[1]} and loaded.held == [fds[2], fds[3]]
+    loaded.close()
+    assert not any(is_open(fd) for fd in fds)
+
+
+def test_a_named_program_missing_from_the_answer_is_one_line_and_every_fd_closed(monkeypatch):
+    fds = list(os.pipe())
+    monkeypatch.setattr(loader, "_kind", {fds[0]: loader.PROGRAM, fds[1]: loader.ATTACHMENT[0]}.__getitem__)
+    with pytest.raises(EnvironmentProblem, match="the loader's answer lacks the programs connect4, connect6"):
+        loader._adopt("egress", fds, ["connect4", "connect6"])
+    assert not any(is_open(fd) for fd in fds)

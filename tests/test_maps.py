@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.capture import loader, maps
+from monitor.ebpf import loader, maps
 from monitor.host import syscalls
 from monitor.errors import EnvironmentProblem
 

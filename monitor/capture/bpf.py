@@ -1,15 +1,14 @@
 """Loading `bpf/capture.c` into the kernel, and its maps.
 
 `KernelProbe` has the tracepoint programs compiled and attached (by bcc, in
-a short-lived child: `loader`), fills the comm filter and the listener-port
-filter, reads the ring buffer (`ring`) and the in-kernel loss counter.
+a short-lived child: `monitor.ebpf.loader`), fills the comm filter and the listener-port
+filter, reads the ring buffer (`monitor.ebpf.ring`) and the in-kernel loss counter.
 Everything the host lacks becomes an `EnvironmentProblem` carrying the exact
 command that fixes it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import mmap
 import os
 import time
@@ -17,11 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .. import BPF_DIR
-from ..dependencies import fix_for
+from ..ebpf import loader
+from ..ebpf.ring import RingReader
 from ..errors import EnvironmentProblem
 from ..host.mounts import ensure_mounts
-from . import loader
-from .ring import RingReader
 
 
 SOURCE = BPF_DIR / "capture.c"
@@ -38,13 +36,6 @@ class KernelProbe:
             raise EnvironmentProblem(WHERE, "capture needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)",
                                      "run as root: sudo socat-monitor ...")
         ensure_mounts(WHERE)
-        if not Path(f"/lib/modules/{os.uname().release}/build").exists():
-            raise EnvironmentProblem(
-                WHERE, f"no kernel headers at /lib/modules/{os.uname().release}/build (bcc compiles against them)",
-                "apt-get install -y linux-headers-amd64 and link them: scripts/setup.sh does it",
-            )
-        if importlib.util.find_spec("bcc") is None:
-            raise EnvironmentProblem(WHERE, "the bcc Python module is not importable", fix_for("bcc"))
         cflags = [f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"] + ([] if byte_counts else ["-DNO_BYTES"])
         self.bpf = loader.load(WHERE, source, cflags, {"comms": list(comms)})
         self._maps = self.bpf.maps

@@ -7,6 +7,7 @@ loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -193,3 +194,45 @@ def _attached_programs(cgroup: Path) -> list[int]:
     finally:
         os.close(fd)
     return ids
+
+
+def test_a_reload_replaces_the_allowed_backends(procs: Processes, cgroup: Path) -> None:
+    first, second, listen, other = free_port(), free_port(), free_port(), free_port()
+    for port in (first, second):
+        procs.start([PYTHON, "-m", "tests.echo", str(port)], cwd=ROOT)
+        wait_listening(port)
+    guard = EgressGuard([EgressRule(listen, (("127.0.0.1", first),)), EgressRule(other, (("127.0.0.0/8", None),))],
+                        cgroup=str(cgroup))
+    try:
+        relay = procs.start([require("socat"), f"TCP-LISTEN:{listen},fork,reuseaddr", f"TCP:127.0.0.1:{second}"],
+                            preexec_fn=_in(cgroup))
+        wait_listening(listen)
+        guard.track(relay.pid, listen)
+        assert not _echo_through(listen), "the second backend is not allowed yet"
+        guard.set_rules([EgressRule(listen, (("127.0.0.1", second),))])
+        assert _echo_through(listen), "after the reload the second backend is allowed"
+        guard.set_rules([EgressRule(listen, (("127.0.0.1", first),))])
+        assert not _echo_through(listen), "the reload removed it again"
+        guard.set_rules([])
+        assert _echo_through(listen), "no rule for the listener: unguarded"
+    finally:
+        guard.close()
+
+
+AGENT_MODULES = r"""
+import json, sys
+from monitor.enforce.egress import EgressGuard, EgressRule
+guard = EgressGuard([EgressRule(int(sys.argv[1]), (("127.0.0.1", None),))], cgroup=sys.argv[2])
+rss = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+print(json.dumps({"bcc": "bcc" in sys.modules, "rss_kib": rss, "links": len(guard._links)}))
+guard.close()
+"""
+
+
+def test_the_guard_compiles_in_a_child_and_the_agent_never_imports_bcc(cgroup: Path) -> None:
+    done = subprocess.run([PYTHON, "-c", AGENT_MODULES, str(free_port()), str(cgroup)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert loaded["bcc"] is False and loaded["links"] == 2
+    assert loaded["rss_kib"] < 100 * 1024, "bcc and LLVM (about 120 MiB after a compile) are not in the process"

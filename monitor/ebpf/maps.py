@@ -11,12 +11,13 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..host.syscalls import sys_bpf
 
-MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM = 1, 2
+MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
 OBJ_GET_INFO_BY_FD = 15
 PERCPU_TYPES = frozenset({5, 6, 10})   # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
 POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
@@ -65,7 +66,7 @@ class MapSpec:
 
 
 class KernelMap:
-    """One BPF map by fd: lookup and update, on raw bytes."""
+    """One BPF map by fd: lookup, update, delete and its keys, on raw bytes."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -83,17 +84,33 @@ class KernelMap:
     def update(self, key: bytes, value: bytes) -> None:
         self._call(MAP_UPDATE_ELEM, key, ctypes.create_string_buffer(value, len(value)))
 
+    def delete(self, key: bytes) -> None:
+        """Remove `key`; an absent key is no error."""
+        self._call(MAP_DELETE_ELEM, key, None, missing_ok=True)
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key, in the kernel's order (a hash map changed meanwhile may repeat or skip some)."""
+        key: bytes | None = None
+        while True:
+            following = ctypes.create_string_buffer(self.spec.key_size)
+            if self._call(MAP_GET_NEXT_KEY, key, following, missing_ok=True) is None:
+                return
+            key = following.raw
+            yield key
+
     def sum_u64(self, key: bytes) -> int:
         """The sum of a per-CPU u64 counter over every CPU."""
         raw = self.lookup(key) or b""
         return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
 
-    def _call(self, command: int, key: bytes, value, missing_ok: bool = False) -> int | None:
-        key_buf = ctypes.create_string_buffer(key, self.spec.key_size)
-        attr = _ElemAttr(self.fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value), 0)
+    def _call(self, command: int, key: bytes | None, value, missing_ok: bool = False) -> int | None:
+        """One element command; `key` None is NULL (GET_NEXT_KEY: the first key), `value` None too."""
+        key_buf = None if key is None else ctypes.create_string_buffer(key, self.spec.key_size)
+        attr = _ElemAttr(self.fd, 0, 0 if key_buf is None else ctypes.addressof(key_buf),
+                         0 if value is None else ctypes.addressof(value), 0)
         if _libc.syscall(sys_bpf(), command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
             return 0
         err = ctypes.get_errno()
-        if missing_ok and err == 2:   # ENOENT: no such key
+        if missing_ok and err == 2:   # ENOENT: no such key (GET_NEXT_KEY: no key after it)
             return None
         raise OSError(err, f"bpf map {self.spec.name}: {os.strerror(err)}")
