@@ -67,19 +67,18 @@ class Pipeline:
 
     def process(self, record: Record) -> list[Record]:
         """The record itself (named by policy), then the alerts and blocks it caused."""
-        out: list[Record] = []
         alerts: list[Alert] = []
-        if isinstance(record, ConnectionEvent):
+        if record.__class__ is ConnectionEvent:
             record = self._name_listener(record)
             if self.policy is not None:
-                alerts.extend(self.policy.check(record))
+                alerts = self.policy.check(record)
             if self.detector is not None:
-                alerts.extend(self.detector.observe(record, flagged=bool(alerts)))
+                alerts = alerts + self.detector.observe(record, flagged=bool(alerts))
         elif isinstance(record, ProcessEvent) and record.action is Action.PROCESS_STARTED and self.auditor is not None:
-            alerts.extend(self.auditor(record))
-        out.append(record)
-        out.extend(self._decide(alerts))
-        return out
+            alerts = self.auditor(record)
+        if not alerts:   # most records: nothing to decide
+            return [record]
+        return [record, *self._decide(alerts)]
 
     def watch(self, ports: Iterable[int], now_ns: int) -> None:
         """The agent watches these listening ports from `now_ns` (those it already watched keep their start)."""
