@@ -268,12 +268,14 @@ def _process_fields(proc: ProcessInfo, host: HostInfo) -> dict[str, Any]:
 
 def _process_identity(proc: ProcessInfo | None) -> dict[str, Any]:
     """The relay's identity under `socat`: its network namespace (inode, `ip netns` name) and cgroup."""
+    out: dict[str, Any] = {}
     if proc is None:
-        return {}
-    netns = None
+        return out
     if proc.netns is not None:
-        netns = {"inode": proc.netns, "name": proc.netns_name} if proc.netns_name else {"inode": proc.netns}
-    return {key: value for key, value in (("netns", netns), ("cgroup", proc.cgroup)) if value}
+        out["netns"] = {"inode": proc.netns, "name": proc.netns_name} if proc.netns_name else {"inode": proc.netns}
+    if proc.cgroup:
+        out["cgroup"] = proc.cgroup
+    return out
 
 
 def _add_process(doc: dict[str, Any], proc: ProcessInfo | None, host: HostInfo) -> None:
