@@ -75,7 +75,7 @@ class Severity(enum.IntEnum):
 
 
 _id_lock = threading.Lock()
-_id_state = {"last": 0}
+_last_id_ns = 0
 _ID_PREFIX = f"{os.getpid():x}"
 
 
@@ -85,9 +85,12 @@ def new_event_id() -> str:
     Nanosecond wall clock made strictly increasing within the process, plus the
     process id, so two agents on one host never collide.
     """
+    global _last_id_ns
     with _id_lock:
-        now = max(time.time_ns(), _id_state["last"] + 1)
-        _id_state["last"] = now
+        now = time.time_ns()
+        if now <= _last_id_ns:
+            now = _last_id_ns + 1
+        _last_id_ns = now
     return f"{now:x}-{_ID_PREFIX}"
 
 
