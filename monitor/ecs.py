@@ -45,6 +45,7 @@ from .events import (
     ProcessEvent,
     ProcessInfo,
     Record,
+    VALUES,
     unrecorded_id,
 )
 from .rules import RULES
@@ -267,12 +268,14 @@ def _process_fields(proc: ProcessInfo, host: HostInfo) -> dict[str, Any]:
 
 def _process_identity(proc: ProcessInfo | None) -> dict[str, Any]:
     """The relay's identity under `socat`: its network namespace (inode, `ip netns` name) and cgroup."""
+    out: dict[str, Any] = {}
     if proc is None:
-        return {}
-    netns = None
+        return out
     if proc.netns is not None:
-        netns = {"inode": proc.netns, "name": proc.netns_name} if proc.netns_name else {"inode": proc.netns}
-    return {key: value for key, value in (("netns", netns), ("cgroup", proc.cgroup)) if value}
+        out["netns"] = {"inode": proc.netns, "name": proc.netns_name} if proc.netns_name else {"inode": proc.netns}
+    if proc.cgroup:
+        out["cgroup"] = proc.cgroup
+    return out
 
 
 def _add_process(doc: dict[str, Any], proc: ProcessInfo | None, host: HostInfo) -> None:
@@ -313,23 +316,26 @@ def _community_id(ev: ConnectionEvent) -> str:
 
 
 def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
-    """Everything of a connection document but the host identity and the process."""
-    doc = _head(ev.id, ev.timestamp_ns, "event", DATASET_CONNECTION)
-    event = doc["event"]
-    event.update(category=["network"], type=list(_CONNECTION_TYPES[ev.action]), action=ev.action.value,
-                 outcome=ev.outcome.value)
+    """Everything of a connection document but the host identity and the process (one literal per
+    object: this runs for every connection event)."""
+    event = {"id": ev.id, "kind": "event", "dataset": DATASET_CONNECTION, "module": "socat",
+             "created": iso_timestamp(time.time_ns()), "category": ["network"],
+             "type": list(_CONNECTION_TYPES[ev.action]), "action": VALUES[ev.action], "outcome": VALUES[ev.outcome]}
     if ev.ktime_ns is not None:
         event["sequence"] = ev.ktime_ns
     if ev.duration_ns is not None:
         event["duration"] = ev.duration_ns
-    doc["source"] = {"ip": ev.source_ip, "port": ev.source_port}
-    doc["destination"] = {"ip": ev.destination_ip, "port": ev.destination_port}
+    src, dst = ev.source_ip, ev.destination_ip
+    source = {"ip": src, "port": ev.source_port}
+    destination = {"ip": dst, "port": ev.destination_port}
+    ingress = ev.direction is Direction.INGRESS
     if ev.bytes_in is not None:
-        doc["source"]["bytes"] = ev.bytes_in if ev.direction is Direction.INGRESS else ev.bytes_out
-        doc["destination"]["bytes"] = ev.bytes_out if ev.direction is Direction.INGRESS else ev.bytes_in
-    doc["network"] = {"transport": "tcp", "type": ev.network_type, "direction": ev.direction.value,
-                      "community_id": _community_id(ev)}
-    doc["related"] = {"ip": sorted({ev.source_ip, ev.destination_ip})}
+        source["bytes"] = ev.bytes_in if ingress else ev.bytes_out
+        destination["bytes"] = ev.bytes_out if ingress else ev.bytes_in
+    doc = {"@timestamp": iso_timestamp(ev.timestamp_ns), "event": event, "source": source, "destination": destination,
+           "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[ev.direction],
+                       "community_id": _community_id(ev)},
+           "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}}
     socat: dict[str, Any] = _process_identity(ev.process)
     if ev.listener is not None:
         socat["listener"] = _listener(ev.listener)

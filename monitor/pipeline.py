@@ -69,22 +69,21 @@ class Pipeline:
 
     def process(self, record: Record) -> list[Record]:
         """The record itself (named by policy), then the alerts and blocks it caused."""
-        out: list[Record] = []
         alerts: list[Alert] = []
-        if isinstance(record, ConnectionEvent):
+        if record.__class__ is ConnectionEvent:
             record = self._name_listener(record)
             if not record.source_partial:   # a source known to 64 bits at most is written, not judged
-                alerts.extend(self._judge(record))
+                alerts = self._judge(record)
         elif isinstance(record, ProcessEvent) and record.action is Action.PROCESS_STARTED and self.auditor is not None:
-            alerts.extend(self.auditor(record))
-        out.append(record)
-        out.extend(self._decide(alerts))
-        return out
+            alerts = self.auditor(record)
+        if not alerts:   # most records: nothing to decide
+            return [record]
+        return [record, *self._decide(alerts)]
 
     def _judge(self, event: ConnectionEvent) -> list[Alert]:
-        alerts = list(self.policy.check(event)) if self.policy is not None else []
+        alerts = self.policy.check(event) if self.policy is not None else []
         if self.detector is not None:
-            alerts.extend(self.detector.observe(event, flagged=bool(alerts)))
+            alerts = alerts + self.detector.observe(event, flagged=bool(alerts))
         return alerts
 
     def watch(self, ports: Iterable[int], now_ns: int) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from .ecs import iso_timestamp
 from .errors import InputError
-from .events import Action, Alert, BlockEvent, ConnectionEvent, Direction, PipelineError, ProcessEvent, Record
+from .events import VALUES, Action, Alert, BlockEvent, ConnectionEvent, Direction, PipelineError, ProcessEvent, Record
 from .policy.connections import OpenConnections, open_key
 
 RATE_WINDOW_S = 10.0
@@ -279,34 +279,39 @@ class LiveStatus:
             self.events[record.action.value] += 1
 
     def _connection(self, ev: ConnectionEvent) -> None:
-        self.events[ev.action.value] += 1
-        if ev.direction is not Direction.INGRESS or ev.listener is None:
+        action, listener = ev.action, ev.listener
+        self.events[VALUES[action]] += 1
+        if ev.direction is not Direction.INGRESS or listener is None:
             return
-        state = self.listeners.get(ev.listener.port)
+        state = self.listeners.get(listener.port)
         if state is None:
-            state = self.listeners[ev.listener.port] = _ListenerState(ev.listener.ip, ev.listener.port)
-        state.name = ev.listener.name or state.name
-        if ev.process is not None and ev.action is Action.ACCEPTED:
+            state = self.listeners[listener.port] = _ListenerState(listener.ip, listener.port)
+        state.name = listener.name or state.name
+        accepted = action is Action.ACCEPTED
+        if ev.process is not None and accepted:
             state.pids.add(ev.process.pid)
             while len(state.pids) > 16:
                 state.pids.pop()
         now = self.clock()
         self.open.expire(ev.timestamp_ns)
-        if ev.action is Action.ACCEPTED:
-            self.open.open(open_key(ev), _group(ev.listener.port), ev.id, ev.timestamp_ns)
+        if accepted:
+            self.open.open(open_key(ev), _group(listener.port), ev.id, ev.timestamp_ns)
             state.accepts.append(now)
-            self._source(ev.source_ip, ev.listener.port, now)
-        elif ev.action in (Action.CLOSED, Action.DENIED):
+            self._source(ev.source_ip, listener.port, now)
+        elif action is Action.CLOSED or action is Action.DENIED:
             self.open.close(open_key(ev))
         _trim(state.accepts, now)
 
     def _source(self, ip: str, port: int, now: float) -> None:
-        src = self.sources.pop(ip, None) or _SourceState()
+        src = self.sources.get(ip)
+        if src is None:
+            src = self.sources[ip] = _SourceState()
+        else:
+            self.sources.move_to_end(ip)
         src.connections += 1
         src.listener_port = port
         src.recent.append(now)
         _trim(src.recent, now)
-        self.sources[ip] = src
         while len(self.sources) > MAX_SOURCES:
             self.sources.popitem(last=False)
 

@@ -6,6 +6,7 @@ temporary directory, so no kernel is involved.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 
@@ -15,7 +16,7 @@ from monitor.capture import decode as d
 from monitor.capture.enrich import Enricher, ProcessTable
 from monitor.host.listeners import Socket, discover, namespace_sockets
 from monitor.host.tcp import hex_address
-from monitor.events import Action, Direction, Outcome
+from monitor.events import Action, Container, Direction, Outcome, ProcessInfo
 
 OFFSET = 1_700_000_000_000_000_000
 
@@ -104,6 +105,21 @@ def test_session_pairs_accept_and_child_connect_without_proc(enricher):
     assert conn.client_ip == "10.0.0.5" and acc.client_ip == "127.0.0.1"
     assert enricher.processes.proc_reads == 0
     assert (acc.timestamp_ns, acc.ktime_ns) == (OFFSET + 10_000, 10_000)
+
+
+def test_fork_child_keeps_every_fact_of_its_parent_but_its_own_ids(enricher):
+    """The child is spelled out field by field (no `dataclasses.replace`, for speed): every field of
+    `ProcessInfo` must be the parent's unless it is the child's own."""
+    parent = ProcessInfo(pid=100, comm="socat", ppid=1, tid=100, uid=0, gid=0, user_name="root",
+                         executable="/usr/bin/socat", args=("socat", "x"), start_ns=5, started_uid=0,
+                         netns=4026531840, userns_owner=0, netns_name="lab", cgroup="/relay",
+                         container=Container(id="ab12", name="web", runtime="docker"))
+    raw = d.decode(record(d.EV_CONNECT, pid=101, tid=102, ppid=100, uid=3, gid=4))
+    child = enricher.processes._forked(parent, raw)
+    own = dict(pid=101, tid=102, ppid=100, uid=3, gid=4, user_name=enricher.processes.user_name(3), start_ns=None)
+    assert child == dataclasses.replace(parent, **own)
+    unset = [f.name for f in dataclasses.fields(ProcessInfo) if getattr(parent, f.name) == f.default]
+    assert unset == [], "every field of the parent is set, so a field the child does not copy shows"
 
 
 def test_refused_close_becomes_denied(enricher):

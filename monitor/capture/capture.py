@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..events import Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
+from ..events import VALUES, Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
 from ..host.listeners import OpenConnections, discover
 from ..host.processes import boot_id
 from .bpf import KernelProbe
@@ -214,7 +214,7 @@ class Capture:
                 continue
             if event.__class__ is ConnectionEvent and event.listener is None:
                 self._complete(event)
-            self._by_action[event.action.value] += 1
+            self._by_action[VALUES[event.action]] += 1
             append(event)
 
     def poll(self, timeout_ms: int) -> list[CaptureRecord]:

@@ -146,12 +146,17 @@ def counted(ingress, accepted, denied, closed, refused, duration, short_ns: int)
     return start, refusal, short
 
 
+# the eight possible answers of `classify`, made once (it runs for every event)
+_FLAGS = {(start, refused, short): Flags(start, refused, short)
+          for start in (False, True) for refused in (False, True) for short in (False, True)}
+
+
 def classify(ev: ConnectionEvent, short_ns: int) -> Flags:
     """Which counters an event feeds (`counted`)."""
     action = ev.action
     duration = ev.duration_ns if ev.duration_ns is not None else -1
-    return Flags(*counted(ev.direction is Direction.INGRESS, action is Action.ACCEPTED, action is Action.DENIED,
-                          action is Action.CLOSED, bool(ev.refused), duration, short_ns))
+    return _FLAGS[counted(ev.direction is Direction.INGRESS, action is Action.ACCEPTED, action is Action.DENIED,
+                          action is Action.CLOSED, bool(ev.refused), duration, short_ns)]
 
 
 def listener_port(ev: ConnectionEvent) -> int:

@@ -248,6 +248,9 @@ class NdjsonSink:
         """(line count, bytes) pieces that each fit the room left before rotation."""
         file = self._files[stream]
         room = file.rotate_bytes - file.size if file.fd is not None else file.rotate_bytes
+        if sum(map(len, lines)) <= room:   # the common case: all of it fits, no loop over the lines
+            yield len(lines), b"".join(lines)
+            return
         chunk: list[bytes] = []
         for line in lines:
             if chunk and len(line) > room:
