@@ -13,6 +13,11 @@ decision, event ids) and exits 1 if they do not. Then times the live
 figure: the machine may be shared.
 
     .venv/bin/python scripts/bench_analyze.py [--events 2000000] [--repeat 3] [--dir /tmp]
+
+`--columnar-only` skips the NDJSON runs (minutes for 2 M events) and the
+comparison with them, to time the columnar path alone, e.g. while changing it
+(`--events 500000 --columnar-only`); `--profile N` prints the N costliest
+functions of one columnar analyze (cProfile, cumulative time).
 """
 
 from __future__ import annotations
@@ -110,6 +115,19 @@ def child_analyze(path: str, columnar: bool) -> None:
                       "peak_rss_mb": peak_mb}))
 
 
+def child_profile(path: str, top: int) -> None:
+    """Run in a fresh process: one columnar analyze under cProfile, its `top` costliest functions."""
+    import cProfile
+    import pstats
+
+    from monitor.replay.analyze import analyze
+    from monitor.detect import DetectConfig
+
+    profile = cProfile.Profile()
+    profile.runcall(analyze, [path], config=DetectConfig(), columnar=True)
+    pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(top)
+
+
 def child_read(path: str) -> None:
     """Run in a fresh process: the segment's reader alone (the ceiling of the columnar path)."""
     from monitor.replay.columnar import segment_chunks
@@ -163,9 +181,14 @@ def main() -> int:
     parser.add_argument("--dir", default=None, help="where to write the generated files (removed afterwards)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each measurement, alternating; each is printed, then the range")
+    parser.add_argument("--columnar-only", action="store_true",
+                        help="time the columnar path alone (no NDJSON runs, no comparison of their alerts)")
+    parser.add_argument("--profile", type=int, metavar="N", default=0,
+                        help="then profile one columnar analyze: its N costliest functions")
     parser.add_argument("--child-ndjson")
     parser.add_argument("--child-columnar")
     parser.add_argument("--child-read")
+    parser.add_argument("--child-profile")
     args = parser.parse_args()
     if args.child_ndjson:
         return child_analyze(args.child_ndjson, columnar=False)
@@ -173,6 +196,8 @@ def main() -> int:
         return child_analyze(args.child_columnar, columnar=True)
     if args.child_read:
         return child_read(args.child_read)
+    if args.child_profile:
+        return child_profile(args.child_profile, args.profile)
     from monitor.replay.columnar import write_segment
     from monitor.replay.periods import segment_of
 
@@ -193,27 +218,38 @@ def main() -> int:
         print()
         print(f"{'run':>4}{'NDJSON ev/s':>14}{'peak MB':>9}{'columnar ev/s':>15}{'peak MB':>9}"
               f"{'x':>6}{'segment read ev/s':>19}{'alerts':>8}{'load':>6}")
+        kinds = ("columnar", "read") if args.columnar_only else ("ndjson", "columnar", "read")
         runs: list[dict[str, dict]] = []
         for number in range(1, max(1, args.repeat) + 1):
-            run = {kind: run_child(kind, segment if kind != "ndjson" else ndjson)
-                   for kind in ("ndjson", "columnar", "read")}
+            run = {kind: run_child(kind, segment if kind != "ndjson" else ndjson) for kind in kinds}
             runs.append(run)
             rate = {kind: r["events"] / r["seconds"] for kind, r in run.items()}
-            print(f"{number:>4}{rate['ndjson']:>14,.0f}{run['ndjson']['peak_rss_mb']:>9.0f}"
+            ndjson_rate, ndjson_peak = rate.get("ndjson", float("nan")), run.get("ndjson", {}).get("peak_rss_mb", 0)
+            print(f"{number:>4}{ndjson_rate:>14,.0f}{ndjson_peak:>9.0f}"
                   f"{rate['columnar']:>15,.0f}{run['columnar']['peak_rss_mb']:>9.0f}"
-                  f"{rate['columnar'] / rate['ndjson']:>6.1f}{rate['read']:>19,.0f}{run['columnar']['alerts']:>8}"
+                  f"{rate['columnar'] / ndjson_rate:>6.1f}{rate['read']:>19,.0f}{run['columnar']['alerts']:>8}"
                   f"{max(r['load'] for r in run.values()):>6.1f}")
         print()
         for kind, label in (("ndjson", "NDJSON analyze"), ("columnar", "columnar analyze"), ("read", "segment read")):
+            if kind not in kinds:
+                continue
             rates = [r[kind]["events"] / r[kind]["seconds"] for r in runs]
             peaks = [r[kind]["peak_rss_mb"] for r in runs]
             print(f"{label:18} {min(rates):>12,.0f} - {max(rates):>10,.0f} events/s, peak RSS "
                   f"{min(peaks):.0f}-{max(peaks):.0f} MB")
         loads = [r[kind]["load"] for r in runs for kind in r]
         print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")
-        mismatch = _mismatch(runs, args.events)
-        print(f"alerts identical NDJSON / columnar: {'no: ' + mismatch if mismatch else 'yes'} "
-              f"({runs[0]['ndjson']['alerts']} alerts, {runs[0]['ndjson']['events']:,} events each)")
+        mismatch = _mismatch(runs, args.events, kinds)
+        if args.columnar_only:
+            print(f"alerts the same in every columnar run: {'no: ' + mismatch if mismatch else 'yes'} "
+                  f"({runs[0]['columnar']['alerts']} alerts; not compared with NDJSON)")
+        else:
+            print(f"alerts identical NDJSON / columnar: {'no: ' + mismatch if mismatch else 'yes'} "
+                  f"({runs[0]['ndjson']['alerts']} alerts, {runs[0]['ndjson']['events']:,} events each)")
+        if args.profile:
+            print()
+            subprocess.run([sys.executable, __file__, "--child-profile", str(segment), "--profile", str(args.profile)],
+                           check=True, timeout=1800)
         print()
         live = bench_live(200_000)
         print(f"live Detector.observe: {live['observe_per_s']:,.0f} events/s; tick every 0.5 s of event time: "
@@ -228,16 +264,18 @@ def _load() -> str:
     return "/".join(f"{value:.1f}" for value in os.getloadavg())
 
 
-def _mismatch(runs: list[dict[str, dict]], events: int) -> str:
-    """What differs between the NDJSON and the columnar runs (empty when nothing does)."""
-    first = runs[0]["ndjson"]
+def _mismatch(runs: list[dict[str, dict]], events: int, kinds: tuple[str, ...]) -> str:
+    """What differs between the NDJSON and the columnar runs, or between the runs (empty when nothing does)."""
+    first = runs[0][kinds[0]]
     for run in runs:
-        for kind in ("ndjson", "columnar"):
+        for kind in kinds:
+            if kind == "read":
+                continue
             if run[kind]["events"] != events:
                 return f"{kind} read {run[kind]['events']:,} events of {events:,}"
             if (run[kind]["digest"], run[kind]["alerts"]) != (first["digest"], first["alerts"]):
                 return f"{kind} raised {run[kind]['alerts']} alerts (digest {run[kind]['digest'][:12]}), " \
-                       f"NDJSON {first['alerts']} (digest {first['digest'][:12]})"
+                       f"{kinds[0]} {first['alerts']} (digest {first['digest'][:12]})"
         if not run["columnar"]["files"][0].endswith(".parquet"):
             return f"the columnar run read {run['columnar']['files']}"
     return ""

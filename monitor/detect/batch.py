@@ -35,7 +35,7 @@ from ..events import Alert
 from ..rules import repeat_alert
 from .baseline import Baseline
 from .config import DetectConfig, rate_threshold
-from .groups import factorize, first_of_pairs, group_max, group_min, group_sum
+from .groups import first_of_pairs, group_max, group_min, group_sum, ports_lookup, sorted_groups
 from .rows import IpTable, Rows
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE, build_alert, describe_rate
 
@@ -113,17 +113,22 @@ class _Candidates:
 
 
 def window_counts(frame: _Frame, mask: np.ndarray, key: np.ndarray, slots: int) -> _Counts:
+    """One sort by key (stable, so each key's rows stay in frame order); groups numbered by first appearance."""
     index = np.flatnonzero(mask)
-    group, keys = factorize(key[index])
-    order = np.argsort(group, kind="stable")
-    index, group = index[order], group[order].astype(np.int64)
+    keyed = key[index]
+    order, sorted_group, starts = sorted_groups(keyed)
+    index = index[order]
+    rank = np.empty(len(starts), dtype=np.int64)
+    rank[np.argsort(index[starts], kind="stable")] = np.arange(len(starts), dtype=np.int64)
+    keys = np.empty(len(starts), dtype=keyed.dtype)
+    keys[rank] = keyed[order[starts]]
     slot = frame.slot[index]
     rel = slot - (slot.min() if len(slot) else 0)
-    composite = (group << 32) | rel
+    composite = (sorted_group << 32) | rel
     low = np.searchsorted(composite, composite - (slots - 1), side="left")
     cumulative = np.concatenate([[0], np.cumsum(frame.w[index])])
     count = cumulative[1:] - cumulative[low]
-    return _Counts(index, group, count, low, np.asarray(keys))
+    return _Counts(index, rank[sorted_group], count, low, keys)
 
 
 def cooldown_source(rule: str, key: int) -> int:
@@ -241,9 +246,7 @@ class BatchEngine:
 
     def _learning_ends(self, lst: np.ndarray) -> np.ndarray:
         """Per row: when its listener's learning period ends."""
-        ports = np.unique(lst)
-        ends = np.array([self.baseline.start_listener(int(port), self.config) for port in ports], dtype=np.int64)
-        return ends[np.searchsorted(ports, lst)]
+        return ports_lookup(lst, lambda port: self.baseline.start_listener(port, self.config))
 
     def _run(self, frame: _Frame, rows: Rows) -> list[Alert]:
         rules = self.rules
@@ -591,7 +594,7 @@ class BatchEngine:
         if base.generation != self._known_generation:
             self._known, self._known_generation = {}, base.generation
         lst_of = frame.lst[index]
-        pcode = np.asarray(self.ips.prefix_codes, dtype=np.int64)[frame.src[index]]
+        pcode = self.ips.prefix_array()[frame.src[index]]
         unknown = np.ones(len(index), dtype=bool)
         for lst in np.unique(lst_of):
             known = self._known.get(int(lst))

@@ -3,8 +3,8 @@
 What the detectors need of a group-by, without pandas: the live agent runs
 the same engine as `analyze`, and importing pandas (and the pyarrow it
 pulls in) would cost the agent about 70 MiB of memory for these few
-operations. Each gives what its pandas counterpart gives (`factorize` with
-`sort=False`, `Series.groupby(keys).max()/.min()/.sum()` with sorted keys,
+operations. Each gives what its pandas counterpart gives
+(`Series.groupby(keys).max()/.min()/.sum()` with sorted keys,
 `DataFrame.drop_duplicates(keep="first")`); `tests/test_detect_groups.py`
 checks them against pandas.
 """
@@ -12,15 +12,6 @@ checks them against pandas.
 from __future__ import annotations
 
 import numpy as np
-
-
-def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, uniques): codes number the distinct values in order of first appearance."""
-    uniques, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order), dtype=np.int64)
-    return rank[inverse.reshape(-1)], uniques[order]
 
 
 def _sorted_groups(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,5 +43,30 @@ def first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Positions of the first row of each distinct (a, b) pair, in row order."""
     if len(a) == 0:
         return np.empty(0, dtype=np.int64)
-    _pairs, first = np.unique(np.stack([a, b], axis=1), axis=0, return_index=True)
+    if a.min() >= 0 and b.min() >= 0 and a.max() < 1 << 31 and b.max() < 1 << 32:    # one int64 per pair
+        _pairs, first = np.unique((a.astype(np.int64) << 32) | b, return_index=True)
+    else:
+        _pairs, first = np.unique(np.stack([a, b], axis=1), axis=0, return_index=True)
     return np.sort(first)
+
+
+def sorted_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, group, starts): the positions of `keys` sorted by key (stable), each sorted row's group
+    (0, 1, ... in key order) and where each group starts in the sorted order."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    change = np.empty(len(ordered), dtype=bool)
+    change[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+    return order, np.cumsum(change) - 1, np.flatnonzero(change)
+
+
+def ports_lookup(ports: np.ndarray, value_of) -> np.ndarray:
+    """`value_of(port)` (an int) for each of `ports`, called once per distinct port."""
+    if len(ports) and ports.min() >= 0 and ports.max() < 1 << 16:       # no sort: a table over the ports
+        distinct = np.flatnonzero(np.bincount(ports))
+        table = np.zeros(int(distinct[-1]) + 1, dtype=np.int64)
+        table[distinct] = [value_of(int(port)) for port in distinct]
+        return table[ports]
+    distinct, inverse = np.unique(ports, return_inverse=True)
+    return np.array([value_of(int(port)) for port in distinct], dtype=np.int64)[inverse.reshape(-1)]
