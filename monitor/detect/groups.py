@@ -53,7 +53,8 @@ def first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def sorted_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(order, group, starts): the positions of `keys` sorted by key (stable), each sorted row's group
     (0, 1, ... in key order) and where each group starts in the sorted order."""
-    order = np.argsort(keys, kind="stable")
+    small = len(keys) and keys.min() >= 0 and keys.max() < 1 << 16     # numpy radix-sorts 16-bit keys
+    order = np.argsort(keys.astype(np.uint16) if small else keys, kind="stable")
     ordered = keys[order]
     change = np.empty(len(ordered), dtype=bool)
     change[:1] = True
@@ -61,12 +62,19 @@ def sorted_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return order, np.cumsum(change) - 1, np.flatnonzero(change)
 
 
+def distinct_ports(ports: np.ndarray) -> np.ndarray:
+    """The distinct values of `ports`, ascending (without a sort when they are ports)."""
+    if len(ports) and ports.min() >= 0 and ports.max() < 1 << 16:
+        return np.flatnonzero(np.bincount(ports))
+    return np.unique(ports)
+
+
 def ports_lookup(ports: np.ndarray, value_of) -> np.ndarray:
-    """`value_of(port)` (an int) for each of `ports`, called once per distinct port."""
-    if len(ports) and ports.min() >= 0 and ports.max() < 1 << 16:       # no sort: a table over the ports
-        distinct = np.flatnonzero(np.bincount(ports))
+    """`value_of(port)` (an int) for each of `ports`, called once per distinct port, ascending."""
+    distinct = distinct_ports(ports)
+    values = np.array([value_of(int(port)) for port in distinct], dtype=np.int64)
+    if len(distinct) and distinct[0] >= 0 and distinct[-1] < 1 << 16:       # a table over the ports: no search
         table = np.zeros(int(distinct[-1]) + 1, dtype=np.int64)
-        table[distinct] = [value_of(int(port)) for port in distinct]
+        table[distinct] = values
         return table[ports]
-    distinct, inverse = np.unique(ports, return_inverse=True)
-    return np.array([value_of(int(port)) for port in distinct], dtype=np.int64)[inverse.reshape(-1)]
+    return values[np.searchsorted(distinct, ports)]

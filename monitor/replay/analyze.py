@@ -140,14 +140,14 @@ def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
     start, refused, short = counted(~arranged(chunk.egress), action == CODE[Action.ACCEPTED],
                                     action == CODE[Action.DENIED], action == CODE[Action.CLOSED],
                                     arranged(chunk.refused), arranged(chunk.duration), short_ns)
-    keep = start | refused | short
-    index = np.flatnonzero(keep) if order is None else order[keep]
+    kept = np.flatnonzero(start | refused | short)       # positions, not masks: numpy gathers them faster
+    index = kept if order is None else order[kept]
     src_codes = ips.codes(chunk.src_values)
     dst_codes = ips.codes(chunk.dst_values)
     ids = chunk.event_id
     return Rows(
         t=t[index], lst=chunk.listener[index], src=src_codes[chunk.src[index]],
-        dst=dst_codes[chunk.dst[index]], start=start[keep], refused=refused[keep], short=short[keep],
+        dst=dst_codes[chunk.dst[index]], start=start[kept], refused=refused[kept], short=short[kept],
         event_id=lambda i: ids(int(index[i])),
     )
 
