@@ -273,7 +273,7 @@ class BatchEngine:
     def _run(self, frame: _Frame, rows: Rows) -> list[Alert]:
         rules = self.rules
         base = self.baseline
-        found: dict[str, list[_Candidates]] = {rule: [] for rule in rules}
+        found: dict[str, list[_Candidates]] = {rule: [] for rule in sorted(rules)}    # one order in every process
         source = _source_counts(frame, self._k_source) if SOURCE_RATE in rules else None
         listener = window_counts(frame, frame.start, frame.lst, self._k_listener) if LISTENER_RATE in rules else None
         short = window_counts(frame, frame.short, frame.key, self._k_scan) if SCAN in rules else None
@@ -356,16 +356,19 @@ class BatchEngine:
     # ---- flagging and learning -----------------------------------------------------------
 
     def _taint(self, frame: _Frame, found: dict[str, list[_Candidates]]) -> None:
-        """Every source key that reached a threshold is flagged from its first crossing on."""
+        """Every source key that reached a threshold is flagged from its first crossing on (the earliest
+        over all rules, whatever order they are iterated in; keys flagged in ascending code order)."""
+        codes, times = [], []
         for rule, parts in found.items():
             if rule == LISTENER_RATE:
                 continue
             for part in parts:
-                if len(part.index) == 0:
-                    continue
-                codes = part.key & _LOW32 if rule == SOURCE_RATE else part.key
-                for code, t in zip(*group_min(codes, frame.t[part.index])):
-                    self.baseline.taint(self.ips.ips[int(code)], int(t))
+                codes.append(part.key & _LOW32 if rule == SOURCE_RATE else part.key)
+                times.append(frame.t[part.index])
+        if not codes:
+            return
+        for code, t in zip(*(a.tolist() for a in group_min(np.concatenate(codes), np.concatenate(times)))):
+            self.baseline.taint(self.ips.ips[code], t)
 
     def _taint_times(self, frame: _Frame) -> np.ndarray:
         """Per row: since when its source is flagged (`_NEVER`: it is not)."""
