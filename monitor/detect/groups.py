@@ -1,4 +1,4 @@
-"""Grouping integer arrays with NumPy alone: codes by first appearance, per-key max, min and sum, first rows.
+"""Grouping integer arrays with NumPy alone: sorted groups, per-key max, min and sum, first rows, port lookups.
 
 What the detectors need of a group-by, without pandas: the live agent runs
 the same engine as `analyze`, and importing pandas (and the pyarrow it
@@ -6,7 +6,8 @@ pulls in) would cost the agent about 70 MiB of memory for these few
 operations. Each gives what its pandas counterpart gives
 (`Series.groupby(keys).max()/.min()/.sum()` with sorted keys,
 `DataFrame.drop_duplicates(keep="first")`); `tests/test_detect_groups.py`
-checks them against pandas.
+checks them against pandas. Listener ports (0..65535) are grouped without a
+sort: a bincount over the port numbers, and 16-bit keys are radix-sorted.
 """
 
 from __future__ import annotations
