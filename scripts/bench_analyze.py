@@ -13,6 +13,12 @@ decision, event ids) and exits 1 if they do not. Then times the live
 figure: the machine may be shared.
 
     .venv/bin/python scripts/bench_analyze.py [--events 2000000] [--repeat 3] [--dir /tmp]
+
+`--columnar-only` skips the NDJSON runs (minutes for 2 M events) and the
+comparison with them, to time the columnar path alone, e.g. while changing it
+(`--events 500000 --columnar-only`); `--profile N` prints the CPU time of
+each stage of a columnar analyze (reader, detector rows, tallies, rule engine,
+summaries) and the N costliest functions of one (cProfile, cumulative time).
 """
 
 from __future__ import annotations
@@ -110,6 +116,61 @@ def child_analyze(path: str, columnar: bool) -> None:
                       "peak_rss_mb": peak_mb}))
 
 
+def child_profile(path: str, top: int) -> None:
+    """Run in a fresh process: the CPU time of each stage of a columnar analyze (this thread's, best of 3,
+    over the segment's chunks read first), then one analyze under cProfile, its `top` costliest functions."""
+    import cProfile
+    import pstats
+
+    from monitor.replay.analyze import analyze
+    from monitor.detect import DetectConfig
+
+    best: dict[str, float] = {}
+    for _ in range(3):
+        for stage, seconds in _stages(Path(path)).items():
+            best[stage] = min(best.get(stage, seconds), seconds)
+    print("CPU seconds of this thread per stage (best of 3): "
+          + ", ".join(f"{stage} {seconds:.3f}" for stage, seconds in best.items()))
+    profile = cProfile.Profile()
+    profile.runcall(analyze, [path], config=DetectConfig(), columnar=True)
+    pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(top)
+
+
+def _stages(path: Path) -> dict[str, float]:
+    """analyze's columnar stages one after the other: reader, detector rows, tallies, rule engine, summaries."""
+    from monitor.decide import DecideConfig, Decider
+    from monitor.detect import Baseline, BatchEngine, DetectConfig, IpTable
+    from monitor.enforce.enforcer import EnforceConfig
+    from monitor.replay import analyze as stages
+    from monitor.replay.columnar import segment_chunks
+    from monitor.replay.reader import ReadStats
+
+    config = DetectConfig()
+    decider = Decider(DecideConfig(), default_ttl_s=EnforceConfig.default_ttl_s, block_rules=config.block_rules)
+    ips = IpTable(config)
+    engine = BatchEngine(config, Baseline.for_config(config), ips, config.rules,
+                         [r for r in config.rules if decider.may_block(r)])
+    short_ns = int(round(config.scan_short_s * 1e9))
+    spent: dict[str, float] = {}
+
+    def timed(stage: str, work):
+        began = time.thread_time()
+        result = work()
+        spent[stage] = time.thread_time() - began
+        return result
+    chunks = timed("reader", lambda: list(segment_chunks(path, ReadStats())))
+    rows = timed("rows", lambda: [stages.to_rows(chunk, ips, short_ns) for chunk in chunks])
+    def tallied():
+        tally = stages._Tally()
+        for part in rows:
+            tally.add(part)
+        return tally.total()
+    total = timed("tallies", tallied)
+    alerts = timed("rule engine", lambda: [alert for part in rows for alert in engine.process(part)])
+    timed("summaries", lambda: stages._summaries(total, alerts, ips, 20))
+    return spent
+
+
 def child_read(path: str) -> None:
     """Run in a fresh process: the segment's reader alone (the ceiling of the columnar path)."""
     from monitor.replay.columnar import segment_chunks
@@ -163,9 +224,14 @@ def main() -> int:
     parser.add_argument("--dir", default=None, help="where to write the generated files (removed afterwards)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each measurement, alternating; each is printed, then the range")
+    parser.add_argument("--columnar-only", action="store_true",
+                        help="time the columnar path alone (no NDJSON runs, no comparison of their alerts)")
+    parser.add_argument("--profile", type=int, metavar="N", default=0,
+                        help="then the CPU time of each stage of a columnar analyze, and its N costliest functions")
     parser.add_argument("--child-ndjson")
     parser.add_argument("--child-columnar")
     parser.add_argument("--child-read")
+    parser.add_argument("--child-profile")
     args = parser.parse_args()
     if args.child_ndjson:
         return child_analyze(args.child_ndjson, columnar=False)
@@ -173,6 +239,8 @@ def main() -> int:
         return child_analyze(args.child_columnar, columnar=True)
     if args.child_read:
         return child_read(args.child_read)
+    if args.child_profile:
+        return child_profile(args.child_profile, args.profile)
     from monitor.replay.columnar import write_segment
     from monitor.replay.periods import segment_of
 
@@ -193,27 +261,38 @@ def main() -> int:
         print()
         print(f"{'run':>4}{'NDJSON ev/s':>14}{'peak MB':>9}{'columnar ev/s':>15}{'peak MB':>9}"
               f"{'x':>6}{'segment read ev/s':>19}{'alerts':>8}{'load':>6}")
+        kinds = ("columnar", "read") if args.columnar_only else ("ndjson", "columnar", "read")
         runs: list[dict[str, dict]] = []
         for number in range(1, max(1, args.repeat) + 1):
-            run = {kind: run_child(kind, segment if kind != "ndjson" else ndjson)
-                   for kind in ("ndjson", "columnar", "read")}
+            run = {kind: run_child(kind, segment if kind != "ndjson" else ndjson) for kind in kinds}
             runs.append(run)
             rate = {kind: r["events"] / r["seconds"] for kind, r in run.items()}
-            print(f"{number:>4}{rate['ndjson']:>14,.0f}{run['ndjson']['peak_rss_mb']:>9.0f}"
+            ndjson_rate, ndjson_peak = rate.get("ndjson", float("nan")), run.get("ndjson", {}).get("peak_rss_mb", 0)
+            print(f"{number:>4}{ndjson_rate:>14,.0f}{ndjson_peak:>9.0f}"
                   f"{rate['columnar']:>15,.0f}{run['columnar']['peak_rss_mb']:>9.0f}"
-                  f"{rate['columnar'] / rate['ndjson']:>6.1f}{rate['read']:>19,.0f}{run['columnar']['alerts']:>8}"
+                  f"{rate['columnar'] / ndjson_rate:>6.1f}{rate['read']:>19,.0f}{run['columnar']['alerts']:>8}"
                   f"{max(r['load'] for r in run.values()):>6.1f}")
         print()
         for kind, label in (("ndjson", "NDJSON analyze"), ("columnar", "columnar analyze"), ("read", "segment read")):
+            if kind not in kinds:
+                continue
             rates = [r[kind]["events"] / r[kind]["seconds"] for r in runs]
             peaks = [r[kind]["peak_rss_mb"] for r in runs]
             print(f"{label:18} {min(rates):>12,.0f} - {max(rates):>10,.0f} events/s, peak RSS "
                   f"{min(peaks):.0f}-{max(peaks):.0f} MB")
         loads = [r[kind]["load"] for r in runs for kind in r]
         print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")
-        mismatch = _mismatch(runs, args.events)
-        print(f"alerts identical NDJSON / columnar: {'no: ' + mismatch if mismatch else 'yes'} "
-              f"({runs[0]['ndjson']['alerts']} alerts, {runs[0]['ndjson']['events']:,} events each)")
+        mismatch = _mismatch(runs, args.events, kinds)
+        if args.columnar_only:
+            print(f"alerts the same in every columnar run: {'no: ' + mismatch if mismatch else 'yes'} "
+                  f"({runs[0]['columnar']['alerts']} alerts; not compared with NDJSON)")
+        else:
+            print(f"alerts identical NDJSON / columnar: {'no: ' + mismatch if mismatch else 'yes'} "
+                  f"({runs[0]['ndjson']['alerts']} alerts, {runs[0]['ndjson']['events']:,} events each)")
+        if args.profile:
+            print()
+            subprocess.run([sys.executable, __file__, "--child-profile", str(segment), "--profile", str(args.profile)],
+                           check=True, timeout=1800)
         print()
         live = bench_live(200_000)
         print(f"live Detector.observe: {live['observe_per_s']:,.0f} events/s; tick every 0.5 s of event time: "
@@ -228,16 +307,18 @@ def _load() -> str:
     return "/".join(f"{value:.1f}" for value in os.getloadavg())
 
 
-def _mismatch(runs: list[dict[str, dict]], events: int) -> str:
-    """What differs between the NDJSON and the columnar runs (empty when nothing does)."""
-    first = runs[0]["ndjson"]
+def _mismatch(runs: list[dict[str, dict]], events: int, kinds: tuple[str, ...]) -> str:
+    """What differs between the NDJSON and the columnar runs, or between the runs (empty when nothing does)."""
+    first = runs[0][kinds[0]]
     for run in runs:
-        for kind in ("ndjson", "columnar"):
+        for kind in kinds:
+            if kind == "read":
+                continue
             if run[kind]["events"] != events:
                 return f"{kind} read {run[kind]['events']:,} events of {events:,}"
             if (run[kind]["digest"], run[kind]["alerts"]) != (first["digest"], first["alerts"]):
                 return f"{kind} raised {run[kind]['alerts']} alerts (digest {run[kind]['digest'][:12]}), " \
-                       f"NDJSON {first['alerts']} (digest {first['digest'][:12]})"
+                       f"{kinds[0]} {first['alerts']} (digest {first['digest'][:12]})"
         if not run["columnar"]["files"][0].endswith(".parquet"):
             return f"the columnar run read {run['columnar']['files']}"
     return ""

@@ -35,7 +35,7 @@ from ..events import Alert
 from ..rules import repeat_alert
 from .baseline import Baseline
 from .config import DetectConfig, rate_threshold
-from .groups import factorize, first_of_pairs, group_max, group_min, group_sum
+from .groups import distinct_ports, first_of_pairs, group_max, group_min, group_sum, ports_lookup, sorted_groups
 from .rows import IpTable, Rows
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE, build_alert, describe_rate
 
@@ -103,8 +103,8 @@ class _Candidates:
     def of(cls, key, index, count, threshold, learned, kind: int = 0) -> "_Candidates":
         n = len(index)
         return cls(np.asarray(key, dtype=np.int64), np.asarray(index, dtype=np.int64),
-                   np.asarray(count, dtype=np.int64), np.broadcast_to(np.asarray(threshold, dtype=np.float64), (n,)),
-                   np.broadcast_to(np.asarray(learned, dtype=np.float64), (n,)), np.full(n, kind, dtype=np.int8))
+                   np.asarray(count, dtype=np.int64), _each(threshold, n), _each(learned, n),
+                   np.full(n, kind, dtype=np.int8))
 
     @classmethod
     def join(cls, parts: list["_Candidates"]) -> "_Candidates":
@@ -112,18 +112,42 @@ class _Candidates:
                      for f in ("key", "index", "count", "threshold", "learned", "kind")))
 
 
+def _each(value, n: int) -> np.ndarray:
+    """A float per candidate: `value` itself when it is an array of them, else `n` copies of it."""
+    array = np.asarray(value, dtype=np.float64)
+    return array if array.ndim else np.full(n, array)
+
+
 def window_counts(frame: _Frame, mask: np.ndarray, key: np.ndarray, slots: int) -> _Counts:
+    """One sort by key (stable, so each key's rows stay in frame order); groups numbered by first appearance."""
     index = np.flatnonzero(mask)
-    group, keys = factorize(key[index])
-    order = np.argsort(group, kind="stable")
-    index, group = index[order], group[order].astype(np.int64)
+    keyed = key[index]
+    order, sorted_group, starts = sorted_groups(keyed)
+    index = index[order]
+    rank = np.empty(len(starts), dtype=np.int64)
+    rank[np.argsort(index[starts], kind="stable")] = np.arange(len(starts), dtype=np.int64)
+    keys = np.empty(len(starts), dtype=keyed.dtype)
+    keys[rank] = keyed[order[starts]]
     slot = frame.slot[index]
     rel = slot - (slot.min() if len(slot) else 0)
-    composite = (group << 32) | rel
+    composite = (sorted_group << 32) | rel
     low = np.searchsorted(composite, composite - (slots - 1), side="left")
     cumulative = np.concatenate([[0], np.cumsum(frame.w[index])])
     count = cumulative[1:] - cumulative[low]
-    return _Counts(index, group, count, low, np.asarray(keys))
+    return _Counts(index, rank[sorted_group], count, low, keys)
+
+
+def _pairs(frame: _Frame, index: np.ndarray) -> np.ndarray:
+    """(source key, listener) of the rows at `index` as one int64 that sorts by key, then listener."""
+    return (frame.key[index] << 16) | frame.lst[index]
+
+
+def _source_counts(frame: _Frame, slots: int) -> _Counts:
+    """anomaly.source_rate's window counts: start rows sorted by (source key, listener), which the scan
+    rule's distinct listeners reuse; keyed `listener << 32 | source key` as the cooldowns are."""
+    c = window_counts(frame, frame.start, _pairs(frame, np.arange(len(frame))), slots)
+    c.keys = ((c.keys & 0xFFFF) << 32) | (c.keys >> 16)
+    return c
 
 
 def cooldown_source(rule: str, key: int) -> int:
@@ -146,9 +170,12 @@ def keep_peaks(table: dict, keys: np.ndarray, counts: np.ndarray, name_of: Calla
     """Learn peaks: `table[name_of(key)]` becomes the highest count seen for the key, if higher."""
     if len(keys) == 0:
         return
-    for key, peak in zip(*group_max(keys, counts)):
-        name = name_of(int(key))
-        table[name] = max(table.get(name, 0), int(peak))
+    known = table.get
+    distinct, peaks = group_max(keys, counts)
+    for key, peak in zip(distinct.tolist(), peaks.tolist()):
+        name = name_of(key)
+        if peak > known(name, -1):
+            table[name] = peak
 
 
 class BatchEngine:
@@ -241,21 +268,18 @@ class BatchEngine:
 
     def _learning_ends(self, lst: np.ndarray) -> np.ndarray:
         """Per row: when its listener's learning period ends."""
-        ports = np.unique(lst)
-        ends = np.array([self.baseline.start_listener(int(port), self.config) for port in ports], dtype=np.int64)
-        return ends[np.searchsorted(ports, lst)]
+        return ports_lookup(lst, lambda port: self.baseline.start_listener(port, self.config))
 
     def _run(self, frame: _Frame, rows: Rows) -> list[Alert]:
         rules = self.rules
         base = self.baseline
-        found: dict[str, list[_Candidates]] = {rule: [] for rule in rules}
-        source = window_counts(frame, frame.start, (frame.lst << 32) | frame.key, self._k_source) \
-            if SOURCE_RATE in rules else None
+        found: dict[str, list[_Candidates]] = {rule: [] for rule in sorted(rules)}    # one order in every process
+        source = _source_counts(frame, self._k_source) if SOURCE_RATE in rules else None
         listener = window_counts(frame, frame.start, frame.lst, self._k_listener) if LISTENER_RATE in rules else None
         short = window_counts(frame, frame.short, frame.key, self._k_scan) if SCAN in rules else None
         # phase 1: no baseline needed
         if SCAN in rules:
-            found[SCAN].append(self._scan_listeners(frame))
+            found[SCAN].append(self._scan_listeners(frame, None if source is None else source.index))
         if REFUSED_BURST in rules:
             found[REFUSED_BURST].append(self._refused(frame))
         if source is not None:
@@ -332,16 +356,19 @@ class BatchEngine:
     # ---- flagging and learning -----------------------------------------------------------
 
     def _taint(self, frame: _Frame, found: dict[str, list[_Candidates]]) -> None:
-        """Every source key that reached a threshold is flagged from its first crossing on."""
+        """Every source key that reached a threshold is flagged from its first crossing on (the earliest
+        over all rules, whatever order they are iterated in; keys flagged in ascending code order)."""
+        codes, times = [], []
         for rule, parts in found.items():
             if rule == LISTENER_RATE:
                 continue
             for part in parts:
-                if len(part.index) == 0:
-                    continue
-                codes = part.key & _LOW32 if rule == SOURCE_RATE else part.key
-                for code, t in zip(*group_min(codes, frame.t[part.index])):
-                    self.baseline.taint(self.ips.ips[int(code)], int(t))
+                codes.append(part.key & _LOW32 if rule == SOURCE_RATE else part.key)
+                times.append(frame.t[part.index])
+        if not codes:
+            return
+        for code, t in zip(*(a.tolist() for a in group_min(np.concatenate(codes), np.concatenate(times)))):
+            self.baseline.taint(self.ips.ips[code], t)
 
     def _taint_times(self, frame: _Frame) -> np.ndarray:
         """Per row: since when its source is flagged (`_NEVER`: it is not)."""
@@ -374,7 +401,7 @@ class BatchEngine:
             mask = clean[short.index]      # no floor while it learns: short sessions alone are no flood
             keep_peaks(base.source_short, frame.key[short.index[mask]], short.count[mask], lambda code: ips[code])
         before = frame.t < since
-        if listener is not None:
+        if listener is not None and (frame.new & frame.learn).any():
             own = listener if before.all() else window_counts(frame, frame.start & before, frame.lst, self._k_listener)
             mask = (frame.new & frame.learn)[own.index] & (own.count < cfg.listener_rate_min)
             keep_peaks(base.listener_rate, own.group[mask], own.count[mask], lambda g: int(own.keys[g]))
@@ -504,12 +531,13 @@ class BatchEngine:
             trigger_id=self._trigger(frame, rows, i), top_sources=top,
         )
 
-    def _scan_listeners(self, frame: _Frame) -> _Candidates:
+    def _scan_listeners(self, frame: _Frame, by_pair: np.ndarray | None) -> _Candidates:
         """anomaly.scan: distinct listeners one source touches in the window (no baseline)."""
-        index, count = self._distinct_listeners(frame)
-        over = frame.new[index] & (count >= self.config.scan_min_listeners)
+        least = self.config.scan_min_listeners
+        index, count = self._distinct_listeners(frame, by_pair, least)
+        over = frame.new[index] & (count >= least)
         index, count = index[over], count[over]
-        return _Candidates.of(frame.key[index], index, count, float(self.config.scan_min_listeners), 0.0, kind=0)
+        return _Candidates.of(frame.key[index], index, count, float(least), 0.0, kind=0)
 
     def _short(self, frame: _Frame, c: _Counts) -> _Candidates:
         """anomaly.scan: connections closed within scan_short_s, per source, against the peak it learned in
@@ -553,18 +581,30 @@ class BatchEngine:
         ranked = sorted(((-int(n), self.ips.ips[int(code)]) for code, n in zip(*group_sum(src, w))))
         return tuple(ip for _n, ip in ranked[: self.config.top_sources])
 
-    def _distinct_listeners(self, frame: _Frame) -> tuple[np.ndarray, np.ndarray]:
+    def _distinct_listeners(self, frame: _Frame, by_pair: np.ndarray | None,
+                            least: int) -> tuple[np.ndarray, np.ndarray]:
         """At every row where a source starts touching a listener it had not touched
-        within the scan window: (frame index, distinct listeners it touches now)."""
+        within the scan window: (frame index, distinct listeners it touches now), for the sources
+        that touch at least `least` listeners in the frame (the others cannot reach it).
+        `by_pair`: the start rows already sorted (stable) by source key, then listener."""
         k = self._k_scan
-        index = np.flatnonzero(frame.start)
+        index = by_pair
+        if index is None:
+            index = np.flatnonzero(frame.start)
+            index = index[np.argsort(_pairs(frame, index), kind="stable")]
         if len(index) == 0:
             return index, index
-        pair = (frame.key[index] << 16) | frame.lst[index]
-        order = np.argsort(pair, kind="stable")
-        index, pair = index[order], pair[order]
-        slot = frame.slot[index]
+        pair = _pairs(frame, index)
         same = np.concatenate([[False], pair[1:] == pair[:-1]])
+        if least > 1:
+            key = frame.key[index]
+            first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+            touched = np.add.reduceat(~same, first)
+            wide = np.repeat(touched >= least, np.diff(np.append(first, len(index))))
+            index, pair, same = index[wide], pair[wide], same[wide]
+            if len(index) == 0:
+                return index, index
+        slot = frame.slot[index]
         gap = np.concatenate([[0], slot[1:] - slot[:-1]])
         seg_start = ~same | (gap >= k)
         starts = np.flatnonzero(seg_start)
@@ -591,9 +631,9 @@ class BatchEngine:
         if base.generation != self._known_generation:
             self._known, self._known_generation = {}, base.generation
         lst_of = frame.lst[index]
-        pcode = np.asarray(self.ips.prefix_codes, dtype=np.int64)[frame.src[index]]
+        pcode = self.ips.prefix_array()[frame.src[index]]
         unknown = np.ones(len(index), dtype=bool)
-        for lst in np.unique(lst_of):
+        for lst in distinct_ports(lst_of):
             known = self._known.get(int(lst))
             if known is not None:
                 at = np.flatnonzero(lst_of == lst)

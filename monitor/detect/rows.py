@@ -39,6 +39,8 @@ class IpTable:
         self.prefix_codes: list[int] = []          # address code -> code of its prefix
         self.key_codes: list[int] = []             # address code -> code of its source key
         self._prefix_code: dict[str, int] = {}
+        self._key_array = np.empty(0, dtype=np.int64)       # key_codes and prefix_codes as arrays
+        self._prefix_array = np.empty(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ips)
@@ -89,13 +91,22 @@ class IpTable:
 
     def codes(self, texts) -> np.ndarray:
         get = self._codes.get
-        found = [get(t) for t in texts]          # the known ones without a method call each
-        return np.fromiter((c if c is not None else self.code(t) for c, t in zip(found, texts)),
-                           dtype=np.int64, count=len(texts))
+        found = [get(t, -1) for t in texts]          # the known ones without a method call each
+        if -1 in found:
+            found = [c if c >= 0 else self.code(t) for c, t in zip(found, texts)]
+        return np.array(found, dtype=np.int64)
 
     def source_keys(self, codes: np.ndarray) -> np.ndarray:
         """The source key code of each address code."""
-        return np.asarray(self.key_codes, dtype=np.int64)[codes]
+        if len(self._key_array) != len(self.key_codes):      # converted again only once the table has grown
+            self._key_array = np.array(self.key_codes, dtype=np.int64)
+        return self._key_array[codes]
+
+    def prefix_array(self) -> np.ndarray:
+        """Address code -> code of its new-source prefix."""
+        if len(self._prefix_array) != len(self.prefix_codes):
+            self._prefix_array = np.array(self.prefix_codes, dtype=np.int64)
+        return self._prefix_array
 
     def _prefix(self, ip: str) -> str:
         return network_of(ip, self._v6 if ":" in ip else self._v4)

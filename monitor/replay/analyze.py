@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import pandas as pd
 
 from ..decide import DecideConfig, Decider
 from ..detect import Baseline, BatchEngine, DetectConfig, IpTable, Rows
@@ -104,41 +103,54 @@ class AnalysisResult:
 
 
 class _Tally:
-    """Connections and refusals per (listener, source), summed over chunks."""
+    """Connections and refusals per (listener, source), summed over chunks (numpy: sorted keys, bincounts)."""
 
     def __init__(self) -> None:
-        self.frames: list[pd.DataFrame] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.rows = 0
 
     def add(self, rows: Rows) -> None:
-        frame = pd.DataFrame({"lst": rows.lst, "src": rows.src, "conn": rows.start, "refused": rows.refused})
-        self.frames.append(frame.groupby(["lst", "src"], sort=False).sum())
-        self.rows += len(self.frames[-1])
+        self.parts.append(_summed((rows.lst << 32) | rows.src, rows.start, rows.refused))
+        self.rows += len(self.parts[-1][0])
         if self.rows > 200_000:
-            self.frames = [pd.concat(self.frames).groupby(level=[0, 1]).sum()]
-            self.rows = len(self.frames[0])
+            self.parts = [self.total()]
+            self.rows = len(self.parts[0][0])
 
-    def total(self) -> pd.DataFrame:
-        if not self.frames:
-            return pd.DataFrame({"conn": [], "refused": []}, index=pd.MultiIndex.from_tuples([], names=["lst", "src"]))
-        return pd.concat(self.frames).groupby(level=[0, 1]).sum()
+    def total(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(listener << 32 | source code, connections, refusals), keys ascending."""
+        if not self.parts:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+        return _summed(*(np.concatenate([part[i] for part in self.parts]) for i in range(3)))
+
+
+def _summed(keys: np.ndarray, conn: np.ndarray, refused: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct keys ascending, with the sums of `conn` and `refused` (bools or counts) of each."""
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    sums = [np.bincount(inverse, weights=column, minlength=len(distinct)).astype(np.int64) for column in (conn, refused)]
+    return distinct, sums[0], sums[1]
 
 
 def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
     """Detector rows of a chunk, sorted by event time (stable): the moments `counted` says count."""
-    order = np.argsort(chunk.t, kind="stable")
-    action = chunk.action[order]
-    start, refused, short = counted(~chunk.egress[order], action == CODE[Action.ACCEPTED],
+    t = chunk.t
+    in_order = len(t) < 2 or bool((t[1:] >= t[:-1]).all())     # as the agent writes them: no sort needed
+    order = None if in_order else np.argsort(t, kind="stable")
+
+    def arranged(column: np.ndarray) -> np.ndarray:
+        return column if order is None else column[order]
+    action = arranged(chunk.action)
+    start, refused, short = counted(~arranged(chunk.egress), action == CODE[Action.ACCEPTED],
                                     action == CODE[Action.DENIED], action == CODE[Action.CLOSED],
-                                    chunk.refused[order], chunk.duration[order], short_ns)
-    keep = (start | refused | short) & ~chunk.partial[order]   # a source known in part is not judged
-    index = order[keep]
+                                    arranged(chunk.refused), arranged(chunk.duration), short_ns)
+    judged = (start | refused | short) & ~arranged(chunk.partial)   # a source known in part is not judged
+    kept = np.flatnonzero(judged)                        # positions, not masks: numpy gathers them faster
+    index = kept if order is None else order[kept]
     src_codes = ips.codes(chunk.src_values)
     dst_codes = ips.codes(chunk.dst_values)
     ids = chunk.event_id
     return Rows(
-        t=chunk.t[index], lst=chunk.listener[index], src=src_codes[chunk.src[index]],
-        dst=dst_codes[chunk.dst[index]], start=start[keep], refused=refused[keep], short=short[keep],
+        t=t[index], lst=chunk.listener[index], src=src_codes[chunk.src[index]],
+        dst=dst_codes[chunk.dst[index]], start=start[kept], refused=refused[kept], short=short[kept],
         event_id=lambda i: ids(int(index[i])),
     )
 
@@ -206,7 +218,7 @@ def _policy_engine(policy: Any, engine_config: Any):
     return PolicyEngine(policy, engine_config)
 
 
-def _summaries(total: pd.DataFrame, alerts: list[Alert], ips: IpTable,
+def _summaries(total: tuple[np.ndarray, np.ndarray, np.ndarray], alerts: list[Alert], ips: IpTable,
                top: int) -> tuple[list[ListenerSummary], list[SourceSummary]]:
     per_listener_alerts: dict[int, int] = {}
     per_source_alerts: dict[str, int] = {}
@@ -215,15 +227,23 @@ def _summaries(total: pd.DataFrame, alerts: list[Alert], ips: IpTable,
             per_listener_alerts[alert.listener.port] = per_listener_alerts.get(alert.listener.port, 0) + 1
         if alert.source_ip:
             per_source_alerts[alert.source_ip] = per_source_alerts.get(alert.source_ip, 0) + 1
-    flat = total.reset_index()
-    by_lst = flat.groupby("lst").agg(conn=("conn", "sum"), refused=("refused", "sum"), sources=("src", "nunique"))
-    listeners = [ListenerSummary(int(port), int(r.conn), int(r.refused), int(r.sources),
-                                 per_listener_alerts.get(int(port), 0)) for port, r in by_lst.iterrows()]
-    by_src = flat.groupby("src").agg(conn=("conn", "sum"), refused=("refused", "sum"), listeners=("lst", "nunique"))
-    by_src["ip"] = [ips.ips[int(code)] for code in by_src.index]
-    by_src["alerts"] = [per_source_alerts.get(ip, 0) for ip in by_src["ip"]]
-    chosen = pd.concat([by_src[by_src["alerts"] > 0], by_src.nlargest(top, "conn")])
-    chosen = chosen[~chosen.index.duplicated()].sort_values(["alerts", "conn", "ip"], ascending=[False, False, True])
-    sources = [SourceSummary(r.ip, int(r.conn), int(r.refused), int(r.listeners), int(r.alerts))
-               for r in chosen.head(max(top, int((by_src["alerts"] > 0).sum()))).itertuples()]
+    keys, conn, refused = total
+    ports, port_conn, port_refused, port_sources = _per(keys >> 32, conn, refused)
+    listeners = [ListenerSummary(int(port), int(c), int(r), int(n), per_listener_alerts.get(int(port), 0))
+                 for port, c, r, n in zip(ports, port_conn, port_refused, port_sources)]
+    codes, src_conn, src_refused, src_listeners = _per(keys & 0xFFFFFFFF, conn, refused)
+    names = [ips.ips[code] for code in codes.tolist()]
+    alerted = [i for i, ip in enumerate(names) if ip in per_source_alerts]
+    busiest = np.lexsort((codes, -src_conn))[:top].tolist()       # the first of equals, as the busiest
+    chosen = sorted(dict.fromkeys(alerted + busiest),
+                    key=lambda i: (-per_source_alerts.get(names[i], 0), -int(src_conn[i]), names[i]))
+    sources = [SourceSummary(names[i], int(src_conn[i]), int(src_refused[i]), int(src_listeners[i]),
+                             per_source_alerts.get(names[i], 0)) for i in chosen[: max(top, len(alerted))]]
     return listeners, sources
+
+
+def _per(group: np.ndarray, conn: np.ndarray, refused: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(distinct groups ascending, their connections, refusals, and distinct (listener, source) pairs)."""
+    distinct, inverse = np.unique(group, return_inverse=True)
+    sums = (np.bincount(inverse, weights=column, minlength=len(distinct)).astype(np.int64) for column in (conn, refused))
+    return distinct, *sums, np.bincount(inverse, minlength=len(distinct))
