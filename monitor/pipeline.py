@@ -3,8 +3,7 @@
 `Pipeline.process` takes a captured record, runs the declared policy and
 the detectors over it (not over an accept whose source the capture knows only
 in part: `ConnectionEvent.source_partial`), audits new socat processes, and
-hands every alert to
-the decision stage (`monitor.decide.Decider`), which decides and carries out
+hands every alert to the decision stage (`monitor.decide.Decider`), which decides and carries out
 blocks through the `Enforcer` interface. It holds no threads and does no I/O
 of its own (the enforcer and the audit's /proc read are the edges it calls),
 so the agent stays a thin loop around it.

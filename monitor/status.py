@@ -297,7 +297,8 @@ class LiveStatus:
         if accepted:
             self.open.open(open_key(ev), _group(listener.port), ev.id, ev.timestamp_ns)
             state.accepts.append(now)
-            self._source(ev.source_ip, listener.port, now)
+            if not ev.source_partial:   # "::" or a /64 stub is no source to list
+                self._source(ev.source_ip, listener.port, now)
         elif action is Action.CLOSED or action is Action.DENIED:
             self.open.close(open_key(ev))
         _trim(state.accepts, now)

@@ -62,6 +62,24 @@ def test_every_namespace_and_holder(host):
     assert found.uninspectable == {} and found.inferred == set()
 
 
+def test_a_fork_child_that_ends_during_the_scan_does_not_hide_its_namespace(host, monkeypatch):
+    """Under a flood pids wrap, so a short-lived fork child can be the first pid of a namespace: its
+    table read fails when it has ended, and the namespace is then read through the next process."""
+    import shutil
+    read = listeners.namespace_sockets
+
+    def child_ends_first(proc, pid=None):
+        if pid == "201":
+            shutil.rmtree(f"{proc}/201")   # ended between the listing and its table read
+            return {}
+        return read(proc, pid)
+    monkeypatch.setattr(processes, "pids_named", lambda comms, proc: [201, 100, 200, 300])
+    monkeypatch.setattr(listeners, "namespace_sockets", child_ends_first)
+    found = discover(("socat",), host)
+    assert [(lst.ip, lst.port, pid) for lst, pid in found.listeners] == [
+        ("0.0.0.0", 8081, 200), ("127.0.0.1", 8080, 100), ("127.0.0.1", 8080, 300)]
+
+
 def test_uninspectable_relay_is_reported_and_its_listener_inferred_by_owner(host, monkeypatch):
     monkeypatch.setattr(listeners.os, "readlink", _denied_for("/200/", "/201/"))   # another user's fds
     found = discover(("socat",), host)

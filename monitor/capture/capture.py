@@ -75,7 +75,7 @@ class CaptureStats:
     processes_cached: int = 0
     incomplete: int = 0          # accepts whose handshake the kernel side missed (listener filled from /proc)
     pinned: int = 0              # connections to the listeners open when the capture attached (kept to complete those)
-    partial_sources: int = 0     # of the incomplete accepts, those whose IPv6 source stayed known to 64 bits only
+    partial_sources: int = 0     # of the incomplete accepts, those whose source stayed known in part (64 bits, or none of a v4 client)
     uninspectable: int = 0       # watched processes whose /proc/PID/fd the agent cannot read
     read_ns: int = 0             # time spent draining the ring buffer (not waiting for it)
     decode_ns: int = 0           # ... decoding records

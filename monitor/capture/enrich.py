@@ -148,7 +148,7 @@ class ProcessTable:
     def _forked(self, parent: ProcessInfo, raw: RawEvent) -> ProcessInfo:
         """A fork child without exec: the parent's program, argv and namespaces, its own ids. Spelled out
         rather than `dataclasses.replace` (half the cost, once per relayed connection);
-        `tests/test_capture_enrich.py` holds it to every field of `ProcessInfo`."""
+        `tests/test_capture_decode.py` holds it to every field of `ProcessInfo`."""
         return ProcessInfo(
             pid=raw.pid, comm=parent.comm, ppid=raw.ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
             user_name=self.user_name(raw.uid), executable=parent.executable, args=parent.args, start_ns=None,

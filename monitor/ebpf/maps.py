@@ -99,7 +99,7 @@ class KernelMap:
             yield key
 
     def sum_u64(self, key: bytes) -> int:
-        """The sum of a per-CPU u64 counter over every CPU."""
+        """A u64 counter's value: summed over the CPUs when the map is per-CPU."""
         raw = self.lookup(key) or b""
         return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
 

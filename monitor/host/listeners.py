@@ -114,7 +114,10 @@ def discover(comms: tuple[str, ...], proc: str = processes.PROC) -> Discovery:
             netns = f"pid:{pid}"   # unreadable link: this process's own view
         netns_of[pid] = netns
         if netns not in by_netns:
-            by_netns[netns] = namespace_sockets(proc, pid)
+            sockets = namespace_sockets(proc, pid)
+            if not sockets and not os.path.exists(f"{proc}/{pid}"):
+                continue   # a fork child that ended meanwhile: the namespace is read through another process
+            by_netns[netns] = sockets
         sockets = by_netns[netns]
         inodes, why = _socket_inodes(pid, proc)
         if why is not None:
@@ -135,7 +138,7 @@ def discover(comms: tuple[str, ...], proc: str = processes.PROC) -> Discovery:
         out.uninspectable[int(pid)] = why
         netns = netns_of[pid]
         ports = _command_line_ports(pid, proc)
-        for inode, sock in by_netns[netns].items():
+        for inode, sock in by_netns.get(netns, {}).items():
             if (uid is not None and sock.uid == uid and (netns, inode) not in claimed
                     and (not ports or sock.port in ports)):
                 found[(sock.ip, sock.port, int(pid))] = None

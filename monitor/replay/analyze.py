@@ -131,7 +131,8 @@ def _summed(keys: np.ndarray, conn: np.ndarray, refused: np.ndarray) -> tuple[np
 
 
 def to_rows(chunk: EventChunk, ips: IpTable, short_ns: int) -> Rows:
-    """Detector rows of a chunk, sorted by event time (stable): the moments `counted` says count."""
+    """Detector rows of a chunk, sorted by event time (stable): the moments `counted` says count, but
+    none of a source known only in part (`source_partial`, judged by no rule, as live)."""
     t = chunk.t
     in_order = len(t) < 2 or bool((t[1:] >= t[:-1]).all())     # as the agent writes them: no sort needed
     order = None if in_order else np.argsort(t, kind="stable")
