@@ -63,16 +63,13 @@ def test_every_namespace_and_holder(host):
 
 
 def test_a_fork_child_that_ends_during_the_scan_does_not_hide_its_namespace(host, monkeypatch):
-    """Under a flood pids wrap, so a short-lived fork child can be the first pid of a namespace: its
-    table read fails when it has ended, and the namespace is then read through the next process."""
-    import shutil
+    """Under a flood pids wrap, so a short-lived fork child can be the first pid of a namespace: once it
+    has ended its tables cannot be read (or only the IPv4 one), and the namespace is then read through
+    the next process."""
     read = listeners.namespace_sockets
 
     def child_ends_first(proc, pid=None):
-        if pid == "201":
-            shutil.rmtree(f"{proc}/201")   # ended between the listing and its table read
-            return {}
-        return read(proc, pid)
+        return None if pid == "201" else read(proc, pid)   # ended between the listing and its table read
     monkeypatch.setattr(processes, "pids_named", lambda comms, proc: [201, 100, 200, 300])
     monkeypatch.setattr(listeners, "namespace_sockets", child_ends_first)
     found = discover(("socat",), host)
@@ -129,6 +126,7 @@ def test_open_connections_read_once_per_namespace_until_forgotten(tmp_path):
     """A flood of incomplete accepts costs one table read per ring drain: later connections show after forget()."""
     net = tmp_path / "7" / "net"
     net.mkdir(parents=True)
+    (net / "tcp6").write_text(HEADER)
     (net / "tcp").write_text(HEADER + "   1: 0200007F:1F90 0500007F:D431 01 0 0 0 0 0 0 0 2 1\n")
     open_now = OpenConnections(str(tmp_path))
     assert open_now.accepted_addresses(7, 4026531840, 8080, "127.0.0.5", 54321) == ("127.0.0.2", "127.0.0.5")
@@ -143,6 +141,7 @@ def test_connections_pinned_at_attach_complete_accepts_gone_by_their_drain(tmp_p
     scanner's) is completed from the pin; each pinned row once; only the listener ports are kept."""
     net = tmp_path / "7" / "net"
     net.mkdir(parents=True)
+    (net / "tcp").write_text(HEADER)
     # a v4-mapped client of the dual-stack listener 8081 (port 40001), and a connection of another port (8090)
     queued = "   1: 0000000000000000FFFF00000100007F:1F91 0000000000000000FFFF00000900007F:9C41 01 0 0 0 0 0 0 0 4 1\n"
     other = "   2: 0000000000000000FFFF00000100007F:1F9A 0000000000000000FFFF00000900007F:9C42 01 0 0 0 0 0 0 0 5 1\n"
@@ -159,6 +158,7 @@ def test_connections_pinned_at_attach_complete_accepts_gone_by_their_drain(tmp_p
 def test_the_pin_is_dropped_after_a_minute(tmp_path):
     net = tmp_path / "7" / "net"
     net.mkdir(parents=True)
+    (net / "tcp6").write_text(HEADER)
     (net / "tcp").write_text(HEADER + "   1: 0200007F:1F90 0500007F:D431 01 0 0 0 0 0 0 0 2 1\n")
     clock = [100.0]
     open_now = OpenConnections(str(tmp_path), clock=lambda: clock[0])
@@ -229,3 +229,13 @@ def test_table_rows_are_filtered_by_state_before_they_are_split(tmp_path):
     assert states((tcp.LISTEN,)) == ["0A"]
     assert states(tcp.OPEN) == ["01", "08"]
     assert states((tcp.ESTABLISHED,)) == ["01"]
+
+
+def test_a_table_read_through_a_process_that_ended_is_no_table(tmp_path):
+    """The IPv4 table read, the process gone before its IPv6 one: a strict read says so rather than hand
+    over half a namespace (this kernel has IPv6 tables, so a missing one means the process ended)."""
+    (tmp_path / "tcp").write_text(HEADER + "    0: 0100007F:1F90 00000000:0000 0A 0 0 0 0 0 0 0 501 1\n")
+    assert [cols[3] for cols in tcp.rows(str(tmp_path))] == ["0A"]
+    with pytest.raises(OSError):
+        list(tcp.rows(str(tmp_path), strict=True))
+    assert listeners.namespace_sockets(str(tmp_path.parent), tmp_path.name) is None

@@ -48,13 +48,17 @@ class Discovery:
     inferred: set[tuple[str, int, int]] = field(default_factory=set)      # (ip, port, pid) found by owner uid only
 
 
-def namespace_sockets(proc: str = processes.PROC, pid: str | None = None) -> dict[int, Socket]:
-    """inode -> Socket of every listening TCP socket in this (or PID's) network namespace."""
+def namespace_sockets(proc: str = processes.PROC, pid: str | None = None) -> dict[int, Socket] | None:
+    """inode -> Socket of every listening TCP socket in this (or PID's) network namespace; None when
+    PID ended while its tables were read."""
     out: dict[int, Socket] = {}
-    for cols in tcp.rows(f"{proc}/{pid}/net" if pid else f"{proc}/net", (tcp.LISTEN,)):
-        if len(cols) > 9 and cols[3] == tcp.LISTEN:
-            ip, port = tcp.hex_address(cols[1])
-            out[int(cols[9])] = Socket(ip, port, int(cols[7]))
+    try:
+        for cols in tcp.rows(f"{proc}/{pid}/net" if pid else f"{proc}/net", (tcp.LISTEN,), strict=True):
+            if len(cols) > 9 and cols[3] == tcp.LISTEN:
+                ip, port = tcp.hex_address(cols[1])
+                out[int(cols[9])] = Socket(ip, port, int(cols[7]))
+    except OSError:
+        return None
     return out
 
 
@@ -113,12 +117,12 @@ def discover(comms: tuple[str, ...], proc: str = processes.PROC) -> Discovery:
         except OSError:
             netns = f"pid:{pid}"   # unreadable link: this process's own view
         netns_of[pid] = netns
-        if netns not in by_netns:
+        sockets = by_netns.get(netns)
+        if sockets is None:
             sockets = namespace_sockets(proc, pid)
-            if not sockets and not os.path.exists(f"{proc}/{pid}"):
+            if sockets is None:
                 continue   # a fork child that ended meanwhile: the namespace is read through another process
             by_netns[netns] = sockets
-        sockets = by_netns[netns]
         inodes, why = _socket_inodes(pid, proc)
         if why is not None:
             blind.append((pid, why))
@@ -175,7 +179,8 @@ class OpenConnections:
             key = _namespace_key(pid, processes.netns_inode(pid, self._proc))
             if key not in self._pinned:
                 table = self._read(pid)
-                self._pinned[key] = {ports_: rows for ports_, rows in table.items() if ports_[0] in ports}
+                if table is not None:   # else it ended meanwhile: read through another process
+                    self._pinned[key] = {ports_: rows for ports_, rows in table.items() if ports_[0] in ports}
         self._pinned = {key: table for key, table in self._pinned.items() if table}
         self._pinned_until = self._clock() + self.PIN_S
         return sum(len(rows) for table in self._pinned.values() for rows in table.values())
@@ -224,15 +229,19 @@ class OpenConnections:
         key = _namespace_key(pid, netns)
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = self._read(pid)
+            table = self._tables[key] = self._read(pid) or {}
         return table
 
-    def _read(self, pid: int) -> dict[tuple[int, int], list[tuple[str, str]]]:
+    def _read(self, pid: int) -> dict[tuple[int, int], list[tuple[str, str]]] | None:
+        """The table read through PID (None: it ended meanwhile)."""
         table: dict[tuple[int, int], list[tuple[str, str]]] = {}
-        for cols in tcp.rows(f"{self._proc}/{pid}/net", tcp.OPEN):
-            if len(cols) >= 4 and cols[3] in tcp.OPEN:
-                ports = (int(cols[1][-4:], 16), int(cols[2][-4:], 16))
-                table.setdefault(ports, []).append((cols[1], cols[2]))
+        try:
+            for cols in tcp.rows(f"{self._proc}/{pid}/net", tcp.OPEN, strict=True):
+                if len(cols) >= 4 and cols[3] in tcp.OPEN:
+                    ports = (int(cols[1][-4:], 16), int(cols[2][-4:], 16))
+                    table.setdefault(ports, []).append((cols[1], cols[2]))
+        except OSError:
+            return None
         return table
 
 

@@ -4,6 +4,7 @@ hex-encoded addresses."""
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 
@@ -16,9 +17,12 @@ ESTABLISHED = "01"
 OPEN = (ESTABLISHED, "04", "05", "08", "09", "0B")   # FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING
 
 
-def rows(base: str, states: tuple[str, ...] | None = None) -> Iterator[list[str]]:
-    """The split rows of `base`/tcp and `base`/tcp6 (a missing or unreadable table is skipped), only
-    those in `states` when given.
+def rows(base: str, states: tuple[str, ...] | None = None, strict: bool = False) -> Iterator[list[str]]:
+    """The split rows of `base`/tcp and `base`/tcp6, only those in `states` when given.
+
+    A missing or unreadable table is skipped; with `strict`, one this kernel has raises OSError
+    instead: the process behind `base` ended (or is ending) meanwhile, and a table read through it
+    may have only its IPv4 half.
 
     A row's state is its only two-digit hex column between spaces (addresses and timers are
     joined by colons, the other columns are longer or decimal), so `states` is tested on the line
@@ -26,18 +30,23 @@ def rows(base: str, states: tuple[str, ...] | None = None) -> Iterator[list[str]
     marks = tuple(f" {state} " for state in states) if states is not None else None
     for name in ("tcp", "tcp6"):
         try:
-            with open(f"{base}/{name}", encoding="ascii") as fh:
-                next(fh, None)
-                if marks is None:
-                    found = [line.split() for line in fh]
-                elif len(marks) == 1:
-                    mark = marks[0]
-                    found = [line.split() for line in fh if mark in line]
-                else:
-                    found = [line.split() for line in fh if any(mark in line for mark in marks)]
+            found = _read(f"{base}/{name}", marks)
         except OSError:
+            if strict and os.path.exists(f"/proc/self/net/{name}"):
+                raise
             continue
         yield from found
+
+
+def _read(path: str, marks: tuple[str, ...] | None) -> list[list[str]]:
+    with open(path, encoding="ascii") as fh:
+        next(fh, None)
+        if marks is None:
+            return [line.split() for line in fh]
+        if len(marks) == 1:
+            mark = marks[0]
+            return [line.split() for line in fh if mark in line]
+        return [line.split() for line in fh if any(mark in line for mark in marks)]
 
 
 def hex_raw(text: str) -> tuple[bytes, int]:
