@@ -25,7 +25,8 @@ drain, loss counters and the wakeup), decode, enrich (these three share the
 poll's CPU by the time each took), pipeline, render and write (buffer and
 the flusher thread). `--control` runs an idle consumer without BPF
 (the method's noise), `--comm other` attaches programs that match nothing,
-`--no-bytes` compiles out byte counting (the agent's default). `--hot-loop N`
+`--no-bytes` compiles out byte counting (the agent's default), `--batch-ms`
+sets the capture's batching (`capture.batch`, default 5 ms). `--hot-loop N`
 times the same per-record path over N made-up relay connections in a loop,
 without BPF: the cost on warm caches, which other load distorts far less.
 
@@ -119,7 +120,7 @@ def thread_cpu_s(name: str) -> float:
     return 0.0
 
 
-def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None:
+def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_ms: float | None) -> None:
     """Run the agent's per-record path until SIGTERM; print a JSON summary of what was seen for `port`.
 
     The path is the agent's: `Capture.poll` (ring drain, decode, enrich), the `Pipeline` with the default
@@ -156,7 +157,8 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str) -> None
     host = HostInfo.detect()
     out_dir = tempfile.mkdtemp(prefix="bench-capture-")
     sink = NdjsonSink(NdjsonConfig(directory=Path(out_dir)), host)
-    capture = Capture(CaptureConfig(comms=(comm,), byte_counts=byte_counts))
+    capture = Capture(CaptureConfig(comms=(comm,), byte_counts=byte_counts,
+                                    **({} if batch_ms is None else {"batch_s": batch_ms / 1000})))
     settle_heap()   # as the agent does once started
     print("ready", flush=True)
     accepted = events = errors = polls = 0
@@ -345,7 +347,8 @@ def phase(name: str, port: int, args, consumer: subprocess.Popen | None, relay_p
 def start_consumer(port: int, args) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, __file__, "--role", "consumer", "--port", str(port)]
                             + (["--no-bytes"] if args.no_bytes else []) + (["--control"] if args.control else [])
-                            + ["--comm", args.comm],
+                            + ["--comm", args.comm]
+                            + ([] if args.batch_ms is None else ["--batch-ms", str(args.batch_ms)]),
                             stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         proc.kill()
@@ -363,6 +366,8 @@ def main() -> None:
                     help="on phases run an idle consumer without BPF: the ratio then shows the method's noise")
     ap.add_argument("--comm", default=RELAY_COMM,
                     help="process name the capture watches; another name measures programs whose filter matches nothing")
+    ap.add_argument("--batch-ms", type=float, default=None,
+                    help="the capture's batch setting (capture.batch) in ms; default: the agent's")
     ap.add_argument("--hot-loop", type=int, default=0, metavar="N",
                     help="instead: time the consumer's path over N made-up relay connections in a loop (no BPF, no root)")
     ap.add_argument("--role", choices=["main", "backend", "consumer"], default="main", help=argparse.SUPPRESS)
@@ -371,7 +376,7 @@ def main() -> None:
     if args.role == "backend":
         return run_backend(args.port)
     if args.role == "consumer":
-        return run_consumer(args.port, not args.no_bytes, args.control, args.comm)
+        return run_consumer(args.port, not args.no_bytes, args.control, args.comm, args.batch_ms)
     if args.hot_loop:
         return hot_loop(min(max(args.hot_loop, 100), 100_000), args.rounds)
     args.seconds = min(max(args.seconds, 1.0), 60.0)

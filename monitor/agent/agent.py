@@ -104,7 +104,7 @@ class Agent:
         for record in self.pipeline.alerts(self._audit_running()):
             self.emit(record)
         settle_heap()
-        self.capture = Capture(self.config.capture)
+        self.capture = Capture(self.config.capture, known_ports={lst.port for lst, _ in relays.listeners})
         self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
         listeners = self.refresh_listeners(self.capture.attached_with)   # idle relays learn "idle" from now
         self.control = ControlServer(self.config.agent.control_socket, lambda: to_json(report.snapshot(self)),

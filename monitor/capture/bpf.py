@@ -31,7 +31,7 @@ class KernelProbe:
     """The loaded BPF object: attach, filters, ring buffer, loss counter."""
 
     def __init__(self, comms: tuple[str, ...], ringbuf_pages: int, byte_counts: bool = True,
-                 source: Path = SOURCE) -> None:
+                 source: Path = SOURCE, batch_ns: int = 0) -> None:
         if os.geteuid() != 0:
             raise EnvironmentProblem(WHERE, "capture needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)",
                                      "run as root: sudo socat-monitor ...")
@@ -39,7 +39,7 @@ class KernelProbe:
         cflags = [f"-DRINGBUF_PAGES={ringbuf_pages}", "-Wno-macro-redefined"] + ([] if byte_counts else ["-DNO_BYTES"])
         self.bpf = loader.load(WHERE, source, cflags, {"comms": list(comms)})
         self._maps = self.bpf.maps
-        self._ring = RingReader(self._maps["events"].fd, ringbuf_pages * mmap.PAGESIZE)
+        self._ring = RingReader(self._maps["events"].fd, ringbuf_pages * mmap.PAGESIZE, batch_ns)
         self._lost_total = 0
         self._closed = False
         self.ports_unwatched = 0   # listener ports the full `ports` map could not take

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..events import VALUES, Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
@@ -52,13 +53,17 @@ class CaptureConfig:
     `byte_counts`: count bytes per connection. Off by default: it runs a
     program on every read/write syscall of the host (`scripts/bench_capture.py`
     without `--no-bytes` measures its cost); on, close events carry
-    `source.bytes`/`destination.bytes`.
+    `source.bytes`/`destination.bytes`. `batch_s`: under load, the least time
+    between two reads of the ring buffer, so records come in batches and cost
+    less CPU each; it is the most it adds to a block's latency, and only under
+    load (a record after a quiet spell is read at once). 0 reads at each wakeup.
     """
 
     comms: tuple[str, ...] = setting(("socat",), check=check_comms, live=False)
     ringbuf_pages: int = setting(256, check=check_power_of_two, live=False)
     proc_cache_size: int = setting(4096, minimum=16, live=False)
     byte_counts: bool = setting(False, live=False)
+    batch_s: float = setting(0.005, maximum=0.05, live=False)
 
 
 @dataclass
@@ -85,10 +90,13 @@ class CaptureStats:
 class Capture:
     """Live socat connection capture through BPF tracepoints."""
 
-    def __init__(self, config: CaptureConfig) -> None:
+    def __init__(self, config: CaptureConfig, known_ports: Iterable[int] | None = None) -> None:
+        """`known_ports`: listener ports the caller found just before (else they are looked up here)."""
         self.config = config
-        known = {lst.port for lst, _ in discover(tuple(config.comms)).listeners}
-        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts)
+        known = set(known_ports) if known_ports is not None else \
+            {lst.port for lst, _ in discover(tuple(config.comms)).listeners}
+        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts,
+                                   batch_ns=int(config.batch_s * 1e9))
         self._kernel.watch_ports(known)   # at once: a handshake before the port filter knows its port is missed
         offset = monotonic_offset_ns()
         self._processes = ProcessTable(config.proc_cache_size, offset)
@@ -107,6 +115,7 @@ class Capture:
         self._by_pid: dict[int, list[Listener]] = {}
         self._blind: dict[int, str] = {}          # uninspectable relay pid -> reason, as last seen
         self._rescanned: set[int] = set()         # pids rescanned for an incomplete accept
+        self._unplaced: list[ConnectionEvent] = []  # this drain's accepts no known listener could place
         self._open = OpenConnections()             # completes those accepts, one /proc read per drain
         self._pending: list[PipelineError] = []   # reported by the next poll()
         self._lock = threading.Lock()             # listeners() may run in another thread than poll()
@@ -159,8 +168,7 @@ class Capture:
         held = self._by_pid.get(proc.pid) or (self._by_pid.get(proc.ppid) if proc.ppid else None)
         if not held or len({lst.port for lst in held}) != 1:
             if incomplete:
-                log.warning("capture: accept by pid %d from %s:%d without its handshake and no known listener",
-                            proc.pid, event.source_ip, event.source_port)
+                self._unplaced.append(event)
                 self._mark_partial(event)
             return
         lst = held[0]
@@ -216,6 +224,16 @@ class Capture:
                 self._complete(event)
             self._by_action[VALUES[event.action]] += 1
             append(event)
+        if self._unplaced:
+            self._report_unplaced()
+
+    def _report_unplaced(self) -> None:
+        """One line per drain for the accepts no known listener could place (a flood would log one per accept)."""
+        first, count = self._unplaced[0], len(self._unplaced)
+        log.warning("capture: %d accept%s without %s handshake and no known listener (the first by pid %d from %s:%d)",
+                    count, "s" if count > 1 else "", "their" if count > 1 else "its",
+                    first.process.pid, first.source_ip, first.source_port)
+        self._unplaced = []
 
     def poll(self, timeout_ms: int) -> list[CaptureRecord]:
         """Wait up to timeout_ms for records; return them decoded and enriched, in kernel order, and

@@ -10,11 +10,13 @@ a C-to-Python callback per record (what bcc's `ring_buffer_poll` does).
 Loads are ordered on x86-64 (the only target: Debian amd64 kernels); the
 kernel publishes a record by clearing BUSY after writing it.
 
-Under load, wakeups are batched: a wakeup that comes less than
-`COALESCE_NS` after the previous drain waits out the rest of that interval
-before the next drain, so a busy relay's records come a few connections at
-a time, not one wakeup per accept. A wakeup on a quiet host (the previous
-drain long ago) is drained at once: a lone offender is not delayed.
+Under load, wakeups are batched: a wakeup that comes less than `batch_ns`
+after the previous one waits out the rest of that interval before the
+drain, so a busy relay's records come several connections at a time,
+not one wakeup per accept (each wakeup costs the consumer about as much as
+the records it brings). A wakeup on a quiet host (the previous one long
+ago) is drained at once: a lone offender is not delayed. A poll timeout is
+no wakeup: records that trickled in without one say nothing of load.
 """
 
 from __future__ import annotations
@@ -28,19 +30,20 @@ BUSY = 1 << 31
 DISCARD = 1 << 30
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
-COALESCE_NS = 1_000_000   # at most this much added latency, and only when the previous drain was that recent
 
 
 class RingReader:
     """Consumer side of one BPF_MAP_TYPE_RINGBUF map, given its fd and size."""
 
-    last_drain_ns = 0   # monotonic time of the last drain
+    last_wakeup_ns = 0   # monotonic time the last wakeup was let through
 
-    def __init__(self, map_fd: int, size: int) -> None:
+    def __init__(self, map_fd: int, size: int, batch_ns: int = 0) -> None:
+        """`batch_ns`: the least time between two drains under load (the latency it may add)."""
         if size <= 0 or size & (size - 1) or size % mmap.PAGESIZE:
             raise ValueError(f"ring buffer size {size} is not a power-of-two multiple of the page size")
         self.size = size
         self.mask = size - 1
+        self.batch_ns = batch_ns
         page = mmap.PAGESIZE
         self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
@@ -49,11 +52,14 @@ class RingReader:
         self._epoll.register(map_fd, select.EPOLLIN)
 
     def wait(self, timeout_ms: int) -> None:
-        """Block until the kernel signals data or timeout_ms passes; under load, batch (COALESCE_NS)."""
-        if self._epoll.poll(max(timeout_ms, 0) / 1000) and timeout_ms > 0:
-            early = self.last_drain_ns + COALESCE_NS - time.monotonic_ns()
+        """Block until the kernel signals data or timeout_ms passes; under load, batch (`batch_ns`)."""
+        if self._epoll.poll(max(timeout_ms, 0) / 1000) and timeout_ms > 0 and self.batch_ns:
+            now = time.monotonic_ns()
+            early = self.last_wakeup_ns + self.batch_ns - now
             if early > 0:
                 time.sleep(early / 1e9)
+                now += early
+            self.last_wakeup_ns = now
 
     def drain(self, out: list[bytes]) -> int:
         """Append every published record to `out`, free their space; how many."""
@@ -74,7 +80,6 @@ class RingReader:
                 n += 1
             cons += (length + 15) & ~7   # 8-byte header, rounded up to 8
         _U64.pack_into(self._consumer, 0, cons)
-        self.last_drain_ns = time.monotonic_ns()
         return n
 
     def close(self) -> None:

@@ -15,7 +15,9 @@ import os
 import signal
 import socket
 import struct
+import shutil
 import subprocess
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -539,5 +541,48 @@ def test_kernel_losses_are_counted_and_surfaced(procs):
         lost = capture.stats.kernel_lost
         assert lost > 0
         assert [(e.stage, e.count) for e in errors] == [("capture", lost)]
+    finally:
+        capture.close()
+
+
+def _accepts_of(records: list, pid: int) -> list[ConnectionEvent]:
+    return [r for r in conns(records, Action.ACCEPTED) if r.process.pid == pid]
+
+
+def test_records_come_in_batches_under_load_and_at_once_after_a_quiet_spell(procs, tmp_path):
+    """`capture.batch`: under load the ring buffer is read at most every batch (here 50 ms), several
+    connections at a time; a lone accept after a quiet spell is read at once, not a batch later."""
+    exe = Path(shutil.copy(SOCAT, tmp_path / "socat-batch"))   # its own name: other tests' relays stay out
+    capture = Capture(CaptureConfig(comms=(exe.name,), batch_s=0.05))
+    try:
+        proc = procs.start([str(exe), f"TCP-LISTEN:{(port := free_port())},reuseaddr,fork", "EXEC:cat"])
+        wait_listening(port)
+        lags = []
+        for _ in range(5):
+            capture.poll(300)   # a quiet spell: nothing of ours comes
+            connect(socket.AF_INET, "127.0.0.1", port)
+            deadline = time.monotonic() + 2
+            while not (got := _accepts_of(capture.poll(100), proc.pid)) and time.monotonic() < deadline:
+                pass
+            assert got, "a lone accept was not read within 2 s"
+            lags.append((time.monotonic_ns() - got[0].ktime_ns) / 1e6)
+        assert sorted(lags)[2] < 25, f"lone accepts read {sorted(lags)} ms after the kernel saw them"
+
+        stop = threading.Event()
+        load = threading.Thread(target=lambda: [connect(socket.AF_INET, "127.0.0.1", port)
+                                                for _ in range(400) if not stop.is_set()])
+        load.start()
+        drains, accepts = [], 0
+        deadline = time.monotonic() + 10
+        while (load.is_alive() or accepts < 400) and time.monotonic() < deadline:
+            got = _accepts_of(capture.poll(100), proc.pid)
+            if got:
+                drains.append(time.monotonic())
+                accepts += len(got)
+        stop.set()
+        load.join(10)
+        gaps = sorted(b - a for a, b in zip(drains, drains[1:]))
+        assert accepts == 400
+        assert gaps and gaps[len(gaps) // 2] >= 0.04, f"{len(drains)} drains for {accepts} accepts under load"
     finally:
         capture.close()
