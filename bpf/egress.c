@@ -35,7 +35,7 @@ struct denial {
 BPF_HASH(relay_pids, u32, u16, 65536);
 BPF_HASH(guarded, u16, u8, 1024);
 BPF_F_TABLE("lpm_trie", struct rule_key, u8, allowed, 16384, BPF_F_NO_PREALLOC);
-BPF_RINGBUF_OUTPUT(denials, 8);
+BPF_RINGBUF_OUTPUT(denials, DENIAL_PAGES);   // -DDENIAL_PAGES from monitor/enforce/egress.py
 BPF_ARRAY(lost, u64, 1);
 BPF_ARRAY(full, u64, 1);
 

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..capture.capture import CaptureStats
 from ..config import Config
 from ..metrics import Sample, process_samples
 from ..policy.engine import EngineCounts, PolicyEngine
@@ -23,11 +24,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def counters(agent: Agent) -> Counters:
-    """The health counters (the event and alert counts are the status's own)."""
+def counters(agent: Agent, capture: CaptureStats | None = None) -> Counters:
+    """The health counters (the event and alert counts are the status's own); `capture`: its stats, if
+    the caller has them already (each read sums the kernel's per-CPU loss counter)."""
     sink = agent.sinks.stats_by_sink().get("ElasticsearchSink", SinkStats())   # the es_* figures are its own
+    if capture is None and agent.capture is not None:
+        capture = agent.capture.stats
     return Counters(
-        kernel_lost=agent.capture.stats.kernel_lost if agent.capture is not None else 0,
+        kernel_lost=capture.kernel_lost if capture is not None else 0,
         user_lost=agent.handoff.lost,
         queue_depth=agent.handoff.held,
         blocks_active=len(agent.enforcer.active()) if agent.enforcer is not None else 0,
@@ -59,7 +63,8 @@ def snapshot(agent: Agent) -> Status:
 
 
 def samples(agent: Agent) -> list[Sample]:
-    c = counters(agent)
+    capture = agent.capture.stats if agent.capture is not None else None
+    c = counters(agent, capture)
     events, alerts, lost = agent.status.totals()
     out = [Sample("events_total", "counter", "Records written, by event.action.", v, (("action", k),))
            for k, v in sorted(events.items())]
@@ -69,7 +74,7 @@ def samples(agent: Agent) -> list[Sample]:
         Sample("kernel_lost_events_total", "counter", "Events the kernel could not deliver.", c.kernel_lost),
         Sample("capture_partial_sources_total", "counter", "Accepts whose handshake the capture missed and whose "
                "source stayed known in part (written, not judged).",
-               agent.capture.stats.partial_sources if agent.capture is not None else 0),
+               capture.partial_sources if capture is not None else 0),
         Sample("user_lost_events_total", "counter", "Events dropped in the agent (queue full).", c.user_lost),
         Sample("queue_depth", "gauge", "Records waiting between capture and pipeline.", c.queue_depth),
         Sample("blocks_active", "gauge", "Sources blocked now.", c.blocks_active),

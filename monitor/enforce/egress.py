@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 SOURCE = BPF_DIR / "egress.c"
 WHERE = "egress"
 RULE = "policy.backend_denied"
-DENIAL_PAGES = 8   # BPF_RINGBUF_OUTPUT(denials, 8) in egress.c
+DENIAL_PAGES = 8   # the `denials` ring buffer, in pages (egress.c takes it as a macro)
 PROGRAMS = (loader.Program("egress_connect4", PROG_CGROUP_SOCK_ADDR, ATTACH_INET4_CONNECT),
             loader.Program("egress_connect6", PROG_CGROUP_SOCK_ADDR, ATTACH_INET6_CONNECT))
 ZERO, ONE = (0).to_bytes(4, "little"), b"\x01"
@@ -113,7 +113,7 @@ class EgressGuard:
         self._links: list[int] = []
         self._cgroup_fd: int | None = None
         self._ring: RingReader | None = None
-        self.bpf = loader.load(WHERE, SOURCE, [], {}, PROGRAMS)
+        self.bpf = loader.load(WHERE, SOURCE, [f"-DDENIAL_PAGES={DENIAL_PAGES}"], {}, PROGRAMS)
         self._maps = self.bpf.maps
         try:
             self._ring = RingReader(self._maps["denials"].fd, DENIAL_PAGES * mmap.PAGESIZE)
