@@ -23,8 +23,10 @@ the two off phases around it (target >= 0.95 each), the relay's CPU ratio
 without) and the consumer's CPU (target <= 30 us) split into read (ring
 drain, loss counters and the wakeup), decode, enrich (these three share the
 poll's CPU by the time each took), pipeline, render and write (buffer and
-the flusher thread). `--control` runs an idle consumer without BPF
-(the method's noise), `--comm other` attaches programs that match nothing,
+the flusher thread). `--agent` runs the agent itself instead (`socat-monitor
+run` without enforcement, all its threads): its whole CPU, unsplit.
+`--control` runs an idle consumer without BPF (the method's noise),
+`--comm other` attaches programs that match nothing,
 `--no-bytes` compiles out byte counting (the agent's default), `--batch-ms`
 sets the capture's batching (`capture.batch`, default 5 ms). `--hot-loop N`
 times the same per-record path over N made-up relay connections in a loop,
@@ -226,6 +228,39 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
                       "write_s": stages.write / 1e9 + sink_cpu}), flush=True)
 
 
+def run_agent_consumer(comm: str, batch_ms: float | None) -> None:
+    """Run the agent itself (what `socat-monitor run` runs: its threads, queue, sinks) watching `comm`,
+    until SIGTERM; print the same JSON summary, its CPU counted from the moment it was started."""
+    import threading
+
+    from monitor.agent import Agent, RunOptions
+    from monitor.config import ConfigSource
+
+    state = tempfile.mkdtemp(prefix="bench-capture-agent-")
+    capture = {"comms": (comm,)} | ({} if batch_ms is None else {"batch_s": batch_ms / 1000})
+    source = ConfigSource(None, dict(
+        agent={"output": state, "state_dir": state, "metrics": "", "control_socket": f"{state}/control.sock"},
+        ndjson={"directory": state}, capture=capture, enforce={"enabled": False}))
+    agent = Agent(source.load(), RunOptions(source=source))
+    agent.install_signal_handlers()
+    started = {}
+
+    def announce() -> None:
+        while agent.reader is None or not agent.reader.thread.is_alive():
+            time.sleep(0.01)
+        started["cpu"] = time.process_time()
+        print("ready", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    summary = agent.run()
+    cpu = time.process_time() - started["cpu"]
+    stats = agent.sinks.stats_by_sink()["NdjsonSink"]
+    shutil.rmtree(state, ignore_errors=True)
+    handed = stats.written + stats.failed + stats.dropped + stats.pending   # every record the agent wrote out
+    print(json.dumps({"accepted": summary.connections_seen, "events": handed, "written": stats.written, "pipeline_errors": 0, "kernel_lost": summary.kernel_lost,
+                      "decode_errors": 0, "consumer_cpu_s": round(cpu, 3)}), flush=True)
+
+
 def relay_records(connections: int, relay_pid: int) -> list[bytes]:
     """Ring-buffer records (the layout of `bpf/capture.c`) of a fork relay's connections on
     loopback: the accept in the relay, the child's connect, both closes; one child in 50 exits
@@ -345,7 +380,8 @@ def phase(name: str, port: int, args, consumer: subprocess.Popen | None, relay_p
 
 
 def start_consumer(port: int, args) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, __file__, "--role", "consumer", "--port", str(port)]
+    role = "agent" if args.agent else "consumer"
+    proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--port", str(port)]
                             + (["--no-bytes"] if args.no_bytes else []) + (["--control"] if args.control else [])
                             + ["--comm", args.comm]
                             + ([] if args.batch_ms is None else ["--batch-ms", str(args.batch_ms)]),
@@ -370,11 +406,16 @@ def main() -> None:
                     help="the capture's batch setting (capture.batch) in ms; default: the agent's")
     ap.add_argument("--hot-loop", type=int, default=0, metavar="N",
                     help="instead: time the consumer's path over N made-up relay connections in a loop (no BPF, no root)")
-    ap.add_argument("--role", choices=["main", "backend", "consumer"], default="main", help=argparse.SUPPRESS)
+    ap.add_argument("--agent", action="store_true",
+                    help="on phases run the agent itself (`socat-monitor run`, no enforcement), not its per-record "
+                         "path alone: its whole CPU per connection, with no split")
+    ap.add_argument("--role", choices=["main", "backend", "consumer", "agent"], default="main", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "backend":
         return run_backend(args.port)
+    if args.role == "agent":
+        return run_agent_consumer(args.comm, args.batch_ms)
     if args.role == "consumer":
         return run_consumer(args.port, not args.no_bytes, args.control, args.comm, args.batch_ms)
     if args.hot_loop:
@@ -456,8 +497,12 @@ def report(results: list[dict], args) -> None:
           f"({seen / made:.4f}), kernel lost {lost}, records not written {unwritten}")
     cpu_off = sum(r["relay_us"] for r in off) / len(off)
     kernel = sum(r["relay_us"] * r["connections"] for r in on) / conns - cpu_off
-    split = {name: sum(r[f"{name}_s"] for r in on) * 1e6 / conns for name in STAGES}
     consumer = sum(r["consumer_cpu_s"] for r in on) * 1e6 / conns
+    if args.agent:
+        print(f"per connection ({sum(r['events'] for r in on) / conns:.1f} records): kernel {kernel:.1f} us "
+              f"(relay CPU with - without); the agent's CPU {consumer:.1f} us (target <= 30), all its threads")
+        return
+    split = {name: sum(r[f"{name}_s"] for r in on) * 1e6 / conns for name in STAGES}
     clocks = sum(r["clocks_s"] for r in on) * 1e6 / conns
     print(f"per connection ({sum(r['events'] for r in on) / conns:.1f} records): kernel {kernel:.1f} us "
           f"(relay CPU with - without); consumer CPU {consumer:.1f} us (target <= 30), of which "
