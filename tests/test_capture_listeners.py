@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,28 @@ def test_table_rows_are_filtered_by_state_before_they_are_split(tmp_path):
     assert states((tcp.LISTEN,)) == ["0A"]
     assert states(tcp.OPEN) == ["01", "08"]
     assert states((tcp.ESTABLISHED,)) == ["01"]
+
+
+def test_listening_rows_come_first_in_this_kernel_and_the_read_stops_after_them(tmp_path):
+    """The kernel lists a table's listening sockets before its connections, whatever their order of
+    creation: the listener read stops at the first other row, and misses no listener for it."""
+    first = socket.create_server(("127.0.0.1", 0))
+    clients = [socket.create_connection(first.getsockname(), timeout=5) for _ in range(20)]
+    late = socket.create_server(("127.0.0.1", 0))   # created after the connections
+    try:
+        ports = {tcp.hex_address(cols[1])[1] for cols in tcp.listening("/proc/self/net")}
+        assert {first.getsockname()[1], late.getsockname()[1]} <= ports
+        states = [line.split()[3] for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]]
+        assert tcp.ESTABLISHED in states
+        assert states.index(tcp.ESTABLISHED) > max(i for i, state in enumerate(states) if state == tcp.LISTEN)
+    finally:
+        for sock in [first, late, *clients]:
+            sock.close()
+    rows = ["    0: 0100007F:1F90 00000000:0000 0A 0 0 0 0 0 501 1\n",
+            "    1: 0100007F:1F90 0500007F:D431 06 0 0 0 0 0 0 1\n",
+            "    2: 0100007F:1F91 00000000:0000 0A 0 0 0 0 0 502 1\n"]   # not a kernel's order: never read
+    (tmp_path / "tcp").write_text(HEADER + "".join(rows))
+    assert [cols[9] for cols in tcp.listening(str(tmp_path))] == ["501"]
 
 
 def test_a_table_read_through_a_process_that_ended_is_no_table(tmp_path):

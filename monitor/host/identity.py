@@ -159,8 +159,8 @@ def _configured_ports(path: str) -> tuple[int, ...]:
 def _listening_ports(pid: int, proc: str) -> set[int]:
     """Ports of the TCP sockets PID listens on (its fds matched with its namespace's table)."""
     listening = {}
-    for cols in tcp.rows(f"{proc}/{pid}/net", (tcp.LISTEN,)):
-        if len(cols) > 9 and cols[3] == tcp.LISTEN:
+    for cols in tcp.listening(f"{proc}/{pid}/net"):
+        if len(cols) > 9:
             listening[f"socket:[{cols[9]}]"] = tcp.hex_address(cols[1])[1]
     try:
         fds = os.listdir(f"{proc}/{pid}/fd")

@@ -53,8 +53,8 @@ def namespace_sockets(proc: str = processes.PROC, pid: str | None = None) -> dic
     PID ended while its tables were read."""
     out: dict[int, Socket] = {}
     try:
-        for cols in tcp.rows(f"{proc}/{pid}/net" if pid else f"{proc}/net", (tcp.LISTEN,), strict=True):
-            if len(cols) > 9 and cols[3] == tcp.LISTEN:
+        for cols in tcp.listening(f"{proc}/{pid}/net" if pid else f"{proc}/net", strict=True):
+            if len(cols) > 9:
                 ip, port = tcp.hex_address(cols[1])
                 out[int(cols[9])] = Socket(ip, port, int(cols[7]))
     except OSError:
