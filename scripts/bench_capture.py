@@ -3,8 +3,9 @@
 
 Side by side in one run, on loopback only: an asyncio echo backend, a
 `socat TCP-LISTEN:P,fork,backlog=64 TCP:127.0.0.1:B` relay (a copy of
-socat named `socat-bench`, the one name the capture watches: other socat
-processes on the host stay out of the figures), and an asyncio
+socat named `socat-benchNNNN`, this run's own name and the one name the
+capture watches: other socat processes on the host, another run's too, stay
+out of the figures), and an asyncio
 client keeping `--concurrency` (<= 4) connections in flight, each sending one
 byte and reading the echo until EOF. Phases alternate off, on, off, ...,
 off: `off` has no BPF loaded, `on` has a separate consumer process running
@@ -57,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 # The relay is socat run under its own name, so the capture sees it and not the socat processes
 # other work on the host runs at the same time.
-RELAY_COMM = "socat-bench"
+RELAY_COMM = f"socat-bench{os.getpid() % 10000}"   # this run's own: two benches at once stay apart
 
 
 def free_port() -> int:
@@ -228,7 +229,19 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
                       "write_s": stages.write / 1e9 + sink_cpu}), flush=True)
 
 
-def run_agent_consumer(comm: str, batch_ms: float | None) -> None:
+def accepted_in(directory: str, port: int) -> int:
+    """ACCEPTED documents for listener `port` in the agent's NDJSON events files."""
+    count = 0
+    for path in Path(directory).glob("events-*.ndjson"):
+        with open(path, "rb") as fh:
+            for line in fh:
+                doc = json.loads(line)
+                count += (doc["event"]["action"] == "connection_accepted"
+                          and doc.get("destination", {}).get("port") == port)
+    return count
+
+
+def run_agent_consumer(port: int, comm: str, batch_ms: float | None) -> None:
     """Run the agent itself (what `socat-monitor run` runs: its threads, queue, sinks) watching `comm`,
     until SIGTERM; print the same JSON summary, its CPU counted from the moment it was started."""
     import threading
@@ -255,9 +268,10 @@ def run_agent_consumer(comm: str, batch_ms: float | None) -> None:
     summary = agent.run()
     cpu = time.process_time() - started["cpu"]
     stats = agent.sinks.stats_by_sink()["NdjsonSink"]
+    accepted = accepted_in(state, port)
     shutil.rmtree(state, ignore_errors=True)
     handed = stats.written + stats.failed + stats.dropped + stats.pending   # every record the agent wrote out
-    print(json.dumps({"accepted": summary.connections_seen, "events": handed, "written": stats.written, "pipeline_errors": 0, "kernel_lost": summary.kernel_lost,
+    print(json.dumps({"accepted": accepted, "events": handed, "written": stats.written, "pipeline_errors": 0, "kernel_lost": summary.kernel_lost,
                       "decode_errors": 0, "consumer_cpu_s": round(cpu, 3)}), flush=True)
 
 
@@ -400,7 +414,7 @@ def main() -> None:
     ap.add_argument("--no-bytes", action="store_true", help="capture without byte counting (no read/write probes)")
     ap.add_argument("--control", action="store_true",
                     help="on phases run an idle consumer without BPF: the ratio then shows the method's noise")
-    ap.add_argument("--comm", default=RELAY_COMM,
+    ap.add_argument("--comm", default=None,
                     help="process name the capture watches; another name measures programs whose filter matches nothing")
     ap.add_argument("--batch-ms", type=float, default=None,
                     help="the capture's batch setting (capture.batch) in ms; default: the agent's")
@@ -412,10 +426,11 @@ def main() -> None:
     ap.add_argument("--role", choices=["main", "backend", "consumer", "agent"], default="main", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.comm = args.comm or RELAY_COMM
     if args.role == "backend":
         return run_backend(args.port)
     if args.role == "agent":
-        return run_agent_consumer(args.comm, args.batch_ms)
+        return run_agent_consumer(args.port, args.comm, args.batch_ms)
     if args.role == "consumer":
         return run_consumer(args.port, not args.no_bytes, args.control, args.comm, args.batch_ms)
     if args.hot_loop:
