@@ -13,11 +13,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..ebpf.progstats import ProgramRun
 from ..events import VALUES, Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
 from ..host.listeners import OpenConnections, discover
 from ..host.processes import boot_id
-from .bpf import KernelProbe
+from .bpf import SOURCE, KernelProbe
 from .decode import DecodeError, RawEvent, decode
 from .enrich import Enricher, ProcessTable, monotonic_offset_ns
 from ..settings import setting
@@ -85,10 +87,11 @@ class CaptureStats:
 class Capture:
     """Live socat connection capture through BPF tracepoints."""
 
-    def __init__(self, config: CaptureConfig) -> None:
+    def __init__(self, config: CaptureConfig, source: Path = SOURCE) -> None:
+        """`source`: the BPF C to load (another checkout's, to compare what its programs cost)."""
         self.config = config
         known = {lst.port for lst, _ in discover(tuple(config.comms)).listeners}
-        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts)
+        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts, source)
         self._kernel.watch_ports(known)   # at once: a handshake before the port filter knows its port is missed
         offset = monotonic_offset_ns()
         self._processes = ProcessTable(config.proc_cache_size, offset)
@@ -269,6 +272,10 @@ class Capture:
             uninspectable=len(self._blind),
             read_ns=self._kernel.read_ns + self._read_ns, decode_ns=self._decode_ns, enrich_ns=self._enrich_ns,
         )
+
+    def program_runs(self) -> list[ProgramRun]:
+        """What each kernel program cost so far (see `monitor.ebpf.progstats`)."""
+        return self._kernel.program_runs()
 
     def close(self) -> None:
         self._kernel.close()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from monitor.capture import Capture, CaptureConfig
+from monitor.ebpf.progstats import StatsSwitch
 from monitor.events import Action, ConnectionEvent, Direction, Outcome, PipelineError, ProcessEvent
 from tests.lab import PYTHON, ROOT, free_port, require, socat_monitor, wait_listening
 
@@ -352,6 +353,20 @@ def test_single_process_relay_to_ipv6_backend(recorder, procs):
     assert att.session_id == acc.session_id
     assert not conns(recs, Action.DENIED)
     assert sorted(c.direction.value for c in conns(recs, Action.CLOSED)) == ["egress", "ingress"]
+
+
+def test_program_runs_are_counted_per_tracepoint_while_bpf_stats_are_on(recorder, procs, backend):
+    bport, _ = backend
+    proc, port = relay(procs, "TCP-LISTEN:{port},fork,reuseaddr", f"TCP:127.0.0.1:{bport}")
+    with StatsSwitch():
+        before = {run.tracepoint: run for run in recorder.capture.program_runs()}
+        connect(socket.AF_INET, "127.0.0.1", port)
+        recorder.wait_for({proc.pid}, lambda r: len(conns(r, Action.CLOSED)) >= 2)
+        after = {run.tracepoint: run for run in recorder.capture.program_runs()}
+    assert {"sys_exit_accept", "sched_process_fork", "inet_sock_set_state", "sys_enter_read"} <= set(after)
+    for name in ("sys_exit_accept", "sched_process_fork", "sys_enter_connect", "sys_exit_connect"):
+        assert after[name].count > before[name].count and after[name].ns > before[name].ns, name
+    assert all(run.count >= 0 and run.ns >= 0 for run in after.values())
 
 
 def test_stats_and_poll_after_close():
