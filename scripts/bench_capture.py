@@ -25,7 +25,18 @@ drain, loss counters and the wakeup), decode, enrich (these three share the
 poll's CPU by the time each took), pipeline, render and write (buffer and
 the flusher thread). `--control` runs an idle consumer without BPF
 (the method's noise), `--comm other` attaches programs that match nothing,
-`--no-bytes` compiles out byte counting (the agent's default). `--hot-loop N`
+`--no-bytes` compiles out byte counting (the agent's default). The exact
+kernel figure: during on phases BPF run-time statistics are on (bpf(2)
+BPF_ENABLE_STATS, for as long as the consumer runs: nothing stays on after a
+crash or Ctrl-C) and the kernel counts each program's runs and run time;
+printed per on phase with the programs' total per relay connection and its
+share of the relay's CPU. Those totals count every process's runs (the
+programs run for the whole host: the client and the backend too), so they
+bound the relay's share from above. What the statistics cannot count, the
+system-call slow path that attached syscall tracepoints put every task on,
+is printed as a getppid loop's cost in on against off phases. `--source`
+loads another checkout's bpf/capture.c (the same record layout) to compare
+its kernel cost side by side. `--hot-loop N`
 times the same per-record path over N made-up relay connections in a loop,
 without BPF: the cost on warm caches, which other load distorts far less.
 
@@ -333,7 +344,7 @@ def relay_cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def syscall_ns(calls: int = 50_000, batches: int = 5) -> float:
+def syscall_ns(calls: int = 10_000, batches: int = 20) -> float:
     """What one cheap system call (getppid) costs this process, the fastest of a few batches, in ns.
 
     Attached syscall tracepoints put every task's system calls on the kernel's slow path, whichever

@@ -369,6 +369,57 @@ def test_program_runs_are_counted_per_tracepoint_while_bpf_stats_are_on(recorder
     assert all(run.count >= 0 and run.ns >= 0 for run in after.values())
 
 
+# A watched process (named by prctl) that gets a SIGCHLD (a handled one, as socat's), then ends as `how`
+# says once it reads a line: `exit` (exit_group, status 3), `thread-exit` (its only thread's SYS_exit: no
+# exit_group, no fatal signal) or `wait` (until a SIGKILL ends it).
+ENDER = """
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(15, b"end-probe", 0, 0, 0)
+signal.signal(signal.SIGCHLD, lambda *_: None)
+print("ready", flush=True)
+sys.stdin.readline()
+if os.fork() == 0:
+    os._exit(0)
+os.wait()
+how = sys.argv[1]
+if how == "exit":
+    sys.exit(3)
+if how == "thread-exit":
+    libc.syscall(60, 0)
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "thread-exit", "wait"])
+def test_process_end_is_its_exit_status_or_fatal_signal_never_a_sigchld(procs, how):
+    """Both places the kernel side keeps how a process ends: its fork entry (started while the
+    programs ran) and `exits` (started before)."""
+    def start():
+        proc = procs.start([PYTHON, "-c", ENDER, how], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdout.readline() == b"ready\n"
+        return proc
+
+    older = start()
+    with Capture(CaptureConfig(comms=("end-probe",))) as capture:
+        newer = start()
+        ended: dict[int, ProcessEvent] = {}
+        for proc in (older, newer):
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            if how == "wait":
+                time.sleep(0.5)   # its SIGCHLD first
+                proc.kill()
+            proc.wait(5)
+        deadline = time.monotonic() + 5
+        while len(ended) < 2 and time.monotonic() < deadline:
+            for rec in capture.poll(50):
+                if isinstance(rec, ProcessEvent) and rec.action is Action.PROCESS_ENDED:
+                    ended[rec.process.pid] = rec
+    expected = {"exit": (3, None), "thread-exit": (None, None), "wait": (None, signal.SIGKILL)}[how]
+    assert {pid: (e.exit_code, e.signal) for pid, e in ended.items()} == {older.pid: expected, newer.pid: expected}
+
+
 def test_stats_and_poll_after_close():
     capture = Capture(CaptureConfig(comms=("socat", "nc"), ringbuf_pages=64))
     capture.close()
