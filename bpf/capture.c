@@ -53,6 +53,10 @@
 #define WAKEUP_EVERY 1024
 #endif
 
+#define ACCEPTED 0      // conn_ports: local ports of accepted sockets
+#define DIALLED 1       // and remote ports of dialled ones
+#define PORT_WORDS 1024 // 65536 bits
+
 #define MAX_ARGS 20
 #define ARG_LEN 128
 
@@ -85,8 +89,12 @@ struct accept_args { u64 addr; };
 struct connect_args { u64 skaddr; u16 family, dport; u32 fd; u8 daddr[16]; };
 struct conn { struct event ev; u64 activity; u32 pending, state, fd, closed; };
 struct pstate { u64 cookie, activity, sk; u16 lport, lfamily; u32 fd; u8 laddr[16]; };
-struct fork_val { u32 ppid, tracked; u64 cookie, in_sk, out_sk; u16 lport, lfamily; u32 pad; u8 laddr[16]; };
 struct exit_val { s32 code; u32 sig; u32 exited; u32 pad; };
+// `end`: how the process ends, kept here for the processes forked while the
+// programs ran (`exits` holds it for the others); `accepted`: it has a
+// `pstates` entry (no other process has one).
+struct fork_val { u32 ppid, tracked; u64 cookie, in_sk, out_sk; u16 lport, lfamily; u32 accepted; u8 laddr[16];
+                  struct exit_val end; };
 struct io_key { u32 tgid, fd; };
 struct io_val { u64 rd, wr; };
 struct io_pending { struct io_key key; u32 write, pad; };
@@ -107,6 +115,7 @@ BPF_TABLE("lru_hash", u32, struct connect_args, connects, 1024);
 BPF_TABLE("lru_hash", u32, struct exec_event, execs, 256);           // tgid -> argv copied at execve entry
 BPF_TABLE("lru_hash", struct estab_key, struct estab_val, estab, 8192);
 BPF_TABLE("lru_hash", u64, struct conn, conns, 65536);        // sock address -> connection
+BPF_ARRAY(conn_ports, u64, 2 * PORT_WORDS);                  // ports of tracked sockets, a bit each
 BPF_TABLE("lru_hash", u32, struct pstate, pstates, 4096);     // tgid -> last accept, fork/connect count
 BPF_TABLE("lru_hash", u32, struct fork_val, forks, 16384);    // child tgid -> parent
 BPF_TABLE("lru_hash", u32, struct exit_val, exits, 4096);
@@ -147,18 +156,41 @@ static __always_inline void emit_record(void *data, u32 size, int urgent) {
 
 static __always_inline void emit(void *data, u32 size) { emit_record(data, size, 0); }
 
-// Identity of the current task into an event header.
-static __always_inline void fill_task(struct event *ev) {
+// Identity of the current task into an event header, all but its parent.
+static __always_inline void fill_identity(struct event *ev) {
     u64 id = bpf_get_current_pid_tgid();
     u64 ug = bpf_get_current_uid_gid();
     ev->pid = id >> 32;
     ev->tid = (u32)id;
     ev->uid = (u32)ug;
     ev->gid = ug >> 32;
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+}
+
+// Identity of the current task and its parent; its fork entry (NULL if none), for the caller to use too.
+static __always_inline struct fork_val *fill_task(struct event *ev) {
+    fill_identity(ev);
     u32 tgid = ev->pid;
     struct fork_val *f = forks.lookup(&tgid);
     ev->ppid = f ? f->ppid : 0;
-    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    return f;
+}
+
+// `conn_ports` has a bit for the local port of every socket accepted into `conns` and one for the
+// remote port of every socket dialled into it. Bits are set before the insert and never cleared: a
+// state change whose ports have no bit is not a tracked socket's, known without a lookup in the
+// large `conns` table (most sockets of the host: every TCP client and server that is not a relay).
+static __always_inline void mark_port(u32 side, u16 port) {
+    u32 word = side * PORT_WORDS + (port >> 6);
+    u64 *bits = conn_ports.lookup(&word);
+    if (bits)
+        __sync_fetch_and_or(bits, 1ULL << (port & 63));
+}
+
+static __always_inline int port_marked(u32 side, u16 port) {
+    u32 word = side * PORT_WORDS + (port >> 6);
+    u64 *bits = conn_ports.lookup(&word);
+    return bits && ((*bits >> (port & 63)) & 1);
 }
 
 // Start counting the bytes of a tracked socket (tgid, fd): compiled out with
@@ -236,7 +268,7 @@ static __always_inline int accept_exit(long ret) {
     ev->flags = F_INGRESS;
     ev->ts = bpf_ktime_get_ns();
     ev->cookie = ev->ts;
-    fill_task(ev);
+    struct fork_val *f = fill_task(ev);
     ev->family = k.family;
     ev->sport = k.port;
     struct estab_val *e = estab.lookup(&k);
@@ -259,6 +291,8 @@ static __always_inline int accept_exit(long ret) {
 
     u32 tgid = ev->pid;
     struct pstate fresh = {};
+    if (f)
+        f->accepted = 1;
     struct pstate *p = pstates.lookup_or_try_init(&tgid, &fresh);
     if (p) {
         p->cookie = ev->cookie;
@@ -271,6 +305,7 @@ static __always_inline int accept_exit(long ret) {
     }
     if (sk) {
         c.fd = ret;
+        mark_port(ACCEPTED, ev->lport);
         conns.update(&sk, &c);
         count_bytes(tgid, ret);
     }
@@ -477,18 +512,36 @@ TRACEPOINT_PROBE(syscalls, sys_enter_exit_group) {
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct exit_val v = {.code = args->error_code & 0xff, .exited = 1};
-    exits.update(&tgid, &v);
+    struct fork_val *f = forks.lookup(&tgid);
+    if (f)
+        f->end = v;
+    else
+        exits.update(&tgid, &v);
     return 0;
 }
 
+// Only a signal that can end a process matters (the last one delivered is
+// the fatal one): the ones whose default is to be ignored never do, and
+// SIGCHLD reaches every relay at each of its children's exits.
+#define SIGCHLD 17
+#define SIGCONT 18
+#define SIGURG 23
+#define SIGWINCH 28
+
 TRACEPOINT_PROBE(signal, signal_deliver) {
-    if (!watched())
+    int sig = args->sig;
+    if (sig == SIGCHLD || sig == SIGCONT || sig == SIGURG || sig == SIGWINCH || !watched())
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct fork_val *f = forks.lookup(&tgid);
+    if (f) {
+        f->end.sig = sig;
+        return 0;
+    }
     struct exit_val fresh = {};
     struct exit_val *v = exits.lookup_or_try_init(&tgid, &fresh);
     if (v)
-        v->sig = args->sig;
+        v->sig = sig;
     return 0;
 }
 
@@ -503,8 +556,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     // program (EXEC:...,nofork) is no longer watched but still holds sockets.
     struct fork_val *f = forks.lookup(&tgid);
     u64 in_sk = 0, out_sk = 0, cookie = 0;
-    u32 tracked = 0, lport = 0, ppid = 0;
+    u32 tracked = 0, lport = 0, ppid = 0, forked = 0, accepted = 0;
+    struct exit_val end = {};
     if (f) {
+        forked = 1;
+        accepted = f->accepted;
+        end = f->end;
         ppid = f->ppid;
         tracked = f->tracked;
         cookie = f->cookie;
@@ -528,21 +585,27 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     struct event ev = {};
     ev.type = EV_EXIT;
     ev.ts = bpf_ktime_get_ns();
-    fill_task(&ev);
-    ev.ppid = ppid;   // fill_task's lookup ran after the delete
+    fill_identity(&ev);
+    ev.ppid = ppid;
     ev.cookie = cookie;
     ev.lport = lport;
-    struct exit_val *v = exits.lookup(&tgid);
-    if (v && v->exited) {
+    if (!forked) {
+        struct exit_val *v = exits.lookup(&tgid);
+        if (v)
+            end = *v;
+    }
+    if (end.exited) {
         ev.flags = F_EXITED;
-        ev.err = v->code;
-    } else if (v) {
-        ev.sig = v->sig;
+        ev.err = end.code;
+    } else {
+        ev.sig = end.sig;
     }
     if (!(tracked && ev.flags == F_EXITED && ev.err == 0))   // quiet: a clean relay child
         emit(&ev, sizeof(ev));
-    exits.delete(&tgid);
-    pstates.delete(&tgid);
+    if (!forked)
+        exits.delete(&tgid);
+    if (!forked || accepted)
+        pstates.delete(&tgid);
     return 0;
 }
 
@@ -587,7 +650,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         struct event *ev = &c.ev;
         ev->type = EV_CONNECT;
         ev->ts = bpf_ktime_get_ns();
-        fill_task(ev);
+        struct fork_val *f = fill_task(ev);
         ev->family = args->family;
         ev->dport = a->dport;
         if (a->family == AF_INET && args->family == AF_INET6) {
@@ -599,8 +662,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             __builtin_memcpy(ev->daddr, a->daddr, 16);
         }
         u32 tgid = ev->pid;
-        struct pstate *p = pstates.lookup(&tgid);
-        struct fork_val *f = forks.lookup(&tgid);
+        struct pstate *p = f && !f->accepted ? NULL : pstates.lookup(&tgid);
         if (p && p->cookie) {
             ev->cookie = p->cookie;
             ev->lport = p->lport;
@@ -614,6 +676,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             __builtin_memcpy(ev->laddr, f->laddr, 16);
         }
         c.fd = a->fd;
+        mark_port(DIALLED, args->dport);
         conns.update(&sk, &c);
         count_bytes(tgid, a->fd);
         return 0;
@@ -622,6 +685,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     // Only these moments matter for a tracked socket: skip the lookup otherwise
     // (ESTABLISHED -> CLOSE_WAIT, FIN_WAIT1 -> FIN_WAIT2, listeners, ...).
     if (old != TCP_SYN_SENT && new != TCP_FIN_WAIT1 && new != TCP_LAST_ACK && new != TCP_CLOSE)
+        return 0;
+    if (!port_marked(DIALLED, args->dport) && (old == TCP_SYN_SENT || !port_marked(ACCEPTED, args->sport)))
         return 0;
     struct conn *c = conns.lookup(&sk);
     if (!c)

@@ -27,9 +27,20 @@ poll's CPU by the time each took), pipeline, render and write (buffer and
 the flusher thread). `--agent` runs the agent itself instead (`socat-monitor
 run` without enforcement, all its threads): its whole CPU, unsplit.
 `--control` runs an idle consumer without BPF (the method's noise),
-`--comm other` attaches programs that match nothing,
-`--no-bytes` compiles out byte counting (the agent's default), `--batch-ms`
-sets the capture's batching (`capture.batch`, default 5 ms). `--hot-loop N`
+`--comm other` attaches programs that match nothing, `--no-bytes` compiles
+out byte counting (the agent's default), `--batch-ms` sets the capture's
+batching (`capture.batch`, default 5 ms). The exact
+kernel figure: during on phases BPF run-time statistics are on (bpf(2)
+BPF_ENABLE_STATS, for as long as the consumer runs: nothing stays on after a
+crash or Ctrl-C) and the kernel counts each program's runs and run time;
+printed per on phase with the programs' total per relay connection and its
+share of the relay's CPU. Those totals count every process's runs (the
+programs run for the whole host: the client and the backend too), so they
+bound the relay's share from above. What the statistics cannot count, the
+system-call slow path that attached syscall tracepoints put every task on,
+is printed as a getppid loop's cost in on against off phases. `--source`
+loads another checkout's bpf/capture.c (the same record layout) to compare
+its kernel cost side by side. `--hot-loop N`
 times the same per-record path over N made-up relay connections in a loop,
 without BPF: the cost on warm caches, which other load distorts far less.
 
@@ -123,16 +134,19 @@ def thread_cpu_s(name: str) -> float:
     return 0.0
 
 
-def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_ms: float | None) -> None:
+def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_ms: float | None,
+                 source: Path) -> None:
     """Run the agent's per-record path until SIGTERM; print a JSON summary of what was seen for `port`.
 
     The path is the agent's: `Capture.poll` (ring drain, decode, enrich), the `Pipeline` with the default
     config (detector and decider, no policy), the live status, ECS rendering and the NDJSON sink (to a
-    temporary directory). `control`: load nothing, just idle (measures the method's own noise)."""
+    temporary directory). `control`: load nothing, just idle (measures the method's own noise). BPF
+    run-time statistics are on while it runs: the summary has each program's run count and run time."""
     from monitor.agent.loops import settle_heap
     from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture import Capture, CaptureConfig
     from monitor.config import Config
+    from monitor.ebpf.progstats import StatsSwitch
     from monitor.ecs import HostInfo, encode
     from monitor.events import Action, ConnectionEvent, PipelineError, now_ns
     from monitor.pipeline import Pipeline
@@ -151,7 +165,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
         while not stop:
             time.sleep(0.1)
         print(json.dumps({"accepted": 0, "events": 0, "written": 0, "pipeline_errors": 0, "kernel_lost": 0,
-                          "decode_errors": 0, "consumer_cpu_s": 0.0}), flush=True)
+                          "decode_errors": 0, "consumer_cpu_s": 0.0, "programs": []}), flush=True)
         return
     config = Config()
     decider = make_decider(config, None)
@@ -160,9 +174,10 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
     host = HostInfo.detect()
     out_dir = tempfile.mkdtemp(prefix="bench-capture-")
     sink = NdjsonSink(NdjsonConfig(directory=Path(out_dir)), host)
-    capture = Capture(CaptureConfig(comms=(comm,), byte_counts=byte_counts,
-                                    **({} if batch_ms is None else {"batch_s": batch_ms / 1000})))
+    capture = Capture(CaptureConfig(comms=(comm,), byte_counts=byte_counts, **batch_setting(batch_ms)),
+                      source=source)
     settle_heap()   # as the agent does once started
+    bpf_stats = StatsSwitch()   # counted from here: the load's own runs are not
     print("ready", flush=True)
     accepted = events = errors = polls = 0
     stages = Stages()
@@ -212,6 +227,8 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
     cpu = time.process_time() - cpu0
     sink_cpu = thread_cpu_s("sink-ndjson") - sink_cpu0
     stats = capture.stats
+    programs = [[run.tracepoint, run.count, run.ns] for run in capture.program_runs()]
+    bpf_stats.close()
     capture.close()
     # the poll's CPU (wakeup included) divided between its stages by the time each took
     timed = max(stats.read_ns + stats.decode_ns + stats.enrich_ns, 1)
@@ -226,7 +243,12 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
                       "decode_s": share["decode"] / 1e9, "enrich_s": share["enrich"] / 1e9,
                       "clocks_s": stages.clock_calls * clock_cost_ns() / 1e9,
                       "pipeline_s": stages.pipeline / 1e9, "render_s": stages.render / 1e9,
-                      "write_s": stages.write / 1e9 + sink_cpu}), flush=True)
+                      "write_s": stages.write / 1e9 + sink_cpu, "programs": programs}), flush=True)
+
+
+def batch_setting(batch_ms: float | None) -> dict:
+    """`capture.batch` as CaptureConfig keywords: the agent's default unless `--batch-ms` was given."""
+    return {} if batch_ms is None else {"batch_s": batch_ms / 1000}
 
 
 def accepted_in(directory: str, port: int) -> int:
@@ -250,7 +272,7 @@ def run_agent_consumer(port: int, comm: str, batch_ms: float | None) -> None:
     from monitor.config import ConfigSource
 
     state = tempfile.mkdtemp(prefix="bench-capture-agent-")
-    capture = {"comms": (comm,)} | ({} if batch_ms is None else {"batch_s": batch_ms / 1000})
+    capture = {"comms": (comm,)} | batch_setting(batch_ms)
     source = ConfigSource(None, dict(
         agent={"output": state, "state_dir": state, "metrics": "", "control_socket": f"{state}/control.sock"},
         ndjson={"directory": state}, capture=capture, enforce={"enabled": False}))
@@ -271,8 +293,9 @@ def run_agent_consumer(port: int, comm: str, batch_ms: float | None) -> None:
     accepted = accepted_in(state, port)
     shutil.rmtree(state, ignore_errors=True)
     handed = stats.written + stats.failed + stats.dropped + stats.pending   # every record the agent wrote out
-    print(json.dumps({"accepted": accepted, "events": handed, "written": stats.written, "pipeline_errors": 0, "kernel_lost": summary.kernel_lost,
-                      "decode_errors": 0, "consumer_cpu_s": round(cpu, 3)}), flush=True)
+    print(json.dumps({"accepted": accepted, "events": handed, "written": stats.written, "pipeline_errors": 0,
+                      "kernel_lost": summary.kernel_lost, "decode_errors": 0, "consumer_cpu_s": round(cpu, 3),
+                      "programs": []}), flush=True)   # the kernel figure: the per-record consumer's runs
 
 
 def relay_records(connections: int, relay_pid: int) -> list[bytes]:
@@ -379,12 +402,28 @@ def relay_cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def syscall_ns(calls: int = 10_000, batches: int = 20) -> float:
+    """What one cheap system call (getppid) costs this process, the fastest of a few batches, in ns.
+
+    Attached syscall tracepoints put every task's system calls on the kernel's slow path, whichever
+    call the programs are on: on phases against off phases show that cost, which bpf_stats does not count."""
+    getppid, best = os.getppid, float("inf")
+    for _ in range(batches):
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            getppid()
+        best = min(best, (time.perf_counter_ns() - start) / calls)
+    return best
+
+
 def phase(name: str, port: int, args, consumer: subprocess.Popen | None, relay_pid: int) -> dict:
+    syscall = syscall_ns()
     cpu0 = relay_cpu_s(relay_pid)
     done, failed, elapsed = asyncio.run(client(port, args.seconds, args.concurrency))
     time.sleep(0.3)   # let the last children be reaped
     cpu_us = (relay_cpu_s(relay_pid) - cpu0) * 1e6 / max(done, 1)
-    out = {"phase": name, "connections": done, "failed": failed, "rate": done / elapsed, "relay_us": cpu_us}
+    out = {"phase": name, "connections": done, "failed": failed, "rate": done / elapsed, "relay_us": cpu_us,
+           "syscall_ns": syscall}
     if consumer is not None:
         time.sleep(1.0)   # let the last events arrive
         consumer.send_signal(signal.SIGTERM)
@@ -397,7 +436,7 @@ def start_consumer(port: int, args) -> subprocess.Popen:
     role = "agent" if args.agent else "consumer"
     proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--port", str(port)]
                             + (["--no-bytes"] if args.no_bytes else []) + (["--control"] if args.control else [])
-                            + ["--comm", args.comm]
+                            + ["--comm", args.comm, "--source", str(args.source)]
                             + ([] if args.batch_ms is None else ["--batch-ms", str(args.batch_ms)]),
                             stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
@@ -418,6 +457,8 @@ def main() -> None:
                     help="process name the capture watches; another name measures programs whose filter matches nothing")
     ap.add_argument("--batch-ms", type=float, default=None,
                     help="the capture's batch setting (capture.batch) in ms; default: the agent's")
+    ap.add_argument("--source", type=Path, default=ROOT / "bpf" / "capture.c",
+                    help="the BPF C the capture loads (another checkout's bpf/capture.c compares its kernel cost)")
     ap.add_argument("--hot-loop", type=int, default=0, metavar="N",
                     help="instead: time the consumer's path over N made-up relay connections in a loop (no BPF, no root)")
     ap.add_argument("--agent", action="store_true",
@@ -432,7 +473,7 @@ def main() -> None:
     if args.role == "agent":
         return run_agent_consumer(args.port, args.comm, args.batch_ms)
     if args.role == "consumer":
-        return run_consumer(args.port, not args.no_bytes, args.control, args.comm, args.batch_ms)
+        return run_consumer(args.port, not args.no_bytes, args.control, args.comm, args.batch_ms, args.source)
     if args.hot_loop:
         return hot_loop(min(max(args.hot_loop, 100), 100_000), args.rounds)
     args.seconds = min(max(args.seconds, 1.0), 60.0)
@@ -440,6 +481,8 @@ def main() -> None:
     args.concurrency = min(max(args.concurrency, 1), 4)
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (BPF)")
+    if not args.source.is_file():
+        raise SystemExit(f"bench: {args.source}: no such BPF source")
     socat = shutil.which("socat") or sys.exit("bench: socat is not installed")
     relay_dir = tempfile.mkdtemp(prefix="bench-capture-relay-")
     relay_exe = shutil.copy(socat, os.path.join(relay_dir, RELAY_COMM))
@@ -479,6 +522,33 @@ def load_average() -> str:
 STAGES = ("read", "decode", "enrich", "pipeline", "render", "write")
 
 
+def report_programs(on: list[dict], off: list[dict]) -> None:
+    """Per on phase, what the kernel counted for each program (bpf_stats: runs per relay connection and
+    mean ns per run), their total per relay connection and its share of the relay's CPU; then the
+    syscall slow path the attached tracepoints put every task on (getppid on vs off)."""
+    if not any(r["programs"] for r in on):
+        return
+    names = sorted({p[0] for r in on for p in r["programs"]})
+    figures = [{name: (count, ns) for name, count, ns in r["programs"]} for r in on]
+    print("kernel programs (bpf_stats, every process of the host), per on phase: runs per relay connection x mean ns")
+    for name in names:
+        cells = []
+        for r, fig in zip(on, figures):
+            count, ns = fig.get(name, (0, 0))
+            cells.append(f"{count / max(r['connections'], 1):6.2f} x {ns / max(count, 1):5.0f} ns")
+        print(f"  {name:22} " + "   ".join(cells))
+    totals = [sum(ns for _, ns in fig.values()) / 1e3 / max(r["connections"], 1) for r, fig in zip(on, figures)]
+    shares = [r["relay_us"] / max(r["relay_us"] - total, 1e-9) for r, total in zip(on, totals)]
+    print(f"kernel programs per relay connection: {', '.join(f'{t:.2f} us' for t in totals)}; as a share of the "
+          f"relay's CPU (relay CPU / (relay CPU - programs)): {', '.join(f'x{x:.4f}' for x in shares)} "
+          f"(target <= x1.03; the noisy ratio above for comparison)")
+    slow_on = [r["syscall_ns"] for r in on]
+    slow_off = [r["syscall_ns"] for r in off]
+    print(f"syscall slow path (attached syscall tracepoints, not in bpf_stats): getppid "
+          f"{', '.join(f'{x:.0f}' for x in slow_on)} ns with the programs, {', '.join(f'{x:.0f}' for x in slow_off)} "
+          f"ns without: +{min(slow_on) - min(slow_off):.0f} ns per system call of every task (fastest against fastest)")
+
+
 def report(results: list[dict], args) -> None:
     """The phase table, the ratio of each on phase to the off phases around it, completeness, CPU split."""
     print(f"{'phase':5} {'conns':>7} {'failed':>6} {'conn/s':>8} {'relay_us/conn':>13} {'accepted':>8} {'lost':>5} "
@@ -497,6 +567,7 @@ def report(results: list[dict], args) -> None:
           f"{', '.join(f'{x:.3f}' for x in ratios)} (range {min(ratios):.3f}-{max(ratios):.3f}; target >= 0.95 each)")
     print(f"relay CPU per connection with / without (kernel programs): "
           f"{', '.join(f'x{x:.3f}' for x in cpu_ratios)} (target <= x1.03)")
+    report_programs(on, off)
     if args.control:
         print("control run: no capture was loaded; the ratios above are the measurement noise")
         return

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .. import BPF_DIR
 from ..ebpf import loader
+from ..ebpf.progstats import ProgramRun, attached_runs
 from ..ebpf.ring import RingReader
 from ..errors import EnvironmentProblem
 from ..host.mounts import ensure_mounts
@@ -76,6 +77,10 @@ class KernelProbe:
     def exec_missed(self) -> int:
         """Execs of watched processes whose argv the kernel side no longer had (0 once closed)."""
         return 0 if self._closed else self._maps["exec_missed"].sum_u64(ZERO)
+
+    def program_runs(self) -> list[ProgramRun]:
+        """Each attached program's run count and run time (counted while BPF statistics are on)."""
+        return [] if self._closed else attached_runs(self.bpf.held)
 
     def close(self) -> None:
         if not self._closed:

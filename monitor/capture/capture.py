@@ -14,11 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..ebpf.progstats import ProgramRun
 from ..events import VALUES, Action, ConnectionEvent, Listener, PipelineError, ProcessEvent, now_ns
 from ..host.listeners import OpenConnections, discover
 from ..host.processes import boot_id
-from .bpf import KernelProbe
+from .bpf import SOURCE, KernelProbe
 from .decode import DecodeError, RawEvent, decode
 from .enrich import Enricher, ProcessTable, monotonic_offset_ns
 from ..settings import setting
@@ -90,12 +92,14 @@ class CaptureStats:
 class Capture:
     """Live socat connection capture through BPF tracepoints."""
 
-    def __init__(self, config: CaptureConfig, known_ports: Iterable[int] | None = None) -> None:
-        """`known_ports`: listener ports the caller found just before (else they are looked up here)."""
+    def __init__(self, config: CaptureConfig, known_ports: Iterable[int] | None = None,
+                 source: Path = SOURCE) -> None:
+        """`known_ports`: listener ports the caller found just before (else they are looked up here);
+        `source`: the BPF C to load (another checkout's, to compare what its programs cost)."""
         self.config = config
         known = set(known_ports) if known_ports is not None else \
             {lst.port for lst, _ in discover(tuple(config.comms)).listeners}
-        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts,
+        self._kernel = KernelProbe(tuple(config.comms), config.ringbuf_pages, config.byte_counts, source,
                                    batch_ns=int(config.batch_s * 1e9))
         self._kernel.watch_ports(known)   # at once: a handshake before the port filter knows its port is missed
         offset = monotonic_offset_ns()
@@ -287,6 +291,10 @@ class Capture:
             uninspectable=len(self._blind),
             read_ns=self._kernel.read_ns + self._read_ns, decode_ns=self._decode_ns, enrich_ns=self._enrich_ns,
         )
+
+    def program_runs(self) -> list[ProgramRun]:
+        """What each kernel program cost so far (see `monitor.ebpf.progstats`)."""
+        return self._kernel.program_runs()
 
     def close(self) -> None:
         self._kernel.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from monitor.capture import Capture, CaptureConfig
+from monitor.ebpf.progstats import StatsSwitch
 from monitor.events import Action, ConnectionEvent, Direction, Outcome, PipelineError, ProcessEvent
 from tests.lab import PYTHON, ROOT, free_port, require, socat_monitor, wait_listening
 
@@ -354,6 +355,71 @@ def test_single_process_relay_to_ipv6_backend(recorder, procs):
     assert att.session_id == acc.session_id
     assert not conns(recs, Action.DENIED)
     assert sorted(c.direction.value for c in conns(recs, Action.CLOSED)) == ["egress", "ingress"]
+
+
+def test_program_runs_are_counted_per_tracepoint_while_bpf_stats_are_on(recorder, procs, backend):
+    bport, _ = backend
+    proc, port = relay(procs, "TCP-LISTEN:{port},fork,reuseaddr", f"TCP:127.0.0.1:{bport}")
+    with StatsSwitch():
+        before = {run.tracepoint: run for run in recorder.capture.program_runs()}
+        connect(socket.AF_INET, "127.0.0.1", port)
+        recorder.wait_for({proc.pid}, lambda r: len(conns(r, Action.CLOSED)) >= 2)
+        after = {run.tracepoint: run for run in recorder.capture.program_runs()}
+    assert {"sys_exit_accept", "sched_process_fork", "inet_sock_set_state", "sys_enter_read"} <= set(after)
+    for name in ("sys_exit_accept", "sched_process_fork", "sys_enter_connect", "sys_exit_connect"):
+        assert after[name].count > before[name].count and after[name].ns > before[name].ns, name
+    assert all(run.count >= 0 and run.ns >= 0 for run in after.values())
+
+
+# A watched process (named by prctl) that gets a SIGCHLD (a handled one, as socat's), then ends as `how`
+# says once it reads a line: `exit` (exit_group, status 3), `thread-exit` (its only thread's SYS_exit: no
+# exit_group, no fatal signal) or `wait` (until a SIGKILL ends it).
+ENDER = """
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(15, b"end-probe", 0, 0, 0)
+signal.signal(signal.SIGCHLD, lambda *_: None)
+print("ready", flush=True)
+sys.stdin.readline()
+if os.fork() == 0:
+    os._exit(0)
+os.wait()
+how = sys.argv[1]
+if how == "exit":
+    sys.exit(3)
+if how == "thread-exit":
+    libc.syscall(60, 0)
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "thread-exit", "wait"])
+def test_process_end_is_its_exit_status_or_fatal_signal_never_a_sigchld(procs, how):
+    """Both places the kernel side keeps how a process ends: its fork entry (started while the
+    programs ran) and `exits` (started before)."""
+    def start():
+        proc = procs.start([PYTHON, "-c", ENDER, how], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdout.readline() == b"ready\n"
+        return proc
+
+    older = start()
+    with Capture(CaptureConfig(comms=("end-probe",))) as capture:
+        newer = start()
+        ended: dict[int, ProcessEvent] = {}
+        for proc in (older, newer):
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            if how == "wait":
+                time.sleep(0.5)   # its SIGCHLD first
+                proc.kill()
+            proc.wait(5)
+        deadline = time.monotonic() + 5
+        while len(ended) < 2 and time.monotonic() < deadline:
+            for rec in capture.poll(50):
+                if isinstance(rec, ProcessEvent) and rec.action is Action.PROCESS_ENDED:
+                    ended[rec.process.pid] = rec
+    expected = {"exit": (3, None), "thread-exit": (None, None), "wait": (None, signal.SIGKILL)}[how]
+    assert {pid: (e.exit_code, e.signal) for pid, e in ended.items()} == {older.pid: expected, newer.pid: expected}
 
 
 def test_stats_and_poll_after_close():
