@@ -121,6 +121,7 @@ class Enforcer:
         self.refresh_safety()
         self._ports = tuple(sorted(set(listener_ports)))
         self._drops = tuple(drops)
+        self._journal.flush(self._table.timeout_s)   # our own changes still queued are read too
         now = time.time_ns()
         events, keep = self._restorable(now)
         if self._state.bad_lines:
@@ -147,7 +148,6 @@ class Enforcer:
 
     def _restorable(self, now: int) -> tuple[list[BlockEvent], list[tuple[Network, ActiveBlock]]]:
         """The blocks still due (journal and kernel) the safety rules allow, and a refusal for each other."""
-        self._journal.flush(self._table.timeout_s)   # our own changes still queued are read too
         wanted = {b.target: b for b in self._state.load(now)}
         if self._table.require_ours().exists:
             for elem in self._table.list_elements():
