@@ -207,6 +207,8 @@ def test_journal_writer_keeps_the_order_and_reports_faults(tmp_path) -> None:
     assert writer.flush(10.0)
     assert state.load(now) == [a] and faults == []   # removed after added, added again: in the order queued
     assert writer.close()
+    writer.record(["192.0.2.4"])                       # after close: written all the same
+    assert writer.close() and state.load(now) == []
     (tmp_path / "gone").write_text("")
     broken = JournalWriter(StateFile(str(tmp_path / "gone" / "blocks.json")), faults.append)
     broken.record([a])

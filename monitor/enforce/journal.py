@@ -18,7 +18,7 @@ What a crash leaves, for a block whose element the kernel acknowledged:
 - the host itself goes down (power, kernel panic) before the sync ends: the
   kernel's element is gone with it and the journal may lack the line, as
   when the sync ran on the blocking thread; the window is the time the
-  change waits here plus the sync (about 1 ms on an idle disk).
+  change waits here plus the sync (1-2 ms on a quiet disk).
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ class JournalWriter:
         written = self.flush(CLOSE_WAIT_S)
         self._queue.put(None)
         thread.join(1.0 if written else 0.0)
+        with self._done:
+            if not thread.is_alive():
+                self._thread = None   # a change recorded after this starts a new one
         return written
 
     def _run(self) -> None:
