@@ -6,7 +6,10 @@
    offending accept). Two figures: kernel accept (BPF ktime) -> element
    committed, and what the client sees: from its offending connect to the
    start of its first connection attempt whose SYN is dropped (a new attempt
-   every 2 ms).
+   every 2 ms). The first is split into capture delivery, `Enforcer.block()`
+   and the time the reader thread was runnable but waited for a CPU (the
+   run queue: other work on the host); and the block journal's line synced
+   (written off the blocking thread) is timed from the same accept.
 1. Block latency under load: a real socat relay in a "server" namespace, a client in a
    "clients" namespace connecting once from each of N distinct addresses.
    The capture engineer's BPF `Capture` reports each accept with the kernel's
@@ -158,24 +161,56 @@ def relay_and_enforcer(lab: Lab, n: int, state_file: str, listen_options: str = 
     return enforcer
 
 
+def run_queue_ns() -> int:
+    """Time the calling thread has spent runnable, waiting for a CPU (schedstat)."""
+    with open("/proc/thread-self/schedstat") as fh:
+        return int(fh.read().split()[1])
+
+
+def print_stages(stages: dict[str, list[float]], kernel_ms: dict[str, float]) -> None:
+    """Each stage's p50 / p99, and the three slowest blocks split into the stages."""
+    for name, values in stages.items():
+        if values:
+            print(f"    {name}: p50 {statistics.median(values):.2f} ms   p99 {pct(values, 99):.2f} ms")
+    split = [name for name in stages if not name.startswith("kernel")]
+    slowest = sorted(range(len(stages[split[0]])), key=lambda i: -list(kernel_ms.values())[i])[:3]
+    for i in slowest:
+        parts = ", ".join(f"{name} {stages[name][i]:.2f}" for name in split)
+        print(f"    a slow one: {list(kernel_ms.values())[i]:.2f} ms = {parts} ms")
+
+
 def quiet_latency(n: int, state_dir: str) -> dict[str, dict[str, float]]:
     """One offender at a time, nothing else running: the agent's reader loop blocks each on its accept."""
     lab = Lab(n)
     capture = Capture(CaptureConfig())
     stop = threading.Event()
     kernel_ms: dict[str, float] = {}
+    stages: dict[str, list[float]] = {"capture delivery": [], "Enforcer.block()": [],
+                                      "reader waiting for a CPU (run queue, from its poll)": [], "kernel accept -> journal synced": []}
     try:
         enforcer = relay_and_enforcer(lab, n, f"{state_dir}/quiet.json")
         wanted = set(lab.addrs)
 
         def reader() -> None:   # Agent._capture_loop and the pipeline's block, in one thread
             while not stop.is_set():
-                for ev in capture.poll(100):
+                waited = run_queue_ns()
+                batch = capture.poll(100)
+                delivered = time.monotonic_ns()
+                for ev in batch:
                     if isinstance(ev, ConnectionEvent) and ev.action is Action.ACCEPTED \
                             and ev.source_ip in wanted and ev.source_ip not in kernel_ms:
+                        started = time.monotonic_ns()
                         if enforcer.block(ev.source_ip, ttl_s=None, rule_id="bench", alert_id=None,
                                           now_ns=time.time_ns()).action is Action.BLOCKED:
-                            kernel_ms[ev.source_ip] = (time.monotonic_ns() - ev.ktime_ns) / 1e6
+                            done = time.monotonic_ns()
+                            kernel_ms[ev.source_ip] = (done - ev.ktime_ns) / 1e6
+                            for name, ns in (("capture delivery", delivered - ev.ktime_ns),
+                                             ("Enforcer.block()", done - started),
+                                             ("reader waiting for a CPU (run queue, from its poll)", run_queue_ns() - waited)):
+                                stages[name].append(ns / 1e6)
+                            if enforcer.flush_journal(5.0):   # the next offender comes 200 ms later
+                                stages["kernel accept -> journal synced"].append(
+                                    (time.monotonic_ns() - ev.ktime_ns) / 1e6)
 
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
@@ -194,6 +229,8 @@ def quiet_latency(n: int, state_dir: str) -> dict[str, dict[str, float]]:
             if fig["n"]:
                 print(f"  {name}: p50 {fig['p50']:.2f} ms   p95 {fig['p95']:.2f} ms   p99 {fig['p99']:.2f} ms   "
                       f"max {fig['max']:.2f} ms   (target {target})")
+            if name.startswith("kernel"):
+                print_stages(stages, kernel_ms)
         return {"kernel": summary(list(kernel_ms.values())), "client": summary(client_ms)}
     finally:
         stop.set()
@@ -212,16 +249,20 @@ def block_latency(n: int, gap_ms: float, state_dir: str) -> dict[str, dict[str, 
         latencies_ms: list[float] = []
         block_ms: list[float] = []
         delivered_ms: list[float] = []
+        queued_ms: list[float] = []
         refused = 0
         deadline = time.monotonic() + 60 + n * 0.02
         while wanted and time.monotonic() < deadline:
+            waited = run_queue_ns()
             batch = capture.poll(5)
             delivered = time.monotonic_ns()
+            waited = run_queue_ns() - waited
             for ev in batch:
                 if not (isinstance(ev, ConnectionEvent) and ev.action is Action.ACCEPTED
                         and ev.source_ip in wanted and ev.ktime_ns):
                     continue
                 delivered_ms.append((delivered - ev.ktime_ns) / 1e6)
+                queued_ms.append(waited / 1e6)
                 started = time.monotonic_ns()
                 result = enforcer.block(ev.source_ip, ttl_s=None, rule_id="bench", alert_id=None,
                                         now_ns=time.time_ns())
@@ -248,7 +289,9 @@ def block_latency(n: int, gap_ms: float, state_dir: str) -> dict[str, dict[str, 
                   f"max {max(latencies_ms):.2f} ms   (target p99 < 20 ms)")
             print(f"  of which capture delivery (kernel accept -> decoded event in user space): "
                   f"p50 {statistics.median(delivered_ms):.2f} ms   p99 {pct(delivered_ms, 99):.2f} ms")
-            print(f"  of which Enforcer.block() (safety, netlink add + ack, state journal): "
+            print(f"    the reader waiting for a CPU (run queue) in the poll that delivered it: "
+                  f"p50 {statistics.median(queued_ms):.2f} ms   p99 {pct(queued_ms, 99):.2f} ms")
+            print(f"  of which Enforcer.block() (safety, netlink add + ack, journal line queued): "
                   f"p50 {statistics.median(block_ms):.2f} ms   p99 {pct(block_ms, 99):.2f} ms")
         print(f"  elements verified present in a full dump: {verified}/{n}; "
               f"next SYN from a blocked address: {probe}")

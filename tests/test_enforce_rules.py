@@ -12,6 +12,7 @@ from monitor.durations import parse_duration
 from monitor.enforce.netlink import attributes, nla
 from monitor.enforce.nft import (OWNER_COMMENT, DropListener, DroppedSource, netlink_elements, parse_counters,
                                  parse_dropped, parse_listing, skeleton_script)
+from monitor.enforce.journal import JournalWriter
 from monitor.enforce.safety import CircuitBreaker, SafetyRules
 from monitor.enforce.state import ActiveBlock, StateFile
 from monitor.errors import InputError
@@ -192,6 +193,26 @@ def test_state_journal(tmp_path) -> None:
     (tmp_path / "sub" / "blocks.json").write_text('{"add": {"target": "x"}}\n')
     assert state.load(now) == [] and state.bad_lines == 1         # set aside, never fatal
     assert (tmp_path / "sub" / "blocks.json.bad").read_text().startswith("1\t")
+
+
+def test_journal_writer_keeps_the_order_and_reports_faults(tmp_path) -> None:
+    state = StateFile(str(tmp_path / "blocks.json"))
+    faults: list[OSError] = []
+    writer = JournalWriter(state, faults.append)
+    now = 5_000 * S
+    a = ActiveBlock("192.0.2.4", now + 60 * S, 60, now)
+    b = ActiveBlock("192.0.2.5", now + 60 * S, 60, now)
+    for changes in ([a], [b], ["192.0.2.4"], [a], ["192.0.2.5"], []):
+        writer.record(changes)
+    assert writer.flush(10.0)
+    assert state.load(now) == [a] and faults == []   # removed after added, added again: in the order queued
+    assert writer.close()
+    writer.record(["192.0.2.4"])                       # after close: written all the same
+    assert writer.close() and state.load(now) == []
+    (tmp_path / "gone").write_text("")
+    broken = JournalWriter(StateFile(str(tmp_path / "gone" / "blocks.json")), faults.append)
+    broken.record([a])
+    assert broken.close() and len(faults) == 1         # a disk fault is reported, never raised to the blocker
 
 
 def test_egress_rule_keys() -> None:

@@ -30,6 +30,7 @@ from .nft import SCOPES, DropListener, DropReading, KernelElement, Listing, NftT
 from .safety import CircuitBreaker, SafetyRules
 from ..rules import new_alert
 from .sessions import MODES, end_sessions
+from .journal import CLOSE_WAIT_S, JournalWriter
 from .state import ActiveBlock, StateFile
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Enforcer:
         self._table = NftTable(config.table, config.netns)
         self._facts = NetnsWorker(config.netns, name="enforce-facts")   # slow /proc reads stay off the nft worker
         self._state = StateFile(config.state_file)
+        self._journal = JournalWriter(self._state, self._journal_failed)
         self._breaker = CircuitBreaker(config.max_blocks_per_minute)
         self._active: dict[str, ActiveBlock] = {}
         self._ports: tuple[int, ...] = ()
@@ -119,6 +121,7 @@ class Enforcer:
         self.refresh_safety()
         self._ports = tuple(sorted(set(listener_ports)))
         self._drops = tuple(drops)
+        self._journal.flush(self._table.timeout_s)   # our own changes still queued are read too
         now = time.time_ns()
         events, keep = self._restorable(now)
         if self._state.bad_lines:
@@ -225,13 +228,15 @@ class Enforcer:
             self._error(f"table inet {self.config.table} was {how} by someone else: rebuilt with "
                         f"{len(self._active)} active blocks", count=max(len(self._active), 1))
 
-    def _journal(self, change, items: list) -> None:
-        """Record a change in the block journal; a disk fault is reported, never fatal (the kernel holds it)."""
-        try:
-            change(items)
-        except OSError as exc:
-            self._error(f"cannot write the block journal {self.config.state_file}: {exc.strerror or exc} "
-                        "(the kernel holds the change; a restart would not restore it)")
+    def _journal_failed(self, exc: OSError) -> None:
+        """A disk fault of the journal's writer: reported, never fatal (the kernel holds the change)."""
+        self._error(f"cannot write the block journal {self.config.state_file}: {exc.strerror or exc} "
+                    "(the kernel holds the change; a restart of the agent restores it from the kernel, "
+                    "a reboot of the host would not)")
+
+    def flush_journal(self, timeout_s: float) -> bool:
+        """Wait until every change so far is in the block journal, synced; False if not within `timeout_s`."""
+        return self._journal.flush(timeout_s)
 
     def _error(self, message: str, count: int = 1) -> None:
         log.error("enforce: %s", message)
@@ -426,10 +431,13 @@ class Enforcer:
         return lifted
 
     def close(self) -> None:
-        """Leave the table and its blocks in place (they time out); the state file is current."""
+        """Leave the table and its blocks in place (they time out); the state file is made current."""
         self._stop.set()
         if self._watchdog is not None:
             self._watchdog.join(5.0)
+        if not self._journal.close():
+            self._error(f"the block journal {self.config.state_file} was not written within {CLOSE_WAIT_S:g}s: "
+                        "its last changes may be missing (the kernel holds them)")
         self._table.close()
         self._facts.close()
         self._state.close()
@@ -479,7 +487,7 @@ class Enforcer:
             if problem:
                 self._error(f"block of {text} not applied: {problem}")
                 return refused(text, f"nftables: {problem}")
-        self._journal(self._state.upsert, [block])
+            self._journal.record([block])   # queued under the lock: the journal has changes in the kernel's order
         event = BlockEvent(Action.BLOCKED, now_ns, text, ttl_s=ttl, rule_id=rule_id, alert_id=alert_id,
                            reason=None if is_new else "refreshed")
         if self.config.kill_established != "none":
@@ -524,7 +532,7 @@ class Enforcer:
         with self._lock:
             present = self.config.dry_run or self._table.delete([net])
             self._active.pop(text, None)
-        self._journal(self._state.remove, [text])
+            self._journal.record([text])
         return BlockEvent(Action.UNBLOCKED, now_ns, text, reason=reason if present else f"{reason} (it had already expired)")
 
     def expire(self, now_ns: int) -> list[BlockEvent]:
@@ -533,8 +541,7 @@ class Enforcer:
             done = [b for b in self._active.values() if b.expires_ns <= now_ns]
             for b in done:
                 del self._active[b.target]
-        if done:
-            self._journal(self._state.remove, [b.target for b in done])
+            self._journal.record([b.target for b in done])
         return [BlockEvent(Action.UNBLOCKED, b.expires_ns, b.target, ttl_s=b.ttl_s, rule_id=b.rule_id,
                            alert_id=b.alert_id, reason="ttl expired") for b in done]
 

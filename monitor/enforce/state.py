@@ -16,7 +16,7 @@ import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Iterator, Sequence, Union
 
 from ..files import open_append
 
@@ -34,6 +34,9 @@ class ActiveBlock:
 
     def remaining_s(self, now_ns: int) -> float:
         return max((self.expires_ns - now_ns) / 1e9, 0.0)
+
+
+Change = Union[ActiveBlock, str]   # one journal entry: a block added (or refreshed), or the target of one removed
 
 
 def _apply(entry: dict, blocks: dict[str, ActiveBlock]) -> None:
@@ -125,10 +128,13 @@ class StateFile:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
 
-    def upsert(self, blocks: list[ActiveBlock]) -> None:
+    def record(self, changes: Sequence[Change]) -> None:
+        """Append changes in their order, synced: a block added (or refreshed), or a target (its block removed)."""
         with self._locked():
-            self._append([{"add": asdict(b)} for b in blocks])
+            self._append([{"add": asdict(c)} if isinstance(c, ActiveBlock) else {"remove": c} for c in changes])
+
+    def upsert(self, blocks: list[ActiveBlock]) -> None:
+        self.record(blocks)
 
     def remove(self, targets: list[str]) -> None:
-        with self._locked():
-            self._append([{"remove": t} for t in targets])
+        self.record(targets)
