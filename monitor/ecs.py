@@ -4,7 +4,9 @@
 dict and `encode(record, host)` into its JSON line. A connection event (most
 of what the agent writes) is encoded from pieces: what changes per event,
 and what is the same for many events (the host and agent identity, once per
-host; the process and user, once per process) encoded once and reused.
+host; the process and user, once per process; the flow's endpoints, network
+and community id, once per connection; the listener) encoded once and reused;
+`render` stays the reference the tests hold those lines to.
 `parse_connection(doc)` turns an ECS document (ours, or another
 tool's with the minimal fields) back into a `ConnectionEvent`, so replay and
 offline analysis see exactly what the live agent saw.

@@ -8,10 +8,10 @@ it as `to_json(status)`, and `top` reads it back with `parse_status`, which
 checks every value's type against the same dataclasses. `ReloadResult` is the
 answer of a reload, and the status's `last_reload`.
 
-`LiveStatus.observe(record)` is called for every record the agent writes;
-it keeps only bounded state (recent rates per listener, the busiest sources,
-the last alerts, open connections), so memory stays flat however long the
-agent runs. A listener's open connections are counted as the policy engine
+`LiveStatus.observe_all(records)` is called for every batch of records the
+agent writes (`observe(record)` for one); it keeps only bounded state (recent
+rates per listener, the busiest sources, the last alerts, open connections),
+so memory stays flat however long the agent runs. A listener's open connections are counted as the policy engine
 counts them (`monitor.policy.connections`): a connection whose close was
 lost is forgotten when its 4-tuple is reused or after `open_idle_s`, so the
 count does not drift up.
