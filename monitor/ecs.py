@@ -4,9 +4,7 @@
 dict and `encode(record, host)` into its JSON line. A connection event (most
 of what the agent writes) is encoded from pieces: what changes per event,
 and what is the same for many events (the host and agent identity, once per
-host; the process and user, once per process; the flow's endpoints, network
-and community id, once per connection; the listener) encoded once and reused;
-`render` stays the reference the tests hold those lines to.
+host; the process and user, once per process) encoded once and reused.
 `parse_connection(doc)` turns an ECS document (ours, or another
 tool's with the minimal fields) back into a `ConnectionEvent`, so replay and
 offline analysis see exactly what the live agent saw.
@@ -303,6 +301,20 @@ _CONNECTION_TYPES = {
 }
 
 
+_COMMUNITY_IDS: dict[tuple[str, int, str, int], str] = {}
+
+
+def _community_id(ev: ConnectionEvent) -> str:
+    """`community_id` of the event's 4-tuple; a connection's events share it, so it is computed once."""
+    key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port)
+    found = _COMMUNITY_IDS.get(key)
+    if found is None:
+        if len(_COMMUNITY_IDS) >= 4096:
+            _COMMUNITY_IDS.clear()
+        found = _COMMUNITY_IDS[key] = community_id(*key)
+    return found
+
+
 def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
     """Everything of a connection document but the host identity and the process (one literal per
     object: this runs for every connection event)."""
@@ -322,7 +334,7 @@ def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
         destination["bytes"] = ev.bytes_out if ingress else ev.bytes_in
     doc = {"@timestamp": iso_timestamp(ev.timestamp_ns), "event": event, "source": source, "destination": destination,
            "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[ev.direction],
-                       "community_id": community_id(src, ev.source_port, dst, ev.destination_port)},
+                       "community_id": _community_id(ev)},
            "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}}
     socat: dict[str, Any] = _process_identity(ev.process)
     if ev.listener is not None:
@@ -348,89 +360,38 @@ def _render_connection(ev: ConnectionEvent, host: HostInfo) -> dict[str, Any]:
     return doc
 
 
-def _members(fields: dict[str, Any]) -> bytes:
-    """`fields` encoded as members to splice into an object: `,"key":value,...`."""
-    return b"," + orjson.dumps(fields)[1:-1]
-
-
-class _Flow:
-    """The encoded `source`, `destination`, `network` and `related` members of one 4-tuple and
-    direction: the same for every record of one connection. `source` and `destination` are left
-    open (no closing brace) for the `bytes` member a counted close adds."""
-
-    __slots__ = ("source", "destination", "rest")
-
-    def __init__(self, ev: ConnectionEvent) -> None:
-        src, dst = ev.source_ip, ev.destination_ip
-        self.source = b',"source":' + orjson.dumps({"ip": src, "port": ev.source_port})[:-1]
-        self.destination = b',"destination":' + orjson.dumps({"ip": dst, "port": ev.destination_port})[:-1]
-        self.rest = _members({
-            "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4",
-                        "direction": VALUES[ev.direction],
-                        "community_id": community_id(src, ev.source_port, dst, ev.destination_port)},
-            "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}})
-
-
-def _event_members(action: Action, outcome: Outcome) -> bytes:
-    """`event`'s members after `created` that follow from the action and the outcome."""
-    return _members({"category": ["network"], "type": _CONNECTION_TYPES[action], "action": action.value,
-                            "outcome": outcome.value})
-
-
-# by action, then outcome: every combination a connection event can have
-_EVENT_MEMBERS = {action: {outcome: _event_members(action, outcome) for outcome in Outcome}
-                  for action in _CONNECTION_TYPES}
-
-
 class _Pieces:
     """Encoded JSON members (`,"key":value,...`) reused across documents: the host identity of the
-    last host; the process and user, and the relay's identity under `socat`, of recently seen
-    processes (by object: the enricher hands out one `ProcessInfo` per process state, so an object
-    seen before encodes the same); the flows and listeners of recent connections."""
+    last host, and the process and user of recently seen processes (by object: the enricher hands
+    out one `ProcessInfo` per process state, so an object seen before encodes the same)."""
 
-    MAX_ENTRIES = 4096
+    MAX_PROCESSES = 4096
 
     def __init__(self) -> None:
         self.identity: tuple[HostInfo | None, bytes] = (None, b"")   # one tuple: swapped whole
-        self.processes: dict[int, tuple[ProcessInfo, HostInfo, bytes, bytes]] = {}
-        self.flows: dict[tuple[str, int, str, int, bool], _Flow] = {}
-        self.listeners: dict[tuple[str, int, str | None], bytes] = {}
+        self.processes: dict[int, tuple[ProcessInfo, HostInfo, bytes]] = {}
+
+    @staticmethod
+    def members(fields: dict[str, Any]) -> bytes:
+        return b"," + orjson.dumps(fields)[1:-1]
 
     def of_host(self, host: HostInfo) -> bytes:
         known, encoded = self.identity
         if known is not host:
-            encoded = _members(_identity(host))
+            encoded = self.members(_identity(host))
             self.identity = (host, encoded)
         return encoded
 
-    def of_process(self, proc: ProcessInfo, host: HostInfo) -> tuple[ProcessInfo, HostInfo, bytes, bytes]:
-        """(proc, host, its `process`/`user`/`container` members, its members under `socat`)."""
+    def of_process(self, proc: ProcessInfo | None, host: HostInfo) -> bytes:
+        if proc is None:
+            return b""
         known = self.processes.get(id(proc))
         if known is not None and known[0] is proc and known[1] is host:
-            return known
-        if len(self.processes) >= self.MAX_ENTRIES:
+            return known[2]
+        if len(self.processes) >= self.MAX_PROCESSES:
             self.processes.clear()
-        identity = _process_identity(proc)
-        known = (proc, host, _members(_process_fields(proc, host)), _members(identity) if identity else b"")
-        self.processes[id(proc)] = known   # holds proc: its id is not reused meanwhile
-        return known
-
-    def of_flow(self, ev: ConnectionEvent) -> _Flow:
-        key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction is Direction.INGRESS)
-        flow = self.flows.get(key)
-        if flow is None:
-            if len(self.flows) >= self.MAX_ENTRIES:
-                self.flows.clear()
-            flow = self.flows[key] = _Flow(ev)
-        return flow
-
-    def of_listener(self, listener: Listener) -> bytes:
-        key = (listener.ip, listener.port, listener.name)
-        encoded = self.listeners.get(key)
-        if encoded is None:
-            if len(self.listeners) >= self.MAX_ENTRIES:
-                self.listeners.clear()
-            encoded = self.listeners[key] = _members({"listener": _listener(listener)})
+        encoded = self.members(_process_fields(proc, host))
+        self.processes[id(proc)] = (proc, host, encoded)   # holds proc: its id is not reused meanwhile
         return encoded
 
 
@@ -441,51 +402,9 @@ def encode(record: Record, host: HostInfo) -> bytes:
     """The ECS document of any record as one JSON line (with the newline); the same document as
     `render`, built from reused pieces for connection events."""
     if record.__class__ is ConnectionEvent:
-        return _encode_connection(record, host)
+        head = orjson.dumps(_connection_fields(record))
+        return b"".join((head[:-1], _PIECES.of_host(host), _PIECES.of_process(record.process, host), b"}\n"))
     return orjson.dumps(render(record, host), option=orjson.OPT_APPEND_NEWLINE)
-
-
-def _encode_connection(ev: ConnectionEvent, host: HostInfo) -> bytes:
-    """`_render_connection`'s document as one line, key for key, from pieces: only the time, the ids,
-    the sequence, the duration and the byte counts are encoded per event (this runs for every
-    connection event; `tests/test_ecs_lines.py` holds it to `render`)."""
-    dumps = orjson.dumps
-    flow = _PIECES.of_flow(ev)
-    parts = [b'{"@timestamp":', dumps(iso_timestamp(ev.timestamp_ns)), b',"event":{"id":', dumps(ev.id),
-             b',"kind":"event","dataset":"' + DATASET_CONNECTION.encode() + b'","module":"socat","created":',
-             dumps(iso_timestamp(time.time_ns())), _EVENT_MEMBERS[ev.action][ev.outcome]]
-    if ev.ktime_ns is not None:
-        parts += (b',"sequence":', dumps(ev.ktime_ns))
-    if ev.duration_ns is not None:
-        parts += (b',"duration":', dumps(ev.duration_ns))
-    if ev.bytes_in is None:
-        parts += (b'}', flow.source, b'}', flow.destination, b'}', flow.rest)
-    else:
-        ingress = ev.direction is Direction.INGRESS
-        parts += (b'}', flow.source, b',"bytes":', dumps(ev.bytes_in if ingress else ev.bytes_out), b'}',
-                  flow.destination, b',"bytes":', dumps(ev.bytes_out if ingress else ev.bytes_in), b'}', flow.rest)
-    proc = _PIECES.of_process(ev.process, host) if ev.process is not None else None
-    socat = _socat_members(ev, proc[3] if proc is not None else b"")
-    if socat:
-        parts += (b',"socat":{', socat[1:], b'}')
-    parts += (_PIECES.of_host(host), proc[2] if proc is not None else b"", b"}\n")
-    return b"".join(parts)
-
-
-def _socat_members(ev: ConnectionEvent, identity: bytes) -> bytes:
-    """The members of a connection document's `socat` (`_connection_fields`), each with its leading comma."""
-    parts = [identity]
-    if ev.listener is not None:
-        parts.append(_PIECES.of_listener(ev.listener))
-    if ev.session_id:
-        parts += (b',"session":{"id":', orjson.dumps(ev.session_id), b'}')
-    if ev.refused:
-        parts.append(b',"refused":true')
-    if ev.source_partial:
-        parts.append(b',"source_partial":true')
-    if ev.error:
-        parts += (b',"error":', orjson.dumps(ev.error))
-    return b"".join(parts)
 
 
 def _render_process(ev: ProcessEvent, host: HostInfo) -> dict[str, Any]:
