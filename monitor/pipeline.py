@@ -68,13 +68,16 @@ class Pipeline:
 
     def process(self, record: Record) -> list[Record]:
         """The record itself (named by policy), then the alerts and blocks it caused."""
-        alerts: list[Alert] = []
-        if record.__class__ is ConnectionEvent:
-            record = self._name_listener(record)
-            if not record.source_partial:   # a source known to 64 bits at most is written, not judged
-                alerts = self._judge(record)
+        if record.__class__ is ConnectionEvent:   # most records: exact class first
+            if self.policy is not None:
+                self._name_listener(record)
+            if record.source_partial:   # a source known to 64 bits at most is written, not judged
+                return [record]
+            alerts = self._judge(record)
         elif isinstance(record, ProcessEvent) and record.action is Action.PROCESS_STARTED and self.auditor is not None:
             alerts = self.auditor(record)
+        else:
+            return [record]
         if not alerts:   # most records: nothing to decide
             return [record]
         return [record, *self._decide(alerts)]
@@ -82,7 +85,9 @@ class Pipeline:
     def _judge(self, event: ConnectionEvent) -> list[Alert]:
         alerts = self.policy.check(event) if self.policy is not None else []
         if self.detector is not None:
-            alerts = alerts + self.detector.observe(event, flagged=bool(alerts))
+            found = self.detector.observe(event, flagged=bool(alerts))
+            if found:
+                alerts = alerts + found
         return alerts
 
     def watch(self, ports: Iterable[int], now_ns: int) -> None:
@@ -104,13 +109,12 @@ class Pipeline:
         """Alerts raised outside the event flow (egress guard, audit at start)."""
         return self._decide(list(alerts))
 
-    def _name_listener(self, event: ConnectionEvent) -> ConnectionEvent:
-        if self.policy is None or event.listener is None or event.listener.name:
-            return event
+    def _name_listener(self, event: ConnectionEvent) -> None:
+        if event.listener is None or event.listener.name:
+            return
         name = self.policy.listener_name(event.listener.port, event.process)
         if name:
             event.listener = Listener(event.listener.ip, event.listener.port, name)
-        return event
 
     def _decide(self, alerts: list[Alert]) -> list[Record]:
         return self.decider.decide(alerts)

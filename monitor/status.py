@@ -8,10 +8,10 @@ it as `to_json(status)`, and `top` reads it back with `parse_status`, which
 checks every value's type against the same dataclasses. `ReloadResult` is the
 answer of a reload, and the status's `last_reload`.
 
-`LiveStatus.observe(record)` is called for every record the agent writes;
-it keeps only bounded state (recent rates per listener, the busiest sources,
-the last alerts, open connections), so memory stays flat however long the
-agent runs. A listener's open connections are counted as the policy engine
+`LiveStatus.observe_all(records)` is called for every batch of records the
+agent writes (`observe(record)` for one); it keeps only bounded state (recent
+rates per listener, the busiest sources, the last alerts, open connections),
+so memory stays flat however long the agent runs. A listener's open connections are counted as the policy engine
 counts them (`monitor.policy.connections`): a connection whose close was
 lost is forgotten when its 4-tuple is reused or after `open_idle_s`, so the
 count does not drift up.
@@ -258,13 +258,20 @@ class LiveStatus:
         with self._lock:
             self._observe(record)
 
+    def observe_all(self, records: list[Record]) -> None:
+        """`observe` each record in turn, under one lock taking for them all."""
+        with self._lock:
+            for record in records:
+                self._observe(record)
+
     def totals(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
         """Copies of (events by action, alerts by rule, losses by stage), safe from any thread."""
         with self._lock:
             return dict(self.events), dict(self.alerts), dict(self.pipeline_lost)
 
     def _observe(self, record: Record) -> None:
-        if isinstance(record, ConnectionEvent):
+        # by exact class, connection events first: this runs for every record
+        if record.__class__ is ConnectionEvent:
             self._connection(record)
         elif isinstance(record, Alert):
             self.alerts[record.rule_id] += 1
@@ -281,20 +288,21 @@ class LiveStatus:
     def _connection(self, ev: ConnectionEvent) -> None:
         action, listener = ev.action, ev.listener
         self.events[VALUES[action]] += 1
-        if ev.direction is not Direction.INGRESS or listener is None:
+        if ev.direction is not Direction.INGRESS or listener is None:   # egress: counted, nothing more
             return
         state = self.listeners.get(listener.port)
         if state is None:
             state = self.listeners[listener.port] = _ListenerState(listener.ip, listener.port)
-        state.name = listener.name or state.name
-        accepted = action is Action.ACCEPTED
-        if ev.process is not None and accepted:
-            state.pids.add(ev.process.pid)
-            while len(state.pids) > 16:
-                state.pids.pop()
+        if listener.name:
+            state.name = listener.name
         now = self.clock()
         self.open.expire(ev.timestamp_ns)
-        if accepted:
+        if action is Action.ACCEPTED:
+            if ev.process is not None:
+                pids = state.pids
+                pids.add(ev.process.pid)
+                while len(pids) > 16:
+                    pids.pop()
             self.open.open(open_key(ev), _group(listener.port), ev.id, ev.timestamp_ns)
             state.accepts.append(now)
             if not ev.source_partial:   # "::" or a /64 stub is no source to list

@@ -198,8 +198,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
         records = pipeline.tick(now_ns()) if tick else []
         for rec in batch:
             records.extend(pipeline.process(rec))
-        for rec in records:
-            status.observe(rec)
+        status.observe_all(records)
         t1 = clock()
         lines = [(stream_of(rec), encode(rec, host)) for rec in records]
         t2 = clock()
@@ -328,6 +327,7 @@ def relay_records(connections: int, relay_pid: int) -> list[bytes]:
 def hot_loop(connections: int, rounds: int) -> None:
     """The consumer's per-record path over made-up relay records, in a loop: its CPU cost without
     BPF, wakeups or other processes (what the live split costs on warm caches)."""
+    from monitor.agent.loops import settle_heap
     from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture.decode import decode
     from monitor.capture.enrich import Enricher, ProcessTable, monotonic_offset_ns
@@ -337,6 +337,7 @@ def hot_loop(connections: int, rounds: int) -> None:
     from monitor.status import LiveStatus
 
     raws, host, offset = relay_records(connections, os.getpid()), HostInfo.detect(), monotonic_offset_ns()
+    settle_heap()   # as the agent (and the live consumer) does once started
     spent = dict.fromkeys(("decode", "enrich", "pipeline", "render"), 0.0)
     for _ in range(rounds):
         config = Config()
@@ -350,8 +351,7 @@ def hot_loop(connections: int, rounds: int) -> None:
             events = [e for e in map(enrich, decoded) if e is not None]
             t2 = time.process_time()
             records = [out for e in events for out in pipeline.process(e)]
-            for rec in records:
-                status.observe(rec)
+            status.observe_all(records)
             t3 = time.process_time()
             for rec in records:
                 encode(rec, host)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from monitor.events import Action, ConnectionEvent, Listener
+import dataclasses
+
+from monitor.events import Action, ConnectionEvent, Direction, Listener, PipelineError, ProcessEvent, ProcessInfo
 from monitor.status import Counters, LiveStatus
 
 T0 = 1_767_225_600 * 10**9
@@ -39,3 +41,20 @@ def test_lost_closes_do_not_make_open_connections_drift():
         status.observe(_event(Action.ACCEPTED, 20, 41000 + k))
     status.observe(_event(Action.ACCEPTED, 100, 42000))       # the six above idle for over 60 s
     assert _active(status) == 1 and status.open.forgotten.expired == 6
+
+
+def test_a_batch_counts_as_its_records_one_by_one():
+    """`observe_all` (the agent's, once per batch) leaves the status `observe` of each record leaves."""
+    records = [_event(Action.ACCEPTED, 0, 40000), _event(Action.ACCEPTED, 0, 40001),
+               dataclasses.replace(_event(Action.ATTEMPTED, 0, 50000), direction=Direction.EGRESS),
+               _event(Action.CLOSED, 1, 40000),
+               PipelineError(stage="capture", message="lost", timestamp_ns=T0, count=3),
+               ProcessEvent(Action.PROCESS_ENDED, T0, ProcessInfo(pid=7, comm="socat"))]
+    one, batch = LiveStatus(clock=lambda: 5.0), LiveStatus(clock=lambda: 5.0)
+    for record in records:
+        one.observe(record)
+    batch.observe_all(records)
+    assert batch.totals() == one.totals() == (
+        {"connection_accepted": 2, "connection_attempted": 1, "connection_closed": 1, "process_ended": 1}, {},
+        {"capture": 3})
+    assert _active(batch) == _active(one) == 1

@@ -198,14 +198,15 @@ class Agent:
         self.tick()
 
     def _process(self, batch: list[Record]) -> None:
+        out: list[Record] = []
         for record in batch:
             if isinstance(record, ConnectionEvent) and record.listener is not None \
                     and record.listener.port not in self._known_ports:
                 self.pipeline.watch((record.listener.port,), record.timestamp_ns)   # listening since then at least
                 self._known_ports.add(record.listener.port)
                 self.refresh_listeners()   # a new relay: scope blocks and guard its backends at once
-            for out in self.pipeline.process(record):
-                self.emit(out)
+            out += self.pipeline.process(record)
+        self.emit_all(out)
 
     def tick(self) -> None:
         for record in self.pipeline.tick(now_ns()):
@@ -238,12 +239,18 @@ class Agent:
             self.emit(PipelineError("agent.audit", "audit queue full: execs not audited", now_ns(), count=unaudited))
 
     def emit(self, record: Record) -> None:
-        self.status.observe(record)
-        self.sinks.write(record)
-        if self.options.follow is not None:
-            line = format_record(record)
-            if line:
-                self.options.follow(line)
+        self.emit_all([record])
+
+    def emit_all(self, records: list[Record]) -> None:
+        """Count the records in the live status (one lock taking for them all), then write them out."""
+        self.status.observe_all(records)
+        follow = self.options.follow
+        for record in records:
+            self.sinks.write(record)
+            if follow is not None:
+                line = format_record(record)
+                if line:
+                    follow(line)
 
     def _pending(self, errors: list[PipelineError]) -> None:
         for error in errors:

@@ -24,7 +24,8 @@ EXEC_ARGV_OFFSET = HEADER.size + 8
 EXEC_SIZE = EXEC_ARGV_OFFSET + MAX_ARGS * ARG_LEN
 assert HEADER.size == 144, HEADER.size
 
-_ADDR_CACHE: dict[tuple[int, bytes], str] = {}
+# canonical text by raw field, one cache per family (no key tuple to build per address)
+_ADDR_CACHE: dict[int, dict[bytes, str]] = {AF_INET: {}, AF_INET6: {}}
 _ADDR_CACHE_MAX = 4096
 
 
@@ -62,14 +63,14 @@ class RawEvent:
 
 
 def address(family: int, raw: bytes) -> str:
-    """Canonical text of a 16-byte address field (v4 in its first 4 bytes)."""
-    key = (family, raw)
-    text = _ADDR_CACHE.get(key)
+    """Canonical text of a 16-byte address field (v4 in its first 4 bytes) of family AF_INET or AF_INET6."""
+    cache = _ADDR_CACHE[family]
+    text = cache.get(raw)
     if text is None:
         text = packed_text(raw[:4] if family == AF_INET else raw)
-        if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
-            _ADDR_CACHE.clear()
-        _ADDR_CACHE[key] = text
+        if len(cache) >= _ADDR_CACHE_MAX:
+            cache.clear()
+        cache[raw] = text
     return text
 
 

@@ -191,10 +191,19 @@ class Enricher:
         self.offset_ns = offset_ns
         self.prefix = session_prefix
         self._listeners: dict[tuple[str | None, int], Listener] = {}
-        self._recent_connects: OrderedDict[tuple[int, int, int, int], None] = OrderedDict()
+        self._sessions: dict[int, str] = {}
+        self._recent_connects: dict[tuple[int, int, int, int], None] = {}   # insertion-ordered: oldest first
 
     def session_id(self, cookie: int) -> str | None:
-        return f"{self.prefix}-{cookie:x}" if cookie else None
+        """The session of a connection's cookie: formatted once for its four records."""
+        if not cookie:
+            return None
+        session = self._sessions.get(cookie)
+        if session is None:
+            if len(self._sessions) >= 4096:
+                self._sessions.clear()
+            session = self._sessions[cookie] = f"{self.prefix}-{cookie:x}"
+        return session
 
     def _listener(self, ip: str | None, port: int) -> Listener | None:
         if not port:
@@ -212,9 +221,10 @@ class Enricher:
         key = (raw.type, raw.pid, raw.ktime_ns, raw.sport)
         if key in self._recent_connects:
             return True
-        self._recent_connects[key] = None
-        if len(self._recent_connects) > 1024:
-            self._recent_connects.popitem(last=False)
+        recent = self._recent_connects
+        recent[key] = None
+        if len(recent) > 1024:
+            del recent[next(iter(recent))]
         return False
 
     def __call__(self, raw: RawEvent) -> ConnectionEvent | ProcessEvent | None:
