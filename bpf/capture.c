@@ -99,7 +99,7 @@ struct io_key { u32 tgid, fd; };
 struct io_val { u64 rd, wr; };
 struct io_pending { struct io_key key; u32 write, pad; };
 
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);        // keep it the first map declared: see EVENTS_MAP
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_PERCPU_ARRAY(unwoken, u32, 1);                 // events since the last wakeup
 BPF_ARRAY(woke_at, u64, 1);                        // ring position just past the record that last woke the consumer
@@ -144,26 +144,36 @@ static __always_inline int watched(void) {
 // lead to a block (accepts) wake it at once (`urgent`), so a lone offender on
 // a quiet host is not left waiting for the poll timeout. A wakeup costs the
 // producer a self-interrupt (10-14 us here), so none is sent while the
-// consumer has not yet read past the record that last woke it: it is awake,
-// or about to be, and its level-triggered poll sees whatever came since.
+// consumer has not yet read the record that last woke it. The check comes
+// after this record is reserved: from then on the consumer's level-triggered
+// poll counts it as pending, so a consumer that has not yet read that earlier
+// record (whose own wakeup is sent or still coming) reads this one too.
+// `woke_at` gets the producer position read before the waking record's
+// reserve: at most its start, so an error can only send a wakeup more.
 static __always_inline void emit_record(void *data, u32 size, int urgent) {
     u32 zero = 0;
     u64 flags = BPF_RB_NO_WAKEUP;
     u32 *n = unwoken.lookup(&zero);
     u64 *woke = woke_at.lookup(&zero);
-    if (urgent || (n && ++(*n) >= WAKEUP_EVERY)) {
-        if (n)
-            *n = 0;
-        if (!woke || bpf_ringbuf_query(EVENTS_MAP, BPF_RB_CONS_POS) >= *woke)
-            flags = BPF_RB_FORCE_WAKEUP;
-    }
-    if (events.ringbuf_output(data, size, flags) < 0) {
+    u64 start = bpf_ringbuf_query(EVENTS_MAP, BPF_RB_PROD_POS);
+    void *slot = events.ringbuf_reserve(size);
+    if (!slot) {
         u64 *lostn = lost.lookup(&zero);
         if (lostn)
             (*lostn)++;
-    } else if (flags == BPF_RB_FORCE_WAKEUP && woke) {
-        *woke = bpf_ringbuf_query(EVENTS_MAP, BPF_RB_PROD_POS);
+        return;
     }
+    bpf_probe_read_kernel(slot, size, data);
+    if (urgent || (n && ++(*n) >= WAKEUP_EVERY)) {
+        if (n)
+            *n = 0;
+        if (!woke || bpf_ringbuf_query(EVENTS_MAP, BPF_RB_CONS_POS) >= *woke) {
+            flags = BPF_RB_FORCE_WAKEUP;
+            if (woke)
+                *woke = start;
+        }
+    }
+    events.ringbuf_submit(slot, flags);
 }
 
 static __always_inline void emit(void *data, u32 size) { emit_record(data, size, 0); }

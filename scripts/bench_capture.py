@@ -25,7 +25,8 @@ without) and the consumer's CPU (target <= 30 us) split into read (ring
 drain, loss counters and the wakeup), decode, enrich (these three share the
 poll's CPU by the time each took), pipeline, render and write (buffer and
 the flusher thread). `--agent` runs the agent itself instead (`socat-monitor
-run` without enforcement, all its threads): its whole CPU, unsplit.
+run` without enforcement, all its threads, the agent's own capture
+settings): its whole CPU, unsplit, and no kernel figure.
 `--control` runs an idle consumer without BPF (the method's noise),
 `--comm other` attaches programs that match nothing, `--no-bytes` compiles
 out byte counting (the agent's default), `--batch-ms` sets the capture's
@@ -294,7 +295,7 @@ def run_agent_consumer(port: int, comm: str, batch_ms: float | None) -> None:
     handed = stats.written + stats.failed + stats.dropped + stats.pending   # every record the agent wrote out
     print(json.dumps({"accepted": accepted, "events": handed, "written": stats.written, "pipeline_errors": 0,
                       "kernel_lost": summary.kernel_lost, "decode_errors": 0, "consumer_cpu_s": round(cpu, 3),
-                      "programs": []}), flush=True)   # the kernel figure: the per-record consumer's runs
+                      "programs": []}), flush=True)   # no kernel figure in this mode: the default one has it
 
 
 def relay_records(connections: int, relay_pid: int) -> list[bytes]:

@@ -199,14 +199,16 @@ class Agent:
 
     def _process(self, batch: list[Record]) -> None:
         out: list[Record] = []
-        for record in batch:
-            if isinstance(record, ConnectionEvent) and record.listener is not None \
-                    and record.listener.port not in self._known_ports:
-                self.pipeline.watch((record.listener.port,), record.timestamp_ns)   # listening since then at least
-                self._known_ports.add(record.listener.port)
-                self.refresh_listeners()   # a new relay: scope blocks and guard its backends at once
-            out += self.pipeline.process(record)
-        self.emit_all(out)
+        try:
+            for record in batch:
+                if isinstance(record, ConnectionEvent) and record.listener is not None \
+                        and record.listener.port not in self._known_ports:
+                    self.pipeline.watch((record.listener.port,), record.timestamp_ns)   # listening since then
+                    self._known_ports.add(record.listener.port)
+                    self.refresh_listeners()   # a new relay: scope blocks and guard its backends at once
+                out += self.pipeline.process(record)
+        finally:   # what the batch caused before a failure (blocks the kernel holds) is written all the same
+            self.emit_all(out)
 
     def tick(self) -> None:
         for record in self.pipeline.tick(now_ns()):

@@ -65,7 +65,7 @@ class CaptureConfig:
     ringbuf_pages: int = setting(256, check=check_power_of_two, live=False)
     proc_cache_size: int = setting(4096, minimum=16, live=False)
     byte_counts: bool = setting(False, live=False)
-    batch_s: float = setting(0.005, maximum=0.05, live=False)
+    batch_s: float = setting(0.005, minimum=0, maximum=0.05, live=False)
 
 
 @dataclass

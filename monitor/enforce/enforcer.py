@@ -121,7 +121,9 @@ class Enforcer:
         self.refresh_safety()
         self._ports = tuple(sorted(set(listener_ports)))
         self._drops = tuple(drops)
-        self._journal.flush(self._table.timeout_s)   # our own changes still queued are read too
+        if not self._journal.flush(self._table.timeout_s):   # our own changes still queued are read too
+            self._error(f"the block journal {self.config.state_file} did not take the last changes within "
+                        f"{self._table.timeout_s:g}s: the blocks are restored from what it and the kernel hold")
         now = time.time_ns()
         events, keep = self._restorable(now)
         if self._state.bad_lines:

@@ -99,6 +99,8 @@ class JournalWriter:
             self._state.record(group)
         except OSError as exc:
             self._on_error(exc)
+        except Exception as exc:   # noqa: BLE001 - the writer must outlive any fault, or every flush would hang
+            self._on_error(OSError(f"{type(exc).__name__}: {exc}"))
         finally:
             with self._done:
                 self._written += len(group)
