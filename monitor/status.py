@@ -11,10 +11,11 @@ answer of a reload, and the status's `last_reload`.
 `LiveStatus.observe_all(records)` is called for every batch of records the
 agent writes (`observe(record)` for one); it keeps only bounded state (recent
 rates per listener, the busiest sources, the last alerts, open connections),
-so memory stays flat however long the agent runs. A listener's open connections are counted as the policy engine
-counts them (`monitor.policy.connections`): a connection whose close was
-lost is forgotten when its 4-tuple is reused or after `open_idle_s`, so the
-count does not drift up.
+so memory stays flat however long the agent runs. A listener's open
+connections are counted as the policy engine counts them
+(`monitor.policy.connections`): a connection whose close was lost is
+forgotten when its 4-tuple is reused or after `open_idle_s`, so the count
+does not drift up.
 """
 
 from __future__ import annotations

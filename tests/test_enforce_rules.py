@@ -183,10 +183,10 @@ def test_state_journal(tmp_path) -> None:
     now = 5_000 * S
     live = ActiveBlock("192.0.2.4", now + 60 * S, 60, now, "r1", "a1")
     gone = ActiveBlock("192.0.2.5", now + 1 * S, 1, now)
-    state.upsert([live, gone])
-    state.upsert([live])                               # a refresh: no duplicate
+    state.record([live, gone])
+    state.record([live])                               # a refresh: no duplicate
     assert state.load(now + 2 * S) == [live]           # expired entries are left out
-    state.remove(["192.0.2.4"])
+    state.record(["192.0.2.4"])
     assert state.load(now) == [gone]
     state.replace([live])
     assert state.load(now) == [live]

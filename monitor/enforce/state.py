@@ -132,9 +132,3 @@ class StateFile:
         """Append changes in their order, synced: a block added (or refreshed), or a target (its block removed)."""
         with self._locked():
             self._append([{"add": asdict(c)} if isinstance(c, ActiveBlock) else {"remove": c} for c in changes])
-
-    def upsert(self, blocks: list[ActiveBlock]) -> None:
-        self.record(blocks)
-
-    def remove(self, targets: list[str]) -> None:
-        self.record(targets)

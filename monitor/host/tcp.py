@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..addresses import packed_text
 
@@ -28,14 +28,7 @@ def rows(base: str, states: tuple[str, ...] | None = None, strict: bool = False)
     joined by colons, the other columns are longer or decimal), so `states` is tested on the line
     before it is split: a table of tens of thousands of TIME_WAIT rows costs little to skip."""
     marks = tuple(f" {state} " for state in states) if states is not None else None
-    for name in ("tcp", "tcp6"):
-        try:
-            found = _read(f"{base}/{name}", marks)
-        except OSError:
-            if strict and os.path.exists(f"/proc/self/net/{name}"):
-                raise
-            continue
-        yield from found
+    return _tables(base, lambda path: _read(path, marks), strict)
 
 
 def listening(base: str, strict: bool = False) -> Iterator[list[str]]:
@@ -44,9 +37,14 @@ def listening(base: str, strict: bool = False) -> Iterator[list[str]]:
     The kernel lists a table's listening sockets first (its listening hash, then the
     established one), so the read stops at the first other row: a namespace with tens of
     thousands of connections in TIME_WAIT costs a few lines, not megabytes of text."""
+    return _tables(base, _read_listening, strict)
+
+
+def _tables(base: str, read: Callable[[str], list[list[str]]], strict: bool) -> Iterator[list[str]]:
+    """The rows `read` takes from `base`/tcp, then `base`/tcp6 (see `rows` for `strict`)."""
     for name in ("tcp", "tcp6"):
         try:
-            found = _read_listening(f"{base}/{name}")
+            found = read(f"{base}/{name}")
         except OSError:
             if strict and os.path.exists(f"/proc/self/net/{name}"):
                 raise

@@ -136,7 +136,7 @@ def test_torn_block_journal_is_set_aside_not_fatal(tmp_path):
     state = StateFile(str(journal))
     now = time.time_ns()
     good = ActiveBlock("192.0.2.7", now + 600 * 10**9, 600.0, now, "policy.source_denied")
-    state.upsert([good])
+    state.record([good])
     state.close()
     with open(journal, "a", encoding="utf-8") as fh:
         fh.write('{"add":{"target":"198.51.100.9","expires_ns":17')   # torn: no end, no newline
