@@ -8,23 +8,16 @@ programs never stack up across restarts.
 from __future__ import annotations
 
 import ctypes
-import os
 
-from ..host.syscalls import sys_bpf
+from ..host.syscalls import bpf
 
 BPF_LINK_CREATE = 28
 PROG_CGROUP_SOCK_ADDR = 18
 ATTACH_INET4_CONNECT = 10
 ATTACH_INET6_CONNECT = 11
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     """Attach `prog_fd` to the cgroup directory `target_fd` at `attach_type`; the link's fd."""
     attr = (ctypes.c_uint32 * 12)(prog_fd, target_fd, attach_type, 0)
-    fd = _libc.syscall(sys_bpf(), BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return fd
+    return bpf(BPF_LINK_CREATE, attr, "BPF link")

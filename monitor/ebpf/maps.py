@@ -9,20 +9,18 @@ CPU, each padded to 8 bytes, as the kernel lays them out.
 from __future__ import annotations
 
 import ctypes
-import os
+import errno
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..host.syscalls import sys_bpf
+from ..host.syscalls import bpf
 
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
 OBJ_GET_INFO_BY_FD = 15
 PERCPU_TYPES = frozenset({5, 6, 10})   # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
 POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _ElemAttr(ctypes.Structure):
@@ -58,9 +56,7 @@ class MapSpec:
     def of(cls, fd: int) -> "MapSpec":
         info = ctypes.create_string_buffer(88)
         attr = _InfoAttr(fd, len(info), ctypes.addressof(info))
-        if _libc.syscall(sys_bpf(), OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"bpf map fd {fd}: {os.strerror(err)}")
+        bpf(OBJ_GET_INFO_BY_FD, attr, f"bpf map fd {fd}")
         map_type, _id, key_size, value_size = struct.unpack_from("<4I", info.raw, 0)
         return cls(info.raw[24:40].split(b"\0")[0].decode(), map_type, key_size, value_size)
 
@@ -108,9 +104,9 @@ class KernelMap:
         key_buf = None if key is None else ctypes.create_string_buffer(key, self.spec.key_size)
         attr = _ElemAttr(self.fd, 0, 0 if key_buf is None else ctypes.addressof(key_buf),
                          0 if value is None else ctypes.addressof(value), 0)
-        if _libc.syscall(sys_bpf(), command, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
-            return 0
-        err = ctypes.get_errno()
-        if missing_ok and err == 2:   # ENOENT: no such key (GET_NEXT_KEY: no key after it)
-            return None
-        raise OSError(err, f"bpf map {self.spec.name}: {os.strerror(err)}")
+        try:
+            return bpf(command, attr, f"bpf map {self.spec.name}")
+        except OSError as exc:
+            if missing_ok and exc.errno == errno.ENOENT:   # no such key (GET_NEXT_KEY: no key after it)
+                return None
+            raise

@@ -19,15 +19,14 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..host.syscalls import sys_bpf
+from ..host.syscalls import bpf
+from .maps import OBJ_GET_INFO_BY_FD
 
-OBJ_GET_INFO_BY_FD, TASK_FD_QUERY, ENABLE_STATS = 15, 20, 32
+TASK_FD_QUERY, ENABLE_STATS = 20, 32
 STATS_RUN_TIME = 0
 PROG_INFO_SIZE = 224               # struct bpf_prog_info up to run_cnt and beyond
 PROG_ID, RUN_TIME_NS, RUN_CNT = 4, 192, 200   # their offsets in it
 PROGRAM, PERF_EVENT = "anon_inode:bpf-prog", "anon_inode:[perf_event]"
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,19 +39,11 @@ class ProgramRun:
     ns: int
 
 
-def _bpf(command: int, attr: ctypes.Array | ctypes.Structure, what: str) -> int:
-    result = _libc.syscall(sys_bpf(), command, ctypes.byref(attr), ctypes.sizeof(attr))
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return result
-
-
 class StatsSwitch:
     """BPF run-time statistics on while this is open (BPF_ENABLE_STATS: the kernel's own refcount)."""
 
     def __init__(self) -> None:
-        self._fd = _bpf(ENABLE_STATS, (ctypes.c_uint32 * 2)(STATS_RUN_TIME, 0), "turning BPF statistics on")
+        self._fd = bpf(ENABLE_STATS, (ctypes.c_uint32 * 2)(STATS_RUN_TIME, 0), "turning BPF statistics on")
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -71,7 +62,7 @@ def program_figures(fd: int) -> tuple[int, int, int]:
     info = ctypes.create_string_buffer(PROG_INFO_SIZE)
     attr = (ctypes.c_uint32 * 4)(fd, PROG_INFO_SIZE, 0, 0)
     struct.pack_into("<Q", attr, 8, ctypes.addressof(info))
-    _bpf(OBJ_GET_INFO_BY_FD, attr, f"bpf program fd {fd}")
+    bpf(OBJ_GET_INFO_BY_FD, attr, f"bpf program fd {fd}")
     (prog_id,) = struct.unpack_from("<I", info.raw, PROG_ID)
     run_ns, runs = struct.unpack_from("<QQ", info.raw, RUN_TIME_NS)
     return prog_id, runs, run_ns
@@ -82,7 +73,7 @@ def attachment(fd: int) -> tuple[int, str]:
     name = ctypes.create_string_buffer(256)
     attr = (ctypes.c_uint64 * 6)()
     struct.pack_into("<IIIIQ", attr, 0, os.getpid(), fd, 0, len(name), ctypes.addressof(name))
-    _bpf(TASK_FD_QUERY, attr, f"perf event fd {fd}")
+    bpf(TASK_FD_QUERY, attr, f"perf event fd {fd}")
     (prog_id,) = struct.unpack_from("<I", attr, 24)
     return prog_id, name.value.decode(errors="replace")
 

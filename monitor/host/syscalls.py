@@ -1,11 +1,14 @@
 """System call numbers the agent calls by hand (through libc's `syscall`), per machine.
 
-bpf(2) has no libc wrapper: the capture's map access and the egress guard's
-link creation call it by number, which differs between architectures.
+bpf(2) has no libc wrapper: `bpf()` calls it by number, which differs
+between architectures (the capture's map access, program statistics and the
+egress guard's link creation).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import platform
 
 from ..errors import EnvironmentProblem
@@ -20,3 +23,15 @@ def sys_bpf() -> int:
         raise EnvironmentProblem("bpf", f"this machine is {machine or 'unknown'}: socat-monitor calls bpf(2) only "
                                         f"on {' and '.join(SYS_BPF)}")
     return SYS_BPF[machine]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def bpf(command: int, attr: ctypes.Array | ctypes.Structure, what: str) -> int:
+    """One bpf(2) call on `attr` (a `union bpf_attr`): its result (an fd, or 0); OSError naming `what`."""
+    result = _libc.syscall(sys_bpf(), command, ctypes.byref(attr), ctypes.sizeof(attr))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
