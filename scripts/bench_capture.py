@@ -238,8 +238,8 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
     written = sink.stats.written
     shutil.rmtree(out_dir, ignore_errors=True)
     print(json.dumps({"accepted": accepted, "events": events, "written": written, "pipeline_errors": errors,
-                      "kernel_lost": stats.kernel_lost, "decode_errors": stats.decode_errors,
-                      "consumer_cpu_s": round(cpu, 3), "polls": polls, "read_s": share["read"] / 1e9,
+                      "kernel_lost": stats.kernel_lost, "reserved_again": stats.reserved_again,
+                      "decode_errors": stats.decode_errors, "consumer_cpu_s": round(cpu, 3), "polls": polls, "read_s": share["read"] / 1e9,
                       "decode_s": share["decode"] / 1e9, "enrich_s": share["enrich"] / 1e9,
                       "clocks_s": stages.clock_calls * clock_cost_ns() / 1e9,
                       "pipeline_s": stages.pipeline / 1e9, "render_s": stages.render / 1e9,
@@ -580,8 +580,10 @@ def report(results: list[dict], args) -> None:
     seen = sum(r["accepted"] for r in on)
     lost = sum(r["kernel_lost"] + r["decode_errors"] for r in on)
     unwritten = sum(r["events"] - r["written"] for r in on)
+    again = sum(r.get("reserved_again", 0) for r in on)
     print(f"completeness with capture: {seen} accepted events for {made} client connections "
-          f"({seen / made:.4f}), kernel lost {lost}, records not written {unwritten}")
+          f"({seen / made:.4f}), kernel lost {lost} (and {again} saved by a second reservation), "
+          f"records not written {unwritten}")
     cpu_off = sum(r["relay_us"] for r in off) / len(off)
     kernel = sum(r["relay_us"] * r["connections"] for r in on) / conns - cpu_off
     consumer = sum(r["consumer_cpu_s"] for r in on) * 1e6 / conns

@@ -26,6 +26,7 @@ from ..host.mounts import ensure_mounts
 SOURCE = BPF_DIR / "capture.c"
 WHERE = "capture"
 ZERO = (0).to_bytes(4, "little")
+RESERVED_AGAIN = (1).to_bytes(4, "little")   # the second key of `lost` (bpf/capture.c)
 
 
 class KernelProbe:
@@ -73,6 +74,10 @@ class KernelProbe:
         if not self._closed:
             self._lost_total = self._maps["lost"].sum_u64(ZERO)
         return self._lost_total
+
+    def reserved_again(self) -> int:
+        """Records a first ring-buffer reservation failed for and a second one saved (0 once closed)."""
+        return 0 if self._closed else self._maps["lost"].sum_u64(RESERVED_AGAIN)
 
     def exec_missed(self) -> int:
         """Execs of watched processes whose argv the kernel side no longer had (0 once closed)."""

@@ -75,6 +75,7 @@ class CaptureStats:
     events: dict[str, int] = field(default_factory=dict)   # by event.action value
     records: int = 0             # ring-buffer records received
     kernel_lost: int = 0         # records the kernel could not put in the ring buffer
+    reserved_again: int = 0      # records whose first reservation failed and a second one saved
     decode_errors: int = 0
     enrich_errors: int = 0
     duplicates: int = 0          # second reports of one connect, dropped
@@ -285,6 +286,7 @@ class Capture:
     def stats(self) -> CaptureStats:
         return CaptureStats(
             events=dict(self._by_action), records=self._records, kernel_lost=self._kernel.lost(),
+            reserved_again=self._kernel.reserved_again(),
             decode_errors=self._decode_errors, enrich_errors=self._enrich_errors, duplicates=self._duplicates,
             proc_reads=self._processes.proc_reads, processes_cached=len(self._processes),
             incomplete=self._incomplete, pinned=self._pinned, partial_sources=self._partial_sources,
