@@ -315,9 +315,8 @@ def _community_id(ev: ConnectionEvent) -> str:
     return found
 
 
-def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
-    """Everything of a connection document but the host identity and the process (one literal per
-    object: this runs for every connection event)."""
+def _connection_event(ev: ConnectionEvent) -> dict[str, Any]:
+    """`event` of a connection document."""
     event = {"id": ev.id, "kind": "event", "dataset": DATASET_CONNECTION, "module": "socat",
              "created": iso_timestamp(time.time_ns()), "category": ["network"],
              "type": list(_CONNECTION_TYPES[ev.action]), "action": VALUES[ev.action], "outcome": VALUES[ev.outcome]}
@@ -325,6 +324,11 @@ def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
         event["sequence"] = ev.ktime_ns
     if ev.duration_ns is not None:
         event["duration"] = ev.duration_ns
+    return event
+
+
+def _flow(ev: ConnectionEvent) -> dict[str, Any]:
+    """`source`, `destination`, `network` and `related`: the flow's 4-tuple and direction (and its bytes)."""
     src, dst = ev.source_ip, ev.destination_ip
     source = {"ip": src, "port": ev.source_port}
     destination = {"ip": dst, "port": ev.destination_port}
@@ -332,21 +336,34 @@ def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
     if ev.bytes_in is not None:
         source["bytes"] = ev.bytes_in if ingress else ev.bytes_out
         destination["bytes"] = ev.bytes_out if ingress else ev.bytes_in
-    doc = {"@timestamp": iso_timestamp(ev.timestamp_ns), "event": event, "source": source, "destination": destination,
-           "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[ev.direction],
-                       "community_id": _community_id(ev)},
-           "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}}
+    return {"source": source, "destination": destination,
+            "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[ev.direction],
+                        "community_id": _community_id(ev)},
+            "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}}
+
+
+def _session(ev: ConnectionEvent) -> dict[str, Any]:
+    """The members of `socat` a connection event has of its own (not of its process or listener)."""
+    out: dict[str, Any] = {}
+    if ev.session_id:
+        out["session"] = {"id": ev.session_id}
+    if ev.refused:
+        out["refused"] = True
+    if ev.source_partial:
+        out["source_partial"] = True
+    if ev.error:
+        out["error"] = ev.error
+    return out
+
+
+def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
+    """Everything of a connection document but the host identity and the process."""
+    doc = {"@timestamp": iso_timestamp(ev.timestamp_ns), "event": _connection_event(ev)}
+    doc.update(_flow(ev))
     socat: dict[str, Any] = _process_identity(ev.process)
     if ev.listener is not None:
         socat["listener"] = _listener(ev.listener)
-    if ev.session_id:
-        socat["session"] = {"id": ev.session_id}
-    if ev.refused:
-        socat["refused"] = True
-    if ev.source_partial:
-        socat["source_partial"] = True
-    if ev.error:
-        socat["error"] = ev.error
+    socat.update(_session(ev))
     if socat:
         doc["socat"] = socat
     return doc
@@ -360,39 +377,113 @@ def _render_connection(ev: ConnectionEvent, host: HostInfo) -> dict[str, Any]:
     return doc
 
 
-class _Pieces:
-    """Encoded JSON members (`,"key":value,...`) reused across documents: the host identity of the
-    last host, and the process and user of recently seen processes (by object: the enricher hands
-    out one `ProcessInfo` per process state, so an object seen before encodes the same)."""
+def _members(fields: dict[str, Any]) -> bytes:
+    """`,"key":value,...`: the members of an object, encoded, to splice into another."""
+    return b"," + orjson.dumps(fields)[1:-1] if fields else b""
 
-    MAX_PROCESSES = 4096
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second_bytes(seconds: int) -> bytes:
+    return _iso_second(seconds).encode()
+
+
+def _stamp(ns: int) -> bytes:
+    """`iso_timestamp(ns)` as a JSON string, encoded."""
+    seconds, rem = divmod(ns, 1_000_000_000)
+    return b'"%b.%06dZ"' % (_iso_second_bytes(seconds), rem // 1000)
+
+
+# `"type":[...],"action":...,"outcome":...` of a connection document, by action and outcome
+_KINDS = {action: {outcome: _members({"type": types, "action": VALUES[action], "outcome": VALUES[outcome]})
+                   for outcome in Outcome} for action, types in _CONNECTION_TYPES.items()}
+# `event` from `kind` to `category`, `created` (the one member between them) spliced in
+_EVENT_MIDDLE = _members({"kind": "event", "dataset": DATASET_CONNECTION, "module": "socat"})
+_EVENT_CATEGORY = _members({"category": ["network"]})
+
+
+class _Pieces:
+    """A connection event's JSON line, built from encoded members (`,"key":value,...`) reused across
+    documents, each the encoding of the dict `render` builds for it: the host identity of the last
+    host; the process, user and socat identity of recently seen processes (by object: the enricher
+    hands out one `ProcessInfo` per process state, so an object seen before encodes the same); the
+    flow (4-tuple and direction: a connection's ingress and egress documents share one each), the
+    listener and the session. Only the event's id and times are encoded per document."""
+
+    MAX = 4096   # entries per cache; a full one is emptied
 
     def __init__(self) -> None:
         self.identity: tuple[HostInfo | None, bytes] = (None, b"")   # one tuple: swapped whole
-        self.processes: dict[int, tuple[ProcessInfo, HostInfo, bytes]] = {}
+        self.processes: dict[int, tuple[ProcessInfo, HostInfo, bytes, bytes]] = {}
+        self.flows: dict[tuple[str, int, str, int, bool], bytes] = {}
+        self.listeners: dict[tuple[str, int, str | None], bytes] = {}
+        self.sessions: dict[str, bytes] = {}
 
-    @staticmethod
-    def members(fields: dict[str, Any]) -> bytes:
-        return b"," + orjson.dumps(fields)[1:-1]
+    def line(self, ev: ConnectionEvent, host: HostInfo) -> bytes:
+        """`encode(ev, host)` of a connection event."""
+        process, identity = self.of_process(ev.process, host)
+        event = b'{"id":%b%b,"created":%b%b%b' % (orjson.dumps(ev.id), _EVENT_MIDDLE, _stamp(time.time_ns()),
+                                                  _EVENT_CATEGORY, _KINDS[ev.action][ev.outcome])
+        if ev.ktime_ns is not None:
+            event += b',"sequence":' + orjson.dumps(ev.ktime_ns)
+        if ev.duration_ns is not None:
+            event += b',"duration":' + orjson.dumps(ev.duration_ns)
+        socat = identity + self.of_listener(ev.listener) + self.of_session(ev)
+        return b'{"@timestamp":%b,"event":%b}%b%b%b%b}\n' % (
+            _stamp(ev.timestamp_ns), event, self.of_flow(ev), b',"socat":{%b}' % socat[1:] if socat else b"",
+            self.of_host(host), process)
 
     def of_host(self, host: HostInfo) -> bytes:
         known, encoded = self.identity
         if known is not host:
-            encoded = self.members(_identity(host))
+            encoded = _members(_identity(host))
             self.identity = (host, encoded)
         return encoded
 
-    def of_process(self, proc: ProcessInfo | None, host: HostInfo) -> bytes:
+    def of_process(self, proc: ProcessInfo | None, host: HostInfo) -> tuple[bytes, bytes]:
+        """The members of the process and its user, and those of its identity under `socat`."""
         if proc is None:
-            return b""
+            return b"", b""
         known = self.processes.get(id(proc))
         if known is not None and known[0] is proc and known[1] is host:
-            return known[2]
-        if len(self.processes) >= self.MAX_PROCESSES:
+            return known[2], known[3]
+        if len(self.processes) >= self.MAX:
             self.processes.clear()
-        encoded = self.members(_process_fields(proc, host))
-        self.processes[id(proc)] = (proc, host, encoded)   # holds proc: its id is not reused meanwhile
+        encoded = _members(_process_fields(proc, host)), _members(_process_identity(proc))
+        self.processes[id(proc)] = (proc, host, *encoded)   # holds proc: its id is not reused meanwhile
         return encoded
+
+    def of_flow(self, ev: ConnectionEvent) -> bytes:
+        if ev.bytes_in is not None:   # a close with its byte counts: its own
+            return _members(_flow(ev))
+        key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction is Direction.INGRESS)
+        found = self.flows.get(key)
+        if found is None:
+            if len(self.flows) >= self.MAX:
+                self.flows.clear()
+            found = self.flows[key] = _members(_flow(ev))
+        return found
+
+    def of_listener(self, listener: Listener | None) -> bytes:
+        if listener is None:
+            return b""
+        key = (listener.ip, listener.port, listener.name)
+        found = self.listeners.get(key)
+        if found is None:
+            if len(self.listeners) >= self.MAX:
+                self.listeners.clear()
+            found = self.listeners[key] = _members({"listener": _listener(listener)})
+        return found
+
+    def of_session(self, ev: ConnectionEvent) -> bytes:
+        """The event's own members of `socat`: its session's cached (a connection's four events share it)."""
+        if ev.refused or ev.source_partial or ev.error or not ev.session_id:
+            return _members(_session(ev))
+        found = self.sessions.get(ev.session_id)
+        if found is None:
+            if len(self.sessions) >= self.MAX:
+                self.sessions.clear()
+            found = self.sessions[ev.session_id] = _members(_session(ev))
+        return found
 
 
 _PIECES = _Pieces()
@@ -402,8 +493,7 @@ def encode(record: Record, host: HostInfo) -> bytes:
     """The ECS document of any record as one JSON line (with the newline); the same document as
     `render`, built from reused pieces for connection events."""
     if record.__class__ is ConnectionEvent:
-        head = orjson.dumps(_connection_fields(record))
-        return b"".join((head[:-1], _PIECES.of_host(host), _PIECES.of_process(record.process, host), b"}\n"))
+        return _PIECES.line(record, host)
     return orjson.dumps(render(record, host), option=orjson.OPT_APPEND_NEWLINE)
 
 
