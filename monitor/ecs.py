@@ -407,82 +407,87 @@ class _Pieces:
     host; the process, user and socat identity of recently seen processes (by object: the enricher
     hands out one `ProcessInfo` per process state, so an object seen before encodes the same); the
     flow (4-tuple and direction: a connection's ingress and egress documents share one each), the
-    listener and the session. Only the event's id and times are encoded per document."""
+    listener and the session. Only the event's id and times are encoded per document. `line` looks
+    each piece up itself (a method call per piece cost as much as the lookup) and calls a `new_*`
+    method to build one it lacks."""
 
     MAX = 4096   # entries per cache; a full one is emptied
 
     def __init__(self) -> None:
         self.identity: tuple[HostInfo | None, bytes] = (None, b"")   # one tuple: swapped whole
-        self.processes: dict[int, tuple[ProcessInfo, HostInfo, bytes, bytes]] = {}
+        self.processes: dict[int, tuple[ProcessInfo | None, HostInfo, bytes, bytes]] = {}
         self.flows: dict[tuple[str, int, str, int, bool], bytes] = {}
         self.listeners: dict[tuple[str, int, str | None], bytes] = {}
         self.sessions: dict[str, bytes] = {}
 
     def line(self, ev: ConnectionEvent, host: HostInfo) -> bytes:
         """`encode(ev, host)` of a connection event."""
-        process, identity = self.of_process(ev.process, host)
-        event = b'{"id":%b%b,"created":%b%b%b' % (orjson.dumps(ev.id), _EVENT_MIDDLE, _stamp(time.time_ns()),
-                                                  _EVENT_CATEGORY, _KINDS[ev.action][ev.outcome])
+        proc = ev.process
+        known = self.processes.get(id(proc))
+        if known is None or known[0] is not proc or known[1] is not host:
+            known = self.new_process(proc, host)
+        if ev.bytes_in is None:
+            flow = self.flows.get((ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port,
+                                   ev.direction is Direction.INGRESS)) or self.new_flow(ev)
+        else:   # a close with its byte counts: its own
+            flow = _members(_flow(ev))
+        listener = ev.listener
+        if listener is None:
+            at = b""
+        else:
+            at = self.listeners.get((listener.ip, listener.port, listener.name)) or self.new_listener(listener)
+        session = ev.session_id
+        if ev.refused or ev.source_partial or ev.error or not session:
+            own = _members(_session(ev))
+        else:
+            own = self.sessions.get(session) or self.new_session(ev)
+        socat = known[3] + at + own
+        seen_host, identity = self.identity
+        if seen_host is not host:
+            identity = self.new_host(host)
+        parts = [b'{"@timestamp":', _stamp(ev.timestamp_ns), b',"event":{"id":', orjson.dumps(ev.id), _EVENT_MIDDLE,
+                 b',"created":', _stamp(time.time_ns()), _EVENT_CATEGORY, _KINDS[ev.action][ev.outcome]]
         if ev.ktime_ns is not None:
-            event += b',"sequence":' + orjson.dumps(ev.ktime_ns)
+            parts += (b',"sequence":', orjson.dumps(ev.ktime_ns))
         if ev.duration_ns is not None:
-            event += b',"duration":' + orjson.dumps(ev.duration_ns)
-        socat = identity + self.of_listener(ev.listener) + self.of_session(ev)
-        return b'{"@timestamp":%b,"event":%b}%b%b%b%b}\n' % (
-            _stamp(ev.timestamp_ns), event, self.of_flow(ev), b',"socat":{%b}' % socat[1:] if socat else b"",
-            self.of_host(host), process)
+            parts += (b',"duration":', orjson.dumps(ev.duration_ns))
+        parts += (b"}", flow, b',"socat":{%b}' % socat[1:] if socat else b"", identity, known[2], b"}\n")
+        return b"".join(parts)
 
-    def of_host(self, host: HostInfo) -> bytes:
-        known, encoded = self.identity
-        if known is not host:
-            encoded = _members(_identity(host))
-            self.identity = (host, encoded)
+    def new_host(self, host: HostInfo) -> bytes:
+        encoded = _members(_identity(host))
+        self.identity = (host, encoded)
         return encoded
 
-    def of_process(self, proc: ProcessInfo | None, host: HostInfo) -> tuple[bytes, bytes]:
+    def new_process(self, proc: ProcessInfo | None, host: HostInfo) -> tuple[ProcessInfo | None, HostInfo, bytes, bytes]:
         """The members of the process and its user, and those of its identity under `socat`."""
-        if proc is None:
-            return b"", b""
-        known = self.processes.get(id(proc))
-        if known is not None and known[0] is proc and known[1] is host:
-            return known[2], known[3]
         if len(self.processes) >= self.MAX:
             self.processes.clear()
-        encoded = _members(_process_fields(proc, host)), _members(_process_identity(proc))
-        self.processes[id(proc)] = (proc, host, *encoded)   # holds proc: its id is not reused meanwhile
-        return encoded
+        if proc is None:
+            known = (proc, host, b"", b"")
+        else:
+            known = (proc, host, _members(_process_fields(proc, host)), _members(_process_identity(proc)))
+        self.processes[id(proc)] = known   # holds proc: its id is not reused meanwhile
+        return known
 
-    def of_flow(self, ev: ConnectionEvent) -> bytes:
-        if ev.bytes_in is not None:   # a close with its byte counts: its own
-            return _members(_flow(ev))
+    def new_flow(self, ev: ConnectionEvent) -> bytes:
+        if len(self.flows) >= self.MAX:
+            self.flows.clear()
         key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction is Direction.INGRESS)
-        found = self.flows.get(key)
-        if found is None:
-            if len(self.flows) >= self.MAX:
-                self.flows.clear()
-            found = self.flows[key] = _members(_flow(ev))
+        found = self.flows[key] = _members(_flow(ev))
         return found
 
-    def of_listener(self, listener: Listener | None) -> bytes:
-        if listener is None:
-            return b""
-        key = (listener.ip, listener.port, listener.name)
-        found = self.listeners.get(key)
-        if found is None:
-            if len(self.listeners) >= self.MAX:
-                self.listeners.clear()
-            found = self.listeners[key] = _members({"listener": _listener(listener)})
+    def new_listener(self, listener: Listener) -> bytes:
+        if len(self.listeners) >= self.MAX:
+            self.listeners.clear()
+        found = self.listeners[(listener.ip, listener.port, listener.name)] = _members({"listener": _listener(listener)})
         return found
 
-    def of_session(self, ev: ConnectionEvent) -> bytes:
-        """The event's own members of `socat`: its session's cached (a connection's four events share it)."""
-        if ev.refused or ev.source_partial or ev.error or not ev.session_id:
-            return _members(_session(ev))
-        found = self.sessions.get(ev.session_id)
-        if found is None:
-            if len(self.sessions) >= self.MAX:
-                self.sessions.clear()
-            found = self.sessions[ev.session_id] = _members(_session(ev))
+    def new_session(self, ev: ConnectionEvent) -> bytes:
+        """The event's own members of `socat` when they are only its session (a connection's events share it)."""
+        if len(self.sessions) >= self.MAX:
+            self.sessions.clear()
+        found = self.sessions[ev.session_id] = _members(_session(ev))
         return found
 
 
