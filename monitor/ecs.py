@@ -39,6 +39,7 @@ from .events import (
     ConnectionEvent,
     Direction,
     Heartbeat,
+    INGRESS,
     Listener,
     Outcome,
     PipelineError,
@@ -332,7 +333,7 @@ def _flow(ev: ConnectionEvent) -> dict[str, Any]:
     src, dst = ev.source_ip, ev.destination_ip
     source = {"ip": src, "port": ev.source_port}
     destination = {"ip": dst, "port": ev.destination_port}
-    ingress = ev.direction is Direction.INGRESS
+    ingress = ev.direction is INGRESS
     if ev.bytes_in is not None:
         source["bytes"] = ev.bytes_in if ingress else ev.bytes_out
         destination["bytes"] = ev.bytes_out if ingress else ev.bytes_in
@@ -428,7 +429,7 @@ class _Pieces:
             known = self.new_process(proc, host)
         if ev.bytes_in is None:
             flow = self.flows.get((ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port,
-                                   ev.direction is Direction.INGRESS)) or self.new_flow(ev)
+                                   ev.direction is INGRESS)) or self.new_flow(ev)
         else:   # a close with its byte counts: its own
             flow = _members(_flow(ev))
         listener = ev.listener
@@ -473,7 +474,7 @@ class _Pieces:
     def new_flow(self, ev: ConnectionEvent) -> bytes:
         if len(self.flows) >= self.MAX:
             self.flows.clear()
-        key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction is Direction.INGRESS)
+        key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction is INGRESS)
         found = self.flows[key] = _members(_flow(ev))
         return found
 

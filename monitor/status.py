@@ -31,7 +31,20 @@ from typing import Any
 
 from .ecs import iso_timestamp
 from .errors import InputError
-from .events import VALUES, Action, Alert, BlockEvent, ConnectionEvent, Direction, PipelineError, ProcessEvent, Record
+from .events import (
+    ACCEPTED,
+    CLOSED,
+    DENIED,
+    INGRESS,
+    VALUES,
+    Action,
+    Alert,
+    BlockEvent,
+    ConnectionEvent,
+    PipelineError,
+    ProcessEvent,
+    Record,
+)
 from .policy.connections import OpenConnections, open_key
 
 RATE_WINDOW_S = 10.0
@@ -289,7 +302,7 @@ class LiveStatus:
     def _connection(self, ev: ConnectionEvent) -> None:
         action, listener = ev.action, ev.listener
         self.events[VALUES[action]] += 1
-        if ev.direction is not Direction.INGRESS or listener is None:   # egress: counted, nothing more
+        if ev.direction is not INGRESS or listener is None:   # egress: counted, nothing more
             return
         state = self.listeners.get(listener.port)
         if state is None:
@@ -298,7 +311,7 @@ class LiveStatus:
             state.name = listener.name
         now = self.clock()
         self.open.expire(ev.timestamp_ns)
-        if action is Action.ACCEPTED:
+        if action is ACCEPTED:
             if ev.process is not None:
                 pids = state.pids
                 pids.add(ev.process.pid)
@@ -308,7 +321,7 @@ class LiveStatus:
             state.accepts.append(now)
             if not ev.source_partial:   # "::" or a /64 stub is no source to list
                 self._source(ev.source_ip, listener.port, now)
-        elif action is Action.CLOSED or action is Action.DENIED:
+        elif action is CLOSED or action is DENIED:
             self.open.close(open_key(ev))
         _trim(state.accepts, now)
 

@@ -25,7 +25,21 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessEvent, ProcessInfo
+from ..events import (
+    ACCEPTED,
+    ATTEMPTED,
+    CLOSED,
+    DENIED,
+    EGRESS,
+    FAILURE,
+    INGRESS,
+    SUCCESS,
+    Action,
+    ConnectionEvent,
+    Listener,
+    ProcessEvent,
+    ProcessInfo,
+)
 from ..host import identity, processes
 from .decode import (
     EV_ACCEPT,
@@ -245,22 +259,22 @@ class Enricher:
         flags = raw.flags
         etype = raw.type
         if etype == EV_ACCEPT:
-            action = Action.ACCEPTED
+            action = ACCEPTED
         elif etype == EV_CONNECT:
-            action = Action.ATTEMPTED
+            action = ATTEMPTED
         elif flags & F_REFUSED:
-            action = Action.DENIED
+            action = DENIED
         else:
-            action = Action.CLOSED
+            action = CLOSED
         failed = bool(flags & F_FAILED)
         closing = etype == EV_CLOSE
         counted = closing and self.byte_counts
         # positional, in the field order of ConnectionEvent: this runs for every record (keywords cost 2x)
         return ConnectionEvent(
             action, ts, raw.saddr, raw.sport, raw.daddr, raw.dport,
-            Direction.INGRESS if flags & F_INGRESS else Direction.EGRESS,
-            Outcome.FAILURE if failed or action is Action.DENIED else Outcome.SUCCESS,
+            INGRESS if flags & F_INGRESS else EGRESS,
+            FAILURE if failed or action is DENIED else SUCCESS,
             proc, self._listener(raw.laddr, raw.lport), self.session_id(raw.cookie), raw.ktime_ns,
             raw.duration_ns if closing else None, raw.bytes_in if counted else None,
-            raw.bytes_out if counted else None, errno_name(raw.err) if failed else None, action is Action.DENIED,
+            raw.bytes_out if counted else None, errno_name(raw.err) if failed else None, action is DENIED,
         )

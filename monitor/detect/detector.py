@@ -19,7 +19,7 @@ from collections import deque
 
 import numpy as np
 
-from ..events import Alert, ConnectionEvent, Direction
+from ..events import INGRESS, Alert, ConnectionEvent
 from .baseline import Baseline
 from .batch import BatchEngine
 from .config import DetectConfig
@@ -112,7 +112,7 @@ class Detector:
     def observe(self, event: ConnectionEvent, flagged: bool = False) -> list[Alert]:
         """Buffer the event for the engine; the alerts it raises now, if it reaches a threshold.
         `flagged`: the policy alerted on it, so its source is not learned from."""
-        if event.direction is not Direction.INGRESS:   # egress feeds no counter (`counted`): half the events
+        if event.direction is not INGRESS:   # egress feeds no counter (`counted`): half the events
             return []
         flags = classify(event, self._short_ns)
         if not flags:
