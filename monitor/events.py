@@ -92,11 +92,14 @@ def new_event_id() -> str:
     process id, so two agents on one host never collide.
     """
     global _last_id_ns
-    with _id_lock:
+    _id_lock.acquire()   # not `with`: half the cost, for every record
+    try:
         now = time.time_ns()
         if now <= _last_id_ns:
             now = _last_id_ns + 1
         _last_id_ns = now
+    finally:
+        _id_lock.release()
     return f"{now:x}-{_ID_PREFIX}"
 
 

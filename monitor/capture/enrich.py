@@ -269,12 +269,15 @@ class Enricher:
         failed = bool(flags & F_FAILED)
         closing = etype == EV_CLOSE
         counted = closing and self.byte_counts
+        # the listener and the session from their caches, a call only to fill one
+        listener = self._listeners.get((raw.laddr, raw.lport)) or self._listener(raw.laddr, raw.lport)
+        session = self._sessions.get(raw.cookie) or self.session_id(raw.cookie)
         # positional, in the field order of ConnectionEvent: this runs for every record (keywords cost 2x)
         return ConnectionEvent(
             action, ts, raw.saddr, raw.sport, raw.daddr, raw.dport,
             INGRESS if flags & F_INGRESS else EGRESS,
             FAILURE if failed or action is DENIED else SUCCESS,
-            proc, self._listener(raw.laddr, raw.lport), self.session_id(raw.cookie), raw.ktime_ns,
+            proc, listener, session, raw.ktime_ns,
             raw.duration_ns if closing else None, raw.bytes_in if counted else None,
             raw.bytes_out if counted else None, errno_name(raw.err) if failed else None, action is DENIED,
         )
