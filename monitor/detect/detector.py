@@ -23,7 +23,7 @@ from ..events import INGRESS, Alert, ConnectionEvent
 from .baseline import Baseline
 from .batch import BatchEngine
 from .config import DetectConfig
-from .rows import IpTable, Rows, classify, listener_port
+from .rows import NOTHING, IpTable, Rows, classify, listener_port
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE
 
 
@@ -115,7 +115,7 @@ class Detector:
         if event.direction is not INGRESS:   # egress feeds no counter (`counted`): half the events
             return []
         flags = classify(event, self._short_ns)
-        if not flags:
+        if flags is NOTHING:   # not `not flags`: Flags.__bool__ is a Python call
             return []
         self.observed += 1
         t = event.timestamp_ns

@@ -162,6 +162,9 @@ _FLAGS = {(start, refused, short): Flags(start, refused, short)
           for start in (False, True) for refused in (False, True) for short in (False, True)}
 
 
+NOTHING = _FLAGS[(False, False, False)]   # what `classify` answers for an event that feeds no counter
+
+
 def classify(ev: ConnectionEvent, short_ns: int) -> Flags:
     """Which counters an event feeds (`counted`)."""
     action = ev.action
