@@ -328,19 +328,23 @@ def _connection_event(ev: ConnectionEvent) -> dict[str, Any]:
     return event
 
 
-def _flow(ev: ConnectionEvent) -> dict[str, Any]:
-    """`source`, `destination`, `network` and `related`: the flow's 4-tuple and direction (and its bytes)."""
+def _flow(ev: ConnectionEvent, counted: bool = True) -> dict[str, Any]:
+    """`source`, `destination`, `network` and `related`: the flow's 4-tuple and direction, and its bytes
+    when it has them (and `counted`)."""
     src, dst = ev.source_ip, ev.destination_ip
     source = {"ip": src, "port": ev.source_port}
     destination = {"ip": dst, "port": ev.destination_port}
-    ingress = ev.direction is INGRESS
-    if ev.bytes_in is not None:
-        source["bytes"] = ev.bytes_in if ingress else ev.bytes_out
-        destination["bytes"] = ev.bytes_out if ingress else ev.bytes_in
+    if counted and ev.bytes_in is not None:
+        source["bytes"], destination["bytes"] = _flow_bytes(ev)
     return {"source": source, "destination": destination,
             "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[ev.direction],
                         "community_id": _community_id(ev)},
             "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}}
+
+
+def _flow_bytes(ev: ConnectionEvent) -> tuple[int | None, int | None]:
+    """The bytes of the source and of the destination (socat counts them by its own peer)."""
+    return (ev.bytes_in, ev.bytes_out) if ev.direction is INGRESS else (ev.bytes_out, ev.bytes_in)
 
 
 def _session(ev: ConnectionEvent) -> dict[str, Any]:
@@ -394,12 +398,12 @@ def _stamp(ns: int) -> bytes:
     return b'"%b.%06dZ"' % (_iso_second_bytes(seconds), rem // 1000)
 
 
-# `"type":[...],"action":...,"outcome":...` of a connection document, by action and outcome
-_KINDS = {action: {outcome: _members({"type": types, "action": VALUES[action], "outcome": VALUES[outcome]})
+# `event` of a connection document from `kind` to the name of `created`, whose value follows
+_EVENT_MIDDLE = _members({"kind": "event", "dataset": DATASET_CONNECTION, "module": "socat"}) + b',"created":'
+# `event` from `category` to `outcome`, by action and outcome
+_KINDS = {action: {outcome: _members({"category": ["network"], "type": types, "action": VALUES[action],
+                                      "outcome": VALUES[outcome]})
                    for outcome in Outcome} for action, types in _CONNECTION_TYPES.items()}
-# `event` from `kind` to `category`, `created` (the one member between them) spliced in
-_EVENT_MIDDLE = _members({"kind": "event", "dataset": DATASET_CONNECTION, "module": "socat"})
-_EVENT_CATEGORY = _members({"category": ["network"]})
 
 
 class _Pieces:
@@ -408,7 +412,8 @@ class _Pieces:
     host; the process, user and socat identity of recently seen processes (by object: the enricher
     hands out one `ProcessInfo` per process state, so an object seen before encodes the same); the
     flow (4-tuple and direction: a connection's ingress and egress documents share one each), the
-    listener and the session. Only the event's id and times are encoded per document. `line` looks
+    listener and the session. Only the event's id, times and byte counts (spliced into its flow's
+    pieces) are encoded per document. `line` looks
     each piece up itself (a method call per piece cost as much as the lookup) and calls a `new_*`
     method to build one it lacks."""
 
@@ -417,7 +422,7 @@ class _Pieces:
     def __init__(self) -> None:
         self.identity: tuple[HostInfo | None, bytes] = (None, b"")   # one tuple: swapped whole
         self.processes: dict[int, tuple[ProcessInfo | None, HostInfo, bytes, bytes]] = {}
-        self.flows: dict[tuple[str, int, str, int, bool], bytes] = {}
+        self.flows: dict[tuple[str, int, str, int, bool], tuple[bytes, bytes, bytes, bytes]] = {}
         self.listeners: dict[tuple[str, int, str | None], bytes] = {}
         self.sessions: dict[str, bytes] = {}
 
@@ -427,11 +432,13 @@ class _Pieces:
         known = self.processes.get(id(proc))
         if known is None or known[0] is not proc or known[1] is not host:
             known = self.new_process(proc, host)
+        flow = self.flows.get((ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port,
+                               ev.direction is INGRESS)) or self.new_flow(ev)
         if ev.bytes_in is None:
-            flow = self.flows.get((ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port,
-                                   ev.direction is INGRESS)) or self.new_flow(ev)
-        else:   # a close with its byte counts: its own
-            flow = _members(_flow(ev))
+            members = flow[0]
+        else:   # a close with its byte counts: spliced into the flow's
+            source, destination = _flow_bytes(ev)
+            members = b"".join((flow[1], orjson.dumps(source), flow[2], orjson.dumps(destination), flow[3]))
         listener = ev.listener
         if listener is None:
             at = b""
@@ -446,14 +453,12 @@ class _Pieces:
         seen_host, identity = self.identity
         if seen_host is not host:
             identity = self.new_host(host)
-        parts = [b'{"@timestamp":', _stamp(ev.timestamp_ns), b',"event":{"id":', orjson.dumps(ev.id), _EVENT_MIDDLE,
-                 b',"created":', _stamp(time.time_ns()), _EVENT_CATEGORY, _KINDS[ev.action][ev.outcome]]
-        if ev.ktime_ns is not None:
-            parts += (b',"sequence":', orjson.dumps(ev.ktime_ns))
-        if ev.duration_ns is not None:
-            parts += (b',"duration":', orjson.dumps(ev.duration_ns))
-        parts += (b"}", flow, b',"socat":{%b}' % socat[1:] if socat else b"", identity, known[2], b"}\n")
-        return b"".join(parts)
+        return b"".join((
+            b'{"@timestamp":', _stamp(ev.timestamp_ns), b',"event":{"id":', orjson.dumps(ev.id), _EVENT_MIDDLE,
+            _stamp(time.time_ns()), _KINDS[ev.action][ev.outcome],
+            b"" if ev.ktime_ns is None else b',"sequence":' + orjson.dumps(ev.ktime_ns),
+            b"" if ev.duration_ns is None else b',"duration":' + orjson.dumps(ev.duration_ns),
+            b"}", members, b',"socat":{%b}' % socat[1:] if socat else b"", identity, known[2], b"}\n"))
 
     def new_host(self, host: HostInfo) -> bytes:
         encoded = _members(_identity(host))
@@ -471,12 +476,18 @@ class _Pieces:
         self.processes[id(proc)] = known   # holds proc: its id is not reused meanwhile
         return known
 
-    def new_flow(self, ev: ConnectionEvent) -> bytes:
+    def new_flow(self, ev: ConnectionEvent) -> tuple[bytes, bytes, bytes, bytes]:
+        """The flow's members without bytes, and the same in three parts around the source's and the
+        destination's `bytes` values (`,"source":{...,"bytes":`, `},"destination":{...,"bytes":`, `},...`)."""
         if len(self.flows) >= self.MAX:
             self.flows.clear()
+        flow = _flow(ev, counted=False)
+        parts = (_members(flow), b',"source":' + orjson.dumps(flow["source"])[:-1] + b',"bytes":',
+                 b'},"destination":' + orjson.dumps(flow["destination"])[:-1] + b',"bytes":',
+                 b"}" + _members({"network": flow["network"], "related": flow["related"]}))
         key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction is INGRESS)
-        found = self.flows[key] = _members(_flow(ev))
-        return found
+        self.flows[key] = parts
+        return parts
 
     def new_listener(self, listener: Listener) -> bytes:
         if len(self.listeners) >= self.MAX:

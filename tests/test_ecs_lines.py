@@ -107,6 +107,8 @@ def test_reused_pieces_follow_what_changed():
         dataclasses.replace(first, session_id="s-other"),
         dataclasses.replace(first, session_id=None),
         dataclasses.replace(first, action=Action.CLOSED, bytes_in=5, bytes_out=7, duration_ns=9),
+        dataclasses.replace(first, action=Action.CLOSED, bytes_in=6, bytes_out=None, duration_ns=9),
+        dataclasses.replace(first, action=Action.CLOSED, direction=Direction.EGRESS, bytes_in=5, bytes_out=7),
         dataclasses.replace(first, source_port=first.source_port + 1),
         dataclasses.replace(first, process=dataclasses.replace(first.process, netns=7, netns_name="other")),
         dataclasses.replace(first, process=None),
