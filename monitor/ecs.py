@@ -2,9 +2,11 @@
 
 `render(record, host)` turns any `monitor.events` record into a nested ECS
 dict and `encode(record, host)` into its JSON line. A connection event (most
-of what the agent writes) is encoded from pieces: what changes per event,
-and what is the same for many events (the host and agent identity, once per
-host; the process and user, once per process) encoded once and reused.
+of what the agent writes) is encoded from pieces: what changes per event
+(its id, times and byte counts), and what is the same for many events (the
+host and agent identity, once per host; the process and user, once per
+process; the flow, listener and session, once per connection) encoded once
+and reused.
 `parse_connection(doc)` turns an ECS document (ours, or another
 tool's with the minimal fields) back into a `ConnectionEvent`, so replay and
 offline analysis see exactly what the live agent saw.
