@@ -3,10 +3,10 @@
 `render(record, host)` turns any `monitor.events` record into a nested ECS
 dict and `encode(record, host)` into its JSON line. A connection event (most
 of what the agent writes) is encoded from pieces: what changes per event
-(its id, times and byte counts), and what is the same for many events (the
-host and agent identity, once per host; the process and user, once per
-process; the flow, listener and session, once per connection) encoded once
-and reused.
+(its id and times; the flow of a close with byte counts), and what is the
+same for many events (the host and agent identity, once per host; the
+process and user, once per process; the flow, listener and session, once
+per connection) encoded once and reused.
 `parse_connection(doc)` turns an ECS document (ours, or another
 tool's with the minimal fields) back into a `ConnectionEvent`, so replay and
 offline analysis see exactly what the live agent saw.
@@ -330,23 +330,19 @@ def _connection_event(ev: ConnectionEvent) -> dict[str, Any]:
     return event
 
 
-def _flow(ev: ConnectionEvent, counted: bool = True) -> dict[str, Any]:
-    """`source`, `destination`, `network` and `related`: the flow's 4-tuple and direction, and its bytes
-    when it has them (and `counted`)."""
+def _flow(ev: ConnectionEvent) -> dict[str, Any]:
+    """`source`, `destination`, `network` and `related`: the flow's 4-tuple and direction (and its bytes)."""
     src, dst = ev.source_ip, ev.destination_ip
     source = {"ip": src, "port": ev.source_port}
     destination = {"ip": dst, "port": ev.destination_port}
-    if counted and ev.bytes_in is not None:
-        source["bytes"], destination["bytes"] = _flow_bytes(ev)
+    ingress = ev.direction is INGRESS
+    if ev.bytes_in is not None:
+        source["bytes"] = ev.bytes_in if ingress else ev.bytes_out
+        destination["bytes"] = ev.bytes_out if ingress else ev.bytes_in
     return {"source": source, "destination": destination,
             "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[ev.direction],
                         "community_id": _community_id(ev)},
             "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}}
-
-
-def _flow_bytes(ev: ConnectionEvent) -> tuple[int | None, int | None]:
-    """The bytes of the source and of the destination (socat counts them by its own peer)."""
-    return (ev.bytes_in, ev.bytes_out) if ev.direction is INGRESS else (ev.bytes_out, ev.bytes_in)
 
 
 def _session(ev: ConnectionEvent) -> dict[str, Any]:
@@ -414,17 +410,17 @@ class _Pieces:
     host; the process, user and socat identity of recently seen processes (by object: the enricher
     hands out one `ProcessInfo` per process state, so an object seen before encodes the same); the
     flow (4-tuple and direction: a connection's ingress and egress documents share one each), the
-    listener and the session. Only the event's id, times and byte counts (spliced into its flow's
-    pieces) are encoded per document. `line` looks
-    each piece up itself (a method call per piece cost as much as the lookup) and calls a `new_*`
-    method to build one it lacks."""
+    listener and the session. Only the event's id and times are encoded per document (and the flow of
+    a close with byte counts: a flow has one close, so its bytes gain nothing from a cached piece).
+    `line` looks each piece up itself (a method call per piece cost as much as the lookup) and calls
+    a `new_*` method to build one it lacks."""
 
     MAX = 4096   # entries per cache; a full one is emptied
 
     def __init__(self) -> None:
         self.identity: tuple[HostInfo | None, bytes] = (None, b"")   # one tuple: swapped whole
         self.processes: dict[int, tuple[ProcessInfo | None, HostInfo, bytes, bytes]] = {}
-        self.flows: dict[tuple[str, int, str, int, bool], tuple[bytes, bytes, bytes, bytes]] = {}
+        self.flows: dict[tuple[str, int, str, int, bool], bytes] = {}
         self.listeners: dict[tuple[str, int, str | None], bytes] = {}
         self.sessions: dict[str, bytes] = {}
 
@@ -434,13 +430,11 @@ class _Pieces:
         known = self.processes.get(id(proc))
         if known is None or known[0] is not proc or known[1] is not host:
             known = self.new_process(proc, host)
-        flow = self.flows.get((ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port,
-                               ev.direction is INGRESS)) or self.new_flow(ev)
         if ev.bytes_in is None:
-            members = flow[0]
-        else:   # a close with its byte counts: spliced into the flow's
-            source, destination = _flow_bytes(ev)
-            members = b"".join((flow[1], orjson.dumps(source), flow[2], orjson.dumps(destination), flow[3]))
+            members = self.flows.get((ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port,
+                                      ev.direction is INGRESS)) or self.new_flow(ev)
+        else:   # a close with its byte counts: its own
+            members = _members(_flow(ev))
         listener = ev.listener
         if listener is None:
             at = b""
@@ -478,18 +472,12 @@ class _Pieces:
         self.processes[id(proc)] = known   # holds proc: its id is not reused meanwhile
         return known
 
-    def new_flow(self, ev: ConnectionEvent) -> tuple[bytes, bytes, bytes, bytes]:
-        """The flow's members without bytes, and the same in three parts around the source's and the
-        destination's `bytes` values (`,"source":{...,"bytes":`, `},"destination":{...,"bytes":`, `},...`)."""
+    def new_flow(self, ev: ConnectionEvent) -> bytes:
         if len(self.flows) >= self.MAX:
             self.flows.clear()
-        flow = _flow(ev, counted=False)
-        parts = (_members(flow), b',"source":' + orjson.dumps(flow["source"])[:-1] + b',"bytes":',
-                 b'},"destination":' + orjson.dumps(flow["destination"])[:-1] + b',"bytes":',
-                 b"}" + _members({"network": flow["network"], "related": flow["related"]}))
         key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction is INGRESS)
-        self.flows[key] = parts
-        return parts
+        found = self.flows[key] = _members(_flow(ev))
+        return found
 
     def new_listener(self, listener: Listener) -> bytes:
         if len(self.listeners) >= self.MAX:
