@@ -2,9 +2,11 @@
 
 `render(record, host)` turns any `monitor.events` record into a nested ECS
 dict and `encode(record, host)` into its JSON line. A connection event (most
-of what the agent writes) is encoded from pieces: what changes per event,
-and what is the same for many events (the host and agent identity, once per
-host; the process and user, once per process) encoded once and reused.
+of what the agent writes) is encoded from pieces: what changes per event
+(its id and times; the flow of a close with byte counts), and what is the
+same for many events (the host and agent identity, once per host; the
+process and user, once per process; the flow, listener and session, once
+per connection) encoded once and reused.
 `parse_connection(doc)` turns an ECS document (ours, or another
 tool's with the minimal fields) back into a `ConnectionEvent`, so replay and
 offline analysis see exactly what the live agent saw.
@@ -39,6 +41,7 @@ from .events import (
     ConnectionEvent,
     Direction,
     Heartbeat,
+    INGRESS,
     Listener,
     Outcome,
     PipelineError,
@@ -315,9 +318,8 @@ def _community_id(ev: ConnectionEvent) -> str:
     return found
 
 
-def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
-    """Everything of a connection document but the host identity and the process (one literal per
-    object: this runs for every connection event)."""
+def _connection_event(ev: ConnectionEvent) -> dict[str, Any]:
+    """`event` of a connection document."""
     event = {"id": ev.id, "kind": "event", "dataset": DATASET_CONNECTION, "module": "socat",
              "created": iso_timestamp(time.time_ns()), "category": ["network"],
              "type": list(_CONNECTION_TYPES[ev.action]), "action": VALUES[ev.action], "outcome": VALUES[ev.outcome]}
@@ -325,28 +327,46 @@ def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
         event["sequence"] = ev.ktime_ns
     if ev.duration_ns is not None:
         event["duration"] = ev.duration_ns
+    return event
+
+
+def _flow(ev: ConnectionEvent) -> dict[str, Any]:
+    """`source`, `destination`, `network` and `related`: the flow's 4-tuple and direction (and its bytes)."""
     src, dst = ev.source_ip, ev.destination_ip
     source = {"ip": src, "port": ev.source_port}
     destination = {"ip": dst, "port": ev.destination_port}
-    ingress = ev.direction is Direction.INGRESS
+    ingress = ev.direction is INGRESS
     if ev.bytes_in is not None:
         source["bytes"] = ev.bytes_in if ingress else ev.bytes_out
         destination["bytes"] = ev.bytes_out if ingress else ev.bytes_in
-    doc = {"@timestamp": iso_timestamp(ev.timestamp_ns), "event": event, "source": source, "destination": destination,
-           "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[ev.direction],
-                       "community_id": _community_id(ev)},
-           "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}}
+    return {"source": source, "destination": destination,
+            "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[ev.direction],
+                        "community_id": _community_id(ev)},
+            "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}}
+
+
+def _session(ev: ConnectionEvent) -> dict[str, Any]:
+    """The members of `socat` a connection event has of its own (not of its process or listener)."""
+    out: dict[str, Any] = {}
+    if ev.session_id:
+        out["session"] = {"id": ev.session_id}
+    if ev.refused:
+        out["refused"] = True
+    if ev.source_partial:
+        out["source_partial"] = True
+    if ev.error:
+        out["error"] = ev.error
+    return out
+
+
+def _connection_fields(ev: ConnectionEvent) -> dict[str, Any]:
+    """Everything of a connection document but the host identity and the process."""
+    doc = {"@timestamp": iso_timestamp(ev.timestamp_ns), "event": _connection_event(ev)}
+    doc.update(_flow(ev))
     socat: dict[str, Any] = _process_identity(ev.process)
     if ev.listener is not None:
         socat["listener"] = _listener(ev.listener)
-    if ev.session_id:
-        socat["session"] = {"id": ev.session_id}
-    if ev.refused:
-        socat["refused"] = True
-    if ev.source_partial:
-        socat["source_partial"] = True
-    if ev.error:
-        socat["error"] = ev.error
+    socat.update(_session(ev))
     if socat:
         doc["socat"] = socat
     return doc
@@ -360,39 +380,117 @@ def _render_connection(ev: ConnectionEvent, host: HostInfo) -> dict[str, Any]:
     return doc
 
 
-class _Pieces:
-    """Encoded JSON members (`,"key":value,...`) reused across documents: the host identity of the
-    last host, and the process and user of recently seen processes (by object: the enricher hands
-    out one `ProcessInfo` per process state, so an object seen before encodes the same)."""
+def _members(fields: dict[str, Any]) -> bytes:
+    """`,"key":value,...`: the members of an object, encoded, to splice into another."""
+    return b"," + orjson.dumps(fields)[1:-1] if fields else b""
 
-    MAX_PROCESSES = 4096
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second_bytes(seconds: int) -> bytes:
+    return _iso_second(seconds).encode()
+
+
+def _stamp(ns: int) -> bytes:
+    """`iso_timestamp(ns)` as a JSON string, encoded."""
+    seconds, rem = divmod(ns, 1_000_000_000)
+    return b'"%b.%06dZ"' % (_iso_second_bytes(seconds), rem // 1000)
+
+
+# `event` of a connection document from `kind` to the name of `created`, whose value follows
+_EVENT_MIDDLE = _members({"kind": "event", "dataset": DATASET_CONNECTION, "module": "socat"}) + b',"created":'
+# `event` from `category` to `outcome`, by action and outcome
+_KINDS = {action: {outcome: _members({"category": ["network"], "type": types, "action": VALUES[action],
+                                      "outcome": VALUES[outcome]})
+                   for outcome in Outcome} for action, types in _CONNECTION_TYPES.items()}
+
+
+class _Pieces:
+    """A connection event's JSON line, built from encoded members (`,"key":value,...`) reused across
+    documents, each the encoding of the dict `render` builds for it: the host identity of the last
+    host; the process, user and socat identity of recently seen processes (by object: the enricher
+    hands out one `ProcessInfo` per process state, so an object seen before encodes the same); the
+    flow (4-tuple and direction: a connection's ingress and egress documents share one each), the
+    listener and the session. Only the event's id and times are encoded per document (and the flow of
+    a close with byte counts: a flow has one close, so its bytes gain nothing from a cached piece).
+    `line` looks each piece up itself (a method call per piece cost as much as the lookup) and calls
+    a `new_*` method to build one it lacks."""
+
+    MAX = 4096   # entries per cache; a full one is emptied
 
     def __init__(self) -> None:
         self.identity: tuple[HostInfo | None, bytes] = (None, b"")   # one tuple: swapped whole
-        self.processes: dict[int, tuple[ProcessInfo, HostInfo, bytes]] = {}
+        self.processes: dict[int, tuple[ProcessInfo | None, HostInfo, bytes, bytes]] = {}
+        self.flows: dict[tuple[str, int, str, int, bool], bytes] = {}
+        self.listeners: dict[tuple[str, int, str | None], bytes] = {}
+        self.sessions: dict[str, bytes] = {}
 
-    @staticmethod
-    def members(fields: dict[str, Any]) -> bytes:
-        return b"," + orjson.dumps(fields)[1:-1]
-
-    def of_host(self, host: HostInfo) -> bytes:
-        known, encoded = self.identity
-        if known is not host:
-            encoded = self.members(_identity(host))
-            self.identity = (host, encoded)
-        return encoded
-
-    def of_process(self, proc: ProcessInfo | None, host: HostInfo) -> bytes:
-        if proc is None:
-            return b""
+    def line(self, ev: ConnectionEvent, host: HostInfo) -> bytes:
+        """`encode(ev, host)` of a connection event."""
+        proc = ev.process
         known = self.processes.get(id(proc))
-        if known is not None and known[0] is proc and known[1] is host:
-            return known[2]
-        if len(self.processes) >= self.MAX_PROCESSES:
-            self.processes.clear()
-        encoded = self.members(_process_fields(proc, host))
-        self.processes[id(proc)] = (proc, host, encoded)   # holds proc: its id is not reused meanwhile
+        if known is None or known[0] is not proc or known[1] is not host:
+            known = self.new_process(proc, host)
+        if ev.bytes_in is None:
+            members = self.flows.get((ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port,
+                                      ev.direction is INGRESS)) or self.new_flow(ev)
+        else:   # a close with its byte counts: its own
+            members = _members(_flow(ev))
+        listener = ev.listener
+        if listener is None:
+            at = b""
+        else:
+            at = self.listeners.get((listener.ip, listener.port, listener.name)) or self.new_listener(listener)
+        session = ev.session_id
+        if ev.refused or ev.source_partial or ev.error or not session:
+            own = _members(_session(ev))
+        else:
+            own = self.sessions.get(session) or self.new_session(ev)
+        socat = known[3] + at + own
+        seen_host, identity = self.identity
+        if seen_host is not host:
+            identity = self.new_host(host)
+        return b"".join((
+            b'{"@timestamp":', _stamp(ev.timestamp_ns), b',"event":{"id":', orjson.dumps(ev.id), _EVENT_MIDDLE,
+            _stamp(time.time_ns()), _KINDS[ev.action][ev.outcome],
+            b"" if ev.ktime_ns is None else b',"sequence":' + orjson.dumps(ev.ktime_ns),
+            b"" if ev.duration_ns is None else b',"duration":' + orjson.dumps(ev.duration_ns),
+            b"}", members, b',"socat":{%b}' % socat[1:] if socat else b"", identity, known[2], b"}\n"))
+
+    def new_host(self, host: HostInfo) -> bytes:
+        encoded = _members(_identity(host))
+        self.identity = (host, encoded)
         return encoded
+
+    def new_process(self, proc: ProcessInfo | None, host: HostInfo) -> tuple[ProcessInfo | None, HostInfo, bytes, bytes]:
+        """The members of the process and its user, and those of its identity under `socat`."""
+        if len(self.processes) >= self.MAX:
+            self.processes.clear()
+        if proc is None:
+            known = (proc, host, b"", b"")
+        else:
+            known = (proc, host, _members(_process_fields(proc, host)), _members(_process_identity(proc)))
+        self.processes[id(proc)] = known   # holds proc: its id is not reused meanwhile
+        return known
+
+    def new_flow(self, ev: ConnectionEvent) -> bytes:
+        if len(self.flows) >= self.MAX:
+            self.flows.clear()
+        key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction is INGRESS)
+        found = self.flows[key] = _members(_flow(ev))
+        return found
+
+    def new_listener(self, listener: Listener) -> bytes:
+        if len(self.listeners) >= self.MAX:
+            self.listeners.clear()
+        found = self.listeners[(listener.ip, listener.port, listener.name)] = _members({"listener": _listener(listener)})
+        return found
+
+    def new_session(self, ev: ConnectionEvent) -> bytes:
+        """The event's own members of `socat` when they are only its session (a connection's events share it)."""
+        if len(self.sessions) >= self.MAX:
+            self.sessions.clear()
+        found = self.sessions[ev.session_id] = _members(_session(ev))
+        return found
 
 
 _PIECES = _Pieces()
@@ -402,8 +500,7 @@ def encode(record: Record, host: HostInfo) -> bytes:
     """The ECS document of any record as one JSON line (with the newline); the same document as
     `render`, built from reused pieces for connection events."""
     if record.__class__ is ConnectionEvent:
-        head = orjson.dumps(_connection_fields(record))
-        return b"".join((head[:-1], _PIECES.of_host(host), _PIECES.of_process(record.process, host), b"}\n"))
+        return _PIECES.line(record, host)
     return orjson.dumps(render(record, host), option=orjson.OPT_APPEND_NEWLINE)
 
 

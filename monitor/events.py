@@ -49,6 +49,12 @@ class Outcome(str, enum.Enum):
     UNKNOWN = "unknown"
 
 
+# The members the per-record paths compare against, as module globals to import: `Action.ACCEPTED` is
+# looked up through the enum's class each time, several times the cost of a global
+ACCEPTED, ATTEMPTED, CLOSED, DENIED = Action.ACCEPTED, Action.ATTEMPTED, Action.CLOSED, Action.DENIED
+INGRESS, EGRESS = Direction.INGRESS, Direction.EGRESS
+SUCCESS, FAILURE = Outcome.SUCCESS, Outcome.FAILURE
+
 # Each member's `.value`, by member, for the per-event paths: a dict lookup hashes a member as its str,
 # where `.value` runs the enum's descriptor (several times slower)
 VALUES: dict[enum.Enum, str] = {member: member.value for kind in (Action, Direction, Outcome) for member in kind}
@@ -86,11 +92,14 @@ def new_event_id() -> str:
     process id, so two agents on one host never collide.
     """
     global _last_id_ns
-    with _id_lock:
+    _id_lock.acquire()   # not `with`: half the cost, for every record
+    try:
         now = time.time_ns()
         if now <= _last_id_ns:
             now = _last_id_ns + 1
         _last_id_ns = now
+    finally:
+        _id_lock.release()
     return f"{now:x}-{_ID_PREFIX}"
 
 

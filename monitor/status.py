@@ -31,7 +31,20 @@ from typing import Any
 
 from .ecs import iso_timestamp
 from .errors import InputError
-from .events import VALUES, Action, Alert, BlockEvent, ConnectionEvent, Direction, PipelineError, ProcessEvent, Record
+from .events import (
+    ACCEPTED,
+    CLOSED,
+    DENIED,
+    INGRESS,
+    VALUES,
+    Action,
+    Alert,
+    BlockEvent,
+    ConnectionEvent,
+    PipelineError,
+    ProcessEvent,
+    Record,
+)
 from .policy.connections import OpenConnections, open_key
 
 RATE_WINDOW_S = 10.0
@@ -230,6 +243,7 @@ class _ListenerState:
     name: str | None = None
     pids: set[int] = field(default_factory=set)
     accepts: deque = field(default_factory=deque)   # monotonic seconds of recent accepts
+    group: tuple[str, str] = ("", "")               # its open connections' group (`_group`), made once
 
 
 @dataclass
@@ -289,26 +303,27 @@ class LiveStatus:
     def _connection(self, ev: ConnectionEvent) -> None:
         action, listener = ev.action, ev.listener
         self.events[VALUES[action]] += 1
-        if ev.direction is not Direction.INGRESS or listener is None:   # egress: counted, nothing more
+        if ev.direction is not INGRESS or listener is None:   # egress: counted, nothing more
             return
         state = self.listeners.get(listener.port)
         if state is None:
-            state = self.listeners[listener.port] = _ListenerState(listener.ip, listener.port)
+            state = self.listeners[listener.port] = _ListenerState(listener.ip, listener.port,
+                                                                   group=_group(listener.port))
         if listener.name:
             state.name = listener.name
         now = self.clock()
         self.open.expire(ev.timestamp_ns)
-        if action is Action.ACCEPTED:
+        if action is ACCEPTED:
             if ev.process is not None:
                 pids = state.pids
                 pids.add(ev.process.pid)
                 while len(pids) > 16:
                     pids.pop()
-            self.open.open(open_key(ev), _group(listener.port), ev.id, ev.timestamp_ns)
+            self.open.open(open_key(ev), state.group, ev.id, ev.timestamp_ns)
             state.accepts.append(now)
             if not ev.source_partial:   # "::" or a /64 stub is no source to list
                 self._source(ev.source_ip, listener.port, now)
-        elif action is Action.CLOSED or action is Action.DENIED:
+        elif action is CLOSED or action is DENIED:
             self.open.close(open_key(ev))
         _trim(state.accepts, now)
 
@@ -344,7 +359,7 @@ class LiveStatus:
             _trim(state.accepts, now)
             listeners.append(ListenerRow(state.ip, state.port, state.name, tuple(sorted(state.pids)),
                                          round(len(state.accepts) / RATE_WINDOW_S, 2),
-                                         self.open.count(_group(state.port))))
+                                         self.open.count(state.group)))
         top = sorted(self.sources.items(), key=lambda kv: (-len(kv[1].recent), -kv[1].connections))[:10]
         for _, src in top:
             _trim(src.recent, now)

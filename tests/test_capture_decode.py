@@ -253,3 +253,14 @@ def test_ring_reader_reads_a_record_that_wraps():
     reader = fake_ring(4096, [(b"x" * 40, 0), (b"tail", 0)], start=4096 - 24)
     out: list[bytes] = []
     assert reader.drain(out) == 2 and out == [b"x" * 40, b"tail"]
+
+
+def test_duplicate_reports_are_remembered_for_the_last_1024_connects_and_closes(enricher):
+    """The window is the last 1024 connects and closes, oldest out first."""
+    first = d.decode(record(d.EV_CONNECT, ts=1, sport=1))
+    assert not enricher.duplicate(first)
+    for ts in range(2, 1025):   # 1023 others: the first is still in the window
+        assert not enricher.duplicate(d.decode(record(d.EV_CONNECT, ts=ts, sport=1)))
+    assert enricher.duplicate(first)
+    enricher.duplicate(d.decode(record(d.EV_CONNECT, ts=1025, sport=1)))   # the 1025th: the first is out
+    assert not enricher.duplicate(first)

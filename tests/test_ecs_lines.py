@@ -19,7 +19,7 @@ import pytest
 from monitor.capture import decode as d
 from monitor.capture.enrich import Enricher, ProcessTable
 from monitor.ecs import encode, render
-from monitor.events import Action, BlockEvent, Container, ConnectionEvent, Listener
+from monitor.events import Action, BlockEvent, Container, ConnectionEvent, Direction, Listener, Outcome
 from tests import sample_records as S
 from tests.test_capture_decode import OFFSET, exec_rec, record
 from tests.test_ecs import HOST, _records
@@ -91,3 +91,27 @@ def test_a_changed_process_or_host_is_encoded_anew():
     for rec, host in ((first, HOST), (su, HOST), (su, other_host), (first, HOST)):
         line = encode(rec, host)
         assert CREATED.sub(b"", line) == CREATED.sub(b"", orjson.dumps(render(rec, host)) + b"\n")
+
+
+def test_reused_pieces_follow_what_changed():
+    """Events that share a flow, listener, session or process with one encoded before, but differ in
+    what the piece holds, each encode as their own document (a piece keyed on too little fails here)."""
+    first = S.connection(5)
+    unnamed = dataclasses.replace(first, listener=Listener(first.listener.ip, first.listener.port))
+    changed = [
+        unnamed,
+        dataclasses.replace(unnamed, listener=Listener(first.listener.ip, first.listener.port, "renamed")),
+        dataclasses.replace(first, direction=Direction.EGRESS),
+        dataclasses.replace(first, action=Action.DENIED, outcome=Outcome.FAILURE, refused=True),
+        dataclasses.replace(first, action=Action.ATTEMPTED, error="ECONNREFUSED", outcome=Outcome.FAILURE),
+        dataclasses.replace(first, session_id="s-other"),
+        dataclasses.replace(first, session_id=None),
+        dataclasses.replace(first, action=Action.CLOSED, bytes_in=5, bytes_out=7, duration_ns=9),
+        dataclasses.replace(first, action=Action.CLOSED, bytes_in=6, bytes_out=None, duration_ns=9),
+        dataclasses.replace(first, action=Action.CLOSED, direction=Direction.EGRESS, bytes_in=5, bytes_out=7),
+        dataclasses.replace(first, source_port=first.source_port + 1),
+        dataclasses.replace(first, process=dataclasses.replace(first.process, netns=7, netns_name="other")),
+        dataclasses.replace(first, process=None),
+    ]
+    for rec in [first] + changed + [first]:
+        _same_line(rec)

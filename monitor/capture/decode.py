@@ -91,17 +91,23 @@ def _comm(raw: bytes) -> str:
 
 
 _CONN_TYPES = frozenset((EV_ACCEPT, EV_CONNECT, EV_CLOSE))
-_FAMILIES = frozenset((AF_INET, AF_INET6))
 
 
 def decode(data: bytes) -> RawEvent:
-    """One ring-buffer record -> RawEvent; DecodeError if it is malformed."""
+    """One ring-buffer record -> RawEvent; DecodeError if it is malformed. A connection record's
+    addresses and the comm are looked up in their caches here (a call each only to fill one)."""
     if len(data) < HEADER.size:
         raise DecodeError(f"record of {len(data)} bytes, expected at least {HEADER.size}")
     (etype, family, flags, pid, tid, ppid, uid, gid, ktime, cookie, duration, err,
      sport, dport, saddr, daddr, lport, lfamily, sig, laddr, comm, bytes_in, bytes_out) = HEADER.unpack_from(data)
     argv: tuple[str, ...] = ()
-    if etype == EV_EXEC:
+    if etype in _CONN_TYPES:   # most records
+        texts = _ADDR_CACHE.get(family)
+        if texts is None:
+            raise DecodeError(f"connection record with address family {family}")
+        saddr = texts.get(saddr) or address(family, saddr)
+        daddr = texts.get(daddr) or address(family, daddr)
+    elif etype == EV_EXEC:
         if len(data) < EXEC_SIZE:
             raise DecodeError(f"exec record of {len(data)} bytes, expected {EXEC_SIZE}")
         (argc,) = EXEC_TAIL.unpack_from(data, HEADER.size)
@@ -109,15 +115,16 @@ def decode(data: bytes) -> RawEvent:
         argv = tuple(
             _cstr(data[EXEC_ARGV_OFFSET + i * ARG_LEN: EXEC_ARGV_OFFSET + (i + 1) * ARG_LEN]) for i in range(argc)
         )
-    elif etype != EV_EXIT and etype not in _CONN_TYPES:
-        raise DecodeError(f"unknown record type {etype}")
-    if etype in _CONN_TYPES:
-        if family not in _FAMILIES:
-            raise DecodeError(f"connection record with address family {family}")
-        saddr, daddr = address(family, saddr), address(family, daddr)
-    else:
         saddr = daddr = ""
+    elif etype == EV_EXIT:
+        saddr = daddr = ""
+    else:
+        raise DecodeError(f"unknown record type {etype}")
+    listening = None
+    if lport:
+        texts = _ADDR_CACHE.get(lfamily)
+        if texts is not None:
+            listening = texts.get(laddr) or address(lfamily, laddr)
     # positional: this runs for every record
     return RawEvent(etype, family, flags, pid, tid, ppid, uid, gid, ktime, cookie, duration, err, sport, dport,
-                    saddr, daddr, lport, address(lfamily, laddr) if lport and lfamily in _FAMILIES else None,
-                    sig, _comm(comm), bytes_in, bytes_out, argv)
+                    saddr, daddr, lport, listening, sig, _COMMS.get(comm) or _comm(comm), bytes_in, bytes_out, argv)

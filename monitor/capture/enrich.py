@@ -25,7 +25,21 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from ..events import Action, ConnectionEvent, Direction, Listener, Outcome, ProcessEvent, ProcessInfo
+from ..events import (
+    ACCEPTED,
+    ATTEMPTED,
+    CLOSED,
+    DENIED,
+    EGRESS,
+    FAILURE,
+    INGRESS,
+    SUCCESS,
+    Action,
+    ConnectionEvent,
+    Listener,
+    ProcessEvent,
+    ProcessInfo,
+)
 from ..host import identity, processes
 from .decode import (
     EV_ACCEPT,
@@ -147,13 +161,13 @@ class ProcessTable:
 
     def _forked(self, parent: ProcessInfo, raw: RawEvent) -> ProcessInfo:
         """A fork child without exec: the parent's program, argv and namespaces, its own ids. Spelled out
-        rather than `dataclasses.replace` (half the cost, once per relayed connection);
-        `tests/test_capture_decode.py` holds it to every field of `ProcessInfo`."""
+        rather than `dataclasses.replace` (half the cost, once per relayed connection), positionally in the
+        field order of `ProcessInfo` (keywords cost a third more); `tests/test_capture_decode.py` holds it
+        to every field of `ProcessInfo`."""
         return ProcessInfo(
-            pid=raw.pid, comm=parent.comm, ppid=raw.ppid, tid=raw.tid, uid=raw.uid, gid=raw.gid,
-            user_name=self.user_name(raw.uid), executable=parent.executable, args=parent.args, start_ns=None,
-            started_uid=parent.started_uid, netns=parent.netns, userns_owner=parent.userns_owner,
-            netns_name=parent.netns_name, cgroup=parent.cgroup, container=parent.container,
+            raw.pid, parent.comm, raw.ppid, raw.tid, raw.uid, raw.gid, self.user_name(raw.uid), parent.executable,
+            parent.args, None, parent.started_uid, parent.netns, parent.userns_owner, parent.netns_name,
+            parent.cgroup, parent.container,
         )
 
     def _read_proc(self, raw: RawEvent) -> ProcessInfo:
@@ -192,7 +206,9 @@ class Enricher:
         self.prefix = session_prefix
         self._listeners: dict[tuple[str | None, int], Listener] = {}
         self._sessions: dict[int, str] = {}
-        self._recent_connects: dict[tuple[int, int, int, int], None] = {}   # insertion-ordered: oldest first
+        # the last 1024 connects and closes, oldest first: an OrderedDict, whose oldest goes in O(1) (a dict
+        # whose first entries were deleted scans past them to find the next: hundreds of slots at each record)
+        self._recent_connects: OrderedDict[tuple[int, int, int, int], None] = OrderedDict()
 
     def session_id(self, cookie: int) -> str | None:
         """The session of a connection's cookie: formatted once for its four records."""
@@ -224,7 +240,7 @@ class Enricher:
         recent = self._recent_connects
         recent[key] = None
         if len(recent) > 1024:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
         return False
 
     def __call__(self, raw: RawEvent) -> ConnectionEvent | ProcessEvent | None:
@@ -245,22 +261,25 @@ class Enricher:
         flags = raw.flags
         etype = raw.type
         if etype == EV_ACCEPT:
-            action = Action.ACCEPTED
+            action = ACCEPTED
         elif etype == EV_CONNECT:
-            action = Action.ATTEMPTED
+            action = ATTEMPTED
         elif flags & F_REFUSED:
-            action = Action.DENIED
+            action = DENIED
         else:
-            action = Action.CLOSED
+            action = CLOSED
         failed = bool(flags & F_FAILED)
         closing = etype == EV_CLOSE
         counted = closing and self.byte_counts
+        # the listener and the session from their caches, a call only to fill one
+        listener = self._listeners.get((raw.laddr, raw.lport)) or self._listener(raw.laddr, raw.lport)
+        session = self._sessions.get(raw.cookie) or self.session_id(raw.cookie)
         # positional, in the field order of ConnectionEvent: this runs for every record (keywords cost 2x)
         return ConnectionEvent(
             action, ts, raw.saddr, raw.sport, raw.daddr, raw.dport,
-            Direction.INGRESS if flags & F_INGRESS else Direction.EGRESS,
-            Outcome.FAILURE if failed or action is Action.DENIED else Outcome.SUCCESS,
-            proc, self._listener(raw.laddr, raw.lport), self.session_id(raw.cookie), raw.ktime_ns,
+            INGRESS if flags & F_INGRESS else EGRESS,
+            FAILURE if failed or action is DENIED else SUCCESS,
+            proc, listener, session, raw.ktime_ns,
             raw.duration_ns if closing else None, raw.bytes_in if counted else None,
-            raw.bytes_out if counted else None, errno_name(raw.err) if failed else None, action is Action.DENIED,
+            raw.bytes_out if counted else None, errno_name(raw.err) if failed else None, action is DENIED,
         )

@@ -19,11 +19,11 @@ from collections import deque
 
 import numpy as np
 
-from ..events import Alert, ConnectionEvent, Direction
+from ..events import INGRESS, Alert, ConnectionEvent
 from .baseline import Baseline
 from .batch import BatchEngine
 from .config import DetectConfig
-from .rows import IpTable, Rows, classify, listener_port
+from .rows import NOTHING, IpTable, Rows, classify, listener_port
 from .rules import LISTENER_RATE, NEW_SOURCE, REFUSED_BURST, SCAN, SOURCE_RATE
 
 
@@ -112,10 +112,10 @@ class Detector:
     def observe(self, event: ConnectionEvent, flagged: bool = False) -> list[Alert]:
         """Buffer the event for the engine; the alerts it raises now, if it reaches a threshold.
         `flagged`: the policy alerted on it, so its source is not learned from."""
-        if event.direction is not Direction.INGRESS:   # egress feeds no counter (`counted`): half the events
+        if event.direction is not INGRESS:   # egress feeds no counter (`counted`): half the events
             return []
         flags = classify(event, self._short_ns)
-        if not flags:
+        if flags is NOTHING:   # not `not flags`: Flags.__bool__ is a Python call
             return []
         self.observed += 1
         t = event.timestamp_ns

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..addresses import network_of, normalize_ip
-from ..events import Action, ConnectionEvent, Direction
+from ..events import ACCEPTED, CLOSED, DENIED, INGRESS, ConnectionEvent
 from .config import DetectConfig
 
 
@@ -162,12 +162,15 @@ _FLAGS = {(start, refused, short): Flags(start, refused, short)
           for start in (False, True) for refused in (False, True) for short in (False, True)}
 
 
+NOTHING = _FLAGS[(False, False, False)]   # what `classify` answers for an event that feeds no counter
+
+
 def classify(ev: ConnectionEvent, short_ns: int) -> Flags:
     """Which counters an event feeds (`counted`)."""
     action = ev.action
     duration = ev.duration_ns if ev.duration_ns is not None else -1
-    return _FLAGS[counted(ev.direction is Direction.INGRESS, action is Action.ACCEPTED, action is Action.DENIED,
-                          action is Action.CLOSED, bool(ev.refused), duration, short_ns)]
+    return _FLAGS[counted(ev.direction is INGRESS, action is ACCEPTED, action is DENIED, action is CLOSED,
+                          bool(ev.refused), duration, short_ns)]
 
 
 def listener_port(ev: ConnectionEvent) -> int:
