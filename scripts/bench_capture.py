@@ -203,8 +203,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
         t1 = clock()
         lines = [(stream_of(rec), encode(rec, host)) for rec in records]
         t2 = clock()
-        for stream, line in lines:
-            sink.append(stream, line)
+        sink.append_all(lines)
         stages.pipeline += t1 - t0
         stages.render += t2 - t1
         stages.write += clock() - t2
