@@ -192,7 +192,7 @@ class Agent:
                 self.handoff.offer(self.capture.poll(0))
             except Exception as exc:
                 log.warning("final capture poll: %s", exc)
-        for batch in self.handoff.take(0):
+        while (batch := self.handoff.take(0)) is not None:
             self._process(batch)
         self.audits.close()
         self.tick()

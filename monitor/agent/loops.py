@@ -41,10 +41,8 @@ def settle_heap() -> None:
 
 class Handoff:
     """The queue from the capture thread to the main thread, bounded in records (`queue_size`), not
-    in batches (a ring drain can hold thousands), and the count of what it dropped.
-
-    One lock guards the batches and the counts; `take` hands over every batch queued at once, so a
-    main thread that fell behind catches up in one wakeup, not one per batch."""
+    in batches (a ring drain can hold thousands), and the count of what it dropped; one lock guards
+    the batches and the counts (the offer wakes a waiting taker under it)."""
 
     def __init__(self, queue_size: int) -> None:
         self.capacity = queue_size
@@ -63,15 +61,15 @@ class Handoff:
             self._batches.append(batch)
             self._ready.notify()
 
-    def take(self, timeout: float) -> list[list[Record]]:
-        """Every batch queued now, oldest first, waiting up to `timeout` s for one ([] when none came)."""
+    def take(self, timeout: float) -> list[Record] | None:
+        """The oldest batch queued, waiting up to `timeout` s for one (None when none came)."""
         with self._ready:
-            if not self._batches and timeout > 0:
-                self._ready.wait(timeout)
-            batches = list(self._batches)
-            self._batches.clear()
-            self.held = 0
-        return batches
+            if not self._batches:
+                if timeout <= 0 or not self._ready.wait(timeout) or not self._batches:
+                    return None
+            batch = self._batches.popleft()
+            self.held -= len(batch)
+        return batch
 
     def new_losses(self) -> int:
         """Records lost since the last call."""
@@ -124,7 +122,8 @@ def main_loop(handoff: Handoff, process: Callable[[list[Record]], None], tasks: 
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             break
-        for batch in handoff.take(next_due - now):
+        batch = handoff.take(next_due - now)
+        if batch is not None:
             process(batch)
         now = time.monotonic()
         if now >= next_due:
