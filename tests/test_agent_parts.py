@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from monitor.agent.auditing import AuditWorker
@@ -16,8 +17,20 @@ def test_handoff_is_bounded_in_records_not_batches():
     handoff.offer([object()] * 40)
     assert handoff.held == 100 and handoff.lost == 60
     assert len(handoff.take(0)) == 60 and handoff.held == 40
-    handoff.offer([object()] * 60)
-    assert handoff.held == 100 and handoff.new_losses() == 60 and handoff.new_losses() == 0
+    assert len(handoff.take(0.01)) == 40 and handoff.held == 0
+    assert handoff.take(0) is None and handoff.take(0.01) is None
+    handoff.offer([object()] * 100)
+    handoff.offer([object()])
+    assert handoff.held == 100 and handoff.new_losses() == 61 and handoff.new_losses() == 0
+
+
+def test_handoff_wakes_a_waiting_taker_at_once():
+    handoff = Handoff(queue_size=100)
+    batch = [object()]
+    threading.Timer(0.05, handoff.offer, [batch]).start()
+    start = time.monotonic()
+    assert handoff.take(10.0) is batch
+    assert time.monotonic() - start < 5.0
 
 
 def _exec(pid: int, args: tuple[str, ...], uid: int = 0) -> ProcessEvent:

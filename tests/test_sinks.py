@@ -424,3 +424,16 @@ def test_import_star_leaves_the_elasticsearch_sink_unloaded():
              "print(sorted(m for m in sys.modules if m.startswith(('monitor.sinks.elasticsearch', 'elasticsearch'))))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_batch_is_written_around_a_record_that_cannot_be_rendered(tmp_path):
+    errors: list[PipelineError] = []
+    fan = Fanout([NdjsonSink(NdjsonConfig(tmp_path), HOST, on_error=errors.append)], on_error=errors.append)
+    first, second = S.connection(1), S.connection(2)
+    fan.write_all([first, object(), second, S.alert()])
+    fan.close()
+    events = _lines(tmp_path / "events.ndjson")
+    assert [doc["source"]["port"] for doc in events] == [first.source_port, second.source_port]
+    assert len(_lines(tmp_path / "alerts.ndjson")) == 1
+    assert fan.stats.written == 3 and fan.stats.failed == 1
+    assert any("cannot render object" in e.message for e in errors)

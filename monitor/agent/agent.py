@@ -244,12 +244,12 @@ class Agent:
         self.emit_all([record])
 
     def emit_all(self, records: list[Record]) -> None:
-        """Count the records in the live status (one lock taking for them all), then write them out."""
+        """Count the records in the live status, then write them out (one lock taking for them all in each)."""
         self.status.observe_all(records)
+        self.sinks.write_all(records)
         follow = self.options.follow
-        for record in records:
-            self.sinks.write(record)
-            if follow is not None:
+        if follow is not None:
+            for record in records:
                 line = format_record(record)
                 if line:
                     follow(line)
@@ -336,14 +336,14 @@ class Agent:
 
     def _reload_if_asked(self) -> None:
         """One reload for SIGHUP and every waiting control-socket request."""
+        if self.reload_requests.empty() and not self.reload_signal.is_set():
+            return   # the common case, after each batch: learnt without raising queue.Empty
         waiting = []
         while True:
             try:
                 waiting.append(self.reload_requests.get_nowait())
             except queue.Empty:
                 break
-        if not waiting and not self.reload_signal.is_set():
-            return
         self.reload_signal.clear()
         self.last_reload = reload(self)
         for answer in waiting:

@@ -11,6 +11,7 @@ the garbage collector for them once the agent has started.
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import queue
@@ -40,30 +41,33 @@ def settle_heap() -> None:
 
 class Handoff:
     """The queue from the capture thread to the main thread, bounded in records (`queue_size`), not
-    in batches (a ring drain can hold thousands), and the count of what it dropped."""
+    in batches (a ring drain can hold thousands), and the count of what it dropped; one lock guards
+    the batches and the counts (the offer wakes a waiting taker under it)."""
 
     def __init__(self, queue_size: int) -> None:
-        self.queue: queue.Queue[list[Record]] = queue.Queue()
         self.capacity = queue_size
         self.held = 0          # records queued now
         self.lost = 0
         self._reported = 0
-        self._lock = threading.Lock()
+        self._batches: collections.deque[list[Record]] = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
 
     def offer(self, batch: list[Record]) -> None:
-        with self._lock:
+        with self._ready:
             if self.held + len(batch) > self.capacity:
                 self.lost += len(batch)
                 return
             self.held += len(batch)
-        self.queue.put_nowait(batch)
+            self._batches.append(batch)
+            self._ready.notify()
 
     def take(self, timeout: float) -> list[Record] | None:
-        try:
-            batch = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
-        except queue.Empty:
-            return None
-        with self._lock:
+        """The oldest batch queued, waiting up to `timeout` s for one (None when none came)."""
+        with self._ready:
+            if not self._batches:
+                if timeout <= 0 or not self._ready.wait(timeout) or not self._batches:
+                    return None
+            batch = self._batches.popleft()
             self.held -= len(batch)
         return batch
 
@@ -113,16 +117,19 @@ def main_loop(handoff: Handoff, process: Callable[[list[Record]], None], tasks: 
     deadline = None if duration_s is None else start + duration_s
     for task in tasks:
         task.due = start + task.every()
+    next_due = min(task.due for task in tasks)
     while not stop.is_set():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             break
-        batch = handoff.take(max(0.0, min(task.due for task in tasks) - now))
+        batch = handoff.take(next_due - now)
         if batch is not None:
             process(batch)
         now = time.monotonic()
-        for task in tasks:
-            if now >= task.due:
-                task.due = now + task.every()
-                task.run()
+        if now >= next_due:
+            for task in tasks:
+                if now >= task.due:
+                    task.due = now + task.every()
+                    task.run()
+            next_due = min(task.due for task in tasks)
         after_each()

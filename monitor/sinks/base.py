@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from ..events import PipelineError, Record, now_ns
 
@@ -101,19 +101,34 @@ class ErrorReporter:
 
 
 class Fanout:
-    """Writes every record to each sink; one sink failing never stops the others."""
+    """Writes every record to each sink; one sink failing never stops the others.
+
+    `write_all` hands a batch to a sink that has a `write_all` of its own in one call (the NDJSON
+    sink takes its lock once for the batch), to the others record by record; a sink's own faults are
+    reported once for the batch."""
 
     def __init__(self, sinks: list[Sink], on_error: ErrorCallback | None = None):
         self.sinks = list(sinks)
         self._errors = ErrorReporter("sinks", on_error)
+        self._batched = [hasattr(sink, "write_all") for sink in self.sinks]
 
     def write(self, record: Record) -> None:
-        for sink in self.sinks:
-            try:
-                sink.write(record)
-            except Exception as exc:
-                self._errors.add(f"{type(sink).__name__}.write failed: {exc}")
+        self.write_all([record])
+
+    def write_all(self, records: list[Record]) -> None:
+        for sink, batched in zip(self.sinks, self._batched):
+            if batched:
+                self._write(sink.write_all, records)
+            else:
+                for record in records:
+                    self._write(sink.write, record)
         self._errors.emit_due()
+
+    def _write(self, write: Callable[[Any], None], arg: Any) -> None:
+        try:
+            write(arg)
+        except Exception as exc:
+            self._errors.add(f"{type(write.__self__).__name__}.write failed: {exc}")
 
     def flush(self) -> None:
         for sink in self.sinks:

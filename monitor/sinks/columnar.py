@@ -78,6 +78,9 @@ class ColumnarSink:
     def write(self, record: Record) -> None:
         """Nothing: segments are made from the NDJSON files once closed."""
 
+    def write_all(self, records: list[Record]) -> None:
+        """Nothing, in one call for a batch."""
+
     def flush(self) -> None:
         """Look for closed files now (the conversion itself runs in the sink's thread)."""
         self._wake.set()

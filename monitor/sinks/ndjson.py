@@ -181,29 +181,40 @@ class NdjsonSink:
         self._thread.start()
 
     def write(self, record: Record) -> None:
-        try:
-            line = encode(record, self.host)
-        except Exception as exc:
-            with self._lock:
-                self._stats.failed += 1
-            self._errors.add(f"cannot render {type(record).__name__}: {exc}")
-            return
-        self.append(stream_of(record), line)
+        self.write_all([record])
+
+    def write_all(self, records: list[Record]) -> None:
+        """Encode `records` and buffer their lines, in one taking of the lock; one that cannot be
+        rendered is counted and reported, the others are written."""
+        lines = []
+        for record in records:
+            try:
+                lines.append((stream_of(record), encode(record, self.host)))
+            except Exception as exc:
+                with self._lock:
+                    self._stats.failed += 1
+                self._errors.add(f"cannot render {type(record).__name__}: {exc}")
+        self.append_all(lines)
 
     def append(self, stream: str, line: bytes) -> None:
         """Buffer one encoded line (`encode`) of `stream` ("events" or "alerts")."""
+        self.append_all([(stream, line)])
+
+    def append_all(self, lines: list[tuple[str, bytes]]) -> None:
+        """Buffer (stream, encoded line) pairs; beyond `max_buffer_bytes` the oldest lines go."""
         with self._lock:
-            buf = self._buffers[stream]
-            buf.append(line)
-            self._buffered_bytes += len(line)
-            self._stats.pending += 1
-            if self._oldest_ns is None:
+            if self._oldest_ns is None and lines:
                 self._oldest_ns = time.monotonic_ns()
-            while self._buffered_bytes > self.config.max_buffer_bytes and buf:
-                self._buffered_bytes -= len(buf.popleft())
-                self._stats.pending -= 1
-                self._stats.dropped += 1
-                self._errors.add("output buffer full (disk too slow or failing): oldest lines dropped")
+            for stream, line in lines:
+                buf = self._buffers[stream]
+                buf.append(line)
+                self._buffered_bytes += len(line)
+                self._stats.pending += 1
+                while self._buffered_bytes > self.config.max_buffer_bytes and buf:
+                    self._buffered_bytes -= len(buf.popleft())
+                    self._stats.pending -= 1
+                    self._stats.dropped += 1
+                    self._errors.add("output buffer full (disk too slow or failing): oldest lines dropped")
 
     def flush(self) -> None:
         """Write everything buffered now (the flusher does this every interval)."""
