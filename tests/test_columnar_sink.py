@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from monitor.ecs import render
 from monitor.replay.periods import segment_of, stem
 from monitor.replay.reader import ReadStats, read_chunks
 from monitor.replay.sources import plan, read_sources
+from monitor.sinks import columnar as columnar_sink
 from monitor.sinks import ColumnarConfig, ColumnarSink, NdjsonConfig, NdjsonSink
 from monitor.yamlfile import InputErrors
 from tests import sample_records as S
@@ -144,6 +146,39 @@ def test_a_file_that_cannot_be_converted_is_named_once_and_the_others_go_on(tmp_
     events = events_of(read_sources(plan([good, junk, current]), stats))
     assert len(events) == 23 and stats.malformed == 2
     assert {bad.path for bad in stats.bad_lines} == {str(junk)}
+
+
+def test_one_child_converts_file_after_file_ends_when_idle_and_a_dead_one_is_replaced(tmp_path, monkeypatch):
+    """A relay at full rate closes a file every few seconds: one child converts them all (not a child
+    and its imports per file), ends once idle, and one killed while idle costs no file."""
+    monkeypatch.setattr(columnar_sink, "LINGER_S", 3.0)
+    files = [_write_closed(tmp_path, f"events-20260101T000000Z-{n}.ndjson", 10) for n in (1, 2, 3)]
+    os.symlink(files[-1].name, tmp_path / "events.ndjson")
+    errors = []
+    sink = ColumnarSink(ColumnarConfig(), tmp_path, on_error=errors.append)
+    try:
+        wait_for(lambda: sink.converted.segments == 2)
+        assert sink.converted.children == 1
+        wait_for(lambda: sink._child is None, timeout=30)                 # idle: ended
+        _rotate(tmp_path, 4)
+        wait_for(lambda: sink.converted.segments == 3)
+        assert sink.converted.children == 2
+        os.kill(sink._child.pid, signal.SIGKILL)                          # the OOM killer, say
+        sink._child.wait()
+        _rotate(tmp_path, 5)
+        wait_for(lambda: sink.converted.segments == 4)
+    finally:
+        sink.close()
+    assert sink.converted.children == 3 and sink.converted.failed == 0 and errors == []
+    assert all(segment_of(p).exists() for p in closed_files(tmp_path))
+
+
+def _rotate(directory: Path, n: int) -> None:
+    """What the NDJSON sink's rotation does: a new current file, the previous one closed."""
+    new = _write_closed(directory, f"events-20260101T000000Z-{n}.ndjson", 10)
+    link = directory / "events.ndjson.tmp"
+    os.symlink(new.name, link)
+    os.replace(link, directory / "events.ndjson")
 
 
 def test_the_columnar_section_is_checked_by_name(tmp_path):

@@ -290,23 +290,41 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def main(argv: list[str]) -> int:
-    """`python -m monitor.replay.columnar NDJSON [LEVEL]`: write its segment, niced; exit 0, or 2 with one line.
-    The `.tmp` is private while written (umask 077; the segment gets the twin's mode when whole)."""
-    os.umask(0o077)
-    os.nice(10)
+def convert(source: Path, level: int) -> dict:
+    """Write `source`'s segment: {"connections": N, "malformed": M}, or {"error": one line naming the file}."""
     from ..errors import InputError
 
-    source = Path(argv[0])
     try:
-        counts = write_segment(source, int(argv[1]) if len(argv) > 1 else COMPRESSION_LEVEL)
+        counts = write_segment(source, level)
     except InputError as exc:
-        print(f"{source}: cannot write its segment: {exc.message}", file=sys.stderr)
-        return 2
+        return {"error": f"{source}: cannot write its segment: {exc.message}"}
     except (OSError, pa.ArrowException) as exc:
-        print(f"{source}: cannot write its segment: {_first_line(exc)}", file=sys.stderr)
+        return {"error": f"{source}: cannot write its segment: {_first_line(exc)}"}
+    return {"connections": counts.connections, "malformed": counts.malformed}
+
+
+def serve(level: int) -> int:
+    """Convert the file named by each stdin line (a JSON string), answering each with `convert`'s JSON
+    line on stdout, until stdin ends: one child converts file after file without importing again."""
+    for line in sys.stdin:
+        print(json.dumps(convert(Path(json.loads(line)), level)), flush=True)
+        pa.default_memory_pool().release_unused()   # an idle child holds its imports, not the last file
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """`python -m monitor.replay.columnar NDJSON [LEVEL]`: write its segment, niced; exit 0, or 2 with one
+    line. `--serve [LEVEL]`: `serve` (the columnar sink's child). A `.tmp` is private while written
+    (umask 077; the segment gets the twin's mode when whole)."""
+    os.umask(0o077)
+    os.nice(10)
+    if argv and argv[0] == "--serve":
+        return serve(int(argv[1]) if len(argv) > 1 else COMPRESSION_LEVEL)
+    result = convert(Path(argv[0]), int(argv[1]) if len(argv) > 1 else COMPRESSION_LEVEL)
+    if "error" in result:
+        print(result["error"], file=sys.stderr)
         return 2
-    print(json.dumps({"connections": counts.connections, "malformed": counts.malformed}), flush=True)
+    print(json.dumps(result), flush=True)
     return 0
 
 

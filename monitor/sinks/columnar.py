@@ -11,8 +11,11 @@ writing a second copy of each event as it comes:
   renamed, so it is whole or absent; a leftover `.tmp` is deleted and every
   closed file without a segment is converted at the next start;
 - the agent's per-event path does no extra work, and the conversion runs in a
-  short-lived child process at nice 10 (`python -m monitor.replay.columnar`),
-  so its DuckDB scan never adds to the agent's memory;
+  child process at nice 10 (`python -m monitor.replay.columnar --serve`), so
+  its DuckDB scan never adds to the agent's memory; the child converts file
+  after file and ends once idle for `LINGER_S` (starting one costs about 0.8
+  s of CPU for its imports, about as much as converting a 64 MiB file, and a
+  relay at full rate fills one every few seconds);
 - a segment holds exactly what `analyze` reads from its twin, so alerts from
   either are the same.
 
@@ -28,10 +31,14 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ..children import python_child
 from ..events import Record
@@ -40,6 +47,7 @@ from ..settings import setting
 from .base import ErrorCallback, ErrorReporter, SinkStats
 
 CHECK_EVERY_S = 2.0
+LINGER_S = 30.0   # a converter child idle this long ends (its memory goes back; the next file starts another)
 
 
 @dataclass(slots=True)
@@ -56,6 +64,7 @@ class Converted:
     segments: int = 0
     failed: int = 0         # conversions that failed (their events stay in the NDJSON file)
     retired: int = 0
+    children: int = 0       # converter children started
 
 
 class ColumnarSink:
@@ -70,6 +79,8 @@ class ColumnarSink:
         self._lock = threading.Lock()
         self._failed: dict[str, tuple[int, int]] = {}     # file name -> (size, mtime_ns) it failed at
         self._child: subprocess.Popen | None = None
+        self._child_errors: IO[bytes] | None = None   # the child's stderr, read when it dies
+        self._idle_since = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sink-columnar", daemon=True)
@@ -93,6 +104,7 @@ class ColumnarSink:
         if child is not None and child.poll() is None:
             child.terminate()
         self._thread.join(timeout=10)
+        self._end_child()
         self._errors.emit_due(force=True)
 
     @property
@@ -105,6 +117,8 @@ class ColumnarSink:
         while not self._stop.is_set():
             self.convert_closed()
             self.prune()
+            if self._child is not None and time.monotonic() - self._idle_since > LINGER_S:
+                self._end_child()
             self._errors.emit_due()
             self._wake.wait(CHECK_EVERY_S)
             self._wake.clear()
@@ -149,34 +163,91 @@ class ColumnarSink:
             self.convert(path)
 
     def convert(self, path: Path) -> None:
-        """Write `path`'s segment in a child process; a failure is reported in one line naming the file."""
+        """Write `path`'s segment in the child; a failure is reported in one line naming the file."""
         try:
             info = path.stat()
-            self._child = python_child(
-                ["-m", "monitor.replay.columnar", str(path.absolute()), str(self.config.compression_level)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            if self._stop.is_set():             # close() came after its check of the child
-                self._child.terminate()
-            out, err = self._child.communicate(timeout=self.config.convert_timeout_s)
-        except subprocess.TimeoutExpired:
-            self._child.kill()
-            self._child.communicate()
-            self._failure(path, info, f"{path}: conversion stopped after {self.config.convert_timeout_s:g}s")
-            return
         except OSError as exc:
             self._failure(path, None, f"{path}: cannot convert: {exc.strerror or exc}")
             return
-        connections = _connections(out)        # printed once the segment is in place
-        if connections is None:
+        try:
+            reply = self._ask(path)
+        except subprocess.TimeoutExpired:
+            self._end_child(kill=True)
+            self._failure(path, info, f"{path}: conversion stopped after {self.config.convert_timeout_s:g}s")
+            return
+        except (OSError, ValueError) as exc:   # ValueError: the child ended, or answered what is not JSON
+            message = self._child_death(path) or f"{path}: cannot convert: {getattr(exc, 'strerror', None) or exc}"
+            self._end_child(kill=True)
             if not self._stop.is_set():
-                lines = err.strip().splitlines()
-                self._failure(path, info, lines[-1] if lines else f"{path}: conversion exited "
-                              f"{self._child.returncode}")
+                self._failure(path, info, message)
+            return
+        finally:
+            self._idle_since = time.monotonic()
+        if "error" in reply:
+            self._failure(path, info, str(reply["error"]))
             return
         self._failed.pop(path.name, None)
         with self._lock:
-            self._stats.written += connections
+            self._stats.written += int(reply["connections"])
         self.converted.segments += 1
+
+    def _ask(self, path: Path) -> dict:
+        """The child's answer for `path` (a child started if none runs); ValueError if it ended instead."""
+        child = self._running_child()
+        child.stdin.write(json.dumps(str(path.absolute())) + "\n")
+        child.stdin.flush()
+        ready, _, _ = select.select([child.stdout], [], [], self.config.convert_timeout_s)
+        if not ready:
+            raise subprocess.TimeoutExpired(child.args, self.config.convert_timeout_s)
+        line = child.stdout.readline()
+        if not line:
+            raise ValueError("the conversion child ended")
+        reply = json.loads(line)
+        if not isinstance(reply, dict) or ("error" not in reply and "connections" not in reply):
+            raise ValueError(f"unexpected answer from the conversion child: {line.strip()[:200]}")
+        return reply
+
+    def _running_child(self) -> subprocess.Popen:
+        if self._child is not None and self._child.poll() is None:
+            return self._child
+        self._end_child()
+        self._child_errors = tempfile.TemporaryFile()
+        self._child = python_child(
+            ["-m", "monitor.replay.columnar", "--serve", str(self.config.compression_level)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._child_errors, text=True)
+        self.converted.children += 1
+        if self._stop.is_set():             # close() came after its check of the child
+            self._child.terminate()
+        return self._child
+
+    def _child_death(self, path: Path) -> str | None:
+        """The last line the child wrote to stderr, if it ended (a crash's traceback names its cause)."""
+        child, errors = self._child, self._child_errors
+        if child is None or errors is None or child.poll() is None:
+            return None
+        errors.seek(0)
+        lines = errors.read().decode(errors="replace").strip().splitlines()
+        return f"{path}: conversion child exited {child.returncode}" + (f": {lines[-1]}" if lines else "")
+
+    def _end_child(self, kill: bool = False) -> None:
+        """End the child: at once (`kill`), or by closing its input and waiting a little."""
+        child, self._child = self._child, None
+        if child is not None:
+            try:
+                if kill:
+                    child.kill()
+                else:
+                    child.stdin.close()
+                child.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                child.kill()
+                child.wait()
+            for pipe in (child.stdin, child.stdout):
+                if pipe is not None and not pipe.closed:
+                    pipe.close()
+        if self._child_errors is not None:
+            self._child_errors.close()
+            self._child_errors = None
 
     def _failure(self, path: Path, info: os.stat_result | None, message: str) -> None:
         if info is not None:
@@ -197,11 +268,3 @@ class ColumnarSink:
                 self._errors.add(f"retention cannot delete {segment}: {exc.strerror or exc}")
                 continue
             self.converted.retired += 1
-
-
-def _connections(out: str) -> int | None:
-    """The connection count the child printed (its last line: {"connections": N, ...}); None if it did not."""
-    try:
-        return int(json.loads(out.strip().splitlines()[-1])["connections"])
-    except (IndexError, KeyError, TypeError, ValueError):
-        return None
