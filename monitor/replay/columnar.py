@@ -308,7 +308,6 @@ def serve(level: int) -> int:
     line on stdout, until stdin ends: one child converts file after file without importing again."""
     for line in sys.stdin:
         print(json.dumps(convert(Path(json.loads(line)), level)), flush=True)
-        pa.default_memory_pool().release_unused()   # an idle child holds its imports, not the last file
     return 0
 
 
