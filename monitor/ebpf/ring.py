@@ -10,15 +10,13 @@ a C-to-Python callback per record (what bcc's `ring_buffer_poll` does).
 Loads are ordered on x86-64 (the only target: Debian amd64 kernels); the
 kernel publishes a record by clearing BUSY after writing it.
 
-Under load, wakeups are batched: less than `batch_ns` after the last
-wakeup, the reader sleeps out the rest of that interval before it polls,
-so a busy relay's records come several connections at a time, not one
-wakeup per accept (each wakeup costs the consumer about as much as the
-records it brings), and the poll after the sleep returns at once (one
-wakeup per batch, not the poll's and the sleep's). A wakeup on a quiet host
-(the previous one long ago) is drained at once: a lone offender is not
-delayed. A poll timeout is no wakeup: records that trickled in without one
-say nothing of load.
+Under load, wakeups are batched: a wakeup that comes less than `batch_ns`
+after the previous one waits out the rest of that interval before the
+drain, so a busy relay's records come several connections at a time,
+not one wakeup per accept (each wakeup costs the consumer about as much as
+the records it brings). A wakeup on a quiet host (the previous one long
+ago) is drained at once: a lone offender is not delayed. A poll timeout is
+no wakeup: records that trickled in without one say nothing of load.
 """
 
 from __future__ import annotations
@@ -55,14 +53,13 @@ class RingReader:
 
     def wait(self, timeout_ms: int) -> None:
         """Block until the kernel signals data or timeout_ms passes; under load, batch (`batch_ns`)."""
-        batching = timeout_ms > 0 and self.batch_ns
-        if batching:
-            early = self.last_wakeup_ns + self.batch_ns - time.monotonic_ns()
+        if self._epoll.poll(max(timeout_ms, 0) / 1000) and timeout_ms > 0 and self.batch_ns:
+            now = time.monotonic_ns()
+            early = self.last_wakeup_ns + self.batch_ns - now
             if early > 0:
                 time.sleep(early / 1e9)
-                timeout_ms = max(timeout_ms - early // 1_000_000, 0)
-        if self._epoll.poll(max(timeout_ms, 0) / 1000) and batching:
-            self.last_wakeup_ns = time.monotonic_ns()
+                now += early
+            self.last_wakeup_ns = now
 
     def drain(self, out: list[bytes]) -> int:
         """Append every published record to `out`, free their space; how many."""
