@@ -28,7 +28,8 @@ the flusher thread). `--agent` runs the agent itself instead (`socat-monitor
 run` without enforcement, all its threads, the agent's own capture
 settings): its whole CPU, split by thread (the capture thread, the main
 thread, the others), the CPU of its child processes beside it (the
-columnar sink converts each closed NDJSON file in one), and no figure of the
+columnar sink's converter, one child for the closed NDJSON files of a busy
+spell), and no figure of the
 kernel programs.
 `--control` runs an idle consumer without BPF (the method's noise),
 `--comm other` attaches programs that match nothing, `--no-bytes` compiles
@@ -595,7 +596,7 @@ def report(results: list[dict], args) -> None:
     seen = sum(r["accepted"] for r in on)
     lost = sum(r["kernel_lost"] + r["decode_errors"] for r in on)
     unwritten = sum(r["events"] - r["written"] for r in on)
-    again = sum(r.get("reserved_again", 0) for r in on)
+    again = "n/a" if args.agent else sum(r["reserved_again"] for r in on)   # the agent's summary has no such count
     print(f"completeness with capture: {seen} accepted events for {made} client connections "
           f"({seen / made:.4f}), kernel lost {lost} (and {again} saved by a second reservation), "
           f"records not written {unwritten}")

@@ -160,17 +160,43 @@ def test_one_child_converts_file_after_file_ends_when_idle_and_a_dead_one_is_rep
         wait_for(lambda: sink.converted.segments == 2)
         assert sink.converted.children == 1
         wait_for(lambda: sink._child is None, timeout=30)                 # idle: ended
+        monkeypatch.setattr(columnar_sink, "LINGER_S", 600.0)             # the next one stays to be killed
         _rotate(tmp_path, 4)
         wait_for(lambda: sink.converted.segments == 3)
         assert sink.converted.children == 2
-        os.kill(sink._child.pid, signal.SIGKILL)                          # the OOM killer, say
-        sink._child.wait()
+        child = sink._child
+        os.kill(child.pid, signal.SIGKILL)                                # the OOM killer, say
+        child.wait()
         _rotate(tmp_path, 5)
         wait_for(lambda: sink.converted.segments == 4)
     finally:
         sink.close()
     assert sink.converted.children == 3 and sink.converted.failed == 0 and errors == []
     assert all(segment_of(p).exists() for p in closed_files(tmp_path))
+
+
+def test_a_child_that_dies_on_a_file_is_named_with_its_last_words_and_the_next_file_gets_another(tmp_path, monkeypatch):
+    real = columnar_sink.python_child
+    started = []
+
+    def dying_first(args, **popen):   # the first child reads its file's name, says why it dies, and dies
+        started.append(args)
+        if len(started) == 1:
+            return real(["-c", "import sys; sys.stdin.readline(); print('MemoryError: the cause', file=sys.stderr);"
+                               " sys.exit(3)"], **popen)
+        return real(args, **popen)
+
+    monkeypatch.setattr(columnar_sink, "python_child", dying_first)
+    first, second = (_write_closed(tmp_path, f"events-20260101T000000Z-{n}.ndjson", 10) for n in (1, 2))
+    os.symlink(_write_closed(tmp_path, "events-20260101T000000Z-3.ndjson", 1).name, tmp_path / "events.ndjson")
+    errors = []
+    sink = ColumnarSink(ColumnarConfig(), tmp_path, on_error=errors.append)
+    try:
+        wait_for(lambda: segment_of(second).exists() and errors)
+    finally:
+        sink.close()
+    assert not segment_of(first).exists() and sink.converted.failed == 1 and sink.converted.children == 2
+    assert errors[0].message == f"{first}: conversion child exited 3: MemoryError: the cause"
 
 
 def _rotate(directory: Path, n: int) -> None:

@@ -43,6 +43,7 @@ class KernelProbe:
         self._maps = self.bpf.maps
         self._ring = RingReader(self._maps["events"].fd, ringbuf_pages * mmap.PAGESIZE, batch_ns)
         self._lost_total = 0
+        self._reserved_again = 0
         self._closed = False
         self.ports_unwatched = 0   # listener ports the full `ports` map could not take
         self.read_ns = 0           # time spent draining the ring (not waiting for it)
@@ -76,8 +77,10 @@ class KernelProbe:
         return self._lost_total
 
     def reserved_again(self) -> int:
-        """Records a first ring-buffer reservation failed for and a second one saved (0 once closed)."""
-        return 0 if self._closed else self._maps["lost"].sum_u64(RESERVED_AGAIN)
+        """Records a first ring-buffer reservation failed for and a second one saved (the last value once closed)."""
+        if not self._closed:
+            self._reserved_again = self._maps["lost"].sum_u64(RESERVED_AGAIN)
+        return self._reserved_again
 
     def exec_missed(self) -> int:
         """Execs of watched processes whose argv the kernel side no longer had (0 once closed)."""
@@ -90,6 +93,7 @@ class KernelProbe:
     def close(self) -> None:
         if not self._closed:
             self.lost()
+            self.reserved_again()
             self._closed = True
             self._ring.close()
             self.bpf.close()

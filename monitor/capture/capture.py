@@ -271,9 +271,10 @@ class Capture:
         if lost > self._lost_seen:
             grew = lost - self._lost_seen
             self._lost_seen = lost
-            log.warning("capture: the kernel dropped %d events (ring buffer full; %d in total)", grew, lost)
+            log.warning("capture: the kernel dropped %d events (no ring-buffer space reserved; %d in total)", grew, lost)
             append(PipelineError(stage="capture", timestamp_ns=now_ns(), count=grew,
-                                 message=f"ring buffer full: {grew} kernel events lost ({lost} since start)"))
+                                 message=f"ring buffer: {grew} kernel events lost, no space reserved for them "
+                                         f"(full, or two reservations failed; {lost} since start)"))
         missed = self._kernel.exec_missed()
         if missed > self._exec_missed_seen:
             grew, self._exec_missed_seen = missed - self._exec_missed_seen, missed

@@ -305,9 +305,14 @@ def convert(source: Path, level: int) -> dict:
 
 def serve(level: int) -> int:
     """Convert the file named by each stdin line (a JSON string), answering each with `convert`'s JSON
-    line on stdout, until stdin ends: one child converts file after file without importing again."""
+    line on stdout, until stdin ends: one child converts file after file without importing again.
+    Whatever else would print to stdout (a library's progress output) goes to stderr instead: stdout
+    carries the answers only."""
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     for line in sys.stdin:
-        print(json.dumps(convert(Path(json.loads(line)), level)), flush=True)
+        answers.write(json.dumps(convert(Path(json.loads(line)), level)) + "\n")
+        answers.flush()
     return 0
 
 

@@ -29,6 +29,7 @@ NDJSON sink's: a segment goes when its twin is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -81,6 +82,7 @@ class ColumnarSink:
         self._child: subprocess.Popen | None = None
         self._child_errors: IO[bytes] | None = None   # the child's stderr, read when it dies
         self._idle_since = 0.0
+        self._errors_from = 0   # where in `_child_errors` the current file's messages start
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sink-columnar", daemon=True)
@@ -194,16 +196,19 @@ class ColumnarSink:
     def _ask(self, path: Path) -> dict:
         """The child's answer for `path` (a child started if none runs); ValueError if it ended instead."""
         child = self._running_child()
+        self._errors_from = self._child_errors.seek(0, os.SEEK_END)   # what the child says of this file only
         child.stdin.write(json.dumps(str(path.absolute())) + "\n")
         child.stdin.flush()
-        ready, _, _ = select.select([child.stdout], [], [], self.config.convert_timeout_s)
-        if not ready:
+        answer = select.poll()
+        answer.register(child.stdout, select.POLLIN)
+        if not answer.poll(self.config.convert_timeout_s * 1000):
             raise subprocess.TimeoutExpired(child.args, self.config.convert_timeout_s)
         line = child.stdout.readline()
         if not line:
             raise ValueError("the conversion child ended")
         reply = json.loads(line)
-        if not isinstance(reply, dict) or ("error" not in reply and "connections" not in reply):
+        if not isinstance(reply, dict) or not (isinstance(reply.get("error"), str)
+                                               or isinstance(reply.get("connections"), int)):
             raise ValueError(f"unexpected answer from the conversion child: {line.strip()[:200]}")
         return reply
 
@@ -223,9 +228,13 @@ class ColumnarSink:
     def _child_death(self, path: Path) -> str | None:
         """The last line the child wrote to stderr, if it ended (a crash's traceback names its cause)."""
         child, errors = self._child, self._child_errors
-        if child is None or errors is None or child.poll() is None:
+        if child is None or errors is None:
             return None
-        errors.seek(0)
+        try:
+            child.wait(timeout=2)   # its output ends a moment before the process does
+        except subprocess.TimeoutExpired:
+            return None
+        errors.seek(self._errors_from)
         lines = errors.read().decode(errors="replace").strip().splitlines()
         return f"{path}: conversion child exited {child.returncode}" + (f": {lines[-1]}" if lines else "")
 
@@ -239,11 +248,11 @@ class ColumnarSink:
                 else:
                     child.stdin.close()
                 child.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
+            except (OSError, ValueError, subprocess.TimeoutExpired):
                 child.kill()
                 child.wait()
             for pipe in (child.stdin, child.stdout):
-                if pipe is not None and not pipe.closed:
+                with contextlib.suppress(OSError):   # a dead child's stdin: what is buffered cannot go
                     pipe.close()
         if self._child_errors is not None:
             self._child_errors.close()
