@@ -29,8 +29,7 @@ run` without enforcement, all its threads, the agent's own capture
 settings): its whole CPU, split by thread (the capture thread, the main
 thread, the others), the CPU of its child processes beside it (the
 columnar sink's converter, one child for the closed NDJSON files of a busy
-spell), and no figure of the
-kernel programs.
+spell), and no figure of the kernel programs.
 `--control` runs an idle consumer without BPF (the method's noise),
 `--comm other` attaches programs that match nothing, `--no-bytes` compiles
 out byte counting (the agent's default), `--batch-ms` sets the capture's
@@ -242,7 +241,8 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
     shutil.rmtree(out_dir, ignore_errors=True)
     print(json.dumps({"accepted": accepted, "events": events, "written": written, "pipeline_errors": errors,
                       "kernel_lost": stats.kernel_lost, "reserved_again": stats.reserved_again,
-                      "decode_errors": stats.decode_errors, "consumer_cpu_s": round(cpu, 3), "polls": polls, "read_s": share["read"] / 1e9,
+                      "decode_errors": stats.decode_errors, "consumer_cpu_s": round(cpu, 3), "polls": polls,
+                      "read_s": share["read"] / 1e9,
                       "decode_s": share["decode"] / 1e9, "enrich_s": share["enrich"] / 1e9,
                       "clocks_s": stages.clock_calls * clock_cost_ns() / 1e9,
                       "pipeline_s": stages.pipeline / 1e9, "render_s": stages.render / 1e9,

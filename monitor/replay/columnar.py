@@ -322,9 +322,10 @@ def main(argv: list[str]) -> int:
     (umask 077; the segment gets the twin's mode when whole)."""
     os.umask(0o077)
     os.nice(10)
-    if argv and argv[0] == "--serve":
-        return serve(int(argv[1]) if len(argv) > 1 else COMPRESSION_LEVEL)
-    result = convert(Path(argv[0]), int(argv[1]) if len(argv) > 1 else COMPRESSION_LEVEL)
+    level = int(argv[1]) if len(argv) > 1 else COMPRESSION_LEVEL
+    if argv[0] == "--serve":
+        return serve(level)
+    result = convert(Path(argv[0]), level)
     if "error" in result:
         print(result["error"], file=sys.stderr)
         return 2

@@ -110,15 +110,15 @@ class Fanout:
     def __init__(self, sinks: list[Sink], on_error: ErrorCallback | None = None):
         self.sinks = list(sinks)
         self._errors = ErrorReporter("sinks", on_error)
-        self._batched = [hasattr(sink, "write_all") for sink in self.sinks]
 
     def write(self, record: Record) -> None:
         self.write_all([record])
 
     def write_all(self, records: list[Record]) -> None:
-        for sink, batched in zip(self.sinks, self._batched):
-            if batched:
-                self._write(sink.write_all, records)
+        for sink in self.sinks:
+            write_all = getattr(sink, "write_all", None)
+            if write_all is not None:
+                self._write(write_all, records)
             else:
                 for record in records:
                     self._write(sink.write, record)
