@@ -23,8 +23,7 @@
 //
 // Fork is kept in-kernel (`forks`): it gives every event its ppid and gives a
 // relay child the session cookie and listener of the accept it was forked for.
-// Every event the ring buffer cannot take is counted in `lost` (per CPU), and those a second
-// reservation saved beside it.
+// Every event the ring buffer cannot take is counted in `lost` (per CPU).
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -35,9 +34,6 @@
 #define TCP_CLOSE 7
 #define TCP_LAST_ACK 9
 #define EINPROGRESS 115
-
-#define LOST 0            // keys of `lost`
-#define RESERVED_AGAIN 1
 
 #define EV_ACCEPT 1
 #define EV_CONNECT 2
@@ -104,7 +100,7 @@ struct io_val { u64 rd, wr; };
 struct io_pending { struct io_key key; u32 write, pad; };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);        // keep it the first map declared: see EVENTS_MAP
-BPF_PERCPU_ARRAY(lost, u64, 2);                   // [LOST]: records dropped; [RESERVED_AGAIN]: saved by a second try
+BPF_PERCPU_ARRAY(lost, u64, 1);                   // records dropped
 BPF_PERCPU_ARRAY(unwoken, u32, 1);                 // events since the last wakeup
 BPF_ARRAY(woke_at, u64, 1);                        // ring position just past the record that last woke the consumer
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_event, 1);
@@ -162,17 +158,10 @@ static __always_inline void emit_record(void *data, u32 size, int urgent) {
     u64 start = bpf_ringbuf_query(EVENTS_MAP, BPF_RB_PROD_POS);
     void *slot = events.ringbuf_reserve(size);
     if (!slot) {
-        // Single reservations fail now and then with the ring nearly empty (seen under load on 6.18;
-        // a second one right after takes about half of them): try once more, then count the loss.
-        u32 outcome = LOST;
-        slot = events.ringbuf_reserve(size);
-        if (slot)
-            outcome = RESERVED_AGAIN;
-        u64 *count = lost.lookup(&outcome);
+        u64 *count = lost.lookup(&zero);
         if (count)
             (*count)++;
-        if (!slot)
-            return;
+        return;
     }
     bpf_probe_read_kernel(slot, size, data);
     if (urgent || (n && ++(*n) >= WAKEUP_EVERY)) {

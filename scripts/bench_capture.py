@@ -240,7 +240,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
     written = sink.stats.written
     shutil.rmtree(out_dir, ignore_errors=True)
     print(json.dumps({"accepted": accepted, "events": events, "written": written, "pipeline_errors": errors,
-                      "kernel_lost": stats.kernel_lost, "reserved_again": stats.reserved_again,
+                      "kernel_lost": stats.kernel_lost,
                       "decode_errors": stats.decode_errors, "consumer_cpu_s": round(cpu, 3), "polls": polls,
                       "read_s": share["read"] / 1e9,
                       "decode_s": share["decode"] / 1e9, "enrich_s": share["enrich"] / 1e9,
@@ -596,9 +596,8 @@ def report(results: list[dict], args) -> None:
     seen = sum(r["accepted"] for r in on)
     lost = sum(r["kernel_lost"] + r["decode_errors"] for r in on)
     unwritten = sum(r["events"] - r["written"] for r in on)
-    again = "n/a" if args.agent else sum(r["reserved_again"] for r in on)   # the agent's summary has no such count
     print(f"completeness with capture: {seen} accepted events for {made} client connections "
-          f"({seen / made:.4f}), kernel lost {lost} (and {again} saved by a second reservation), "
+          f"({seen / made:.4f}), kernel lost {lost}, "
           f"records not written {unwritten}")
     cpu_off = sum(r["relay_us"] for r in off) / len(off)
     kernel = sum(r["relay_us"] * r["connections"] for r in on) / conns - cpu_off

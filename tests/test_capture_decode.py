@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import time
 
 import pytest
 
@@ -232,9 +233,9 @@ def fake_ring(size: int, records: list[tuple[bytes, int]], start: int = 0):
             data[(pos + i) % size] = b
         pos += (len(payload) + 15) & ~7
     reader = RingReader.__new__(RingReader)
-    reader.size, reader.mask, reader._data = size, size - 1, page
-    reader._consumer = bytearray(start.to_bytes(8, "little"))
-    reader._producer = bytearray(pos.to_bytes(8, "little").ljust(page, b"\0")) + data + data
+    reader.size, reader.mask = size, size - 1
+    reader._use(bytearray(start.to_bytes(8, "little")),
+                bytearray(pos.to_bytes(8, "little").ljust(page, b"\0")) + data + data)
     return reader
 
 
@@ -253,6 +254,48 @@ def test_ring_reader_reads_a_record_that_wraps():
     reader = fake_ring(4096, [(b"x" * 40, 0), (b"tail", 0)], start=4096 - 24)
     out: list[bytes] = []
     assert reader.drain(out) == 2 and out == [b"x" * 40, b"tail"]
+
+
+def test_ring_reader_stores_the_consumer_position_whole():
+    """The kernel reads the consumer position while the reader stores it, so it must only ever see
+    the old value or the new one (a store byte by byte showed it 0: a ring it took for full, and the
+    records it then dropped). A second process watches the position while this one drains."""
+    import mmap
+
+    from monitor.ebpf.ring import RingReader
+
+    size, old = 4096, 0x0102_0304_0506_0700   # every byte non-zero but the lowest
+    new = old + 16                             # past one record of 8 bytes
+    data = bytearray(size)
+    data[old & (size - 1)] = 8                 # its header: length 8, published
+    consumer = mmap.mmap(-1, mmap.PAGESIZE)    # shared with the child after fork
+    reader = RingReader.__new__(RingReader)
+    reader.size, reader.mask = size, size - 1
+    reader._use(consumer, bytearray(new.to_bytes(8, "little").ljust(mmap.PAGESIZE, b"\0")) + data + data)
+    reader._cons_pos[0] = old
+    seen, told = os.pipe()
+    child = os.fork()
+    if child == 0:   # the watcher: counts reads and values that are neither position
+        position, reads, torn = memoryview(consumer).cast("Q"), 0, 0
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            for _ in range(1000):
+                torn += position[0] not in (old, new)
+            reads += 1000
+        os.write(told, f"{reads} {torn}".encode())
+        os._exit(0)
+    drains, out = 0, []
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        for _ in range(100):
+            reader._cons_pos[0] = old
+            reader.drain(out)
+        drains += 100
+    os.waitpid(child, 0)
+    reads, torn = map(int, os.read(seen, 64).split())
+    os.close(seen), os.close(told)
+    assert len(out) == drains and out[0] == bytes(8) and drains > 10_000 and reads > 100_000, (drains, reads)
+    assert torn == 0, f"the watcher saw {torn} of {reads} reads neither {old:#x} nor {new:#x}"
 
 
 def test_duplicate_reports_are_remembered_for_the_last_1024_connects_and_closes(enricher):

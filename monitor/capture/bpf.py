@@ -26,7 +26,6 @@ from ..host.mounts import ensure_mounts
 SOURCE = BPF_DIR / "capture.c"
 WHERE = "capture"
 ZERO = (0).to_bytes(4, "little")
-RESERVED_AGAIN = (1).to_bytes(4, "little")   # the second key of `lost` (bpf/capture.c)
 
 
 class KernelProbe:
@@ -43,7 +42,6 @@ class KernelProbe:
         self._maps = self.bpf.maps
         self._ring = RingReader(self._maps["events"].fd, ringbuf_pages * mmap.PAGESIZE, batch_ns)
         self._lost_total = 0
-        self._reserved_again = 0
         self._closed = False
         self.ports_unwatched = 0   # listener ports the full `ports` map could not take
         self.read_ns = 0           # time spent draining the ring (not waiting for it)
@@ -76,12 +74,6 @@ class KernelProbe:
             self._lost_total = self._maps["lost"].sum_u64(ZERO)
         return self._lost_total
 
-    def reserved_again(self) -> int:
-        """Records a first ring-buffer reservation failed for and a second one saved (the last value once closed)."""
-        if not self._closed:
-            self._reserved_again = self._maps["lost"].sum_u64(RESERVED_AGAIN)
-        return self._reserved_again
-
     def exec_missed(self) -> int:
         """Execs of watched processes whose argv the kernel side no longer had (0 once closed)."""
         return 0 if self._closed else self._maps["exec_missed"].sum_u64(ZERO)
@@ -93,7 +85,6 @@ class KernelProbe:
     def close(self) -> None:
         if not self._closed:
             self.lost()
-            self.reserved_again()
             self._closed = True
             self._ring.close()
             self.bpf.close()

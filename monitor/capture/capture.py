@@ -75,7 +75,6 @@ class CaptureStats:
     events: dict[str, int] = field(default_factory=dict)   # by event.action value
     records: int = 0             # ring-buffer records received
     kernel_lost: int = 0         # records the kernel could not put in the ring buffer
-    reserved_again: int = 0      # records whose first reservation failed and a second one saved
     decode_errors: int = 0
     enrich_errors: int = 0
     duplicates: int = 0          # second reports of one connect, dropped
@@ -271,10 +270,10 @@ class Capture:
         if lost > self._lost_seen:
             grew = lost - self._lost_seen
             self._lost_seen = lost
-            log.warning("capture: the kernel dropped %d events (no ring-buffer space reserved; %d in total)", grew, lost)
+            log.warning("capture: the kernel dropped %d events (the ring buffer was full; %d in total)", grew, lost)
             append(PipelineError(stage="capture", timestamp_ns=now_ns(), count=grew,
-                                 message=f"ring buffer: {grew} kernel events lost, no space reserved for them "
-                                         f"(full, or two reservations failed; {lost} since start)"))
+                                 message=f"ring buffer: {grew} kernel events lost, the ring was full (the agent fell "
+                                         f"behind: capture.ringbuf_pages sets its size; {lost} since start)"))
         missed = self._kernel.exec_missed()
         if missed > self._exec_missed_seen:
             grew, self._exec_missed_seen = missed - self._exec_missed_seen, missed
@@ -287,7 +286,6 @@ class Capture:
     def stats(self) -> CaptureStats:
         return CaptureStats(
             events=dict(self._by_action), records=self._records, kernel_lost=self._kernel.lost(),
-            reserved_again=self._kernel.reserved_again(),
             decode_errors=self._decode_errors, enrich_errors=self._enrich_errors, duplicates=self._duplicates,
             proc_reads=self._processes.proc_reads, processes_cached=len(self._processes),
             incomplete=self._incomplete, pinned=self._pinned, partial_sources=self._partial_sources,

@@ -8,7 +8,13 @@ and is 8-byte aligned. Draining it here costs a slice per record instead of
 a C-to-Python callback per record (what bcc's `ring_buffer_poll` does).
 
 Loads are ordered on x86-64 (the only target: Debian amd64 kernels); the
-kernel publishes a record by clearing BUSY after writing it.
+kernel publishes a record by clearing BUSY after writing it. The two
+positions are read and written as whole aligned words (a memoryview cast to
+native integers: one load or store each), never with `struct`, which packs
+byte by byte after zeroing its target: a producer that read the consumer
+position in the middle of such a store saw 0 and took the ring for full, and
+a producer position read in the middle of an update could point past the
+published records.
 
 Under load, wakeups are batched: a wakeup that comes less than `batch_ns`
 after the previous one waits out the rest of that interval before the
@@ -23,13 +29,10 @@ from __future__ import annotations
 
 import mmap
 import select
-import struct
 import time
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 
 
 class RingReader:
@@ -45,11 +48,19 @@ class RingReader:
         self.mask = size - 1
         self.batch_ns = batch_ns
         page = mmap.PAGESIZE
-        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self._data = page   # the data area starts one page into the producer mapping
+        self._use(mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0),
+                  mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page))
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
+
+    def _use(self, consumer, producer) -> None:
+        """Read the ring from these buffers: the consumer-position page, and the producer-position
+        page followed by the data area mapped twice."""
+        self._consumer, self._producer = consumer, producer
+        self._data = mmap.PAGESIZE   # the data area starts one page into the producer mapping
+        self._cons_pos = memoryview(consumer).cast("Q")   # [0]: the consumer position, one store
+        self._prod_pos = memoryview(producer).cast("Q")   # [0]: the producer position, one load
+        self._words = memoryview(producer).cast("I")      # record headers, by 4-byte index
 
     def wait(self, timeout_ms: int) -> None:
         """Block until the kernel signals data or timeout_ms passes; under load, batch (`batch_ns`)."""
@@ -63,15 +74,14 @@ class RingReader:
 
     def drain(self, out: list[bytes]) -> int:
         """Append every published record to `out`, free their space; how many."""
-        prod_map = self._producer
-        cons = _U64.unpack_from(self._consumer, 0)[0]
-        prod = _U64.unpack_from(prod_map, 0)[0]
+        prod_map, words = self._producer, self._words
+        cons = self._cons_pos[0]
+        prod = self._prod_pos[0]
         base, mask = self._data, self.mask
-        unpack = _U32.unpack_from
         n = 0
         while cons < prod:
             off = base + (cons & mask)
-            head = unpack(prod_map, off)[0]
+            head = words[off >> 2]
             if head & BUSY:
                 break
             length = head & ~(BUSY | DISCARD)
@@ -79,10 +89,12 @@ class RingReader:
                 out.append(prod_map[off + 8: off + 8 + length])
                 n += 1
             cons += (length + 15) & ~7   # 8-byte header, rounded up to 8
-        _U64.pack_into(self._consumer, 0, cons)
+        self._cons_pos[0] = cons
         return n
 
     def close(self) -> None:
         self._epoll.close()
+        for view in (self._cons_pos, self._prod_pos, self._words):
+            view.release()   # a mapping with views into it cannot be closed
         self._producer.close()
         self._consumer.close()
