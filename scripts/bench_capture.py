@@ -25,8 +25,8 @@ without) and the consumer's CPU (target <= 30 us) split into read (ring
 drain, loss counters and the wakeup), decode, enrich (these three share the
 poll's CPU by the time each took), pipeline, render and write (buffer and
 the flusher thread). `--agent` runs the agent itself instead (`socat-monitor
-run` without enforcement, all its threads, the agent's own capture
-settings): its whole CPU, split by thread (the capture thread, the main
+run` without enforcement, all its threads, its own programs: `--no-bytes`
+and `--batch-ms` set its capture, `--source` and `--control` are refused): its whole CPU, split by thread (the capture thread, the main
 thread, the others), the CPU of its child processes beside it (the
 columnar sink's converter, one child for the closed NDJSON files of a busy
 spell), and no figure of the kernel programs.
@@ -74,6 +74,7 @@ sys.path.insert(0, str(ROOT))
 # The relay is socat run under its own name, so the capture sees it and not the socat processes
 # other work on the host runs at the same time.
 RELAY_COMM = f"socat-bench{os.getpid() % 10000}"   # this run's own: two benches at once stay apart
+SOURCE_DEFAULT = ROOT / "bpf" / "capture.c"
 
 
 def free_port() -> int:
@@ -266,7 +267,7 @@ def accepted_in(directory: str, port: int) -> int:
     return count
 
 
-def run_agent_consumer(port: int, comm: str, batch_ms: float | None) -> None:
+def run_agent_consumer(port: int, comm: str, batch_ms: float | None, byte_counts: bool) -> None:
     """Run the agent itself (what `socat-monitor run` runs: its threads, queue, sinks) watching `comm`,
     until SIGTERM; print the same JSON summary, its CPU counted from the moment it was started."""
     import threading
@@ -275,7 +276,7 @@ def run_agent_consumer(port: int, comm: str, batch_ms: float | None) -> None:
     from monitor.config import ConfigSource
 
     state = tempfile.mkdtemp(prefix="bench-capture-agent-")
-    capture = {"comms": (comm,)} | batch_setting(batch_ms)
+    capture = {"comms": (comm,), "byte_counts": byte_counts} | batch_setting(batch_ms)
     source = ConfigSource(None, dict(
         agent={"output": state, "state_dir": state, "metrics": "", "control_socket": f"{state}/control.sock"},
         ndjson={"directory": state}, capture=capture, enforce={"enabled": False}))
@@ -474,7 +475,7 @@ def main() -> None:
                     help="process name the capture watches; another name measures programs whose filter matches nothing")
     ap.add_argument("--batch-ms", type=float, default=None,
                     help="the capture's batch setting (capture.batch) in ms; default: the agent's")
-    ap.add_argument("--source", type=Path, default=ROOT / "bpf" / "capture.c",
+    ap.add_argument("--source", type=Path, default=SOURCE_DEFAULT,
                     help="the BPF C the capture loads (another checkout's bpf/capture.c compares its kernel cost)")
     ap.add_argument("--hot-loop", type=int, default=0, metavar="N",
                     help="instead: time the consumer's path over N made-up relay connections in a loop (no BPF, no root)")
@@ -488,7 +489,7 @@ def main() -> None:
     if args.role == "backend":
         return run_backend(args.port)
     if args.role == "agent":
-        return run_agent_consumer(args.port, args.comm, args.batch_ms)
+        return run_agent_consumer(args.port, args.comm, args.batch_ms, not args.no_bytes)
     if args.role == "consumer":
         return run_consumer(args.port, not args.no_bytes, args.control, args.comm, args.batch_ms, args.source)
     if args.hot_loop:
@@ -500,6 +501,9 @@ def main() -> None:
         raise SystemExit("bench: run as root (BPF)")
     if not args.source.is_file():
         raise SystemExit(f"bench: {args.source}: no such BPF source")
+    if args.agent and (args.control or args.source != SOURCE_DEFAULT):
+        raise SystemExit("bench: --agent runs the agent with its own programs: --control and --source apply to "
+                         "the per-record consumer only")
     socat = shutil.which("socat") or sys.exit("bench: socat is not installed")
     relay_dir = tempfile.mkdtemp(prefix="bench-capture-relay-")
     relay_exe = shutil.copy(socat, os.path.join(relay_dir, RELAY_COMM))
