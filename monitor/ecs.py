@@ -3,10 +3,12 @@
 `render(record, host)` turns any `monitor.events` record into a nested ECS
 dict and `encode(record, host)` into its JSON line. A connection event (most
 of what the agent writes) is encoded from pieces: what changes per event
-(its id and times; the flow of a close with byte counts), and what is the
-same for many events (the host and agent identity, once per host; the
-process and user, once per process; the flow, listener and session, once
-per connection) encoded once and reused.
+(its id, times, ports and byte counts) filled into templates encoded once
+(the document's by action and outcome; the flow's by address pair and
+direction; a fork child's process by what it shares with its siblings), and
+what is the same for many events (the host and agent identity, once per
+host; the process and user, once per process; the listener and session,
+once per connection) encoded once and reused.
 `parse_connection(doc)` turns an ECS document (ours, or another
 tool's with the minimal fields) back into a `ConnectionEvent`, so replay and
 offline analysis see exactly what the live agent saw.
@@ -319,13 +321,19 @@ _CONNECTION_TYPES = {
 
 def _connection_event(ev: ConnectionEvent) -> dict[str, Any]:
     """`event` of a connection document."""
-    event = {"id": ev.id, "kind": "event", "dataset": DATASET_CONNECTION, "module": "socat",
-             "created": iso_timestamp(time.time_ns()), "category": ["network"],
-             "type": list(_CONNECTION_TYPES[ev.action]), "action": VALUES[ev.action], "outcome": VALUES[ev.outcome]}
-    if ev.ktime_ns is not None:
-        event["sequence"] = ev.ktime_ns
-    if ev.duration_ns is not None:
-        event["duration"] = ev.duration_ns
+    return _event_fields(ev.id, iso_timestamp(time.time_ns()), ev.action, ev.outcome, ev.ktime_ns, ev.duration_ns)
+
+
+def _event_fields(record_id: Any, created: Any, action: Action, outcome: Outcome, sequence: Any,
+                  duration: Any) -> dict[str, Any]:
+    """`_connection_event` of its values (each a value, or a marker of a template: `_template`)."""
+    event = {"id": record_id, "kind": "event", "dataset": DATASET_CONNECTION, "module": "socat",
+             "created": created, "category": ["network"],
+             "type": list(_CONNECTION_TYPES[action]), "action": VALUES[action], "outcome": VALUES[outcome]}
+    if sequence is not None:
+        event["sequence"] = sequence
+    if duration is not None:
+        event["duration"] = duration
     return event
 
 
@@ -392,9 +400,11 @@ def _members(fields: dict[str, Any]) -> bytes:
 
 
 
-# Marker values in the fields of a template: `_template` makes each a field of a bytes %-format
-_NUMBER = "\0%d\0"    # an integer
-_ENCODED = "\0%b\0"   # an encoded JSON value
+# Marker values in the fields of a template: `_template` puts a field of a bytes %-format in the place of
+# each: an integer, an encoded JSON value, an `iso_timestamp` (its second, encoded, and its microseconds)
+_NUMBER, _ENCODED, _STAMP = "\0%d\0", "\0%b\0", "\0%b.%06dZ\0"
+_FIELDS = {orjson.dumps(marker).replace(b"%", b"%%"): spec
+           for marker, spec in ((_NUMBER, b"%d"), (_ENCODED, b"%b"), (_STAMP, b'"%b.%06dZ"'))}
 
 
 def _template(fields: dict[str, Any]) -> bytes:
@@ -402,7 +412,9 @@ def _template(fields: dict[str, Any]) -> bytes:
     Only for fields whose other values hold no NUL (addresses, process facts from the kernel and /proc):
     a marker is a string of its own between two."""
     encoded = _members(fields).replace(b"%", b"%%")
-    return encoded.replace(b'"\\u0000%%d\\u0000"', b"%d").replace(b'"\\u0000%%b\\u0000"', b"%b")
+    for marker, spec in _FIELDS.items():
+        encoded = encoded.replace(marker, spec)
+    return encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,18 +458,12 @@ def _iso_second_bytes(seconds: int) -> bytes:
     return _iso_second(seconds).encode()
 
 
-def _stamp(ns: int) -> bytes:
-    """`iso_timestamp(ns)` as a JSON string, encoded."""
-    seconds, rem = divmod(ns, 1_000_000_000)
-    return b'"%b.%06dZ"' % (_iso_second_bytes(seconds), rem // 1000)
-
-
-# `event` of a connection document from `kind` to the name of `created`, whose value follows
-_EVENT_MIDDLE = _members({"kind": "event", "dataset": DATASET_CONNECTION, "module": "socat"}) + b',"created":'
-# `event` from `category` to `outcome`, by action and outcome
-_KINDS = {action: {outcome: _members({"category": ["network"], "type": types, "action": VALUES[action],
-                                      "outcome": VALUES[outcome]})
-                   for outcome in Outcome} for action, types in _CONNECTION_TYPES.items()}
+def _document_template(action: Action, outcome: Outcome, sequence: bool, duration: bool) -> bytes:
+    """A connection event's line as a template: its time, id, time of encoding (and sequence and duration
+    when it has them), then its flow, `socat`, host identity and process members, encoded."""
+    head = {"@timestamp": _STAMP, "event": _event_fields(_ENCODED, _STAMP, action, outcome,
+                                                         _NUMBER if sequence else None, _NUMBER if duration else None)}
+    return b"{" + _template(head)[1:] + b"%b%b%b%b}\n"
 
 
 def _kind(proc: ProcessInfo) -> tuple[Any, ...]:
@@ -468,15 +474,17 @@ def _kind(proc: ProcessInfo) -> tuple[Any, ...]:
 
 
 class _Pieces:
-    """A connection event's JSON line, built from encoded members (`,"key":value,...`) reused across
-    documents, each the encoding of the dict `render` builds for it: the host identity of the last
-    host; the process, user and socat identity of recently seen processes (by object: the enricher
-    hands out one `ProcessInfo` per process state, so an object seen before encodes the same); the
-    flow (4-tuple and direction: a connection's ingress and egress documents share one each), the
-    listener and the session. Only the event's id and times are encoded per document (and the flow of
-    a close with byte counts: a flow has one close, so its bytes gain nothing from a cached piece).
-    `line` looks each piece up itself (a method call per piece cost as much as the lookup) and calls
-    a `new_*` method to build one it lacks."""
+    """A connection event's JSON line, from encoded members (`,"key":value,...`) and templates (bytes
+    %-formats: `_template`) reused across documents, each the encoding of the dict `render` builds for it:
+    the host identity of the last host; the process, user and socat identity of recently seen processes
+    (by object: the enricher hands out one `ProcessInfo` per process state, so an object seen before
+    encodes the same), those of a fork child filled into the template of its kind (`_kind`: a relay's
+    children differ only in their ids); the flow filled into the template of its address pair and
+    direction (ports, byte counts, and the community id, hashed once per flow from the pair's prefix);
+    the listener and the session; the document itself a template by action, outcome and the optional
+    members it has, filled with the event's id and times and those pieces. `line` looks each piece up
+    itself (a method call per piece cost as much as the lookup) and calls a `new_*` method to build one
+    it lacks."""
 
     MAX = 4096   # entries per cache; a full one is emptied
 
@@ -485,6 +493,7 @@ class _Pieces:
         self.processes: dict[int, tuple[ProcessInfo | None, HostInfo, bytes, bytes]] = {}
         self.flows: dict[tuple[str, str, bool], _FlowShape] = {}   # by addresses and ingress
         self.kinds: dict[tuple[Any, ...], tuple[HostInfo, bytes, bytes]] = {}   # by `_kind`
+        self.documents: dict[tuple[Action, Outcome, bool, bool], bytes] = {}   # by `_document_template`'s key
         self.listeners: dict[tuple[str, int, str | None], bytes] = {}
         self.sessions: dict[str, bytes] = {}
 
@@ -519,12 +528,23 @@ class _Pieces:
         seen_host, identity = self.identity
         if seen_host is not host:
             identity = self.new_host(host)
-        return b"".join((
-            b'{"@timestamp":', _stamp(ev.timestamp_ns), b',"event":{"id":', orjson.dumps(ev.id), _EVENT_MIDDLE,
-            _stamp(time.time_ns()), _KINDS[ev.action][ev.outcome],
-            b"" if ev.ktime_ns is None else b',"sequence":' + orjson.dumps(ev.ktime_ns),
-            b"" if ev.duration_ns is None else b',"duration":' + orjson.dumps(ev.duration_ns),
-            b"}", members, b',"socat":{%b}' % socat[1:] if socat else b"", identity, known[2], b"}\n"))
+        sequence, duration = ev.ktime_ns, ev.duration_ns
+        template = self.documents.get((ev.action, ev.outcome, sequence is None, duration is None)) \
+            or self.new_document(ev)
+        second, rem = divmod(ev.timestamp_ns, 1_000_000_000)
+        now, now_rem = divmod(time.time_ns(), 1_000_000_000)
+        values = (_iso_second_bytes(second), rem // 1000, orjson.dumps(ev.id), _iso_second_bytes(now), now_rem // 1000)
+        if sequence is not None:
+            values += (sequence,)
+        if duration is not None:
+            values += (duration,)
+        return template % (values + (members, b',"socat":{%b}' % socat[1:] if socat else b"", identity, known[2]))
+
+    def new_document(self, ev: ConnectionEvent) -> bytes:
+        sequence, duration = ev.ktime_ns is None, ev.duration_ns is None
+        found = self.documents[(ev.action, ev.outcome, sequence, duration)] = _document_template(
+            ev.action, ev.outcome, not sequence, not duration)
+        return found
 
     def new_host(self, host: HostInfo) -> bytes:
         encoded = _members(_identity(host))
