@@ -437,19 +437,16 @@ class _FlowShape:
 
     ids: dict[int, bytes] = field(default_factory=dict)   # community ids by ports (a flow's close reuses its open's)
 
-    def community(self, src_port: int, dst_port: int) -> bytes:
-        """The encoded `community_id` of the flow between these ports."""
-        ports = src_port << 16 | dst_port
-        found = self.ids.get(ports)
-        if found is None:
-            order = self.order
-            if order > 0 or (not order and src_port > dst_port):
-                found = b'"1:%b"' % _community_digest(self.prefix, dst_port, src_port)
-            else:
-                found = b'"1:%b"' % _community_digest(self.prefix, src_port, dst_port)
-            if len(self.ids) >= _Pieces.MAX:
-                self.ids.clear()
-            self.ids[ports] = found
+    def new_community(self, src_port: int, dst_port: int) -> bytes:
+        """The encoded `community_id` of the flow between these ports, kept in `ids` (`line` looks it up there)."""
+        order = self.order
+        if order > 0 or (not order and src_port > dst_port):
+            found = b'"1:%b"' % _community_digest(self.prefix, dst_port, src_port)
+        else:
+            found = b'"1:%b"' % _community_digest(self.prefix, src_port, dst_port)
+        if len(self.ids) >= _Pieces.MAX:
+            self.ids.clear()
+        self.ids[src_port << 16 | dst_port] = found
         return found
 
 
@@ -463,7 +460,7 @@ def _document_template(action: Action, outcome: Outcome, sequence: bool, duratio
     when it has them), then its flow, `socat`, host identity and process members, encoded."""
     head = {"@timestamp": _STAMP, "event": _event_fields(_ENCODED, _STAMP, action, outcome,
                                                          _NUMBER if sequence else None, _NUMBER if duration else None)}
-    return b"{" + _template(head)[1:] + b"%b%b%b%b}\n"
+    return b"{" + _template(head)[1:]
 
 
 def _kind(proc: ProcessInfo) -> tuple[Any, ...]:
@@ -506,14 +503,15 @@ class _Pieces:
         ingress = ev.direction is INGRESS
         shape = self.flows.get((ev.source_ip, ev.destination_ip, ingress)) or self.new_flow(ev)
         sport, dport = ev.source_port, ev.destination_port
+        community = shape.ids.get(sport << 16 | dport) or shape.new_community(sport, dport)
         if ev.bytes_in is None:
-            members = shape.plain % (sport, dport, shape.community(sport, dport))
+            members = shape.plain % (sport, dport, community)
         elif ev.bytes_out is None:   # one count (not of the capture): its own
             members = _members(_flow(ev))
         elif ingress:
-            members = shape.counted % (sport, ev.bytes_in, dport, ev.bytes_out, shape.community(sport, dport))
+            members = shape.counted % (sport, ev.bytes_in, dport, ev.bytes_out, community)
         else:
-            members = shape.counted % (sport, ev.bytes_out, dport, ev.bytes_in, shape.community(sport, dport))
+            members = shape.counted % (sport, ev.bytes_out, dport, ev.bytes_in, community)
         listener = ev.listener
         if listener is None:
             at = b""
@@ -538,7 +536,8 @@ class _Pieces:
             values += (sequence,)
         if duration is not None:
             values += (duration,)
-        return template % (values + (members, b',"socat":{%b}' % socat[1:] if socat else b"", identity, known[2]))
+        return b"".join((template % values, members, b',"socat":{%b}' % socat[1:] if socat else b"", identity,
+                         known[2], b"}\n"))
 
     def new_document(self, ev: ConnectionEvent) -> bytes:
         sequence, duration = ev.ktime_ns is None, ev.duration_ns is None
