@@ -399,7 +399,6 @@ def _members(fields: dict[str, Any]) -> bytes:
     return b"," + orjson.dumps(fields)[1:-1] if fields else b""
 
 
-
 # Marker values in the fields of a template: `_template` puts a field of a bytes %-format in the place of
 # each: an integer, an encoded JSON value, an `iso_timestamp` (its second, encoded, and its microseconds)
 _NUMBER, _ENCODED, _STAMP = "\0%d\0", "\0%b\0", "\0%b.%06dZ\0"
@@ -410,7 +409,7 @@ _FIELDS = {orjson.dumps(marker).replace(b"%", b"%%"): spec
 def _template(fields: dict[str, Any]) -> bytes:
     """`_members(fields)` as a bytes %-format, a field in the place of each marker, in document order.
     Only for fields whose other values hold no NUL (addresses, process facts from the kernel and /proc):
-    a marker is a string of its own between two."""
+    a marker is a string between two NULs."""
     encoded = _members(fields).replace(b"%", b"%%")
     for marker, spec in _FIELDS.items():
         encoded = encoded.replace(marker, spec)
@@ -426,6 +425,7 @@ class _FlowShape:
     counted: bytes  # source port and bytes, destination port and bytes, community id
     prefix: bytes   # `_community_prefix` of the pair, the smaller address first
     order: int      # whose port comes first in the hash: -1 the source's, 1 the destination's, 0 the smaller
+    ids: dict[int, bytes] = field(default_factory=dict)   # encoded community ids by ports (a close reuses its open's)
 
     @classmethod
     def of(cls, src: str, dst: str, direction: Direction) -> "_FlowShape":
@@ -435,8 +435,6 @@ class _FlowShape:
                    _template(_flow_fields(src, _NUMBER, dst, _NUMBER, direction, (_NUMBER, _NUMBER), _ENCODED)),
                    _community_prefix(second, first) if order > 0 else _community_prefix(first, second), order)
 
-    ids: dict[int, bytes] = field(default_factory=dict)   # community ids by ports (a flow's close reuses its open's)
-
     def new_community(self, src_port: int, dst_port: int) -> bytes:
         """The encoded `community_id` of the flow between these ports, kept in `ids` (`line` looks it up there)."""
         order = self.order
@@ -444,8 +442,6 @@ class _FlowShape:
             found = b'"1:%b"' % _community_digest(self.prefix, dst_port, src_port)
         else:
             found = b'"1:%b"' % _community_digest(self.prefix, src_port, dst_port)
-        if len(self.ids) >= _Pieces.MAX:
-            self.ids.clear()
         self.ids[src_port << 16 | dst_port] = found
         return found
 
@@ -456,8 +452,8 @@ def _iso_second_bytes(seconds: int) -> bytes:
 
 
 def _document_template(action: Action, outcome: Outcome, sequence: bool, duration: bool) -> bytes:
-    """A connection event's line as a template: its time, id, time of encoding (and sequence and duration
-    when it has them), then its flow, `socat`, host identity and process members, encoded."""
+    """A connection event's line up to the end of its `event`, as a template: its time, id and time of
+    encoding (and sequence and duration when it has them); its flow, `socat`, host and process follow."""
     head = {"@timestamp": _STAMP, "event": _event_fields(_ENCODED, _STAMP, action, outcome,
                                                          _NUMBER if sequence else None, _NUMBER if duration else None)}
     return b"{" + _template(head)[1:]
@@ -489,6 +485,7 @@ class _Pieces:
         self.identity: tuple[HostInfo | None, bytes] = (None, b"")   # one tuple: swapped whole
         self.processes: dict[int, tuple[ProcessInfo | None, HostInfo, bytes, bytes]] = {}
         self.flows: dict[tuple[str, str, bool], _FlowShape] = {}   # by addresses and ingress
+        self.communities = 0   # community ids kept in the shapes of `flows` (at most: a dropped shape's went with it)
         self.kinds: dict[tuple[Any, ...], tuple[HostInfo, bytes, bytes]] = {}   # by `_kind`
         self.documents: dict[tuple[Action, Outcome, bool, bool], bytes] = {}   # by `_document_template`'s key
         self.listeners: dict[tuple[str, int, str | None], bytes] = {}
@@ -503,7 +500,7 @@ class _Pieces:
         ingress = ev.direction is INGRESS
         shape = self.flows.get((ev.source_ip, ev.destination_ip, ingress)) or self.new_flow(ev)
         sport, dport = ev.source_port, ev.destination_port
-        community = shape.ids.get(sport << 16 | dport) or shape.new_community(sport, dport)
+        community = shape.ids.get(sport << 16 | dport) or self.new_community(shape, sport, dport)
         if ev.bytes_in is None:
             members = shape.plain % (sport, dport, community)
         elif ev.bytes_out is None:   # one count (not of the capture): its own
@@ -584,6 +581,15 @@ class _Pieces:
         shape = _FlowShape.of(ev.source_ip, ev.destination_ip, ev.direction)
         self.flows[(ev.source_ip, ev.destination_ip, ev.direction is INGRESS)] = shape
         return shape
+
+    def new_community(self, shape: _FlowShape, src_port: int, dst_port: int) -> bytes:
+        """`shape.new_community`, with at most `MAX` community ids kept in all shapes (beyond, all are emptied)."""
+        self.communities += 1
+        if self.communities > self.MAX:
+            self.communities = 1
+            for known in self.flows.values():
+                known.ids.clear()
+        return shape.new_community(src_port, dst_port)
 
     def new_listener(self, listener: Listener) -> bytes:
         if len(self.listeners) >= self.MAX:

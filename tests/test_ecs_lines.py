@@ -152,3 +152,17 @@ def test_fork_children_flows_and_listeners_encode_from_their_templates():
                                                    bytes_out=1 << 40)]
     for ev in events + events:
         _same_line(ev)
+
+
+def test_the_community_ids_kept_stay_bounded_across_flows():
+    """A flow's community id is kept for its close; many ports of few address pairs keep at most `MAX` in all."""
+    from monitor.ecs import _PIECES, _Pieces
+
+    for port in range(1, 2 * _Pieces.MAX + 2):
+        for src in ("192.0.2.1", "192.0.2.2"):
+            ev = ConnectionEvent(Action.ACCEPTED, 1, src, port, "10.20.0.1", 8443, process=S.SOCAT)
+            if port % 997 == 0:
+                _same_line(ev)
+            else:
+                encode(ev, HOST)
+    assert sum(len(shape.ids) for shape in _PIECES.flows.values()) <= _Pieces.MAX
