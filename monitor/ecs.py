@@ -3,10 +3,12 @@
 `render(record, host)` turns any `monitor.events` record into a nested ECS
 dict and `encode(record, host)` into its JSON line. A connection event (most
 of what the agent writes) is encoded from pieces: what changes per event
-(its id and times; the flow of a close with byte counts), and what is the
-same for many events (the host and agent identity, once per host; the
-process and user, once per process; the flow, listener and session, once
-per connection) encoded once and reused.
+(its id, times, ports and byte counts) filled into templates encoded once
+(the document's by action and outcome; the flow's by address pair and
+direction; a fork child's process by what it shares with its siblings), and
+what is the same for many events (the host and agent identity, once per
+host; the process and user, once per process; the listener and session,
+once per connection) encoded once and reused.
 `parse_connection(doc)` turns an ECS document (ours, or another
 tool's with the minimal fields) back into a `ConnectionEvent`, so replay and
 offline analysis see exactly what the live agent saw.
@@ -14,7 +16,7 @@ offline analysis see exactly what the live agent saw.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import datetime as dt
 import fcntl
 import functools
@@ -178,6 +180,20 @@ def parse_timestamp(text: str) -> int:
     return ns
 
 
+_PORTS = struct.Struct("!HH")
+
+
+def _community_prefix(first: bytes, second: bytes, proto: int = 6, seed: int = 0) -> bytes:
+    """What the Community ID hashes before the ports: seed, the two packed addresses (the smaller
+    endpoint's first), protocol and a zero byte of padding."""
+    return struct.pack("!H", seed) + first + second + struct.pack("!BB", proto, 0)
+
+
+def _community_digest(prefix: bytes, first_port: int, second_port: int) -> bytes:
+    """The base64 of the hash of a prefix and the ports (in its order), as `community_id` ends."""
+    return binascii.b2a_base64(hashlib.sha1(prefix + _PORTS.pack(first_port, second_port)).digest(), newline=False)
+
+
 def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: int = 6, seed: int = 0) -> str:
     """Community ID v1 flow hash, so flows join with Zeek, Suricata and the Beats.
 
@@ -189,8 +205,7 @@ def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: 
     dst = packed(dst_ip)
     if (src, src_port) > (dst, dst_port):
         src, dst, src_port, dst_port = dst, src, dst_port, src_port
-    data = struct.pack("!H", seed) + src + dst + struct.pack("!BBHH", proto, 0, src_port, dst_port)
-    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+    return "1:" + _community_digest(_community_prefix(src, dst, proto, seed), src_port, dst_port).decode()
 
 
 def set_severity(doc: dict[str, Any], word: str) -> None:
@@ -304,44 +319,43 @@ _CONNECTION_TYPES = {
 }
 
 
-_COMMUNITY_IDS: dict[tuple[str, int, str, int], str] = {}
-
-
-def _community_id(ev: ConnectionEvent) -> str:
-    """`community_id` of the event's 4-tuple; a connection's events share it, so it is computed once."""
-    key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port)
-    found = _COMMUNITY_IDS.get(key)
-    if found is None:
-        if len(_COMMUNITY_IDS) >= 4096:
-            _COMMUNITY_IDS.clear()
-        found = _COMMUNITY_IDS[key] = community_id(*key)
-    return found
-
-
 def _connection_event(ev: ConnectionEvent) -> dict[str, Any]:
     """`event` of a connection document."""
-    event = {"id": ev.id, "kind": "event", "dataset": DATASET_CONNECTION, "module": "socat",
-             "created": iso_timestamp(time.time_ns()), "category": ["network"],
-             "type": list(_CONNECTION_TYPES[ev.action]), "action": VALUES[ev.action], "outcome": VALUES[ev.outcome]}
-    if ev.ktime_ns is not None:
-        event["sequence"] = ev.ktime_ns
-    if ev.duration_ns is not None:
-        event["duration"] = ev.duration_ns
+    return _event_fields(ev.id, iso_timestamp(time.time_ns()), ev.action, ev.outcome, ev.ktime_ns, ev.duration_ns)
+
+
+def _event_fields(record_id: Any, created: Any, action: Action, outcome: Outcome, sequence: Any,
+                  duration: Any) -> dict[str, Any]:
+    """`_connection_event` of its values (each a value, or a marker of a template: `_template`)."""
+    event = {"id": record_id, "kind": "event", "dataset": DATASET_CONNECTION, "module": "socat",
+             "created": created, "category": ["network"],
+             "type": list(_CONNECTION_TYPES[action]), "action": VALUES[action], "outcome": VALUES[outcome]}
+    if sequence is not None:
+        event["sequence"] = sequence
+    if duration is not None:
+        event["duration"] = duration
     return event
 
 
 def _flow(ev: ConnectionEvent) -> dict[str, Any]:
     """`source`, `destination`, `network` and `related`: the flow's 4-tuple and direction (and its bytes)."""
-    src, dst = ev.source_ip, ev.destination_ip
-    source = {"ip": src, "port": ev.source_port}
-    destination = {"ip": dst, "port": ev.destination_port}
     ingress = ev.direction is INGRESS
-    if ev.bytes_in is not None:
-        source["bytes"] = ev.bytes_in if ingress else ev.bytes_out
-        destination["bytes"] = ev.bytes_out if ingress else ev.bytes_in
+    counts = None if ev.bytes_in is None else (ev.bytes_in, ev.bytes_out) if ingress else (ev.bytes_out, ev.bytes_in)
+    return _flow_fields(ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction, counts,
+                        community_id(ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port))
+
+
+def _flow_fields(src: str, src_port: Any, dst: str, dst_port: Any, direction: Direction,
+                 counts: tuple[Any, Any] | None, community: Any) -> dict[str, Any]:
+    """`_flow` of its values (each a value, or a marker of a template: `_template`); `counts`: the bytes of
+    source and destination."""
+    source = {"ip": src, "port": src_port}
+    destination = {"ip": dst, "port": dst_port}
+    if counts is not None:
+        source["bytes"], destination["bytes"] = counts
     return {"source": source, "destination": destination,
-            "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[ev.direction],
-                        "community_id": _community_id(ev)},
+            "network": {"transport": "tcp", "type": "ipv6" if ":" in src else "ipv4", "direction": VALUES[direction],
+                        "community_id": community},
             "related": {"ip": [src] if src == dst else [src, dst] if src < dst else [dst, src]}}
 
 
@@ -385,42 +399,95 @@ def _members(fields: dict[str, Any]) -> bytes:
     return b"," + orjson.dumps(fields)[1:-1] if fields else b""
 
 
+# Marker values in the fields of a template: `_template` puts a field of a bytes %-format in the place of
+# each: an integer, an encoded JSON value, an `iso_timestamp` (its second, encoded, and its microseconds)
+_NUMBER, _ENCODED, _STAMP = "\0%d\0", "\0%b\0", "\0%b.%06dZ\0"
+_FIELDS = {orjson.dumps(marker).replace(b"%", b"%%"): spec
+           for marker, spec in ((_NUMBER, b"%d"), (_ENCODED, b"%b"), (_STAMP, b'"%b.%06dZ"'))}
+
+
+def _template(fields: dict[str, Any]) -> bytes:
+    """`_members(fields)` as a bytes %-format, a field in the place of each marker, in document order.
+    Only for fields whose other values hold no NUL (addresses, process facts from the kernel and /proc):
+    a marker is a string between two NULs."""
+    encoded = _members(fields).replace(b"%", b"%%")
+    for marker, spec in _FIELDS.items():
+        encoded = encoded.replace(marker, spec)
+    return encoded
+
+
+@dataclass(frozen=True, slots=True)
+class _FlowShape:
+    """The flow members (`_flow`) of one address pair and direction as templates, to fill with the
+    ports (and byte counts) and the community id; and what that id hashes before the ports."""
+
+    plain: bytes    # source port, destination port, community id
+    counted: bytes  # source port and bytes, destination port and bytes, community id
+    prefix: bytes   # `_community_prefix` of the pair, the smaller address first
+    order: int      # whose port comes first in the hash: -1 the source's, 1 the destination's, 0 the smaller
+    ids: dict[int, bytes] = field(default_factory=dict)   # encoded community ids by ports (a close reuses its open's)
+
+    @classmethod
+    def of(cls, src: str, dst: str, direction: Direction) -> "_FlowShape":
+        first, second = packed(src), packed(dst)
+        order = (first > second) - (first < second)
+        return cls(_template(_flow_fields(src, _NUMBER, dst, _NUMBER, direction, None, _ENCODED)),
+                   _template(_flow_fields(src, _NUMBER, dst, _NUMBER, direction, (_NUMBER, _NUMBER), _ENCODED)),
+                   _community_prefix(second, first) if order > 0 else _community_prefix(first, second), order)
+
+    def new_community(self, src_port: int, dst_port: int) -> bytes:
+        """The encoded `community_id` of the flow between these ports, kept in `ids` (`line` looks it up there)."""
+        order = self.order
+        if order > 0 or (not order and src_port > dst_port):
+            found = b'"1:%b"' % _community_digest(self.prefix, dst_port, src_port)
+        else:
+            found = b'"1:%b"' % _community_digest(self.prefix, src_port, dst_port)
+        self.ids[src_port << 16 | dst_port] = found
+        return found
+
+
 @functools.lru_cache(maxsize=4096)
 def _iso_second_bytes(seconds: int) -> bytes:
     return _iso_second(seconds).encode()
 
 
-def _stamp(ns: int) -> bytes:
-    """`iso_timestamp(ns)` as a JSON string, encoded."""
-    seconds, rem = divmod(ns, 1_000_000_000)
-    return b'"%b.%06dZ"' % (_iso_second_bytes(seconds), rem // 1000)
+def _document_template(action: Action, outcome: Outcome, sequence: bool, duration: bool) -> bytes:
+    """A connection event's line up to the end of its `event`, as a template: its time, id and time of
+    encoding (and sequence and duration when it has them); its flow, `socat`, host and process follow."""
+    head = {"@timestamp": _STAMP, "event": _event_fields(_ENCODED, _STAMP, action, outcome,
+                                                         _NUMBER if sequence else None, _NUMBER if duration else None)}
+    return b"{" + _template(head)[1:]
 
 
-# `event` of a connection document from `kind` to the name of `created`, whose value follows
-_EVENT_MIDDLE = _members({"kind": "event", "dataset": DATASET_CONNECTION, "module": "socat"}) + b',"created":'
-# `event` from `category` to `outcome`, by action and outcome
-_KINDS = {action: {outcome: _members({"category": ["network"], "type": types, "action": VALUES[action],
-                                      "outcome": VALUES[outcome]})
-                   for outcome in Outcome} for action, types in _CONNECTION_TYPES.items()}
+def _kind(proc: ProcessInfo) -> tuple[Any, ...]:
+    """What the encoded process members of a process without a start time hold but its pid, thread id and
+    parent pid."""
+    return (proc.comm, proc.uid, proc.gid, proc.user_name, proc.executable, proc.args, proc.netns, proc.netns_name,
+            proc.cgroup, proc.container)
 
 
 class _Pieces:
-    """A connection event's JSON line, built from encoded members (`,"key":value,...`) reused across
-    documents, each the encoding of the dict `render` builds for it: the host identity of the last
-    host; the process, user and socat identity of recently seen processes (by object: the enricher
-    hands out one `ProcessInfo` per process state, so an object seen before encodes the same); the
-    flow (4-tuple and direction: a connection's ingress and egress documents share one each), the
-    listener and the session. Only the event's id and times are encoded per document (and the flow of
-    a close with byte counts: a flow has one close, so its bytes gain nothing from a cached piece).
-    `line` looks each piece up itself (a method call per piece cost as much as the lookup) and calls
-    a `new_*` method to build one it lacks."""
+    """A connection event's JSON line, from encoded members (`,"key":value,...`) and templates (bytes
+    %-formats: `_template`) reused across documents, each the encoding of the dict `render` builds for it:
+    the host identity of the last host; the process, user and socat identity of recently seen processes
+    (by object: the enricher hands out one `ProcessInfo` per process state, so an object seen before
+    encodes the same), those of a fork child filled into the template of its kind (`_kind`: a relay's
+    children differ only in their ids); the flow filled into the template of its address pair and
+    direction (ports, byte counts, and the community id, hashed once per flow from the pair's prefix);
+    the listener and the session; the document itself a template by action, outcome and the optional
+    members it has, filled with the event's id and times and those pieces. `line` looks each piece up
+    itself (a method call per piece cost as much as the lookup) and calls a `new_*` method to build one
+    it lacks."""
 
     MAX = 4096   # entries per cache; a full one is emptied
 
     def __init__(self) -> None:
         self.identity: tuple[HostInfo | None, bytes] = (None, b"")   # one tuple: swapped whole
         self.processes: dict[int, tuple[ProcessInfo | None, HostInfo, bytes, bytes]] = {}
-        self.flows: dict[tuple[str, int, str, int, bool], bytes] = {}
+        self.flows: dict[tuple[str, str, bool], _FlowShape] = {}   # by addresses and ingress
+        self.communities = 0   # community ids kept in the shapes of `flows` (at most: a dropped shape's went with it)
+        self.kinds: dict[tuple[Any, ...], tuple[HostInfo, bytes, bytes]] = {}   # by `_kind`
+        self.documents: dict[tuple[Action, Outcome, bool, bool], bytes] = {}   # by `_document_template`'s key
         self.listeners: dict[tuple[str, int, str | None], bytes] = {}
         self.sessions: dict[str, bytes] = {}
 
@@ -430,11 +497,18 @@ class _Pieces:
         known = self.processes.get(id(proc))
         if known is None or known[0] is not proc or known[1] is not host:
             known = self.new_process(proc, host)
+        ingress = ev.direction is INGRESS
+        shape = self.flows.get((ev.source_ip, ev.destination_ip, ingress)) or self.new_flow(ev)
+        sport, dport = ev.source_port, ev.destination_port
+        community = shape.ids.get(sport << 16 | dport) or self.new_community(shape, sport, dport)
         if ev.bytes_in is None:
-            members = self.flows.get((ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port,
-                                      ev.direction is INGRESS)) or self.new_flow(ev)
-        else:   # a close with its byte counts: its own
+            members = shape.plain % (sport, dport, community)
+        elif ev.bytes_out is None:   # one count (not of the capture): its own
             members = _members(_flow(ev))
+        elif ingress:
+            members = shape.counted % (sport, ev.bytes_in, dport, ev.bytes_out, community)
+        else:
+            members = shape.counted % (sport, ev.bytes_out, dport, ev.bytes_in, community)
         listener = ev.listener
         if listener is None:
             at = b""
@@ -449,12 +523,24 @@ class _Pieces:
         seen_host, identity = self.identity
         if seen_host is not host:
             identity = self.new_host(host)
-        return b"".join((
-            b'{"@timestamp":', _stamp(ev.timestamp_ns), b',"event":{"id":', orjson.dumps(ev.id), _EVENT_MIDDLE,
-            _stamp(time.time_ns()), _KINDS[ev.action][ev.outcome],
-            b"" if ev.ktime_ns is None else b',"sequence":' + orjson.dumps(ev.ktime_ns),
-            b"" if ev.duration_ns is None else b',"duration":' + orjson.dumps(ev.duration_ns),
-            b"}", members, b',"socat":{%b}' % socat[1:] if socat else b"", identity, known[2], b"}\n"))
+        sequence, duration = ev.ktime_ns, ev.duration_ns
+        template = self.documents.get((ev.action, ev.outcome, sequence is None, duration is None)) \
+            or self.new_document(ev)
+        second, rem = divmod(ev.timestamp_ns, 1_000_000_000)
+        now, now_rem = divmod(time.time_ns(), 1_000_000_000)
+        values = (_iso_second_bytes(second), rem // 1000, orjson.dumps(ev.id), _iso_second_bytes(now), now_rem // 1000)
+        if sequence is not None:
+            values += (sequence,)
+        if duration is not None:
+            values += (duration,)
+        return b"".join((template % values, members, b',"socat":{%b}' % socat[1:] if socat else b"", identity,
+                         known[2], b"}\n"))
+
+    def new_document(self, ev: ConnectionEvent) -> bytes:
+        sequence, duration = ev.ktime_ns is None, ev.duration_ns is None
+        found = self.documents[(ev.action, ev.outcome, sequence, duration)] = _document_template(
+            ev.action, ev.outcome, not sequence, not duration)
+        return found
 
     def new_host(self, host: HostInfo) -> bytes:
         encoded = _members(_identity(host))
@@ -467,17 +553,43 @@ class _Pieces:
             self.processes.clear()
         if proc is None:
             known = (proc, host, b"", b"")
+        elif proc.start_ns is None and proc.tid is not None and proc.ppid is not None:   # a fork child, most often
+            kind = self.kinds.get(_kind(proc))
+            if kind is None or kind[0] is not host:
+                kind = self.new_kind(proc, host)
+            known = (proc, host, kind[1] % (proc.pid, proc.tid, proc.ppid), kind[2])
         else:
             known = (proc, host, _members(_process_fields(proc, host)), _members(_process_identity(proc)))
         self.processes[id(proc)] = known   # holds proc: its id is not reused meanwhile
         return known
 
-    def new_flow(self, ev: ConnectionEvent) -> bytes:
+    def new_kind(self, proc: ProcessInfo, host: HostInfo) -> tuple[HostInfo, bytes, bytes]:
+        """The process members of a process without a start time, as a template to fill with its pid,
+        thread id and parent pid (the only fields in which a relay's fork children differ), and its
+        identity under `socat`."""
+        if len(self.kinds) >= self.MAX:
+            self.kinds.clear()
+        fields = _process_fields(proc, host)
+        process = fields["process"]
+        process["pid"] = process["thread"]["id"] = process["parent"]["pid"] = _NUMBER
+        kind = self.kinds[_kind(proc)] = (host, _template(fields), _members(_process_identity(proc)))
+        return kind
+
+    def new_flow(self, ev: ConnectionEvent) -> _FlowShape:
         if len(self.flows) >= self.MAX:
             self.flows.clear()
-        key = (ev.source_ip, ev.source_port, ev.destination_ip, ev.destination_port, ev.direction is INGRESS)
-        found = self.flows[key] = _members(_flow(ev))
-        return found
+        shape = _FlowShape.of(ev.source_ip, ev.destination_ip, ev.direction)
+        self.flows[(ev.source_ip, ev.destination_ip, ev.direction is INGRESS)] = shape
+        return shape
+
+    def new_community(self, shape: _FlowShape, src_port: int, dst_port: int) -> bytes:
+        """`shape.new_community`, with at most `MAX` community ids kept in all shapes (beyond, all are emptied)."""
+        self.communities += 1
+        if self.communities > self.MAX:
+            self.communities = 1
+            for known in self.flows.values():
+                known.ids.clear()
+        return shape.new_community(src_port, dst_port)
 
     def new_listener(self, listener: Listener) -> bytes:
         if len(self.listeners) >= self.MAX:

@@ -115,3 +115,54 @@ def test_reused_pieces_follow_what_changed():
     ]
     for rec in [first] + changed + [first]:
         _same_line(rec)
+
+
+def _fork_child(parent, pid: int, **changes):
+    """A fork child the way the enricher makes one: the parent's program and namespaces, its own ids, no start."""
+    return dataclasses.replace(parent, pid=pid, tid=pid, ppid=parent.pid, start_ns=None, **changes)
+
+
+def test_fork_children_flows_and_listeners_encode_from_their_templates():
+    """The pieces `encode` fills in per document (a fork child's ids into its kind's process members; ports,
+    byte counts and community id into its address pair's flow; times and ids into the document) hold
+    everything else as `render` does: children of a parent seen before, in a container and a named namespace,
+    with quotes, `%` and non-ASCII in their arguments, under another uid; IPv4 and IPv6 flows both ways; flows
+    between two ports of one address in either order; a listener with a name to escape."""
+    parent = dataclasses.replace(
+        S.SOCAT, args=("socat", 'TCP-LISTEN:8443,fork', 'SYSTEM:echo "100%" é\\'), netns=4026531840,
+        netns_name="lab", cgroup="/docker/ab12", container=Container(id="ab12" * 16, name="web", runtime="docker"))
+    children = [_fork_child(parent, 5000), _fork_child(parent, 5001),
+                _fork_child(parent, 5002, uid=65534, gid=65534, user_name="nobody"), _fork_child(parent, 5005, uid=0),
+                _fork_child(S.SOCAT, 5003), _fork_child(dataclasses.replace(S.SOCAT, container=None), 5004)]
+    listener = Listener("::", 8443, 'web "%d" ünï')
+    flows = [("192.0.2.9", 40000, "10.20.0.1", 8443, Direction.INGRESS),
+             ("10.20.0.1", 50000, "10.20.0.5", 443, Direction.EGRESS),
+             ("2001:db8::7", 40001, "2001:db8::1", 8443, Direction.INGRESS),
+             ("2001:db8::1", 50001, "2001:db8:ffff::5", 443, Direction.EGRESS),
+             ("2001:db8::9", 443, "2001:db8::1", 8443, Direction.EGRESS),
+             ("127.0.0.1", 60000, "127.0.0.1", 8443, Direction.INGRESS),
+             ("127.0.0.1", 80, "127.0.0.1", 8443, Direction.INGRESS)]
+    events = []
+    for i, (src, sport, dst, dport, direction) in enumerate(flows):
+        for process in [parent, *children]:
+            opened = ConnectionEvent(Action.ACCEPTED if direction is Direction.INGRESS else Action.ATTEMPTED,
+                                     1_700_000_000_123_456_789 + i, src, sport, dst, dport, direction,
+                                     process=process, listener=listener, session_id=f"s-{i}", ktime_ns=i)
+            events += [opened, dataclasses.replace(opened, action=Action.CLOSED, duration_ns=5, bytes_in=7 + i,
+                                                   bytes_out=1 << 40)]
+    for ev in events + events:
+        _same_line(ev)
+
+
+def test_the_community_ids_kept_stay_bounded_across_flows():
+    """A flow's community id is kept for its close; many ports of few address pairs keep at most `MAX` in all."""
+    from monitor.ecs import _PIECES, _Pieces
+
+    for port in range(1, 2 * _Pieces.MAX + 2):
+        for src in ("192.0.2.1", "192.0.2.2"):
+            ev = ConnectionEvent(Action.ACCEPTED, 1, src, port, "10.20.0.1", 8443, process=S.SOCAT)
+            if port % 997 == 0:
+                _same_line(ev)
+            else:
+                encode(ev, HOST)
+    assert sum(len(shape.ids) for shape in _PIECES.flows.values()) <= _Pieces.MAX
