@@ -315,10 +315,11 @@ def children_cpu_s() -> float:
     return times.children_user + times.children_system
 
 
-def relay_records(connections: int, relay_pid: int) -> list[bytes]:
+def relay_records(connections: int, relay_pid: int, first: int = 0) -> list[bytes]:
     """Ring-buffer records (the layout of `bpf/capture.c`) of a fork relay's connections on
-    loopback: the accept in the relay, the child's connect, both closes; one child in 50 exits
-    with a status (a clean child's exit is not reported)."""
+    loopback, numbered from `first` (each its own child pid and ports, as live): the accept in the
+    relay, the child's connect, both closes; one child in 50 exits with a status (a clean child's
+    exit is not reported)."""
     from monitor.capture import decode as d
 
     lo = bytes([127, 0, 0, 1]).ljust(16, b"\0")
@@ -330,7 +331,7 @@ def relay_records(connections: int, relay_pid: int) -> list[bytes]:
                              err, sport, dport, lo, lo, 9000, d.AF_INET, 0, lo, comm, 0, 0)
 
     out = []
-    for i in range(connections):
+    for i in range(first, first + connections):
         child, ts = 1_000_000 + i, 1_000_000 + i * 1000
         client, local = 20000 + i % 40000, 30000 + i % 30000
         out += [rec(d.EV_ACCEPT, d.F_INGRESS, relay_pid, 1, ts, ts, client, 9000),
@@ -344,7 +345,8 @@ def relay_records(connections: int, relay_pid: int) -> list[bytes]:
 
 def hot_loop(connections: int, rounds: int) -> None:
     """The consumer's per-record path over made-up relay records, in a loop: its CPU cost without
-    BPF, wakeups or other processes (what the live split costs on warm caches)."""
+    BPF, wakeups or other processes (what the live split costs on warm caches). Each round has
+    connections of its own (child pids, ports), as live, so no round finds another's flows cached."""
     from monitor.agent.loops import settle_heap
     from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture.decode import decode
@@ -354,10 +356,11 @@ def hot_loop(connections: int, rounds: int) -> None:
     from monitor.pipeline import Pipeline
     from monitor.status import LiveStatus
 
-    raws, host, offset = relay_records(connections, os.getpid()), HostInfo.detect(), monotonic_offset_ns()
+    host, offset = HostInfo.detect(), monotonic_offset_ns()
+    every_round = [relay_records(connections, os.getpid(), n * connections) for n in range(rounds)]   # new ports
     settle_heap()   # as the agent (and the live consumer) does once started
     spent = dict.fromkeys(("decode", "enrich", "pipeline", "render"), 0.0)
-    for _ in range(rounds):
+    for raws in every_round:
         config = Config()
         decider = make_decider(config, None)
         pipeline = Pipeline(detector=make_detector(config, decider), decider=decider)
