@@ -429,6 +429,7 @@ class _FlowShape:
 
     @classmethod
     def of(cls, src: str, dst: str, direction: Direction) -> "_FlowShape":
+        """The shape of the flows between these addresses in this direction (any ports)."""
         first, second = packed(src), packed(dst)
         order = (first > second) - (first < second)
         return cls(_template(_flow_fields(src, _NUMBER, dst, _NUMBER, direction, None, _ENCODED)),
@@ -537,6 +538,8 @@ class _Pieces:
                          known[2], b"}\n"))
 
     def new_document(self, ev: ConnectionEvent) -> bytes:
+        """The document template (`_document_template`) of the event's action and outcome and of the
+        members it has, kept for the next such event."""
         sequence, duration = ev.ktime_ns is None, ev.duration_ns is None
         found = self.documents[(ev.action, ev.outcome, sequence, duration)] = _document_template(
             ev.action, ev.outcome, not sequence, not duration)

@@ -26,10 +26,11 @@ drain, loss counters and the wakeup), decode, enrich (these three share the
 poll's CPU by the time each took), pipeline, render and write (buffer and
 the flusher thread). `--agent` runs the agent itself instead (`socat-monitor
 run` without enforcement, all its threads, its own programs: `--no-bytes`
-and `--batch-ms` set its capture, `--source` and `--control` are refused): its whole CPU, split by thread (the capture thread, the main
-thread, the others), the CPU of its child processes beside it (the
-columnar sink's converter, one child for the closed NDJSON files of a busy
-spell), and no figure of the kernel programs.
+and `--batch-ms` set its capture, `--source` and `--control` are refused):
+its whole CPU, split by thread (the capture thread, the main thread, the
+others), the CPU of its child processes beside it (the columnar sink's
+converter, one child for the closed NDJSON files of a busy spell), and no
+figure of the kernel programs.
 `--control` runs an idle consumer without BPF (the method's noise),
 `--comm other` attaches programs that match nothing, `--no-bytes` compiles
 out byte counting (the agent's default), `--batch-ms` sets the capture's
@@ -504,7 +505,7 @@ def main() -> None:
         raise SystemExit("bench: run as root (BPF)")
     if not args.source.is_file():
         raise SystemExit(f"bench: {args.source}: no such BPF source")
-    if args.agent and (args.control or args.source != SOURCE_DEFAULT):
+    if args.agent and (args.control or args.source.resolve() != SOURCE_DEFAULT):
         raise SystemExit("bench: --agent runs the agent with its own programs: --control and --source apply to "
                          "the per-record consumer only")
     socat = shutil.which("socat") or sys.exit("bench: socat is not installed")

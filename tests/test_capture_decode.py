@@ -275,26 +275,39 @@ def test_ring_reader_stores_the_consumer_position_whole():
     reader._cons_pos[0] = old
     seen, told = os.pipe()
     child = os.fork()
-    if child == 0:   # the watcher: counts reads and values that are neither position
-        position, reads, torn = memoryview(consumer).cast("Q"), 0, 0
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            for _ in range(1000):
-                torn += position[0] not in (old, new)
-            reads += 1000
-        os.write(told, f"{reads} {torn}".encode())
-        os._exit(0)
-    drains, out = 0, []
+    if child == 0:   # the watcher: counts its reads, the changes it saw and values that are neither position
+        status = 1
+        try:
+            position, reads, changes, torn, last = memoryview(consumer).cast("Q"), 0, 0, 0, old
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                for _ in range(1000):
+                    now = position[0]
+                    changes += now != last
+                    torn += now != old and now != new
+                    last = now
+                reads += 1000
+            os.write(told, f"{reads} {changes} {torn}".encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(told)
+    drains, read = 0, 0
+    out: list[bytes] = []
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
         for _ in range(100):
             reader._cons_pos[0] = old
-            reader.drain(out)
+            read += reader.drain(out)
         drains += 100
-    os.waitpid(child, 0)
-    reads, torn = map(int, os.read(seen, 64).split())
-    os.close(seen), os.close(told)
-    assert len(out) == drains and out[0] == bytes(8) and drains > 10_000 and reads > 100_000, (drains, reads)
+        assert out[-1] == bytes(8)
+        out.clear()
+    _, status = os.waitpid(child, 0)
+    answer = os.read(seen, 64)
+    os.close(seen)
+    assert status == 0 and answer, f"the watcher failed (wait status {status})"
+    reads, changes, torn = map(int, answer.split())
+    assert read == drains > 10_000 and changes > 1_000, (drains, read, reads, changes)   # they did overlap
     assert torn == 0, f"the watcher saw {torn} of {reads} reads neither {old:#x} nor {new:#x}"
 
 

@@ -270,10 +270,11 @@ class Capture:
         if lost > self._lost_seen:
             grew = lost - self._lost_seen
             self._lost_seen = lost
-            log.warning("capture: the kernel dropped %d events (the ring buffer was full; %d in total)", grew, lost)
+            log.warning("capture: the kernel dropped %d events (no ring-buffer space; %d in total)", grew, lost)
             append(PipelineError(stage="capture", timestamp_ns=now_ns(), count=grew,
-                                 message=f"ring buffer: {grew} kernel events lost, the ring was full (the agent fell "
-                                         f"behind: capture.ringbuf_pages sets its size; {lost} since start)"))
+                                 message=f"ring buffer: {grew} kernel events lost, no space could be reserved "
+                                         f"(normally a full ring: the agent fell behind; capture.ringbuf_pages sets "
+                                         f"its size; {lost} since start)"))
         missed = self._kernel.exec_missed()
         if missed > self._exec_missed_seen:
             grew, self._exec_missed_seen = missed - self._exec_missed_seen, missed
