@@ -47,7 +47,9 @@ is printed as a getppid loop's cost in on against off phases. `--source`
 loads another checkout's bpf/capture.c (the same record layout) to compare
 its kernel cost side by side. `--hot-loop N`
 times the same per-record path over N made-up relay connections in a loop,
-without BPF: the cost on warm caches, which other load distorts far less.
+without BPF: the cost on warm caches, which other load distorts far less;
+beside it, the floor: the same records only unpacked and encoded as small
+flat objects.
 
 Run as root: sudo .venv/bin/python scripts/bench_capture.py --no-bytes --rounds 3 --seconds 10
 """
@@ -384,6 +386,25 @@ def hot_loop(connections: int, rounds: int) -> None:
     print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load_average()}")
     print(f"hot loop, {connections} connections x {rounds}: {sum(per.values()):.1f} us CPU per connection: "
           + ", ".join(f"{name} {value:.1f}" for name, value in per.items()))
+    floor = min(floor_loop(raws) for raws in every_round) * 1e6 / connections
+    print(f"floor, the same records unpacked and each encoded as a flat 9-field object: {floor:.1f} us per "
+          "connection (the least of the rounds)")
+
+
+def floor_loop(raws: list[bytes]) -> float:
+    """CPU seconds to unpack `raws` and encode each as a small flat JSON object: what a consumer that
+    does nothing else per record costs, beside the hot loop."""
+    import orjson
+
+    from monitor.capture.decode import HEADER
+
+    unpack, dumps, lines = HEADER.unpack_from, orjson.dumps, []
+    started = time.process_time()
+    for raw in raws:
+        f = unpack(raw)
+        lines.append(dumps({"type": f[0], "pid": f[3], "ppid": f[5], "ts": f[8], "cookie": f[9], "sport": f[12],
+                            "dport": f[13], "saddr": f[14].hex(), "daddr": f[15].hex()}))
+    return time.process_time() - started
 
 
 # ---- the client -------------------------------------------------------------
