@@ -14,6 +14,7 @@ from monitor.ecs import HostInfo, render
 from monitor.errors import InputError
 from monitor.events import Action, ConnectionEvent, Direction, Listener, Outcome, Severity, unrecorded_id
 from monitor.policy import EngineConfig, PolicyEngine, load_policy, parse_command_line, parse_policy, policy_reference
+from monitor.policy.connections import SessionClients
 from monitor.policy.model import POLICY_SCHEMA
 from monitor.policy.suggest import aggregate_sources, suggest_policy
 from monitor.yamlfile import InputErrors
@@ -181,7 +182,7 @@ def accept(source: str, port: int, t: float, sport: int = 40000, action: Action 
 def close(ev: ConnectionEvent, t: float) -> ConnectionEvent:
     return ConnectionEvent(action=Action.CLOSED, timestamp_ns=T0 + int(t * S), source_ip=ev.source_ip,
                            source_port=ev.source_port, destination_ip=ev.destination_ip,
-                           destination_port=ev.destination_port, listener=ev.listener)
+                           destination_port=ev.destination_port, listener=ev.listener, session_id=ev.session_id)
 
 
 def egress(backend: str, port: int, t: float, session: str | None = None) -> ConnectionEvent:
@@ -253,6 +254,37 @@ def test_backend_denied_blames_the_session_client():
     assert alert.block_target == "192.0.2.7" and "10.0.0.6:443" in alert.description
     [other_port] = decided(engine.check(egress("10.0.0.5", 8080, 0.2)))
     assert other_port.source_ip is None and not other_port.block
+
+
+def test_backend_denied_blames_a_client_that_closed_first():
+    """A client that resets at once can be closed before the relay's child dials the backend."""
+    engine = PolicyEngine(ENGINE_POLICY)
+    ev = accept("192.0.2.7", 8443, 0.0, session="s1")
+    assert run(engine, [ev, close(ev, 0.01)]) == []
+    [alert] = decided(engine.check(egress("10.0.0.6", 443, 0.02, session="s1")))
+    assert alert.source_ip == "192.0.2.7" and alert.block_target == "192.0.2.7"
+
+
+def test_session_clients_are_held_while_open_and_for_the_last_closed():
+    """What a day of relayed connections leaves: the sessions open now and the last CLOSED_KEPT closed
+    ones, not one entry per connection ever relayed (the agent's memory grew with them)."""
+    engine = PolicyEngine(ENGINE_POLICY)
+    kept = SessionClients.CLOSED_KEPT
+    for i in range(kept + 1000):
+        ev = accept("192.0.2.7", 8443, i * 0.001, 20000 + i % 40000, session=f"s{i}")
+        run(engine, [ev, close(ev, i * 0.001 + 0.0005)])
+    held_open = accept("192.0.2.8", 8443, 10.0, session="open")
+    run(engine, [held_open])
+    assert len(engine._sessions) == kept + 1
+    assert engine._sessions.client("s0") is None and engine._sessions.client(f"s{kept + 999}") == "192.0.2.7"
+    assert engine._sessions.client("open") == "192.0.2.8"
+
+
+def test_session_clients_forget_the_oldest_open_beyond_max_open():
+    sessions = SessionClients(max_open=3)
+    for i in range(5):
+        sessions.opened(f"s{i}", f"192.0.2.{i}")
+    assert [sessions.client(f"s{i}") for i in range(5)] == [None, None, "192.0.2.2", "192.0.2.3", "192.0.2.4"]
 
 
 def test_rate_exceeded_in_event_time():

@@ -15,6 +15,10 @@ in `Forgotten`, when
 period, and the recorded ids among them, so a repeated record of a connection
 (the same `event.id`) is recognised as such and not counted twice.
 
+`SessionClients` remembers the client of each relayed session for the
+backend connects of its child, for as long as the client's connection is
+open and a little after (see the class).
+
 `SourceCounter` applies both to each connection start. `PolicyEngine` and
 `policy suggest` both count with it, so a suggested policy measures traffic
 exactly as it will be checked.
@@ -200,3 +204,37 @@ class SourceCounter:
         """Drop the rate windows whose last start is older than their period."""
         for group in [g for g, w in self.windows.items() if w.last_ns is None or w.last_ns < now_ns - w.period_ns]:
             del self.windows[group]
+
+
+class SessionClients:
+    """The client of each session (the relay's accept and its child's backend connects share it).
+
+    A session is held while its client's connection is open, at most `max_open` of them (oldest
+    first), and the last `CLOSED_KEPT` closed ones after that: a client that resets its connection at
+    once can be closed before the child dials the backend. Held only until the close, the table
+    stays the size of what is open, not of every connection ever relayed."""
+
+    CLOSED_KEPT = 4096
+
+    def __init__(self, max_open: int) -> None:
+        self.max_open = max_open
+        self._open: OrderedDict[str, str] = OrderedDict()
+        self._closed: OrderedDict[str, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._open) + len(self._closed)
+
+    def opened(self, session: str, client: str) -> None:
+        self._open[session] = client
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+
+    def closed(self, session: str) -> None:
+        client = self._open.pop(session, None)
+        if client is not None:
+            self._closed[session] = client
+            if len(self._closed) > self.CLOSED_KEPT:
+                self._closed.popitem(last=False)
+
+    def client(self, session: str) -> str | None:
+        return self._open.get(session) or self._closed.get(session)
