@@ -33,10 +33,10 @@ from ..pipeline import Pipeline
 from ..policy import Policy, audit_running, finding_to_alert
 from ..policy.engine import dropped_alert
 from ..status import LiveStatus, ReloadResult, RunSummary, to_json
-from . import report
+from . import heap, report
 from .report import ForgottenReport
 from .auditing import AuditWorker
-from .loops import CaptureReader, Handoff, Periodic, main_loop, settle_heap
+from .loops import CaptureReader, Handoff, Periodic, main_loop
 from .reload import reload
 from .wiring import egress_rules, engine, guards, home, make_decider, make_detector, make_enforcer, make_sinks, read_policy
 
@@ -59,6 +59,7 @@ class Agent:
     """One running socat-monitor agent."""
 
     def __init__(self, config: Config, options: RunOptions) -> None:
+        heap.cap_arenas()   # before the sinks, the enforcer and the capture start their threads
         self.config = config
         self.options = options
         self.host = HostInfo.detect()
@@ -103,7 +104,7 @@ class Agent:
         self._make_egress()
         for record in self.pipeline.alerts(self._audit_running()):
             self.emit(record)
-        settle_heap()
+        heap.settle_heap()
         self.capture = Capture(self.config.capture, known_ports={lst.port for lst, _ in relays.listeners})
         self.reader = CaptureReader(self.capture, self.handoff, self.errors, self.stop_event)
         listeners = self.refresh_listeners(self.capture.attached_with)   # idle relays learn "idle" from now
@@ -136,6 +137,7 @@ class Agent:
             Periodic(lambda: LISTENER_REFRESH_S, self.refresh_listeners),
             Periodic(lambda: BASELINE_SAVE_S, self._save_baseline),
             Periodic(lambda: DROP_READ_S, self._drops),
+            Periodic(lambda: heap.TRIM_INTERVAL_S, heap.trim),
         ]
 
     def _drops(self) -> None:

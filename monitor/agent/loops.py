@@ -5,14 +5,12 @@ batches to the bounded `Handoff` queue: when it is full the batch is counted
 as lost in user space and reported, never dropped silently. Its errors go to
 the main thread through the agent's error queue. The main thread
 (`main_loop`) processes each batch as it comes and runs the periodic tasks
-when they are due, until stopped or past its deadline. `settle_heap` tunes
-the garbage collector for them once the agent has started.
+when they are due, until stopped or past its deadline.
 """
 
 from __future__ import annotations
 
 import collections
-import gc
 import logging
 import queue
 import threading
@@ -24,20 +22,6 @@ from ..capture import Capture
 from ..events import PipelineError, Record, now_ns
 
 log = logging.getLogger(__name__)
-
-# Records are short-lived and hold no reference cycles: reference counting frees them. The cyclic
-# collector's default (a young collection every 700 allocations) cost 8-18 us per connection in
-# scripts/bench_capture.py's path; every 20,000 it costs next to nothing.
-GC_THRESHOLDS = (20_000, 20, 20)
-
-
-def settle_heap() -> None:
-    """After start: what start built (bcc, the programs, config, modules) is never collected again,
-    so full collections walk only what the loops made; young collections are rarer (GC_THRESHOLDS)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
 
 class Handoff:
     """The queue from the capture thread to the main thread, bounded in records (`queue_size`), not

@@ -1,0 +1,72 @@
+"""The agent's allocator settings, each in a fresh interpreter (an arena cap holds for the whole process):
+threads share the capped arenas, and a trim gives freed pages back to the kernel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+# Threads that each allocate blocks too large for Python's small-object allocator (as the agent's
+# documents and buffers are), keep one in eight and report the allocator's arenas (malloc_info's
+# <heap> elements) and the process's RSS before and after a trim.
+PROBE = textwrap.dedent("""
+    import ctypes, json, sys, tempfile, threading
+    from monitor.agent import heap
+
+    capped = heap.cap_arenas() if sys.argv[1] == "cap" else None
+    kept, ready, release = [], threading.Barrier(9, timeout=30), threading.Event()
+
+    def work():
+        blocks = [bytes(3000) for _ in range(4000)]
+        kept.append(blocks[::8])
+        del blocks
+        ready.wait()
+        release.wait(30)
+
+    def arenas():
+        libc = ctypes.CDLL(None)
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
+        libc.malloc_info.argtypes = (ctypes.c_int, ctypes.c_void_p)
+        libc.fclose.argtypes = (ctypes.c_void_p,)
+        with tempfile.NamedTemporaryFile() as out:
+            fp = libc.fopen(out.name.encode(), b"w")
+            libc.malloc_info(0, fp)
+            libc.fclose(fp)
+            return open(out.name).read().count("<heap nr=")
+
+    def rss_kib():
+        return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+
+    for t in [threading.Thread(target=work, daemon=True) for _ in range(8)]:
+        t.start()
+    try:
+        ready.wait()
+        before = rss_kib()
+        trimmed = heap.trim()
+        print(json.dumps({"capped": capped, "arenas": arenas(), "before": before, "after": rss_kib(),
+                          "trimmed": trimmed}))
+    finally:
+        release.set()
+""")
+
+
+def probe(mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+def test_threads_share_the_capped_arenas():
+    capped, default = probe("cap"), probe("default")
+    assert capped["capped"] is True
+    assert capped["arenas"] <= 2
+    assert default["arenas"] > 2, "without the cap the threads' allocations make arenas of their own"
+
+
+def test_trim_returns_the_freed_pages():
+    result = probe("default")
+    assert result["trimmed"] is True
+    # 8 threads freed 7/8 of 4000 blocks of 3 KB each: about 80 MiB; most of it goes back
+    assert result["before"] - result["after"] > 40 * 1024, result
