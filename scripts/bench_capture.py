@@ -24,7 +24,10 @@ the two off phases around it (target >= 0.95 each), the relay's CPU ratio
 without) and the consumer's CPU (target <= 30 us) split into read (ring
 drain, loss counters and the wakeup), decode, enrich (these three share the
 poll's CPU by the time each took), pipeline, render and write (buffer and
-the flusher thread). `--agent` runs the agent itself instead (`socat-monitor
+the flusher thread). Beside them, the CPU budget: the host's busy CPU per
+connection in the off phases, what a ratio of 0.95 leaves of it for
+everything capture adds while every CPU is busy, and the ratio this run's
+added CPU (kernel + consumer) predicts. `--agent` runs the agent itself instead (`socat-monitor
 run` without enforcement, all its threads, its own programs: `--no-bytes`
 and `--batch-ms` set its capture, `--source` and `--control` are refused):
 its whole CPU, split by thread (the capture thread, the main thread, the
@@ -150,7 +153,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
     config (detector and decider, no policy), the live status, ECS rendering and the NDJSON sink (to a
     temporary directory). `control`: load nothing, just idle (measures the method's own noise). BPF
     run-time statistics are on while it runs: the summary has each program's run count and run time."""
-    from monitor.agent.loops import settle_heap
+    from monitor.agent.heap import settle_heap
     from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture import Capture, CaptureConfig
     from monitor.config import Config
@@ -350,7 +353,7 @@ def hot_loop(connections: int, rounds: int) -> None:
     """The consumer's per-record path over made-up relay records, in a loop: its CPU cost without
     BPF, wakeups or other processes (what the live split costs on warm caches). Each round has
     connections of its own (child pids, ports), as live, so no round finds another's flows cached."""
-    from monitor.agent.loops import settle_heap
+    from monitor.agent.heap import settle_heap
     from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture.decode import decode
     from monitor.capture.enrich import Enricher, ProcessTable, monotonic_offset_ns
@@ -445,6 +448,13 @@ def relay_cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def host_busy_s() -> float:
+    """CPU seconds all the host's CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def syscall_ns(calls: int = 10_000, batches: int = 20) -> float:
     """What one cheap system call (getppid) costs this process, the fastest of a few batches, in ns.
 
@@ -461,12 +471,13 @@ def syscall_ns(calls: int = 10_000, batches: int = 20) -> float:
 
 def phase(name: str, port: int, args, consumer: subprocess.Popen | None, relay_pid: int) -> dict:
     syscall = syscall_ns()
-    cpu0 = relay_cpu_s(relay_pid)
+    cpu0, busy0 = relay_cpu_s(relay_pid), host_busy_s()
     done, failed, elapsed = asyncio.run(client(port, args.seconds, args.concurrency))
+    busy = host_busy_s() - busy0
     time.sleep(0.3)   # let the last children be reaped
     cpu_us = (relay_cpu_s(relay_pid) - cpu0) * 1e6 / max(done, 1)
     out = {"phase": name, "connections": done, "failed": failed, "rate": done / elapsed, "relay_us": cpu_us,
-           "syscall_ns": syscall}
+           "syscall_ns": syscall, "host_us": busy * 1e6 / max(done, 1), "busy_cpus": busy / elapsed}
     if consumer is not None:
         time.sleep(1.0)   # let the last events arrive
         consumer.send_signal(signal.SIGTERM)
@@ -595,6 +606,18 @@ def report_programs(on: list[dict], off: list[dict]) -> None:
           f"ns without: +{min(slow_on) - min(slow_off):.0f} ns per system call of every task (fastest against fastest)")
 
 
+def budget(off: list[dict], kernel: float, consumer: float) -> str:
+    """What a rate ratio of 0.95 leaves capture: while the relay, its client and its backend keep every CPU
+    of the host busy, each us capture adds per connection is taken from them."""
+    host = sum(r["host_us"] for r in off) / len(off)
+    busy = sum(r["busy_cpus"] for r in off) / len(off)
+    added = kernel + consumer
+    return (f"CPU budget: without capture the host's CPUs were {busy:.2f} of {os.cpu_count()} busy, {host:.0f} us per "
+            f"connection; with all of them busy, a rate ratio of 0.95 leaves {host * (1 / 0.95 - 1):.0f} us per "
+            f"connection for everything capture adds; this run added {added:.1f} us (kernel {kernel:.1f} + "
+            f"consumer {consumer:.1f}), which predicts a ratio of {host / (host + added):.3f}")
+
+
 def report(results: list[dict], args) -> None:
     """The phase table, the ratio of each on phase to the off phases around it, completeness, CPU split."""
     print(f"{'phase':5} {'conns':>7} {'failed':>6} {'conn/s':>8} {'relay_us/conn':>13} {'accepted':>8} {'lost':>5} "
@@ -631,6 +654,7 @@ def report(results: list[dict], args) -> None:
     cpu_off = sum(r["relay_us"] for r in off) / len(off)
     kernel = sum(r["relay_us"] * r["connections"] for r in on) / conns - cpu_off
     consumer = sum(r["consumer_cpu_s"] for r in on) * 1e6 / conns
+    print(budget(off, kernel, consumer))
     if args.agent:
         split = {name: sum(r[f"{name}_s"] for r in on) * 1e6 / conns for name in ("capture", "main", "children")}
         print(f"per connection ({sum(r['events'] for r in on) / conns:.1f} records): kernel {kernel:.1f} us "
