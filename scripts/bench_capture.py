@@ -27,9 +27,10 @@ poll's CPU by the time each took), pipeline, render and write (buffer and
 the flusher thread). Beside them, the CPU budget: the host's busy CPU per
 connection in the off phases, what a ratio of 0.95 leaves of it for
 everything capture adds while every CPU is busy, and the ratio this run's
-added CPU (kernel + consumer) predicts. `--agent` runs the agent itself instead (`socat-monitor
-run` without enforcement, all its threads, its own programs: `--no-bytes`
-and `--batch-ms` set its capture, `--source` and `--control` are refused):
+added CPU (kernel + consumer) predicts. `--agent` runs the agent itself
+instead (`socat-monitor run` without enforcement, all its threads, its own
+programs: `--no-bytes` and `--batch-ms` set its capture, `--source` and
+`--control` are refused):
 its whole CPU, split by thread (the capture thread, the main thread, the
 others), the CPU of its child processes beside it (the columnar sink's
 converter, one child for the closed NDJSON files of a busy spell), and no
@@ -153,7 +154,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
     config (detector and decider, no policy), the live status, ECS rendering and the NDJSON sink (to a
     temporary directory). `control`: load nothing, just idle (measures the method's own noise). BPF
     run-time statistics are on while it runs: the summary has each program's run count and run time."""
-    from monitor.agent.heap import settle_heap
+    from monitor.agent.heap import cap_arenas, settle_heap
     from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture import Capture, CaptureConfig
     from monitor.config import Config
@@ -164,6 +165,7 @@ def run_consumer(port: int, byte_counts: bool, control: bool, comm: str, batch_m
     from monitor.sinks.ndjson import NdjsonConfig, NdjsonSink, stream_of
     from monitor.status import LiveStatus
 
+    cap_arenas()   # as the agent does, before any thread starts
     stop = False
 
     def on_term(*_):
@@ -353,7 +355,7 @@ def hot_loop(connections: int, rounds: int) -> None:
     """The consumer's per-record path over made-up relay records, in a loop: its CPU cost without
     BPF, wakeups or other processes (what the live split costs on warm caches). Each round has
     connections of its own (child pids, ports), as live, so no round finds another's flows cached."""
-    from monitor.agent.heap import settle_heap
+    from monitor.agent.heap import cap_arenas, settle_heap
     from monitor.agent.wiring import make_decider, make_detector
     from monitor.capture.decode import decode
     from monitor.capture.enrich import Enricher, ProcessTable, monotonic_offset_ns
@@ -362,6 +364,7 @@ def hot_loop(connections: int, rounds: int) -> None:
     from monitor.pipeline import Pipeline
     from monitor.status import LiveStatus
 
+    cap_arenas()   # as the agent does
     host, offset = HostInfo.detect(), monotonic_offset_ns()
     every_round = [relay_records(connections, os.getpid(), n * connections) for n in range(rounds)]   # new ports
     settle_heap()   # as the agent (and the live consumer) does once started

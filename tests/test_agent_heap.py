@@ -4,6 +4,7 @@ threads share the capped arenas, and a trim gives freed pages back to the kernel
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -54,7 +55,9 @@ PROBE = textwrap.dedent("""
 
 
 def probe(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=60, check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}   # glibc's defaults
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=60, check=True,
+                         env=env)
     return json.loads(out.stdout)
 
 

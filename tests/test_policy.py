@@ -14,7 +14,7 @@ from monitor.ecs import HostInfo, render
 from monitor.errors import InputError
 from monitor.events import Action, ConnectionEvent, Direction, Listener, Outcome, Severity, unrecorded_id
 from monitor.policy import EngineConfig, PolicyEngine, load_policy, parse_command_line, parse_policy, policy_reference
-from monitor.policy.connections import SessionClients
+from monitor.policy.connections import CLOSED_SESSIONS, OpenConnections
 from monitor.policy.model import POLICY_SCHEMA
 from monitor.policy.suggest import aggregate_sources, suggest_policy
 from monitor.yamlfile import InputErrors
@@ -266,25 +266,53 @@ def test_backend_denied_blames_a_client_that_closed_first():
 
 
 def test_session_clients_are_held_while_open_and_for_the_last_closed():
-    """What a day of relayed connections leaves: the sessions open now and the last CLOSED_KEPT closed
-    ones, not one entry per connection ever relayed (the agent's memory grew with them)."""
+    """What a day of relayed connections leaves: the sessions open now and the last CLOSED_SESSIONS
+    closed ones, not one entry per connection ever relayed (the agent's memory grew with them)."""
     engine = PolicyEngine(ENGINE_POLICY)
-    kept = SessionClients.CLOSED_KEPT
-    for i in range(kept + 1000):
+    for i in range(CLOSED_SESSIONS + 1000):
         ev = accept("192.0.2.7", 8443, i * 0.001, 20000 + i % 40000, session=f"s{i}")
         run(engine, [ev, close(ev, i * 0.001 + 0.0005)])
-    held_open = accept("192.0.2.8", 8443, 10.0, session="open")
-    run(engine, [held_open])
-    assert len(engine._sessions) == kept + 1
-    assert engine._sessions.client("s0") is None and engine._sessions.client(f"s{kept + 999}") == "192.0.2.7"
-    assert engine._sessions.client("open") == "192.0.2.8"
+    run(engine, [accept("192.0.2.8", 8443, 10.0, session="open")])
+    table = engine._counter.open
+    assert table.sessions_held == CLOSED_SESSIONS + 1
+    assert table.client("s0") is None and table.client(f"s{CLOSED_SESSIONS + 999}") == "192.0.2.7"
+    assert table.client("open") == "192.0.2.8"
 
 
-def test_session_clients_forget_the_oldest_open_beyond_max_open():
-    sessions = SessionClients(max_open=3)
+def test_a_session_whose_close_was_lost_goes_with_its_connection():
+    """Lost closes: the session is forgotten with the connection (evicted, expired, 4-tuple reused)
+    and kept among the last closed, never held on its own."""
+    table = OpenConnections(idle_ns=10 * S, max_open=2)
+    for i in range(3):
+        table.open(("192.0.2.7", 40000 + i, "10.9.9.9", 8443), ("relay", "192.0.2.7"), f"e{i}", i * S, f"s{i}")
+    assert table.forgotten.evicted == 1 and table.sessions_held == 3 and table.client("s0") == "192.0.2.7"
+    table.expire(20 * S)
+    assert len(table) == 0 and table.sessions_held == 3 and table.client("s2") == "192.0.2.7"
+
+
+def test_a_refused_connection_leaves_no_session():
+    engine = PolicyEngine(ENGINE_POLICY)
+    run(engine, [accept("192.0.2.7", 8443, 0.0, session="s1"),
+                 accept("192.0.2.7", 8443, 0.001, action=Action.DENIED, refused=True, session="s1")])
+    assert engine._counter.open.client("s1") is None and engine._counter.open.sessions_held == 0
+
+
+def test_a_reload_keeps_the_clients_of_open_sessions():
+    before = PolicyEngine(ENGINE_POLICY)
+    before.check(accept("192.0.2.7", 8443, 0.0, session="s1"))
+    after = PolicyEngine(ENGINE_POLICY)
+    after.carry_over(before)
+    [alert] = decided(after.check(egress("10.0.0.6", 443, 0.1, session="s1")))
+    assert alert.source_ip == "192.0.2.7"
+
+
+def test_open_connections_shrink_to_a_lowered_max_open():
+    table = OpenConnections(idle_ns=0, max_open=5)
     for i in range(5):
-        sessions.opened(f"s{i}", f"192.0.2.{i}")
-    assert [sessions.client(f"s{i}") for i in range(5)] == [None, None, "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+        table.open(("192.0.2.7", 40000 + i, "10.9.9.9", 8443), ("relay", "192.0.2.7"), f"e{i}", i * S)
+    table.max_open = 2
+    table.open(("192.0.2.7", 41000, "10.9.9.9", 8443), ("relay", "192.0.2.7"), "e9", 9 * S)
+    assert len(table) == 2 and table.count(("relay", "192.0.2.7")) == 2
 
 
 def test_rate_exceeded_in_event_time():

@@ -49,7 +49,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 def cap_arenas(arenas: int = ARENAS) -> bool:
     """Make the allocator share `arenas` arenas between all threads; call before the threads start
-    (an arena a thread already has stays). True when the allocator took it."""
+    (an arena a thread already has stays, and once more than 8 exist glibc has fixed its limit for
+    good). True when the allocator took it."""
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas))
 

@@ -90,7 +90,7 @@ class Periodic:
     """A task of the main loop; `every` is read each time, so a reload can change it."""
 
     every: Callable[[], float]
-    run: Callable[[], None]
+    run: Callable[[], object]   # what it returns is not used
     due: float = 0.0
 
 

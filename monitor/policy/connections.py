@@ -15,9 +15,13 @@ in `Forgotten`, when
 period, and the recorded ids among them, so a repeated record of a connection
 (the same `event.id`) is recognised as such and not counted twice.
 
-`SessionClients` remembers the client of each relayed session for the
-backend connects of its child, for as long as the client's connection is
-open and a little after (see the class).
+An open connection started with a session id (the relay's accept; its
+child's backend connects share the id) also answers who the session's
+client is. Once the connection is forgotten, for whatever reason, the last
+`CLOSED_SESSIONS` sessions still answer: a client that resets at once can be
+closed before the child dials. So what is held is the size of what is open,
+not of every connection relayed, and a lost close costs no more than the
+connection it leaves open.
 
 `SourceCounter` applies both to each connection start. `PolicyEngine` and
 `policy suggest` both count with it, so a suggested policy measures traffic
@@ -52,11 +56,15 @@ class Forgotten:
         return self.expired + self.reused + self.evicted
 
 
+CLOSED_SESSIONS = 4096   # sessions whose client is still known after their connection was forgotten
+
+
 @dataclass(slots=True)
 class OpenConnection:
     group: tuple[str, str]     # (listener, source)
     event_id: str              # the record that opened it
     last_ns: int               # event time of the last event seen of it
+    session: str | None = None
 
 
 class OpenConnections:
@@ -68,6 +76,8 @@ class OpenConnections:
         self.forgotten = Forgotten()
         self._open: OrderedDict[FourTuple, OpenConnection] = OrderedDict()
         self._count: dict[tuple[str, str], int] = {}
+        self._sessions: dict[str, OpenConnection] = {}
+        self._closed_sessions: OrderedDict[str, str] = OrderedDict()   # session -> client, oldest first
 
     def __len__(self) -> int:
         return len(self._open)
@@ -78,22 +88,36 @@ class OpenConnections:
     def count(self, group: tuple[str, str]) -> int:
         return self._count.get(group, 0)
 
-    def open(self, key: FourTuple, group: tuple[str, str], event_id: str, t_ns: int) -> int:
+    def client(self, session: str) -> str | None:
+        """The source of the connection that started `session`: open, or among the last forgotten."""
+        conn = self._sessions.get(session)
+        return conn.group[1] if conn is not None else self._closed_sessions.get(session)
+
+    @property
+    def sessions_held(self) -> int:
+        return len(self._sessions) + len(self._closed_sessions)
+
+    def open(self, key: FourTuple, group: tuple[str, str], event_id: str, t_ns: int,
+             session: str | None = None) -> int:
         """A connection started; what its group holds open now. A connection still open on the
         same 4-tuple has ended unseen (the port was reused) and is forgotten."""
         if key in self._open:
             self._forget(key)
             self.forgotten.reused += 1
-        self._open[key] = OpenConnection(group, event_id, t_ns)
+        conn = self._open[key] = OpenConnection(group, event_id, t_ns, session)
+        if session:
+            self._sessions[session] = conn
         count = self._count[group] = self._count.get(group, 0) + 1
-        if len(self._open) > self.max_open:
+        while len(self._open) > self.max_open:
             self._forget(next(iter(self._open)))
             self.forgotten.evicted += 1
         return count
 
-    def close(self, key: FourTuple) -> None:
+    def close(self, key: FourTuple, keep_session: bool = True) -> None:
+        """The connection ended; its session is kept among the last forgotten unless `keep_session` is
+        False (socat refused it: its child dials nothing)."""
         if key in self._open:
-            self._forget(key)
+            self._forget(key, keep_session)
 
     def expire(self, now_ns: int) -> None:
         """Forget the connections of which nothing was seen for the idle timeout (oldest first)."""
@@ -107,13 +131,23 @@ class OpenConnections:
             self._forget(key)
             self.forgotten.expired += 1
 
-    def _forget(self, key: FourTuple) -> None:
+    def _forget(self, key: FourTuple, keep_session: bool = True) -> None:
         conn = self._open.pop(key)
         left = self._count.get(conn.group, 1) - 1
         if left > 0:
             self._count[conn.group] = left
         else:
             self._count.pop(conn.group, None)
+        if conn.session and self._sessions.get(conn.session) is conn:
+            del self._sessions[conn.session]
+            if keep_session:
+                self._keep_session(conn.session, conn.group[1])
+
+    def _keep_session(self, session: str, client: str) -> None:
+        closed = self._closed_sessions
+        closed[session] = client
+        while len(closed) > CLOSED_SESSIONS:
+            closed.popitem(last=False)
 
 
 class RateWindow:
@@ -185,14 +219,14 @@ class SourceCounter:
             return None
         opens = ev.action is Action.ACCEPTED and not ev.refused
         if not opens and held is not None:
-            self.open.close(key)
+            self.open.close(key, keep_session=False)
             return Counted(None, None)
         if period_ns is not None:
             if window is None:
                 window = self.windows[group] = RateWindow(limit, period_ns)
             window.add(ev.timestamp_ns, ev.id, recorded)
         return Counted(window if period_ns is not None else None,
-                       self.open.open(key, group, ev.id, ev.timestamp_ns) if opens else None)
+                       self.open.open(key, group, ev.id, ev.timestamp_ns, ev.session_id) if opens else None)
 
     def close(self, ev: ConnectionEvent) -> None:
         self.open.close(open_key(ev))
@@ -204,37 +238,3 @@ class SourceCounter:
         """Drop the rate windows whose last start is older than their period."""
         for group in [g for g, w in self.windows.items() if w.last_ns is None or w.last_ns < now_ns - w.period_ns]:
             del self.windows[group]
-
-
-class SessionClients:
-    """The client of each session (the relay's accept and its child's backend connects share it).
-
-    A session is held while its client's connection is open, at most `max_open` of them (oldest
-    first), and the last `CLOSED_KEPT` closed ones after that: a client that resets its connection at
-    once can be closed before the child dials the backend. Held only until the close, the table
-    stays the size of what is open, not of every connection ever relayed."""
-
-    CLOSED_KEPT = 4096
-
-    def __init__(self, max_open: int) -> None:
-        self.max_open = max_open
-        self._open: OrderedDict[str, str] = OrderedDict()
-        self._closed: OrderedDict[str, str] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._open) + len(self._closed)
-
-    def opened(self, session: str, client: str) -> None:
-        self._open[session] = client
-        if len(self._open) > self.max_open:
-            self._open.popitem(last=False)
-
-    def closed(self, session: str) -> None:
-        client = self._open.pop(session, None)
-        if client is not None:
-            self._closed[session] = client
-            if len(self._closed) > self.CLOSED_KEPT:
-                self._closed.popitem(last=False)
-
-    def client(self, session: str) -> str | None:
-        return self._open.get(session) or self._closed.get(session)

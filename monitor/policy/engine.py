@@ -68,7 +68,7 @@ from ..events import (
     ProcessInfo,
 )
 from ..settings import setting
-from .connections import Counted, Forgotten, SessionClients, SourceCounter
+from .connections import Counted, Forgotten, SourceCounter
 from ..rules import new_alert, repeat_alert
 from .model import ListenerPolicy, Policy
 
@@ -119,7 +119,6 @@ class PolicyEngine:
         self._last_alert: dict[tuple, int] = {}
         self._counter = SourceCounter(int(config.open_idle_timeout_s * NS), config.max_open)
         self._held: dict[tuple, int] = {}        # key -> repeats suppressed since its last alert
-        self._sessions = SessionClients(config.max_open)
         self._last_prune_ns = 0
         self._source_cache: dict[tuple[str, str], bool] = {}
 
@@ -146,8 +145,6 @@ class PolicyEngine:
         self._counter.open = open_now
         self._counter.windows = previous._counter.windows
         self._counter.repeated = previous._counter.repeated
-        self._sessions = previous._sessions
-        self._sessions.max_open = self._counter.open.max_open
         self._last_alert, self._held = previous._last_alert, previous._held
         self.suppressed = previous.suppressed
 
@@ -164,8 +161,6 @@ class PolicyEngine:
         entry = self.policy.listener(port, ip, event.process, self.home)
         if event.action is Action.CLOSED:
             self._counter.close(event)
-            if event.session_id:
-                self._sessions.closed(event.session_id)
             return []
         if event.action not in _STARTS:
             return []
@@ -176,11 +171,6 @@ class PolicyEngine:
                                       int(rate.period_s * NS) if rate else None)
         if counted is None:
             return []
-        if event.session_id:
-            if event.action is Action.ACCEPTED and not event.refused:
-                self._sessions.opened(event.session_id, event.source_ip)
-            else:   # socat refused it: its child dials no backend
-                self._sessions.closed(event.session_id)
         alerts = self._check_source(event, entry, port, ip)
         if counted.rate is not None:
             alerts += self._check_rate(event, entry, port, ip, counted)
@@ -251,7 +241,7 @@ class PolicyEngine:
             return []
         if entry.backend_allowed(_address(ev.destination_ip), ev.destination_port):
             return []
-        client = self._sessions.client(ev.session_id) if ev.session_id else None
+        client = self._counter.open.client(ev.session_id) if ev.session_id else None
         backend = f"[{ev.destination_ip}]:{ev.destination_port}" if ":" in ev.destination_ip else \
             f"{ev.destination_ip}:{ev.destination_port}"
         who = f" for client {client}" if client else ""
