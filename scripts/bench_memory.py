@@ -68,15 +68,16 @@ print(json.dumps({"memory": rollup(), "heavy": heavy}))
 """
 
 COMPILE_IN_PROCESS = ROLLUP + """
-import ctypes, json
+import json
 import monitor.agent
+from monitor.agent import heap
 steps = {"monitor.agent": rollup()}
 import bcc
 steps["+ import bcc"] = rollup()
 from monitor.capture.bpf import SOURCE
 b = bcc.BPF(text=SOURCE.read_text().encode(), cflags=["-DRINGBUF_PAGES=256", "-Wno-macro-redefined", "-DNO_BYTES"])
 steps["+ compile and load capture.c"] = rollup()
-ctypes.CDLL("libc.so.6").malloc_trim(0)
+heap.trim()
 steps["+ malloc_trim(0)"] = rollup()
 b.cleanup()
 print(json.dumps(steps))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 # Threads that each allocate blocks too large for Python's small-object allocator (as the agent's
 # documents and buffers are), keep one in eight and report the allocator's arenas (malloc_info's
 # <heap> elements) and the process's RSS before and after a trim.
@@ -61,15 +63,19 @@ def probe(mode: str) -> dict:
     return json.loads(out.stdout)
 
 
-def test_threads_share_the_capped_arenas():
-    capped, default = probe("cap"), probe("default")
+@pytest.fixture(scope="module")
+def default():
+    return probe("default")
+
+
+def test_threads_share_the_capped_arenas(default):
+    capped = probe("cap")
     assert capped["capped"] is True
     assert capped["arenas"] <= 2
     assert default["arenas"] > 2, "without the cap the threads' allocations make arenas of their own"
 
 
-def test_trim_returns_the_freed_pages():
-    result = probe("default")
-    assert result["trimmed"] is True
+def test_trim_returns_the_freed_pages(default):
+    assert default["trimmed"] is True
     # 8 threads freed 7/8 of 4000 blocks of 3 KB each: about 80 MiB; most of it goes back
-    assert result["before"] - result["after"] > 40 * 1024, result
+    assert default["before"] - default["after"] > 40 * 1024, default
